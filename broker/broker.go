@@ -1,0 +1,124 @@
+// Package broker is the domain of keybroker: the per-user master-key
+// vault, the keyring of key-encryption keys (KEKs), the audit
+// vocabulary and the errors the HTTP layer maps to status codes.
+//
+// It knows no HTTP, no SQL driver and no KMS SDK. It defines the small
+// interfaces it consumes — KEK, Store and Tx — and adapters implement
+// them.
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// MasterKeySize is the length in bytes of every user master key.
+const MasterKeySize = 32
+
+// Wrap formats recorded in encryption_vaults.format_version.
+const (
+	// FormatLegacy is the original service's wrap: AES-256-GCM under a
+	// local KEK, 12-byte IV in wrap_iv, tag appended, no AAD. keybroker
+	// reads it and never writes it.
+	FormatLegacy = 1
+	// FormatBound is keybroker's wrap: the provider's opaque ciphertext,
+	// bound to the row (user id, KEK id, format) through the binding
+	// context. wrap_iv is stored as an empty string: any nonce lives
+	// inside the provider's ciphertext.
+	FormatBound = 2
+)
+
+// Vault is one row of encryption_vaults. The wrap columns hold exactly
+// what is stored (base64 text), so a corrupt row surfaces as an unwrap
+// error of that user, never as a failure to read the table.
+type Vault struct {
+	UserID                string
+	WrappedMK             *string // nil in zero-knowledge mode
+	WrapIV                *string // nil together with WrappedMK
+	FormatVersion         int
+	KEKID                 string
+	KeyCheck              *string // base64 key check value; nil on rows written by the original service
+	CreatedAt             time.Time
+	RotatedAt             *time.Time
+	RecoveryWrappedMK     *string
+	RecoveryIV            *string
+	RecoveryFormatVersion int
+	RecoverySetAt         *time.Time
+	ZeroKnowledge         bool
+}
+
+// Action is an audit action, as written to encryption_vault_audit.action.
+type Action string
+
+// The original service's audit vocabulary, plus keybroker's own.
+const (
+	ActionInit          Action = "init"
+	ActionFetch         Action = "fetch"
+	ActionFailedFetch   Action = "failed_fetch"
+	ActionRotate        Action = "rotate"
+	ActionRecoverySet   Action = "recovery_set"
+	ActionRecoveryClear Action = "recovery_clear"
+	ActionZKEnable      Action = "zk_enable"
+	ActionZKDisable     Action = "zk_disable"
+	ActionKEKRewrap     Action = "kek_rewrap"
+)
+
+// AuditEntry is one row of encryption_vault_audit. Context is a short
+// machine-readable note ("created", "already-exists", "unknown-kek"); it
+// never holds key material.
+type AuditEntry struct {
+	ID        string
+	UserID    string
+	Action    Action
+	IPAddress string
+	UserAgent string
+	Context   string
+	Status    int
+	CreatedAt time.Time
+}
+
+// RequestMeta is what the HTTP layer knows about a request that the audit
+// trail records.
+type RequestMeta struct {
+	IPAddress string
+	UserAgent string
+}
+
+// Store runs transactions scoped to one user. Implementations set the
+// row-level-security scope (app.current_user_id) inside each transaction.
+type Store interface {
+	// InUserTx runs fn in one transaction scoped to userID and commits it
+	// when fn returns nil; any error rolls it back and is returned.
+	// Infrastructure failures are returned as *UnavailableError.
+	InUserTx(ctx context.Context, userID string, fn func(tx Tx) error) error
+}
+
+// Tx is the work a vault operation does inside one user-scoped
+// transaction.
+type Tx interface {
+	// VaultGet returns the user's vault, locking it for the rest of the
+	// transaction when forUpdate is set. It returns ErrNotFound when the
+	// user has none.
+	VaultGet(ctx context.Context, forUpdate bool) (*Vault, error)
+	// VaultInsert inserts v unless the user already has a vault; it
+	// reports whether this call inserted the row.
+	VaultInsert(ctx context.Context, v *Vault) (inserted bool, err error)
+	// VaultUpdate overwrites the user's vault with v. It returns
+	// ErrNotFound when the row is gone.
+	VaultUpdate(ctx context.Context, v *Vault) error
+	// AuditInsert appends one audit row.
+	AuditInsert(ctx context.Context, e *AuditEntry) error
+}
+
+// KEK is a key-encryption key: a provider that reports its id and wraps
+// and unwraps bytes bound to a binding context (see BindingContext).
+// An empty or nil binding means "no AAD" (the legacy format).
+type KEK interface {
+	// ID is the stable id recorded on every row this KEK wraps.
+	ID() string
+	// Wrap encrypts plaintext bound to binding.
+	Wrap(ctx context.Context, plaintext []byte, binding map[string]string) ([]byte, error)
+	// Unwrap decrypts ciphertext; it fails when binding differs from the
+	// one used to wrap.
+	Unwrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error)
+}

@@ -1,0 +1,94 @@
+package broker
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+)
+
+// LegacyIVSize is the AES-GCM IV length of format-1 wraps and of the
+// browser's recovery wraps.
+const LegacyIVSize = 12
+
+// keyCheckLabel is the fixed message of the key check value. The check
+// value is HMAC-SHA256(key = MK, message = label): it identifies an MK
+// without revealing anything about it (HMAC is a PRF under the MK).
+const keyCheckLabel = "keybroker key check value v1"
+
+// KeyCheckValue returns the base64 key check value of mk.
+func KeyCheckValue(mk []byte) string {
+	mac := hmac.New(sha256.New, mk)
+	mac.Write([]byte(keyCheckLabel))
+	return base64.StdEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// keyCheckMatches compares mk against a stored check value in constant time.
+func keyCheckMatches(mk []byte, stored string) bool {
+	return subtle.ConstantTimeCompare([]byte(KeyCheckValue(mk)), []byte(stored)) == 1
+}
+
+// decodeStoredWrap returns the ciphertext a KEK opens for v: for format 1
+// the IV column followed by wrapped_mk (the local AES-GCM layout
+// nonce‖ciphertext‖tag), for format 2 wrapped_mk alone.
+func decodeStoredWrap(v *Vault) ([]byte, error) {
+	wrapped, err := base64.StdEncoding.DecodeString(*v.WrappedMK)
+	if err != nil {
+		return nil, fmt.Errorf("wrapped_mk is not base64: %w", err)
+	}
+	if v.FormatVersion != FormatLegacy {
+		return wrapped, nil
+	}
+	if v.WrapIV == nil {
+		return nil, errors.New("wrap_iv is missing")
+	}
+	iv, err := base64.StdEncoding.DecodeString(*v.WrapIV)
+	if err != nil {
+		return nil, fmt.Errorf("wrap_iv is not base64: %w", err)
+	}
+	if len(iv) != LegacyIVSize {
+		return nil, fmt.Errorf("wrap_iv is %d bytes, want %d", len(iv), LegacyIVSize)
+	}
+	return append(iv, wrapped...), nil
+}
+
+// encodeBoundWrap stores a format-2 wrap in v.
+func encodeBoundWrap(v *Vault, wrapped []byte, kekID string) {
+	enc := base64.StdEncoding.EncodeToString(wrapped)
+	empty := ""
+	v.WrappedMK = &enc
+	v.WrapIV = &empty
+	v.FormatVersion = FormatBound
+	v.KEKID = kekID
+}
+
+func equalConstantTime(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
+
+// wipe zeroes key material we are done with. Best effort: the garbage
+// collector may have copied it, but the copy we hold no longer lingers.
+func wipe(b []byte) {
+	for i := range b {
+		b[i] = 0
+	}
+}
+
+func isContextError(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+const auditIDAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+// newAuditID returns a 21-character URL-safe random id, the shape of the
+// nanoid ids the original service wrote.
+func newAuditID() string {
+	var raw [21]byte
+	rand.Read(raw[:])
+	for i, b := range raw {
+		raw[i] = auditIDAlphabet[b&63]
+	}
+	return string(raw[:])
+}

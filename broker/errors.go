@@ -1,0 +1,81 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors of vault operations. The HTTP layer maps each to a
+// status and a machine code from one table.
+var (
+	// ErrNotFound means the user has no vault.
+	ErrNotFound = errors.New("vault not initialised")
+	// ErrZKRotateForbidden refuses a master-key rotation in zero-knowledge
+	// mode: the server cannot re-wrap a key it cannot read.
+	ErrZKRotateForbidden = errors.New("cannot rotate in zero-knowledge mode")
+	// ErrZKActive refuses to clear the recovery wrap while it is the only
+	// wrap of the master key.
+	ErrZKActive = errors.New("cannot clear recovery wrap while zero-knowledge is active")
+	// ErrRecoveryWrapMissing refuses to enable zero-knowledge mode before a
+	// recovery wrap is stored.
+	ErrRecoveryWrapMissing = errors.New("set a recovery wrap before enabling zero-knowledge")
+	// ErrMasterKeyMismatch refuses a master key that is not the user's.
+	ErrMasterKeyMismatch = errors.New("masterKey is not this vault's master key")
+	// ErrInvalidArgument is input the domain refuses (wrong length, empty
+	// user id).
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrUnknownKEK means a row names a KEK id that is not configured.
+	ErrUnknownKEK = errors.New("unknown KEK id")
+	// ErrUnwrapFailed means a stored wrap did not open: corrupt data, a
+	// wrap copied from another row, or the wrong key under a known id.
+	ErrUnwrapFailed = errors.New("stored wrap does not unwrap")
+)
+
+// Dependencies named by UnavailableError.
+const (
+	DependencyStore = "store"
+	DependencyKEK   = "kek"
+)
+
+// UnavailableError reports that a dependency (the store or a KEK
+// provider) could not be reached or timed out. Retrying later may work;
+// nothing was changed.
+type UnavailableError struct {
+	Dependency string // DependencyStore or DependencyKEK
+	Err        error
+}
+
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("%s unavailable: %v", e.Dependency, e.Err)
+}
+
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// IsUnavailable reports whether err says a dependency is unreachable.
+func IsUnavailable(err error) bool {
+	var u *UnavailableError
+	return errors.As(err, &u)
+}
+
+// kekUnavailable is implemented by provider errors that mean "the KEK
+// backend could not be reached" rather than "the ciphertext is bad".
+// Providers cannot import broker, so the classification is by behaviour.
+type kekUnavailable interface{ Unavailable() bool }
+
+// classifyKEKError turns a provider error into a domain error: backend
+// outages become *UnavailableError, everything else ErrUnwrapFailed-like
+// failures are returned wrapped in base.
+func classifyKEKError(base error, err error) error {
+	var u kekUnavailable
+	if errors.As(err, &u) && u.Unavailable() {
+		return &UnavailableError{Dependency: DependencyKEK, Err: err}
+	}
+	var ue *UnavailableError
+	if errors.As(err, &ue) {
+		return err
+	}
+	if isContextError(err) {
+		return &UnavailableError{Dependency: DependencyKEK, Err: err}
+	}
+	return fmt.Errorf("%w: %w", base, err)
+}

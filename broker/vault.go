@@ -1,0 +1,473 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Config configures a Service.
+type Config struct {
+	Store   Store
+	Keyring *Keyring
+	// Logger receives operational errors; never key material. Defaults to
+	// slog.Default().
+	Logger *slog.Logger
+	// Now is the clock; defaults to time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) validate() error {
+	if c.Store == nil {
+		return errors.New("broker: Config.Store is required")
+	}
+	if c.Keyring == nil {
+		return errors.New("broker: Config.Keyring is required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Service performs the vault operations of the HTTP API. Every operation
+// is one store transaction; its audit row is written in that transaction.
+type Service struct {
+	store   Store
+	keyring *Keyring
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+// New returns a Service.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now}, nil
+}
+
+// Keyring returns the service's keyring.
+func (s *Service) Keyring() *Keyring { return s.keyring }
+
+// KeyResult is what /init, /key and /rotate return: the master key in
+// standard mode, or the recovery wrap in zero-knowledge mode.
+type KeyResult struct {
+	MasterKey            []byte // nil when RequiresRecoveryCode
+	FormatVersion        int
+	KEKID                string
+	RequiresRecoveryCode bool
+	RecoveryWrappedMK    string
+	RecoveryIV           string
+}
+
+// Status is the cheap metadata of /status.
+type Status struct {
+	VaultExists     bool
+	HasRecoveryWrap bool
+	ZeroKnowledge   bool
+	RecoverySetAt   *time.Time
+}
+
+// op is the bookkeeping of one operation: the transaction commits with
+// its audit row, and a refusal is carried out of the transaction in
+// outcome so that the audit row of the refusal commits too.
+type op struct {
+	s       *Service
+	userID  string
+	meta    RequestMeta
+	tx      Tx
+	outcome error
+}
+
+func (o *op) audit(ctx context.Context, action Action, status int, note string) error {
+	return o.tx.AuditInsert(ctx, &AuditEntry{
+		ID:        newAuditID(),
+		UserID:    o.userID,
+		Action:    action,
+		IPAddress: o.meta.IPAddress,
+		UserAgent: o.meta.UserAgent,
+		Context:   note,
+		Status:    status,
+		CreatedAt: o.s.now(),
+	})
+}
+
+// refuse records a refusal and ends the transaction with nothing changed
+// but its audit row.
+func (o *op) refuse(ctx context.Context, action Action, status int, note string, err error) error {
+	o.outcome = err
+	return o.audit(ctx, action, status, note)
+}
+
+// run executes fn in a user-scoped transaction.
+func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, fn func(o *op) error) error {
+	if userID == "" {
+		return fmt.Errorf("%w: empty user id", ErrInvalidArgument)
+	}
+	o := &op{s: s, userID: userID, meta: meta}
+	err := s.store.InUserTx(ctx, userID, func(tx Tx) error {
+		o.tx, o.outcome = tx, nil
+		return fn(o)
+	})
+	if err != nil {
+		return err
+	}
+	return o.outcome
+}
+
+// openOrRefuse unwraps v's master key. When that fails it records a
+// failed_fetch audit row and sets the outcome, returning a nil key.
+func (o *op) openOrRefuse(ctx context.Context, v *Vault) ([]byte, error) {
+	mk, err := o.s.keyring.open(ctx, o.userID, v)
+	if err == nil {
+		return mk, nil
+	}
+	status, note := http.StatusInternalServerError, "unwrap-failed"
+	switch {
+	case errors.Is(err, ErrUnknownKEK):
+		status, note = http.StatusServiceUnavailable, "unknown-kek:"+v.KEKID
+	case IsUnavailable(err):
+		status, note = http.StatusServiceUnavailable, "kek-unavailable:"+v.KEKID
+	}
+	o.s.log.LogAttrs(ctx, slog.LevelError, "vault unwrap failed",
+		slog.String("user_id", o.userID), slog.String("kek_id", v.KEKID),
+		slog.Int("format_version", v.FormatVersion), slog.String("error", err.Error()))
+	return nil, o.refuse(ctx, ActionFailedFetch, status, note, err)
+}
+
+func zkResult(v *Vault) *KeyResult {
+	return &KeyResult{
+		FormatVersion:        v.RecoveryFormatVersion,
+		RequiresRecoveryCode: true,
+		RecoveryWrappedMK:    deref(v.RecoveryWrappedMK),
+		RecoveryIV:           deref(v.RecoveryIV),
+	}
+}
+
+// Status reports the vault's metadata without unwrapping anything and
+// without an audit row. A user without a vault gets the same shape.
+func (s *Service) Status(ctx context.Context, userID string) (*Status, error) {
+	st := &Status{}
+	err := s.run(ctx, userID, RequestMeta{}, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, false)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		st.VaultExists = true
+		st.HasRecoveryWrap = v.RecoveryWrappedMK != nil
+		st.ZeroKnowledge = v.ZeroKnowledge
+		st.RecoverySetAt = v.RecoverySetAt
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// Init returns the user's master key, minting and wrapping one first when
+// the user has no vault. Concurrent first calls agree on one key: the
+// loser of the insert race returns the winner's key.
+func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
+	var res *KeyResult
+	err := s.run(ctx, userID, meta, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, false)
+		if errors.Is(err, ErrNotFound) {
+			mk := newMasterKey()
+			wrapped, kekID, err := s.keyring.seal(ctx, userID, mk)
+			if err != nil {
+				wipe(mk)
+				return err
+			}
+			v = &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1}
+			encodeBoundWrap(v, wrapped, kekID)
+			kcv := KeyCheckValue(mk)
+			v.KeyCheck = &kcv
+			inserted, err := o.tx.VaultInsert(ctx, v)
+			if err != nil {
+				wipe(mk)
+				return err
+			}
+			if inserted {
+				res = &KeyResult{MasterKey: mk, FormatVersion: FormatBound, KEKID: kekID}
+				return o.audit(ctx, ActionInit, http.StatusCreated, "created")
+			}
+			// A concurrent init won; hand out its key.
+			wipe(mk)
+			v, err = o.tx.VaultGet(ctx, false)
+		}
+		if err != nil {
+			return err
+		}
+		if v.ZeroKnowledge {
+			res = zkResult(v)
+			return o.audit(ctx, ActionInit, http.StatusOK, "already-exists-zk")
+		}
+		mk, err := o.openOrRefuse(ctx, v)
+		if mk == nil {
+			return err
+		}
+		res = &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}
+		return o.audit(ctx, ActionInit, http.StatusOK, "already-exists")
+	})
+	if err != nil {
+		if res != nil {
+			wipe(res.MasterKey)
+		}
+		return nil, err
+	}
+	return res, nil
+}
+
+// Key returns the user's master key, or the recovery wrap in
+// zero-knowledge mode. It returns ErrNotFound when the user has no vault,
+// ErrUnknownKEK, ErrUnwrapFailed or an *UnavailableError when the wrap
+// cannot be opened; every outcome is audited.
+func (s *Service) Key(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
+	var res *KeyResult
+	err := s.run(ctx, userID, meta, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, false)
+		if errors.Is(err, ErrNotFound) {
+			return o.refuse(ctx, ActionFailedFetch, http.StatusNotFound, "not-initialised", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if v.ZeroKnowledge {
+			res = zkResult(v)
+			return o.audit(ctx, ActionFetch, http.StatusOK, "zk-recovery-blob")
+		}
+		mk, err := o.openOrRefuse(ctx, v)
+		if mk == nil {
+			return err
+		}
+		res = &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}
+		return o.audit(ctx, ActionFetch, http.StatusOK, "")
+	})
+	if err != nil {
+		if res != nil {
+			wipe(res.MasterKey)
+		}
+		return nil, err
+	}
+	return res, nil
+}
+
+// Rotate replaces the user's master key with a fresh one (the old one is
+// gone) and clears the recovery wrap, which wrapped the old key. With no
+// vault it creates one. It returns ErrZKRotateForbidden in
+// zero-knowledge mode.
+func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
+	// Mint and wrap before taking the row lock: a remote KEK call
+	// should not hold it.
+	mk := newMasterKey()
+	wrapped, kekID, err := s.keyring.seal(ctx, userID, mk)
+	if err != nil {
+		wipe(mk)
+		return nil, err
+	}
+	kcv := KeyCheckValue(mk)
+	err = s.run(ctx, userID, meta, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, true)
+		if errors.Is(err, ErrNotFound) {
+			v = &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv}
+			encodeBoundWrap(v, wrapped, kekID)
+			inserted, err := o.tx.VaultInsert(ctx, v)
+			if err != nil {
+				return err
+			}
+			if inserted {
+				return o.audit(ctx, ActionRotate, http.StatusCreated, "init-on-rotate")
+			}
+			v, err = o.tx.VaultGet(ctx, true)
+		}
+		if err != nil {
+			return err
+		}
+		if v.ZeroKnowledge {
+			return o.refuse(ctx, ActionRotate, http.StatusConflict, "zk-rotate-forbidden", ErrZKRotateForbidden)
+		}
+		now := s.now()
+		encodeBoundWrap(v, wrapped, kekID)
+		v.KeyCheck = &kcv
+		v.RotatedAt = &now
+		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoverySetAt = nil, nil, nil
+		if err := o.tx.VaultUpdate(ctx, v); err != nil {
+			return err
+		}
+		return o.audit(ctx, ActionRotate, http.StatusOK, "")
+	})
+	if err != nil {
+		wipe(mk)
+		return nil, err
+	}
+	return &KeyResult{MasterKey: mk, FormatVersion: FormatBound, KEKID: kekID}, nil
+}
+
+// RecoveryWrapSize and RecoveryIVSize are the lengths the browser's
+// AES-256-GCM recovery wrap of a 32-byte master key has.
+const (
+	RecoveryWrapSize = MasterKeySize + 16
+	RecoveryIVSize   = LegacyIVSize
+)
+
+// SetRecoveryWrap stores (or replaces) the client-built recovery wrap. It
+// returns ErrNotFound when the user has no vault and ErrInvalidArgument
+// for wrong lengths.
+func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK, iv []byte, meta RequestMeta) error {
+	if len(wrappedMK) != RecoveryWrapSize || len(iv) != RecoveryIVSize {
+		return fmt.Errorf("%w: recovery wrap must be %d bytes and its IV %d bytes", ErrInvalidArgument, RecoveryWrapSize, RecoveryIVSize)
+	}
+	return s.run(ctx, userID, meta, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, true)
+		if errors.Is(err, ErrNotFound) {
+			return o.refuse(ctx, ActionRecoverySet, http.StatusNotFound, "no-vault", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		w, i, now := base64.StdEncoding.EncodeToString(wrappedMK), base64.StdEncoding.EncodeToString(iv), s.now()
+		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoverySetAt = &w, &i, &now
+		v.RecoveryFormatVersion = 1
+		if err := o.tx.VaultUpdate(ctx, v); err != nil {
+			return err
+		}
+		return o.audit(ctx, ActionRecoverySet, http.StatusOK, "")
+	})
+}
+
+// ClearRecoveryWrap removes the recovery wrap. It returns ErrNotFound
+// when the user has no vault and ErrZKActive in zero-knowledge mode.
+func (s *Service) ClearRecoveryWrap(ctx context.Context, userID string, meta RequestMeta) error {
+	return s.run(ctx, userID, meta, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, true)
+		if errors.Is(err, ErrNotFound) {
+			return o.refuse(ctx, ActionRecoveryClear, http.StatusNotFound, "no-vault", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if v.ZeroKnowledge {
+			return o.refuse(ctx, ActionRecoveryClear, http.StatusConflict, "zk-active", ErrZKActive)
+		}
+		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoverySetAt = nil, nil, nil
+		if err := o.tx.VaultUpdate(ctx, v); err != nil {
+			return err
+		}
+		return o.audit(ctx, ActionRecoveryClear, http.StatusOK, "")
+	})
+}
+
+// EnableZeroKnowledge drops the server's wrap so that only the recovery
+// wrap remains. Idempotent. It returns ErrNotFound when the user has no
+// vault and ErrRecoveryWrapMissing without a recovery wrap. On a row the
+// original service wrote (no key check value) it first unwraps the MK to
+// record its check value, so a later disable can be verified.
+func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, meta RequestMeta) error {
+	return s.run(ctx, userID, meta, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, true)
+		if errors.Is(err, ErrNotFound) {
+			return o.refuse(ctx, ActionZKEnable, http.StatusNotFound, "no-vault", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if v.ZeroKnowledge {
+			return o.audit(ctx, ActionZKEnable, http.StatusOK, "already-enabled")
+		}
+		if v.RecoveryWrappedMK == nil || v.RecoveryIV == nil {
+			return o.refuse(ctx, ActionZKEnable, http.StatusBadRequest, "no-recovery-wrap", ErrRecoveryWrapMissing)
+		}
+		if v.KeyCheck == nil {
+			mk, err := o.openOrRefuse(ctx, v)
+			if mk == nil {
+				return err
+			}
+			kcv := KeyCheckValue(mk)
+			wipe(mk)
+			v.KeyCheck = &kcv
+		}
+		v.ZeroKnowledge = true
+		v.WrappedMK, v.WrapIV = nil, nil
+		if err := o.tx.VaultUpdate(ctx, v); err != nil {
+			return err
+		}
+		return o.audit(ctx, ActionZKEnable, http.StatusOK, "")
+	})
+}
+
+// DisableZeroKnowledge wraps the client-supplied master key with the
+// active KEK again and leaves zero-knowledge mode. The key must be the
+// vault's master key: a key whose check value differs is refused with
+// ErrMasterKeyMismatch rather than silently orphaning the user's data.
+// With zero-knowledge already off it only verifies the key. It returns
+// ErrNotFound when the user has no vault and ErrInvalidArgument for a
+// key that is not 32 bytes.
+func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []byte, meta RequestMeta) error {
+	if len(mk) != MasterKeySize {
+		return fmt.Errorf("%w: masterKey must be %d bytes", ErrInvalidArgument, MasterKeySize)
+	}
+	return s.run(ctx, userID, meta, func(o *op) error {
+		v, err := o.tx.VaultGet(ctx, true)
+		if errors.Is(err, ErrNotFound) {
+			return o.refuse(ctx, ActionZKDisable, http.StatusNotFound, "no-vault", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		mismatch := func() error {
+			return o.refuse(ctx, ActionZKDisable, http.StatusConflict, "master-key-mismatch", ErrMasterKeyMismatch)
+		}
+		if !v.ZeroKnowledge {
+			if v.KeyCheck != nil {
+				if !keyCheckMatches(mk, *v.KeyCheck) {
+					return mismatch()
+				}
+			} else {
+				stored, err := o.openOrRefuse(ctx, v)
+				if stored == nil {
+					return err
+				}
+				same := equalConstantTime(stored, mk)
+				wipe(stored)
+				if !same {
+					return mismatch()
+				}
+			}
+			return o.audit(ctx, ActionZKDisable, http.StatusOK, "already-disabled")
+		}
+		if v.KeyCheck != nil && !keyCheckMatches(mk, *v.KeyCheck) {
+			return mismatch()
+		}
+		wrapped, kekID, err := s.keyring.seal(ctx, userID, mk)
+		if err != nil {
+			return err
+		}
+		kcv := KeyCheckValue(mk)
+		encodeBoundWrap(v, wrapped, kekID)
+		v.KeyCheck = &kcv
+		v.ZeroKnowledge = false
+		if err := o.tx.VaultUpdate(ctx, v); err != nil {
+			return err
+		}
+		return o.audit(ctx, ActionZKDisable, http.StatusOK, "")
+	})
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

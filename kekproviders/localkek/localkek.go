@@ -1,0 +1,116 @@
+// Package localkek is a KEK held in process memory: AES-256-GCM with a
+// random 96-bit nonce. The env, file, systemd and docker providers load
+// the key and hand it here.
+//
+// Ciphertext layout: nonce (12 bytes) ‖ ciphertext ‖ tag (16 bytes). With
+// an empty binding this is exactly the original service's format 1 with
+// the IV column prepended.
+package localkek
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/keybroker/keybroker/kekproviders/internal/binding"
+)
+
+// KeySize is the length of a KEK in bytes.
+const KeySize = 32
+
+const nonceSize = 12
+
+// ErrDevKey refuses the all-zero key the original service fell back to.
+var ErrDevKey = errors.New("the KEK is 32 zero bytes (the original service's dev fallback)")
+
+// KEK is an AES-256-GCM key-encryption key.
+type KEK struct {
+	id   string
+	aead cipher.AEAD
+}
+
+// New returns a KEK with the given id over key, which must be 32 bytes.
+// The all-zero key is refused with ErrDevKey unless allowDevKey is set.
+func New(id string, key []byte, allowDevKey bool) (*KEK, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("localkek: key is %d bytes, want %d", len(key), KeySize)
+	}
+	if !allowDevKey && isZero(key) {
+		return nil, ErrDevKey
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("localkek: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("localkek: %w", err)
+	}
+	return &KEK{id: id, aead: aead}, nil
+}
+
+// ParseKey reads a KEK from secret material: exactly 32 raw bytes, or
+// base64 (standard or URL alphabet, padded or not) of 32 bytes with
+// surrounding whitespace ignored.
+func ParseKey(material []byte) ([]byte, error) {
+	if len(material) == KeySize {
+		return append([]byte(nil), material...), nil
+	}
+	text := strings.TrimSpace(string(material))
+	if text == "" {
+		return nil, errors.New("the KEK is empty")
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if key, err := enc.DecodeString(text); err == nil {
+			if len(key) != KeySize {
+				return nil, fmt.Errorf("the KEK decodes to %d bytes, want %d", len(key), KeySize)
+			}
+			return key, nil
+		}
+	}
+	return nil, fmt.Errorf("the KEK is neither %d raw bytes nor base64 of %d bytes", KeySize, KeySize)
+}
+
+// ID returns the KEK id.
+func (k *KEK) ID() string { return k.id }
+
+// Wrap encrypts plaintext bound to b.
+func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]byte, nonceSize, nonceSize+len(plaintext)+k.aead.Overhead())
+	rand.Read(out)
+	return k.aead.Seal(out, out[:nonceSize], plaintext, binding.AAD(b)), nil
+}
+
+// Unwrap decrypts ciphertext made by Wrap with the same binding.
+func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(ciphertext) < nonceSize+k.aead.Overhead() {
+		return nil, fmt.Errorf("localkek: ciphertext is %d bytes, too short", len(ciphertext))
+	}
+	pt, err := k.aead.Open(nil, ciphertext[:nonceSize], ciphertext[nonceSize:], binding.AAD(b))
+	if err != nil {
+		return nil, fmt.Errorf("localkek: %w", err)
+	}
+	return pt, nil
+}
+
+// Status reports whether the KEK can be used; a local key always can.
+func (k *KEK) Status(ctx context.Context) error { return ctx.Err() }
+
+func isZero(b []byte) bool {
+	var acc byte
+	for _, c := range b {
+		acc |= c
+	}
+	return acc == 0
+}

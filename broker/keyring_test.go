@@ -1,0 +1,174 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/kekproviders/localkek"
+)
+
+// legacyVectors reads ../shared/testdata/legacy-vectors.json relative to
+// the repository root.
+func legacyVectors(t *testing.T) []struct {
+	Name      string `json:"name"`
+	KEK       string `json:"kek_base64"`
+	KEKID     string `json:"kek_id"`
+	Format    int    `json:"format_version"`
+	MasterKey string `json:"master_key_base64"`
+	WrapIV    string `json:"wrap_iv"`
+	WrappedMK string `json:"wrapped_mk"`
+} {
+	t.Helper()
+	_, here, _, _ := runtime.Caller(0)
+	path := filepath.Join(filepath.Dir(here), "..", "..", "shared", "testdata", "legacy-vectors.json")
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err, "the legacy vectors live in ../shared/testdata beside the repository")
+	var doc struct {
+		V1 []struct {
+			Name      string `json:"name"`
+			KEK       string `json:"kek_base64"`
+			KEKID     string `json:"kek_id"`
+			Format    int    `json:"format_version"`
+			MasterKey string `json:"master_key_base64"`
+			WrapIV    string `json:"wrap_iv"`
+			WrappedMK string `json:"wrapped_mk"`
+		} `json:"kek_wrap_v1"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	require.NotEmpty(t, doc.V1)
+	return doc.V1
+}
+
+func mustKEK(t *testing.T, id string, key []byte) *localkek.KEK {
+	t.Helper()
+	k, err := localkek.New(id, key, true)
+	require.NoError(t, err)
+	return k
+}
+
+func randomKEK(t *testing.T, id string) *localkek.KEK {
+	return mustKEK(t, id, newMasterKey())
+}
+
+func TestLegacyFormatOneVectorsUnwrap(t *testing.T) {
+	for _, v := range legacyVectors(t) {
+		t.Run(v.Name, func(t *testing.T) {
+			key, err := base64.StdEncoding.DecodeString(v.KEK)
+			require.NoError(t, err)
+			ring, err := NewKeyring(mustKEK(t, v.KEKID, key))
+			require.NoError(t, err)
+			row := &Vault{UserID: "legacy-user", WrappedMK: &v.WrappedMK, WrapIV: &v.WrapIV, FormatVersion: v.Format, KEKID: v.KEKID}
+			mk, err := ring.open(context.Background(), row.UserID, row)
+			require.NoError(t, err)
+			require.Equal(t, v.MasterKey, base64.StdEncoding.EncodeToString(mk))
+		})
+	}
+}
+
+func TestBoundWrapRefusesAnotherUser(t *testing.T) {
+	ctx := context.Background()
+	ring, err := NewKeyring(randomKEK(t, "k1"))
+	require.NoError(t, err)
+	mk := newMasterKey()
+	wrapped, kekID, err := ring.seal(ctx, "alice", mk)
+	require.NoError(t, err)
+	row := &Vault{UserID: "alice"}
+	encodeBoundWrap(row, wrapped, kekID)
+
+	got, err := ring.open(ctx, "alice", row)
+	require.NoError(t, err)
+	require.Equal(t, mk, got)
+
+	_, err = ring.open(ctx, "mallory", row)
+	require.ErrorIs(t, err, ErrUnwrapFailed, "a wrap copied to another user's row must not open")
+
+	relabelled := *row
+	relabelled.FormatVersion = FormatLegacy
+	iv := base64.StdEncoding.EncodeToString(make([]byte, LegacyIVSize))
+	relabelled.WrapIV = &iv
+	_, err = ring.open(ctx, "alice", &relabelled)
+	require.ErrorIs(t, err, ErrUnwrapFailed, "relabelling the format must not open")
+}
+
+func TestBoundWrapRefusesRelabelledKEK(t *testing.T) {
+	ctx := context.Background()
+	key := newMasterKey()
+	// The same key material under two ids: the id is bound, so a row
+	// relabelled to the other id does not open.
+	ring, err := NewKeyring(mustKEK(t, "a", key), mustKEK(t, "b", key))
+	require.NoError(t, err)
+	wrapped, kekID, err := ring.seal(ctx, "alice", newMasterKey())
+	require.NoError(t, err)
+	row := &Vault{}
+	encodeBoundWrap(row, wrapped, kekID)
+	row.KEKID = "b"
+	_, err = ring.open(ctx, "alice", row)
+	require.ErrorIs(t, err, ErrUnwrapFailed)
+}
+
+func TestUnknownKEKIsTypedError(t *testing.T) {
+	ring, err := NewKeyring(randomKEK(t, "k1"))
+	require.NoError(t, err)
+	w, iv := "AAAA", ""
+	_, err = ring.open(context.Background(), "alice", &Vault{WrappedMK: &w, WrapIV: &iv, FormatVersion: FormatBound, KEKID: "gone"})
+	require.ErrorIs(t, err, ErrUnknownKEK)
+}
+
+func TestCorruptRowsFailCleanly(t *testing.T) {
+	ring, err := NewKeyring(randomKEK(t, "env-v1"))
+	require.NoError(t, err)
+	str := func(s string) *string { return &s }
+	for name, row := range map[string]*Vault{
+		"NotBase64":        {WrappedMK: str("%%%"), WrapIV: str(""), FormatVersion: FormatBound, KEKID: "env-v1"},
+		"ShortCiphertext":  {WrappedMK: str("AAAA"), WrapIV: str(""), FormatVersion: FormatBound, KEKID: "env-v1"},
+		"LegacyBadIV":      {WrappedMK: str("AAAA"), WrapIV: str("AAAA"), FormatVersion: FormatLegacy, KEKID: "env-v1"},
+		"LegacyMissingIV":  {WrappedMK: str("AAAA"), FormatVersion: FormatLegacy, KEKID: "env-v1"},
+		"UnknownFormat":    {WrappedMK: str("AAAA"), WrapIV: str(""), FormatVersion: 9, KEKID: "env-v1"},
+		"NoServerWrap":     {FormatVersion: FormatBound, KEKID: "env-v1"},
+		"TamperedLegacyIV": {WrappedMK: str("4D+P+dStyVxW1bw987WfNxMzK0pqZW+oY11Bh2UZ9y+XUOjg8d6wXRmGtJLnT7jN"), WrapIV: str("AgTOklhjA+P+5gA/"), FormatVersion: FormatLegacy, KEKID: "env-v1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ring.open(context.Background(), "alice", row)
+			require.ErrorIs(t, err, ErrUnwrapFailed)
+		})
+	}
+}
+
+func TestKeyringRejectsDuplicateIDs(t *testing.T) {
+	_, err := NewKeyring(randomKEK(t, "same"), randomKEK(t, "same"))
+	require.Error(t, err)
+	_, err = NewKeyring(nil)
+	require.Error(t, err)
+}
+
+func TestKeyCheckValue(t *testing.T) {
+	mk := newMasterKey()
+	kcv := KeyCheckValue(mk)
+	require.True(t, keyCheckMatches(mk, kcv))
+	other := append([]byte(nil), mk...)
+	other[0] ^= 1
+	require.False(t, keyCheckMatches(other, kcv))
+	require.NotContains(t, kcv, base64.StdEncoding.EncodeToString(mk))
+}
+
+// unavailableErr mimics a provider's "backend unreachable" error.
+type unavailableErr struct{}
+
+func (unavailableErr) Error() string     { return "connection refused" }
+func (unavailableErr) Unavailable() bool { return true }
+
+func TestKEKErrorClassification(t *testing.T) {
+	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, unavailableErr{})))
+	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, context.DeadlineExceeded)))
+	err := classifyKEKError(ErrUnwrapFailed, errors.New("cipher: message authentication failed"))
+	require.False(t, IsUnavailable(err))
+	require.ErrorIs(t, err, ErrUnwrapFailed)
+}

@@ -1,0 +1,468 @@
+// Package vaultapi is keybroker's HTTP layer: routing, request decoding,
+// bearer-token authentication and the one error writer. Handlers reach
+// keys only through the broker domain.
+package vaultapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/keybroker/keybroker/broker"
+)
+
+// BasePath is where the encryption-vault routes live, as in the original.
+const BasePath = "/api/v1/me/encryption-vault"
+
+// TokenVerifier checks a bearer token and returns its subject, the user id.
+type TokenVerifier interface {
+	Verify(ctx context.Context, token string) (subject string, err error)
+}
+
+// Config configures the HTTP API.
+type Config struct {
+	Service  *broker.Service
+	Verifier TokenVerifier
+	Logger   *slog.Logger
+	// MaxBodyBytes caps request bodies; larger ones get 413. Default 16 KiB.
+	MaxBodyBytes int64
+	// RequestTimeout bounds each vault request end to end, so a hung store
+	// or KMS becomes a 503 instead of a hung client. Default 10s.
+	RequestTimeout time.Duration
+	// ClientIP returns the address recorded in the audit row. Default: the
+	// TCP peer; forwarded headers are not trusted by default.
+	ClientIP func(r *http.Request) string
+}
+
+func (c *Config) validate() error {
+	if c.Service == nil {
+		return errors.New("vaultapi: Config.Service is required")
+	}
+	if c.Verifier == nil {
+		return errors.New("vaultapi: Config.Verifier is required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 16 << 10
+	}
+	if c.MaxBodyBytes < 0 {
+		return errors.New("vaultapi: Config.MaxBodyBytes must be positive")
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 10 * time.Second
+	}
+	if c.ClientIP == nil {
+		c.ClientIP = PeerIP
+	}
+	return nil
+}
+
+// API serves the encryption-vault routes.
+type API struct {
+	svc      *broker.Service
+	verifier TokenVerifier
+	log      *slog.Logger
+	maxBody  int64
+	timeout  time.Duration
+	clientIP func(*http.Request) string
+	router   chi.Router
+}
+
+// New returns the API; its Handler serves every route.
+func New(cfg Config) (*API, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	a := &API{
+		svc: cfg.Service, verifier: cfg.Verifier, log: cfg.Logger,
+		maxBody: cfg.MaxBodyBytes, timeout: cfg.RequestTimeout, clientIP: cfg.ClientIP,
+	}
+	r := chi.NewRouter()
+	r.Use(a.recoverer, a.accessLog)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		a.writeError(w, r, &apiError{http.StatusNotFound, CodeNotFound, "no such route"})
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		a.writeError(w, r, &apiError{http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method not allowed on this route"})
+	})
+	r.Route(BasePath, func(r chi.Router) {
+		r.Use(noStore, a.limitBody, a.authenticate)
+		r.Get("/status", a.handle(a.status))
+		r.Post("/init", a.handle(a.init))
+		r.Get("/key", a.handle(a.key))
+		r.Post("/rotate", a.handle(a.rotate))
+		r.Post("/recovery-wrap", a.handle(a.setRecoveryWrap))
+		r.Delete("/recovery-wrap", a.handle(a.clearRecoveryWrap))
+		r.Post("/zero-knowledge", a.handle(a.zeroKnowledge))
+	})
+	a.router = r
+	return a, nil
+}
+
+// Router returns the chi router so that the server can mount more routes
+// (health, metrics) beside the vault's.
+func (a *API) Router() chi.Router { return a.router }
+
+// Handler returns the API's http.Handler.
+func (a *API) Handler() http.Handler { return a.router }
+
+// handlerFunc is a vault handler: it returns the response body or an error
+// for the one error writer.
+type handlerFunc func(r *http.Request, userID string, meta broker.RequestMeta) (any, error)
+
+func (a *API) handle(h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+		userID := userFrom(ctx)
+		meta := broker.RequestMeta{IPAddress: a.clientIP(r), UserAgent: truncate(r.UserAgent(), 512)}
+		body, err := h(r, userID, meta)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, body)
+	}
+}
+
+// ─── responses ──────────────────────────────────────────────────────────
+
+type statusResponse struct {
+	VaultExists     bool    `json:"vaultExists"`
+	HasRecoveryWrap bool    `json:"hasRecoveryWrap"`
+	ZeroKnowledge   bool    `json:"zeroKnowledge"`
+	RecoverySetAt   *string `json:"recoverySetAt"`
+}
+
+type keyResponse struct {
+	MasterKey     string `json:"masterKey"`
+	FormatVersion int    `json:"formatVersion"`
+	KEKID         string `json:"kekId"`
+}
+
+type zkKeyResponse struct {
+	RequiresRecoveryCode bool   `json:"requiresRecoveryCode"`
+	RecoveryWrappedMK    string `json:"recoveryWrappedMk"`
+	RecoveryIV           string `json:"recoveryIv"`
+	FormatVersion        int    `json:"formatVersion"`
+}
+
+type okResponse struct {
+	OK bool `json:"ok"`
+}
+
+type zkToggleResponse struct {
+	OK            bool `json:"ok"`
+	ZeroKnowledge bool `json:"zeroKnowledge"`
+}
+
+// isoTime formats t as JavaScript's Date.prototype.toJSON does, which is
+// what the original service sent.
+func isoTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
+
+// keyBody turns a domain result into the original's JSON shape and wipes
+// the raw key once it is encoded.
+func keyBody(res *broker.KeyResult) any {
+	if res.RequiresRecoveryCode {
+		return zkKeyResponse{
+			RequiresRecoveryCode: true,
+			RecoveryWrappedMK:    res.RecoveryWrappedMK,
+			RecoveryIV:           res.RecoveryIV,
+			FormatVersion:        res.FormatVersion,
+		}
+	}
+	body := keyResponse{
+		MasterKey:     base64.StdEncoding.EncodeToString(res.MasterKey),
+		FormatVersion: res.FormatVersion,
+		KEKID:         res.KEKID,
+	}
+	clear(res.MasterKey)
+	return body
+}
+
+// ─── handlers ───────────────────────────────────────────────────────────
+
+func (a *API) status(r *http.Request, userID string, _ broker.RequestMeta) (any, error) {
+	st, err := a.svc.Status(r.Context(), userID)
+	if err != nil {
+		return nil, err
+	}
+	resp := statusResponse{VaultExists: st.VaultExists, HasRecoveryWrap: st.HasRecoveryWrap, ZeroKnowledge: st.ZeroKnowledge}
+	if st.RecoverySetAt != nil {
+		s := isoTime(*st.RecoverySetAt)
+		resp.RecoverySetAt = &s
+	}
+	return resp, nil
+}
+
+func (a *API) init(r *http.Request, userID string, meta broker.RequestMeta) (any, error) {
+	res, err := a.svc.Init(r.Context(), userID, meta)
+	if err != nil {
+		return nil, err
+	}
+	return keyBody(res), nil
+}
+
+func (a *API) key(r *http.Request, userID string, meta broker.RequestMeta) (any, error) {
+	res, err := a.svc.Key(r.Context(), userID, meta)
+	if err != nil {
+		return nil, err
+	}
+	return keyBody(res), nil
+}
+
+func (a *API) rotate(r *http.Request, userID string, meta broker.RequestMeta) (any, error) {
+	res, err := a.svc.Rotate(r.Context(), userID, meta)
+	if err != nil {
+		return nil, err
+	}
+	return keyBody(res), nil
+}
+
+type recoveryWrapRequest struct {
+	RecoveryWrappedMK *string `json:"recoveryWrappedMk"`
+	RecoveryIV        *string `json:"recoveryIv"`
+}
+
+const recoveryWrapRequired = "recoveryWrappedMk and recoveryIv are required (base64 strings)"
+
+func (a *API) setRecoveryWrap(r *http.Request, userID string, meta broker.RequestMeta) (any, error) {
+	var req recoveryWrapRequest
+	if err := decodeJSON(r, &req, recoveryWrapRequired); err != nil {
+		return nil, err
+	}
+	if req.RecoveryWrappedMK == nil || req.RecoveryIV == nil || *req.RecoveryWrappedMK == "" || *req.RecoveryIV == "" {
+		return nil, badRequest(recoveryWrapRequired)
+	}
+	wrapped, err := decodeBase64Field("recoveryWrappedMk", *req.RecoveryWrappedMK, broker.RecoveryWrapSize)
+	if err != nil {
+		return nil, err
+	}
+	iv, err := decodeBase64Field("recoveryIv", *req.RecoveryIV, broker.RecoveryIVSize)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.svc.SetRecoveryWrap(r.Context(), userID, wrapped, iv, meta); err != nil {
+		return nil, err
+	}
+	return okResponse{OK: true}, nil
+}
+
+func (a *API) clearRecoveryWrap(r *http.Request, userID string, meta broker.RequestMeta) (any, error) {
+	if err := a.svc.ClearRecoveryWrap(r.Context(), userID, meta); err != nil {
+		return nil, err
+	}
+	return okResponse{OK: true}, nil
+}
+
+type zeroKnowledgeRequest struct {
+	Enable    *bool   `json:"enable"`
+	MasterKey *string `json:"masterKey"`
+}
+
+const enableRequired = "`enable: boolean` is required"
+
+func (a *API) zeroKnowledge(r *http.Request, userID string, meta broker.RequestMeta) (any, error) {
+	var req zeroKnowledgeRequest
+	if err := decodeJSON(r, &req, enableRequired); err != nil {
+		return nil, err
+	}
+	if req.Enable == nil {
+		return nil, badRequest(enableRequired)
+	}
+	if *req.Enable {
+		if err := a.svc.EnableZeroKnowledge(r.Context(), userID, meta); err != nil {
+			return nil, err
+		}
+		return zkToggleResponse{OK: true, ZeroKnowledge: true}, nil
+	}
+	if req.MasterKey == nil || *req.MasterKey == "" {
+		return nil, badRequest("`masterKey: base64` is required when disabling zero-knowledge")
+	}
+	mk, err := decodeBase64Field("masterKey", *req.MasterKey, broker.MasterKeySize)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(mk)
+	if err := a.svc.DisableZeroKnowledge(r.Context(), userID, mk, meta); err != nil {
+		return nil, err
+	}
+	return zkToggleResponse{OK: true, ZeroKnowledge: false}, nil
+}
+
+// ─── decoding ───────────────────────────────────────────────────────────
+
+// decodeJSON reads one JSON object from the (size-limited) body. A body
+// over the limit is 413; anything else that is not one JSON object is 400
+// with the route's own message.
+func decodeJSON(r *http.Request, dst any, message string) error {
+	dec := json.NewDecoder(r.Body)
+	err := dec.Decode(dst)
+	if err == nil {
+		// One object and nothing after it but white space.
+		if _, err2 := dec.Token(); err2 != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return &apiError{http.StatusRequestEntityTooLarge, CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)}
+	}
+	return badRequest(message)
+}
+
+// decodeBase64Field decodes standard base64 (what the browser's btoa
+// makes; padding optional) and checks the decoded length. The value is
+// never echoed back: it may be key material.
+func decodeBase64Field(name, value string, size int) ([]byte, error) {
+	enc := base64.StdEncoding
+	if !strings.HasSuffix(value, "=") && len(value)%4 != 0 {
+		enc = base64.RawStdEncoding
+	}
+	b, err := enc.DecodeString(value)
+	if err != nil {
+		return nil, badRequest(name + " is not valid base64")
+	}
+	if len(b) != size {
+		clear(b)
+		return nil, badRequest(fmt.Sprintf("%s must decode to %d bytes", name, size))
+	}
+	return b, nil
+}
+
+// ─── middleware ─────────────────────────────────────────────────────────
+
+type ctxKey int
+
+const (
+	userKey ctxKey = iota
+	requestIDKey
+)
+
+func userFrom(ctx context.Context) string {
+	s, _ := ctx.Value(userKey).(string)
+	return s
+}
+
+func requestID(ctx context.Context) string {
+	s, _ := ctx.Value(requestIDKey).(string)
+	return s
+}
+
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		if p := rc.RoutePattern(); p != "" {
+			return p
+		}
+	}
+	return "unmatched"
+}
+
+// authenticate admits requests with a valid bearer token and puts its
+// subject in the context.
+func (a *API) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := bearerToken(r.Header.Get("Authorization"))
+		var sub string
+		var err error
+		if ok {
+			sub, err = a.verifier.Verify(r.Context(), token)
+		}
+		if !ok || err != nil || sub == "" {
+			if err != nil {
+				a.log.LogAttrs(r.Context(), slog.LevelInfo, "token rejected",
+					slog.String("request_id", requestID(r.Context())), slog.String("reason", err.Error()))
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="keybroker"`)
+			a.writeError(w, r, &apiError{http.StatusUnauthorized, CodeUnauthorized, "missing or invalid bearer token"})
+			return
+		}
+		setAccessUser(r.Context(), sub)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey, sub)))
+	})
+}
+
+func bearerToken(header string) (string, bool) {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	return token, token != ""
+}
+
+// noStore marks every vault response uncacheable: they carry key material.
+func noStore(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Cache-Control", "no-store")
+		h.Set("Pragma", "no-cache")
+		h.Set("X-Content-Type-Options", "nosniff")
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *API) limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > a.maxBody {
+			a.writeError(w, r, &apiError{http.StatusRequestEntityTooLarge, CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", a.maxBody)})
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, a.maxBody)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// recoverer turns a panic into a logged 500 with the standard body.
+func (a *API) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				a.writeError(w, r, fmt.Errorf("panic: %v", p))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// PeerIP is the TCP peer's address without the port.
+func PeerIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func newRequestID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -184,27 +184,12 @@ func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*K
 	err := s.run(ctx, userID, meta, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
-			mk := newMasterKey()
-			wrapped, kekID, err := s.keyring.seal(ctx, userID, mk)
-			if err != nil {
-				wipe(mk)
+			var created bool
+			created, err = s.create(ctx, o, &res)
+			if created || err != nil {
 				return err
 			}
-			v = &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1}
-			encodeBoundWrap(v, wrapped, kekID)
-			kcv := KeyCheckValue(mk)
-			v.KeyCheck = &kcv
-			inserted, err := o.tx.VaultInsert(ctx, v)
-			if err != nil {
-				wipe(mk)
-				return err
-			}
-			if inserted {
-				res = &KeyResult{MasterKey: mk, FormatVersion: FormatBound, KEKID: kekID}
-				return o.audit(ctx, ActionInit, http.StatusCreated, "created")
-			}
-			// A concurrent init won; hand out its key.
-			wipe(mk)
+			// A concurrent init won the insert; hand out its key.
 			v, err = o.tx.VaultGet(ctx, false)
 		}
 		if err != nil {
@@ -228,6 +213,27 @@ func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*K
 		return nil, err
 	}
 	return res, nil
+}
+
+// create mints, wraps and inserts a vault for o's user. It reports false
+// when a concurrent transaction inserted the user's vault first.
+func (s *Service) create(ctx context.Context, o *op, res **KeyResult) (bool, error) {
+	mk := newMasterKey()
+	wrapped, kekID, err := s.keyring.seal(ctx, o.userID, mk)
+	if err != nil {
+		wipe(mk)
+		return false, err
+	}
+	kcv := KeyCheckValue(mk)
+	v := &Vault{UserID: o.userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv}
+	encodeBoundWrap(v, wrapped, kekID)
+	inserted, err := o.tx.VaultInsert(ctx, v)
+	if err != nil || !inserted {
+		wipe(mk)
+		return false, err
+	}
+	*res = &KeyResult{MasterKey: mk, FormatVersion: FormatBound, KEKID: kekID}
+	return true, o.audit(ctx, ActionInit, http.StatusCreated, "created")
 }
 
 // Key returns the user's master key, or the recovery wrap in
@@ -281,15 +287,16 @@ func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (
 	err = s.run(ctx, userID, meta, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
-			v = &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv}
-			encodeBoundWrap(v, wrapped, kekID)
-			inserted, err := o.tx.VaultInsert(ctx, v)
-			if err != nil {
+			fresh := &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv}
+			encodeBoundWrap(fresh, wrapped, kekID)
+			var inserted bool
+			if inserted, err = o.tx.VaultInsert(ctx, fresh); err != nil {
 				return err
 			}
 			if inserted {
 				return o.audit(ctx, ActionRotate, http.StatusCreated, "init-on-rotate")
 			}
+			// A concurrent init won the insert; rotate its vault.
 			v, err = o.tx.VaultGet(ctx, true)
 		}
 		if err != nil {

@@ -1,0 +1,177 @@
+// Package pgtest is the shared plumbing of tests that run on a real
+// PostgreSQL: a fresh database per test, throwaway non-superuser roles and
+// pools that close themselves.
+//
+// The server is found through KEYBROKER_TEST_DATABASE_URL (a postgres://
+// URL of a role that may create databases and roles), defaulting to the
+// dev machine's trust-auth superuser on 127.0.0.1:5432. Roles created here
+// log in without a password, so the server must trust local connections
+// (as the default dev setup does).
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// URLEnv names the environment variable that points tests at a server.
+const URLEnv = "KEYBROKER_TEST_DATABASE_URL"
+
+// DefaultURL is used when URLEnv is unset: the dev machine's server.
+const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// cleanupTimeout bounds each cleanup statement; t.Context() is already
+// cancelled when cleanups run.
+const cleanupTimeout = 30 * time.Second
+
+// AdminURL returns the URL of the administrative connection tests use to
+// create databases and roles.
+func AdminURL() string {
+	if u := strings.TrimSpace(os.Getenv(URLEnv)); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// NewDatabase creates a fresh, uniquely named database and returns its
+// URL, connecting as the administrative user. The database is dropped,
+// with any connections still open to it, when the test ends.
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	name := uniqueName(t)
+	if err := adminExec(AdminURL(), "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := adminExec(AdminURL(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+			t.Error(err)
+		}
+	})
+	return withDatabase(t, AdminURL(), name)
+}
+
+// Role is a throwaway login role.
+type Role struct {
+	Name string // the role name, unique on the server
+	URL  string // the database URL given to NewRole, connecting as this role
+}
+
+// NewRole creates a LOGIN role that is neither superuser nor BYPASSRLS
+// (so row-level security applies to it) and returns it with a URL that
+// connects to databaseURL's database as that role, without a password.
+// When the test ends, whatever the role owns or was granted in that
+// database is dropped, then the role.
+func NewRole(t testing.TB, databaseURL string) Role {
+	t.Helper()
+	name := uniqueName(t)
+	ident := pgx.Identifier{name}.Sanitize()
+	if err := adminExec(databaseURL, "CREATE ROLE "+ident+" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Roles are server-wide: DROP OWNED in the test database first, or
+		// DROP ROLE refuses while the role owns objects there.
+		if err := adminExec(databaseURL, "DROP OWNED BY "+ident+" CASCADE; DROP ROLE IF EXISTS "+ident); err != nil {
+			t.Error(err)
+		}
+	})
+	u := parseURL(t, databaseURL)
+	u.User = url.User(name)
+	return Role{Name: name, URL: u.String()}
+}
+
+// NewPool opens a small pool on databaseURL and closes it when the test
+// ends. It is kept small because many tests run at once against one
+// server with a limited number of connections.
+func NewPool(t testing.TB, databaseURL string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		t.Fatalf("pgtest: parse %s: %v", redact(databaseURL), err)
+	}
+	cfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("pgtest: open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// Exec runs one statement on pool and fails the test when it errors.
+func Exec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if _, err := pool.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("pgtest: %s: %v", sql, err)
+	}
+}
+
+// adminExec runs sql on a short-lived connection: database and role DDL
+// should not hold on to pool connections of the test.
+func adminExec(databaseURL, sql string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, databaseURL)
+	if err != nil {
+		return fmt.Errorf("pgtest: connect to %s (set %s to point tests at a PostgreSQL server): %w", redact(databaseURL), URLEnv, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("pgtest: %s: %w", sql, err)
+	}
+	return nil
+}
+
+// uniqueName returns a lower-case identifier that starts with a hint of
+// the test's name, to tell leftovers apart, and ends with random hex.
+func uniqueName(t testing.TB) string {
+	var hint strings.Builder
+	for _, r := range strings.ToLower(t.Name()) {
+		if hint.Len() >= 24 {
+			break
+		}
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			hint.WriteRune(r)
+		}
+	}
+	random := make([]byte, 8)
+	_, _ = rand.Read(random) // never fails
+	return "kbtest_" + hint.String() + "_" + hex.EncodeToString(random)
+}
+
+func withDatabase(t testing.TB, databaseURL, name string) string {
+	u := parseURL(t, databaseURL)
+	u.Path = "/" + name
+	u.RawPath = ""
+	return u.String()
+}
+
+func parseURL(t testing.TB, databaseURL string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(databaseURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		t.Fatalf("pgtest: %s must be a postgres:// URL, got %s", URLEnv, redact(databaseURL))
+	}
+	return u
+}
+
+// redact hides a password before a URL reaches the test log.
+func redact(databaseURL string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		return "<unparseable URL>"
+	}
+	return u.Redacted()
+}

@@ -1,15 +1,19 @@
 // Package kekproviders opens a KEK from a URI. Each provider lives in its
 // own package; this one holds the single factory that picks one by
-// scheme.
+// scheme, the optional interfaces providers implement, and Check, the
+// probe behind `keybroker kek check`.
 //
-// URI forms:
+// URI forms (docs/providers.md has the full table):
 //
-//	env://VARIABLE[?id=ID]        base64 of 32 bytes in $VARIABLE
-//	file:///path/to/kek?id=ID     32 raw bytes or base64 text in a file
+//	env://VARIABLE[?id=ID]                 base64 of 32 bytes in $VARIABLE
+//	file:///path/to/kek?id=ID              32 raw bytes or base64 text in a file
+//	systemd-credential://NAME?id=ID        $CREDENTIALS_DIRECTORY/NAME
+//	docker-secret://NAME?id=ID             /run/secrets/NAME
 //
 // Every KEK has a stable id, recorded on each row it wraps. It comes from
 // the URI's id parameter; env://MANA_AUTH_KEK defaults to "env-v1", the
-// id the original service wrote.
+// id the original service wrote. Any other query parameter must be one
+// the provider knows: a misspelt one is an error, not a silent default.
 package kekproviders
 
 import (
@@ -21,16 +25,12 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/keybroker/keybroker/kekproviders/docker"
 	"github.com/keybroker/keybroker/kekproviders/env"
 	"github.com/keybroker/keybroker/kekproviders/file"
+	"github.com/keybroker/keybroker/kekproviders/internal/uriparam"
+	"github.com/keybroker/keybroker/kekproviders/systemd"
 )
-
-// KEK is what every provider returns: the method set of broker.KEK.
-type KEK interface {
-	ID() string
-	Wrap(ctx context.Context, plaintext []byte, binding map[string]string) ([]byte, error)
-	Unwrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error)
-}
 
 // LegacyVariable and LegacyID are the original service's KEK variable and
 // the id it recorded on every row.
@@ -39,12 +39,24 @@ const (
 	LegacyID       = "env-v1"
 )
 
-// Opener opens KEKs from URIs.
+// URI schemes of the providers.
+const (
+	SchemeEnv          = "env"
+	SchemeFile         = "file"
+	SchemeSystemd      = "systemd-credential"
+	SchemeDockerSecret = "docker-secret"
+)
+
+// Opener opens KEKs from URIs. The zero value is ready to use.
 type Opener struct {
 	// AllowDevKeys accepts the all-zero KEK. Only dev mode sets it.
 	AllowDevKeys bool
-	// Getenv reads the environment for env:// URIs; defaults to os.Getenv.
+	// Getenv reads the environment for env:// URIs and for
+	// $CREDENTIALS_DIRECTORY; defaults to os.Getenv.
 	Getenv func(string) string
+	// DockerSecretsDir is where docker-secret:// looks for secrets;
+	// empty means /run/secrets. Tests point it at a temporary directory.
+	DockerSecretsDir string
 }
 
 // Open opens the KEK named by uri with default options.
@@ -58,7 +70,7 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$`)
 // part and its id.
 type ParsedURI struct {
 	Scheme string
-	URL    *url.URL
+	URL    *url.URL // the URI without its id parameter
 	ID     string
 }
 
@@ -76,7 +88,7 @@ func ParseURI(uri string) (*ParsedURI, error) {
 	q.Del("id")
 	u.RawQuery = q.Encode()
 	p := &ParsedURI{Scheme: strings.ToLower(u.Scheme), URL: u, ID: id}
-	if p.ID == "" && p.Scheme == "env" && envVariable(u) == LegacyVariable {
+	if p.ID == "" && p.Scheme == SchemeEnv && envVariable(u) == LegacyVariable {
 		p.ID = LegacyID
 	}
 	if p.ID == "" {
@@ -88,7 +100,9 @@ func ParseURI(uri string) (*ParsedURI, error) {
 	return p, nil
 }
 
-// Open opens the KEK named by uri.
+// Open opens the KEK named by uri. Remote providers authenticate and may
+// probe their backend here, bounded by ctx; a KEK that holds resources
+// (connections, a token renewer) implements io.Closer.
 func (o Opener) Open(ctx context.Context, uri string) (KEK, error) {
 	p, err := ParseURI(uri)
 	if err != nil {
@@ -98,16 +112,44 @@ func (o Opener) Open(ctx context.Context, uri string) (KEK, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
+	params := uriparam.New(p.Scheme, p.URL)
 	switch p.Scheme {
-	case "env":
+	case SchemeEnv:
+		if err := params.Done(); err != nil {
+			return nil, err
+		}
 		return env.Open(env.Config{ID: p.ID, Variable: envVariable(p.URL), Getenv: getenv, AllowDevKey: o.AllowDevKeys})
-	case "file":
+	case SchemeFile:
+		if err := params.Done(); err != nil {
+			return nil, err
+		}
 		if p.URL.Path == "" {
 			return nil, errors.New("kekproviders: file URI needs an absolute path: file:///path/to/kek?id=ID")
 		}
 		return file.Open(p.ID, p.URL.Path, o.AllowDevKeys)
+	case SchemeSystemd:
+		if err := params.Done(); err != nil {
+			return nil, err
+		}
+		return systemd.Open(systemd.Config{
+			ID:          p.ID,
+			Name:        hostAndPath(p.URL),
+			Directory:   getenv(systemd.DirectoryVariable),
+			AllowDevKey: o.AllowDevKeys,
+		})
+	case SchemeDockerSecret:
+		if err := params.Done(); err != nil {
+			return nil, err
+		}
+		return docker.Open(docker.Config{
+			ID:          p.ID,
+			Name:        hostAndPath(p.URL),
+			Directory:   o.DockerSecretsDir,
+			AllowDevKey: o.AllowDevKeys,
+		})
 	default:
-		return nil, fmt.Errorf("kekproviders: unknown scheme %q (known: env, file)", p.Scheme)
+		return nil, fmt.Errorf("kekproviders: unknown scheme %q (known: %s, %s, %s, %s)",
+			p.Scheme, SchemeEnv, SchemeFile, SchemeSystemd, SchemeDockerSecret)
 	}
 }
 
@@ -117,6 +159,17 @@ func envVariable(u *url.URL) string {
 		return u.Opaque
 	}
 	return u.Host + strings.TrimPrefix(u.Path, "/")
+}
+
+// hostAndPath is what follows scheme:// up to the query, with the leading
+// slash of an empty host dropped: "docker-secret://kek" and
+// "docker-secret:///kek" both name "kek", "awskms:///alias/x" and
+// "awskms://alias/x" both name "alias/x".
+func hostAndPath(u *url.URL) string {
+	if u.Opaque != "" {
+		return u.Opaque
+	}
+	return strings.TrimPrefix(u.Host+u.Path, "/")
 }
 
 // redact drops user info and query values from a URI before it goes into

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/keybroker/keybroker/kekproviders/internal/binding"
+	"github.com/keybroker/keybroker/kekproviders/kekerr"
 )
 
 // KeySize is the length of a KEK in bytes.
@@ -79,7 +80,7 @@ func ParseKey(material []byte) ([]byte, error) {
 // ID returns the KEK id.
 func (k *KEK) ID() string { return k.id }
 
-// Wrap encrypts plaintext bound to b.
+// Wrap encrypts plaintext bound to b. It fails only when ctx is done.
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -89,17 +90,19 @@ func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) (
 	return k.aead.Seal(out, out[:nonceSize], plaintext, binding.AAD(b)), nil
 }
 
-// Unwrap decrypts ciphertext made by Wrap with the same binding.
+// Unwrap decrypts ciphertext made by Wrap with the same binding. A
+// ciphertext that does not open (corrupt, another key, another binding)
+// is reported as kekerr.ErrInvalidCiphertext; a done ctx as its error.
 func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if len(ciphertext) < nonceSize+k.aead.Overhead() {
-		return nil, fmt.Errorf("localkek: ciphertext is %d bytes, too short", len(ciphertext))
+		return nil, fmt.Errorf("localkek: %w: %d bytes is too short", kekerr.ErrInvalidCiphertext, len(ciphertext))
 	}
 	pt, err := k.aead.Open(nil, ciphertext[:nonceSize], ciphertext[nonceSize:], binding.AAD(b))
 	if err != nil {
-		return nil, fmt.Errorf("localkek: %w", err)
+		return nil, fmt.Errorf("localkek: %w: %v", kekerr.ErrInvalidCiphertext, err)
 	}
 	return pt, nil
 }

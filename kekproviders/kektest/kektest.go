@@ -1,0 +1,464 @@
+// Package kektest is the conformance suite every KEK provider passes. A
+// provider's test builds a Subject against a real peer (local-kms, an
+// in-process fake of the GCP or Vault API, a key on disk) and calls Run.
+//
+// The suite checks what the broker relies on: a wrap opens only under the
+// same key and the same binding; a done or stalled context returns
+// promptly; an unreachable backend is reported as unavailable and a
+// refusal as denied (see package kekerr), never as corrupt data.
+package kektest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/kekproviders"
+	"github.com/keybroker/keybroker/kekproviders/kekerr"
+)
+
+// Subject is one provider under test.
+type Subject struct {
+	// KEK is the provider under test, ready to use.
+	KEK kekproviders.KEK
+	// Other is a KEK of the same provider over a different key; what it
+	// wraps must not open under KEK.
+	Other kekproviders.KEK
+	// Outage returns a working KEK over a backend of its own and a
+	// function that takes that backend down (closes its listener). Nil
+	// for providers without a backend: those subtests are skipped.
+	Outage func(t *testing.T) (kek kekproviders.KEK, down func())
+	// Deny returns a working KEK and a function that makes its backend
+	// refuse it (disables the key, revokes the credential). Nil for
+	// providers without a backend.
+	Deny func(t *testing.T) (kek kekproviders.KEK, deny func())
+	// Stalled returns a KEK whose backend is at addr — a listener that
+	// accepts connections and never answers — with the given per-call
+	// timeout and no retries worth waiting for. Nil for providers
+	// without a backend.
+	Stalled func(t *testing.T, addr string, timeout time.Duration) kekproviders.KEK
+}
+
+// opTimeout bounds every call the suite expects to succeed.
+const opTimeout = 30 * time.Second
+
+// prompt is how long a call that must give up early may take. It is
+// generous because the machine may be busy; a provider that ignores its
+// context blocks for a minute and fails it.
+const prompt = 10 * time.Second
+
+// Run runs the conformance suite against the subject newSubject builds.
+func Run(t *testing.T, newSubject func(t *testing.T) Subject) {
+	t.Helper()
+	s := newSubject(t)
+	require.NotNil(t, s.KEK, "Subject.KEK")
+	require.NotNil(t, s.Other, "Subject.Other")
+
+	t.Run("ID", func(t *testing.T) { testID(t, s) })
+	t.Run("RoundTrip", func(t *testing.T) { testRoundTrip(t, s) })
+	t.Run("WrapIsRandomised", func(t *testing.T) { testRandomised(t, s) })
+	t.Run("InputsUntouched", func(t *testing.T) { testInputsUntouched(t, s) })
+	t.Run("DifferentBindingFails", func(t *testing.T) { testDifferentBinding(t, s) })
+	t.Run("EmptyAndNonEmptyBindingDiffer", func(t *testing.T) { testEmptyBinding(t, s) })
+	t.Run("ForeignKeyFails", func(t *testing.T) { testForeignKey(t, s) })
+	t.Run("CorruptCiphertextFails", func(t *testing.T) { testCorrupt(t, s) })
+	t.Run("CancelledContext", func(t *testing.T) { testCancelled(t, s) })
+	t.Run("Status", func(t *testing.T) { testStatus(t, s) })
+	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, s) })
+	t.Run("CallerDeadlineOnStalledBackend", func(t *testing.T) { testCallerDeadline(t, s) })
+	t.Run("PerCallTimeoutOnStalledBackend", func(t *testing.T) { testPerCallTimeout(t, s) })
+	t.Run("OutageIsUnavailable", func(t *testing.T) { testOutage(t, s) })
+	t.Run("RefusalIsDenied", func(t *testing.T) { testDenied(t, s) })
+}
+
+// Binding returns a format-2 style binding context, spelled out here
+// because providers (and so their tests) must not import broker.
+func Binding(userID, kekID string) map[string]string {
+	return map[string]string{"user_id": userID, "kek_id": kekID, "format": "2"}
+}
+
+// Context returns a context bounded by d and by the test.
+func Context(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func testID(t *testing.T, s Subject) {
+	require.NotEmpty(t, s.KEK.ID())
+	require.Equal(t, s.KEK.ID(), s.KEK.ID(), "ID must be stable")
+}
+
+func testRoundTrip(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	cases := []struct {
+		name    string
+		size    int
+		binding map[string]string
+	}{
+		{"MasterKeyBound", 32, Binding("alice", s.KEK.ID())},
+		{"MasterKeyUnbound", 32, nil},
+		{"OneByte", 1, Binding("bob", s.KEK.ID())},
+		{"Larger", 256, Binding("carol", s.KEK.ID())},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			plaintext := randomBytes(tc.size)
+			wrapped, err := s.KEK.Wrap(ctx, plaintext, tc.binding)
+			require.NoError(t, err)
+			require.NotEmpty(t, wrapped)
+			if tc.size >= 16 {
+				require.False(t, bytes.Contains(wrapped, plaintext), "the wrap contains the plaintext")
+			}
+			back, err := s.KEK.Unwrap(ctx, wrapped, tc.binding)
+			require.NoError(t, err)
+			require.Equal(t, plaintext, back)
+		})
+	}
+}
+
+func testRandomised(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	plaintext := randomBytes(32)
+	b := Binding("alice", s.KEK.ID())
+	first, err := s.KEK.Wrap(ctx, plaintext, b)
+	require.NoError(t, err)
+	second, err := s.KEK.Wrap(ctx, plaintext, b)
+	require.NoError(t, err)
+	require.NotEqual(t, first, second, "two wraps of the same key are identical: the wrap leaks equality")
+}
+
+func testInputsUntouched(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	plaintext := randomBytes(32)
+	keep := bytes.Clone(plaintext)
+	b := Binding("alice", s.KEK.ID())
+	keepBinding := maps.Clone(b)
+	wrapped, err := s.KEK.Wrap(ctx, plaintext, b)
+	require.NoError(t, err)
+	require.Equal(t, keep, plaintext, "Wrap modified the plaintext")
+	require.Equal(t, keepBinding, b, "Wrap modified the binding")
+	keepWrapped := bytes.Clone(wrapped)
+	_, err = s.KEK.Unwrap(ctx, wrapped, b)
+	require.NoError(t, err)
+	require.Equal(t, keepWrapped, wrapped, "Unwrap modified the ciphertext")
+	require.Equal(t, keepBinding, b, "Unwrap modified the binding")
+}
+
+// RequireBadData asserts that err is a refusal to open a ciphertext —
+// kekerr.ErrInvalidCiphertext — and neither an outage nor a denial.
+func RequireBadData(t *testing.T, err error) {
+	t.Helper()
+	require.Error(t, err)
+	require.ErrorIs(t, err, kekerr.ErrInvalidCiphertext, "a ciphertext that does not open must be kekerr.ErrInvalidCiphertext")
+	require.False(t, kekerr.IsUnavailable(err), "bad data classified as unavailable: %v", err)
+	require.False(t, kekerr.IsDenied(err), "bad data classified as denied: %v", err)
+}
+
+// RequireUnavailable asserts that err says the backend is unreachable and
+// not that it refused or that the data is bad.
+func RequireUnavailable(t *testing.T, err error) {
+	t.Helper()
+	require.Error(t, err)
+	require.True(t, kekerr.IsUnavailable(err), "want an Unavailable() error, got %T: %v", err, err)
+	require.False(t, kekerr.IsDenied(err), "an outage classified as denied: %v", err)
+	require.NotErrorIs(t, err, kekerr.ErrInvalidCiphertext, "an outage classified as bad data")
+}
+
+// RequireDenied asserts that err says the backend refused and not that it
+// is unreachable or that the data is bad.
+func RequireDenied(t *testing.T, err error) {
+	t.Helper()
+	require.Error(t, err)
+	require.True(t, kekerr.IsDenied(err), "want a Denied() error, got %T: %v", err, err)
+	require.False(t, kekerr.IsUnavailable(err), "a refusal classified as unavailable: %v", err)
+	require.NotErrorIs(t, err, kekerr.ErrInvalidCiphertext, "a refusal classified as bad data")
+}
+
+func testDifferentBinding(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	base := Binding("alice", s.KEK.ID())
+	wrapped, err := s.KEK.Wrap(ctx, randomBytes(32), base)
+	require.NoError(t, err)
+
+	variants := map[string]func(b map[string]string){
+		"OtherUser":     func(b map[string]string) { b["user_id"] = "mallory" },
+		"UserPrefix":    func(b map[string]string) { b["user_id"] = "alic" },
+		"OtherKEKID":    func(b map[string]string) { b["kek_id"] = "other-kek" },
+		"OtherFormat":   func(b map[string]string) { b["format"] = "1" },
+		"ExtraKey":      func(b map[string]string) { b["tenant"] = "x" },
+		"MissingKey":    func(b map[string]string) { delete(b, "format") },
+		"MovedBoundary": func(b map[string]string) { b["user_id"] = "alice2"; b["format"] = "" },
+	}
+	for name, mutate := range variants {
+		t.Run(name, func(t *testing.T) {
+			b := maps.Clone(base)
+			mutate(b)
+			_, err := s.KEK.Unwrap(ctx, wrapped, b)
+			RequireBadData(t, err)
+		})
+	}
+}
+
+func testEmptyBinding(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	bound := Binding("alice", s.KEK.ID())
+
+	unboundWrap, err := s.KEK.Wrap(ctx, randomBytes(32), nil)
+	require.NoError(t, err)
+	_, err = s.KEK.Unwrap(ctx, unboundWrap, bound)
+	RequireBadData(t, err)
+	_, err = s.KEK.Unwrap(ctx, unboundWrap, map[string]string{})
+	require.NoError(t, err, "a nil and an empty binding must mean the same")
+
+	boundWrap, err := s.KEK.Wrap(ctx, randomBytes(32), bound)
+	require.NoError(t, err)
+	_, err = s.KEK.Unwrap(ctx, boundWrap, nil)
+	RequireBadData(t, err)
+}
+
+func testForeignKey(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	b := Binding("alice", s.KEK.ID())
+	foreign, err := s.Other.Wrap(ctx, randomBytes(32), b)
+	require.NoError(t, err)
+	_, err = s.KEK.Unwrap(ctx, foreign, b)
+	RequireBadData(t, err)
+
+	own, err := s.KEK.Wrap(ctx, randomBytes(32), b)
+	require.NoError(t, err)
+	_, err = s.Other.Unwrap(ctx, own, b)
+	RequireBadData(t, err)
+}
+
+func testCorrupt(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	b := Binding("alice", s.KEK.ID())
+	wrapped, err := s.KEK.Wrap(ctx, randomBytes(32), b)
+	require.NoError(t, err)
+
+	flipped := bytes.Clone(wrapped)
+	flipped[len(flipped)-1] ^= 0x01
+	cases := map[string][]byte{
+		"Empty":       nil,
+		"LastBitFlip": flipped,
+		"Truncated":   wrapped[:len(wrapped)-1],
+		"Doubled":     append(bytes.Clone(wrapped), wrapped...),
+	}
+	for name, ciphertext := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := s.KEK.Unwrap(ctx, ciphertext, b)
+			RequireBadData(t, err)
+		})
+	}
+}
+
+func testCancelled(t *testing.T, s Subject) {
+	wrapped, err := s.KEK.Wrap(Context(t, opTimeout), randomBytes(32), nil)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	start := time.Now()
+	_, err = s.KEK.Wrap(ctx, randomBytes(32), nil)
+	require.ErrorIs(t, err, context.Canceled)
+	_, err = s.KEK.Unwrap(ctx, wrapped, nil)
+	require.ErrorIs(t, err, context.Canceled)
+	if sc, ok := s.KEK.(kekproviders.StatusChecker); ok {
+		require.ErrorIs(t, sc.Status(ctx), context.Canceled)
+	}
+	require.Less(t, time.Since(start), prompt, "calls with a cancelled context must return at once")
+}
+
+func testStatus(t *testing.T, s Subject) {
+	sc, ok := s.KEK.(kekproviders.StatusChecker)
+	require.True(t, ok, "%T has no Status(ctx) error method", s.KEK)
+	require.NoError(t, sc.Status(Context(t, opTimeout)))
+}
+
+func testConcurrent(t *testing.T, s Subject) {
+	ctx := Context(t, opTimeout)
+	const workers, rounds = 8, 4
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*rounds)
+	for w := range workers {
+		wg.Go(func() {
+			for r := range rounds {
+				b := Binding(fmt.Sprintf("user-%d-%d", w, r), s.KEK.ID())
+				plaintext := randomBytes(32)
+				wrapped, err := s.KEK.Wrap(ctx, plaintext, b)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				back, err := s.KEK.Unwrap(ctx, wrapped, b)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				if !bytes.Equal(back, plaintext) {
+					errs <- errors.New("concurrent round trip returned other bytes")
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+}
+
+func testCallerDeadline(t *testing.T, s Subject) {
+	if s.Stalled == nil {
+		t.Skip("SKIP: this provider has no backend to stall (a local key)")
+	}
+	kek := s.Stalled(t, BlackHole(t), time.Minute)
+	for name, call := range calls(kek) {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err := call(ctx)
+			require.Less(t, time.Since(start), prompt, "the caller's deadline was not honoured")
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			require.False(t, kekerr.IsDenied(err), "a timeout classified as denied: %v", err)
+			require.NotErrorIs(t, err, kekerr.ErrInvalidCiphertext, "a timeout classified as bad data")
+		})
+	}
+}
+
+func testPerCallTimeout(t *testing.T, s Subject) {
+	if s.Stalled == nil {
+		t.Skip("SKIP: this provider has no backend to stall (a local key)")
+	}
+	kek := s.Stalled(t, BlackHole(t), 300*time.Millisecond)
+	for name, call := range calls(kek) {
+		t.Run(name, func(t *testing.T) {
+			start := time.Now()
+			err := call(Context(t, time.Minute))
+			require.Less(t, time.Since(start), prompt, "the provider's per-call timeout was not honoured")
+			RequireUnavailable(t, err)
+		})
+	}
+}
+
+func testOutage(t *testing.T, s Subject) {
+	if s.Outage == nil {
+		t.Skip("SKIP: this provider has no backend that could go down (a local key)")
+	}
+	kek, down := s.Outage(t)
+	ctx := Context(t, opTimeout)
+	b := Binding("alice", kek.ID())
+	wrapped, err := kek.Wrap(ctx, randomBytes(32), b)
+	require.NoError(t, err)
+	down()
+	for name, call := range callsWith(kek, wrapped, b) {
+		t.Run(name, func(t *testing.T) { RequireUnavailable(t, call(ctx)) })
+	}
+}
+
+func testDenied(t *testing.T, s Subject) {
+	if s.Deny == nil {
+		t.Skip("SKIP: this provider has no backend that could refuse (a local key)")
+	}
+	kek, deny := s.Deny(t)
+	ctx := Context(t, opTimeout)
+	b := Binding("alice", kek.ID())
+	wrapped, err := kek.Wrap(ctx, randomBytes(32), b)
+	require.NoError(t, err)
+	deny()
+	for name, call := range callsWith(kek, wrapped, b) {
+		t.Run(name, func(t *testing.T) { RequireDenied(t, call(ctx)) })
+	}
+}
+
+// calls lists one call of each kind against kek, with a ciphertext that
+// does not matter because the backend never answers.
+func calls(kek kekproviders.KEK) map[string]func(ctx context.Context) error {
+	return callsWith(kek, []byte("vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), Binding("alice", kek.ID()))
+}
+
+func callsWith(kek kekproviders.KEK, wrapped []byte, b map[string]string) map[string]func(ctx context.Context) error {
+	m := map[string]func(ctx context.Context) error{
+		"Wrap": func(ctx context.Context) error {
+			_, err := kek.Wrap(ctx, randomBytes(32), b)
+			return err
+		},
+		"Unwrap": func(ctx context.Context) error {
+			_, err := kek.Unwrap(ctx, wrapped, b)
+			return err
+		},
+	}
+	if sc, ok := kek.(kekproviders.StatusChecker); ok {
+		m["Status"] = sc.Status
+	}
+	return m
+}
+
+// BlackHole starts a TCP listener on 127.0.0.1 that accepts connections,
+// reads and discards what arrives and never answers — a backend that
+// hangs. It returns the listener's host:port and closes everything when
+// the test ends.
+func BlackHole(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var (
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
+		wg     sync.WaitGroup
+	)
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return // listener closed
+			}
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				conn.Close()
+				return
+			}
+			conns = append(conns, conn)
+			mu.Unlock()
+			wg.Go(func() {
+				buf := make([]byte, 4096)
+				for {
+					if _, err := conn.Read(buf); err != nil {
+						return // connection closed
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		closed = true
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}

@@ -1,0 +1,97 @@
+package kekproviders_test
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/kekproviders"
+	"github.com/keybroker/keybroker/kekproviders/kektest"
+)
+
+func newKeyText() string {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return base64.StdEncoding.EncodeToString(key)
+}
+
+func mapEnv(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// roundTrip proves an opened KEK is usable and carries the expected id.
+func roundTrip(t *testing.T, kek kekproviders.KEK, wantID string) {
+	t.Helper()
+	require.Equal(t, wantID, kek.ID())
+	res := kekproviders.Check(kektest.Context(t, 10*time.Second), kek)
+	require.NoError(t, res.Err())
+}
+
+func TestOpenLocalProviders(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	credDir := filepath.Join(dir, "credentials")
+	secretsDir := filepath.Join(dir, "secrets")
+	require.NoError(t, os.Mkdir(credDir, 0o700))
+	require.NoError(t, os.Mkdir(secretsDir, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "kek.b64"), []byte(newKeyText()), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(credDir, "keybroker-kek"), []byte(newKeyText()), 0o400))
+	require.NoError(t, os.WriteFile(filepath.Join(secretsDir, "keybroker_kek"), []byte(newKeyText()), 0o400))
+
+	opener := kekproviders.Opener{
+		Getenv: mapEnv(map[string]string{
+			"MANA_AUTH_KEK":         newKeyText(),
+			"OTHER_KEK":             newKeyText(),
+			"CREDENTIALS_DIRECTORY": credDir,
+		}),
+		DockerSecretsDir: secretsDir,
+	}
+	cases := []struct{ uri, id string }{
+		{"env://MANA_AUTH_KEK", "env-v1"},
+		{"env://OTHER_KEK?id=env-v2", "env-v2"},
+		{"file://" + filepath.Join(dir, "kek.b64") + "?id=file-1", "file-1"},
+		{"systemd-credential://keybroker-kek?id=sd-1", "sd-1"},
+		{"systemd-credential:///keybroker-kek?id=sd-2", "sd-2"},
+		{"docker-secret://keybroker_kek?id=docker-1", "docker-1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.uri, func(t *testing.T) {
+			kek, err := opener.Open(t.Context(), tc.uri)
+			require.NoError(t, err)
+			roundTrip(t, kek, tc.id)
+		})
+	}
+}
+
+func TestOpenRefusals(t *testing.T) {
+	t.Parallel()
+	opener := kekproviders.Opener{Getenv: mapEnv(map[string]string{"OTHER_KEK": newKeyText()})}
+	cases := map[string]struct{ uri, want string }{
+		"NoID":              {"env://OTHER_KEK", "add ?id="},
+		"BadID":             {"env://OTHER_KEK?id=has space", "KEK id"},
+		"NoScheme":          {"OTHER_KEK", "no scheme"},
+		"UnknownScheme":     {"s3://bucket/kek?id=a", `unknown scheme "s3"`},
+		"UnknownParam":      {"env://OTHER_KEK?id=a&timout=5s", "timout"},
+		"FileWithoutPath":   {"file://?id=a", "absolute path"},
+		"SystemdNotRunning": {"systemd-credential://kek?id=a", "CREDENTIALS_DIRECTORY is not set"},
+		"DockerPathEscape":  {"docker-secret:///../etc/shadow?id=a", "must not contain"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := opener.Open(t.Context(), tc.uri)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
+func TestErrorsDoNotEchoQueryValues(t *testing.T) {
+	t.Parallel()
+	_, err := kekproviders.Opener{Getenv: mapEnv(nil)}.Open(t.Context(), "env://X?token=s3cr3t")
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "s3cr3t")
+}

@@ -1,0 +1,264 @@
+package pgstore_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/migrations"
+)
+
+// manaAuth002 and manaAuth003 are the original service's migrations,
+// verbatim.
+const manaAuth002 = `
+CREATE TABLE IF NOT EXISTS auth.encryption_vaults (
+    user_id         TEXT PRIMARY KEY REFERENCES auth.users(id) ON DELETE CASCADE,
+    wrapped_mk      TEXT NOT NULL,
+    wrap_iv         TEXT NOT NULL,
+    format_version  SMALLINT NOT NULL DEFAULT 1,
+    kek_id          TEXT NOT NULL DEFAULT 'env-v1',
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    rotated_at      TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS encryption_vaults_user_id_idx ON auth.encryption_vaults (user_id);
+CREATE TABLE IF NOT EXISTS auth.encryption_vault_audit (
+    id              TEXT PRIMARY KEY,
+    user_id         TEXT NOT NULL REFERENCES auth.users(id) ON DELETE CASCADE,
+    action          TEXT NOT NULL,
+    ip_address      TEXT,
+    user_agent      TEXT,
+    context         TEXT,
+    status          INTEGER NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS encryption_vault_audit_user_id_idx ON auth.encryption_vault_audit (user_id);
+CREATE INDEX IF NOT EXISTS encryption_vault_audit_created_at_idx ON auth.encryption_vault_audit (created_at);
+ALTER TABLE auth.encryption_vaults ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.encryption_vaults FORCE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS encryption_vaults_user_isolation ON auth.encryption_vaults;
+CREATE POLICY encryption_vaults_user_isolation ON auth.encryption_vaults
+    USING (user_id = current_setting('app.current_user_id', true))
+    WITH CHECK (user_id = current_setting('app.current_user_id', true));
+ALTER TABLE auth.encryption_vault_audit ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.encryption_vault_audit FORCE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS encryption_vault_audit_user_isolation ON auth.encryption_vault_audit;
+CREATE POLICY encryption_vault_audit_user_isolation ON auth.encryption_vault_audit
+    USING (user_id = current_setting('app.current_user_id', true))
+    WITH CHECK (user_id = current_setting('app.current_user_id', true));
+`
+
+const manaAuth003 = `
+ALTER TABLE auth.encryption_vaults
+    ADD COLUMN IF NOT EXISTS recovery_wrapped_mk    TEXT,
+    ADD COLUMN IF NOT EXISTS recovery_iv            TEXT,
+    ADD COLUMN IF NOT EXISTS recovery_format_version SMALLINT NOT NULL DEFAULT 1,
+    ADD COLUMN IF NOT EXISTS recovery_set_at        TIMESTAMPTZ,
+    ADD COLUMN IF NOT EXISTS zero_knowledge         BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE auth.encryption_vaults ALTER COLUMN wrapped_mk DROP NOT NULL, ALTER COLUMN wrap_iv DROP NOT NULL;
+ALTER TABLE auth.encryption_vaults DROP CONSTRAINT IF EXISTS encryption_vaults_has_wrap;
+ALTER TABLE auth.encryption_vaults ADD CONSTRAINT encryption_vaults_has_wrap
+    CHECK (wrapped_mk IS NOT NULL OR recovery_wrapped_mk IS NOT NULL);
+ALTER TABLE auth.encryption_vaults DROP CONSTRAINT IF EXISTS encryption_vaults_wrap_iv_pair;
+ALTER TABLE auth.encryption_vaults ADD CONSTRAINT encryption_vaults_wrap_iv_pair
+    CHECK ((wrapped_mk IS NULL) = (wrap_iv IS NULL) AND (recovery_wrapped_mk IS NULL) = (recovery_iv IS NULL));
+ALTER TABLE auth.encryption_vaults DROP CONSTRAINT IF EXISTS encryption_vaults_zk_consistency;
+ALTER TABLE auth.encryption_vaults ADD CONSTRAINT encryption_vaults_zk_consistency
+    CHECK ((zero_knowledge = false) OR (zero_knowledge = true AND wrapped_mk IS NULL AND recovery_wrapped_mk IS NOT NULL));
+`
+
+// Rows as mana-auth wrote them. The wraps are ../testdata/legacy-vectors.json's
+// kek_wrap_v1 "dev-fallback-zero-kek/1" and recovery_wrap_v1 "recovery/1",
+// copied here because tests run on clean clones without that directory.
+var (
+	legacyCreated  = time.Date(2025, time.January, 2, 3, 4, 5, 678901000, time.UTC)
+	legacyRotated  = time.Date(2025, time.February, 3, 4, 5, 6, 0, time.UTC)
+	legacyRecovery = time.Date(2025, time.March, 4, 5, 6, 7, 890000, time.UTC)
+
+	legacyStandard = broker.Vault{
+		UserID:                "legacy-standard",
+		WrappedMK:             ptr("4D+P+dStyVxW1bw987WfNxMzK0pqZW+oY11Bh2UZ9y+XUOjg8d6wXRmGtJLnT7jN"),
+		WrapIV:                ptr("AgTOklhjA+P+5gB/"),
+		FormatVersion:         1,
+		KEKID:                 "env-v1",
+		CreatedAt:             legacyCreated,
+		RotatedAt:             &legacyRotated,
+		RecoveryWrappedMK:     ptr("2x+ioG1zio804d2XwT4vwTlf1TVSKQEQyAXXF3OFV7d3KOVq/0UH0C8ByFs1A/54"),
+		RecoveryIV:            ptr("G5Pywr0pgKwlwmt+"),
+		RecoveryFormatVersion: 1,
+		RecoverySetAt:         &legacyRecovery,
+	}
+	legacyZK = broker.Vault{
+		UserID:                "legacy-zk",
+		FormatVersion:         1,
+		KEKID:                 "env-v1",
+		CreatedAt:             legacyCreated,
+		RecoveryWrappedMK:     ptr("2x+ioG1zio804d2XwT4vwTlf1TVSKQEQyAXXF3OFV7d3KOVq/0UH0C8ByFs1A/54"),
+		RecoveryIV:            ptr("G5Pywr0pgKwlwmt+"),
+		RecoveryFormatVersion: 1,
+		RecoverySetAt:         &legacyRecovery,
+		ZeroKnowledge:         true,
+	}
+)
+
+func ptr[T any](v T) *T { return &v }
+
+// TestAdoptManaAuthSchema runs keybroker's migrations on a database where
+// mana-auth's 002 and 003 already ran in schema auth, with rows in it.
+// Nothing may fail, the rows must read back whole through the Store, and
+// the original's foreign keys, constraints and policies must stay.
+func TestAdoptManaAuthSchema(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	// mana-auth's own role (here the migrator: not superuser) created the
+	// schema and owns the tables, so it is the one that adopts them.
+	mana := e.migratorPool
+	pgtest.Exec(t, mana, "CREATE SCHEMA auth")
+	pgtest.Exec(t, mana, "CREATE TABLE auth.users (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+	pgtest.Exec(t, mana, manaAuth002)
+	pgtest.Exec(t, mana, manaAuth003)
+
+	for _, u := range []string{legacyStandard.UserID, legacyZK.UserID, "new-user"} {
+		pgtest.Exec(t, e.admin, "INSERT INTO auth.users (id, email) VALUES ($1, $1 || '@example.com')", u)
+	}
+	for _, v := range []broker.Vault{legacyStandard, legacyZK} {
+		pgtest.Exec(t, e.admin, `INSERT INTO auth.encryption_vaults
+    (user_id, wrapped_mk, wrap_iv, format_version, kek_id, created_at, rotated_at,
+     recovery_wrapped_mk, recovery_iv, recovery_format_version, recovery_set_at, zero_knowledge)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+			v.UserID, v.WrappedMK, v.WrapIV, v.FormatVersion, v.KEKID, v.CreatedAt, v.RotatedAt,
+			v.RecoveryWrappedMK, v.RecoveryIV, v.RecoveryFormatVersion, v.RecoverySetAt, v.ZeroKnowledge)
+	}
+	legacyAudit := []broker.AuditEntry{
+		{ID: "V1StGXR8_Z5jdHi6B-myT", UserID: legacyStandard.UserID, Action: broker.ActionInit, IPAddress: "198.51.100.4",
+			UserAgent: "Mozilla/5.0", Context: "created", Status: 201, CreatedAt: legacyCreated},
+		// The original left request metadata NULL when it had none.
+		{ID: "3Kd9_zQpLm0aXv7TnW2bR", UserID: legacyStandard.UserID, Action: broker.ActionFetch, Status: 200, CreatedAt: legacyRotated},
+	}
+	pgtest.Exec(t, e.admin, `INSERT INTO auth.encryption_vault_audit (id, user_id, action, ip_address, user_agent, context, status, created_at)
+VALUES ($1, $2, 'init', '198.51.100.4', 'Mozilla/5.0', 'created', 201, $3),
+       ($4, $2, 'fetch', NULL, NULL, NULL, 200, $5)`,
+		legacyAudit[0].ID, legacyStandard.UserID, legacyCreated, legacyAudit[1].ID, legacyRotated)
+
+	applied, err := migrations.Apply(ctx, mana, "auth")
+	require.NoError(t, err)
+	all, err := migrations.All()
+	require.NoError(t, err)
+	require.Len(t, applied, len(all))
+	applied, err = migrations.Apply(ctx, mana, "auth")
+	require.NoError(t, err)
+	require.Empty(t, applied)
+	grantRuntime(t, mana, "auth", e.runtime.Name)
+
+	store := e.store(t, "auth")
+	t.Run("LegacyRowsReadBackWhole", func(t *testing.T) {
+		for _, want := range []broker.Vault{legacyStandard, legacyZK} {
+			var got *broker.Vault
+			require.NoError(t, store.InUserTx(ctx, want.UserID, func(tx broker.Tx) error {
+				got, err = tx.VaultGet(ctx, false)
+				return err
+			}))
+			got.CreatedAt = got.CreatedAt.UTC()
+			got.RotatedAt = utc(got.RotatedAt)
+			got.RecoverySetAt = utc(got.RecoverySetAt)
+			require.Equal(t, want, *got)
+			require.Nil(t, got.KeyCheck, "mana-auth wrote no key check value")
+		}
+	})
+	t.Run("LegacyAuditRowsReadBack", func(t *testing.T) {
+		rows, err := auditRows(e.admin, "auth")(ctx, legacyStandard.UserID)
+		require.NoError(t, err)
+		require.Len(t, rows, 2)
+		for i := range rows {
+			rows[i].CreatedAt = rows[i].CreatedAt.UTC()
+		}
+		require.Equal(t, legacyAudit, rows)
+	})
+	t.Run("StoreWritesAdoptedTables", func(t *testing.T) {
+		now := time.Now().UTC().Truncate(time.Microsecond)
+		require.NoError(t, store.InUserTx(ctx, legacyStandard.UserID, func(tx broker.Tx) error {
+			v, err := tx.VaultGet(ctx, true)
+			if err != nil {
+				return err
+			}
+			kcv := "a2V5LWNoZWNr"
+			v.KeyCheck = &kcv
+			if err := tx.VaultUpdate(ctx, v); err != nil {
+				return err
+			}
+			return tx.AuditInsert(ctx, &broker.AuditEntry{ID: "adopted-update", UserID: v.UserID, Action: broker.ActionKEKRewrap, Status: 200, CreatedAt: now})
+		}))
+		require.NoError(t, store.InUserTx(ctx, "new-user", func(tx broker.Tx) error {
+			inserted, err := tx.VaultInsert(ctx, &broker.Vault{UserID: "new-user", WrappedMK: ptr("d3JhcA=="), WrapIV: ptr(""),
+				FormatVersion: broker.FormatBound, KEKID: "env-v1", CreatedAt: now, RecoveryFormatVersion: 1})
+			if err != nil {
+				return err
+			}
+			require.True(t, inserted)
+			return nil
+		}))
+		var keyCheck string
+		require.NoError(t, e.admin.QueryRow(ctx, "SELECT key_check FROM auth.encryption_vaults WHERE user_id = $1", legacyStandard.UserID).Scan(&keyCheck))
+		require.Equal(t, "a2V5LWNoZWNr", keyCheck)
+	})
+	t.Run("ConstraintsKeptByName", func(t *testing.T) {
+		pgtest.Exec(t, e.admin, "INSERT INTO auth.users (id, email) VALUES ('user-constraints', 'c@example.com')")
+		requireConstraintsEnforced(t, e.admin, "auth", "user-constraints")
+	})
+	t.Run("ForeignKeysKept", func(t *testing.T) {
+		rows, err := e.admin.Query(ctx, `SELECT conrelid::regclass::text FROM pg_constraint
+WHERE contype = 'f' AND confrelid = 'auth.users'::regclass AND confdeltype = 'c' ORDER BY 1`)
+		require.NoError(t, err)
+		tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		require.Equal(t, []string{"auth.encryption_vault_audit", "auth.encryption_vaults"}, tables)
+
+		pgtest.Exec(t, e.admin, "DELETE FROM auth.users WHERE id = $1", legacyZK.UserID)
+		var n int
+		require.NoError(t, e.admin.QueryRow(ctx, "SELECT count(*) FROM auth.encryption_vaults WHERE user_id = $1", legacyZK.UserID).Scan(&n))
+		require.Zero(t, n, "ON DELETE CASCADE must still remove the vault")
+	})
+	t.Run("RowLevelSecurityKept", func(t *testing.T) {
+		requireRowLevelSecurity(t, e, "auth")
+	})
+}
+
+// requireRowLevelSecurity checks the catalog: both tables enable and force
+// row-level security under their original policy names.
+func requireRowLevelSecurity(t *testing.T, e *env, schema string) {
+	t.Helper()
+	rows, err := e.admin.Query(t.Context(), `SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, p.polname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_policy p ON p.polrelid = c.oid
+WHERE n.nspname = $1 ORDER BY c.relname`, schema)
+	require.NoError(t, err)
+	type rls struct {
+		Table          string
+		Enabled, Force bool
+		Policy         string
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[rls])
+	require.NoError(t, err)
+	require.Equal(t, []rls{
+		{"encryption_vault_audit", true, true, "encryption_vault_audit_user_isolation"},
+		{"encryption_vaults", true, true, "encryption_vaults_user_isolation"},
+	}, got)
+}
+
+func TestFreshSchemaRowLevelSecurity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.migrate(t, "keybroker")
+	requireRowLevelSecurity(t, e, "keybroker")
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}

@@ -9,6 +9,8 @@
 //	file:///path/to/kek?id=ID              32 raw bytes or base64 text in a file
 //	systemd-credential://NAME?id=ID        $CREDENTIALS_DIRECTORY/NAME
 //	docker-secret://NAME?id=ID             /run/secrets/NAME
+//	awskms:///KEY?id=ID[&region=R][&endpoint=URL][&profile=P][&timeout=D][&max_attempts=N]
+//	                                       KEY: alias/NAME, a key id, a key or alias ARN
 //
 // Every KEK has a stable id, recorded on each row it wraps. It comes from
 // the URI's id parameter; env://MANA_AUTH_KEK defaults to "env-v1", the
@@ -25,6 +27,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/keybroker/keybroker/kekproviders/awskms"
 	"github.com/keybroker/keybroker/kekproviders/docker"
 	"github.com/keybroker/keybroker/kekproviders/env"
 	"github.com/keybroker/keybroker/kekproviders/file"
@@ -45,6 +48,7 @@ const (
 	SchemeFile         = "file"
 	SchemeSystemd      = "systemd-credential"
 	SchemeDockerSecret = "docker-secret"
+	SchemeAWSKMS       = "awskms"
 )
 
 // Opener opens KEKs from URIs. The zero value is ready to use.
@@ -147,11 +151,26 @@ func (o Opener) Open(ctx context.Context, uri string) (KEK, error) {
 			Directory:   o.DockerSecretsDir,
 			AllowDevKey: o.AllowDevKeys,
 		})
+	case SchemeAWSKMS:
+		cfg := awskms.Config{
+			ID:       p.ID,
+			KeyID:    hostAndPath(p.URL),
+			Region:   params.String("region"),
+			Profile:  params.String("profile"),
+			Endpoint: params.String("endpoint"),
+			Timeout:  params.Duration("timeout"),
+		}
+		cfg.MaxAttempts, _ = params.Int("max_attempts")
+		if err := params.Done(); err != nil {
+			return nil, err
+		}
+		return awskms.New(ctx, cfg)
 	default:
-		return nil, fmt.Errorf("kekproviders: unknown scheme %q (known: %s, %s, %s, %s)",
-			p.Scheme, SchemeEnv, SchemeFile, SchemeSystemd, SchemeDockerSecret)
+		return nil, fmt.Errorf("kekproviders: unknown scheme %q (known: %s)", p.Scheme, strings.Join(knownSchemes, ", "))
 	}
 }
+
+var knownSchemes = []string{SchemeEnv, SchemeFile, SchemeSystemd, SchemeDockerSecret, SchemeAWSKMS}
 
 // envVariable is the variable of env://VAR (or env:VAR).
 func envVariable(u *url.URL) string {

@@ -1,0 +1,39 @@
+package kekproviders_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/kekproviders"
+)
+
+// TestOpenAWSKMS goes through the URI and the SDK's default credential
+// chain, fed from the environment as on a server with env credentials.
+func TestOpenAWSKMS(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+	t.Setenv("AWS_SESSION_TOKEN", "")
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true") // a mistake fails at once, never reaching for 169.254.169.254
+	t.Setenv("AWS_CONFIG_FILE", t.TempDir()+"/absent")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", t.TempDir()+"/absent")
+	srv := localkms.Start(t)
+	key := srv.CreateKey(t, "keybroker")
+
+	for _, uri := range []string{
+		"awskms:///alias/keybroker?region=" + localkms.Region + "&endpoint=" + srv.URL + "&id=aws-1",
+		"awskms://alias/keybroker?region=" + localkms.Region + "&endpoint=" + srv.URL + "&id=aws-1&timeout=5s&max_attempts=2",
+		"awskms:///" + key.ARN + "?endpoint=" + srv.URL + "&id=aws-1",
+	} {
+		kek, err := kekproviders.Open(t.Context(), uri)
+		require.NoError(t, err, uri)
+		roundTrip(t, kek, "aws-1")
+	}
+
+	_, err := kekproviders.Open(t.Context(), "awskms:///alias/keybroker?regoin=eu-central-1&id=aws-1")
+	require.ErrorContains(t, err, "regoin")
+	_, err = kekproviders.Open(t.Context(), "awskms:///alias/keybroker?region=eu-central-1&timeout=forever&id=aws-1")
+	require.ErrorContains(t, err, "timeout")
+}

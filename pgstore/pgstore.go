@@ -69,7 +69,7 @@ const vaultColumns = `user_id, wrapped_mk, wrap_iv, format_version, kek_id, key_
 // statements is the store's SQL with the schema's sanitized table names
 // spliced in once, at construction.
 type statements struct {
-	vaultGet, vaultGetForUpdate, vaultInsert, vaultUpdate, auditInsert string
+	vaultGet, vaultGetForUpdate, vaultInsert, vaultUpdate, auditInsert, ping string
 }
 
 func newStatements(schema string) statements {
@@ -91,6 +91,9 @@ WHERE user_id = $1`,
 		// unknown request metadata.
 		auditInsert: `INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at)
 VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''), NULLIF($6, ''), $7, $8)`,
+		// LIMIT 0 reads no row, yet the statement fails unless both tables
+		// exist and the role may read them.
+		ping: `SELECT 1 FROM ` + vaults + `, ` + audit + ` LIMIT 0`,
 	}
 }
 
@@ -125,10 +128,13 @@ func (s *Store) InUserTx(ctx context.Context, userID string, fn func(tx broker.T
 	return nil
 }
 
-// Ping reports whether the database answers, for readiness. A failure is
-// a *broker.UnavailableError.
+// Ping reports, for readiness, whether the database answers and this
+// role can use the store's tables: an unmigrated schema or a missing
+// GRANT then shows as "not ready" instead of as a 500 on every request.
+// An unreachable database is a *broker.UnavailableError; a missing table
+// or privilege is a plain error.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := s.pool.Ping(ctx); err != nil {
+	if _, err := s.pool.Exec(ctx, s.sql.ping); err != nil {
 		return interpretError(fmt.Errorf("ping: %w", err))
 	}
 	return nil

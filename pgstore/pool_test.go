@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/migrations"
 	"github.com/keybroker/keybroker/pgstore"
 )
 
@@ -43,12 +43,17 @@ func TestOpenPoolHidesPassword(t *testing.T) {
 
 func TestOpenPoolConnects(t *testing.T) {
 	t.Parallel()
-	pool, err := pgstore.OpenPool(t.Context(), pgtest.AdminURL())
+	e := newEnv(t)
+	e.migrate(t, pgstore.DefaultSchema)
+	pool, err := pgstore.OpenPool(t.Context(), e.runtime.URL)
 	require.NoError(t, err)
 	defer pool.Close()
 	store, err := pgstore.New(t.Context(), pgstore.Config{Pool: pool})
 	require.NoError(t, err)
 	require.NoError(t, store.Ping(t.Context()))
+	var app string
+	require.NoError(t, pool.QueryRow(t.Context(), "SELECT current_setting('application_name')").Scan(&app))
+	require.Equal(t, "keybroker", app)
 }
 
 func TestNewRequiresPool(t *testing.T) {
@@ -56,4 +61,22 @@ func TestNewRequiresPool(t *testing.T) {
 	_, err := pgstore.New(t.Context(), pgstore.Config{})
 	require.ErrorContains(t, err, "Config.Pool")
 	require.False(t, broker.IsUnavailable(err))
+}
+
+func TestPingChecksTables(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+
+	unmigrated := e.store(t, "keybroker")
+	err := unmigrated.Ping(t.Context())
+	require.Error(t, err, "an unmigrated schema is not ready")
+	require.False(t, broker.IsUnavailable(err))
+
+	_, err = migrations.Apply(t.Context(), e.migratorPool, "keybroker")
+	require.NoError(t, err)
+	err = unmigrated.Ping(t.Context())
+	require.Error(t, err, "a runtime role without grants is not ready")
+
+	grantRuntime(t, e.migratorPool, "keybroker", e.runtime.Name)
+	require.NoError(t, e.store(t, "keybroker").Ping(t.Context()))
 }

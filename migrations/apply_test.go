@@ -27,8 +27,7 @@ func migratorPool(t *testing.T) (migrator, admin *pgxpool.Pool) {
 }
 
 func allNames(t *testing.T) []string {
-	all, err := All()
-	require.NoError(t, err)
+	all := mustAll(t)
 	names := make([]string, len(all))
 	for i, m := range all {
 		names[i] = m.Name
@@ -49,8 +48,7 @@ func TestApplyTwiceIsIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, applied)
 
-	all, err := All()
-	require.NoError(t, err)
+	all := mustAll(t)
 	rows, err := pool.Query(ctx, "SELECT version, name, checksum FROM keybroker.keybroker_migrations ORDER BY version")
 	require.NoError(t, err)
 	type record struct {

@@ -1,0 +1,363 @@
+// Package jwtauth verifies the bearer JWTs that an external issuer (Better
+// Auth in production, internal/jwtissuer in dev mode and tests) signs with
+// keys it publishes as a JWKS.
+//
+// It only verifies: it writes no HTTP responses. Every failure wraps
+// ErrUnauthorized with a short fixed reason, so the HTTP layer can map it to
+// 401 and log the reason without ever logging the token or any string taken
+// from it.
+//
+// The JOSE work (parsing, signature checks, claim validation) is done by
+// github.com/lestrrat-go/jwx/v3; the key set is cached and refreshed by its
+// jwk.Cache. This package adds the policy: which algorithms a key may be used
+// with, when to refetch the key set, and what a valid subject looks like.
+package jwtauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lestrrat-go/httprc/v3"
+	"github.com/lestrrat-go/httprc/v3/errsink"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultLeeway             = 30 * time.Second
+	DefaultHTTPTimeout        = 5 * time.Second
+	DefaultMinRefreshInterval = 30 * time.Second
+	DefaultRefreshInterval    = 15 * time.Minute
+
+	// MaxTokenBytes caps the size of a token before any parsing, so a
+	// hostile header cannot make us base64-decode and JSON-parse megabytes.
+	// Better Auth tokens are a few hundred bytes.
+	MaxTokenBytes = 8 << 10
+
+	// maxJWKSBytes caps the JWKS response body; a real key set is a few KiB.
+	maxJWKSBytes = 1 << 20
+)
+
+// Config configures a Verifier. Only JWKSURL is required.
+type Config struct {
+	// JWKSURL is where the issuer publishes its public keys (http or https).
+	JWKSURL string
+	// Issuer, when set, must equal the token's iss claim.
+	Issuer string
+	// Audience, when set, must be one of the token's aud values.
+	Audience string
+	// Algorithms is the allow-list of JWS algorithms; default ["EdDSA"].
+	// "none" and the HMAC algorithms (HS256, HS384, HS512) are refused even
+	// when listed: with a public JWKS they can only be an attack.
+	Algorithms []string
+	// Leeway is the clock skew tolerated on exp, nbf and iat; default 30s.
+	Leeway time.Duration
+	// HTTPClient fetches the JWKS; default a client with a 5s timeout.
+	HTTPClient *http.Client
+	// MinRefreshInterval rate-limits the refetches triggered by tokens whose
+	// kid is not in the cached set, and paces retries while no key set has
+	// ever loaded; default 30s.
+	MinRefreshInterval time.Duration
+	// RefreshInterval is how often the key set is refetched in the
+	// background; default 15m. Cache-Control headers on the JWKS response
+	// are ignored so the refresh cadence stays predictable.
+	RefreshInterval time.Duration
+}
+
+// ErrUnauthorized is wrapped by every verification failure. The wrapping
+// error adds a short fixed reason (for logs) and never any part of the token.
+var ErrUnauthorized = errors.New("jwtauth: unauthorized")
+
+// failure builds a verification error with a fixed, token-free reason.
+func failure(reason string) error {
+	return fmt.Errorf("%w: %s", ErrUnauthorized, reason)
+}
+
+// Verifier checks bearer tokens against a cached JWKS. It is safe for
+// concurrent use.
+type Verifier struct {
+	cfg        Config
+	algorithms map[string]bool
+	validate   []validateOption // built once in New
+
+	// lifetime ends on Close or when New's ctx is cancelled; it bounds the
+	// background refresh and every refetch.
+	lifetime context.Context
+	stop     context.CancelFunc
+	done     chan struct{} // closed when the retry loop has exited
+
+	cache    *jwk.Cache
+	resource *httprc.ResourceBase[jwk.Set]
+
+	// lastFetchErr holds the most recent failed fetch (nil after a
+	// success); it feeds Status so readiness failures can say why.
+	lastFetchErr atomic.Pointer[error]
+
+	refreshMu   sync.Mutex
+	lastRefresh time.Time     // when the last on-demand refetch started
+	inflight    chan struct{} // non-nil while a refetch runs; closed when it ends
+}
+
+// New applies defaults to cfg, validates it, starts the JWKS cache and
+// waits for the first fetch of the key set.
+//
+// An unreachable JWKS endpoint does not make New fail: the issuer may simply
+// be starting at the same time as we are. New then returns a Verifier whose
+// Ready reports false and whose Verify fails with ErrUnauthorized ("signing
+// keys not loaded") until a later fetch succeeds; fetches are retried every
+// MinRefreshInterval and whenever a token arrives. New fails only on an
+// invalid Config or a ctx that ends before the first fetch does.
+//
+// ctx also bounds the Verifier's lifetime: background refresh stops when ctx
+// is cancelled or Close is called, whichever comes first. Pass a context
+// that lives as long as the server, not a request- or startup-scoped one.
+func New(ctx context.Context, cfg Config) (*Verifier, error) {
+	cfg.setDefaults()
+	algorithms, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+
+	v := &Verifier{
+		cfg:        cfg,
+		algorithms: algorithms,
+		validate:   cfg.validateOptions(),
+		done:       make(chan struct{}),
+	}
+	v.lifetime, v.stop = context.WithCancel(ctx)
+
+	// The first fetch happens asynchronously inside httprc; its failure only
+	// reaches us through the error sink, so New listens there as well as on
+	// the resource becoming ready.
+	firstFailure := make(chan struct{}, 1)
+	client := httprc.NewClient(
+		httprc.WithHTTPClient(cfg.HTTPClient),
+		httprc.WithWorkers(1),
+		httprc.WithErrorSink(errsink.NewFunc(func(_ context.Context, err error) {
+			v.recordFetch(err)
+			select {
+			case firstFailure <- struct{}{}:
+			default:
+			}
+		})),
+	)
+	cache, err := jwk.NewCache(v.lifetime, client)
+	if err != nil {
+		v.stop()
+		return nil, fmt.Errorf("jwtauth: start JWKS cache: %w", err)
+	}
+	v.cache = cache
+
+	err = cache.Register(v.lifetime, cfg.JWKSURL,
+		jwk.WithWaitReady(false),
+		jwk.WithHTTPClient(cfg.HTTPClient),
+		jwk.WithMaxFetchBodySize(maxJWKSBytes),
+		jwk.WithConstantInterval(cfg.RefreshInterval),
+		// httprc retries a failed connection after the minimum interval.
+		jwk.WithMinInterval(cfg.MinRefreshInterval),
+	)
+	if err == nil {
+		v.resource, err = cache.LookupResource(v.lifetime, cfg.JWKSURL)
+	}
+	if err != nil {
+		v.Close()
+		return nil, fmt.Errorf("jwtauth: register JWKSURL: %w", err)
+	}
+
+	// Wait for the first fetch, but never longer than one HTTP round trip
+	// could take: a hung endpoint must not hang startup.
+	wait := cfg.HTTPClient.Timeout
+	if wait <= 0 {
+		wait = DefaultHTTPTimeout
+	}
+	timer := time.NewTimer(wait + time.Second)
+	defer timer.Stop()
+	ready := make(chan struct{})
+	go func() {
+		if v.resource.Ready(v.lifetime) == nil {
+			close(ready)
+		}
+	}()
+	select {
+	case <-ready:
+		v.recordFetch(nil)
+	case <-firstFailure:
+	case <-timer.C:
+	case <-ctx.Done():
+		v.Close()
+		return nil, fmt.Errorf("jwtauth: waiting for first JWKS fetch: %w", ctx.Err())
+	}
+
+	go v.retryUntilLoaded()
+	return v, nil
+}
+
+func (cfg *Config) setDefaults() {
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = []string{jwa.EdDSA().String()}
+	}
+	if cfg.Leeway == 0 {
+		cfg.Leeway = DefaultLeeway
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: DefaultHTTPTimeout}
+	}
+	if cfg.MinRefreshInterval == 0 {
+		cfg.MinRefreshInterval = DefaultMinRefreshInterval
+	}
+	if cfg.RefreshInterval == 0 {
+		cfg.RefreshInterval = DefaultRefreshInterval
+	}
+}
+
+// validate checks cfg after defaults and returns the effective algorithm
+// allow-list (without the refused ones).
+func (cfg *Config) validate() (map[string]bool, error) {
+	if cfg.JWKSURL == "" {
+		return nil, errors.New("jwtauth: Config.JWKSURL is required")
+	}
+	u, err := url.Parse(cfg.JWKSURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, errors.New("jwtauth: Config.JWKSURL must be an absolute http or https URL")
+	}
+	if cfg.Leeway < 0 {
+		return nil, errors.New("jwtauth: Config.Leeway must not be negative")
+	}
+	if cfg.Leeway > 5*time.Minute {
+		return nil, errors.New("jwtauth: Config.Leeway must be at most 5m")
+	}
+	if cfg.MinRefreshInterval < 0 {
+		return nil, errors.New("jwtauth: Config.MinRefreshInterval must not be negative")
+	}
+	if cfg.RefreshInterval < time.Second {
+		return nil, errors.New("jwtauth: Config.RefreshInterval must be at least 1s")
+	}
+	if cfg.MinRefreshInterval > cfg.RefreshInterval {
+		return nil, errors.New("jwtauth: Config.MinRefreshInterval must not exceed Config.RefreshInterval")
+	}
+	algorithms := make(map[string]bool, len(cfg.Algorithms))
+	for _, name := range cfg.Algorithms {
+		if _, ok := keyFamilies[name]; ok {
+			algorithms[name] = true
+			continue
+		}
+		if refusedAlgorithm(name) {
+			continue // documented: listed or not, never accepted
+		}
+		return nil, fmt.Errorf("jwtauth: Config.Algorithms: unsupported algorithm %q", name)
+	}
+	if len(algorithms) == 0 {
+		return nil, errors.New("jwtauth: Config.Algorithms allows no usable algorithm (none and HS* are always refused)")
+	}
+	return algorithms, nil
+}
+
+// Close stops background refresh and waits for it to end. Verify fails with
+// ErrUnauthorized afterwards. Close is idempotent.
+func (v *Verifier) Close() {
+	v.stop()
+	if v.cache != nil {
+		// The cache's goroutines stop with lifetime; Shutdown only waits
+		// for them, and the bound keeps a wedged fetch from hanging Close.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(v.lifetime), 5*time.Second)
+		defer cancel()
+		_ = v.cache.Shutdown(ctx)
+	}
+}
+
+// Ready reports whether a key set has been loaded at least once, so tokens
+// can be verified. A readiness probe should use it: after the first load a
+// failing endpoint keeps the last good key set, and Ready stays true.
+func (v *Verifier) Ready() bool {
+	return v.keySet() != nil && v.lifetime.Err() == nil
+}
+
+// Status returns Ready and, when the latest fetch of the key set failed,
+// that fetch's error (which names the JWKS URL, never a token).
+func (v *Verifier) Status() (ready bool, lastFetchErr error) {
+	if p := v.lastFetchErr.Load(); p != nil {
+		lastFetchErr = *p
+	}
+	return v.Ready(), lastFetchErr
+}
+
+func (v *Verifier) keySet() jwk.Set {
+	if v.resource == nil {
+		return nil
+	}
+	return v.resource.Resource()
+}
+
+func (v *Verifier) recordFetch(err error) {
+	if err == nil {
+		v.lastFetchErr.Store(nil)
+		return
+	}
+	v.lastFetchErr.Store(&err)
+}
+
+// retryUntilLoaded refetches every MinRefreshInterval until a key set has
+// loaded once. httprc would wait a whole RefreshInterval after a non-200
+// answer, and a pod that is not ready gets no traffic to trigger refetches,
+// so without this loop a slow issuer at boot could keep us unready for 15m.
+func (v *Verifier) retryUntilLoaded() {
+	interval := max(v.cfg.MinRefreshInterval, 10*time.Millisecond)
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for v.keySet() == nil {
+		select {
+		case <-v.lifetime.Done():
+			return
+		case <-ticker.C:
+			v.refresh(v.lifetime)
+		}
+	}
+}
+
+// refresh refetches the key set on demand, at most once per
+// MinRefreshInterval. Concurrent callers share the one refetch in flight and
+// return when it ends (or their ctx does). The refetch itself runs under the
+// Verifier's lifetime, not the caller's ctx, so one impatient caller cannot
+// abort the refetch that the others are waiting for.
+func (v *Verifier) refresh(ctx context.Context) {
+	v.refreshMu.Lock()
+	if inflight := v.inflight; inflight != nil {
+		v.refreshMu.Unlock()
+		select {
+		case <-inflight:
+		case <-ctx.Done():
+		}
+		return
+	}
+	if !v.lastRefresh.IsZero() && time.Since(v.lastRefresh) < v.cfg.MinRefreshInterval {
+		v.refreshMu.Unlock()
+		return
+	}
+	inflight := make(chan struct{})
+	v.inflight = inflight
+	v.lastRefresh = time.Now()
+	v.refreshMu.Unlock()
+
+	defer func() {
+		v.refreshMu.Lock()
+		v.inflight = nil
+		v.refreshMu.Unlock()
+		close(inflight)
+	}()
+
+	wait := v.cfg.HTTPClient.Timeout
+	if wait <= 0 {
+		wait = DefaultHTTPTimeout
+	}
+	refreshCtx, cancel := context.WithTimeout(v.lifetime, wait+time.Second)
+	defer cancel()
+	_, err := v.cache.Refresh(refreshCtx, v.cfg.JWKSURL)
+	v.recordFetch(err)
+}

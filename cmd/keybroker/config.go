@@ -1,0 +1,165 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keybroker/keybroker/kekproviders"
+)
+
+// config is everything serve and migrate read from flags and the
+// environment. Each flag's default comes from its environment variable.
+type config struct {
+	Addr            string
+	DatabaseURL     string
+	Schema          string
+	KEK             string
+	KEKID           string
+	KEKRetired      string
+	JWKSURL         string
+	JWTIssuer       string
+	JWTAudience     string
+	Migrate         bool
+	Dev             bool
+	LogLevel        string
+	LogFormat       string
+	ShutdownTimeout time.Duration
+}
+
+// env names, one place.
+const (
+	envPort            = "PORT"
+	envAddr            = "KEYBROKER_ADDR"
+	envDatabaseURL     = "DATABASE_URL"
+	envSchema          = "KEYBROKER_SCHEMA"
+	envKEK             = "KEYBROKER_KEK"
+	envKEKID           = "KEYBROKER_KEK_ID"
+	envKEKRetired      = "KEYBROKER_KEK_RETIRED"
+	envJWKSURL         = "KEYBROKER_JWKS_URL"
+	envJWTIssuer       = "KEYBROKER_JWT_ISSUER"
+	envJWTAudience     = "KEYBROKER_JWT_AUDIENCE"
+	envMigrate         = "KEYBROKER_MIGRATE"
+	envLogLevel        = "KEYBROKER_LOG_LEVEL"
+	envLogFormat       = "KEYBROKER_LOG_FORMAT"
+	envShutdownTimeout = "KEYBROKER_SHUTDOWN_TIMEOUT"
+)
+
+// parseConfig reads flags (for serve: all; for migrate: the store ones)
+// over environment defaults and validates once.
+func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, serve bool) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("keybroker "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	defaultAddr := ":" + env(envPort, "3001")
+	fs.StringVar(&c.DatabaseURL, "database-url", env(envDatabaseURL, ""), "PostgreSQL URL ($"+envDatabaseURL+")")
+	fs.StringVar(&c.Schema, "schema", env(envSchema, "keybroker"), "database schema; \"auth\" adopts the original service's tables ($"+envSchema+")")
+	fs.StringVar(&c.LogLevel, "log-level", env(envLogLevel, "info"), "debug, info, warn or error ($"+envLogLevel+")")
+	fs.StringVar(&c.LogFormat, "log-format", env(envLogFormat, "json"), "json or text ($"+envLogFormat+")")
+	if serve {
+		fs.StringVar(&c.Addr, "addr", env(envAddr, defaultAddr), "listen address ($"+envAddr+", or :$"+envPort+")")
+		fs.StringVar(&c.KEK, "kek", env(envKEK, ""), "active KEK URI, e.g. env://MANA_AUTH_KEK or file:///etc/keybroker/kek?id=file-2026 ($"+envKEK+")")
+		fs.StringVar(&c.KEKID, "kek-id", env(envKEKID, ""), "id of the active KEK, if not in its URI ($"+envKEKID+")")
+		fs.StringVar(&c.KEKRetired, "kek-retired", env(envKEKRetired, ""), "decrypt-only KEK URIs, separated by spaces or commas ($"+envKEKRetired+")")
+		fs.StringVar(&c.JWKSURL, "jwks-url", env(envJWKSURL, ""), "JWKS URL of the token issuer ($"+envJWKSURL+")")
+		fs.StringVar(&c.JWTIssuer, "jwt-issuer", env(envJWTIssuer, ""), "required iss claim ($"+envJWTIssuer+")")
+		fs.StringVar(&c.JWTAudience, "jwt-audience", env(envJWTAudience, ""), "required aud claim ($"+envJWTAudience+")")
+		migrate, err := strconv.ParseBool(env(envMigrate, "true"))
+		if err != nil {
+			return nil, fmt.Errorf("$%s: %w", envMigrate, err)
+		}
+		fs.BoolVar(&c.Migrate, "migrate", migrate, "apply migrations at start ($"+envMigrate+")")
+		fs.BoolVar(&c.Dev, "dev", false, "dev mode: accept the all-zero KEK (never in production)")
+		shutdown, err := time.ParseDuration(env(envShutdownTimeout, "20s"))
+		if err != nil {
+			return nil, fmt.Errorf("$%s: %w", envShutdownTimeout, err)
+		}
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", shutdown, "grace period for in-flight requests on SIGTERM ($"+envShutdownTimeout+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if c.DatabaseURL == "" {
+		return nil, fmt.Errorf("no database: set $%s (or --database-url) to a PostgreSQL URL", envDatabaseURL)
+	}
+	if c.Schema == "" {
+		return nil, fmt.Errorf("$%s must not be empty", envSchema)
+	}
+	if serve && c.JWKSURL == "" {
+		return nil, fmt.Errorf("no token issuer: set $%s (or --jwks-url) to the issuer's JWKS URL", envJWKSURL)
+	}
+	return c, nil
+}
+
+// kekURIs returns the active KEK URI and the decrypt-only ones. With no
+// KEK configured it falls back to env://MANA_AUTH_KEK, the original
+// service's variable, when that is set.
+func (c *config) kekURIs(getenv func(string) string) (active string, retired []string, err error) {
+	active = c.KEK
+	if active == "" && getenv(kekproviders.LegacyVariable) != "" {
+		active = "env://" + kekproviders.LegacyVariable
+	}
+	if active == "" {
+		return "", nil, errNoKEK
+	}
+	if c.KEKID != "" {
+		active, err = withID(active, c.KEKID)
+		if err != nil {
+			return "", nil, err
+		}
+	}
+	retired = strings.FieldsFunc(c.KEKRetired, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' })
+	return active, retired, nil
+}
+
+var errNoKEK = errors.New(`no KEK configured.
+  Generate one:   keybroker kek generate
+  and set it:     MANA_AUTH_KEK=<that value>   (or KEYBROKER_KEK=<a KEK URI>)
+  Guard it like a database password: without it no stored key can be opened.
+  For a throwaway local run only, pass --dev`)
+
+// withID sets the id parameter of a KEK URI.
+func withID(uri, id string) (string, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return "", fmt.Errorf("KEK URI: %w", err)
+	}
+	q := u.Query()
+	if q.Has("id") && q.Get("id") != id {
+		return "", fmt.Errorf("the KEK id is given twice, differently: in $%s and in the KEK URI", envKEKID)
+	}
+	q.Set("id", id)
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+func (c *config) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", c.LogLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch c.LogFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("log format %q: use json or text", c.LogFormat)
+	}
+}

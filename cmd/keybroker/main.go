@@ -1,0 +1,71 @@
+// Command keybroker is the key broker's server and operator CLI. It is
+// the only place that reads flags and the environment; everything else is
+// configured through typed structs.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `keybroker — custody of per-user master keys, wrapped by a KEK
+
+Usage:
+  keybroker serve [flags]       run the HTTP API (applies migrations first)
+  keybroker migrate [flags]     apply database migrations and exit
+  keybroker kek generate        print a fresh base64 KEK (32 random bytes)
+  keybroker version             print the version
+
+Run "keybroker serve -h" for the flags; every flag has an environment
+variable, listed in the README.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, nil); err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "keybroker:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+// hooks lets tests observe the server; nil in production.
+type hooks struct {
+	listening func(addr string)
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, h *hooks) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "serve":
+		return cmdServe(ctx, args[1:], getenv, stderr, h)
+	case "migrate":
+		return cmdMigrate(ctx, args[1:], getenv, stdout, stderr)
+	case "kek":
+		return cmdKEK(ctx, args[1:], getenv, stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "keybroker", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprintf(stderr, "keybroker: unknown command %q\n\n%s", args[0], usage)
+		return errUsage
+	}
+}

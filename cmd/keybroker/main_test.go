@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/internal/jwtissuer"
+	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/vaultapi"
+)
+
+// syncBuffer is an io.Writer safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func envFunc(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestKEKGeneratePrintsA32ByteKey(t *testing.T) {
+	var out, errOut bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"kek", "generate"}, envFunc(nil), &out, &errOut, nil))
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out.String()))
+	require.NoError(t, err)
+	require.Len(t, key, 32)
+	var again bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"kek", "generate"}, envFunc(nil), &again, &errOut, nil))
+	require.NotEqual(t, out.String(), again.String())
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"version"}, envFunc(nil), &out, &errOut, nil))
+	require.Contains(t, out.String(), "keybroker")
+	require.ErrorIs(t, run(context.Background(), nil, envFunc(nil), &out, &errOut, nil), errUsage)
+	require.ErrorIs(t, run(context.Background(), []string{"frobnicate"}, envFunc(nil), &out, &errOut, nil), errUsage)
+}
+
+// TestServeRefusesUnsafeKEKs: a missing, malformed or all-zero KEK stops
+// the start with a message that says how to make one; --dev allows the
+// zero key with a loud warning.
+func TestServeRefusesUnsafeKEKs(t *testing.T) {
+	base := map[string]string{
+		"DATABASE_URL":       "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
+		"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks",
+	}
+	zero := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	cases := map[string]struct {
+		env  map[string]string
+		want string
+	}{
+		"Missing":   {map[string]string{}, "keybroker kek generate"},
+		"Zero":      {map[string]string{"MANA_AUTH_KEK": zero}, "32 zero bytes"},
+		"Malformed": {map[string]string{"MANA_AUTH_KEK": "not base64!"}, "MANA_AUTH_KEK"},
+		"Short":     {map[string]string{"MANA_AUTH_KEK": base64.StdEncoding.EncodeToString(make([]byte, 16))}, "16 bytes"},
+		"FileNoID":  {map[string]string{"KEYBROKER_KEK": "file:///etc/keybroker/kek"}, "?id="},
+		"Scheme":    {map[string]string{"KEYBROKER_KEK": "ftp://x?id=a"}, "unknown scheme"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range c.env {
+				env[k] = v
+			}
+			var errOut syncBuffer
+			err := run(context.Background(), []string{"serve"}, envFunc(env), io.Discard, &errOut, nil)
+			require.Error(t, err)
+			require.Contains(t, err.Error(), c.want)
+			require.NotContains(t, err.Error(), zero)
+		})
+	}
+	t.Run("DevAllowsZeroKEK", func(t *testing.T) {
+		env := map[string]string{"MANA_AUTH_KEK": zero}
+		for k, v := range base {
+			env[k] = v
+		}
+		var errOut syncBuffer
+		err := run(context.Background(), []string{"serve", "--dev"}, envFunc(env), io.Discard, &errOut, nil)
+		// It gets past the KEK and fails on the (absent) database instead.
+		require.Error(t, err)
+		require.NotContains(t, err.Error(), "zero bytes")
+		require.Contains(t, errOut.String(), "DEV MODE")
+	})
+}
+
+// TestServeInitAndFetchOverHTTP is the README's promise: a PostgreSQL
+// URL, a generated KEK and a token are enough to init and fetch a key.
+func TestServeInitAndFetchOverHTTP(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	issuer, err := jwtissuer.New("https://auth.test")
+	require.NoError(t, err)
+	jwks := httptest.NewServer(issuer.JWKSHandler())
+	defer jwks.Close()
+
+	var kek bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"kek", "generate"}, envFunc(nil), &kek, io.Discard, nil))
+	env := map[string]string{
+		"DATABASE_URL":         dbURL,
+		"MANA_AUTH_KEK":        strings.TrimSpace(kek.String()),
+		"KEYBROKER_JWKS_URL":   jwks.URL,
+		"KEYBROKER_JWT_ISSUER": "https://auth.test",
+		"KEYBROKER_ADDR":       "127.0.0.1:0",
+	}
+
+	var migrateOut bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"migrate"}, envFunc(env), &migrateOut, io.Discard, nil))
+	require.Contains(t, migrateOut.String(), "applied")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	var logs syncBuffer
+	go func() {
+		done <- run(ctx, []string{"serve"}, envFunc(env), io.Discard, &logs, &hooks{listening: func(a string) { addrc <- a }})
+	}()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case err := <-done:
+		t.Fatalf("serve stopped: %v\n%s", err, logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not start listening")
+	}
+
+	tok, err := issuer.Mint(jwtissuer.Claims{Subject: "alice"})
+	require.NoError(t, err)
+	call := func(method, path string) map[string]any {
+		req, _ := http.NewRequest(method, "http://"+addr+vaultapi.BasePath+path, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		var body map[string]any
+		require.NoError(t, json.NewDecoder(res.Body).Decode(&body))
+		return body
+	}
+	initBody := call(http.MethodPost, "/init")
+	keyBody := call(http.MethodGet, "/key")
+	require.Equal(t, initBody["masterKey"], keyBody["masterKey"])
+	require.Equal(t, "env-v1", keyBody["kekId"])
+
+	cancel() // SIGTERM
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not shut down")
+	}
+	require.Contains(t, logs.String(), "stopped")
+	require.NotContains(t, logs.String(), initBody["masterKey"])
+	require.NotContains(t, logs.String(), tok)
+}

@@ -1,0 +1,608 @@
+package vaultapi_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/jwtissuer"
+	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/kekproviders/localkek"
+	"github.com/keybroker/keybroker/migrations"
+	"github.com/keybroker/keybroker/pgstore"
+	"github.com/keybroker/keybroker/vaultapi"
+	"github.com/keybroker/keybroker/vaultapi/jwtauth"
+)
+
+const schema = "keybroker"
+
+// env is one keybroker behind real HTTP on a fresh database, with a
+// real EdDSA issuer whose JWKS the server fetches.
+type env struct {
+	t      *testing.T
+	url    string
+	issuer *jwtissuer.Issuer
+	admin  *pgxpool.Pool // superuser: reads and breaks rows behind RLS
+	logs   *bytes.Buffer
+
+	jwksURL string
+	store   broker.Store
+}
+
+type envOptions struct {
+	active  broker.KEK
+	retired []broker.KEK
+}
+
+func newEnv(t *testing.T, opts envOptions) *env {
+	t.Helper()
+	ctx := context.Background()
+	dbURL := pgtest.NewDatabase(t)
+	admin := pgtest.NewPool(t, dbURL)
+	// The runtime role owns the schema it migrates and is neither
+	// superuser nor BYPASSRLS, so row-level security binds it.
+	role := pgtest.NewRole(t, dbURL)
+	dbName := admin.Config().ConnConfig.Database
+	pgtest.Exec(t, admin, "GRANT CREATE ON DATABASE "+pgx.Identifier{dbName}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
+	pool := pgtest.NewPool(t, role.URL)
+	_, err := migrations.Apply(ctx, pool, schema)
+	require.NoError(t, err)
+	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: schema})
+	require.NoError(t, err)
+
+	issuer, err := jwtissuer.New("https://auth.test")
+	require.NoError(t, err)
+	jwks := httptest.NewServer(issuer.JWKSHandler())
+	t.Cleanup(jwks.Close)
+	e := &env{t: t, issuer: issuer, admin: admin, jwksURL: jwks.URL, store: store}
+	return e.withStore(t, store, opts)
+}
+
+// reconfigure starts another server on the same database, as a restart
+// with a new configuration would.
+func (e *env) reconfigure(t *testing.T, opts envOptions) *env {
+	return e.withStore(t, e.store, opts)
+}
+
+// withStore starts a server over store with the same issuer.
+func (e *env) withStore(t *testing.T, store broker.Store, opts envOptions) *env {
+	t.Helper()
+	ctx := context.Background()
+	if opts.active == nil {
+		opts.active = newKEK(t, "env-v1")
+	}
+	ring, err := broker.NewKeyring(opts.active, opts.retired...)
+	require.NoError(t, err)
+	logs := &bytes.Buffer{}
+	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: logs}, nil))
+	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: log})
+	require.NoError(t, err)
+	verifier, err := jwtauth.New(ctx, jwtauth.Config{JWKSURL: e.jwksURL, Issuer: "https://auth.test"})
+	require.NoError(t, err)
+	t.Cleanup(verifier.Close)
+	api, err := vaultapi.New(vaultapi.Config{Service: svc, Verifier: verifier, Logger: log})
+	require.NoError(t, err)
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	return &env{t: t, url: srv.URL, issuer: e.issuer, admin: e.admin, logs: logs, jwksURL: e.jwksURL, store: store}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func newKEK(t *testing.T, id string) *localkek.KEK {
+	t.Helper()
+	key := make([]byte, 32)
+	rand.Read(key)
+	k, err := localkek.New(id, key, false)
+	require.NoError(t, err)
+	return k
+}
+
+func (e *env) token(user string) string {
+	e.t.Helper()
+	tok, err := e.issuer.Mint(jwtissuer.Claims{Subject: user})
+	require.NoError(e.t, err)
+	return tok
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func (e *env) do(method, path, user string, body any) response {
+	e.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		require.NoError(e.t, err)
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, e.url+vaultapi.BasePath+path, rd)
+	require.NoError(e.t, err)
+	if user != "" {
+		req.Header.Set("Authorization", "Bearer "+e.token(user))
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "keybroker-test")
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	require.NoError(e.t, err)
+	r := response{status: res.StatusCode, header: res.Header, raw: string(raw)}
+	if len(raw) > 0 {
+		require.NoError(e.t, json.Unmarshal(raw, &r.body), "body %q is not JSON", raw)
+	}
+	return r
+}
+
+func (r response) requireError(t *testing.T, status int, code string) {
+	t.Helper()
+	require.Equal(t, status, r.status, r.raw)
+	require.Equal(t, code, r.body["code"], r.raw)
+	require.NotEmpty(t, r.body["error"])
+	require.Len(t, r.body, 2, "error bodies are exactly {error, code}: %s", r.raw)
+}
+
+// vaultRow reads a user's row as stored, behind RLS (superuser).
+func (e *env) vaultRow(user string) map[string]any {
+	e.t.Helper()
+	rows, err := e.admin.Query(context.Background(), "SELECT * FROM keybroker.encryption_vaults WHERE user_id = $1", user)
+	require.NoError(e.t, err)
+	all, err := pgx.CollectRows(rows, pgx.RowToMap)
+	require.NoError(e.t, err)
+	if len(all) == 0 {
+		return nil
+	}
+	require.Len(e.t, all, 1)
+	return all[0]
+}
+
+func (e *env) auditActions(user string) []string {
+	e.t.Helper()
+	rows, err := e.admin.Query(context.Background(),
+		"SELECT action || ':' || status FROM keybroker.encryption_vault_audit WHERE user_id = $1 ORDER BY created_at, id", user)
+	require.NoError(e.t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(e.t, err)
+	return out
+}
+
+func (e *env) vaultCount(user string) int {
+	var n int
+	require.NoError(e.t, e.admin.QueryRow(context.Background(), "SELECT count(*) FROM keybroker.encryption_vaults WHERE user_id = $1", user).Scan(&n))
+	return n
+}
+
+func b64(n int, fill byte) string {
+	return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{fill}, n))
+}
+
+func decodeKey(t *testing.T, r response) []byte {
+	t.Helper()
+	require.Equal(t, http.StatusOK, r.status, r.raw)
+	s, ok := r.body["masterKey"].(string)
+	require.True(t, ok, "no masterKey in %s", r.raw)
+	mk, err := base64.StdEncoding.DecodeString(s)
+	require.NoError(t, err)
+	require.Len(t, mk, 32)
+	return mk
+}
+
+// ─── tests ──────────────────────────────────────────────────────────────
+
+func TestUnauthenticatedRequestsGet401(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	for name, header := range map[string]string{
+		"NoHeader":    "",
+		"NotBearer":   "Basic dXNlcjpwYXNz",
+		"EmptyBearer": "Bearer ",
+		"Garbage":     "Bearer not.a.jwt",
+	} {
+		t.Run(name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, e.url+vaultapi.BasePath+"/key", nil)
+			if header != "" {
+				req.Header.Set("Authorization", header)
+			}
+			res, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			defer res.Body.Close()
+			var body map[string]any
+			require.NoError(t, json.NewDecoder(res.Body).Decode(&body))
+			require.Equal(t, http.StatusUnauthorized, res.StatusCode)
+			require.Equal(t, "UNAUTHORIZED", body["code"])
+		})
+	}
+	// A token from another issuer's key is refused too.
+	other, err := jwtissuer.New("https://auth.test")
+	require.NoError(t, err)
+	tok, err := other.Mint(jwtissuer.Claims{Subject: "alice"})
+	require.NoError(t, err)
+	req, _ := http.NewRequest(http.MethodPost, e.url+vaultapi.BasePath+"/init", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	res.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, res.StatusCode)
+	require.Nil(t, e.vaultRow("alice"), "a refused token changes nothing")
+}
+
+func TestStatusWithoutVaultHasFullShapeAndNoAudit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := e.do(http.MethodGet, "/status", "alice", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, map[string]any{"vaultExists": false, "hasRecoveryWrap": false, "zeroKnowledge": false, "recoverySetAt": nil}, r.body)
+	require.Empty(t, e.auditActions("alice"))
+}
+
+func TestInitFetchAndStandardShape(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := e.do(http.MethodPost, "/init", "alice", nil)
+	mk := decodeKey(t, r)
+	require.Equal(t, "no-store", r.header.Get("Cache-Control"))
+	require.Equal(t, map[string]any{"masterKey": r.body["masterKey"], "formatVersion": float64(2), "kekId": "env-v1"}, r.body)
+
+	again := e.do(http.MethodPost, "/init", "alice", nil)
+	require.Equal(t, mk, decodeKey(t, again), "init is idempotent")
+	fetched := e.do(http.MethodGet, "/key", "alice", nil)
+	require.Equal(t, mk, decodeKey(t, fetched))
+	require.Equal(t, "no-store", fetched.header.Get("Cache-Control"))
+
+	row := e.vaultRow("alice")
+	require.EqualValues(t, 2, row["format_version"])
+	require.Equal(t, "env-v1", row["kek_id"])
+	require.Equal(t, broker.KeyCheckValue(mk), row["key_check"])
+	require.NotContains(t, fmt.Sprint(row), base64.StdEncoding.EncodeToString(mk), "the plaintext key is never stored")
+
+	st := e.do(http.MethodGet, "/status", "alice", nil)
+	require.Equal(t, true, st.body["vaultExists"])
+	require.Equal(t, []string{"init:201", "init:200", "fetch:200"}, e.auditActions("alice"))
+
+	// Another user gets another key.
+	require.NotEqual(t, mk, decodeKey(t, e.do(http.MethodPost, "/init", "bob", nil)))
+}
+
+func TestKeyWithoutVaultIs404AndAudited(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	e.do(http.MethodGet, "/key", "alice", nil).requireError(t, http.StatusNotFound, "VAULT_NOT_INITIALISED")
+	require.Equal(t, []string{"failed_fetch:404"}, e.auditActions("alice"))
+	for _, c := range []struct{ method, path string }{
+		{http.MethodPost, "/recovery-wrap"}, {http.MethodDelete, "/recovery-wrap"},
+	} {
+		body := any(nil)
+		if c.method == http.MethodPost {
+			body = map[string]string{"recoveryWrappedMk": b64(48, 1), "recoveryIv": b64(12, 2)}
+		}
+		e.do(c.method, c.path, "alice", body).requireError(t, http.StatusNotFound, "VAULT_NOT_INITIALISED")
+	}
+	e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": true}).requireError(t, http.StatusNotFound, "VAULT_NOT_INITIALISED")
+	e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": false, "masterKey": b64(32, 7)}).requireError(t, http.StatusNotFound, "VAULT_NOT_INITIALISED")
+	require.Nil(t, e.vaultRow("alice"))
+}
+
+func TestZeroKnowledgeLifecycle(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	mk := decodeKey(t, e.do(http.MethodPost, "/init", "alice", nil))
+
+	e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": true}).
+		requireError(t, http.StatusBadRequest, "RECOVERY_WRAP_MISSING")
+
+	wrap, iv := b64(48, 0xAB), b64(12, 0xCD)
+	r := e.do(http.MethodPost, "/recovery-wrap", "alice", map[string]string{"recoveryWrappedMk": wrap, "recoveryIv": iv})
+	require.Equal(t, map[string]any{"ok": true}, r.body)
+	st := e.do(http.MethodGet, "/status", "alice", nil)
+	require.Equal(t, true, st.body["hasRecoveryWrap"])
+	setAt, err := time.Parse(time.RFC3339, st.body["recoverySetAt"].(string))
+	require.NoError(t, err)
+	require.WithinDuration(t, time.Now(), setAt, time.Minute)
+
+	r = e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": true})
+	require.Equal(t, map[string]any{"ok": true, "zeroKnowledge": true}, r.body)
+	r = e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": true})
+	require.Equal(t, http.StatusOK, r.status, "enabling twice is a no-op")
+	row := e.vaultRow("alice")
+	require.Nil(t, row["wrapped_mk"])
+	require.Nil(t, row["wrap_iv"])
+	require.Equal(t, true, row["zero_knowledge"])
+
+	for _, path := range []string{"/key", "/init"} {
+		method := http.MethodGet
+		if path == "/init" {
+			method = http.MethodPost
+		}
+		r = e.do(method, path, "alice", nil)
+		require.Equal(t, http.StatusOK, r.status)
+		require.Equal(t, map[string]any{"requiresRecoveryCode": true, "recoveryWrappedMk": wrap, "recoveryIv": iv, "formatVersion": float64(1)}, r.body)
+		require.Equal(t, "no-store", r.header.Get("Cache-Control"))
+	}
+
+	e.do(http.MethodPost, "/rotate", "alice", nil).requireError(t, http.StatusConflict, "ZK_ROTATE_FORBIDDEN")
+	e.do(http.MethodDelete, "/recovery-wrap", "alice", nil).requireError(t, http.StatusConflict, "ZK_ACTIVE")
+
+	wrong := make([]byte, 32)
+	copy(wrong, mk)
+	wrong[31] ^= 0xFF
+	e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(wrong)}).
+		requireError(t, http.StatusConflict, "MASTER_KEY_MISMATCH")
+	require.Equal(t, true, e.vaultRow("alice")["zero_knowledge"], "a refused key changes nothing")
+
+	r = e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(mk)})
+	require.Equal(t, map[string]any{"ok": true, "zeroKnowledge": false}, r.body)
+	require.Equal(t, mk, decodeKey(t, e.do(http.MethodGet, "/key", "alice", nil)))
+
+	// With zero-knowledge off, disabling again verifies the key too.
+	e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(wrong)}).
+		requireError(t, http.StatusConflict, "MASTER_KEY_MISMATCH")
+	r = e.do(http.MethodPost, "/zero-knowledge", "alice", map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(mk)})
+	require.Equal(t, http.StatusOK, r.status)
+
+	r = e.do(http.MethodDelete, "/recovery-wrap", "alice", nil)
+	require.Equal(t, map[string]any{"ok": true}, r.body)
+	require.Equal(t, false, e.do(http.MethodGet, "/status", "alice", nil).body["hasRecoveryWrap"])
+
+	require.Equal(t, []string{
+		"init:201", "zk_enable:400", "recovery_set:200", "zk_enable:200", "zk_enable:200",
+		"fetch:200", "init:200", "rotate:409", "recovery_clear:409", "zk_disable:409",
+		"zk_disable:200", "fetch:200", "zk_disable:409", "zk_disable:200", "recovery_clear:200",
+	}, e.auditActions("alice"))
+}
+
+func TestRotateMintsNewKeyAndClearsRecoveryWrap(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	// With no vault, rotate creates one.
+	first := decodeKey(t, e.do(http.MethodPost, "/rotate", "alice", nil))
+	require.Equal(t, first, decodeKey(t, e.do(http.MethodGet, "/key", "alice", nil)))
+	e.do(http.MethodPost, "/recovery-wrap", "alice", map[string]string{"recoveryWrappedMk": b64(48, 1), "recoveryIv": b64(12, 2)})
+
+	second := decodeKey(t, e.do(http.MethodPost, "/rotate", "alice", nil))
+	require.NotEqual(t, first, second)
+	require.Equal(t, second, decodeKey(t, e.do(http.MethodGet, "/key", "alice", nil)))
+	row := e.vaultRow("alice")
+	require.Nil(t, row["recovery_wrapped_mk"])
+	require.Nil(t, row["recovery_iv"])
+	require.NotNil(t, row["rotated_at"])
+	require.Equal(t, []string{"rotate:201", "fetch:200", "recovery_set:200", "rotate:200", "fetch:200"}, e.auditActions("alice"))
+}
+
+func TestBadInputIs4xxAndChangesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	decodeKey(t, e.do(http.MethodPost, "/init", "alice", nil))
+	before := e.vaultRow("alice")
+	auditBefore := len(e.auditActions("alice"))
+
+	cases := []struct {
+		name, method, path string
+		body               any
+		status             int
+		code               string
+	}{
+		{"MalformedJSON", http.MethodPost, "/recovery-wrap", `{"recoveryWrappedMk":`, 400, "BAD_REQUEST"},
+		{"EmptyBody", http.MethodPost, "/recovery-wrap", ``, 400, "BAD_REQUEST"},
+		{"NotAnObject", http.MethodPost, "/recovery-wrap", `[1,2]`, 400, "BAD_REQUEST"},
+		{"TrailingData", http.MethodPost, "/recovery-wrap", `{"recoveryWrappedMk":"a","recoveryIv":"b"} {}`, 400, "BAD_REQUEST"},
+		{"MissingIV", http.MethodPost, "/recovery-wrap", map[string]any{"recoveryWrappedMk": b64(48, 1)}, 400, "BAD_REQUEST"},
+		{"NumberNotString", http.MethodPost, "/recovery-wrap", map[string]any{"recoveryWrappedMk": 5, "recoveryIv": b64(12, 1)}, 400, "BAD_REQUEST"},
+		{"NotBase64", http.MethodPost, "/recovery-wrap", map[string]any{"recoveryWrappedMk": "!!!!", "recoveryIv": b64(12, 1)}, 400, "BAD_REQUEST"},
+		{"ShortWrap", http.MethodPost, "/recovery-wrap", map[string]any{"recoveryWrappedMk": b64(47, 1), "recoveryIv": b64(12, 1)}, 400, "BAD_REQUEST"},
+		{"LongIV", http.MethodPost, "/recovery-wrap", map[string]any{"recoveryWrappedMk": b64(48, 1), "recoveryIv": b64(16, 1)}, 400, "BAD_REQUEST"},
+		{"URLSafeAlphabet", http.MethodPost, "/recovery-wrap", map[string]any{"recoveryWrappedMk": strings.Repeat("_-", 32), "recoveryIv": b64(12, 1)}, 400, "BAD_REQUEST"},
+		{"EnableMissing", http.MethodPost, "/zero-knowledge", map[string]any{}, 400, "BAD_REQUEST"},
+		{"EnableNotBool", http.MethodPost, "/zero-knowledge", map[string]any{"enable": "true"}, 400, "BAD_REQUEST"},
+		{"DisableWithoutKey", http.MethodPost, "/zero-knowledge", map[string]any{"enable": false}, 400, "BAD_REQUEST"},
+		{"DisableShortKey", http.MethodPost, "/zero-knowledge", map[string]any{"enable": false, "masterKey": b64(31, 1)}, 400, "BAD_REQUEST"},
+		{"DisableBadBase64", http.MethodPost, "/zero-knowledge", map[string]any{"enable": false, "masterKey": "***"}, 400, "BAD_REQUEST"},
+		{"TooLarge", http.MethodPost, "/recovery-wrap", `{"recoveryWrappedMk":"` + strings.Repeat("A", 64<<10) + `"}`, 413, "PAYLOAD_TOO_LARGE"},
+		{"UnknownRoute", http.MethodGet, "/nope", nil, 404, "NOT_FOUND"},
+		{"WrongMethod", http.MethodPut, "/key", nil, 405, "METHOD_NOT_ALLOWED"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.do(c.method, c.path, "alice", c.body)
+			r.requireError(t, c.status, c.code)
+			require.NotContains(t, r.raw, "AAAAAAAA", "input is never echoed")
+		})
+	}
+	require.Equal(t, before, e.vaultRow("alice"), "bad input changes nothing")
+	require.Len(t, e.auditActions("alice"), auditBefore, "decoding failures never reach the domain")
+}
+
+func TestConcurrentInitsAgreeOnOneKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const n = 40
+	keys := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := e.do(http.MethodPost, "/init", "alice", nil)
+			if r.status == http.StatusOK {
+				keys[i], _ = r.body["masterKey"].(string)
+			} else {
+				t.Logf("init %d: %d %s", i, r.status, r.raw)
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		require.NotEmpty(t, keys[i], "init %d failed", i)
+		require.Equal(t, keys[0], keys[i], "init %d returned another key", i)
+	}
+	require.Equal(t, 1, e.vaultCount("alice"))
+	actions := e.auditActions("alice")
+	require.Len(t, actions, n, "one audit row per request")
+	require.Equal(t, 1, countOf(actions, "init:201"))
+}
+
+func countOf(list []string, s string) int {
+	n := 0
+	for _, x := range list {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
+
+type legacyVector struct {
+	Name      string `json:"name"`
+	KEK       string `json:"kek_base64"`
+	KEKID     string `json:"kek_id"`
+	MasterKey string `json:"master_key_base64"`
+	WrapIV    string `json:"wrap_iv"`
+	WrappedMK string `json:"wrapped_mk"`
+}
+
+func legacyVectors(t *testing.T) []legacyVector {
+	t.Helper()
+	_, here, _, _ := runtime.Caller(0)
+	raw, err := os.ReadFile(filepath.Join(filepath.Dir(here), "..", "..", "shared", "testdata", "legacy-vectors.json"))
+	require.NoError(t, err)
+	var doc struct {
+		V1 []legacyVector `json:"kek_wrap_v1"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	require.NotEmpty(t, doc.V1)
+	return doc.V1
+}
+
+// TestLegacyRowsUnwrapThroughTheAPI stores every format-1 vector as the
+// original service stored it and fetches it through HTTP.
+func TestLegacyRowsUnwrapThroughTheAPI(t *testing.T) {
+	t.Parallel()
+	for _, v := range legacyVectors(t) {
+		t.Run(v.Name, func(t *testing.T) {
+			t.Parallel()
+			key, err := base64.StdEncoding.DecodeString(v.KEK)
+			require.NoError(t, err)
+			kek, err := localkek.New(v.KEKID, key, true)
+			require.NoError(t, err)
+			e := newEnv(t, envOptions{active: kek})
+			pgtest.Exec(t, e.admin, `INSERT INTO keybroker.encryption_vaults (user_id, wrapped_mk, wrap_iv, format_version, kek_id)
+				VALUES ('legacy', $1, $2, 1, $3)`, v.WrappedMK, v.WrapIV, v.KEKID)
+			r := e.do(http.MethodGet, "/key", "legacy", nil)
+			require.Equal(t, v.MasterKey, r.body["masterKey"])
+			require.EqualValues(t, 1, r.body["formatVersion"])
+			require.Equal(t, v.KEKID, r.body["kekId"])
+		})
+	}
+}
+
+// TestWrapCopiedToAnotherUserDoesNotUnwrap copies alice's wrap into
+// mallory's row with SQL: the bound wrap must refuse to open there.
+func TestWrapCopiedToAnotherUserDoesNotUnwrap(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	aliceKey := decodeKey(t, e.do(http.MethodPost, "/init", "alice", nil))
+	decodeKey(t, e.do(http.MethodPost, "/init", "mallory", nil))
+	pgtest.Exec(t, e.admin, `UPDATE keybroker.encryption_vaults m SET wrapped_mk = a.wrapped_mk, wrap_iv = a.wrap_iv, key_check = a.key_check
+		FROM keybroker.encryption_vaults a WHERE a.user_id = 'alice' AND m.user_id = 'mallory'`)
+
+	r := e.do(http.MethodGet, "/key", "mallory", nil)
+	r.requireError(t, http.StatusInternalServerError, "INTERNAL")
+	require.NotContains(t, r.raw, base64.StdEncoding.EncodeToString(aliceKey))
+	require.Equal(t, []string{"init:201", "failed_fetch:500"}, e.auditActions("mallory"))
+	require.Equal(t, aliceKey, decodeKey(t, e.do(http.MethodGet, "/key", "alice", nil)), "alice is unaffected")
+}
+
+func TestUnknownKEKIDIsAudited503(t *testing.T) {
+	t.Parallel()
+	old := newKEK(t, "old")
+	e := newEnv(t, envOptions{active: newKEK(t, "new"), retired: []broker.KEK{old}})
+	decodeKey(t, e.do(http.MethodPost, "/init", "alice", nil))
+	pgtest.Exec(t, e.admin, `UPDATE keybroker.encryption_vaults SET kek_id = 'removed-kek' WHERE user_id = 'alice'`)
+	e.do(http.MethodGet, "/key", "alice", nil).requireError(t, http.StatusServiceUnavailable, "KEK_UNAVAILABLE")
+	actions := e.auditActions("alice")
+	require.Equal(t, "failed_fetch:503", actions[len(actions)-1])
+}
+
+// TestDecryptOnlyKEKStillOpensOldRows: rows wrapped by a KEK that is now
+// decrypt-only keep opening; new wraps use the active KEK.
+func TestDecryptOnlyKEKStillOpensOldRows(t *testing.T) {
+	t.Parallel()
+	old := newKEK(t, "old")
+	e := newEnv(t, envOptions{active: old})
+	mk := decodeKey(t, e.do(http.MethodPost, "/init", "alice", nil))
+
+	// Same database, new server configuration: a new active KEK.
+	e2 := e.reconfigure(t, envOptions{active: newKEK(t, "new"), retired: []broker.KEK{old}})
+	r := e2.do(http.MethodGet, "/key", "alice", nil)
+	require.Equal(t, mk, decodeKey(t, r))
+	require.Equal(t, "old", r.body["kekId"])
+	r = e2.do(http.MethodPost, "/init", "bob", nil)
+	require.Equal(t, "new", r.body["kekId"])
+}
+
+func TestStoreOutageIs503(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// A pool on a port where nothing listens.
+	pool, err := pgxpool.New(ctx, "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: schema})
+	require.NoError(t, err)
+	e := newEnv(t, envOptions{})
+	e2 := e.withStore(t, store, envOptions{})
+	e2.do(http.MethodGet, "/key", "alice", nil).requireError(t, http.StatusServiceUnavailable, "STORE_UNAVAILABLE")
+	e2.do(http.MethodGet, "/status", "alice", nil).requireError(t, http.StatusServiceUnavailable, "STORE_UNAVAILABLE")
+}
+
+func TestLogsNeverContainKeysOrTokens(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tok := e.token("alice")
+	mk := decodeKey(t, e.do(http.MethodPost, "/init", "alice", nil))
+	wrap := b64(48, 0x5A)
+	e.do(http.MethodPost, "/recovery-wrap", "alice", map[string]string{"recoveryWrappedMk": wrap, "recoveryIv": b64(12, 3)})
+	pgtest.Exec(t, e.admin, `UPDATE keybroker.encryption_vaults SET kek_id = 'removed' WHERE user_id = 'alice'`)
+	e.do(http.MethodGet, "/key", "alice", nil) // an error path that logs
+	logs := e.logs.String()
+	require.Contains(t, logs, `"route"`, "the access log is written")
+	for _, secret := range []string{base64.StdEncoding.EncodeToString(mk), wrap, tok} {
+		require.NotContains(t, logs, secret)
+	}
+}

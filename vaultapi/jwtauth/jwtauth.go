@@ -27,6 +27,7 @@ import (
 	"github.com/lestrrat-go/httprc/v3/errsink"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jwt"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -57,7 +58,8 @@ type Config struct {
 	// "none" and the HMAC algorithms (HS256, HS384, HS512) are refused even
 	// when listed: with a public JWKS they can only be an attack.
 	Algorithms []string
-	// Leeway is the clock skew tolerated on exp, nbf and iat; default 30s.
+	// Leeway is the clock skew tolerated on exp, nbf and iat; default 30s,
+	// at most 5m.
 	Leeway time.Duration
 	// HTTPClient fetches the JWKS; default a client with a 5s timeout.
 	HTTPClient *http.Client
@@ -85,20 +87,22 @@ func failure(reason string) error {
 type Verifier struct {
 	cfg        Config
 	algorithms map[string]bool
-	validate   []validateOption // built once in New
+	validate   []jwt.ValidateOption // built once in New
 
 	// lifetime ends on Close or when New's ctx is cancelled; it bounds the
 	// background refresh and every refetch.
-	lifetime context.Context
-	stop     context.CancelFunc
-	done     chan struct{} // closed when the retry loop has exited
+	lifetime   context.Context
+	stop       context.CancelFunc
+	background sync.WaitGroup // the retry loop, which Close waits for
 
-	cache    *jwk.Cache
-	resource *httprc.ResourceBase[jwk.Set]
+	cache *jwk.Cache
+	// resource holds the cached key set. It is set once in New, but the
+	// error sink may already run before that, hence atomic.
+	resource atomic.Pointer[httprc.ResourceBase[jwk.Set]]
 
-	// lastFetchErr holds the most recent failed fetch (nil after a
-	// success); it feeds Status so readiness failures can say why.
-	lastFetchErr atomic.Pointer[error]
+	// lastFailure is the most recent failed fetch; it feeds Status so a
+	// readiness failure can say why.
+	lastFailure atomic.Pointer[fetchFailure]
 
 	refreshMu   sync.Mutex
 	lastRefresh time.Time     // when the last on-demand refetch started
@@ -129,7 +133,6 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 		cfg:        cfg,
 		algorithms: algorithms,
 		validate:   cfg.validateOptions(),
-		done:       make(chan struct{}),
 	}
 	v.lifetime, v.stop = context.WithCancel(ctx)
 
@@ -163,8 +166,9 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 		// httprc retries a failed connection after the minimum interval.
 		jwk.WithMinInterval(cfg.MinRefreshInterval),
 	)
+	var resource *httprc.ResourceBase[jwk.Set]
 	if err == nil {
-		v.resource, err = cache.LookupResource(v.lifetime, cfg.JWKSURL)
+		resource, err = cache.LookupResource(v.lifetime, cfg.JWKSURL)
 	}
 	if err != nil {
 		v.Close()
@@ -179,9 +183,10 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	}
 	timer := time.NewTimer(wait + time.Second)
 	defer timer.Stop()
+	v.resource.Store(resource)
 	ready := make(chan struct{})
 	go func() {
-		if v.resource.Ready(v.lifetime) == nil {
+		if resource.Ready(v.lifetime) == nil {
 			close(ready)
 		}
 	}()
@@ -195,6 +200,7 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 		return nil, fmt.Errorf("jwtauth: waiting for first JWKS fetch: %w", ctx.Err())
 	}
 
+	v.background.Add(1)
 	go v.retryUntilLoaded()
 	return v, nil
 }
@@ -207,7 +213,7 @@ func (cfg *Config) setDefaults() {
 		cfg.Leeway = DefaultLeeway
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: DefaultHTTPTimeout}
+		cfg.HTTPClient = &http.Client{Timeout: DefaultHTTPTimeout, CheckRedirect: checkRedirect}
 	}
 	if cfg.MinRefreshInterval == 0 {
 		cfg.MinRefreshInterval = DefaultMinRefreshInterval
@@ -259,10 +265,23 @@ func (cfg *Config) validate() (map[string]bool, error) {
 	return algorithms, nil
 }
 
+// checkRedirect bounds redirects and refuses a downgrade from https to
+// http, where the key set could be swapped in transit.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 3 {
+		return errors.New("jwtauth: JWKS fetch: too many redirects")
+	}
+	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return errors.New("jwtauth: JWKS fetch: refusing redirect from https to http")
+	}
+	return nil
+}
+
 // Close stops background refresh and waits for it to end. Verify fails with
 // ErrUnauthorized afterwards. Close is idempotent.
 func (v *Verifier) Close() {
 	v.stop()
+	v.background.Wait()
 	if v.cache != nil {
 		// The cache's goroutines stop with lifetime; Shutdown only waits
 		// for them, and the bound keeps a wedged fetch from hanging Close.
@@ -280,27 +299,38 @@ func (v *Verifier) Ready() bool {
 }
 
 // Status returns Ready and, when the latest fetch of the key set failed,
-// that fetch's error (which names the JWKS URL, never a token).
+// that fetch's error (which names the JWKS URL, never a token). While keys
+// are loaded the Verifier keeps working through such failures on the last
+// good key set.
 func (v *Verifier) Status() (ready bool, lastFetchErr error) {
-	if p := v.lastFetchErr.Load(); p != nil {
-		lastFetchErr = *p
+	// A failure recorded against an older key set has been superseded by a
+	// successful fetch since, which httprc does not report to us.
+	if f := v.lastFailure.Load(); f != nil && f.set == v.keySet() {
+		lastFetchErr = f.err
 	}
 	return v.Ready(), lastFetchErr
 }
 
+// fetchFailure is a failed fetch and the key set that was current then.
+type fetchFailure struct {
+	err error
+	set jwk.Set
+}
+
 func (v *Verifier) keySet() jwk.Set {
-	if v.resource == nil {
+	resource := v.resource.Load()
+	if resource == nil {
 		return nil
 	}
-	return v.resource.Resource()
+	return resource.Resource()
 }
 
 func (v *Verifier) recordFetch(err error) {
 	if err == nil {
-		v.lastFetchErr.Store(nil)
+		v.lastFailure.Store(nil)
 		return
 	}
-	v.lastFetchErr.Store(&err)
+	v.lastFailure.Store(&fetchFailure{err: err, set: v.keySet()})
 }
 
 // retryUntilLoaded refetches every MinRefreshInterval until a key set has
@@ -308,6 +338,7 @@ func (v *Verifier) recordFetch(err error) {
 // answer, and a pod that is not ready gets no traffic to trigger refetches,
 // so without this loop a slow issuer at boot could keep us unready for 15m.
 func (v *Verifier) retryUntilLoaded() {
+	defer v.background.Done()
 	interval := max(v.cfg.MinRefreshInterval, 10*time.Millisecond)
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()

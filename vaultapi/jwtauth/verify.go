@@ -78,12 +78,8 @@ const (
 	reasonContextCanceled = "verification canceled"
 )
 
-// validateOption is jwt.ValidateOption, named so the Verifier field reads
-// plainly.
-type validateOption = jwt.ValidateOption
-
-func (cfg *Config) validateOptions() []validateOption {
-	opts := []validateOption{
+func (cfg *Config) validateOptions() []jwt.ValidateOption {
+	opts := []jwt.ValidateOption{
 		jwt.WithAcceptableSkew(cfg.Leeway),
 		jwt.WithRequiredClaim(jwt.ExpirationKey),
 	}
@@ -96,8 +92,8 @@ func (cfg *Config) validateOptions() []validateOption {
 	return opts
 }
 
-// Verify checks token (the compact JWS, without the "Bearer " prefix) and
-// returns its subject, the user id.
+// Verify checks token (the bare compact JWS: the caller strips "Bearer ")
+// and returns its subject, the user id.
 //
 // The token must be signed by a key in the issuer's JWKS under an allowed
 // algorithm that matches that key, carry an unexpired exp, satisfy nbf and

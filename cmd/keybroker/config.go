@@ -28,6 +28,8 @@ type config struct {
 	JWTAudience     string
 	Migrate         bool
 	Dev             bool
+	DataDir         string
+	addrSet         bool // --addr or $KEYBROKER_ADDR given explicitly
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
@@ -49,7 +51,12 @@ const (
 	envLogLevel        = "KEYBROKER_LOG_LEVEL"
 	envLogFormat       = "KEYBROKER_LOG_FORMAT"
 	envShutdownTimeout = "KEYBROKER_SHUTDOWN_TIMEOUT"
+	envDataDir         = "KEYBROKER_DATA_DIR"
+	envEnv             = "KEYBROKER_ENV"
 )
+
+// defaultDataDir holds the embedded store and dev-mode files.
+const defaultDataDir = "./.keybroker"
 
 // parseConfig reads flags (for serve: all; for migrate: the store ones)
 // over environment defaults and validates once.
@@ -64,7 +71,8 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		return def
 	}
 	defaultAddr := ":" + env(envPort, "3001")
-	fs.StringVar(&c.DatabaseURL, "database-url", env(envDatabaseURL, ""), "PostgreSQL URL ($"+envDatabaseURL+")")
+	fs.StringVar(&c.DatabaseURL, "database-url", env(envDatabaseURL, ""), "PostgreSQL URL; without one the embedded SQLite store in --data-dir is used ($"+envDatabaseURL+")")
+	fs.StringVar(&c.DataDir, "data-dir", env(envDataDir, defaultDataDir), "directory of the embedded store and of dev-mode files ($"+envDataDir+")")
 	fs.StringVar(&c.Schema, "schema", env(envSchema, "keybroker"), "database schema; \"auth\" adopts the original service's tables ($"+envSchema+")")
 	fs.StringVar(&c.LogLevel, "log-level", env(envLogLevel, "info"), "debug, info, warn or error ($"+envLogLevel+")")
 	fs.StringVar(&c.LogFormat, "log-format", env(envLogFormat, "json"), "json or text ($"+envLogFormat+")")
@@ -81,7 +89,7 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 			return nil, fmt.Errorf("$%s: %w", envMigrate, err)
 		}
 		fs.BoolVar(&c.Migrate, "migrate", migrate, "apply migrations at start ($"+envMigrate+")")
-		fs.BoolVar(&c.Dev, "dev", false, "dev mode: accept the all-zero KEK (never in production)")
+		fs.BoolVar(&c.Dev, "dev", false, "dev mode: 127.0.0.1, a generated KEK, a built-in token issuer (refused when $"+envEnv+"=production)")
 		shutdown, err := time.ParseDuration(env(envShutdownTimeout, "20s"))
 		if err != nil {
 			return nil, fmt.Errorf("$%s: %w", envShutdownTimeout, err)
@@ -94,14 +102,22 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if c.DatabaseURL == "" {
-		return nil, fmt.Errorf("no database: set $%s (or --database-url) to a PostgreSQL URL", envDatabaseURL)
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "addr" {
+			c.addrSet = true
+		}
+	})
+	if getenv(envAddr) != "" {
+		c.addrSet = true
 	}
 	if c.Schema == "" {
 		return nil, fmt.Errorf("$%s must not be empty", envSchema)
 	}
-	if serve && c.JWKSURL == "" {
-		return nil, fmt.Errorf("no token issuer: set $%s (or --jwks-url) to the issuer's JWKS URL", envJWKSURL)
+	if c.DatabaseURL == "" && c.DataDir == "" {
+		return nil, fmt.Errorf("no store: set $%s to a PostgreSQL URL, or $%s to a directory for the embedded store", envDatabaseURL, envDataDir)
+	}
+	if serve && c.JWKSURL == "" && !c.Dev {
+		return nil, fmt.Errorf("no token issuer: set $%s (or --jwks-url) to the issuer's JWKS URL (or run --dev for a built-in issuer)", envJWKSURL)
 	}
 	return c, nil
 }

@@ -22,6 +22,7 @@ Usage:
   keybroker serve [flags]       run the HTTP API (applies migrations first)
   keybroker migrate [flags]     apply database migrations and exit
   keybroker kek generate        print a fresh base64 KEK (32 random bytes)
+  keybroker dev token --user ID print a bearer token from the dev-mode issuer
   keybroker version             print the version
 
 Run "keybroker serve -h" for the flags; every flag has an environment
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdMigrate(ctx, args[1:], getenv, stdout, stderr)
 	case "kek":
 		return cmdKEK(ctx, args[1:], getenv, stdout, stderr)
+	case "dev":
+		return cmdDev(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "keybroker", version)
 		return nil

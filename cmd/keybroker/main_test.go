@@ -98,7 +98,7 @@ func TestServeRefusesUnsafeKEKs(t *testing.T) {
 		})
 	}
 	t.Run("DevAllowsZeroKEK", func(t *testing.T) {
-		env := map[string]string{"MANA_AUTH_KEK": zero}
+		env := map[string]string{"MANA_AUTH_KEK": zero, "KEYBROKER_DATA_DIR": t.TempDir()}
 		for k, v := range base {
 			env[k] = v
 		}
@@ -134,23 +134,8 @@ func TestServeInitAndFetchOverHTTP(t *testing.T) {
 	require.NoError(t, run(context.Background(), []string{"migrate"}, envFunc(env), &migrateOut, io.Discard, nil))
 	require.Contains(t, migrateOut.String(), "applied")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addrc := make(chan string, 1)
-	done := make(chan error, 1)
-	var logs syncBuffer
-	go func() {
-		done <- run(ctx, []string{"serve"}, envFunc(env), io.Discard, &logs, &hooks{listening: func(a string) { addrc <- a }})
-	}()
-	var addr string
-	select {
-	case addr = <-addrc:
-	case err := <-done:
-		t.Fatalf("serve stopped: %v\n%s", err, logs.String())
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not start listening")
-	}
-
+	srv := startServe(t, env, "serve")
+	addr := srv.addr
 	tok, err := issuer.Mint(jwtissuer.Claims{Subject: "alice"})
 	require.NoError(t, err)
 	call := func(method, path string) map[string]any {
@@ -169,14 +154,53 @@ func TestServeInitAndFetchOverHTTP(t *testing.T) {
 	require.Equal(t, initBody["masterKey"], keyBody["masterKey"])
 	require.Equal(t, "env-v1", keyBody["kekId"])
 
-	cancel() // SIGTERM
+	require.NoError(t, srv.stop()) // SIGTERM
+	require.Contains(t, srv.logs.String(), "stopped")
+	require.NotContains(t, srv.logs.String(), initBody["masterKey"])
+	require.NotContains(t, srv.logs.String(), tok)
+}
+
+// server is a keybroker serve running in-process.
+type server struct {
+	addr string
+	logs *syncBuffer
+	stop func() error
+}
+
+// startServe runs keybroker with args until the test ends or stop is
+// called, and waits until it listens.
+func startServe(t *testing.T, env map[string]string, args ...string) *server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	logs := &syncBuffer{}
+	go func() {
+		done <- run(ctx, args, envFunc(env), io.Discard, logs, &hooks{listening: func(a string) { addrc <- a }})
+	}()
+	s := &server{logs: logs}
 	select {
+	case s.addr = <-addrc:
 	case err := <-done:
-		require.NoError(t, err)
+		cancel()
+		t.Fatalf("serve stopped: %v\n%s", err, logs.String())
 	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not shut down")
+		cancel()
+		t.Fatal("serve did not start listening")
 	}
-	require.Contains(t, logs.String(), "stopped")
-	require.NotContains(t, logs.String(), initBody["masterKey"])
-	require.NotContains(t, logs.String(), tok)
+	var once sync.Once
+	var stopErr error
+	s.stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(30 * time.Second):
+				stopErr = context.DeadlineExceeded
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { _ = s.stop() })
+	return s
 }

@@ -28,33 +28,23 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	var keyring *broker.Keyring
 	if cfg.Dev {
-		log.Warn("DEV MODE: insecure KEKs are accepted. Never run --dev with real user keys.")
-	}
-
-	keyring, err := openKeyring(ctx, cfg, getenv, log)
-	if err != nil {
-		return err
-	}
-
-	pool, err := pgstore.OpenPool(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if cfg.Migrate {
-		applied, err := migrations.Apply(ctx, pool, cfg.Schema)
-		if err != nil {
-			return fmt.Errorf("migrate: %w", err)
-		}
-		for _, name := range applied {
-			log.Info("migration applied", slog.String("migration", name), slog.String("schema", cfg.Schema))
+		if keyring, err = prepareDev(ctx, cfg, getenv, stderr, log); err != nil {
+			return err
 		}
 	}
-	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: cfg.Schema})
+	if keyring == nil {
+		if keyring, err = openKeyring(ctx, cfg, getenv, log); err != nil {
+			return err
+		}
+	}
+
+	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	defer closeStore()
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log})
 	if err != nil {
 		return err
@@ -91,6 +81,40 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	return serveUntilDone(ctx, srv, ln, cfg.ShutdownTimeout, log)
 }
 
+// readyStore is a broker.Store that can tell whether it answers.
+type readyStore interface {
+	broker.Store
+	Ping(ctx context.Context) error
+}
+
+// openStore opens the PostgreSQL store when a database URL is configured,
+// applying migrations first unless disabled.
+func openStore(ctx context.Context, cfg *config, log *slog.Logger) (readyStore, func(), error) {
+	if cfg.DatabaseURL == "" {
+		return nil, nil, fmt.Errorf("no database: set $%s to a PostgreSQL URL", envDatabaseURL)
+	}
+	pool, err := pgstore.OpenPool(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.Migrate {
+		applied, err := migrations.Apply(ctx, pool, cfg.Schema)
+		if err != nil {
+			pool.Close()
+			return nil, nil, fmt.Errorf("migrate: %w", err)
+		}
+		for _, name := range applied {
+			log.Info("migration applied", slog.String("migration", name), slog.String("schema", cfg.Schema))
+		}
+	}
+	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: cfg.Schema})
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return store, pool.Close, nil
+}
+
 // serveUntilDone serves until ctx ends (SIGTERM), then lets in-flight
 // requests finish within the grace period.
 func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration, log *slog.Logger) error {
@@ -119,19 +143,14 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, grac
 func openKeyring(ctx context.Context, cfg *config, getenv func(string) string, log *slog.Logger) (*broker.Keyring, error) {
 	opener := kekproviders.Opener{AllowDevKeys: cfg.Dev, Getenv: getenv}
 	activeURI, retiredURIs, err := cfg.kekURIs(getenv)
-	if errors.Is(err, errNoKEK) && cfg.Dev {
-		log.Warn("DEV MODE: no KEK configured; using the 32-zero-byte dev KEK as id env-v1. Every key it wraps is readable by anyone.")
-		devKEK, derr := localkek.New(kekproviders.LegacyID, make([]byte, localkek.KeySize), true)
-		if derr != nil {
-			return nil, derr
-		}
-		return broker.NewKeyring(devKEK)
-	}
 	if err != nil {
 		return nil, err
 	}
 	open := func(uri string) (broker.KEK, error) {
 		kek, err := opener.Open(ctx, uri)
+		if err == nil && cfg.Dev {
+			log.Warn("DEV MODE: insecure KEKs (the all-zero key) are accepted")
+		}
 		if errors.Is(err, localkek.ErrDevKey) {
 			return nil, fmt.Errorf("%w.\n  Generate a real one with: keybroker kek generate\n  (or pass --dev for a throwaway local run)", err)
 		}

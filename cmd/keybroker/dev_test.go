@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/vaultapi"
+)
+
+func devToken(t *testing.T, dataDir, user string) string {
+	t.Helper()
+	var out bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"dev", "token", "--user", user, "--data-dir", dataDir}, envFunc(nil), &out, io.Discard, nil))
+	return strings.TrimSpace(out.String())
+}
+
+func fetch(t *testing.T, addr, method, path, token string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+addr+vaultapi.BasePath+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	var body map[string]any
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&body))
+	return res.StatusCode, body
+}
+
+// TestDevModeEndToEnd: serve --dev generates a KEK file once and reuses it,
+// runs its own issuer, and `dev token` mints tokens the server accepts.
+func TestDevModeEndToEnd(t *testing.T) {
+	dataDir := t.TempDir()
+	env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t), "KEYBROKER_DATA_DIR": dataDir, "PORT": "0"}
+	srv := startServe(t, env, "serve", "--dev")
+	require.True(t, strings.HasPrefix(srv.addr, "127.0.0.1:"), "dev mode listens on loopback only, got %s", srv.addr)
+	require.Contains(t, srv.logs.String(), "DEV MODE")
+
+	kekPath := filepath.Join(dataDir, devKEKFile)
+	info, err := os.Stat(kekPath)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+	raw, err := os.ReadFile(kekPath)
+	require.NoError(t, err)
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
+	require.NoError(t, err)
+	require.Len(t, key, 32)
+	require.NotEqual(t, make([]byte, 32), key, "the dev KEK is never the all-zero key")
+
+	tok := devToken(t, dataDir, "alice")
+	status, body := fetch(t, srv.addr, http.MethodPost, "/init", tok)
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, devKEKID, body["kekId"])
+	require.NoError(t, srv.stop())
+
+	// A restart reuses the KEK file and the issuer key: the old token and
+	// the stored key still work.
+	srv2 := startServe(t, env, "serve", "--dev")
+	status, again := fetch(t, srv2.addr, http.MethodGet, "/key", tok)
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, body["masterKey"], again["masterKey"])
+	raw2, err := os.ReadFile(kekPath)
+	require.NoError(t, err)
+	require.Equal(t, raw, raw2)
+}
+
+func TestDevModeRefusals(t *testing.T) {
+	base := func(t *testing.T) (map[string]string, string) {
+		dir := t.TempDir()
+		return map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none?sslmode=disable", "KEYBROKER_DATA_DIR": dir}, dir
+	}
+	t.Run("Production", func(t *testing.T) {
+		env, _ := base(t)
+		env["KEYBROKER_ENV"] = "production"
+		err := run(context.Background(), []string{"serve", "--dev"}, envFunc(env), io.Discard, io.Discard, nil)
+		require.ErrorContains(t, err, "production")
+		err = run(context.Background(), []string{"dev", "token", "--user", "a"}, envFunc(env), io.Discard, io.Discard, nil)
+		require.ErrorContains(t, err, "production")
+	})
+	t.Run("LooseKEKPermissions", func(t *testing.T) {
+		env, dir := base(t)
+		path := filepath.Join(dir, devKEKFile)
+		content := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
+		err := run(context.Background(), []string{"serve", "--dev"}, envFunc(env), io.Discard, io.Discard, nil)
+		require.ErrorContains(t, err, "chmod 600")
+		got, _ := os.ReadFile(path)
+		require.Equal(t, content, string(got), "the file is left alone")
+	})
+	t.Run("WrongKEKLength", func(t *testing.T) {
+		env, dir := base(t)
+		path := filepath.Join(dir, devKEKFile)
+		require.NoError(t, os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(make([]byte, 16))), 0o600))
+		err := run(context.Background(), []string{"serve", "--dev"}, envFunc(env), io.Discard, io.Discard, nil)
+		require.ErrorContains(t, err, "16 bytes")
+		require.ErrorContains(t, err, "remove it")
+	})
+	t.Run("TokenNeedsUser", func(t *testing.T) {
+		err := run(context.Background(), []string{"dev", "token"}, envFunc(nil), io.Discard, io.Discard, nil)
+		require.ErrorIs(t, err, errUsage)
+	})
+}

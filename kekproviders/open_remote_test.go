@@ -1,10 +1,15 @@
 package kekproviders_test
 
 import (
+	"io"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/kekproviders"
 )
@@ -36,4 +41,28 @@ func TestOpenAWSKMS(t *testing.T) {
 	require.ErrorContains(t, err, "regoin")
 	_, err = kekproviders.Open(t.Context(), "awskms:///alias/keybroker?region=eu-central-1&timeout=forever&id=aws-1")
 	require.ErrorContains(t, err, "timeout")
+}
+
+func TestOpenGCPKMS(t *testing.T) {
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", t.TempDir()+"/absent.json")
+	srv := fakegcpkms.Start(t)
+	name := srv.CreateKey(t, "keybroker")
+	opener := kekproviders.Opener{GCPClientOptions: []option.ClientOption{
+		option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())),
+	}}
+	for _, uri := range []string{
+		"gcpkms://" + name + "?endpoint=" + srv.Addr + "&id=gcp-1",
+		"gcpkms:///" + name + "?endpoint=" + srv.Addr + "&id=gcp-1&timeout=5s",
+	} {
+		kek, err := opener.Open(t.Context(), uri)
+		require.NoError(t, err, uri)
+		roundTrip(t, kek, "gcp-1")
+		require.NoError(t, kek.(io.Closer).Close())
+	}
+
+	_, err := opener.Open(t.Context(), "gcpkms://"+name+"/cryptoKeyVersions/1?id=gcp-1")
+	require.ErrorContains(t, err, "names a key version")
+	_, err = opener.Open(t.Context(), "gcpkms://"+name+"?endpiont=x&id=gcp-1")
+	require.ErrorContains(t, err, "endpiont")
 }

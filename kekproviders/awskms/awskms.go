@@ -247,6 +247,10 @@ func (k *KEK) fail(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return fmt.Errorf("awskms: %s: %w", op, kekerr.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Our per-call timeout, not the caller's deadline, ran out.
+		return fmt.Errorf("awskms: %s: %w", op, kekerr.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
+	}
 	return fmt.Errorf("awskms: %s: %w", op, classify(err))
 }
 

@@ -3,49 +3,14 @@ package broker
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/keybroker/keybroker/internal/testvectors"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
-
-// legacyVectors reads ../shared/testdata/legacy-vectors.json relative to
-// the repository root.
-func legacyVectors(t *testing.T) []struct {
-	Name      string `json:"name"`
-	KEK       string `json:"kek_base64"`
-	KEKID     string `json:"kek_id"`
-	Format    int    `json:"format_version"`
-	MasterKey string `json:"master_key_base64"`
-	WrapIV    string `json:"wrap_iv"`
-	WrappedMK string `json:"wrapped_mk"`
-} {
-	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	path := filepath.Join(filepath.Dir(here), "..", "..", "shared", "testdata", "legacy-vectors.json")
-	raw, err := os.ReadFile(path)
-	require.NoError(t, err, "the legacy vectors live in ../shared/testdata beside the repository")
-	var doc struct {
-		V1 []struct {
-			Name      string `json:"name"`
-			KEK       string `json:"kek_base64"`
-			KEKID     string `json:"kek_id"`
-			Format    int    `json:"format_version"`
-			MasterKey string `json:"master_key_base64"`
-			WrapIV    string `json:"wrap_iv"`
-			WrappedMK string `json:"wrapped_mk"`
-		} `json:"kek_wrap_v1"`
-	}
-	require.NoError(t, json.Unmarshal(raw, &doc))
-	require.NotEmpty(t, doc.V1)
-	return doc.V1
-}
 
 func mustKEK(t *testing.T, id string, key []byte) *localkek.KEK {
 	t.Helper()
@@ -59,13 +24,13 @@ func randomKEK(t *testing.T, id string) *localkek.KEK {
 }
 
 func TestLegacyFormatOneVectorsUnwrap(t *testing.T) {
-	for _, v := range legacyVectors(t) {
+	for _, v := range testvectors.Load(t).KEKWrapV1 {
 		t.Run(v.Name, func(t *testing.T) {
 			key, err := base64.StdEncoding.DecodeString(v.KEK)
 			require.NoError(t, err)
 			ring, err := NewKeyring(mustKEK(t, v.KEKID, key))
 			require.NoError(t, err)
-			row := &Vault{UserID: "legacy-user", WrappedMK: &v.WrappedMK, WrapIV: &v.WrapIV, FormatVersion: v.Format, KEKID: v.KEKID}
+			row := &Vault{UserID: "legacy-user", WrappedMK: &v.WrappedMK, WrapIV: &v.WrapIV, FormatVersion: v.FormatVersion, KEKID: v.KEKID}
 			mk, err := ring.open(context.Background(), row.UserID, row)
 			require.NoError(t, err)
 			require.Equal(t, v.MasterKey, base64.StdEncoding.EncodeToString(mk))

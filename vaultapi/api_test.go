@@ -11,9 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +23,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testvectors"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/migrations"
 	"github.com/keybroker/keybroker/pgstore"
@@ -487,33 +485,11 @@ func countOf(list []string, s string) int {
 	return n
 }
 
-type legacyVector struct {
-	Name      string `json:"name"`
-	KEK       string `json:"kek_base64"`
-	KEKID     string `json:"kek_id"`
-	MasterKey string `json:"master_key_base64"`
-	WrapIV    string `json:"wrap_iv"`
-	WrappedMK string `json:"wrapped_mk"`
-}
-
-func legacyVectors(t *testing.T) []legacyVector {
-	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	raw, err := os.ReadFile(filepath.Join(filepath.Dir(here), "..", "..", "shared", "testdata", "legacy-vectors.json"))
-	require.NoError(t, err)
-	var doc struct {
-		V1 []legacyVector `json:"kek_wrap_v1"`
-	}
-	require.NoError(t, json.Unmarshal(raw, &doc))
-	require.NotEmpty(t, doc.V1)
-	return doc.V1
-}
-
 // TestLegacyRowsUnwrapThroughTheAPI stores every format-1 vector as the
 // original service stored it and fetches it through HTTP.
 func TestLegacyRowsUnwrapThroughTheAPI(t *testing.T) {
 	t.Parallel()
-	for _, v := range legacyVectors(t) {
+	for _, v := range testvectors.Load(t).KEKWrapV1 {
 		t.Run(v.Name, func(t *testing.T) {
 			t.Parallel()
 			key, err := base64.StdEncoding.DecodeString(v.KEK)

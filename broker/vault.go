@@ -19,6 +19,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
+	// AuditCommitters bounds the concurrent group commits of fetch audit
+	// rows when the store supports them (VaultReader and AuditAppender).
+	// Default 2: one commit in flight while the next batch gathers.
+	AuditCommitters int
 }
 
 func (c *Config) validate() error {
@@ -34,6 +38,12 @@ func (c *Config) validate() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.AuditCommitters == 0 {
+		c.AuditCommitters = 2
+	}
+	if c.AuditCommitters < 0 {
+		return errors.New("broker: Config.AuditCommitters must be positive")
+	}
 	return nil
 }
 
@@ -44,6 +54,9 @@ type Service struct {
 	keyring *Keyring
 	log     *slog.Logger
 	now     func() time.Time
+
+	reader VaultReader   // nil unless the store has the fast fetch path
+	audits *auditBatcher // non-nil with reader
 }
 
 // New returns a Service.
@@ -51,7 +64,13 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now}, nil
+	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now}
+	reader, canRead := cfg.Store.(VaultReader)
+	appender, canAppend := cfg.Store.(AuditAppender)
+	if canRead && canAppend {
+		s.reader, s.audits = reader, newAuditBatcher(appender, cfg.AuditCommitters)
+	}
+	return s, nil
 }
 
 // Keyring returns the service's keyring.
@@ -130,17 +149,26 @@ func (o *op) openOrRefuse(ctx context.Context, v *Vault) ([]byte, error) {
 	if err == nil {
 		return mk, nil
 	}
-	status, note := http.StatusInternalServerError, "unwrap-failed"
+	status, note := unwrapFailureAudit(err, v)
+	o.s.logUnwrapFailure(ctx, o.userID, v, err)
+	return nil, o.refuse(ctx, ActionFailedFetch, status, note, err)
+}
+
+// unwrapFailureAudit is the audit status and note of a failed unwrap.
+func unwrapFailureAudit(err error, v *Vault) (int, string) {
 	switch {
 	case errors.Is(err, ErrUnknownKEK):
-		status, note = http.StatusServiceUnavailable, "unknown-kek:"+v.KEKID
+		return http.StatusServiceUnavailable, "unknown-kek:" + v.KEKID
 	case IsUnavailable(err):
-		status, note = http.StatusServiceUnavailable, "kek-unavailable:"+v.KEKID
+		return http.StatusServiceUnavailable, "kek-unavailable:" + v.KEKID
 	}
-	o.s.log.LogAttrs(ctx, slog.LevelError, "vault unwrap failed",
-		slog.String("user_id", o.userID), slog.String("kek_id", v.KEKID),
+	return http.StatusInternalServerError, "unwrap-failed"
+}
+
+func (s *Service) logUnwrapFailure(ctx context.Context, userID string, v *Vault, err error) {
+	s.log.LogAttrs(ctx, slog.LevelError, "vault unwrap failed",
+		slog.String("user_id", userID), slog.String("kek_id", v.KEKID),
 		slog.Int("format_version", v.FormatVersion), slog.String("error", err.Error()))
-	return nil, o.refuse(ctx, ActionFailedFetch, status, note, err)
 }
 
 func zkResult(v *Vault) *KeyResult {
@@ -241,6 +269,12 @@ func (s *Service) create(ctx context.Context, o *op, res **KeyResult) (bool, err
 // ErrUnknownKEK, ErrUnwrapFailed or an *UnavailableError when the wrap
 // cannot be opened; every outcome is audited.
 func (s *Service) Key(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
+	if userID == "" {
+		return nil, fmt.Errorf("%w: empty user id", ErrInvalidArgument)
+	}
+	if s.reader != nil {
+		return s.fastKey(ctx, s.reader, userID, meta)
+	}
 	var res *KeyResult
 	err := s.run(ctx, userID, meta, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)

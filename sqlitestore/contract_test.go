@@ -1,0 +1,70 @@
+package sqlitestore_test
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/storetest"
+	"github.com/keybroker/keybroker/sqlitestore"
+)
+
+// TestStoreContract runs the store contract suite on one SQLite store that
+// every subtest shares: the subtests run in parallel, so the store's
+// serialisation of writers is exercised too.
+func TestStoreContract(t *testing.T) {
+	t.Parallel()
+	store := openStore(t, t.TempDir())
+	raw := rawDB(t, store.Path())
+	storetest.Run(t, func(t *testing.T) storetest.Harness {
+		return storetest.Harness{Store: store, AuditRows: auditRows(raw)}
+	})
+}
+
+// openStore opens a store in dir and closes it when the test ends.
+func openStore(t *testing.T, dir string) *sqlitestore.Store {
+	t.Helper()
+	store, err := sqlitestore.Open(t.Context(), sqlitestore.Config{Dir: dir})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, store.Close()) })
+	return store
+}
+
+// rawDB opens the database file behind the store's back, for the raw SQL
+// that checks what was really written and tries to break the constraints.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_busy_timeout=10000&_txlock=immediate")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+func auditRows(db *sql.DB) func(ctx context.Context, userID string) ([]broker.AuditEntry, error) {
+	return func(ctx context.Context, userID string) ([]broker.AuditEntry, error) {
+		rows, err := db.QueryContext(ctx, `SELECT id, user_id, action, COALESCE(ip_address, ''), COALESCE(user_agent, ''),
+    COALESCE(context, ''), status, created_at
+FROM encryption_vault_audit WHERE user_id = ?1 ORDER BY created_at, rowid`, userID)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		var out []broker.AuditEntry
+		for rows.Next() {
+			var e broker.AuditEntry
+			var createdAt string
+			if err := rows.Scan(&e.ID, &e.UserID, &e.Action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &createdAt); err != nil {
+				return nil, err
+			}
+			if e.CreatedAt, err = time.Parse(time.RFC3339Nano, createdAt); err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+		return out, rows.Err()
+	}
+}

@@ -6,12 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 )
 
 // Keyring holds the active KEK, which makes every new wrap, and any
 // number of decrypt-only KEKs kept so rows they wrapped still open
-// during a rotation.
+// during a rotation. In cached envelope mode (see LoadKeyring) the active
+// KEK is a local data key wrapped by a remote KEK, and the set of data
+// keys can grow at run time; the state is swapped atomically.
 type Keyring struct {
+	state atomic.Pointer[keyringState]
+	// dataKeys is non-nil in cached envelope mode.
+	dataKeys *dataKeySource
+}
+
+type keyringState struct {
 	active KEK
 	byID   map[string]KEK
 }
@@ -19,31 +28,42 @@ type Keyring struct {
 // NewKeyring builds a keyring from the active KEK and the decrypt-only
 // ones. Ids must be non-empty and unique.
 func NewKeyring(active KEK, decryptOnly ...KEK) (*Keyring, error) {
+	st, err := newKeyringState(active, decryptOnly)
+	if err != nil {
+		return nil, err
+	}
+	k := &Keyring{}
+	k.state.Store(st)
+	return k, nil
+}
+
+func newKeyringState(active KEK, decryptOnly []KEK) (*keyringState, error) {
 	if active == nil {
 		return nil, errors.New("broker: keyring: no active KEK")
 	}
-	k := &Keyring{active: active, byID: map[string]KEK{}}
+	st := &keyringState{active: active, byID: map[string]KEK{}}
 	for _, kek := range append([]KEK{active}, decryptOnly...) {
 		id := kek.ID()
 		if id == "" {
 			return nil, errors.New("broker: keyring: a KEK has an empty id")
 		}
-		if _, dup := k.byID[id]; dup {
+		if _, dup := st.byID[id]; dup {
 			return nil, fmt.Errorf("broker: keyring: KEK id %q configured twice", id)
 		}
-		k.byID[id] = kek
+		st.byID[id] = kek
 	}
-	return k, nil
+	return st, nil
 }
 
 // ActiveID is the id of the KEK that makes new wraps.
-func (k *Keyring) ActiveID() string { return k.active.ID() }
+func (k *Keyring) ActiveID() string { return k.state.Load().active.ID() }
 
-// IDs lists every configured KEK id, the active one first.
+// IDs lists every KEK id the keyring can open, the active one first.
 func (k *Keyring) IDs() []string {
-	ids := []string{k.active.ID()}
-	for id := range k.byID {
-		if id != k.active.ID() {
+	st := k.state.Load()
+	ids := []string{st.active.ID()}
+	for id := range st.byID {
+		if id != st.active.ID() {
 			ids = append(ids, id)
 		}
 	}
@@ -52,11 +72,25 @@ func (k *Keyring) IDs() []string {
 
 // Lookup returns the KEK with the given id, or ErrUnknownKEK.
 func (k *Keyring) Lookup(id string) (KEK, error) {
-	kek, ok := k.byID[id]
+	kek, ok := k.state.Load().byID[id]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownKEK, id)
 	}
 	return kek, nil
+}
+
+// lookup is Lookup that, in envelope mode, reloads the data keys once
+// (rate-limited) when the id is unknown: another replica may have made a
+// new data key.
+func (k *Keyring) lookup(ctx context.Context, id string) (KEK, error) {
+	kek, err := k.Lookup(id)
+	if err == nil || k.dataKeys == nil {
+		return kek, err
+	}
+	if k.dataKeys.refreshOnMiss(ctx) {
+		return k.Lookup(id)
+	}
+	return nil, err
 }
 
 // Binding keys of the format-2 binding context. Local providers encode the
@@ -81,7 +115,7 @@ func BindingContext(userID, kekID string, format int) map[string]string {
 // seal wraps mk for userID under the active KEK in the bound format and
 // checks that the wrap opens again before anyone stores it.
 func (k *Keyring) seal(ctx context.Context, userID string, mk []byte) (wrapped []byte, kekID string, err error) {
-	kek := k.active
+	kek := k.state.Load().active
 	binding := BindingContext(userID, kek.ID(), FormatBound)
 	wrapped, err = kek.Wrap(ctx, mk, binding)
 	if err != nil {
@@ -103,7 +137,7 @@ func (k *Keyring) open(ctx context.Context, userID string, v *Vault) ([]byte, er
 	if v.WrappedMK == nil {
 		return nil, fmt.Errorf("%w: no server wrap", ErrUnwrapFailed)
 	}
-	kek, err := k.Lookup(v.KEKID)
+	kek, err := k.lookup(ctx, v.KEKID)
 	if err != nil {
 		return nil, err
 	}

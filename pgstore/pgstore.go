@@ -46,8 +46,9 @@ func (c *Config) validate() error {
 
 // Store implements broker.Store on PostgreSQL.
 type Store struct {
-	pool *pgxpool.Pool
-	sql  statements
+	pool   *pgxpool.Pool
+	schema string // unsanitized; build identifiers with pgx.Identifier
+	sql    statements
 }
 
 var _ broker.Store = (*Store)(nil)
@@ -58,7 +59,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Store{pool: cfg.Pool, sql: newStatements(cfg.Schema)}, nil
+	return &Store{pool: cfg.Pool, schema: cfg.Schema, sql: newStatements(cfg.Schema)}, nil
 }
 
 // vaultColumns is the column list of every vault read and insert, in the

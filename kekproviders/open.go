@@ -12,6 +12,10 @@
 //	awskms:///KEY?id=ID[&region=R][&endpoint=URL][&profile=P][&timeout=D][&max_attempts=N]
 //	                                       KEY: alias/NAME, a key id, a key or alias ARN
 //	gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K?id=ID[&endpoint=HOST:PORT][&timeout=D]
+//	vault-transit://KEY?id=ID[&mount=transit][&address=URL][&namespace=NS][&timeout=D][&max_retries=N]
+//	    [&auth=token][&token_file=PATH]                      token: token_file or VAULT_TOKEN
+//	    &auth=approle&role_id=R|role_id_file=PATH[&secret_id_file=PATH][&auth_mount=approle]
+//	    &auth=kubernetes&role=R[&jwt_file=PATH][&auth_mount=kubernetes]
 //
 // Every KEK has a stable id, recorded on each row it wraps. It comes from
 // the URI's id parameter; env://MANA_AUTH_KEK defaults to "env-v1", the
@@ -37,6 +41,7 @@ import (
 	"github.com/keybroker/keybroker/kekproviders/gcpkms"
 	"github.com/keybroker/keybroker/kekproviders/internal/uriparam"
 	"github.com/keybroker/keybroker/kekproviders/systemd"
+	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
 )
 
 // LegacyVariable and LegacyID are the original service's KEK variable and
@@ -54,6 +59,7 @@ const (
 	SchemeDockerSecret = "docker-secret"
 	SchemeAWSKMS       = "awskms"
 	SchemeGCPKMS       = "gcpkms"
+	SchemeVaultTransit = "vault-transit"
 )
 
 // Opener opens KEKs from URIs. The zero value is ready to use.
@@ -185,12 +191,38 @@ func (o Opener) Open(ctx context.Context, uri string) (KEK, error) {
 			return nil, err
 		}
 		return gcpkms.New(ctx, cfg)
+	case SchemeVaultTransit:
+		cfg := vaulttransit.Config{
+			ID:        p.ID,
+			Key:       hostAndPath(p.URL),
+			Mount:     params.String("mount"),
+			Address:   params.String("address"),
+			Namespace: params.String("namespace"),
+			Timeout:   params.Duration("timeout"),
+			Auth: vaulttransit.Auth{
+				Method:       params.String("auth"),
+				TokenFile:    params.String("token_file"),
+				Mount:        params.String("auth_mount"),
+				RoleID:       params.String("role_id"),
+				RoleIDFile:   params.String("role_id_file"),
+				SecretIDFile: params.String("secret_id_file"),
+				Role:         params.String("role"),
+				JWTFile:      params.String("jwt_file"),
+			},
+		}
+		if n, ok := params.Int("max_retries"); ok {
+			cfg.MaxRetries = &n
+		}
+		if err := params.Done(); err != nil {
+			return nil, err
+		}
+		return vaulttransit.New(ctx, cfg)
 	default:
 		return nil, fmt.Errorf("kekproviders: unknown scheme %q (known: %s)", p.Scheme, strings.Join(knownSchemes, ", "))
 	}
 }
 
-var knownSchemes = []string{SchemeEnv, SchemeFile, SchemeSystemd, SchemeDockerSecret, SchemeAWSKMS, SchemeGCPKMS}
+var knownSchemes = []string{SchemeEnv, SchemeFile, SchemeSystemd, SchemeDockerSecret, SchemeAWSKMS, SchemeGCPKMS, SchemeVaultTransit}
 
 // envVariable is the variable of env://VAR (or env:VAR).
 func envVariable(u *url.URL) string {

@@ -2,7 +2,10 @@ package kekproviders_test
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/api/option"
@@ -10,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
+	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/kekproviders"
 )
@@ -65,4 +69,32 @@ func TestOpenGCPKMS(t *testing.T) {
 	require.ErrorContains(t, err, "names a key version")
 	_, err = opener.Open(t.Context(), "gcpkms://"+name+"?endpiont=x&id=gcp-1")
 	require.ErrorContains(t, err, "endpiont")
+}
+
+func TestOpenVaultTransit(t *testing.T) {
+	t.Parallel()
+	srv := faketransit.Start(t)
+	srv.CreateKey(t, "keybroker", true)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(srv.Token(faketransit.TokenOptions{})), 0o600))
+	secretIDFile := filepath.Join(dir, "secret-id")
+	require.NoError(t, os.WriteFile(secretIDFile, []byte("secret-1"), 0o600))
+	srv.AddAppRole("role-1", "secret-1", time.Hour, true)
+
+	for _, uri := range []string{
+		"vault-transit://keybroker?id=vault-1&address=" + srv.URL + "&token_file=" + tokenFile,
+		"vault-transit://keybroker?id=vault-1&mount=transit&address=" + srv.URL + "&auth=approle&role_id=role-1&secret_id_file=" + secretIDFile + "&timeout=5s&max_retries=0",
+	} {
+		kek, err := kekproviders.Open(t.Context(), uri)
+		require.NoError(t, err, uri)
+		roundTrip(t, kek, "vault-1")
+		_, ok := kek.(kekproviders.Rewrapper)
+		require.True(t, ok, "vault-transit offers server-side rewrap")
+		require.NoError(t, kek.(io.Closer).Close())
+	}
+
+	_, err := kekproviders.Open(t.Context(), "vault-transit://keybroker?id=vault-1&address="+srv.URL+"&token="+"hvs.secret")
+	require.ErrorContains(t, err, "unknown URI parameter(s) token")
+	require.NotContains(t, err.Error(), "hvs.secret")
 }

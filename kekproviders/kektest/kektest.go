@@ -41,10 +41,11 @@ type Subject struct {
 	// refuse it (disables the key, revokes the credential). Nil for
 	// providers without a backend.
 	Deny func(t *testing.T) (kek kekproviders.KEK, deny func())
-	// Stalled returns a KEK whose backend is at addr — a listener that
-	// accepts connections and never answers — with the given per-call
-	// timeout and no retries worth waiting for. Nil for providers
-	// without a backend.
+	// Stalled returns a KEK with the given per-call timeout whose backend
+	// accepts connections and never answers: the one at addr (a
+	// BlackHole), or — for a provider that must talk to its backend
+	// while being opened — a backend of its own made to hang once the
+	// KEK is open. Nil for providers without a backend.
 	Stalled func(t *testing.T, addr string, timeout time.Duration) kekproviders.KEK
 }
 

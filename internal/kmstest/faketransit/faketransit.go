@@ -1,0 +1,711 @@
+// Package faketransit is an in-process HashiCorp Vault (or OpenBao) for
+// tests: an HTTP server on 127.0.0.1 implementing the Transit endpoints
+// and the auth endpoints the vaulttransit provider uses, with Vault's
+// request and response JSON, {"errors":[…]} bodies and vault:vN:
+// ciphertexts. No Vault or OpenBao server can be installed here and Vault
+// as a Go library is not a sane dependency, so tests drive the real
+// github.com/hashicorp/vault/api client at this.
+//
+// Behaviours mirrored on purpose:
+//   - a derived key (derived=true) needs a context on every encrypt,
+//     decrypt and rewrap, and a wrong context fails authentication; a
+//     key without derivation ignores the context, as Vault does;
+//   - associated_data binds a ciphertext (AES-GCM keys), and rewrap has
+//     no associated_data parameter (Vault and OpenBao alike): it is
+//     ignored with a warning, so an AAD-bound ciphertext cannot be
+//     rewrapped;
+//   - min_decryption_version refuses old ciphertexts; rotate adds a
+//     version that new encryptions use;
+//   - tokens expire after their TTL, renew-self extends renewable ones,
+//     a revoked or unknown token gets 403 "permission denied";
+//   - a sealed server answers 503 "Vault is sealed"; a namespace, when
+//     set, must be sent in X-Vault-Namespace.
+//
+// Tests of other packages (the re-wrap job, benchmarks) reuse it.
+package faketransit
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Mount is where the Transit engine is mounted.
+const Mount = "transit"
+
+type transitKey struct {
+	derived       bool
+	versions      [][]byte // versions[i] is version i+1
+	created       []time.Time
+	minDecryption int
+}
+
+type token struct {
+	policies  []string
+	ttl       time.Duration // 0: never expires (a root token)
+	maxTTL    time.Duration // 0: no cap
+	renewable bool
+	issued    time.Time
+	expires   time.Time
+}
+
+type login struct {
+	secret    string // the secret id or the service account JWT
+	ttl       time.Duration
+	renewable bool
+}
+
+// Server is one fake Vault.
+type Server struct {
+	// URL is the server's address, http://127.0.0.1:PORT, as VAULT_ADDR
+	// takes it.
+	URL string
+
+	srv       *http.Server
+	closeOnce sync.Once
+	served    chan struct{}
+	events    chan string
+	stalled   atomic.Bool
+
+	mu        sync.Mutex
+	keys      map[string]*transitKey
+	tokens    map[string]*token
+	approles  map[string]login // by role id
+	k8sRoles  map[string]login // by role name
+	namespace string
+	sealed    bool
+	requests  map[string]int // by "METHOD path"
+}
+
+// Start serves a fake Vault on a fresh 127.0.0.1 port until the test
+// ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s := &Server{
+		URL:      "http://" + ln.Addr().String(),
+		served:   make(chan struct{}),
+		events:   make(chan string, 256),
+		keys:     map[string]*transitKey{},
+		tokens:   map[string]*token{},
+		approles: map[string]login{},
+		k8sRoles: map[string]login{},
+		requests: map[string]int{},
+	}
+	s.srv = &http.Server{Handler: http.HandlerFunc(s.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		defer close(s.served)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("faketransit: serve: %v", err)
+		}
+	}()
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Close stops the server at once, dropping connections: afterwards the
+// address refuses connections. It is safe to call twice.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		s.srv.Close()
+		<-s.served
+	})
+}
+
+// Events reports what happened on the server, one short string each:
+// "login approle", "login kubernetes", "renew-self", "lookup-self",
+// "rotate NAME". It is buffered and never blocks the server; a test waits
+// on it instead of sleeping.
+func (s *Server) Events() <-chan string { return s.events }
+
+func (s *Server) event(e string) {
+	select {
+	case s.events <- e:
+	default:
+	}
+}
+
+// Requests returns how many requests came for "METHOD /v1/path".
+func (s *Server) Requests(methodAndPath string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests[methodAndPath]
+}
+
+// CreateKey creates an aes256-gcm96 transit key with one version.
+func (s *Server) CreateKey(t testing.TB, name string, derived bool) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	require.NotContains(t, s.keys, name)
+	s.keys[name] = newKey(derived)
+}
+
+// RotateKey adds a version to the key; new encryptions use it.
+func (s *Server) RotateKey(t testing.TB, name string) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.keys[name]
+	require.NotNil(t, k, "no key %s", name)
+	k.rotate()
+}
+
+// SetMinDecryptionVersion refuses ciphertexts older than version v.
+func (s *Server) SetMinDecryptionVersion(t testing.TB, name string, v int) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.keys[name]
+	require.NotNil(t, k, "no key %s", name)
+	k.minDecryption = v
+}
+
+// TokenOptions shape a token made by Token.
+type TokenOptions struct {
+	TTL       time.Duration // 0: never expires
+	MaxTTL    time.Duration // 0: no cap on renewals
+	Renewable bool
+}
+
+// Token issues a token allowed everything.
+func (s *Server) Token(opts TokenOptions) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.issue(opts.TTL, opts.MaxTTL, opts.Renewable)
+}
+
+// RevokeToken revokes a token: it gets 403 from now on.
+func (s *Server) RevokeToken(tok string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tokens, tok)
+}
+
+// AddAppRole lets roleID log in with secretID at auth/approle/login and
+// get a token with the given TTL.
+func (s *Server) AddAppRole(roleID, secretID string, ttl time.Duration, renewable bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.approles[roleID] = login{secret: secretID, ttl: ttl, renewable: renewable}
+}
+
+// AddKubernetesRole lets a pod presenting jwt log in as role at
+// auth/kubernetes/login.
+func (s *Server) AddKubernetesRole(role, jwt string, ttl time.Duration, renewable bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.k8sRoles[role] = login{secret: jwt, ttl: ttl, renewable: renewable}
+}
+
+// SetNamespace moves every mount into namespace ns (Vault Enterprise,
+// OpenBao namespaces): requests must send X-Vault-Namespace: ns.
+func (s *Server) SetNamespace(ns string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.namespace = strings.Trim(ns, "/")
+}
+
+// Stall makes the server hang: from now on it accepts requests and never
+// answers them, until the client gives up or the server closes.
+func (s *Server) Stall() { s.stalled.Store(true) }
+
+// Seal seals or unseals the server; a sealed one answers 503.
+func (s *Server) Seal(sealed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sealed = sealed
+}
+
+func newKey(derived bool) *transitKey {
+	k := &transitKey{derived: derived, minDecryption: 1}
+	k.rotate()
+	return k
+}
+
+func (k *transitKey) rotate() {
+	material := make([]byte, 32)
+	rand.Read(material)
+	k.versions = append(k.versions, material)
+	k.created = append(k.created, time.Now().UTC())
+}
+
+func (s *Server) issue(ttl, maxTTL time.Duration, renewable bool) string {
+	raw := make([]byte, 18)
+	rand.Read(raw)
+	tok := "hvs." + base64.RawURLEncoding.EncodeToString(raw)
+	now := time.Now()
+	s.tokens[tok] = &token{policies: []string{"default", "keybroker"}, ttl: ttl, maxTTL: maxTTL, renewable: renewable, issued: now, expires: now.Add(ttl)}
+	return tok
+}
+
+// --- HTTP ---
+
+type apiError struct {
+	status int
+	msgs   []string
+}
+
+func fail(status int, msgs ...string) *apiError { return &apiError{status: status, msgs: msgs} }
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.stalled.Load() {
+		<-r.Context().Done() // the client gave up, or Close dropped the connection
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests[r.Method+" "+r.URL.Path]++
+	resp, apiErr := s.route(r)
+	w.Header().Set("Content-Type", "application/json")
+	if apiErr != nil {
+		w.WriteHeader(apiErr.status)
+		msgs := apiErr.msgs
+		if msgs == nil {
+			msgs = []string{}
+		}
+		json.NewEncoder(w).Encode(map[string]any{"errors": msgs})
+		return
+	}
+	if resp == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	rid := make([]byte, 16)
+	rand.Read(rid)
+	resp["request_id"] = hex.EncodeToString(rid)
+	for _, k := range []string{"lease_id", "wrap_info", "warnings", "auth", "data"} {
+		if _, ok := resp[k]; !ok {
+			resp[k] = nil
+		}
+	}
+	if resp["lease_id"] == nil {
+		resp["lease_id"] = ""
+	}
+	resp["renewable"] = false
+	resp["lease_duration"] = 0
+	json.NewEncoder(w).Encode(resp)
+}
+
+func (s *Server) route(r *http.Request) (map[string]any, *apiError) {
+	if s.sealed {
+		return nil, fail(http.StatusServiceUnavailable, "Vault is sealed")
+	}
+	path, ok := strings.CutPrefix(r.URL.Path, "/v1/")
+	if !ok {
+		return nil, fail(http.StatusNotFound)
+	}
+	if s.namespace != "" && strings.Trim(r.Header.Get("X-Vault-Namespace"), "/") != s.namespace {
+		return nil, fail(http.StatusNotFound, fmt.Sprintf("no handler for route %q. route entry not found.", path))
+	}
+	body := map[string]any{}
+	if r.Method == http.MethodPut || r.Method == http.MethodPost {
+		if r.ContentLength != 0 {
+			if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+				return nil, fail(http.StatusBadRequest, "failed to parse JSON input: "+err.Error())
+			}
+		}
+	}
+	write := r.Method == http.MethodPut || r.Method == http.MethodPost
+
+	// Login paths are unauthenticated.
+	switch {
+	case write && path == "auth/approle/login":
+		return s.loginAppRole(body)
+	case write && path == "auth/kubernetes/login":
+		return s.loginKubernetes(body)
+	}
+
+	tok, apiErr := s.authenticate(r)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	switch {
+	case r.Method == http.MethodGet && path == "auth/token/lookup-self":
+		s.event("lookup-self")
+		return s.lookupSelf(r.Header.Get("X-Vault-Token"), tok), nil
+	case write && path == "auth/token/renew-self":
+		return s.renewSelf(r.Header.Get("X-Vault-Token"), tok, body)
+	}
+
+	rest, ok := strings.CutPrefix(path, Mount+"/")
+	if !ok {
+		return nil, fail(http.StatusNotFound, fmt.Sprintf("no handler for route %q. route entry not found.", path))
+	}
+	op, name, _ := strings.Cut(rest, "/")
+	switch {
+	case write && op == "encrypt":
+		return s.encrypt(name, body)
+	case write && op == "decrypt":
+		return s.decrypt(name, body)
+	case write && op == "rewrap":
+		return s.rewrap(name, body)
+	case op == "keys" && strings.HasSuffix(name, "/rotate") && write:
+		return s.rotateHTTP(strings.TrimSuffix(name, "/rotate"))
+	case op == "keys" && strings.HasSuffix(name, "/config") && write:
+		return s.configHTTP(strings.TrimSuffix(name, "/config"), body)
+	case op == "keys" && r.Method == http.MethodGet:
+		return s.readKey(name)
+	case op == "keys" && write:
+		return s.createHTTP(name, body)
+	}
+	return nil, fail(http.StatusMethodNotAllowed, "unsupported operation")
+}
+
+func (s *Server) authenticate(r *http.Request) (*token, *apiError) {
+	tok := s.tokens[r.Header.Get("X-Vault-Token")]
+	if tok == nil || (tok.ttl > 0 && time.Now().After(tok.expires)) {
+		return nil, fail(http.StatusForbidden, "permission denied")
+	}
+	return tok, nil
+}
+
+func authResponse(tok string, t *token) map[string]any {
+	return map[string]any{"auth": map[string]any{
+		"client_token":   tok,
+		"accessor":       "acc-" + tok[len(tok)-6:],
+		"policies":       t.policies,
+		"token_policies": t.policies,
+		"metadata":       map[string]string{},
+		"lease_duration": int(time.Until(t.expires).Round(time.Second) / time.Second),
+		"renewable":      t.renewable,
+		"entity_id":      "",
+		"token_type":     "service",
+		"orphan":         true,
+	}}
+}
+
+func (s *Server) loginAppRole(body map[string]any) (map[string]any, *apiError) {
+	roleID, _ := body["role_id"].(string)
+	secretID, _ := body["secret_id"].(string)
+	role, ok := s.approles[roleID]
+	if !ok {
+		return nil, fail(http.StatusBadRequest, "invalid role ID")
+	}
+	if secretID != role.secret {
+		return nil, fail(http.StatusBadRequest, "invalid secret id")
+	}
+	s.event("login approle")
+	tok := s.issue(role.ttl, 0, role.renewable)
+	return authResponse(tok, s.tokens[tok]), nil
+}
+
+func (s *Server) loginKubernetes(body map[string]any) (map[string]any, *apiError) {
+	roleName, _ := body["role"].(string)
+	jwt, _ := body["jwt"].(string)
+	role, ok := s.k8sRoles[roleName]
+	if !ok {
+		return nil, fail(http.StatusBadRequest, fmt.Sprintf("invalid role name %q", roleName))
+	}
+	if jwt != role.secret {
+		return nil, fail(http.StatusForbidden, "permission denied")
+	}
+	s.event("login kubernetes")
+	tok := s.issue(role.ttl, 0, role.renewable)
+	return authResponse(tok, s.tokens[tok]), nil
+}
+
+func (s *Server) lookupSelf(id string, t *token) map[string]any {
+	ttl := 0
+	var expire any
+	if t.ttl > 0 {
+		ttl = int(time.Until(t.expires).Round(time.Second) / time.Second)
+		expire = t.expires.UTC().Format(time.RFC3339Nano)
+	}
+	return map[string]any{"data": map[string]any{
+		"accessor":         "acc-" + id[len(id)-6:],
+		"creation_time":    t.issued.Unix(),
+		"creation_ttl":     int(t.ttl / time.Second),
+		"display_name":     "token",
+		"expire_time":      expire,
+		"explicit_max_ttl": int(t.maxTTL / time.Second),
+		"id":               id,
+		"policies":         t.policies,
+		"renewable":        t.renewable,
+		"ttl":              ttl,
+		"type":             "service",
+	}}
+}
+
+func (s *Server) renewSelf(id string, t *token, body map[string]any) (map[string]any, *apiError) {
+	if !t.renewable || t.ttl == 0 {
+		return nil, fail(http.StatusBadRequest, "lease is not renewable")
+	}
+	s.event("renew-self")
+	expires := time.Now().Add(t.ttl)
+	if t.maxTTL > 0 && expires.After(t.issued.Add(t.maxTTL)) {
+		expires = t.issued.Add(t.maxTTL)
+	}
+	t.expires = expires
+	return authResponse(id, t), nil
+}
+
+// --- Transit ---
+
+func (s *Server) transitKey(name string) (*transitKey, *apiError) {
+	k := s.keys[name]
+	if k == nil {
+		return nil, fail(http.StatusBadRequest, "encryption key not found")
+	}
+	return k, nil
+}
+
+func decodeField(body map[string]any, field string) ([]byte, *apiError) {
+	v, _ := body[field].(string)
+	if v == "" {
+		return nil, nil
+	}
+	b, err := base64.StdEncoding.DecodeString(v)
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, fmt.Sprintf("failed to base64-decode %s", field))
+	}
+	return b, nil
+}
+
+// aead returns the cipher of version v under context (derived keys).
+func (k *transitKey) aead(v int, context []byte) (cipher.AEAD, *apiError) {
+	material := k.versions[v-1]
+	if k.derived {
+		if len(context) == 0 {
+			return nil, fail(http.StatusBadRequest, "missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key")
+		}
+		derived, err := hkdf.Key(sha256.New, material, nil, string(context), 32)
+		if err != nil {
+			return nil, fail(http.StatusInternalServerError, err.Error())
+		}
+		material = derived
+	}
+	block, err := aes.NewCipher(material)
+	if err != nil {
+		return nil, fail(http.StatusInternalServerError, err.Error())
+	}
+	gcm, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fail(http.StatusInternalServerError, err.Error())
+	}
+	return gcm, nil
+}
+
+func (k *transitKey) seal(plaintext, context, aad []byte) (string, int, *apiError) {
+	v := len(k.versions)
+	gcm, apiErr := k.aead(v, context)
+	if apiErr != nil {
+		return "", 0, apiErr
+	}
+	nonce := make([]byte, gcm.NonceSize())
+	rand.Read(nonce)
+	ct := gcm.Seal(nonce, nonce, plaintext, aad)
+	return "vault:v" + strconv.Itoa(v) + ":" + base64.StdEncoding.EncodeToString(ct), v, nil
+}
+
+func (k *transitKey) open(ciphertext string, context, aad []byte) ([]byte, *apiError) {
+	rest, ok := strings.CutPrefix(ciphertext, "vault:v")
+	if !ok {
+		return nil, fail(http.StatusBadRequest, "invalid ciphertext: no prefix")
+	}
+	vText, encoded, ok := strings.Cut(rest, ":")
+	if !ok {
+		return nil, fail(http.StatusBadRequest, "invalid ciphertext: wrong number of fields")
+	}
+	v, err := strconv.Atoi(vText)
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, "invalid ciphertext: version number could not be decoded")
+	}
+	if v < 1 || v > len(k.versions) {
+		return nil, fail(http.StatusBadRequest, "invalid ciphertext: version is too new")
+	}
+	if v < k.minDecryption {
+		return nil, fail(http.StatusBadRequest, "ciphertext or signature version is disallowed by policy (too old)")
+	}
+	raw, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, "invalid ciphertext: could not decode base64")
+	}
+	gcm, apiErr := k.aead(v, context)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	if len(raw) < gcm.NonceSize()+gcm.Overhead() {
+		return nil, fail(http.StatusBadRequest, "invalid ciphertext: size is too small")
+	}
+	plaintext, err := gcm.Open(nil, raw[:gcm.NonceSize()], raw[gcm.NonceSize():], aad)
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, "cipher: message authentication failed")
+	}
+	return plaintext, nil
+}
+
+func (s *Server) encrypt(name string, body map[string]any) (map[string]any, *apiError) {
+	k, apiErr := s.transitKey(name)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	plaintext, apiErr := decodeField(body, "plaintext")
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	context, apiErr := decodeField(body, "context")
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	aad, apiErr := decodeField(body, "associated_data")
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	ct, v, apiErr := k.seal(plaintext, context, aad)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	return map[string]any{"data": map[string]any{"ciphertext": ct, "key_version": v}}, nil
+}
+
+func (s *Server) decrypt(name string, body map[string]any) (map[string]any, *apiError) {
+	k, apiErr := s.transitKey(name)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	ciphertext, _ := body["ciphertext"].(string)
+	if ciphertext == "" {
+		return nil, fail(http.StatusBadRequest, "missing ciphertext to decrypt")
+	}
+	context, apiErr := decodeField(body, "context")
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	aad, apiErr := decodeField(body, "associated_data")
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	plaintext, apiErr := k.open(ciphertext, context, aad)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	return map[string]any{"data": map[string]any{"plaintext": base64.StdEncoding.EncodeToString(plaintext)}}, nil
+}
+
+// rewrap declares no associated_data field, as in Vault and OpenBao: the
+// framework ignores unknown fields and says so in a warning.
+func (s *Server) rewrap(name string, body map[string]any) (map[string]any, *apiError) {
+	k, apiErr := s.transitKey(name)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	var ignored []string
+	for field := range body {
+		if !slices.Contains([]string{"ciphertext", "context", "nonce", "key_version", "batch_input"}, field) {
+			ignored = append(ignored, field)
+		}
+	}
+	slices.Sort(ignored)
+	ciphertext, _ := body["ciphertext"].(string)
+	if ciphertext == "" {
+		return nil, fail(http.StatusBadRequest, "missing ciphertext to decrypt")
+	}
+	context, apiErr := decodeField(body, "context")
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	plaintext, apiErr := k.open(ciphertext, context, nil)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	ct, v, apiErr := k.seal(plaintext, context, nil)
+	clear(plaintext)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	resp := map[string]any{"data": map[string]any{"ciphertext": ct, "key_version": v}}
+	if len(ignored) > 0 {
+		resp["warnings"] = []string{fmt.Sprintf("Endpoint ignored these unrecognized parameters: %v", ignored)}
+	}
+	return resp, nil
+}
+
+func (s *Server) readKey(name string) (map[string]any, *apiError) {
+	k := s.keys[name]
+	if k == nil {
+		return nil, fail(http.StatusNotFound)
+	}
+	versions := map[string]int64{}
+	for i, c := range k.created {
+		versions[strconv.Itoa(i+1)] = c.Unix()
+	}
+	data := map[string]any{
+		"name":                   name,
+		"type":                   "aes256-gcm96",
+		"derived":                k.derived,
+		"latest_version":         len(k.versions),
+		"min_decryption_version": k.minDecryption,
+		"min_encryption_version": 0,
+		"keys":                   versions,
+		"deletion_allowed":       false,
+		"exportable":             false,
+		"allow_plaintext_backup": false,
+		"supports_encryption":    true,
+		"supports_decryption":    true,
+		"supports_derivation":    true,
+		"supports_signing":       false,
+		"convergent_encryption":  false,
+		"auto_rotate_period":     0,
+		"imported_key":           false,
+	}
+	if k.derived {
+		data["kdf"] = "hkdf_sha256"
+	}
+	return map[string]any{"data": data}, nil
+}
+
+func (s *Server) createHTTP(name string, body map[string]any) (map[string]any, *apiError) {
+	if typ, _ := body["type"].(string); typ != "" && typ != "aes256-gcm96" {
+		return nil, fail(http.StatusBadRequest, fmt.Sprintf("unknown key type: %s (the fake only has aes256-gcm96)", typ))
+	}
+	if _, ok := s.keys[name]; ok {
+		return nil, nil // Vault answers an idempotent create with no content
+	}
+	derived, _ := body["derived"].(bool)
+	s.keys[name] = newKey(derived)
+	return nil, nil
+}
+
+func (s *Server) rotateHTTP(name string) (map[string]any, *apiError) {
+	k := s.keys[name]
+	if k == nil {
+		return nil, fail(http.StatusBadRequest, "key not found")
+	}
+	k.rotate()
+	s.event("rotate " + name)
+	return s.readKey(name)
+}
+
+func (s *Server) configHTTP(name string, body map[string]any) (map[string]any, *apiError) {
+	k := s.keys[name]
+	if k == nil {
+		return nil, fail(http.StatusBadRequest, "no existing key named "+name+" could be found")
+	}
+	if v, ok := body["min_decryption_version"].(float64); ok {
+		if int(v) < 1 || int(v) > len(k.versions) {
+			return nil, fail(http.StatusBadRequest, "cannot set min decryption version to a version that does not exist")
+		}
+		k.minDecryption = int(v)
+	}
+	return s.readKey(name)
+}

@@ -1,0 +1,503 @@
+// Package vaulttransit is a KEK held in the Transit secrets engine of
+// HashiCorp Vault or OpenBao: the key never leaves the server; Wrap is
+// transit/encrypt, Unwrap is transit/decrypt, and Rewrap is
+// transit/rewrap, which moves a wrap to the key's newest version without
+// the plaintext leaving Vault.
+//
+// # Binding
+//
+// The binding is sent as the key-derivation context of a derived key
+// (created with derived=true), not as associated_data. Both authenticate
+// it, but transit/rewrap takes no associated_data parameter — on every
+// Vault and OpenBao release — so a wrap bound through associated data
+// could never be rewrapped server-side, while one bound through a
+// derivation context can, on every release. The context is the bytes
+// "keybroker/vault-transit/v1" 0x00 followed by the canonical binding
+// encoding (kekproviders/internal/binding); the fixed prefix keeps it
+// non-empty for an empty binding, which a derived key requires. Vault
+// silently ignores a context on a key without derivation, which would
+// leave wraps unbound, so New and Status refuse such a key.
+//
+// # Key versions
+//
+// A ciphertext starts with vault:vN:, N being the key version that made
+// it; KeyVersion reads it and LatestVersion reads the key's newest, so a
+// rotation job can find the wraps to Rewrap.
+//
+// # Authentication
+//
+// Token (Auth.Token, Auth.TokenFile — re-read at each renewal failure, as
+// Vault Agent rewrites it — or VAULT_TOKEN), AppRole or Kubernetes. The
+// logins are one write each with the core client (the api/auth
+// submodules add two modules for that). A renewable token is kept alive
+// by the library's LifetimeWatcher; when it can no longer be renewed the
+// provider logs in again, with backoff, until Close. Address, TLS
+// (VAULT_CACERT, VAULT_CLIENT_CERT, …), namespace and retries come from
+// the client's standard settings (DefaultConfig reads the VAULT_*
+// environment); Config.Address and Config.Namespace override.
+package vaulttransit
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	hcvault "github.com/hashicorp/vault/api"
+
+	"github.com/keybroker/keybroker/kekproviders/internal/binding"
+	"github.com/keybroker/keybroker/kekproviders/kekerr"
+)
+
+// DefaultTimeout bounds one call, the client's retries included, when
+// Config.Timeout is zero.
+const DefaultTimeout = 10 * time.Second
+
+// Authentication methods.
+const (
+	AuthToken      = "token"
+	AuthAppRole    = "approle"
+	AuthKubernetes = "kubernetes"
+)
+
+// DefaultKubernetesJWTFile is where Kubernetes mounts a pod's service
+// account token.
+const DefaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+// contextPrefix starts every derivation context; see the package doc.
+const contextPrefix = "keybroker/vault-transit/v1\x00"
+
+// maxSecretFile bounds what is read from a token, secret id or JWT file.
+const maxSecretFile = 64 << 10
+
+// Auth says how to log in to Vault.
+type Auth struct {
+	// Method is AuthToken (default), AuthAppRole or AuthKubernetes.
+	Method string
+	// Token is the token for AuthToken. Empty means TokenFile, then
+	// VAULT_TOKEN.
+	Token string
+	// TokenFile holds the token for AuthToken (a Vault Agent sink).
+	TokenFile string
+	// Mount is the auth method's mount path; empty means the method's
+	// name ("approle", "kubernetes").
+	Mount string
+	// RoleID, or RoleIDFile, is the AppRole role id.
+	RoleID     string
+	RoleIDFile string
+	// SecretIDFile holds the AppRole secret id; empty for a role bound
+	// without one (bind_secret_id=false).
+	SecretIDFile string
+	// Role is the Kubernetes auth role.
+	Role string
+	// JWTFile holds the service account token for AuthKubernetes; empty
+	// means DefaultKubernetesJWTFile. It is re-read at every login, as
+	// projected tokens rotate.
+	JWTFile string
+}
+
+// Config selects the transit key and how to reach it.
+type Config struct {
+	// ID is the KEK id recorded on every row it wraps.
+	ID string
+	// Key is the transit key's name. It must be a derived key.
+	Key string
+	// Mount is the Transit engine's mount path; empty means "transit".
+	Mount string
+	// Address overrides VAULT_ADDR.
+	Address string
+	// Namespace overrides VAULT_NAMESPACE.
+	Namespace string
+	// Timeout bounds each call, retries included; zero means
+	// DefaultTimeout.
+	Timeout time.Duration
+	// MaxRetries overrides the client's retry count (VAULT_MAX_RETRIES,
+	// default 2) when set.
+	MaxRetries *int
+	// Auth says how to log in.
+	Auth Auth
+	// Logger receives token renewal and re-login events; nil discards
+	// them. Tokens and key material are never logged.
+	Logger *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if c.ID == "" {
+		return errors.New("vaulttransit: Config.ID is empty")
+	}
+	if c.Key == "" || strings.Contains(c.Key, "/") {
+		return fmt.Errorf("vaulttransit: Config.Key %q: want a transit key name", c.Key)
+	}
+	if c.Mount == "" {
+		c.Mount = "transit"
+	}
+	c.Mount = strings.Trim(c.Mount, "/")
+	if c.Timeout < 0 {
+		return fmt.Errorf("vaulttransit: Config.Timeout is negative (%s)", c.Timeout)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.MaxRetries != nil && *c.MaxRetries < 0 {
+		return fmt.Errorf("vaulttransit: Config.MaxRetries is negative (%d)", *c.MaxRetries)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &c.Auth
+	if a.Method == "" {
+		a.Method = AuthToken
+	}
+	switch a.Method {
+	case AuthToken:
+		if a.Token != "" && a.TokenFile != "" {
+			return errors.New("vaulttransit: set Config.Auth.Token or Config.Auth.TokenFile, not both")
+		}
+	case AuthAppRole:
+		if (a.RoleID == "") == (a.RoleIDFile == "") {
+			return errors.New("vaulttransit: AppRole needs exactly one of Config.Auth.RoleID and Config.Auth.RoleIDFile")
+		}
+	case AuthKubernetes:
+		if a.Role == "" {
+			return errors.New("vaulttransit: Kubernetes auth needs Config.Auth.Role")
+		}
+		if a.JWTFile == "" {
+			a.JWTFile = DefaultKubernetesJWTFile
+		}
+	default:
+		return fmt.Errorf("vaulttransit: Config.Auth.Method %q: want %s, %s or %s", a.Method, AuthToken, AuthAppRole, AuthKubernetes)
+	}
+	if a.Mount == "" && a.Method != AuthToken {
+		a.Mount = a.Method
+	}
+	a.Mount = strings.Trim(a.Mount, "/")
+	return nil
+}
+
+// KEK is a key-encryption key in Vault Transit. It is safe for concurrent
+// use; Close stops its token renewal.
+type KEK struct {
+	id      string
+	key     string
+	mount   string
+	timeout time.Duration
+	auth    Auth
+	envTok  string // VAULT_TOKEN as the client read it
+	log     *slog.Logger
+	client  *hcvault.Client
+
+	stop      context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// New configures the client, logs in, checks that the transit key exists
+// and is derived, and starts keeping the token alive. Errors are
+// classified as in package kekerr (an unreachable Vault is unavailable, a
+// refused login or a missing key denied).
+func New(ctx context.Context, cfg Config) (*KEK, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	hcCfg := hcvault.DefaultConfig()
+	if hcCfg.Error != nil {
+		return nil, fmt.Errorf("vaulttransit: client settings: %w", hcCfg.Error)
+	}
+	if cfg.Address != "" {
+		hcCfg.Address = cfg.Address
+	}
+	if cfg.MaxRetries != nil {
+		hcCfg.MaxRetries = *cfg.MaxRetries
+	}
+	client, err := hcvault.NewClient(hcCfg)
+	if err != nil {
+		return nil, fmt.Errorf("vaulttransit: client: %w", err)
+	}
+	if cfg.Namespace != "" {
+		client.SetNamespace(cfg.Namespace)
+	}
+	k := &KEK{
+		id:      cfg.ID,
+		key:     cfg.Key,
+		mount:   cfg.Mount,
+		timeout: cfg.Timeout,
+		auth:    cfg.Auth,
+		envTok:  client.Token(),
+		log:     cfg.Logger.With("kek_id", cfg.ID, "provider", "vault-transit"),
+		client:  client,
+		done:    make(chan struct{}),
+	}
+	loginCtx, cancel := context.WithTimeout(ctx, k.timeout)
+	secret, err := k.login(loginCtx)
+	cancel()
+	if err != nil {
+		return nil, k.fail(ctx, "login", err)
+	}
+	if err := k.Status(ctx); err != nil {
+		return nil, err
+	}
+	// The renewal goroutine outlives New's ctx (often a startup
+	// timeout) but keeps its values; Close ends it.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	k.stop = stop
+	go k.keepAlive(bg, secret)
+	return k, nil
+}
+
+// Close stops token renewal and waits for it to end. It does not revoke
+// the token: other replicas may share a Vault Agent token.
+func (k *KEK) Close() error {
+	k.closeOnce.Do(func() {
+		k.stop()
+		<-k.done
+	})
+	return nil
+}
+
+// ID returns the KEK id.
+func (k *KEK) ID() string { return k.id }
+
+// derivationContext is the context a wrap under binding b is made with.
+func derivationContext(b map[string]string) string {
+	return base64.StdEncoding.EncodeToString(append([]byte(contextPrefix), binding.AAD(b)...))
+}
+
+// Wrap encrypts plaintext with transit/encrypt under the derivation
+// context of binding. The result is Vault's ciphertext text,
+// vault:vN:…, as bytes. Errors are classified as in package kekerr.
+func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
+	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	secret, err := k.client.Logical().WriteWithContext(callCtx, k.mount+"/encrypt/"+k.key, map[string]any{
+		"plaintext": base64.StdEncoding.EncodeToString(plaintext),
+		"context":   derivationContext(b),
+	})
+	if err != nil {
+		return nil, k.fail(ctx, "encrypt", err)
+	}
+	ciphertext, err := stringField(secret, "ciphertext")
+	if err != nil {
+		return nil, fmt.Errorf("vaulttransit: encrypt: %w", err)
+	}
+	return []byte(ciphertext), nil
+}
+
+// Unwrap decrypts a vault:vN: ciphertext with transit/decrypt under the
+// derivation context of binding. A ciphertext that does not open (Vault
+// answers 400) is kekerr.ErrInvalidCiphertext.
+func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
+	if _, err := KeyVersion(ciphertext); err != nil {
+		return nil, fmt.Errorf("vaulttransit: decrypt: %w", err)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	secret, err := k.client.Logical().WriteWithContext(callCtx, k.mount+"/decrypt/"+k.key, map[string]any{
+		"ciphertext": string(ciphertext),
+		"context":    derivationContext(b),
+	})
+	if err != nil {
+		return nil, k.fail(ctx, "decrypt", err)
+	}
+	encoded, err := stringField(secret, "plaintext")
+	if err != nil {
+		return nil, fmt.Errorf("vaulttransit: decrypt: %w", err)
+	}
+	plaintext, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		return nil, fmt.Errorf("vaulttransit: decrypt: plaintext is not base64: %w", err)
+	}
+	return plaintext, nil
+}
+
+// Rewrap moves ciphertext to the key's newest version with
+// transit/rewrap, under the same derivation context: the plaintext never
+// leaves Vault and the binding stays the same. It implements
+// kekproviders.Rewrapper.
+func (k *KEK) Rewrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
+	if _, err := KeyVersion(ciphertext); err != nil {
+		return nil, fmt.Errorf("vaulttransit: rewrap: %w", err)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	secret, err := k.client.Logical().WriteWithContext(callCtx, k.mount+"/rewrap/"+k.key, map[string]any{
+		"ciphertext": string(ciphertext),
+		"context":    derivationContext(b),
+	})
+	if err != nil {
+		return nil, k.fail(ctx, "rewrap", err)
+	}
+	rewrapped, err := stringField(secret, "ciphertext")
+	if err != nil {
+		return nil, fmt.Errorf("vaulttransit: rewrap: %w", err)
+	}
+	return []byte(rewrapped), nil
+}
+
+// KeyVersion returns N of a vault:vN: ciphertext, or an error wrapping
+// kekerr.ErrInvalidCiphertext when ciphertext has no such prefix.
+func KeyVersion(ciphertext []byte) (int, error) {
+	rest, ok := strings.CutPrefix(string(ciphertext), "vault:v")
+	if !ok {
+		return 0, fmt.Errorf("%w: no vault:v prefix", kekerr.ErrInvalidCiphertext)
+	}
+	digits, body, ok := strings.Cut(rest, ":")
+	n, err := strconv.Atoi(digits)
+	if !ok || err != nil || n < 1 || body == "" {
+		return 0, fmt.Errorf("%w: malformed vault:vN: prefix", kekerr.ErrInvalidCiphertext)
+	}
+	return n, nil
+}
+
+// KeyVersion returns the key version that made ciphertext; see the
+// package function.
+func (k *KEK) KeyVersion(ciphertext []byte) (int, error) { return KeyVersion(ciphertext) }
+
+// keyInfo is what Status and LatestVersion read from transit/keys/NAME.
+type keyInfo struct {
+	derived       bool
+	latest        int
+	minDecryption int
+}
+
+func (k *KEK) readKey(ctx context.Context) (keyInfo, error) {
+	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	secret, err := k.client.Logical().ReadWithContext(callCtx, k.mount+"/keys/"+k.key)
+	if err != nil {
+		return keyInfo{}, k.fail(ctx, "read key", err)
+	}
+	if secret == nil || secret.Data == nil {
+		return keyInfo{}, fmt.Errorf("vaulttransit: %w", kekerr.Denied(fmt.Errorf("no transit key %q at %s/keys", k.key, k.mount)))
+	}
+	info := keyInfo{}
+	info.derived, _ = secret.Data["derived"].(bool)
+	info.latest, _ = intField(secret.Data["latest_version"])
+	info.minDecryption, _ = intField(secret.Data["min_decryption_version"])
+	if enc, ok := secret.Data["supports_encryption"].(bool); ok && !enc {
+		return info, fmt.Errorf("vaulttransit: %w", kekerr.Denied(fmt.Errorf("transit key %q does not support encryption", k.key)))
+	}
+	if !info.derived {
+		return info, fmt.Errorf("vaulttransit: %w", kekerr.Denied(fmt.Errorf(
+			"transit key %q is not derived: create it with derived=true (the binding travels as the derivation context, which Vault ignores on other keys)", k.key)))
+	}
+	return info, nil
+}
+
+// Status reads the transit key (read capability on MOUNT/keys/NAME) and
+// reports an error unless it exists, is derived and supports encryption.
+func (k *KEK) Status(ctx context.Context) error {
+	_, err := k.readKey(ctx)
+	return err
+}
+
+// LatestVersion returns the key's newest version, the one Wrap and
+// Rewrap use; wraps with an older KeyVersion are due for Rewrap.
+func (k *KEK) LatestVersion(ctx context.Context) (int, error) {
+	info, err := k.readKey(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.latest, nil
+}
+
+func stringField(secret *hcvault.Secret, field string) (string, error) {
+	if secret == nil || secret.Data == nil {
+		return "", kekerr.Unavailable(errors.New("Vault answered without data"))
+	}
+	s, ok := secret.Data[field].(string)
+	if !ok || s == "" {
+		return "", kekerr.Unavailable(fmt.Errorf("Vault answered without %s", field))
+	}
+	return s, nil
+}
+
+func intField(v any) (int, bool) {
+	switch n := v.(type) {
+	case json.Number:
+		i, err := n.Int64()
+		return int(i), err == nil
+	case float64:
+		return int(n), true
+	case int:
+		return n, true
+	}
+	return 0, false
+}
+
+// fail prefixes and classifies a client error. When the caller's ctx is
+// done the error says so (errors.Is finds its ctx error).
+func (k *KEK) fail(ctx context.Context, op string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("vaulttransit: %s: %w", op, kekerr.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Our per-call timeout, not the caller's deadline, ran out.
+		return fmt.Errorf("vaulttransit: %s: %w", op, kekerr.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
+	}
+	return fmt.Errorf("vaulttransit: %s: %w", op, classify(op, err))
+}
+
+// classify translates a client error into a kekerr class, once, by HTTP
+// status (never by Vault's message).
+func classify(op string, err error) error {
+	var respErr *hcvault.ResponseError
+	if !errors.As(err, &respErr) {
+		var local *localError
+		if errors.As(err, &local) {
+			return err // our own file reading, already classified
+		}
+		return kekerr.Unavailable(err) // no answer: connection, TLS, DNS
+	}
+	switch code := respErr.StatusCode; {
+	case code == 400 && (op == "decrypt" || op == "rewrap"):
+		// Vault's answer to a wrong context, another key's ciphertext,
+		// corrupt bytes, and a version below min_decryption_version.
+		return fmt.Errorf("%w: %w", kekerr.ErrInvalidCiphertext, err)
+	case code == 400 && op == "login":
+		return kekerr.Denied(err) // "invalid role ID", "invalid secret id"
+	case code == 401 || code == 403 || code == 404:
+		return kekerr.Denied(err)
+	case code == 412 || code == 429 || code >= 500:
+		// 412: a performance standby not yet consistent; 429: rate
+		// limited; 503: sealed or in standby.
+		return kekerr.Unavailable(err)
+	}
+	return err
+}
+
+// localError is a failure on this side of the connection (reading a
+// credential file); it is never an outage.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
+// readSecretFile reads a token, role id, secret id or JWT file, trimmed.
+func readSecretFile(what, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", &localError{fmt.Errorf("%s file: %w", what, err)}
+	}
+	defer f.Close()
+	buf, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return "", &localError{fmt.Errorf("%s file %s: %w", what, path, err)}
+	}
+	if len(buf) > maxSecretFile {
+		return "", &localError{fmt.Errorf("%s file %s is larger than %d bytes", what, path, maxSecretFile)}
+	}
+	value := strings.TrimSpace(string(buf))
+	clear(buf)
+	if value == "" {
+		return "", &localError{fmt.Errorf("%s file %s is empty", what, path)}
+	}
+	return value, nil
+}

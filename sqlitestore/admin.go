@@ -1,0 +1,153 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/keybroker/keybroker/broker"
+)
+
+// The service operations behind the export and erasure endpoints.
+
+var _ broker.AdminStore = (*Store)(nil)
+
+const (
+	sqlAuditColumns = `id, user_id, action, COALESCE(ip_address, ''), COALESCE(user_agent, ''), COALESCE(context, ''), status, created_at`
+	sqlAuditCount   = `SELECT count(*) FROM encryption_vault_audit WHERE user_id = ?1`
+	sqlAuditFirst   = `SELECT ` + sqlAuditColumns + ` FROM encryption_vault_audit WHERE user_id = ?1 ORDER BY created_at, id LIMIT ?2`
+	// Timestamps are fixed-width UTC text, so text order is time order.
+	sqlAuditAfter = `SELECT ` + sqlAuditColumns + ` FROM encryption_vault_audit
+WHERE user_id = ?1 AND (created_at > ?2 OR (created_at = ?2 AND id > ?3)) ORDER BY created_at, id LIMIT ?4`
+	sqlVaultDelete = `DELETE FROM encryption_vaults WHERE user_id = ?1`
+	sqlAuditDelete = `DELETE FROM encryption_vault_audit WHERE user_id = ?1`
+)
+
+// inAdminTx runs fn in one transaction, queued behind the store's other
+// transactions exactly as InUserTx is. Every statement fn runs filters on
+// userID: there is no row-level security to do it here.
+func (s *Store) inAdminTx(ctx context.Context, userID string, fn func(*sql.Tx) error) error {
+	if userID == "" {
+		return fmt.Errorf("sqlitestore: %w: empty user id", broker.ErrInvalidArgument)
+	}
+	if s.closed.Load() {
+		return unavailable(ErrClosed)
+	}
+	select {
+	case s.writeLock <- struct{}{}:
+	case <-ctx.Done():
+		return unavailable(fmt.Errorf("wait for the write lock: %w", ctx.Err()))
+	}
+	defer func() { <-s.writeLock }()
+	sqlTx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return interpretError(ctx, fmt.Errorf("begin: %w", err))
+	}
+	defer func() { _ = sqlTx.Rollback() }()
+	if err := fn(sqlTx); err != nil {
+		return err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return interpretError(ctx, fmt.Errorf("commit: %w", err))
+	}
+	return nil
+}
+
+// VaultMeta returns the user's vault (nil when there is none) and the
+// count of the user's audit rows, read in one transaction.
+func (s *Store) VaultMeta(ctx context.Context, userID string) (*broker.Vault, int64, error) {
+	var v *broker.Vault
+	var count int64
+	err := s.inAdminTx(ctx, userID, func(tx *sql.Tx) error {
+		got, err := scanVault(tx.QueryRowContext(ctx, sqlVaultGet, userID))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return interpretError(ctx, fmt.Errorf("vault meta: %w", err))
+		default:
+			v = got
+		}
+		if err := tx.QueryRowContext(ctx, sqlAuditCount, userID).Scan(&count); err != nil {
+			return interpretError(ctx, fmt.Errorf("audit count: %w", err))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return v, count, nil
+}
+
+// AuditPage returns up to limit of the user's audit rows in (created_at,
+// id) order, after the cursor's row when after is set.
+func (s *Store) AuditPage(ctx context.Context, userID string, after *broker.AuditCursor, limit int) ([]broker.AuditEntry, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("sqlitestore: %w: limit %d", broker.ErrInvalidArgument, limit)
+	}
+	var out []broker.AuditEntry
+	err := s.inAdminTx(ctx, userID, func(tx *sql.Tx) error {
+		var rows *sql.Rows
+		var err error
+		if after == nil {
+			rows, err = tx.QueryContext(ctx, sqlAuditFirst, userID, limit)
+		} else {
+			rows, err = tx.QueryContext(ctx, sqlAuditAfter, userID, formatTime(after.CreatedAt), after.ID, limit)
+		}
+		if err != nil {
+			return interpretError(ctx, fmt.Errorf("audit page: %w", err))
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var e broker.AuditEntry
+			var action, createdAt string
+			if err := rows.Scan(&e.ID, &e.UserID, &action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &createdAt); err != nil {
+				return interpretError(ctx, fmt.Errorf("audit page: %w", err))
+			}
+			e.Action = broker.Action(action)
+			if e.CreatedAt, err = parseTime("created_at", createdAt); err != nil {
+				return fmt.Errorf("sqlitestore: audit page: %w", err)
+			}
+			out = append(out, e)
+		}
+		if err := rows.Err(); err != nil {
+			return interpretError(ctx, fmt.Errorf("audit page: %w", err))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// VaultErase deletes the user's vault and audit rows in one transaction
+// and writes nothing else. The deleted pages stay in the file until
+// SQLite reuses them; secure_delete is not set, so the wraps' bytes may
+// linger on disk as they would in PostgreSQL's dead tuples until vacuum.
+func (s *Store) VaultErase(ctx context.Context, userID string) (broker.EraseResult, error) {
+	var res broker.EraseResult
+	err := s.inAdminTx(ctx, userID, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, sqlVaultDelete, userID)
+		if err != nil {
+			return interpretError(ctx, fmt.Errorf("vault erase: %w", err))
+		}
+		n, err := r.RowsAffected()
+		if err != nil {
+			return interpretError(ctx, fmt.Errorf("vault erase: %w", err))
+		}
+		res.VaultDeleted = n > 0
+		r, err = tx.ExecContext(ctx, sqlAuditDelete, userID)
+		if err != nil {
+			return interpretError(ctx, fmt.Errorf("audit erase: %w", err))
+		}
+		if res.AuditRowsDeleted, err = r.RowsAffected(); err != nil {
+			return interpretError(ctx, fmt.Errorf("audit erase: %w", err))
+		}
+		return nil
+	})
+	if err != nil {
+		return broker.EraseResult{}, err
+	}
+	return res, nil
+}

@@ -23,6 +23,7 @@ Usage:
   keybroker migrate [flags]     apply database migrations and exit
   keybroker kek generate        print a fresh base64 KEK (32 random bytes)
   keybroker dev token --user ID print a bearer token from the dev-mode issuer
+  keybroker healthcheck [--url] exit 0 when /healthz answers 200 (container health checks)
   keybroker version             print the version
 
 Run "keybroker serve -h" for the flags; every flag has an environment
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdKEK(ctx, args[1:], getenv, stdout, stderr)
 	case "dev":
 		return cmdDev(ctx, args[1:], getenv, stdout, stderr)
+	case "healthcheck":
+		return cmdHealthcheck(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "keybroker", version)
 		return nil

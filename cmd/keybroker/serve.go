@@ -59,10 +59,14 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
+	if err := checkActiveKEK(ctx, keyring, log); err != nil {
+		return err
 	}
+	ln, err := listen(cfg.Addr, log) // the socket systemd passed, if any
+	if err != nil {
+		return err
+	}
+	ln = notifySystemd(ln, store, log) // READY=1, watchdog, STOPPING=1
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -1,0 +1,222 @@
+package main
+
+// systemd integration, through github.com/coreos/go-systemd: readiness
+// and shutdown notifications (sd_notify), the watchdog, and socket
+// activation. Outside systemd — no $NOTIFY_SOCKET, $WATCHDOG_USEC or
+// $LISTEN_FDS — every function here falls back to plain behaviour, so
+// `keybroker serve` in a container or a terminal is unchanged.
+//
+// The unit in deploy/systemd/keybroker.service is Type=notify: systemd
+// counts keybroker as started only when READY=1 arrives, so READY=1 must
+// mean "this process can answer key requests": migrations applied, the
+// active KEK able to wrap and unwrap, and the HTTP server accepting.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kekproviders"
+)
+
+// kekCheckTimeout bounds the start-up KEK round trip. Remote providers
+// bound each call themselves (10 s by default); this covers a Status call
+// plus a wrap and an unwrap.
+const kekCheckTimeout = 45 * time.Second
+
+// checkActiveKEK wraps and unwraps a random key with the active KEK and
+// refuses the start when that fails: a broker that cannot wrap would
+// accept traffic only to answer every /init with 503. A failing Status
+// probe (e.g. a missing kms:DescribeKey or cloudkms.cryptoKeys.get grant)
+// is only logged, since the round trip is what requests need.
+func checkActiveKEK(ctx context.Context, keyring *broker.Keyring, log *slog.Logger) error {
+	kek, err := keyring.Lookup(keyring.ActiveID())
+	if err != nil {
+		return fmt.Errorf("KEK check: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, kekCheckTimeout)
+	defer cancel()
+	res := kekproviders.Check(ctx, kek)
+	if res.RoundTripErr != nil {
+		return fmt.Errorf("KEK check: the active KEK %q cannot wrap and unwrap (%s): %w", res.ID, res.Class(), res.RoundTripErr)
+	}
+	if res.StatusErr != nil {
+		log.Warn("KEK status probe failed; wrap and unwrap work", slog.String("kek_id", res.ID), slog.String("error", res.StatusErr.Error()))
+	}
+	log.Info("KEK check passed", slog.String("kek_id", res.ID),
+		slog.Duration("wrap", res.WrapLatency), slog.Duration("unwrap", res.UnwrapLatency))
+	return nil
+}
+
+// listen returns the socket systemd passed (socket activation) when there
+// is one, else a new TCP listener on addr. keybroker serves exactly one
+// socket: a keybroker.socket with several Listen…= lines is refused
+// rather than half served.
+func listen(addr string, log *slog.Logger) (net.Listener, error) {
+	// activation.Listeners ignores the sockets silently when $LISTEN_PID
+	// names another process; read the variables first to say so.
+	fds, pid := os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_PID")
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("socket activation: %w", err)
+	}
+	switch {
+	case len(lns) == 0 && fds != "":
+		log.Warn("ignoring $LISTEN_FDS: $LISTEN_PID is not this process", slog.String("LISTEN_PID", pid),
+			slog.Int("pid", os.Getpid()), slog.String("addr", addr))
+	case len(lns) == 1 && lns[0] != nil:
+		log.Info("socket activation: serving on the socket systemd passed", slog.String("addr", lns[0].Addr().String()))
+		return lns[0], nil
+	case len(lns) > 0:
+		for _, ln := range lns {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+		if len(lns) == 1 {
+			return nil, errors.New("socket activation: the socket systemd passed is not a stream socket: use ListenStream= in keybroker.socket")
+		}
+		return nil, fmt.Errorf("socket activation: systemd passed %d sockets; keybroker serves exactly one: keep a single ListenStream= in keybroker.socket", len(lns))
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// pinger is the part of the store the watchdog needs.
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// notifySystemd wraps ln so that systemd hears about the server's life:
+// READY=1 when the HTTP server first accepts (it is then in its accept
+// loop, after migrations and the KEK check), STOPPING=1 when it closes the
+// listener (http.Server.Shutdown does that first, before draining). The
+// listener is the one object the server touches at exactly those two
+// moments, so serve.go needs no other hook. With the watchdog enabled
+// (WatchdogSec= in the unit) it pings at half the interval while the store
+// answers; a store that stops answering stops the pings, and systemd
+// restarts the service.
+func notifySystemd(ln net.Listener, store pinger, log *slog.Logger) net.Listener {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		log.Warn("systemd watchdog disabled: bad $WATCHDOG_USEC", slog.String("error", err.Error()))
+		interval = 0
+	}
+	return newSDListener(ln, store, interval, sdNotify, log)
+}
+
+// sdNotify sends state to $NOTIFY_SOCKET; sent is false outside systemd.
+func sdNotify(state string) (sent bool, err error) {
+	// Keep $NOTIFY_SOCKET: READY is followed by WATCHDOG and STOPPING.
+	return daemon.SdNotify(false, state)
+}
+
+// sdListener is a net.Listener that tells systemd when serving starts and
+// stops, and runs the watchdog in between.
+type sdListener struct {
+	net.Listener
+	store    pinger
+	interval time.Duration // WATCHDOG_USEC; 0: no watchdog
+	notify   func(state string) (bool, error)
+	log      *slog.Logger
+
+	readyOnce, closeOnce sync.Once
+	closeErr             error
+	watchdogCtx          context.Context
+	stopWatchdog         context.CancelFunc
+	watchdogDone         chan struct{} // closed when no watchdog runs (any more)
+}
+
+func newSDListener(ln net.Listener, store pinger, interval time.Duration, notify func(string) (bool, error), log *slog.Logger) *sdListener {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &sdListener{Listener: ln, store: store, interval: interval, notify: notify, log: log,
+		watchdogCtx: ctx, stopWatchdog: cancel, watchdogDone: make(chan struct{})}
+}
+
+// Accept sends READY=1 on its first call: http.Server.Serve calls it once
+// its accept loop runs.
+func (l *sdListener) Accept() (net.Conn, error) {
+	l.readyOnce.Do(l.ready)
+	return l.Listener.Accept()
+}
+
+func (l *sdListener) ready() {
+	status := "STATUS=serving on " + l.Addr().String()
+	sent, err := l.notify(daemon.SdNotifyReady + "\n" + status)
+	if err != nil {
+		l.log.Warn("systemd notification failed", slog.String("state", "READY=1"), slog.String("error", err.Error()))
+	}
+	if !sent || l.interval <= 0 {
+		close(l.watchdogDone)
+		return
+	}
+	l.log.Info("systemd watchdog enabled", slog.Duration("timeout", l.interval), slog.Duration("ping_every", l.interval/2))
+	go l.watchdog(l.watchdogCtx)
+}
+
+// Close sends STOPPING=1 and stops the watchdog before closing the
+// socket. http.Server closes its listeners more than once (Shutdown, then
+// Serve's return); only the first call notifies.
+func (l *sdListener) Close() error {
+	l.closeOnce.Do(func() {
+		l.readyOnce.Do(func() { close(l.watchdogDone) }) // never served
+		l.stopWatchdog()
+		<-l.watchdogDone
+		if _, err := l.notify(daemon.SdNotifyStopping + "\nSTATUS=shutting down"); err != nil {
+			l.log.Warn("systemd notification failed", slog.String("state", "STOPPING=1"), slog.String("error", err.Error()))
+		}
+		l.closeErr = l.Listener.Close()
+	})
+	return l.closeErr
+}
+
+// watchdog pings systemd every interval/2 while the store answers within
+// that time. It logs a change of health once, not every tick.
+func (l *sdListener) watchdog(ctx context.Context) {
+	defer close(l.watchdogDone)
+	every := l.interval / 2
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	healthy := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, every)
+		err := l.store.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil && healthy:
+			healthy = false
+			l.log.Error("store unreachable: withholding systemd watchdog pings; systemd restarts keybroker if this lasts "+l.interval.String(),
+				slog.String("error", err.Error()))
+			_, _ = l.notify("STATUS=store unreachable; watchdog pings withheld")
+		case err == nil && !healthy:
+			healthy = true
+			l.log.Info("store reachable again: systemd watchdog pings resumed")
+			_, _ = l.notify("STATUS=serving on " + l.Addr().String())
+		}
+		if healthy {
+			if _, err := l.notify(daemon.SdNotifyWatchdog); err != nil {
+				l.log.Warn("systemd notification failed", slog.String("state", "WATCHDOG=1"), slog.String("error", err.Error()))
+			}
+		}
+	}
+}

@@ -29,6 +29,10 @@ var (
 	// ErrUnwrapFailed means a stored wrap did not open: corrupt data, a
 	// wrap copied from another row, or the wrong key under a known id.
 	ErrUnwrapFailed = errors.New("stored wrap does not unwrap")
+	// ErrKEKDenied means the KEK's backend refused the operation: a
+	// disabled or revoked key, a missing permission. Not the data's fault,
+	// and not fixed by retrying; an operator must act.
+	ErrKEKDenied = errors.New("the KEK refused the operation")
 )
 
 // Dependencies named by UnavailableError.
@@ -58,9 +62,13 @@ func IsUnavailable(err error) bool {
 }
 
 // kekUnavailable is implemented by provider errors that mean "the KEK
-// backend could not be reached" rather than "the ciphertext is bad".
-// Providers cannot import broker, so the classification is by behaviour.
-type kekUnavailable interface{ Unavailable() bool }
+// backend could not be reached" rather than "the ciphertext is bad";
+// kekDenied by those that mean "the backend refused". Providers cannot
+// import broker, so the classification is by behaviour.
+type (
+	kekUnavailable interface{ Unavailable() bool }
+	kekDenied      interface{ Denied() bool }
+)
 
 // classifyKEKError turns a provider error into a domain error: backend
 // outages become *UnavailableError, everything else ErrUnwrapFailed-like
@@ -69,6 +77,10 @@ func classifyKEKError(base error, err error) error {
 	var u kekUnavailable
 	if errors.As(err, &u) && u.Unavailable() {
 		return &UnavailableError{Dependency: DependencyKEK, Err: err}
+	}
+	var d kekDenied
+	if errors.As(err, &d) && d.Denied() {
+		return fmt.Errorf("%w: %w", ErrKEKDenied, err)
 	}
 	var ue *UnavailableError
 	if errors.As(err, &ue) {

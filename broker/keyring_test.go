@@ -130,7 +130,17 @@ type unavailableErr struct{}
 func (unavailableErr) Error() string     { return "connection refused" }
 func (unavailableErr) Unavailable() bool { return true }
 
+// deniedErr mimics a provider's "the backend refused" error.
+type deniedErr struct{}
+
+func (deniedErr) Error() string { return "AccessDeniedException" }
+func (deniedErr) Denied() bool  { return true }
+
 func TestKEKErrorClassification(t *testing.T) {
+	denied := classifyKEKError(ErrUnwrapFailed, deniedErr{})
+	require.ErrorIs(t, denied, ErrKEKDenied)
+	require.NotErrorIs(t, denied, ErrUnwrapFailed, "a refusal is not corrupt data")
+	require.False(t, IsUnavailable(denied), "a refusal is not an outage: cached keys must not survive it")
 	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, unavailableErr{})))
 	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, context.DeadlineExceeded)))
 	err := classifyKEKError(ErrUnwrapFailed, errors.New("cipher: message authentication failed"))

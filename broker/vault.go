@@ -161,6 +161,8 @@ func unwrapFailureAudit(err error, v *Vault) (int, string) {
 		return http.StatusServiceUnavailable, "unknown-kek:" + v.KEKID
 	case IsUnavailable(err):
 		return http.StatusServiceUnavailable, "kek-unavailable:" + v.KEKID
+	case errors.Is(err, ErrKEKDenied):
+		return http.StatusServiceUnavailable, "kek-denied:" + v.KEKID
 	}
 	return http.StatusInternalServerError, "unwrap-failed"
 }

@@ -85,11 +85,24 @@ func Open(ctx context.Context, uri string) (KEK, error) {
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$`)
 
 // ParsedURI is a KEK URI split into its scheme, its provider-specific
-// part and its id.
+// part, its id and the broker's own options.
 type ParsedURI struct {
 	Scheme string
-	URL    *url.URL // the URI without its id parameter
+	URL    *url.URL // the URI without its id and cache parameters
 	ID     string
+	// Cached is the cached envelope mode of a remote KEK: on unless the
+	// URI says cache=off. Local KEKs are never cached (they need no cache).
+	Cached bool
+}
+
+// Remote reports whether the scheme names a network KMS, which cached
+// envelope mode keeps off the hot path.
+func Remote(scheme string) bool {
+	switch scheme {
+	case SchemeAWSKMS, SchemeGCPKMS, SchemeVaultTransit:
+		return true
+	}
+	return false
 }
 
 // ParseURI validates uri and extracts the KEK id.
@@ -103,9 +116,23 @@ func ParseURI(uri string) (*ParsedURI, error) {
 	}
 	q := u.Query()
 	id := q.Get("id")
+	cache := q.Get("cache")
+	hasCache := q.Has("cache")
 	q.Del("id")
+	q.Del("cache")
 	u.RawQuery = q.Encode()
 	p := &ParsedURI{Scheme: strings.ToLower(u.Scheme), URL: u, ID: id}
+	if Remote(p.Scheme) {
+		switch cache {
+		case "", "on":
+			p.Cached = true
+		case "off":
+		default:
+			return nil, fmt.Errorf("kekproviders: %s: cache=%q: use cache=on (the default) or cache=off", redact(uri), cache)
+		}
+	} else if hasCache {
+		return nil, fmt.Errorf("kekproviders: %s: cache= applies to remote KEKs only (awskms, gcpkms, vault-transit)", redact(uri))
+	}
 	if p.ID == "" && p.Scheme == SchemeEnv && envVariable(u) == LegacyVariable {
 		p.ID = LegacyID
 	}

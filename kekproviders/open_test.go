@@ -95,3 +95,30 @@ func TestErrorsDoNotEchoQueryValues(t *testing.T) {
 	require.Error(t, err)
 	require.NotContains(t, err.Error(), "s3cr3t")
 }
+
+func TestParseURICacheOption(t *testing.T) {
+	for uri, want := range map[string]bool{
+		"awskms:///alias/kb?id=a":                                      true,
+		"awskms:///alias/kb?id=a&cache=on":                             true,
+		"awskms:///alias/kb?id=a&cache=off":                            false,
+		"vault-transit://kb?id=a&cache=off":                            false,
+		"gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k?id=g": true,
+		"env://MANA_AUTH_KEK":                                          false,
+	} {
+		p, err := kekproviders.ParseURI(uri)
+		if err != nil {
+			t.Fatalf("%s: %v", uri, err)
+		}
+		if p.Cached != want {
+			t.Errorf("%s: Cached = %v, want %v", uri, p.Cached, want)
+		}
+		if p.URL.Query().Has("cache") {
+			t.Errorf("%s: the cache option must not reach the provider", uri)
+		}
+	}
+	for _, bad := range []string{"awskms:///alias/kb?id=a&cache=maybe", "env://MANA_AUTH_KEK?cache=off"} {
+		if _, err := kekproviders.ParseURI(bad); err == nil {
+			t.Errorf("%s: want an error", bad)
+		}
+	}
+}

@@ -56,6 +56,7 @@ var domainErrors = []struct {
 	{broker.ErrMasterKeyMismatch, http.StatusConflict, CodeMasterKeyMismatch, "masterKey is not this vault's master key; unlock with the recovery code and send the key it yields"},
 	{broker.ErrInvalidArgument, http.StatusBadRequest, CodeBadRequest, "invalid request"},
 	{broker.ErrUnknownKEK, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key of this vault is not available"},
+	{broker.ErrKEKDenied, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key refused the operation"},
 }
 
 type errorBody struct {

@@ -49,9 +49,12 @@ type KeyringConfig struct {
 	// DecryptOnly KEKs open rows they wrapped.
 	DecryptOnly []KEK
 	// Cached names the KEKs (among Active and DecryptOnly) in cached
-	// envelope mode. Empty: no envelope mode, DataKeys is not needed.
+	// envelope mode: when the active KEK is one, new wraps go through a
+	// data key.
 	Cached []string
-	// DataKeys stores the data keys; required with Cached.
+	// DataKeys stores the data keys; required with Cached. When set, data
+	// keys wrapped by any configured KEK are loaded, so rows written in
+	// cached mode keep opening after a KEK's URI says cache=off.
 	DataKeys DataKeyStore
 	// NewLocalKEK makes the local KEK of a data key (AES-256-GCM); required
 	// with Cached. Injected because broker imports no provider.
@@ -66,7 +69,7 @@ func (c *KeyringConfig) validate() error {
 	if c.Active == nil {
 		return errors.New("broker: KeyringConfig.Active is required")
 	}
-	if len(c.Cached) == 0 {
+	if len(c.Cached) == 0 && c.DataKeys == nil {
 		return nil
 	}
 	if c.DataKeys == nil {
@@ -94,21 +97,18 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if len(cfg.Cached) == 0 {
+	if len(cfg.Cached) == 0 && cfg.DataKeys == nil {
 		return NewKeyring(cfg.Active, cfg.DecryptOnly...)
 	}
-	src := &dataKeySource{cfg: cfg, remotes: map[string]KEK{}}
+	src := &dataKeySource{cfg: cfg, remotes: map[string]KEK{}, cached: map[string]bool{}}
 	for _, kek := range append([]KEK{cfg.Active}, cfg.DecryptOnly...) {
-		for _, id := range cfg.Cached {
-			if kek.ID() == id {
-				src.remotes[id] = kek
-			}
-		}
+		src.remotes[kek.ID()] = kek
 	}
 	for _, id := range cfg.Cached {
 		if src.remotes[id] == nil {
 			return nil, fmt.Errorf("broker: cached KEK %q is not configured", id)
 		}
+		src.cached[id] = true
 	}
 	k := &Keyring{dataKeys: src}
 	src.keyring = k
@@ -157,7 +157,8 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 // dataKeySource loads data keys into a keyring.
 type dataKeySource struct {
 	cfg     KeyringConfig
-	remotes map[string]KEK // cached remote KEKs by id
+	remotes map[string]KEK  // every configured KEK by id: any may wrap data keys
+	cached  map[string]bool // KEKs in cached envelope mode
 	keyring *Keyring
 
 	mu          sync.Mutex // one load at a time
@@ -167,7 +168,7 @@ type dataKeySource struct {
 	lastErr error
 }
 
-func (d *dataKeySource) isCached(id string) bool { return d.remotes[id] != nil }
+func (d *dataKeySource) isCached(id string) bool { return d.cached[id] }
 
 func (d *dataKeySource) setErr(err error) {
 	d.errMu.Lock()

@@ -34,17 +34,26 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 	}
+	// KEKs first: a missing or bad KEK is the most common deploy mistake,
+	// and its message should not hide behind a database error.
+	var keks *openedKEKs
 	if keyring == nil {
-		if keyring, err = openKeyring(ctx, cfg, getenv, log); err != nil {
+		if keks, err = openKEKs(ctx, cfg, getenv, log); err != nil {
 			return err
 		}
+		defer keks.close()
 	}
-
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
+	if keyring == nil {
+		if keyring, err = keks.keyring(ctx, store, log); err != nil {
+			return err
+		}
+	}
+	go refreshKeyring(ctx, keyring, log)
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log})
 	if err != nil {
 		return err
@@ -142,38 +151,104 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, grac
 	return nil
 }
 
-// openKeyring opens the active and decrypt-only KEKs. A missing, malformed
-// or all-zero KEK stops the start unless --dev.
-func openKeyring(ctx context.Context, cfg *config, getenv func(string) string, log *slog.Logger) (*broker.Keyring, error) {
+// openedKEKs are the configured KEKs, opened.
+type openedKEKs struct {
+	active  broker.KEK
+	retired []broker.KEK
+	cached  []string // ids in cached envelope mode
+	all     []kekproviders.KEK
+}
+
+// close closes KEKs that hold resources (connections, token renewers).
+func (o *openedKEKs) close() {
+	for _, kek := range o.all {
+		if c, ok := kek.(io.Closer); ok {
+			_ = c.Close()
+		}
+	}
+}
+
+// openKEKs opens the active and decrypt-only KEKs. A missing, malformed
+// or all-zero KEK stops the start unless --dev. Remote KEKs are in cached
+// envelope mode unless their URI says cache=off.
+func openKEKs(ctx context.Context, cfg *config, getenv func(string) string, log *slog.Logger) (*openedKEKs, error) {
 	opener := kekproviders.Opener{AllowDevKeys: cfg.Dev, Getenv: getenv}
 	activeURI, retiredURIs, err := cfg.kekURIs(getenv)
 	if err != nil {
 		return nil, err
 	}
+	o := &openedKEKs{}
 	open := func(uri string) (broker.KEK, error) {
-		kek, err := opener.Open(ctx, uri)
-		if err == nil && cfg.Dev {
-			log.Warn("DEV MODE: insecure KEKs (the all-zero key) are accepted")
+		parsed, err := kekproviders.ParseURI(uri)
+		if err != nil {
+			return nil, err
 		}
+		kek, err := opener.Open(ctx, uri)
 		if errors.Is(err, localkek.ErrDevKey) {
 			return nil, fmt.Errorf("%w.\n  Generate a real one with: keybroker kek generate\n  (or pass --dev for a throwaway local run)", err)
 		}
 		if err != nil {
 			return nil, err
 		}
+		if cfg.Dev {
+			log.Warn("DEV MODE: insecure KEKs (the all-zero key) are accepted")
+		}
+		o.all = append(o.all, kek)
+		if parsed.Cached {
+			o.cached = append(o.cached, parsed.ID)
+		}
 		return kek, nil
 	}
-	active, err := open(activeURI)
-	if err != nil {
+	if o.active, err = open(activeURI); err != nil {
+		o.close()
 		return nil, fmt.Errorf("active KEK: %w", err)
 	}
-	var retired []broker.KEK
 	for _, uri := range retiredURIs {
 		kek, err := open(uri)
 		if err != nil {
+			o.close()
 			return nil, fmt.Errorf("decrypt-only KEK: %w", err)
 		}
-		retired = append(retired, kek)
+		o.retired = append(o.retired, kek)
 	}
-	return broker.NewKeyring(active, retired...)
+	return o, nil
+}
+
+// keyring builds the keyring over the store's data keys.
+func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.Logger) (*broker.Keyring, error) {
+	kcfg := broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log,
+		NewLocalKEK: func(id string, key []byte) (broker.KEK, error) { return localkek.New(id, key, false) }}
+	// Data keys are loaded whenever the store keeps them, so rows written
+	// in cached mode keep opening after a URI switches to cache=off.
+	if dataKeys, ok := store.(broker.DataKeyStore); ok {
+		kcfg.DataKeys = dataKeys
+	} else if len(o.cached) > 0 {
+		return nil, fmt.Errorf("cached envelope mode (KEKs %v) needs a store that keeps data keys (PostgreSQL); set $%s or add cache=off to the KEK URIs", o.cached, envDatabaseURL)
+	}
+	return broker.LoadKeyring(ctx, kcfg)
+}
+
+// keyringRefreshInterval is how often cached data keys are reloaded: the
+// delay after which a revoked KMS key stops fetches, and after which a
+// data key another replica made is used for new wraps.
+const keyringRefreshInterval = 5 * time.Minute
+
+// refreshKeyring reloads the keyring's data keys until ctx ends. Until
+// they load it retries every few seconds, so a replica that started
+// during a KMS outage becomes ready by itself.
+func refreshKeyring(ctx context.Context, keyring *broker.Keyring, log *slog.Logger) {
+	for {
+		wait := keyringRefreshInterval
+		if keyring.Ready() != nil {
+			wait = 5 * time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if err := keyring.Refresh(ctx); err != nil {
+			log.Warn("keyring refresh failed", slog.String("error", err.Error()))
+		}
+	}
 }

@@ -33,6 +33,11 @@
 // for up to Config.BusyTimeout. A transaction therefore owns the whole
 // database from its first statement, which is why VaultGet(ctx, true)
 // needs no row lock: read-modify-write cycles are serialised already.
+//
+// The fetch hot path (GET /key) takes neither: VaultRead is one statement
+// on a WAL snapshot, and AuditAppend commits the audit rows of concurrent
+// fetches together, one fsync per batch (broker.VaultReader and
+// broker.AuditAppender).
 package sqlitestore
 
 import (
@@ -218,6 +223,15 @@ func (s *Store) InUserTx(ctx context.Context, userID string, fn func(tx broker.T
 		// Every statement filters on the user id; an empty one is a bug.
 		return fmt.Errorf("sqlitestore: %w: empty user id", broker.ErrInvalidArgument)
 	}
+	return s.inWriteTx(ctx, func(sqlTx *sql.Tx) error {
+		return fn(&tx{tx: sqlTx, userID: userID})
+	})
+}
+
+// inWriteTx runs fn in one BEGIN IMMEDIATE transaction once this Store's
+// write lock is free, and commits it when fn returns nil; fn's error is
+// returned as is.
+func (s *Store) inWriteTx(ctx context.Context, fn func(sqlTx *sql.Tx) error) error {
 	if s.closed.Load() {
 		return unavailable(ErrClosed)
 	}
@@ -236,7 +250,7 @@ func (s *Store) InUserTx(ctx context.Context, userID string, fn func(tx broker.T
 	// rolls back by itself when ctx is cancelled mid-transaction.
 	defer func() { _ = sqlTx.Rollback() }()
 
-	if err := fn(&tx{tx: sqlTx, userID: userID}); err != nil {
+	if err := fn(sqlTx); err != nil {
 		return err
 	}
 	if err := sqlTx.Commit(); err != nil {

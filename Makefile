@@ -4,7 +4,7 @@ BIN     ?= bin/keybroker
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test vet fmt run clean
+.PHONY: all build test vet fmt run clean bench bench-micro
 
 all: build
 
@@ -22,6 +22,19 @@ vet:
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## bench: the load benchmark (docs/benchmarks.md): the real binary on a fresh
+## PostgreSQL database, local-kms and the embedded store, GET /key at several
+## concurrencies beside the pgbench floor of the same SQL, then the Go
+## micro-benchmarks. Takes about 5 minutes; reports, never fails on a time.
+## KEYBROKER_BENCH_{USERS,WARMUP,DURATION,CONNS,ROWS,OUT,MICRO} tune it.
+bench:
+	KEYBROKER_BENCH=1 $(GO) test -count=1 -run '^TestBenchTable$$' -timeout 30m -v ./internal/bench
+
+## bench-micro: the Go micro-benchmarks of the hot pieces, with allocations.
+MICRO_PKGS := ./kekproviders/localkek ./broker ./vaultapi/jwtauth ./vaultapi
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem $(MICRO_PKGS)
 
 ## run: serve with the configuration in the environment (see README).
 run: build

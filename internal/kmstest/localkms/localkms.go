@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,7 @@ type Server struct {
 	db        *data.Database
 	closeOnce sync.Once
 	served    chan struct{}
+	requests  atomic.Int64
 }
 
 // Start starts a server on a fresh 127.0.0.1 port with an empty database
@@ -67,12 +69,13 @@ func Start(t testing.TB) *Server {
 		URL:    "http://" + ln.Addr().String(),
 		db:     db,
 		served: make(chan struct{}),
-		srv: &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				localkms.HandleRequest(w, r, db)
-			}),
-			ReadHeaderTimeout: 10 * time.Second,
-		},
+	}
+	s.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.requests.Add(1)
+			localkms.HandleRequest(w, r, db)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go func() {
 		defer close(s.served)
@@ -94,6 +97,10 @@ func (s *Server) Close() {
 		s.db.Close()
 	})
 }
+
+// Requests is the number of API requests the server has received so far,
+// whatever their outcome: benchmarks report KMS calls per key fetch with it.
+func (s *Server) Requests() int64 { return s.requests.Load() }
 
 // Credentials are static credentials; local-kms accepts any.
 func Credentials() aws.CredentialsProvider {

@@ -1,0 +1,483 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/internal/jwtissuer"
+	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/pgtest"
+)
+
+// Settings of TestBenchTable, each overridable through the environment.
+type settings struct {
+	users    int           // KEYBROKER_BENCH_USERS
+	warmup   time.Duration // KEYBROKER_BENCH_WARMUP
+	duration time.Duration // KEYBROKER_BENCH_DURATION, the measured window of each step
+	conns    []int         // KEYBROKER_BENCH_CONNS, e.g. "1,16,64,256"
+	rows     []string      // KEYBROKER_BENCH_ROWS, a subset of allRows
+	out      string        // KEYBROKER_BENCH_OUT, the Markdown file; "-" writes none
+	micro    bool          // KEYBROKER_BENCH_MICRO=0 skips the Go micro-benchmarks
+}
+
+const (
+	rowPGEnv     = "pg-env"
+	rowAWSDirect = "aws-direct"
+	rowAWSCached = "aws-cached"
+	rowSQLite    = "sqlite-env"
+)
+
+var allRows = []string{rowPGEnv, rowAWSDirect, rowAWSCached, rowSQLite}
+
+var rowTitles = map[string]string{
+	rowPGEnv:     "PostgreSQL + env KEK",
+	rowAWSDirect: "PostgreSQL + AWS KMS direct (cache=off)",
+	rowAWSCached: "PostgreSQL + AWS KMS cached",
+	rowSQLite:    "SQLite + env KEK",
+}
+
+const floorTitle = "floor: pgbench, same SQL"
+
+// pacedConcurrency is the number of workers of the paced step at half of
+// peak throughput: enough that a slow answer does not hold back the pace.
+const pacedConcurrency = 64
+
+func loadSettings(t *testing.T) settings {
+	s := settings{users: 2000, warmup: 2 * time.Second, duration: 6 * time.Second,
+		conns: []int{1, 16, 64, 256}, rows: allRows, out: "../../docs/benchmarks.md", micro: true}
+	if v := os.Getenv("KEYBROKER_BENCH_USERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err, "KEYBROKER_BENCH_USERS")
+		s.users = n
+	}
+	for name, d := range map[string]*time.Duration{"KEYBROKER_BENCH_WARMUP": &s.warmup, "KEYBROKER_BENCH_DURATION": &s.duration} {
+		if v := os.Getenv(name); v != "" {
+			parsed, err := time.ParseDuration(v)
+			require.NoError(t, err, name)
+			*d = parsed
+		}
+	}
+	if v := os.Getenv("KEYBROKER_BENCH_CONNS"); v != "" {
+		s.conns = nil
+		for f := range strings.SplitSeq(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			require.NoError(t, err, "KEYBROKER_BENCH_CONNS")
+			s.conns = append(s.conns, n)
+		}
+	}
+	if v := os.Getenv("KEYBROKER_BENCH_ROWS"); v != "" {
+		s.rows = strings.Split(v, ",")
+		for _, r := range s.rows {
+			require.Contains(t, allRows, r, "KEYBROKER_BENCH_ROWS")
+		}
+	}
+	if v := os.Getenv("KEYBROKER_BENCH_OUT"); v != "" {
+		s.out = v
+	}
+	s.micro = os.Getenv("KEYBROKER_BENCH_MICRO") != "0"
+	return s
+}
+
+// bench is the shared state of one TestBenchTable run.
+type bench struct {
+	t       *testing.T
+	s       settings
+	bin     string
+	jwksURL string
+	issuer  string
+	tokens  []string
+	kms     *localkms.Server
+	kmsKey  localkms.Key
+
+	rows         []*Row
+	floor        map[int]float64 // pgbench floor req/s by concurrency
+	skipped      []string        // rows that could not run, and why
+	startToReady map[string]time.Duration
+	maxConns     int // the PostgreSQL server's max_connections
+}
+
+// TestBenchTable is `make bench`: the load table of docs/benchmarks.md.
+func TestBenchTable(t *testing.T) {
+	if os.Getenv("KEYBROKER_BENCH") != "1" {
+		t.Skip("load benchmark (minutes, reports numbers, asserts none): run it with `make bench` or KEYBROKER_BENCH=1")
+	}
+	if _, err := exec.LookPath("pgbench"); err != nil {
+		t.Fatal("pgbench is not installed; it measures the floor (apt-get install postgresql-client)")
+	}
+	s := loadSettings(t)
+	b := &bench{t: t, s: s, floor: map[int]float64{}, startToReady: map[string]time.Duration{}}
+	b.bin = buildKeybroker(t)
+
+	// The token issuer: tokens minted here, its JWKS served on loopback
+	// to the server, which verifies every request as in production.
+	issuer, err := jwtissuer.New("https://auth.bench.test")
+	require.NoError(t, err)
+	jwks := httptest.NewServer(issuer.JWKSHandler())
+	t.Cleanup(jwks.Close)
+	b.jwksURL, b.issuer = jwks.URL, issuer.Issuer()
+	now := time.Now()
+	for i := 1; i <= s.users; i++ {
+		tok, err := issuer.Mint(jwtissuer.Claims{Subject: UserID(i), IssuedAt: now, Expiry: now.Add(2 * time.Hour)})
+		require.NoError(t, err)
+		b.tokens = append(b.tokens, tok)
+	}
+
+	// local-kms logs every call through logrus; at thousands of calls a
+	// second that is CPU taken from the server under test.
+	logrus.SetOutput(io.Discard)
+	b.kms = localkms.Start(t)
+	b.kmsKey = b.kms.CreateKey(t, "keybroker-bench")
+
+	machine := ThisMachine()
+	machine.LoadBefore = LoadAverage()
+	machine.Pgbench = PgbenchVersion()
+	machine.PostgreSQL, b.maxConns = serverInfo(t)
+
+	for _, row := range s.rows {
+		switch row {
+		case rowPGEnv:
+			b.runPGEnvAndFloor()
+		case rowAWSDirect, rowAWSCached:
+			b.runAWS(row)
+		case rowSQLite:
+			b.runSQLite()
+		}
+	}
+	for _, r := range b.rows {
+		if r.FloorRPS == 0 && r.Rate == 0 && r.Config != floorTitle {
+			r.FloorRPS = b.floor[r.Concurrency]
+		}
+	}
+
+	machine.LoadAfter = LoadAverage()
+	table := Table(b.rows)
+	targets := b.targets()
+	fmt.Printf("\n%s\n%s\n%s", machine.Markdown(), table, targets)
+	for _, why := range b.skipped {
+		fmt.Println("not measured:", why)
+	}
+	var micro string
+	if s.micro {
+		micro = runMicro(t)
+		fmt.Printf("\n%s", micro)
+	}
+	if s.out == "-" {
+		return
+	}
+	doc, err := os.ReadFile(s.out)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	text = ReplaceSection(text, "machine", machine.Markdown())
+	load := table
+	for _, why := range b.skipped {
+		load += "\nNot measured: " + why + "\n"
+	}
+	text = ReplaceSection(text, "table", load)
+	text = ReplaceSection(text, "targets", targets)
+	if micro != "" {
+		text = ReplaceSection(text, "micro", micro)
+	}
+	require.NoError(t, os.WriteFile(s.out, []byte(text), 0o644))
+	t.Logf("wrote %s", s.out)
+}
+
+// buildKeybroker builds the real binary once, as `make build` does.
+func buildKeybroker(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	require.NoError(t, err)
+	bin := filepath.Join(t.TempDir(), "keybroker")
+	goTool := os.Getenv("GO")
+	if goTool == "" {
+		goTool = "go"
+	}
+	cmd := exec.Command(goTool, "build", "-trimpath", "-o", bin, "./cmd/keybroker")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "go build ./cmd/keybroker:\n%s", out)
+	return bin
+}
+
+func serverInfo(t *testing.T) (version string, maxConns int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pgtest.AdminURL())
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var max string
+	require.NoError(t, conn.QueryRow(ctx, "SELECT current_setting('server_version'), current_setting('max_connections')").Scan(&version, &max))
+	maxConns, err = strconv.Atoi(max)
+	require.NoError(t, err)
+	return "PostgreSQL " + version, maxConns
+}
+
+// database makes a fresh database and a plain role (no superuser, no
+// BYPASSRLS) that may create the schema in it, so row-level security
+// binds the server and pgbench as it binds production. Both go away with
+// the test.
+func (b *bench) database() string {
+	t := b.t
+	dbURL := pgtest.NewDatabase(t)
+	role := pgtest.NewRole(t, dbURL)
+	admin := pgtest.NewPool(t, dbURL)
+	pgtest.Exec(t, admin, "GRANT CREATE ON DATABASE "+pgx.Identifier{admin.Config().ConnConfig.Database}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
+	admin.Close() // the pool is not needed during the run; cleanup closes it again harmlessly
+	return role.URL
+}
+
+// serverEnv is the whole environment of a server: nothing is inherited.
+func (b *bench) serverEnv(extra ...string) []string {
+	env := []string{
+		"HOME=" + b.t.TempDir(),
+		"KEYBROKER_ADDR=127.0.0.1:0",
+		"KEYBROKER_JWKS_URL=" + b.jwksURL,
+		"KEYBROKER_JWT_ISSUER=" + b.issuer,
+		"KEYBROKER_LOG_FORMAT=json",
+		"KEYBROKER_LOG_LEVEL=info",
+	}
+	return append(env, extra...)
+}
+
+func newKEKEnv() string {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return "MANA_AUTH_KEK=" + base64.StdEncoding.EncodeToString(key)
+}
+
+func (b *bench) start(env []string) (*Process, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := StartProcess(ctx, b.bin, env, time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	b.t.Cleanup(p.Stop)
+	return p, nil
+}
+
+// initUsers creates every user's vault through POST /init.
+func (b *bench) initUsers(p *Process) {
+	t := b.t
+	client := NewClient(16)
+	defer client.CloseIdleConnections()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1))
+				if i > len(b.tokens) {
+					return
+				}
+				if err := initUser(client, p.URL, b.tokens[i-1]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("init users: %v\n%s", err, p.Tail())
+	}
+}
+
+func initUser(client *http.Client, base, token string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/v1/me/encryption-vault/init", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST /init: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// step runs one load step against p and returns its row.
+func (b *bench) step(title string, p *Process, conns int, rate float64) *Row {
+	t := b.t
+	client := NewClient(conns)
+	defer client.CloseIdleConnections()
+	var kmsBefore atomic.Int64
+	kmsBefore.Store(b.kms.Requests())
+	res, err := Run(context.Background(), Load{
+		URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: b.tokens, Concurrency: conns,
+		Warmup: b.s.warmup, Duration: b.s.duration, Rate: rate, Client: client,
+		OnMeasure: func() {
+			if err := p.ResetPeakRSS(); err != nil {
+				t.Logf("reset peak RSS: %v (the step reports the lifetime peak)", err)
+			}
+			kmsBefore.Store(b.kms.Requests())
+		},
+	})
+	require.NoError(t, err)
+	rss, err := p.PeakRSS()
+	require.NoError(t, err)
+	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1}
+	if strings.Contains(title, "AWS") {
+		row.KMSCalls = b.kms.Requests() - kmsBefore.Load()
+	}
+	if res.Errors > 0 {
+		t.Logf("%s, %d conns: %d errors, first: %s\n%s", title, conns, res.Errors, res.FirstError, p.Tail())
+	}
+	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  RSS %.1f MiB",
+		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)), float64(rss)/(1<<20))
+	return row
+}
+
+// sweep runs every closed-loop step, then the paced step at half of the
+// best throughput seen, which is where the p99 target is read.
+func (b *bench) sweep(title string, p *Process, after func(conns int)) {
+	peak := 0.0
+	for _, c := range b.s.conns {
+		row := b.step(title, p, c, 0)
+		b.rows = append(b.rows, row)
+		peak = max(peak, row.Result.RPS())
+		if after != nil {
+			after(c)
+		}
+	}
+	if peak > 0 {
+		b.rows = append(b.rows, b.step(title, p, pacedConcurrency, peak/2))
+	}
+}
+
+func (b *bench) runPGEnvAndFloor() {
+	t := b.t
+	dbURL := b.database()
+	env := b.serverEnv("DATABASE_URL="+dbURL, newKEKEnv())
+	p, err := b.start(env)
+	require.NoError(t, err)
+	b.initUsers(p)
+	script := FloorScript("keybroker", b.s.users)
+	dir := t.TempDir()
+	b.sweep(rowTitles[rowPGEnv], p, func(c int) {
+		// The floor at the same concurrency, on the same database, right
+		// after the server's step; the idle server holds its pool.
+		clients := min(c, b.maxConns-30)
+		res, err := Pgbench(context.Background(), dbURL, script, clients, b.s.duration+b.s.warmup, dir)
+		require.NoError(t, err)
+		row := &Row{Config: floorTitle, Concurrency: c, Result: res, KMSCalls: -1}
+		if clients != c {
+			row.Note = fmt.Sprintf("%d clients: max_connections is %d", clients, b.maxConns)
+		}
+		b.rows = append(b.rows, row)
+		b.floor[c] = res.RPS()
+		t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
+			floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
+	})
+	p.Stop()
+
+	// Start to ready with the migrations already applied: the median of
+	// three restarts on the same database.
+	var times []time.Duration
+	for range 3 {
+		p, err := b.start(env)
+		require.NoError(t, err)
+		times = append(times, p.StartToReady)
+		p.Stop()
+	}
+	slices.Sort(times)
+	b.startToReady[rowTitles[rowPGEnv]] = times[1]
+	t.Logf("start to ready (migrations applied): %v", times)
+}
+
+func (b *bench) awsURI(cacheOff bool) string {
+	q := url.Values{}
+	q.Set("id", "aws-bench")
+	q.Set("region", localkms.Region)
+	q.Set("endpoint", b.kms.URL)
+	if cacheOff {
+		q.Set("cache", "off")
+	}
+	return "awskms:///" + b.kmsKey.Alias + "?" + q.Encode()
+}
+
+func (b *bench) runAWS(row string) {
+	t := b.t
+	title := rowTitles[row]
+	awsEnv := func(uri string) []string {
+		return b.serverEnv("DATABASE_URL="+b.database(), "KEYBROKER_KEK="+uri,
+			"AWS_ACCESS_KEY_ID=AKIDLOCALKMS", "AWS_SECRET_ACCESS_KEY=local-kms-secret",
+			"AWS_EC2_METADATA_DISABLED=true", "AWS_REGION="+localkms.Region)
+	}
+	// Whether this keybroker knows the cache option at all: a KEK URI with
+	// an unknown parameter is refused at start.
+	p, err := b.start(awsEnv(b.awsURI(true)))
+	cacheKnown := err == nil
+	if !cacheKnown && !strings.Contains(err.Error(), "cache") {
+		t.Fatal(err)
+	}
+	if row == rowAWSCached {
+		if p != nil {
+			p.Stop()
+		}
+		if !cacheKnown {
+			b.skipped = append(b.skipped, title+": this keybroker has no cached envelope mode for KEK URIs yet (no cache= option)")
+			return
+		}
+		p, err = b.start(awsEnv(b.awsURI(false)))
+		require.NoError(t, err)
+	}
+	if p == nil {
+		// No cache option: every KMS KEK is direct, which is what the
+		// row measures.
+		p, err = b.start(awsEnv(b.awsURI(false)))
+		require.NoError(t, err)
+	}
+	b.initUsers(p)
+	b.sweep(title, p, nil)
+	p.Stop()
+}
+
+func (b *bench) runSQLite() {
+	t := b.t
+	title := rowTitles[rowSQLite]
+	env := b.serverEnv("KEYBROKER_DATA_DIR="+t.TempDir(), newKEKEnv())
+	p, err := b.start(env)
+	if err != nil && strings.Contains(err.Error(), "no database") {
+		b.skipped = append(b.skipped, title+": `keybroker serve` does not open the embedded store yet")
+		return
+	}
+	require.NoError(t, err)
+	b.initUsers(p)
+	b.sweep(title, p, nil)
+	p.Stop()
+	p, err = b.start(env) // the same data directory: migrations applied
+	require.NoError(t, err)
+	b.startToReady[title] = p.StartToReady
+	p.Stop()
+}

@@ -1,0 +1,183 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Process is a keybroker server running as a subprocess, so that its
+// memory is its own: peak RSS is read from /proc/PID/status.
+type Process struct {
+	// URL is http://ADDR of the listener the server reported.
+	URL string
+	// StartToReady is the time from exec to the server's "keybroker
+	// serving" log line, which it writes once it accepts connections.
+	StartToReady time.Duration
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+	err    error // of Wait, valid after exited is closed
+
+	mu       sync.Mutex
+	tail     []string // last log lines, for error reports
+	errLines int      // log lines at level ERROR
+}
+
+// readyMessage is the log line keybroker serve writes once it listens.
+const readyMessage = "keybroker serving"
+
+// tailLines bounds the log lines kept for error reports.
+const tailLines = 40
+
+// StartProcess runs `bin serve` with exactly env (nothing is inherited)
+// and waits, at most readyTimeout, for it to report its address.
+func StartProcess(ctx context.Context, bin string, env []string, readyTimeout time.Duration) (*Process, error) {
+	cmd := exec.Command(bin, "serve")
+	cmd.Env = env
+	// An os.Pipe, not cmd.StderrPipe: Wait must not close the read end
+	// while the log reader is still behind.
+	logr, logw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = logw
+	p := &Process{cmd: cmd, exited: make(chan struct{})}
+	start := time.Now()
+	err = cmd.Start()
+	logw.Close() // the child holds its own copy
+	if err != nil {
+		logr.Close()
+		return nil, fmt.Errorf("bench: start %s: %w", bin, err)
+	}
+	ready := make(chan string, 1)
+	go func() {
+		defer logr.Close()
+		p.readLog(logr, ready)
+	}()
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	timer := time.NewTimer(readyTimeout)
+	defer timer.Stop()
+	select {
+	case addr := <-ready:
+		p.StartToReady = time.Since(start)
+		p.URL = "http://" + addr
+		return p, nil
+	case <-p.exited:
+		return nil, fmt.Errorf("bench: keybroker exited before serving (%v):\n%s", p.err, p.Tail())
+	case <-timer.C:
+		p.Stop()
+		return nil, fmt.Errorf("bench: keybroker not serving after %s:\n%s", readyTimeout, p.Tail())
+	case <-ctx.Done():
+		p.Stop()
+		return nil, ctx.Err()
+	}
+}
+
+// readLog follows the server's log: it finds the ready line, keeps the
+// last lines and counts errors. The server logs no keys or tokens, so the
+// lines may go into a test failure.
+func (p *Process) readLog(r io.Reader, ready chan<- string) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	found := false
+	for sc.Scan() {
+		line := sc.Bytes()
+		if !found && bytes.Contains(line, []byte(readyMessage)) {
+			var entry struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal(line, &entry) == nil && entry.Msg == readyMessage && entry.Addr != "" {
+				found = true
+				ready <- entry.Addr
+			}
+		}
+		isError := bytes.Contains(line, []byte(`"level":"ERROR"`))
+		p.mu.Lock()
+		if isError {
+			p.errLines++
+		}
+		// Access lines are the bulk; keep them out of the tail unless
+		// nothing else was logged.
+		if isError || !bytes.Contains(line, []byte(`"msg":"request"`)) || len(p.tail) == 0 {
+			if len(p.tail) == tailLines {
+				p.tail = p.tail[1:]
+			}
+			p.tail = append(p.tail, string(line))
+		}
+		p.mu.Unlock()
+	}
+}
+
+// Tail returns the last log lines the server wrote, other than access lines.
+func (p *Process) Tail() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.tail, "\n")
+}
+
+// ErrorLines counts the server's log lines at level ERROR so far.
+func (p *Process) ErrorLines() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.errLines
+}
+
+// PeakRSS returns the server's peak resident set size (VmHWM).
+func (p *Process) PeakRSS() (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("bench: VmHWM %q: %w", rest, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("bench: no VmHWM in /proc/PID/status")
+}
+
+// ResetPeakRSS starts a new peak RSS measurement (Linux ≥ 4.0: writing 5
+// to clear_refs resets VmHWM to the current RSS), so each step reports
+// its own peak rather than the process's lifetime peak.
+func (p *Process) ResetPeakRSS() error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p.cmd.Process.Pid), []byte("5"), 0)
+}
+
+// Stop sends SIGTERM, waits for a graceful exit for a bounded time and
+// kills the server if it is still running then.
+func (p *Process) Stop() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	timer := time.NewTimer(30 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-p.exited:
+	case <-timer.C:
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}

@@ -1,0 +1,50 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestPercentileNearestRank(t *testing.T) {
+	var lat []time.Duration
+	for i := 1; i <= 1000; i++ {
+		lat = append(lat, time.Duration(i)*time.Millisecond)
+	}
+	r := &Result{OK: 1000, Elapsed: 2 * time.Second, Latencies: lat}
+	require.Equal(t, 500*time.Millisecond, r.Percentile(50))
+	require.Equal(t, 990*time.Millisecond, r.Percentile(99))
+	require.Equal(t, 999*time.Millisecond, r.Percentile(99.9))
+	require.Equal(t, 1000*time.Millisecond, r.Percentile(100))
+	require.InDelta(t, 500.0, r.RPS(), 0.001)
+	require.Zero(t, (&Result{}).Percentile(99))
+}
+
+func TestReplaceSectionKeepsProse(t *testing.T) {
+	doc := "# Title\n\nprose\n<!-- begin bench:table -->\nold\n<!-- end bench:table -->\nafter\n"
+	got := ReplaceSection(doc, "table", "new")
+	require.Equal(t, "# Title\n\nprose\n<!-- begin bench:table -->\nnew\n<!-- end bench:table -->\nafter\n", got)
+	appended := ReplaceSection("prose", "micro", "m\n")
+	require.Equal(t, "prose\n\n<!-- begin bench:micro -->\nm\n<!-- end bench:micro -->\n", appended)
+}
+
+func TestTableColumns(t *testing.T) {
+	rows := []*Row{
+		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}}, PeakRSS: 32 << 20, KMSCalls: 1, FloorRPS: 50},
+		{Config: "floor", Concurrency: 16, Result: &Result{OK: 50, Elapsed: time.Second}, KMSCalls: -1},
+	}
+	table := Table(rows)
+	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 32.0 MiB | 2.00× | 100.0 | 0 |")
+	require.Contains(t, table, "| floor | 16 | 50 |")
+	require.Equal(t, 4, strings.Count(table, "\n"))
+}
+
+func TestFloorScriptNamesTheSchema(t *testing.T) {
+	script := FloorScript("kb", 10)
+	require.Contains(t, script, `\set uid random(1, 10)`)
+	require.Contains(t, script, `FROM "kb"."encryption_vaults"`)
+	require.Contains(t, script, `INSERT INTO "kb"."encryption_vault_audit"`)
+	require.Equal(t, "bench-user-7", UserID(7))
+}

@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The targets of issue 8, item 3. They are read off the table and
+// reported as met or missed; they never fail a test.
+const (
+	targetFloorRatio   = 1.0
+	targetCachedRatio  = 0.9
+	targetKMSPer10k    = 1.0
+	targetP99          = 5 * time.Millisecond
+	targetRSS          = 64 << 20
+	targetRSSConns     = 256
+	targetStartToReady = 200 * time.Millisecond
+)
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func (b *bench) closedRow(title string, conns int) *Row {
+	for _, r := range b.rows {
+		if r.Config == title && r.Concurrency == conns && r.Rate == 0 {
+			return r
+		}
+	}
+	return nil
+}
+
+func (b *bench) pacedRow(title string) *Row {
+	for _, r := range b.rows {
+		if r.Config == title && r.Rate > 0 {
+			return r
+		}
+	}
+	return nil
+}
+
+// targets renders the verdict on each target from this run's rows.
+func (b *bench) targets() string {
+	var out strings.Builder
+	env := rowTitles[rowPGEnv]
+	cached := rowTitles[rowAWSCached]
+
+	var parts []string
+	for _, c := range b.s.conns {
+		if r := b.closedRow(env, c); r != nil && r.FloorRatio() > 0 {
+			parts = append(parts, fmt.Sprintf("%d conns %.2f× (%s)", c, r.FloorRatio(), verdict(r.FloorRatio() >= targetFloorRatio)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(&out, "- PostgreSQL + env KEK at least %.1f× the pgbench floor: %s\n", targetFloorRatio, strings.Join(parts, ", "))
+	}
+
+	parts = parts[:0]
+	worstKMS := -1.0
+	for _, c := range b.s.conns {
+		r, base := b.closedRow(cached, c), b.closedRow(env, c)
+		if r == nil || base == nil {
+			continue
+		}
+		ratio := r.Result.RPS() / base.Result.RPS()
+		parts = append(parts, fmt.Sprintf("%d conns %.2f× (%s)", c, ratio, verdict(ratio >= targetCachedRatio)))
+		worstKMS = max(worstKMS, r.KMSPer10k())
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(&out, "- cached KMS mode at least %.1f× the env-KEK row: %s\n", targetCachedRatio, strings.Join(parts, ", "))
+		fmt.Fprintf(&out, "- cached KMS mode at most %.0f KMS call per 10 000 requests after warm-up: at most %.1f (%s)\n",
+			targetKMSPer10k, worstKMS, verdict(worstKMS <= targetKMSPer10k))
+	}
+
+	parts = parts[:0]
+	for _, title := range allTitles() {
+		if r := b.pacedRow(title); r != nil {
+			p99 := r.Result.Percentile(99)
+			parts = append(parts, fmt.Sprintf("%s %s at %.0f req/s (%s)", title, ms(p99), r.Rate, verdict(p99 < targetP99 && r.Result.Errors == 0)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(&out, "- p99 under %s at half of peak throughput (paced, %d workers, latency from when each request was due): %s\n",
+			ms(targetP99), pacedConcurrency, strings.Join(parts, "; "))
+	}
+
+	parts = parts[:0]
+	for _, title := range allTitles() {
+		if r := b.closedRow(title, targetRSSConns); r != nil {
+			parts = append(parts, fmt.Sprintf("%s %.1f MiB (%s)", title, float64(r.PeakRSS)/(1<<20), verdict(r.PeakRSS < targetRSS)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(&out, "- server RSS under %d MiB with %d connections: %s\n", targetRSS>>20, targetRSSConns, strings.Join(parts, "; "))
+	}
+
+	parts = parts[:0]
+	for _, title := range allTitles() {
+		if d, ok := b.startToReady[title]; ok {
+			parts = append(parts, fmt.Sprintf("%s %s (%s)", title, ms(d), verdict(d < targetStartToReady)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(&out, "- start to ready under %s with migrations applied (exec to the \"keybroker serving\" line, JWKS fetch included): %s\n",
+			ms(targetStartToReady), strings.Join(parts, "; "))
+	}
+	return out.String()
+}
+
+func allTitles() []string {
+	var titles []string
+	for _, r := range allRows {
+		titles = append(titles, rowTitles[r])
+	}
+	return titles
+}
+
+// MicroPackages hold the Go micro-benchmarks of the hot pieces; the
+// Makefile's bench-micro target lists the same.
+var MicroPackages = []string{"./kekproviders/localkek", "./broker", "./vaultapi/jwtauth", "./vaultapi"}
+
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+([0-9.]+) ns/op(?:\s+([0-9.]+) B/op)?(?:\s+(\d+) allocs/op)?`)
+
+// runMicro runs the micro-benchmarks and renders their allocation counts.
+func runMicro(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goTool := os.Getenv("GO")
+	if goTool == "" {
+		goTool = "go"
+	}
+	args := append([]string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1"}, MicroPackages...)
+	cmd := exec.Command(goTool, args...)
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	var b strings.Builder
+	b.WriteString("| package | benchmark | ns/op | B/op | allocs/op |\n|---|---|--:|--:|--:|\n")
+	pkg := ""
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "pkg: "); ok {
+			pkg = strings.TrimPrefix(rest, "github.com/keybroker/keybroker/")
+			continue
+		}
+		if m := benchLine.FindStringSubmatch(line); m != nil {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", pkg, m[1], m[3], m[4], m[5])
+		}
+	}
+	return b.String()
+}

@@ -31,27 +31,7 @@ func (s *Store) inAdminTx(ctx context.Context, userID string, fn func(*sql.Tx) e
 	if userID == "" {
 		return fmt.Errorf("sqlitestore: %w: empty user id", broker.ErrInvalidArgument)
 	}
-	if s.closed.Load() {
-		return unavailable(ErrClosed)
-	}
-	select {
-	case s.writeLock <- struct{}{}:
-	case <-ctx.Done():
-		return unavailable(fmt.Errorf("wait for the write lock: %w", ctx.Err()))
-	}
-	defer func() { <-s.writeLock }()
-	sqlTx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return interpretError(ctx, fmt.Errorf("begin: %w", err))
-	}
-	defer func() { _ = sqlTx.Rollback() }()
-	if err := fn(sqlTx); err != nil {
-		return err
-	}
-	if err := sqlTx.Commit(); err != nil {
-		return interpretError(ctx, fmt.Errorf("commit: %w", err))
-	}
-	return nil
+	return s.inWriteTx(ctx, fn)
 }
 
 // VaultMeta returns the user's vault (nil when there is none) and the
@@ -122,9 +102,9 @@ func (s *Store) AuditPage(ctx context.Context, userID string, after *broker.Audi
 }
 
 // VaultErase deletes the user's vault and audit rows in one transaction
-// and writes nothing else. The deleted pages stay in the file until
-// SQLite reuses them; secure_delete is not set, so the wraps' bytes may
-// linger on disk as they would in PostgreSQL's dead tuples until vacuum.
+// and writes nothing else. secure_delete is on, so SQLite overwrites the
+// deleted rows with zeros; until the next checkpoint their bytes remain in
+// keybroker.db-wal, and in any backup taken before.
 func (s *Store) VaultErase(ctx context.Context, userID string) (broker.EraseResult, error) {
 	var res broker.EraseResult
 	err := s.inAdminTx(ctx, userID, func(tx *sql.Tx) error {

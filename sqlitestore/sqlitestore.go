@@ -163,14 +163,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // synchronous=FULL (WAL commits are fsynced: a returned commit survives a
 // power cut), foreign keys, and BEGIN IMMEDIATE for every transaction so
 // that none starts as a reader and then fails to upgrade with
-// SQLITE_BUSY. journal_mode=WAL is persistent in the file and is set once
-// by bootstrap, only after the file is known to be keybroker's.
+// SQLITE_BUSY, and secure_delete. journal_mode=WAL is persistent in the
+// file and is set once by bootstrap, only after the file is known to be
+// keybroker's.
 func dataSourceName(path string, busy time.Duration) string {
 	q := url.Values{}
 	q.Set("_busy_timeout", strconv.FormatInt(busy.Milliseconds(), 10))
 	q.Set("_synchronous", "FULL")
 	q.Set("_foreign_keys", "on")
 	q.Set("_txlock", "immediate")
+	// Deleted and overwritten rows (an erased vault, the wrap a rotation
+	// replaced) are zeroed in the file rather than left in free space.
+	q.Set("_pragma", "secure_delete(1)")
 	// A file: URI so that any path works, '?' and '%' included.
 	u := url.URL{Scheme: "file", Path: filepath.ToSlash(path), RawQuery: q.Encode()}
 	return u.String()

@@ -361,3 +361,26 @@ func TestConfigValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestCancelledRequest: the caller's context ends a request in flight.
+func TestCancelledRequest(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-r.Context().Done() // answers only when the client goes away
+	}))
+	t.Cleanup(slow.Close)
+	c, err := client.New(client.Config{BaseURL: slow.URL, Token: "t"})
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		<-arrived
+		cancel()
+	}()
+	_, err = c.Key(ctx)
+	require.ErrorIs(t, err, context.Canceled)
+	var apiErr *client.APIError
+	require.False(t, errors.As(err, &apiErr))
+}

@@ -40,8 +40,16 @@ func fetch(t *testing.T, addr, method, path, token string) (int, map[string]any)
 // TestDevModeEndToEnd: serve --dev generates a KEK file once and reuses it,
 // runs its own issuer, and `dev token` mints tokens the server accepts.
 func TestDevModeEndToEnd(t *testing.T) {
+	t.Run("EmbeddedStore", func(t *testing.T) { testDevMode(t, "") })
+	t.Run("PostgreSQL", func(t *testing.T) { testDevMode(t, pgtest.NewDatabase(t)) })
+}
+
+func testDevMode(t *testing.T, databaseURL string) {
 	dataDir := t.TempDir()
-	env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t), "KEYBROKER_DATA_DIR": dataDir, "PORT": "0"}
+	env := map[string]string{"KEYBROKER_DATA_DIR": dataDir, "PORT": "0"}
+	if databaseURL != "" {
+		env["DATABASE_URL"] = databaseURL
+	}
 	srv := startServe(t, env, "serve", "--dev")
 	require.True(t, strings.HasPrefix(srv.addr, "127.0.0.1:"), "dev mode listens on loopback only, got %s", srv.addr)
 	require.Contains(t, srv.logs.String(), "DEV MODE")
@@ -72,6 +80,10 @@ func TestDevModeEndToEnd(t *testing.T) {
 	raw2, err := os.ReadFile(kekPath)
 	require.NoError(t, err)
 	require.Equal(t, raw, raw2)
+	if databaseURL == "" {
+		_, err := os.Stat(filepath.Join(dataDir, "keybroker.db"))
+		require.NoError(t, err, "without DATABASE_URL the embedded store lives in the data directory")
+	}
 }
 
 func TestDevModeRefusals(t *testing.T) {

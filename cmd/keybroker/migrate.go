@@ -7,12 +7,27 @@ import (
 
 	"github.com/keybroker/keybroker/migrations"
 	"github.com/keybroker/keybroker/pgstore"
+	"github.com/keybroker/keybroker/sqlitestore"
 )
 
 func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg, err := parseConfig("migrate", args, getenv, stderr, false)
 	if err != nil {
 		return err
+	}
+	if cfg.DatabaseURL == "" {
+		store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: cfg.DataDir})
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		if len(store.Migrated()) == 0 {
+			fmt.Fprintf(stdout, "%s is up to date\n", store.Path())
+		}
+		for _, name := range store.Migrated() {
+			fmt.Fprintf(stdout, "applied %s to %s\n", name, store.Path())
+		}
+		return nil
 	}
 	pool, err := pgstore.OpenPool(ctx, cfg.DatabaseURL)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/migrations"
 	"github.com/keybroker/keybroker/pgstore"
+	"github.com/keybroker/keybroker/sqlitestore"
 	"github.com/keybroker/keybroker/vaultapi"
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
@@ -101,10 +102,19 @@ type readyStore interface {
 }
 
 // openStore opens the PostgreSQL store when a database URL is configured,
-// applying migrations first unless disabled.
+// applying migrations first unless disabled, and otherwise the embedded
+// SQLite store in the data directory (which migrates itself on open).
 func openStore(ctx context.Context, cfg *config, log *slog.Logger) (readyStore, func(), error) {
 	if cfg.DatabaseURL == "" {
-		return nil, nil, fmt.Errorf("no database: set $%s to a PostgreSQL URL", envDatabaseURL)
+		store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: cfg.DataDir})
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, name := range store.Migrated() {
+			log.Info("migration applied", slog.String("migration", name), slog.String("store", store.Path()))
+		}
+		log.Info("embedded store", slog.String("path", store.Path()))
+		return store, func() { _ = store.Close() }, nil
 	}
 	pool, err := pgstore.OpenPool(ctx, cfg.DatabaseURL)
 	if err != nil {

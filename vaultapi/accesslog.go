@@ -49,13 +49,24 @@ func (a *API) accessLog(next http.Handler) http.Handler {
 		w.Header().Set("X-Request-Id", id)
 		rec := &statusRecorder{ResponseWriter: w}
 		r = r.WithContext(ctx)
+		a.metrics.begin()
+		// Deferred, so that a request whose handler aborted (a panic the
+		// recoverer re-raises) is counted and logged too.
+		defer func() {
+			if rec.status == 0 {
+				// The handler wrote nothing: net/http sends 200.
+				rec.status = http.StatusOK
+			}
+			elapsed, route := time.Since(start), routePattern(r)
+			a.metrics.observe(r.Method, route, rec.status, elapsed)
+			a.log.LogAttrs(ctx, slog.LevelInfo, "request",
+				slog.String("request_id", id),
+				slog.String("method", r.Method),
+				slog.String("route", route),
+				slog.Int("status", rec.status),
+				slog.Duration("latency", elapsed),
+				slog.String("user_id", entry.userID))
+		}()
 		next.ServeHTTP(rec, r)
-		a.log.LogAttrs(ctx, slog.LevelInfo, "request",
-			slog.String("request_id", id),
-			slog.String("method", r.Method),
-			slog.String("route", routePattern(r)),
-			slog.Int("status", rec.status),
-			slog.Duration("latency", time.Since(start)),
-			slog.String("user_id", entry.userID))
 	})
 }

@@ -41,8 +41,31 @@ type Config struct {
 	// or KMS becomes a 503 instead of a hung client. Default 10s.
 	RequestTimeout time.Duration
 	// ClientIP returns the address recorded in the audit row. Default: the
-	// TCP peer; forwarded headers are not trusted by default.
+	// TCP peer; forwarded headers are not trusted by default (see
+	// TrustedProxyClientIP).
 	ClientIP func(r *http.Request) string
+
+	// Version is reported by /healthz.
+	Version string
+	// Readiness answers /readyz. Default: a Readiness without checks,
+	// which is always ready.
+	Readiness *Readiness
+	// Metrics records request counts and latencies; nil records none.
+	Metrics *Metrics
+	// MetricsHandler, when set, is served at /metrics on this router.
+	// Leave it nil to serve metrics on a separate listener instead.
+	MetricsHandler http.Handler
+	// CORSOrigins lists the browser origins (scheme://host[:port]) that
+	// may call the vault routes cross-origin, with credentials. Empty: no
+	// CORS headers at all, which browsers read as "same origin only".
+	CORSOrigins []string
+	// RateLimit bounds each user's vault requests; the zero value
+	// disables it.
+	RateLimit RateLimit
+	// ServiceKey guards the service routes under InternalPath (export and
+	// erasure for the auth service), sent as the X-Service-Key header.
+	// Empty: those routes do not exist.
+	ServiceKey string
 }
 
 func (c *Config) validate() error {
@@ -67,6 +90,15 @@ func (c *Config) validate() error {
 	if c.ClientIP == nil {
 		c.ClientIP = PeerIP
 	}
+	if c.Readiness == nil {
+		c.Readiness, _ = NewReadiness(ReadinessConfig{Logger: c.Logger})
+	}
+	if err := c.RateLimit.validate(); err != nil {
+		return err
+	}
+	if c.ServiceKey != "" && !c.Service.SupportsAdmin() {
+		return errors.New("vaultapi: Config.ServiceKey is set but the store does not implement broker.AdminStore")
+	}
 	return nil
 }
 
@@ -79,6 +111,13 @@ type API struct {
 	timeout  time.Duration
 	clientIP func(*http.Request) string
 	router   chi.Router
+
+	version    string
+	readiness  *Readiness
+	metrics    *Metrics
+	cors       *corsPolicy
+	limiter    *userLimiter
+	serviceKey *serviceKey
 }
 
 // New returns the API; its Handler serves every route.
@@ -89,17 +128,43 @@ func New(cfg Config) (*API, error) {
 	a := &API{
 		svc: cfg.Service, verifier: cfg.Verifier, log: cfg.Logger,
 		maxBody: cfg.MaxBodyBytes, timeout: cfg.RequestTimeout, clientIP: cfg.ClientIP,
+		version: cfg.Version, readiness: cfg.Readiness, metrics: cfg.Metrics,
+	}
+	var err error
+	if a.cors, err = newCORSPolicy(cfg.CORSOrigins); err != nil {
+		return nil, err
+	}
+	if cfg.RateLimit.PerSecond > 0 {
+		a.limiter = newUserLimiter(cfg.RateLimit, time.Now)
+	}
+	if cfg.ServiceKey != "" {
+		a.serviceKey = newServiceKey(cfg.ServiceKey)
 	}
 	r := chi.NewRouter()
-	r.Use(a.recoverer, a.accessLog)
+	// The access log is outermost so that it also records the 500 the
+	// recoverer writes for a panic.
+	r.Use(a.accessLog, a.recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, &apiError{http.StatusNotFound, CodeNotFound, "no such route"})
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, &apiError{http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method not allowed on this route"})
 	})
+	r.Get("/healthz", a.healthz)
+	r.Get("/readyz", a.readyz)
+	r.Get("/openapi.yaml", serveOpenAPI)
+	if cfg.MetricsHandler != nil {
+		r.Method(http.MethodGet, "/metrics", cfg.MetricsHandler)
+	}
 	r.Route(BasePath, func(r chi.Router) {
+		if a.cors != nil {
+			// Before authentication: a preflight carries no token.
+			r.Use(a.cors.handle)
+		}
 		r.Use(noStore, a.limitBody, a.authenticate)
+		if a.limiter != nil {
+			r.Use(a.rateLimit)
+		}
 		r.Get("/status", a.handle(a.status))
 		r.Post("/init", a.handle(a.init))
 		r.Get("/key", a.handle(a.key))
@@ -108,6 +173,9 @@ func New(cfg Config) (*API, error) {
 		r.Delete("/recovery-wrap", a.handle(a.clearRecoveryWrap))
 		r.Post("/zero-knowledge", a.handle(a.zeroKnowledge))
 	})
+	if a.serviceKey != nil {
+		a.mountService(r)
+	}
 	a.router = r
 	return a, nil
 }

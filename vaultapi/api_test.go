@@ -40,7 +40,7 @@ type env struct {
 	url    string
 	issuer *jwtissuer.Issuer
 	admin  *pgxpool.Pool // superuser: reads and breaks rows behind RLS
-	logs   *bytes.Buffer
+	logs   *syncBuffer
 
 	jwksURL string
 	store   broker.Store
@@ -49,6 +49,9 @@ type env struct {
 type envOptions struct {
 	active  broker.KEK
 	retired []broker.KEK
+	// configure adjusts the API's configuration before the server starts;
+	// it may use the verifier and the store the env built.
+	configure func(cfg *vaultapi.Config, verifier *jwtauth.Verifier, store broker.Store)
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
@@ -90,29 +93,47 @@ func (e *env) withStore(t *testing.T, store broker.Store, opts envOptions) *env 
 	}
 	ring, err := broker.NewKeyring(opts.active, opts.retired...)
 	require.NoError(t, err)
-	logs := &bytes.Buffer{}
-	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: logs}, nil))
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, nil))
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: log})
 	require.NoError(t, err)
 	verifier, err := jwtauth.New(ctx, jwtauth.Config{JWKSURL: e.jwksURL, Issuer: "https://auth.test"})
 	require.NoError(t, err)
 	t.Cleanup(verifier.Close)
-	api, err := vaultapi.New(vaultapi.Config{Service: svc, Verifier: verifier, Logger: log})
+	cfg := vaultapi.Config{Service: svc, Verifier: verifier, Logger: log}
+	if opts.configure != nil {
+		opts.configure(&cfg, verifier, store)
+	}
+	api, err := vaultapi.New(cfg)
 	require.NoError(t, err)
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(srv.Close)
 	return &env{t: t, url: srv.URL, issuer: e.issuer, admin: e.admin, logs: logs, jwksURL: e.jwksURL, store: store}
 }
 
-type lockedWriter struct {
+// syncBuffer collects the server's log lines; tests read it while the
+// server's goroutines may still write.
+type syncBuffer struct {
 	mu sync.Mutex
-	w  io.Writer
+	b  bytes.Buffer
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Len()
 }
 
 func newKEK(t *testing.T, id string) *localkek.KEK {

@@ -4,7 +4,7 @@ BIN     ?= bin/keybroker
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test vet fmt run clean bench bench-micro
+.PHONY: all build test vet fmt run demo clean bench bench-micro
 
 all: build
 
@@ -36,9 +36,16 @@ MICRO_PKGS := ./kekproviders/localkek ./broker ./vaultapi/jwtauth ./vaultapi
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem $(MICRO_PKGS)
 
-## run: serve with the configuration in the environment (see README).
+## run: keybroker in dev mode on 127.0.0.1:3001: the embedded store and a
+## generated KEK in ./.keybroker, a built-in token issuer
+## (get a token with: bin/keybroker dev token --user alice).
+## For a production-like run use: $(BIN) serve (configured by the environment).
 run: build
-	$(BIN) serve
+	$(BIN) serve --dev
+
+## demo: start a dev server and walk the whole story with the Go client.
+demo: build
+	$(GO) run ./cmd/keybroker-demo --binary $(BIN)
 
 clean:
 	rm -rf bin

@@ -1,0 +1,167 @@
+package deploy
+
+import (
+	"encoding/json"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// instruction is one Dockerfile instruction, continuation lines joined.
+type instruction struct {
+	keyword string // upper case
+	args    string
+}
+
+// stage is the instructions from one FROM to the next.
+type stage struct {
+	from, name   string
+	instructions []instruction
+}
+
+func (s stage) all(keyword string) []instruction {
+	var out []instruction
+	for _, in := range s.instructions {
+		if in.keyword == keyword {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// parseDockerfile splits a Dockerfile into stages. It understands what
+// this repository's Dockerfile uses: comments, parser directives,
+// backslash continuations, FROM … AS name.
+func parseDockerfile(t *testing.T, path string) []stage {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var stages []stage
+	var logical strings.Builder
+	for _, line := range strings.Split(string(raw), "\n") {
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "#") || (trimmed == "" && logical.Len() == 0) {
+			continue
+		}
+		if strings.HasSuffix(trimmed, "\\") {
+			logical.WriteString(strings.TrimSuffix(trimmed, "\\") + " ")
+			continue
+		}
+		logical.WriteString(trimmed)
+		text := logical.String()
+		logical.Reset()
+		keyword, args, _ := strings.Cut(text, " ")
+		in := instruction{keyword: strings.ToUpper(keyword), args: strings.TrimSpace(args)}
+		switch {
+		case in.keyword == "FROM":
+			f := strings.Fields(in.args)
+			s := stage{from: f[0]}
+			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
+				s.name = f[2]
+			}
+			stages = append(stages, s)
+		case in.keyword == "ARG" && len(stages) == 0:
+			// ARGs before the first FROM parameterise the FROM lines.
+		default:
+			require.NotEmpty(t, stages, "%s: %s before FROM", path, in.keyword)
+			stages[len(stages)-1].instructions = append(stages[len(stages)-1].instructions, in)
+		}
+	}
+	return stages
+}
+
+// execForm decodes a JSON-array (exec form) argument; ok is false for the
+// shell form, which needs a shell the runtime image does not have.
+func execForm(args string) (argv []string, ok bool) {
+	if !strings.HasPrefix(args, "[") {
+		return nil, false
+	}
+	return argv, json.Unmarshal([]byte(args), &argv) == nil
+}
+
+func TestDockerfile(t *testing.T) {
+	t.Parallel()
+	stages := parseDockerfile(t, "../Dockerfile")
+	require.GreaterOrEqual(t, len(stages), 2, "multi-stage")
+	build, final := stages[0], stages[len(stages)-1]
+
+	t.Run("BuildStage", func(t *testing.T) {
+		require.Equal(t, "build", build.name, "FROM … AS build")
+		require.True(t, strings.HasPrefix(build.from, "golang:"), build.from)
+		var goBuild string
+		for _, run := range build.all("RUN") {
+			if strings.Contains(run.args, "go build") {
+				goBuild = run.args
+			}
+		}
+		require.Contains(t, goBuild, "CGO_ENABLED=0", "a static binary for a libc-less image")
+		require.Contains(t, goBuild, "-trimpath")
+		require.Contains(t, goBuild, "./cmd/keybroker")
+	})
+
+	t.Run("FinalStageIsMinimalAndNonRoot", func(t *testing.T) {
+		require.Regexp(t, `^(gcr\.io/distroless/static[^:]*:nonroot|scratch)$`, final.from)
+		users := final.all("USER")
+		require.NotEmpty(t, users, "the final stage names its user")
+		user := users[len(users)-1].args
+		uid, _, _ := strings.Cut(user, ":")
+		require.NotContains(t, []string{"0", "root"}, uid)
+		require.Regexp(t, regexp.MustCompile(`^[1-9][0-9]*$`), uid, "numeric, so runAsNonRoot can verify it")
+		for _, run := range final.all("RUN") {
+			_, ok := execForm(run.args)
+			require.True(t, ok, "shell-form RUN in the final stage: %s", run.args)
+		}
+		for _, c := range final.all("COPY") {
+			require.Contains(t, c.args, "--from=build", "the final stage takes only the binary: %s", c.args)
+		}
+	})
+
+	t.Run("EntrypointAndHealthcheckAreExecForm", func(t *testing.T) {
+		copies := final.all("COPY")
+		require.Len(t, copies, 1)
+		require.True(t, strings.HasSuffix(copies[0].args, " "+imageBinary), copies[0].args)
+
+		eps := final.all("ENTRYPOINT")
+		require.Len(t, eps, 1)
+		argv, ok := execForm(eps[0].args)
+		require.True(t, ok, "ENTRYPOINT in exec form, so SIGTERM reaches keybroker: %s", eps[0].args)
+		require.Equal(t, []string{imageBinary}, argv)
+		cmds := final.all("CMD")
+		require.Len(t, cmds, 1)
+		argv, ok = execForm(cmds[0].args)
+		require.True(t, ok)
+		require.Equal(t, []string{"serve"}, argv)
+
+		hcs := final.all("HEALTHCHECK")
+		require.Len(t, hcs, 1)
+		_, cmd, found := strings.Cut(hcs[0].args, "CMD ")
+		require.True(t, found, hcs[0].args)
+		argv, ok = execForm(strings.TrimSpace(cmd))
+		require.True(t, ok, "HEALTHCHECK CMD in exec form (no shell): %s", cmd)
+		require.Equal(t, []string{imageBinary, "healthcheck"}, argv)
+
+		var env []string
+		for _, e := range final.all("ENV") {
+			env = append(env, e.args)
+		}
+		require.Contains(t, env, "KEYBROKER_ENV=production", "--dev is refused in the image")
+		require.Equal(t, "3001", final.all("EXPOSE")[0].args)
+	})
+
+	t.Run("DockerignoreKeepsSecretsOut", func(t *testing.T) {
+		raw, err := os.ReadFile("../.dockerignore")
+		require.NoError(t, err)
+		var patterns []string
+		for _, l := range strings.Split(string(raw), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				patterns = append(patterns, l)
+			}
+		}
+		for _, p := range []string{".git", "**/.env", "**/secrets/", "**/*.cred"} {
+			require.Contains(t, patterns, p)
+		}
+	})
+}

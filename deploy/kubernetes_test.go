@@ -1,0 +1,433 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kekproviders"
+)
+
+// The parts of the Kubernetes objects the invariants are about; other
+// fields are ignored. No Kubernetes client libraries: the manifests are
+// checked as the YAML they are.
+type (
+	k8sMeta struct {
+		Name        string            `yaml:"name"`
+		Namespace   string            `yaml:"namespace"`
+		Labels      map[string]string `yaml:"labels"`
+		Annotations map[string]string `yaml:"annotations"`
+	}
+	k8sObject struct {
+		APIVersion string  `yaml:"apiVersion"`
+		Kind       string  `yaml:"kind"`
+		Metadata   k8sMeta `yaml:"metadata"`
+		file       string
+		raw        yaml.Node
+	}
+	labelSelector struct {
+		MatchLabels map[string]string `yaml:"matchLabels"`
+	}
+	securityContext struct {
+		RunAsNonRoot             *bool  `yaml:"runAsNonRoot"`
+		RunAsUser                *int64 `yaml:"runAsUser"`
+		ReadOnlyRootFilesystem   *bool  `yaml:"readOnlyRootFilesystem"`
+		AllowPrivilegeEscalation *bool  `yaml:"allowPrivilegeEscalation"`
+		Privileged               *bool  `yaml:"privileged"`
+		Capabilities             struct {
+			Drop []string `yaml:"drop"`
+			Add  []string `yaml:"add"`
+		} `yaml:"capabilities"`
+		SeccompProfile struct {
+			Type string `yaml:"type"`
+		} `yaml:"seccompProfile"`
+	}
+	probe struct {
+		HTTPGet *struct {
+			Path string `yaml:"path"`
+			Port any    `yaml:"port"`
+		} `yaml:"httpGet"`
+	}
+	envVar struct {
+		Name      string `yaml:"name"`
+		Value     string `yaml:"value"`
+		ValueFrom *struct {
+			SecretKeyRef *struct {
+				Name string `yaml:"name"`
+				Key  string `yaml:"key"`
+			} `yaml:"secretKeyRef"`
+		} `yaml:"valueFrom"`
+	}
+	container struct {
+		Name  string `yaml:"name"`
+		Image string `yaml:"image"`
+		Ports []struct {
+			Name          string `yaml:"name"`
+			ContainerPort int    `yaml:"containerPort"`
+		} `yaml:"ports"`
+		Env             []envVar        `yaml:"env"`
+		EnvFrom         []any           `yaml:"envFrom"`
+		ReadinessProbe  *probe          `yaml:"readinessProbe"`
+		LivenessProbe   *probe          `yaml:"livenessProbe"`
+		StartupProbe    *probe          `yaml:"startupProbe"`
+		SecurityContext securityContext `yaml:"securityContext"`
+	}
+	deployment struct {
+		Spec struct {
+			Replicas *int          `yaml:"replicas"`
+			Selector labelSelector `yaml:"selector"`
+			Template struct {
+				Metadata k8sMeta `yaml:"metadata"`
+				Spec     struct {
+					ServiceAccountName           string          `yaml:"serviceAccountName"`
+					AutomountServiceAccountToken *bool           `yaml:"automountServiceAccountToken"`
+					SecurityContext              securityContext `yaml:"securityContext"`
+					Containers                   []container     `yaml:"containers"`
+					Volumes                      []any           `yaml:"volumes"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	service struct {
+		Spec struct {
+			Selector map[string]string `yaml:"selector"`
+			Ports    []struct {
+				Port       int `yaml:"port"`
+				TargetPort any `yaml:"targetPort"`
+			} `yaml:"ports"`
+		} `yaml:"spec"`
+	}
+	podDisruptionBudget struct {
+		Spec struct {
+			MinAvailable   *int          `yaml:"minAvailable"`
+			MaxUnavailable *int          `yaml:"maxUnavailable"`
+			Selector       labelSelector `yaml:"selector"`
+		} `yaml:"spec"`
+	}
+)
+
+// loadManifests decodes every YAML document under deploy/kubernetes.
+func loadManifests(t *testing.T) map[string][]k8sObject {
+	t.Helper()
+	files, err := filepath.Glob("kubernetes/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	byKind := map[string][]k8sObject{}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		require.NoError(t, err)
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		for {
+			var node yaml.Node
+			if err := dec.Decode(&node); errors.Is(err, io.EOF) {
+				break
+			} else {
+				require.NoError(t, err, f)
+			}
+			var obj k8sObject
+			require.NoError(t, node.Decode(&obj), f)
+			require.NotEmpty(t, obj.Kind, "%s: a document without kind", f)
+			obj.file, obj.raw = f, node
+			byKind[obj.Kind] = append(byKind[obj.Kind], obj)
+		}
+	}
+	return byKind
+}
+
+// one returns the only object of kind, decoded into out.
+func one[T any](t *testing.T, objs map[string][]k8sObject, kind string) (k8sObject, T) {
+	t.Helper()
+	require.Len(t, objs[kind], 1, kind)
+	var out T
+	require.NoError(t, objs[kind][0].raw.Decode(&out))
+	return objs[kind][0], out
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	t.Parallel()
+	objs := loadManifests(t)
+	depObj, dep := one[deployment](t, objs, "Deployment")
+	saObj, _ := one[struct{}](t, objs, "ServiceAccount")
+	_, svc := one[service](t, objs, "Service")
+	_, pdb := one[podDisruptionBudget](t, objs, "PodDisruptionBudget")
+	pod := dep.Spec.Template.Spec
+	require.Len(t, pod.Containers, 1)
+	c := pod.Containers[0]
+	podLabels := dep.Spec.Template.Metadata.Labels
+
+	t.Run("Namespace", func(t *testing.T) {
+		_, ns := one[struct{ Metadata k8sMeta }](t, objs, "Namespace")
+		require.Equal(t, "restricted", ns.Metadata.Labels["pod-security.kubernetes.io/enforce"])
+		for kind, list := range objs {
+			for _, o := range list {
+				if kind != "Namespace" && kind != "Kustomization" {
+					require.Equal(t, ns.Metadata.Name, o.Metadata.Namespace, "%s %s", kind, o.Metadata.Name)
+				}
+			}
+		}
+	})
+
+	t.Run("ThreeReplicasAndSelectors", func(t *testing.T) {
+		require.NotNil(t, dep.Spec.Replicas)
+		require.Equal(t, 3, *dep.Spec.Replicas)
+		require.NotEmpty(t, dep.Spec.Selector.MatchLabels)
+		requireSubset(t, dep.Spec.Selector.MatchLabels, podLabels, "Deployment selector")
+		requireSubset(t, svc.Spec.Selector, podLabels, "Service selector")
+		requireSubset(t, pdb.Spec.Selector.MatchLabels, podLabels, "PodDisruptionBudget selector")
+	})
+
+	t.Run("PodDisruptionBudgetKeepsAQuorum", func(t *testing.T) {
+		require.NotNil(t, pdb.Spec.MinAvailable)
+		require.GreaterOrEqual(t, *pdb.Spec.MinAvailable, 2)
+		require.Less(t, *pdb.Spec.MinAvailable, *dep.Spec.Replicas, "a PDB equal to replicas blocks every drain")
+	})
+
+	t.Run("ProbesPointAtHealthEndpoints", func(t *testing.T) {
+		portNames := map[string]int{}
+		for _, p := range c.Ports {
+			portNames[p.Name] = p.ContainerPort
+		}
+		for name, p := range map[string]*probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+			require.NotNil(t, p, name)
+			require.NotNil(t, p.HTTPGet, name)
+			port, ok := p.HTTPGet.Port.(string)
+			require.True(t, ok, "%s probe: name the port", name)
+			require.Contains(t, portNames, port, "%s probe port", name)
+		}
+		require.Equal(t, "/readyz", c.ReadinessProbe.HTTPGet.Path)
+		require.Equal(t, "/healthz", c.LivenessProbe.HTTPGet.Path)
+		require.Equal(t, svc.Spec.Ports[0].TargetPort, c.ReadinessProbe.HTTPGet.Port, "the Service targets the probed port")
+		for _, e := range c.Env {
+			if e.Name == "KEYBROKER_ADDR" {
+				require.Equal(t, e.Value, ":"+strconv.Itoa(portNames["http"]))
+			}
+		}
+	})
+
+	t.Run("SecurityContext", func(t *testing.T) {
+		for name, sc := range map[string]securityContext{"pod": pod.SecurityContext, "container": c.SecurityContext} {
+			require.NotNil(t, sc.RunAsNonRoot, name)
+			require.True(t, *sc.RunAsNonRoot, name)
+			require.Equal(t, "RuntimeDefault", sc.SeccompProfile.Type, name)
+			if sc.RunAsUser != nil {
+				require.NotZero(t, *sc.RunAsUser, name)
+			}
+		}
+		sc := c.SecurityContext
+		require.NotNil(t, sc.ReadOnlyRootFilesystem)
+		require.True(t, *sc.ReadOnlyRootFilesystem)
+		require.NotNil(t, sc.AllowPrivilegeEscalation)
+		require.False(t, *sc.AllowPrivilegeEscalation)
+		require.Equal(t, []string{"ALL"}, sc.Capabilities.Drop)
+		require.Empty(t, sc.Capabilities.Add)
+		require.True(t, sc.Privileged == nil || !*sc.Privileged)
+	})
+
+	t.Run("ServiceAccountForIRSAAndWorkloadIdentity", func(t *testing.T) {
+		require.Equal(t, saObj.Metadata.Name, pod.ServiceAccountName)
+		require.True(t, strings.HasPrefix(saObj.Metadata.Annotations["eks.amazonaws.com/role-arn"], "arn:aws:iam::"))
+		require.True(t, strings.HasSuffix(saObj.Metadata.Annotations["iam.gke.io/gcp-service-account"], ".iam.gserviceaccount.com"))
+		require.NotNil(t, pod.AutomountServiceAccountToken)
+		require.False(t, *pod.AutomountServiceAccountToken, "keybroker never calls the Kubernetes API")
+	})
+
+	t.Run("KEKInAKMSAndNoSecretsInTheManifests", func(t *testing.T) {
+		require.Empty(t, objs["Secret"], "secrets are created by the operator, not committed")
+		require.Empty(t, c.EnvFrom)
+		env := map[string]envVar{}
+		for _, e := range c.Env {
+			env[e.Name] = e
+			require.NotEqual(t, kekproviders.LegacyVariable, e.Name)
+			require.False(t, looksLikeKey(e.Value), "key material in %s", e.Name)
+		}
+		p, err := kekproviders.ParseURI(env["KEYBROKER_KEK"].Value)
+		require.NoError(t, err)
+		require.Contains(t, []string{kekproviders.SchemeAWSKMS, kekproviders.SchemeGCPKMS}, p.Scheme)
+		require.Equal(t, "production", env["KEYBROKER_ENV"].Value)
+		db := env["DATABASE_URL"]
+		require.Empty(t, db.Value, "the database URL carries a password: take it from a Secret")
+		require.NotNil(t, db.ValueFrom)
+		require.NotNil(t, db.ValueFrom.SecretKeyRef)
+	})
+
+	t.Run("KustomizationListsEveryManifest", func(t *testing.T) {
+		raw, err := os.ReadFile("kubernetes/kustomization.yaml")
+		require.NoError(t, err)
+		var k struct {
+			Resources []string `yaml:"resources"`
+		}
+		require.NoError(t, yaml.Unmarshal(raw, &k))
+		files, err := filepath.Glob("kubernetes/*.yaml")
+		require.NoError(t, err)
+		for _, f := range files {
+			if base := filepath.Base(f); base != "kustomization.yaml" {
+				require.Contains(t, k.Resources, base)
+			}
+		}
+		require.Equal(t, depObj.Metadata.Namespace, namespaceOf(t, raw))
+	})
+}
+
+func namespaceOf(t *testing.T, kustomization []byte) string {
+	t.Helper()
+	var k struct {
+		Namespace string `yaml:"namespace"`
+	}
+	require.NoError(t, yaml.Unmarshal(kustomization, &k))
+	return k.Namespace
+}
+
+func requireSubset(t *testing.T, selector, labels map[string]string, what string) {
+	t.Helper()
+	require.NotEmpty(t, selector, what)
+	for k, v := range selector {
+		require.Equal(t, v, labels[k], "%s: %s", what, k)
+	}
+}
+
+// awsPolicy is an IAM policy document, with the fields that may be a
+// string or a list normalised to lists.
+type awsPolicy struct {
+	Version   string
+	Statement []struct {
+		Sid       string
+		Effect    string
+		Principal map[string]stringOrList
+		Action    stringOrList
+		Resource  stringOrList
+		Condition map[string]map[string]stringOrList
+	}
+}
+
+type stringOrList []string
+
+func (s *stringOrList) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*s = []string{one}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(s))
+}
+
+func readJSON(t *testing.T, path string, out any) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(out), path)
+}
+
+func TestAWSKMSPolicy(t *testing.T) {
+	t.Parallel()
+	var policy awsPolicy
+	readJSON(t, "kubernetes/iam/aws-kms-policy.json", &policy)
+	require.Equal(t, "2012-10-17", policy.Version)
+
+	// The KEK id in the policy is the one the Deployment's URI uses.
+	_, dep := one[deployment](t, loadManifests(t), "Deployment")
+	var kekID string
+	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "KEYBROKER_KEK" {
+			p, err := kekproviders.ParseURI(e.Value)
+			require.NoError(t, err)
+			kekID = p.ID
+		}
+	}
+	bindingKeys := slices.Sorted(func(yield func(string) bool) {
+		for k := range broker.BindingContext("u", "k", broker.FormatBound) {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+
+	var actions []string
+	for _, st := range policy.Statement {
+		require.Equal(t, "Allow", st.Effect, st.Sid)
+		require.Empty(t, st.Principal, "%s: an identity policy for the role, not a key policy", st.Sid)
+		for _, r := range st.Resource {
+			require.True(t, strings.HasPrefix(r, "arn:aws:kms:"), "%s: scoped to the key, not %q", st.Sid, r)
+			require.NotContains(t, r, "*", "%s: one key, no wildcard", st.Sid)
+		}
+		actions = append(actions, st.Action...)
+		usesContext := slices.ContainsFunc(st.Action, func(a string) bool {
+			return a == "kms:Encrypt" || a == "kms:Decrypt" || strings.HasPrefix(a, "kms:ReEncrypt")
+		})
+		if !usesContext {
+			require.Equal(t, stringOrList{"kms:DescribeKey"}, st.Action, "%s: only metadata without a context condition", st.Sid)
+			continue
+		}
+		// Encrypt and Decrypt only with exactly the binding context keys,
+		// for this KEK id and the bound format, and always with a user.
+		keys := st.Condition["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"]
+		require.ElementsMatch(t, bindingKeys, []string(keys), st.Sid)
+		eq := st.Condition["StringEquals"]
+		require.Equal(t, stringOrList{kekID}, eq["kms:EncryptionContext:"+broker.BindingKEKID], st.Sid)
+		require.Equal(t, stringOrList{strconv.Itoa(broker.FormatBound)}, eq["kms:EncryptionContext:"+broker.BindingFormat], st.Sid)
+		require.Equal(t, stringOrList{"false"}, st.Condition["Null"]["kms:EncryptionContext:"+broker.BindingUserID], st.Sid)
+	}
+	for _, a := range []string{"kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"} {
+		require.Contains(t, actions, a)
+	}
+	for _, a := range actions {
+		require.NotContains(t, a, "*", "no wildcard actions")
+		require.NotContains(t, []string{"kms:CreateGrant", "kms:ScheduleKeyDeletion", "kms:PutKeyPolicy", "kms:DisableKey", "kms:GenerateDataKey"}, a)
+	}
+
+	var trust awsPolicy
+	readJSON(t, "kubernetes/iam/aws-irsa-trust-policy.json", &trust)
+	require.Len(t, trust.Statement, 1)
+	require.Equal(t, stringOrList{"sts:AssumeRoleWithWebIdentity"}, trust.Statement[0].Action)
+	var sub string
+	for k, v := range trust.Statement[0].Condition["StringEquals"] {
+		if strings.HasSuffix(k, ":sub") {
+			sub = v[0]
+		}
+	}
+	require.Equal(t, "system:serviceaccount:keybroker:keybroker", sub, "only keybroker's ServiceAccount may assume the role")
+}
+
+func TestGCPKMSPolicy(t *testing.T) {
+	t.Parallel()
+	objs := loadManifests(t)
+	sa, _ := one[struct{}](t, objs, "ServiceAccount")
+	gsa := "serviceAccount:" + sa.Metadata.Annotations["iam.gke.io/gcp-service-account"]
+
+	type bindings struct {
+		Bindings []struct {
+			Role    string   `json:"role"`
+			Members []string `json:"members"`
+		} `json:"bindings"`
+	}
+	var key bindings
+	readJSON(t, "kubernetes/iam/gcp-kms-key-policy.json", &key)
+	roles := map[string][]string{}
+	for _, b := range key.Bindings {
+		roles[b.Role] = b.Members
+	}
+	require.Equal(t, []string{gsa}, roles["roles/cloudkms.cryptoKeyEncrypterDecrypter"], "encrypt/decrypt on the one key, for keybroker's account only")
+	for role := range roles {
+		require.Contains(t, []string{"roles/cloudkms.cryptoKeyEncrypterDecrypter", "roles/cloudkms.viewer"}, role, "least privilege")
+	}
+
+	var wi bindings
+	readJSON(t, "kubernetes/iam/gcp-workload-identity-policy.json", &wi)
+	require.Len(t, wi.Bindings, 1)
+	require.Equal(t, "roles/iam.workloadIdentityUser", wi.Bindings[0].Role)
+	require.Len(t, wi.Bindings[0].Members, 1)
+	require.True(t, strings.HasSuffix(wi.Bindings[0].Members[0], ".svc.id.goog["+sa.Metadata.Namespace+"/"+sa.Metadata.Name+"]"),
+		wi.Bindings[0].Members[0])
+}

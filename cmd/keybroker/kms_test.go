@@ -62,6 +62,22 @@ func TestServeWithCachedAWSKMS(t *testing.T) {
 	status, again = fetch(t, srv3.addr, http.MethodGet, "/key", tok)
 	require.Equal(t, http.StatusOK, status)
 	require.Equal(t, body["masterKey"], again["masterKey"])
+
+	// The KMS goes away: a direct (cache=off) row answers 503
+	// KEK_UNAVAILABLE with a failed_fetch audit row, while the cached row
+	// still opens from the loaded data key.
+	kms.Close()
+	status, failed := fetch(t, srv3.addr, http.MethodGet, "/key", tokenFor(t, issuer, "bob"))
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	require.Equal(t, "KEK_UNAVAILABLE", failed["code"])
+	status, again = fetch(t, srv3.addr, http.MethodGet, "/key", tok)
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, body["masterKey"], again["masterKey"])
+	pool := pgtest.NewPool(t, env["DATABASE_URL"])
+	var audited int
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM keybroker.encryption_vault_audit
+		WHERE user_id = 'bob' AND action = 'failed_fetch' AND status = 503`).Scan(&audited))
+	require.Equal(t, 1, audited)
 }
 
 func tokenFor(t *testing.T, issuer *jwtissuer.Issuer, user string) string {

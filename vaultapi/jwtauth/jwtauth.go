@@ -71,6 +71,11 @@ type Config struct {
 	// background; default 15m. Cache-Control headers on the JWKS response
 	// are ignored so the refresh cadence stays predictable.
 	RefreshInterval time.Duration
+	// TokenCacheSize is how many verified tokens are remembered, so that a
+	// token presented again skips the signature check until its exp or the
+	// next key-set refetch; default DefaultTokenCacheSize (about 1 MiB),
+	// negative disables the cache.
+	TokenCacheSize int
 }
 
 // ErrUnauthorized is wrapped by every verification failure. The wrapping
@@ -88,6 +93,7 @@ type Verifier struct {
 	cfg        Config
 	algorithms map[string]bool
 	validate   []jwt.ValidateOption // built once in New
+	tokens     *tokenCache          // nil when disabled
 
 	// lifetime ends on Close or when New's ctx is cancelled; it bounds the
 	// background refresh and every refetch.
@@ -133,6 +139,7 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 		cfg:        cfg,
 		algorithms: algorithms,
 		validate:   cfg.validateOptions(),
+		tokens:     newTokenCache(cfg.TokenCacheSize),
 	}
 	v.lifetime, v.stop = context.WithCancel(ctx)
 
@@ -220,6 +227,9 @@ func (cfg *Config) setDefaults() {
 	}
 	if cfg.RefreshInterval == 0 {
 		cfg.RefreshInterval = DefaultRefreshInterval
+	}
+	if cfg.TokenCacheSize == 0 {
+		cfg.TokenCacheSize = DefaultTokenCacheSize
 	}
 }
 

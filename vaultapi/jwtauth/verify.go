@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -100,6 +101,8 @@ func (cfg *Config) validateOptions() []jwt.ValidateOption {
 // iat within Leeway, match Issuer and Audience when they are configured, and
 // have a sub of 1–255 bytes of valid UTF-8 without control characters.
 // A kid missing from the cached key set causes one rate-limited refetch.
+// A token that verified is remembered (see Config.TokenCacheSize) until its
+// exp or until the key set is refetched, whichever comes first.
 //
 // Every failure wraps ErrUnauthorized; the message carries a short reason
 // and never the token.
@@ -116,19 +119,25 @@ func (v *Verifier) Verify(ctx context.Context, token string) (string, error) {
 	if v.lifetime.Err() != nil {
 		return "", failure(reasonClosed)
 	}
+	digest := tokenDigest(token)
+	now := time.Now()
+	if sub, ok := v.tokens.lookup(digest, v.keySet(), now); ok {
+		return sub, nil
+	}
 
 	// The key provider records why it refused the token, or that it handed
 	// out a key: a jwx verification error after that means a bad signature,
 	// and before it a header jwx could not parse.
 	var reason string
 	var keyProvided bool
+	var verifiedBy jwk.Set // the key set the signing key came from
 	provider := jws.KeyProviderFunc(func(ctx context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
-		alg, key, why := v.selectKey(ctx, sig.ProtectedHeaders())
+		alg, key, set, why := v.selectKey(ctx, sig.ProtectedHeaders())
 		if why != "" {
 			reason = why
 			return errors.New(why)
 		}
-		keyProvided = true
+		keyProvided, verifiedBy = true, set
 		sink.Key(alg, key)
 		return nil
 	})
@@ -152,6 +161,9 @@ func (v *Verifier) Verify(ctx context.Context, token string) (string, error) {
 	}
 	if !validSubject(sub) {
 		return "", failure(reasonInvalidSubject)
+	}
+	if exp, ok := tok.Expiration(); ok {
+		v.tokens.store(digest, sub, exp, verifiedBy, now)
 	}
 	return sub, nil
 }
@@ -213,68 +225,69 @@ func classify(ctx context.Context, err error, keyProvided bool) string {
 // designates (the key's own alg when the JWK has one, else its type and
 // curve): a token can therefore never talk us into HMAC with a public key,
 // "none", or an RSA algorithm over an Ed25519 key.
-func (v *Verifier) selectKey(ctx context.Context, hdr jws.Headers) (jwa.SignatureAlgorithm, jwk.Key, string) {
+func (v *Verifier) selectKey(ctx context.Context, hdr jws.Headers) (jwa.SignatureAlgorithm, jwk.Key, jwk.Set, string) {
 	var none jwa.SignatureAlgorithm
 	if hdr == nil {
-		return none, nil, reasonMalformed
+		return none, nil, nil, reasonMalformed
 	}
 	// crit and b64 change how the signature is computed; Better Auth uses
 	// neither, so refusing them removes a class of parser tricks.
 	if hdr.Has(jws.CriticalKey) || hdr.Has(jws.B64Key) {
-		return none, nil, reasonHeader
+		return none, nil, nil, reasonHeader
 	}
 	alg, ok := hdr.Algorithm()
 	if !ok {
-		return none, nil, reasonAlgNotAllowed
+		return none, nil, nil, reasonAlgNotAllowed
 	}
 	name := alg.String()
 	family, known := keyFamilies[name]
 	if refusedAlgorithm(name) || !known || !v.algorithms[name] {
-		return none, nil, reasonAlgNotAllowed
+		return none, nil, nil, reasonAlgNotAllowed
 	}
 	kid, ok := hdr.KeyID()
 	if !ok || kid == "" {
-		return none, nil, reasonNoKid
+		return none, nil, nil, reasonNoKid
 	}
 
-	key, why := v.lookupKey(ctx, kid)
+	key, set, why := v.lookupKey(ctx, kid)
 	if why != "" {
-		return none, nil, why
+		return none, nil, nil, why
 	}
 
 	if use, ok := key.KeyUsage(); ok && use != "" && use != jwk.ForSignature.String() {
-		return none, nil, reasonKeyUnusable
+		return none, nil, nil, reasonKeyUnusable
 	}
 	if ops, ok := key.KeyOps(); ok && len(ops) > 0 && !containsOp(ops, jwk.KeyOpVerify) {
-		return none, nil, reasonKeyUnusable
+		return none, nil, nil, reasonKeyUnusable
 	}
 	if keyAlg, ok := key.Algorithm(); ok && keyAlg.String() != name {
-		return none, nil, reasonAlgMismatch
+		return none, nil, nil, reasonAlgMismatch
 	}
 	if !keyMatchesFamily(key, family) {
-		return none, nil, reasonAlgMismatch
+		return none, nil, nil, reasonAlgMismatch
 	}
-	return alg, key, ""
+	return alg, key, set, ""
 }
 
 // lookupKey finds kid in the cached key set, refetching the set once
 // (rate-limited) when it is not there: the issuer may have rotated keys.
-func (v *Verifier) lookupKey(ctx context.Context, kid string) (jwk.Key, string) {
+// It also returns the set the key came from.
+func (v *Verifier) lookupKey(ctx context.Context, kid string) (jwk.Key, jwk.Set, string) {
 	if set := v.keySet(); set != nil {
 		if key, ok := set.LookupKeyID(kid); ok {
-			return key, ""
+			return key, set, ""
 		}
 	}
 	v.refresh(ctx)
 	set := v.keySet()
 	if set == nil {
-		return nil, reasonNotLoaded
+		return nil, nil, reasonNotLoaded
 	}
 	key, ok := set.LookupKeyID(kid)
 	if !ok {
-		return nil, reasonUnknownKid
+		return nil, nil, reasonUnknownKid
 	}
-	return key, ""
+	return key, set, ""
 }
 
 func containsOp(ops jwk.KeyOperationList, want jwk.KeyOperation) bool {

@@ -69,14 +69,15 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 
-	if err := checkActiveKEK(ctx, keyring, log); err != nil {
+	kekOK, err := checkActiveKEK(ctx, keyring, log) // refuses a misconfigured KEK
+	if err != nil {
 		return err
 	}
 	ln, err := listen(cfg.Addr, log) // the socket systemd passed, if any
 	if err != nil {
 		return err
 	}
-	ln = notifySystemd(ln, store, log) // READY=1, watchdog, STOPPING=1
+	ln = notifySystemd(ln, store, kekOK, log) // READY=1, watchdog, STOPPING=1
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,

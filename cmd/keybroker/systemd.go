@@ -28,17 +28,74 @@ import (
 	"github.com/keybroker/keybroker/kekproviders"
 )
 
-// kekCheckTimeout bounds the start-up KEK round trip. Remote providers
+// kekCheckTimeout bounds one start-up KEK round trip. Remote providers
 // bound each call themselves (10 s by default); this covers a Status call
 // plus a wrap and an unwrap.
 const kekCheckTimeout = 45 * time.Second
 
-// checkActiveKEK wraps and unwraps a random key with the active KEK and
-// refuses the start when that fails: a broker that cannot wrap would
-// accept traffic only to answer every /init with 503. A failing Status
-// probe (e.g. a missing kms:DescribeKey or cloudkms.cryptoKeys.get grant)
-// is only logged, since the round trip is what requests need.
-func checkActiveKEK(ctx context.Context, keyring *broker.Keyring, log *slog.Logger) error {
+// kekRetryMax caps the wait between KEK checks while the KEK is
+// unavailable.
+const kekRetryMax = 30 * time.Second
+
+// checkActiveKEK wraps and unwraps a random key with the active KEK. The
+// returned channel closes once that works; until then READY=1 is withheld.
+//
+// A KEK that answers wrongly — access denied, a key that does not open
+// its own wrap — is a configuration error: the start is refused, since a
+// broker that cannot wrap would accept traffic only to fail every /init.
+// A KEK that is merely unavailable (a KMS outage, data keys not loaded
+// yet in cached envelope mode) does not stop the start: the server serves
+// not-ready (/readyz says why) and the check is retried with backoff in
+// the background, so a replica recovers by itself when the KMS returns.
+//
+// A failing Status probe (e.g. a missing kms:DescribeKey or
+// cloudkms.cryptoKeys.get grant) is only logged, since the round trip is
+// what requests need.
+func checkActiveKEK(ctx context.Context, keyring *broker.Keyring, log *slog.Logger) (<-chan struct{}, error) {
+	return checkKEKWithRetry(ctx, keyring, log, time.Second)
+}
+
+func checkKEKWithRetry(ctx context.Context, keyring *broker.Keyring, log *slog.Logger, firstRetry time.Duration) (<-chan struct{}, error) {
+	ok := make(chan struct{})
+	err := checkKEKOnce(ctx, keyring, log)
+	if err == nil {
+		close(ok)
+		return ok, nil
+	}
+	if !errors.Is(err, errKEKUnavailable) {
+		return nil, err
+	}
+	log.Error("KEK unavailable at start: serving not-ready, READY=1 withheld until the KEK check passes",
+		slog.String("error", err.Error()))
+	go func() {
+		wait := firstRetry
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			err := checkKEKOnce(ctx, keyring, log)
+			if err == nil {
+				close(ok)
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("KEK check failed; retrying", slog.Duration("in", wait), slog.String("error", err.Error()))
+			wait = min(2*wait, kekRetryMax)
+		}
+	}()
+	return ok, nil
+}
+
+// errKEKUnavailable marks a KEK check that failed for a reason that may
+// pass by itself.
+var errKEKUnavailable = errors.New("KEK unavailable")
+
+// checkKEKOnce runs one round trip with the active KEK.
+func checkKEKOnce(ctx context.Context, keyring *broker.Keyring, log *slog.Logger) error {
 	kek, err := keyring.Lookup(keyring.ActiveID())
 	if err != nil {
 		return fmt.Errorf("KEK check: %w", err)
@@ -46,8 +103,11 @@ func checkActiveKEK(ctx context.Context, keyring *broker.Keyring, log *slog.Logg
 	ctx, cancel := context.WithTimeout(ctx, kekCheckTimeout)
 	defer cancel()
 	res := kekproviders.Check(ctx, kek)
-	if res.RoundTripErr != nil {
-		return fmt.Errorf("KEK check: the active KEK %q cannot wrap and unwrap (%s): %w", res.ID, res.Class(), res.RoundTripErr)
+	if err := res.RoundTripErr; err != nil {
+		if res.Class() == "unavailable" || broker.IsUnavailable(err) {
+			return fmt.Errorf("KEK check: the active KEK %q: %w: %w", res.ID, errKEKUnavailable, err)
+		}
+		return fmt.Errorf("KEK check: the active KEK %q cannot wrap and unwrap (%s): %w", res.ID, res.Class(), err)
 	}
 	if res.StatusErr != nil {
 		log.Warn("KEK status probe failed; wrap and unwrap work", slog.String("kek_id", res.ID), slog.String("error", res.StatusErr.Error()))
@@ -100,21 +160,21 @@ type pinger interface {
 }
 
 // notifySystemd wraps ln so that systemd hears about the server's life:
-// READY=1 when the HTTP server first accepts (it is then in its accept
-// loop, after migrations and the KEK check), STOPPING=1 when it closes the
-// listener (http.Server.Shutdown does that first, before draining). The
-// listener is the one object the server touches at exactly those two
-// moments, so serve.go needs no other hook. With the watchdog enabled
-// (WatchdogSec= in the unit) it pings at half the interval while the store
-// answers; a store that stops answering stops the pings, and systemd
-// restarts the service.
-func notifySystemd(ln net.Listener, store pinger, log *slog.Logger) net.Listener {
+// READY=1 once the HTTP server first accepts (it is then in its accept
+// loop, after migrations) and kekOK is closed (the KEK check passed),
+// STOPPING=1 when the server closes the listener (http.Server.Shutdown
+// does that first, before draining). The listener is the one object the
+// server touches at exactly those two moments, so serve.go needs no other
+// hook. With the watchdog enabled (WatchdogSec= in the unit) it pings at
+// half the interval from READY=1 on, while the store answers; a store
+// that stops answering stops the pings, and systemd restarts the service.
+func notifySystemd(ln net.Listener, store pinger, kekOK <-chan struct{}, log *slog.Logger) net.Listener {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
 		log.Warn("systemd watchdog disabled: bad $WATCHDOG_USEC", slog.String("error", err.Error()))
 		interval = 0
 	}
-	return newSDListener(ln, store, interval, sdNotify, log)
+	return newSDListener(ln, store, kekOK, interval, sdNotify, log)
 }
 
 // sdNotify sends state to $NOTIFY_SOCKET; sent is false outside systemd.
@@ -128,52 +188,61 @@ func sdNotify(state string) (sent bool, err error) {
 type sdListener struct {
 	net.Listener
 	store    pinger
+	kekOK    <-chan struct{}
 	interval time.Duration // WATCHDOG_USEC; 0: no watchdog
 	notify   func(state string) (bool, error)
 	log      *slog.Logger
 
-	readyOnce, closeOnce sync.Once
-	closeErr             error
-	watchdogCtx          context.Context
-	stopWatchdog         context.CancelFunc
-	watchdogDone         chan struct{} // closed when no watchdog runs (any more)
+	acceptOnce, closeOnce sync.Once
+	closeErr              error
+	ctx                   context.Context // ends at Close
+	cancel                context.CancelFunc
+	done                  chan struct{} // closed when the READY/watchdog goroutine has ended (or never ran)
 }
 
-func newSDListener(ln net.Listener, store pinger, interval time.Duration, notify func(string) (bool, error), log *slog.Logger) *sdListener {
+func newSDListener(ln net.Listener, store pinger, kekOK <-chan struct{}, interval time.Duration, notify func(string) (bool, error), log *slog.Logger) *sdListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &sdListener{Listener: ln, store: store, interval: interval, notify: notify, log: log,
-		watchdogCtx: ctx, stopWatchdog: cancel, watchdogDone: make(chan struct{})}
+	return &sdListener{Listener: ln, store: store, kekOK: kekOK, interval: interval, notify: notify, log: log,
+		ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
-// Accept sends READY=1 on its first call: http.Server.Serve calls it once
-// its accept loop runs.
+// Accept starts the READY=1 notification on its first call:
+// http.Server.Serve calls it once its accept loop runs.
 func (l *sdListener) Accept() (net.Conn, error) {
-	l.readyOnce.Do(l.ready)
+	l.acceptOnce.Do(func() { go l.run() })
 	return l.Listener.Accept()
 }
 
-func (l *sdListener) ready() {
-	status := "STATUS=serving on " + l.Addr().String()
-	sent, err := l.notify(daemon.SdNotifyReady + "\n" + status)
+// run waits for the KEK check, sends READY=1, then runs the watchdog
+// until Close.
+func (l *sdListener) run() {
+	defer close(l.done)
+	select {
+	case <-l.kekOK:
+	case <-l.ctx.Done():
+		return
+	}
+	sent, err := l.notify(daemon.SdNotifyReady + "\n" + l.servingStatus())
 	if err != nil {
 		l.log.Warn("systemd notification failed", slog.String("state", "READY=1"), slog.String("error", err.Error()))
 	}
 	if !sent || l.interval <= 0 {
-		close(l.watchdogDone)
 		return
 	}
 	l.log.Info("systemd watchdog enabled", slog.Duration("timeout", l.interval), slog.Duration("ping_every", l.interval/2))
-	go l.watchdog(l.watchdogCtx)
+	l.watchdog()
 }
+
+func (l *sdListener) servingStatus() string { return "STATUS=serving on " + l.Addr().String() }
 
 // Close sends STOPPING=1 and stops the watchdog before closing the
 // socket. http.Server closes its listeners more than once (Shutdown, then
 // Serve's return); only the first call notifies.
 func (l *sdListener) Close() error {
 	l.closeOnce.Do(func() {
-		l.readyOnce.Do(func() { close(l.watchdogDone) }) // never served
-		l.stopWatchdog()
-		<-l.watchdogDone
+		l.acceptOnce.Do(func() { close(l.done) }) // never served
+		l.cancel()
+		<-l.done
 		if _, err := l.notify(daemon.SdNotifyStopping + "\nSTATUS=shutting down"); err != nil {
 			l.log.Warn("systemd notification failed", slog.String("state", "STOPPING=1"), slog.String("error", err.Error()))
 		}
@@ -184,22 +253,21 @@ func (l *sdListener) Close() error {
 
 // watchdog pings systemd every interval/2 while the store answers within
 // that time. It logs a change of health once, not every tick.
-func (l *sdListener) watchdog(ctx context.Context) {
-	defer close(l.watchdogDone)
+func (l *sdListener) watchdog() {
 	every := l.interval / 2
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	healthy := true
 	for {
 		select {
-		case <-ctx.Done():
+		case <-l.ctx.Done():
 			return
 		case <-tick.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, every)
+		pctx, cancel := context.WithTimeout(l.ctx, every)
 		err := l.store.Ping(pctx)
 		cancel()
-		if ctx.Err() != nil {
+		if l.ctx.Err() != nil {
 			return
 		}
 		switch {
@@ -211,7 +279,7 @@ func (l *sdListener) watchdog(ctx context.Context) {
 		case err == nil && !healthy:
 			healthy = true
 			l.log.Info("store reachable again: systemd watchdog pings resumed")
-			_, _ = l.notify("STATUS=serving on " + l.Addr().String())
+			_, _ = l.notify(l.servingStatus())
 		}
 		if healthy {
 			if _, err := l.notify(daemon.SdNotifyWatchdog); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kekproviders/kekerr"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
@@ -72,7 +73,7 @@ func TestSDListenerLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	ev := make(events, 64)
 	store := &flakyStore{ev: ev}
-	ln := newSDListener(tcp, store, 40*time.Millisecond, ev.notify, discardLogger())
+	ln := newSDListener(tcp, store, kekChecked(), 40*time.Millisecond, ev.notify, discardLogger())
 
 	accepted := make(chan error, 1)
 	go func() {
@@ -127,17 +128,62 @@ func TestSDListenerOutsideSystemd(t *testing.T) {
 	t.Parallel()
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	var calls atomic.Int32
-	notSent := func(string) (bool, error) { calls.Add(1); return false, nil }
+	tried := make(events, 8)
+	notSent := func(state string) (bool, error) { tried <- state; return false, nil }
 	pinged := make(events, 8)
-	ln := newSDListener(tcp, &flakyStore{ev: pinged}, time.Millisecond, notSent, discardLogger())
-	ln.readyOnce.Do(ln.ready)
+	ln := newSDListener(tcp, &flakyStore{ev: pinged}, kekChecked(), time.Millisecond, notSent, discardLogger())
+	serving(ln)
+	require.True(t, strings.HasPrefix(tried.next(t), "READY=1\n"))
+	// A watchdog started by mistake would ping within this window.
+	select {
+	case p := <-pinged:
+		t.Fatalf("watchdog ran outside systemd: %q", p)
+	case <-time.After(50 * time.Millisecond):
+	}
 	require.NoError(t, ln.Close())
-	require.Empty(t, pinged, "no watchdog outside systemd")
-	require.EqualValues(t, 2, calls.Load(), "READY and STOPPING tried, nothing else")
+	require.True(t, strings.HasPrefix(tried.next(t), "STOPPING=1\n"))
+	require.Empty(t, tried, "READY and STOPPING tried, nothing else")
+	require.Empty(t, pinged)
 
-	never := newSDListener(mustListen(t), &flakyStore{ev: pinged}, time.Millisecond, notSent, discardLogger())
+	never := newSDListener(mustListen(t), &flakyStore{ev: pinged}, kekChecked(), time.Millisecond, notSent, discardLogger())
 	require.NoError(t, never.Close(), "Close before the server ever accepted")
+	require.True(t, strings.HasPrefix(tried.next(t), "STOPPING=1\n"))
+}
+
+// TestSDListenerWaitsForKEKCheck: serving is not enough for READY=1; the
+// KEK check must have passed too. A stop before it passes sends only
+// STOPPING=1.
+func TestSDListenerWaitsForKEKCheck(t *testing.T) {
+	t.Parallel()
+	ev := make(events, 16)
+	kekOK := make(chan struct{})
+	ln := newSDListener(mustListen(t), okStore{}, kekOK, time.Hour, ev.notify, discardLogger())
+	serving(ln)
+	select {
+	case e := <-ev:
+		t.Fatalf("%q before the KEK check passed", e)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(kekOK)
+	require.True(t, strings.HasPrefix(ev.next(t), "READY=1\n"))
+	require.NoError(t, ln.Close())
+	require.True(t, strings.HasPrefix(ev.next(t), "STOPPING=1\n"))
+
+	never := newSDListener(mustListen(t), okStore{}, make(chan struct{}), time.Hour, ev.notify, discardLogger())
+	serving(never)
+	require.NoError(t, never.Close())
+	require.True(t, strings.HasPrefix(ev.next(t), "STOPPING=1\n"), "no READY=1 without a KEK check")
+	require.Empty(t, ev)
+}
+
+// serving does what the HTTP server's first Accept does.
+func serving(l *sdListener) { l.acceptOnce.Do(func() { go l.run() }) }
+
+// kekChecked is the channel of a KEK check that passed.
+func kekChecked() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
 }
 
 func mustListen(t *testing.T) net.Listener {
@@ -155,8 +201,8 @@ func TestNotifySystemdSendsToNotifySocket(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", sock.path)
 	t.Setenv("WATCHDOG_USEC", "100000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
-	ln := notifySystemd(mustListen(t), okStore{}, discardLogger())
-	ln.(*sdListener).readyOnce.Do(ln.(*sdListener).ready)
+	ln := notifySystemd(mustListen(t), okStore{}, kekChecked(), discardLogger())
+	serving(ln.(*sdListener))
 	require.True(t, strings.HasPrefix(sock.next(t, 10*time.Second), "READY=1\n"))
 	require.Equal(t, "WATCHDOG=1", sock.next(t, 10*time.Second))
 	require.NoError(t, ln.Close())
@@ -176,7 +222,7 @@ func TestNotifySystemdWatchdogForAnotherPID(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", newNotifySocket(t).path)
 	t.Setenv("WATCHDOG_USEC", "100000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()+1))
-	ln := notifySystemd(mustListen(t), okStore{}, discardLogger())
+	ln := notifySystemd(mustListen(t), okStore{}, kekChecked(), discardLogger())
 	require.Zero(t, ln.(*sdListener).interval)
 	require.NoError(t, ln.Close())
 }
@@ -211,32 +257,83 @@ func (failingKEK) Unwrap(context.Context, []byte, map[string]string) ([]byte, er
 	return nil, errors.New("AccessDeniedException: not authorized to perform kms:Decrypt")
 }
 
+// unreachableKEK is a KMS key behind an outage until up is set.
+type unreachableKEK struct {
+	broker.KEK
+	up atomic.Bool
+}
+
+func (k *unreachableKEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
+	if !k.up.Load() {
+		return nil, kekerr.Unavailable(errors.New("dial tcp: connection refused"))
+	}
+	return k.KEK.Wrap(ctx, plaintext, b)
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
 func TestCheckActiveKEK(t *testing.T) {
 	t.Parallel()
 	key := make([]byte, localkek.KeySize)
 	rand.Read(key)
 	good, err := localkek.New("local-1", key, false)
 	require.NoError(t, err)
-
-	var logs syncBuffer
-	ring, err := broker.NewKeyring(good)
-	require.NoError(t, err)
-	require.NoError(t, checkActiveKEK(context.Background(), ring, slog.New(slog.NewTextHandler(&logs, nil))))
-	require.Contains(t, logs.String(), "KEK check passed")
-
-	// Only the active KEK is checked: a decrypt-only one that fails does
-	// not stop the start (the re-wrap job reports it), an active one does.
 	other, err := localkek.New("local-0", key, false)
 	require.NoError(t, err)
-	ring, err = broker.NewKeyring(good, failingKEK{other})
-	require.NoError(t, err)
-	require.NoError(t, checkActiveKEK(context.Background(), ring, discardLogger()))
 
-	ring, err = broker.NewKeyring(failingKEK{other}, good)
-	require.NoError(t, err)
-	err = checkActiveKEK(context.Background(), ring, discardLogger())
-	require.ErrorContains(t, err, `the active KEK "local-0" cannot wrap and unwrap`)
-	require.ErrorContains(t, err, "kms:Decrypt")
+	t.Run("Passes", func(t *testing.T) {
+		var logs syncBuffer
+		ring, err := broker.NewKeyring(good)
+		require.NoError(t, err)
+		ok, err := checkActiveKEK(context.Background(), ring, slog.New(slog.NewTextHandler(&logs, nil)))
+		require.NoError(t, err)
+		require.True(t, isClosed(ok))
+		require.Contains(t, logs.String(), "KEK check passed")
+	})
+
+	t.Run("OnlyTheActiveKEKCounts", func(t *testing.T) {
+		// A decrypt-only KEK that fails does not stop the start (the
+		// re-wrap job reports it).
+		ring, err := broker.NewKeyring(good, failingKEK{other})
+		require.NoError(t, err)
+		ok, err := checkActiveKEK(context.Background(), ring, discardLogger())
+		require.NoError(t, err)
+		require.True(t, isClosed(ok))
+	})
+
+	t.Run("MisconfiguredKEKRefusesTheStart", func(t *testing.T) {
+		ring, err := broker.NewKeyring(failingKEK{other}, good)
+		require.NoError(t, err)
+		_, err = checkActiveKEK(context.Background(), ring, discardLogger())
+		require.ErrorContains(t, err, `the active KEK "local-0" cannot wrap and unwrap`)
+		require.ErrorContains(t, err, "kms:Decrypt")
+	})
+
+	t.Run("UnavailableKEKIsRetriedUntilItAnswers", func(t *testing.T) {
+		kms := &unreachableKEK{KEK: other}
+		ring, err := broker.NewKeyring(kms)
+		require.NoError(t, err)
+		var logs syncBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		ok, err := checkKEKWithRetry(ctx, ring, slog.New(slog.NewTextHandler(&logs, nil)), 10*time.Millisecond)
+		require.NoError(t, err, "an outage does not stop the start")
+		require.False(t, isClosed(ok))
+		require.Contains(t, logs.String(), "KEK unavailable at start")
+		kms.up.Store(true)
+		select {
+		case <-ok:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the KEK check did not pass after the KEK came back\n%s", logs.String())
+		}
+	})
 }
 
 // notifySocket is a unix datagram socket standing in for systemd's.

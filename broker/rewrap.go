@@ -1,0 +1,853 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// The re-wrap job moves every row that is not wrapped by the active KEK in
+// the bound format — rows of a decrypt-only KEK, and format-1 rows the
+// original service wrote — to the active KEK and format 2, so that the old
+// KEK can be retired. It works online, in short batches:
+//
+//  1. list a batch of candidate user ids (RewrapStore.RewrapCandidates);
+//  2. read their rows, each in its own user's row-level-security scope;
+//  3. unwrap each with its old KEK and seal it with the active one (seal
+//     unwraps the fresh wrap again and compares) — no row lock is held
+//     while a KMS is called;
+//  4. write each row back compare-and-swap: only if its wrap is still the
+//     one read in step 2, together with a kek_rewrap audit row, in one
+//     transaction. A row a user rotated, re-wrapped or switched to
+//     zero-knowledge meanwhile is left as the user made it.
+//
+// Every step leaves each row either with its old wrap, which its old KEK
+// still opens, or with a verified new one, so the job may be killed at any
+// point and started again. Where the active KEK's backend can re-encrypt a
+// wrap under its newest key version itself (Vault Transit rewrap), rows
+// already on the active KEK but on an older key version are moved with it,
+// the plaintext never leaving the backend.
+
+// RewrapStore is the store ability the re-wrap job and `kek status` need:
+// finding rows across users, which row-level security otherwise forbids.
+// It reads a non-secret index (user id, KEK id, format, whether the server
+// holds a wrap), never key material.
+type RewrapStore interface {
+	// RewrapCandidates returns up to q.Limit user ids, in ascending order
+	// after q.After, whose rows hold a server wrap and match q.
+	RewrapCandidates(ctx context.Context, q RewrapQuery) ([]string, error)
+	// KEKCounts returns the number of rows per KEK id, format and mode.
+	KEKCounts(ctx context.Context) ([]KEKCount, error)
+}
+
+// RewrapQuery selects candidate rows of the re-wrap job.
+type RewrapQuery struct {
+	// ActiveKEKID is the KEK new wraps use. Rows under another id, or in
+	// format 1, are listed.
+	ActiveKEKID string
+	// OnActiveKEK lists the other rows instead: those already under
+	// ActiveKEKID in format 2 (the key-version sweep reads them).
+	OnActiveKEK bool
+	// After is the last user id of the previous page; "" starts over.
+	After string
+	// Limit caps the page.
+	Limit int
+}
+
+// KEKCount is the number of rows with one KEK id, format and mode.
+type KEKCount struct {
+	KEKID         string
+	FormatVersion int
+	// Wrapped says the server holds a wrap of these rows; false for
+	// zero-knowledge rows, whose KEK id is a leftover that opens nothing.
+	Wrapped       bool
+	ZeroKnowledge bool
+	Rows          int64
+}
+
+// RewrapBatchStore is an optional ability of a RewrapStore: reading and
+// writing many users' rows in one transaction each, every row still in its
+// own user's scope. Without it the job uses one Store.InUserTx per row.
+type RewrapBatchStore interface {
+	// RewrapRead returns the vaults of userIDs that exist, in the order
+	// given, without locking them.
+	RewrapRead(ctx context.Context, userIDs []string) ([]*Vault, error)
+	// RewrapApply applies the swaps in one transaction and reports, per
+	// swap, whether it was applied: a swap applies only when the row's
+	// wrap columns (wrapped_mk, wrap_iv, format_version, kek_id,
+	// zero_knowledge) still equal those of Old. It then writes New's wrap
+	// columns, New's key check value where the row has none, and Audit.
+	// Nothing else of the row changes.
+	RewrapApply(ctx context.Context, swaps []RewrapSwap) (applied []bool, err error)
+}
+
+// RewrapSwap is the move of one row.
+type RewrapSwap struct {
+	Old   *Vault // the row as read
+	New   *Vault // Old with the new wrap (and key check value)
+	Audit *AuditEntry
+}
+
+// RewrapLocker is implemented by stores that several replicas share: it
+// makes one of them the job's only runner.
+type RewrapLocker interface {
+	// RewrapLock takes the job's lock for runner (a name for status). It
+	// returns ErrRewrapBusy when another runner holds it. The lock dies
+	// with the process that holds it, so a crashed runner never blocks
+	// the next one.
+	RewrapLock(ctx context.Context, runner string) (RewrapLease, error)
+	// RewrapState reports whether a runner holds the lock now and what the
+	// current or last runner reported.
+	RewrapState(ctx context.Context) (*RewrapState, error)
+}
+
+// RewrapLease is a held job lock.
+type RewrapLease interface {
+	// Held returns nil while the lock is held and an error once it is
+	// lost (the connection that held it died).
+	Held(ctx context.Context) error
+	// Report records progress for RewrapState readers.
+	Report(ctx context.Context, p RewrapProgress) error
+	// Release records the final progress and gives the lock up.
+	Release(ctx context.Context, p RewrapProgress) error
+}
+
+// RewrapState is what `kek status` shows about the job.
+type RewrapState struct {
+	// Running says a runner holds the lock now.
+	Running bool
+	// Runner names the current or last runner; empty when none ever ran.
+	Runner string
+	RewrapProgress
+}
+
+// Sentinel errors of the re-wrap job.
+var (
+	// ErrRewrapBusy means another runner holds the job's lock.
+	ErrRewrapBusy = errors.New("another keybroker is running the re-wrap job")
+	// ErrRewrapLockLost means the runner's lock died under it (its
+	// database connection was cut); the run stopped and another runner
+	// may have taken over.
+	ErrRewrapLockLost = errors.New("the re-wrap job lost its lock")
+	// ErrRewrapUnsupported means the store cannot list rows across users.
+	ErrRewrapUnsupported = errors.New("the store does not support the re-wrap job")
+)
+
+// RewrapProgress is a snapshot of a run.
+type RewrapProgress struct {
+	// ActiveKEKID is the KEK rows are moved to.
+	ActiveKEKID string
+	// Total is the number of rows to move when the run started.
+	Total int64
+	// Done counts rows moved (in a dry run: rows that would move).
+	Done int64
+	// ServerRewrapped counts rows moved to the active KEK's newest key
+	// version by the backend (included in Done).
+	ServerRewrapped int64
+	// Skipped counts rows a user changed (rotated, re-wrapped, switched to
+	// zero-knowledge) between read and write: left as the user made them.
+	Skipped int64
+	// Failed counts rows that could not be moved (an unknown KEK id, a
+	// wrap that does not open); they stay as they are.
+	Failed        int64
+	StartedAt     time.Time
+	UpdatedAt     time.Time
+	Finished      bool
+	RowsPerSecond float64
+	// Error is why the run stopped early; empty while it runs and when it
+	// finished.
+	Error string
+}
+
+// Processed is the number of rows the run has dealt with.
+func (p RewrapProgress) Processed() int64 { return p.Done + p.Skipped + p.Failed }
+
+// ETA estimates the time left from the run's average rate; zero when
+// done or unknown.
+func (p RewrapProgress) ETA() time.Duration {
+	left := p.Total - p.Processed()
+	if left <= 0 || p.RowsPerSecond <= 0 || p.Finished {
+		return 0
+	}
+	return time.Duration(float64(left) / p.RowsPerSecond * float64(time.Second))
+}
+
+// RewrapFailure is a row the job could not move.
+type RewrapFailure struct {
+	UserID string
+	KEKID  string
+	Err    error
+}
+
+// RewrapResult is the outcome of one run.
+type RewrapResult struct {
+	RewrapProgress
+	// Failures lists failed rows, at most maxReportedFailures of them.
+	Failures []RewrapFailure
+}
+
+// RewrapConfig configures a RewrapJob.
+type RewrapConfig struct {
+	// Store must implement RewrapStore; RewrapBatchStore and RewrapLocker
+	// are used when present.
+	Store   Store
+	Keyring *Keyring
+	// BatchSize is the number of rows per transaction; default
+	// DefaultRewrapBatchSize.
+	BatchSize int
+	// RowsPerSecond limits the pace; zero means no limit.
+	RowsPerSecond float64
+	// Concurrency is the number of rows whose KEK calls run at once
+	// within a batch; default 8. Remote KEKs gain from it.
+	Concurrency int
+	// DryRun reads and unwraps every candidate, and writes nothing: it
+	// reports how many rows would move and which would fail.
+	DryRun bool
+	// Runner names this runner in status; default "keybroker".
+	Runner string
+	// Progress, when set, is called after every batch (from the goroutine
+	// that called Run).
+	Progress func(RewrapProgress)
+	// Logger receives per-row failures (user and KEK ids, never key
+	// material); default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// DefaultRewrapBatchSize is the batch size when none is configured: large
+// enough that per-transaction costs vanish, small enough that a batch's
+// transaction is short.
+const DefaultRewrapBatchSize = 500
+
+const (
+	maxRewrapBatchSize  = 10000
+	maxRewrapPasses     = 8
+	maxReportedFailures = 100
+)
+
+func (c *RewrapConfig) validate() error {
+	if c.Store == nil {
+		return errors.New("broker: RewrapConfig.Store is required")
+	}
+	if _, ok := c.Store.(RewrapStore); !ok {
+		return fmt.Errorf("broker: RewrapConfig.Store: %w", ErrRewrapUnsupported)
+	}
+	if c.Keyring == nil {
+		return errors.New("broker: RewrapConfig.Keyring is required")
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultRewrapBatchSize
+	}
+	if c.BatchSize < 1 || c.BatchSize > maxRewrapBatchSize {
+		return fmt.Errorf("broker: RewrapConfig.BatchSize must be between 1 and %d", maxRewrapBatchSize)
+	}
+	if c.RowsPerSecond < 0 || math.IsNaN(c.RowsPerSecond) || math.IsInf(c.RowsPerSecond, 0) {
+		return errors.New("broker: RewrapConfig.RowsPerSecond must be a positive number, or zero for no limit")
+	}
+	if c.RowsPerSecond > 0 && c.RowsPerSecond < float64(c.BatchSize) {
+		// A batch must fit in the limiter's burst, and small batches keep
+		// a slow run's progress smooth.
+		c.BatchSize = max(1, int(c.RowsPerSecond))
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 8
+	}
+	if c.Concurrency < 1 {
+		return errors.New("broker: RewrapConfig.Concurrency must be at least 1")
+	}
+	if c.Runner == "" {
+		c.Runner = "keybroker"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// RewrapJob is the re-wrap job. One RewrapJob runs one run at a time; a
+// RewrapLocker store keeps runs of different processes apart too.
+type RewrapJob struct {
+	cfg     RewrapConfig
+	store   RewrapStore
+	batch   RewrapBatchStore // nil: one transaction per row
+	locker  RewrapLocker     // nil: single node
+	limiter *rate.Limiter    // nil: no limit
+	running sync.Mutex
+
+	progress atomic.Pointer[RewrapProgress]
+	// sweptVersion is the active KEK's newest key version that a
+	// finished sweep left every row on, so later runs skip reading every
+	// row until the version moves again.
+	sweptKEK     string
+	sweptVersion int
+}
+
+// NewRewrapJob returns a job.
+func NewRewrapJob(cfg RewrapConfig) (*RewrapJob, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	j := &RewrapJob{cfg: cfg, store: cfg.Store.(RewrapStore)}
+	j.batch, _ = cfg.Store.(RewrapBatchStore)
+	j.locker, _ = cfg.Store.(RewrapLocker)
+	if cfg.RowsPerSecond > 0 {
+		j.limiter = rate.NewLimiter(rate.Limit(cfg.RowsPerSecond), cfg.BatchSize)
+	}
+	return j, nil
+}
+
+// Progress returns the latest snapshot of the current or last run, for
+// metrics; the zero value before the first batch.
+func (j *RewrapJob) Progress() RewrapProgress {
+	if p := j.progress.Load(); p != nil {
+		return *p
+	}
+	return RewrapProgress{}
+}
+
+// run is the state of one Run.
+type rewrapRun struct {
+	active string
+	lease  RewrapLease
+	p      RewrapProgress
+	// latest is the active KEK's newest key version during a sweep.
+	latest   int
+	failures []RewrapFailure
+	// failed holds the rows that failed in this run: later passes skip
+	// them rather than fail (and count) them again.
+	failed map[string]bool
+}
+
+// Run moves every candidate row, in passes until a pass finds none left or
+// moves none (the rows left then fail every time: an unknown KEK id, a
+// corrupt wrap — they are in the result). It returns ErrRewrapBusy when
+// another runner holds the lock, ErrRewrapLockLost when the lock died
+// mid-run, and store or KEK outages as *UnavailableError; the work done
+// until then stays done, and the next Run continues from there.
+func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
+	j.running.Lock()
+	defer j.running.Unlock()
+	r := &rewrapRun{active: j.cfg.Keyring.ActiveID(), failed: map[string]bool{}}
+	now := j.cfg.Now()
+	r.p = RewrapProgress{ActiveKEKID: r.active, StartedAt: now, UpdatedAt: now}
+
+	if j.locker != nil && !j.cfg.DryRun {
+		lease, err := j.locker.RewrapLock(ctx, j.cfg.Runner)
+		if err != nil {
+			return nil, err
+		}
+		r.lease = lease
+	}
+	err := j.runLocked(ctx, r)
+	r.p.Finished = err == nil
+	if err != nil {
+		r.p.Error = err.Error()
+	}
+	j.tick(r)
+	if r.lease != nil {
+		// The run's ctx may be cancelled: still record the end and let
+		// the lock go, within a bound. If this fails the lock dies with
+		// the connection anyway.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if rerr := r.lease.Release(rctx, r.p); rerr != nil && err == nil {
+			j.cfg.Logger.Warn("re-wrap: releasing the lock", slog.String("error", rerr.Error()))
+		}
+		cancel()
+	}
+	res := &RewrapResult{RewrapProgress: r.p, Failures: r.failures}
+	if err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
+	counts, err := j.store.KEKCounts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range counts {
+		if c.Wrapped && !c.ZeroKnowledge && (c.KEKID != r.active || c.FormatVersion == FormatLegacy) {
+			r.p.Total += c.Rows
+		}
+	}
+	j.tick(r)
+	if r.lease != nil {
+		if err := r.lease.Report(ctx, r.p); err != nil {
+			return err
+		}
+	}
+	for pass := 0; pass < maxRewrapPasses; pass++ {
+		listed, moved, err := j.pass(ctx, r, false)
+		if err != nil {
+			return err
+		}
+		if listed == 0 || moved == 0 || j.cfg.DryRun {
+			break
+		}
+	}
+	return j.sweep(ctx, r)
+}
+
+// sweep moves rows of the active KEK made by an older version of its
+// backend key, when the backend can re-encrypt server-side.
+func (j *RewrapJob) sweep(ctx context.Context, r *rewrapRun) error {
+	kek, err := j.cfg.Keyring.Lookup(r.active)
+	if err != nil {
+		return err
+	}
+	versioner, ok := kek.(KEKVersioner)
+	if _, canRewrap := kek.(KEKRewrapper); !ok || !canRewrap {
+		return nil
+	}
+	latest, err := versioner.LatestVersion(ctx)
+	if err != nil {
+		return classifyKEKError(errors.New("latest key version"), err)
+	}
+	if j.sweptKEK == r.active && j.sweptVersion == latest {
+		return nil
+	}
+	r.latest = latest
+	// One pass: it reads every row of the active KEK. A row a user
+	// changed meanwhile got a fresh wrap, made by the newest version.
+	if _, _, err := j.pass(ctx, r, true); err != nil {
+		return err
+	}
+	if !j.cfg.DryRun {
+		j.sweptKEK, j.sweptVersion = r.active, latest
+	}
+	return nil
+}
+
+// pass walks the candidates once, in user-id order.
+func (j *RewrapJob) pass(ctx context.Context, r *rewrapRun, sweep bool) (listed, moved int64, err error) {
+	q := RewrapQuery{ActiveKEKID: r.active, OnActiveKEK: sweep, Limit: j.cfg.BatchSize}
+	for {
+		ids, err := j.store.RewrapCandidates(ctx, q)
+		if err != nil {
+			return listed, moved, err
+		}
+		if len(ids) == 0 {
+			return listed, moved, nil
+		}
+		q.After = ids[len(ids)-1]
+		ids = slices.DeleteFunc(ids, func(id string) bool { return r.failed[id] })
+		listed += int64(len(ids))
+		if len(ids) == 0 {
+			continue
+		}
+		n, err := j.runBatch(ctx, r, ids, sweep)
+		moved += n
+		if err != nil {
+			return listed, moved, err
+		}
+	}
+}
+
+// outcome is what the crypto step decided for one row.
+type outcome struct {
+	swap   *RewrapSwap // nil: nothing to write
+	server bool        // moved by the backend's rewrap
+	skip   bool        // changed since it was listed
+	fail   error
+}
+
+func (j *RewrapJob) runBatch(ctx context.Context, r *rewrapRun, ids []string, sweep bool) (moved int64, err error) {
+	if r.lease != nil {
+		if err := r.lease.Held(ctx); err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrRewrapLockLost, err)
+		}
+	}
+	if j.limiter != nil {
+		if err := j.limiter.WaitN(ctx, len(ids)); err != nil {
+			return 0, err
+		}
+	}
+	vaults, err := j.read(ctx, ids)
+	if err != nil {
+		return 0, err
+	}
+	outcomes := make([]outcome, len(vaults))
+	sem := make(chan struct{}, j.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for i, v := range vaults {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			outcomes[i] = j.prepare(ctx, r, v, sweep)
+		}()
+	}
+	wg.Wait()
+	// A row listed but deleted before the read counts as skipped.
+	r.p.Skipped += int64(len(ids) - len(vaults))
+
+	var swaps []RewrapSwap
+	var swapOf []int // index into outcomes of each swap
+	for i, o := range outcomes {
+		switch {
+		case o.fail != nil:
+			if err := j.failed(ctx, r, vaults[i], o.fail); err != nil {
+				return moved, err
+			}
+		case o.skip:
+			r.p.Skipped++
+		case o.swap != nil:
+			swaps = append(swaps, *o.swap)
+			swapOf = append(swapOf, i)
+		}
+	}
+	if j.cfg.DryRun {
+		for _, i := range swapOf {
+			r.p.Done++
+			if outcomes[i].server {
+				r.p.ServerRewrapped++
+			}
+		}
+		j.tick(r)
+		return int64(len(swaps)), nil
+	}
+	applied, err := j.apply(ctx, swaps)
+	if err != nil {
+		return moved, err
+	}
+	for k, ok := range applied {
+		i := swapOf[k]
+		switch {
+		case ok:
+			moved++
+			r.p.Done++
+			if outcomes[i].server {
+				r.p.ServerRewrapped++
+			}
+		default:
+			r.p.Skipped++
+		}
+	}
+	j.tick(r)
+	if r.lease != nil {
+		if err := r.lease.Report(ctx, r.p); err != nil && ctx.Err() == nil {
+			j.cfg.Logger.Warn("re-wrap: recording progress", slog.String("error", err.Error()))
+		}
+	}
+	return moved, nil
+}
+
+// failed counts a row that cannot be moved. A KEK or store outage is not
+// the row's fault: it ends the run, to be resumed.
+func (j *RewrapJob) failed(ctx context.Context, r *rewrapRun, v *Vault, err error) error {
+	if IsUnavailable(err) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	r.p.Failed++
+	r.failed[v.UserID] = true
+	if len(r.failures) < maxReportedFailures {
+		r.failures = append(r.failures, RewrapFailure{UserID: v.UserID, KEKID: v.KEKID, Err: err})
+	}
+	j.cfg.Logger.LogAttrs(ctx, slog.LevelError, "re-wrap: row not moved",
+		slog.String("user_id", v.UserID), slog.String("kek_id", v.KEKID),
+		slog.Int("format_version", v.FormatVersion), slog.String("error", err.Error()))
+	return nil
+}
+
+// tick refreshes the rate and publishes the progress.
+func (j *RewrapJob) tick(r *rewrapRun) {
+	r.p.UpdatedAt = j.cfg.Now()
+	if secs := r.p.UpdatedAt.Sub(r.p.StartedAt).Seconds(); secs > 0 {
+		r.p.RowsPerSecond = float64(r.p.Processed()) / secs
+	}
+	snapshot := r.p
+	j.progress.Store(&snapshot)
+	if j.cfg.Progress != nil {
+		j.cfg.Progress(snapshot)
+	}
+}
+
+// prepare decides what to do with one row and does the KEK work. It
+// holds the plaintext master key only between unwrap and seal.
+func (j *RewrapJob) prepare(ctx context.Context, r *rewrapRun, v *Vault, sweep bool) outcome {
+	if v.ZeroKnowledge || v.WrappedMK == nil {
+		return outcome{skip: true} // switched to zero-knowledge since listed
+	}
+	onActive := v.KEKID == r.active && v.FormatVersion == FormatBound
+	if sweep {
+		if !onActive {
+			return outcome{skip: true}
+		}
+		return j.prepareServerRewrap(ctx, v, r.latest)
+	}
+	if onActive {
+		return outcome{skip: true} // rotated (or moved by another runner) since listed
+	}
+	mk, err := j.cfg.Keyring.open(ctx, v.UserID, v)
+	if err != nil {
+		return outcome{fail: err}
+	}
+	defer wipe(mk)
+	if v.KeyCheck != nil && !keyCheckMatches(mk, *v.KeyCheck) {
+		return outcome{fail: fmt.Errorf("%w: the unwrapped key does not match the row's key check value", ErrUnwrapFailed)}
+	}
+	if j.cfg.DryRun {
+		return outcome{swap: &RewrapSwap{Old: v}}
+	}
+	wrapped, kekID, err := j.cfg.Keyring.seal(ctx, v.UserID, mk)
+	if err != nil {
+		return outcome{fail: err}
+	}
+	next := *v
+	encodeBoundWrap(&next, wrapped, kekID)
+	if next.KeyCheck == nil {
+		kcv := KeyCheckValue(mk)
+		next.KeyCheck = &kcv
+	}
+	note := fmt.Sprintf("%s/%d>%s/%d", v.KEKID, v.FormatVersion, kekID, FormatBound)
+	return outcome{swap: j.swap(v, &next, note)}
+}
+
+// prepareServerRewrap moves a row of the active KEK to the newest version
+// of the backend key, by the backend. The new wrap is unwrapped once and
+// compared with the row's key check value before anyone stores it, as
+// seal does for a fresh wrap.
+func (j *RewrapJob) prepareServerRewrap(ctx context.Context, v *Vault, latest int) outcome {
+	kek, err := j.cfg.Keyring.Lookup(v.KEKID)
+	if err != nil {
+		return outcome{fail: err}
+	}
+	versioner := kek.(KEKVersioner)
+	ciphertext, err := decodeStoredWrap(v)
+	if err != nil {
+		return outcome{fail: fmt.Errorf("%w: %w", ErrUnwrapFailed, err)}
+	}
+	made, err := versioner.KeyVersion(ciphertext)
+	if err != nil {
+		return outcome{fail: fmt.Errorf("%w: key version: %w", ErrUnwrapFailed, err)}
+	}
+	if made >= latest {
+		return outcome{} // current: nothing to do, and not a candidate
+	}
+	if j.cfg.DryRun {
+		return outcome{swap: &RewrapSwap{Old: v}, server: true}
+	}
+	binding := BindingContext(v.UserID, v.KEKID, FormatBound)
+	rewrapped, err := kek.(KEKRewrapper).Rewrap(ctx, ciphertext, binding)
+	if err != nil {
+		return outcome{fail: classifyKEKError(errors.New("server-side rewrap failed"), err)}
+	}
+	mk, err := kek.Unwrap(ctx, rewrapped, binding)
+	if err != nil {
+		return outcome{fail: classifyKEKError(errors.New("server-side rewrap does not unwrap"), err)}
+	}
+	defer wipe(mk)
+	next := *v
+	encodeBoundWrap(&next, rewrapped, v.KEKID)
+	if v.KeyCheck == nil {
+		// Compare with the old wrap instead: one more decrypt, only on
+		// rows without a check value.
+		old, err := j.cfg.Keyring.open(ctx, v.UserID, v)
+		if err != nil {
+			return outcome{fail: err}
+		}
+		same := equalConstantTime(old, mk)
+		wipe(old)
+		if !same {
+			return outcome{fail: errors.New("broker: server-side rewrap unwraps to a different key")}
+		}
+		kcv := KeyCheckValue(mk)
+		next.KeyCheck = &kcv
+	} else if !keyCheckMatches(mk, *v.KeyCheck) {
+		return outcome{fail: errors.New("broker: server-side rewrap unwraps to a different key")}
+	}
+	newVersion, _ := versioner.KeyVersion(rewrapped)
+	note := fmt.Sprintf("server-rewrap:%s/v%d>v%d", v.KEKID, made, newVersion)
+	return outcome{swap: j.swap(v, &next, note), server: true}
+}
+
+func (j *RewrapJob) swap(old, next *Vault, note string) *RewrapSwap {
+	return &RewrapSwap{Old: old, New: next, Audit: &AuditEntry{
+		ID:        newAuditID(),
+		UserID:    old.UserID,
+		Action:    ActionKEKRewrap,
+		Context:   note,
+		Status:    200,
+		CreatedAt: j.cfg.Now(),
+	}}
+}
+
+// read returns the rows of ids, batched when the store can.
+func (j *RewrapJob) read(ctx context.Context, ids []string) ([]*Vault, error) {
+	if j.batch != nil {
+		return j.batch.RewrapRead(ctx, ids)
+	}
+	out := make([]*Vault, 0, len(ids))
+	for _, id := range ids {
+		err := j.cfg.Store.InUserTx(ctx, id, func(tx Tx) error {
+			v, err := tx.VaultGet(ctx, false)
+			if err == nil {
+				out = append(out, v)
+			}
+			return err
+		})
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// apply writes the swaps: in one transaction when the store can batch; a
+// batch that fails for a reason other than an outage is retried one row
+// at a time, so one bad row does not hold the others back.
+func (j *RewrapJob) apply(ctx context.Context, swaps []RewrapSwap) ([]bool, error) {
+	if len(swaps) == 0 {
+		return nil, nil
+	}
+	if j.batch != nil {
+		applied, err := j.batch.RewrapApply(ctx, swaps)
+		if err == nil || IsUnavailable(err) || ctx.Err() != nil || len(swaps) == 1 {
+			return applied, err
+		}
+		j.cfg.Logger.Warn("re-wrap: batch failed, retrying row by row", slog.String("error", err.Error()))
+	}
+	applied := make([]bool, len(swaps))
+	for i := range swaps {
+		ok, err := j.applyOne(ctx, &swaps[i])
+		if err != nil {
+			if IsUnavailable(err) || ctx.Err() != nil {
+				return nil, err
+			}
+			// Leave the row as it is; the next pass retries it.
+			j.cfg.Logger.Error("re-wrap: row not written", slog.String("user_id", swaps[i].Old.UserID), slog.String("error", err.Error()))
+			continue
+		}
+		applied[i] = ok
+	}
+	return applied, nil
+}
+
+func (j *RewrapJob) applyOne(ctx context.Context, s *RewrapSwap) (bool, error) {
+	if j.batch != nil {
+		applied, err := j.batch.RewrapApply(ctx, []RewrapSwap{*s})
+		if err != nil {
+			return false, err
+		}
+		return applied[0], nil
+	}
+	var applied bool
+	err := j.cfg.Store.InUserTx(ctx, s.Old.UserID, func(tx Tx) error {
+		cur, err := tx.VaultGet(ctx, true)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !SameWrap(cur, s.Old) {
+			return nil
+		}
+		cur.WrappedMK, cur.WrapIV = s.New.WrappedMK, s.New.WrapIV
+		cur.FormatVersion, cur.KEKID = s.New.FormatVersion, s.New.KEKID
+		if cur.KeyCheck == nil {
+			cur.KeyCheck = s.New.KeyCheck
+		}
+		if err := tx.VaultUpdate(ctx, cur); err != nil {
+			return err
+		}
+		applied = true
+		return tx.AuditInsert(ctx, s.Audit)
+	})
+	if err != nil {
+		return false, err
+	}
+	return applied, nil
+}
+
+// SameWrap reports whether a and b hold the same server wrap: the columns
+// a re-wrap compares before it swaps.
+func SameWrap(a, b *Vault) bool {
+	return equalPtr(a.WrappedMK, b.WrappedMK) && equalPtr(a.WrapIV, b.WrapIV) &&
+		a.FormatVersion == b.FormatVersion && a.KEKID == b.KEKID && a.ZeroKnowledge == b.ZeroKnowledge
+}
+
+func equalPtr(a, b *string) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// KEKVersioner is implemented by KEKs whose ciphertexts record the
+// version of the backend key that made them (Vault Transit's vault:vN:).
+type KEKVersioner interface {
+	// KeyVersion returns the key version that made ciphertext.
+	KeyVersion(ciphertext []byte) (int, error)
+	// LatestVersion returns the backend key's newest version, which new
+	// wraps use.
+	LatestVersion(ctx context.Context) (int, error)
+}
+
+// KEKRewrapper is implemented by KEKs whose backend re-encrypts a wrap
+// under the key's newest version without the plaintext leaving it (Vault
+// Transit rewrap, AWS KMS ReEncrypt). The binding and the KEK id stay.
+type KEKRewrapper interface {
+	Rewrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error)
+}
+
+// RetiredKEKError refuses a start-up whose keyring no longer has a KEK
+// that rows are still wrapped by: those rows would not open.
+type RetiredKEKError struct {
+	// Rows maps each missing KEK id to the number of rows it wraps.
+	Rows map[string]int64
+}
+
+func (e *RetiredKEKError) Error() string {
+	msg := "rows are still wrapped by KEKs that are not configured:"
+	for _, id := range slices.Sorted(maps.Keys(e.Rows)) {
+		msg += fmt.Sprintf(" %q (%d rows)", id, e.Rows[id])
+	}
+	return msg
+}
+
+// CheckKeyringCoversRows returns a *RetiredKEKError when rows hold a
+// server wrap under a KEK id the keyring cannot open — a KEK retired
+// before the re-wrap job moved its rows. Zero-knowledge rows do not
+// count: the server holds no wrap of theirs. A store that cannot count
+// rows (no RewrapStore) passes.
+func CheckKeyringCoversRows(ctx context.Context, store Store, k *Keyring) error {
+	rs, ok := store.(RewrapStore)
+	if !ok {
+		return nil
+	}
+	counts, err := rs.KEKCounts(ctx)
+	if err != nil {
+		return err
+	}
+	missing := map[string]int64{}
+	for _, c := range counts {
+		if !c.Wrapped {
+			continue
+		}
+		if _, err := k.Lookup(c.KEKID); err != nil {
+			missing[c.KEKID] += c.Rows
+		}
+	}
+	if len(missing) > 0 {
+		return &RetiredKEKError{Rows: missing}
+	}
+	return nil
+}

@@ -12,7 +12,7 @@ import (
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
-func mustKEK(t *testing.T, id string, key []byte) *localkek.KEK {
+func mustKEK(t testing.TB, id string, key []byte) *localkek.KEK {
 	t.Helper()
 	k, err := localkek.New(id, key, true)
 	require.NoError(t, err)

@@ -58,6 +58,13 @@ var rowTitles = map[string]string{
 
 const floorTitle = "floor: pgbench, same SQL"
 
+// freshTitle is the env-KEK row where no token is presented twice, so
+// every request pays the full JWT check: a storm of new logins.
+const freshTitle = "PostgreSQL + env KEK, a new token per request"
+
+// freshConcurrency is the one concurrency of the fresh-token row.
+const freshConcurrency = 64
+
 // pacedConcurrency is the number of workers of the paced step at half of
 // peak throughput: enough that a slow answer does not hold back the pace.
 const pacedConcurrency = 64
@@ -104,7 +111,7 @@ type bench struct {
 	s       settings
 	bin     string
 	jwksURL string
-	issuer  string
+	issuer  *jwtissuer.Issuer
 	tokens  []string
 	kms     *localkms.Server
 	kmsKey  localkms.Key
@@ -134,7 +141,7 @@ func TestBenchTable(t *testing.T) {
 	require.NoError(t, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())
 	t.Cleanup(jwks.Close)
-	b.jwksURL, b.issuer = jwks.URL, issuer.Issuer()
+	b.jwksURL, b.issuer = jwks.URL, issuer
 	now := time.Now()
 	for i := 1; i <= s.users; i++ {
 		tok, err := issuer.Mint(jwtissuer.Claims{Subject: UserID(i), IssuedAt: now, Expiry: now.Add(2 * time.Hour)})
@@ -234,17 +241,20 @@ func serverInfo(t *testing.T) (version string, maxConns int) {
 	return "PostgreSQL " + version, maxConns
 }
 
-// database makes a fresh database and a plain role (no superuser, no
-// BYPASSRLS) that may create the schema in it, so row-level security
-// binds the server and pgbench as it binds production. Both go away with
-// the test.
-func (b *bench) database() string {
-	t := b.t
-	dbURL := pgtest.NewDatabase(t)
-	role := pgtest.NewRole(t, dbURL)
-	admin := pgtest.NewPool(t, dbURL)
-	pgtest.Exec(t, admin, "GRANT CREATE ON DATABASE "+pgx.Identifier{admin.Config().ConnConfig.Database}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
-	admin.Close() // the pool is not needed during the run; cleanup closes it again harmlessly
+// database makes a fresh database for a server row (see roleDatabase).
+func (b *bench) database() string { return roleDatabase(b.t) }
+
+// roleDatabase makes a fresh database and a plain role (no superuser, no
+// BYPASSRLS) that may create the schema in it, and returns the URL that
+// connects as that role: row-level security binds the server and pgbench
+// as it binds production. Both go away with the test.
+func roleDatabase(tb testing.TB) string {
+	tb.Helper()
+	dbURL := pgtest.NewDatabase(tb)
+	role := pgtest.NewRole(tb, dbURL)
+	admin := pgtest.NewPool(tb, dbURL)
+	pgtest.Exec(tb, admin, "GRANT CREATE ON DATABASE "+pgx.Identifier{admin.Config().ConnConfig.Database}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
+	admin.Close() // not needed during the run; its cleanup closes it again harmlessly
 	return role.URL
 }
 
@@ -254,7 +264,7 @@ func (b *bench) serverEnv(extra ...string) []string {
 		"HOME=" + b.t.TempDir(),
 		"KEYBROKER_ADDR=127.0.0.1:0",
 		"KEYBROKER_JWKS_URL=" + b.jwksURL,
-		"KEYBROKER_JWT_ISSUER=" + b.issuer,
+		"KEYBROKER_JWT_ISSUER=" + b.issuer.Issuer(),
 		"KEYBROKER_LOG_FORMAT=json",
 		"KEYBROKER_LOG_LEVEL=info",
 	}
@@ -328,33 +338,44 @@ func initUser(client *http.Client, base, token string) error {
 
 // step runs one load step against p and returns its row.
 func (b *bench) step(title string, p *Process, conns int, rate float64) *Row {
+	return b.stepWith(title, p, conns, rate, b.tokens, false)
+}
+
+func (b *bench) stepWith(title string, p *Process, conns int, rate float64, tokens []string, sequential bool) *Row {
 	t := b.t
 	client := NewClient(conns)
 	defer client.CloseIdleConnections()
-	var kmsBefore atomic.Int64
+	var kmsBefore, cpuBefore atomic.Int64
 	kmsBefore.Store(b.kms.Requests())
 	res, err := Run(context.Background(), Load{
-		URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: b.tokens, Concurrency: conns,
+		URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Sequential: sequential, Concurrency: conns,
 		Warmup: b.s.warmup, Duration: b.s.duration, Rate: rate, Client: client,
 		OnMeasure: func() {
 			if err := p.ResetPeakRSS(); err != nil {
 				t.Logf("reset peak RSS: %v (the step reports the lifetime peak)", err)
 			}
 			kmsBefore.Store(b.kms.Requests())
+			if cpu, err := p.CPUTime(); err == nil {
+				cpuBefore.Store(int64(cpu))
+			}
 		},
 	})
 	require.NoError(t, err)
+	cpu, err := p.CPUTime()
+	require.NoError(t, err)
 	rss, err := p.PeakRSS()
 	require.NoError(t, err)
-	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1}
+	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1,
+		CPU: cpu - time.Duration(cpuBefore.Load())}
 	if strings.Contains(title, "AWS") {
 		row.KMSCalls = b.kms.Requests() - kmsBefore.Load()
 	}
 	if res.Errors > 0 {
 		t.Logf("%s, %d conns: %d errors, first: %s\n%s", title, conns, res.Errors, res.FirstError, p.Tail())
 	}
-	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  RSS %.1f MiB",
-		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)), float64(rss)/(1<<20))
+	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  RSS %.1f MiB  CPU %.0f µs/req",
+		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)), float64(rss)/(1<<20),
+		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)))
 	return row
 }
 
@@ -399,6 +420,7 @@ func (b *bench) runPGEnvAndFloor() {
 		t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
 			floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
 	})
+	b.freshTokenStep(p)
 	p.Stop()
 
 	// Start to ready with the migrations already applied: the median of
@@ -480,4 +502,31 @@ func (b *bench) runSQLite() {
 	require.NoError(t, err)
 	b.startToReady[title] = p.StartToReady
 	p.Stop()
+}
+
+// freshTokenStep measures the env-KEK server at freshConcurrency with a
+// token nobody presented before on every request: enough tokens are
+// minted for the step at the rate the random-token step reached.
+func (b *bench) freshTokenStep(p *Process) {
+	t := b.t
+	rate := 0.0
+	if r := b.closedRow(rowTitles[rowPGEnv], freshConcurrency); r != nil {
+		rate = r.Result.RPS()
+	}
+	if rate == 0 {
+		return // freshConcurrency is not among the swept concurrencies
+	}
+	n := min(int(rate*(b.s.warmup+b.s.duration).Seconds()*1.5)+1000, 200_000)
+	now := time.Now()
+	tokens := make([]string, n)
+	for i := range tokens {
+		tok, err := b.issuer.Mint(jwtissuer.Claims{Subject: UserID(i%b.s.users + 1), IssuedAt: now, Expiry: now.Add(2 * time.Hour)})
+		require.NoError(t, err)
+		tokens[i] = tok
+	}
+	row := b.stepWith(freshTitle, p, freshConcurrency, 0, tokens, true)
+	if used := row.Result.OK + row.Result.Errors; used > n {
+		row.Note = fmt.Sprintf("%d tokens for about %d requests: some were presented twice", n, used)
+	}
+	b.rows = append(b.rows, row)
 }

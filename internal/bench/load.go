@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,10 @@ type Load struct {
 	// a server that falls behind is not flattered by the generator
 	// waiting for it (coordinated omission).
 	Rate float64
+	// Sequential hands out Tokens in order, each once (then from the
+	// start again), instead of at random: with as many tokens as
+	// requests, no token is presented twice, as in a storm of new logins.
+	Sequential bool
 	// Client sends the requests; its transport must keep at least
 	// Concurrency idle connections per host.
 	Client *http.Client
@@ -91,10 +96,11 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 		defer timer.Stop()
 	}
 	results := make([]workerResult, l.Concurrency)
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for i := range l.Concurrency {
 		wg.Go(func() {
-			results[i] = worker(ctx, l, i, start, measureFrom, end)
+			results[i] = worker(ctx, l, i, &next, start, measureFrom, end)
 		})
 	}
 	wg.Wait()
@@ -114,7 +120,7 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 	return total, nil
 }
 
-func worker(ctx context.Context, l Load, id int, start, measureFrom, end time.Time) workerResult {
+func worker(ctx context.Context, l Load, id int, next *atomic.Int64, start, measureFrom, end time.Time) workerResult {
 	var w workerResult
 	rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), uint64(id)))
 	// Paced workers share the schedule: worker id sends requests
@@ -149,7 +155,11 @@ func worker(ctx context.Context, l Load, id int, start, measureFrom, end time.Ti
 		if !sent.Before(end) {
 			return w
 		}
-		status, err := get(ctx, l.Client, l.URL, l.Tokens[rng.IntN(len(l.Tokens))])
+		token := l.Tokens[rng.IntN(len(l.Tokens))]
+		if l.Sequential {
+			token = l.Tokens[int(next.Add(1)-1)%len(l.Tokens)]
+		}
+		status, err := get(ctx, l.Client, l.URL, token)
 		done := time.Now()
 		if done.Before(measureFrom) || done.After(end) {
 			continue // warm-up, or past the window

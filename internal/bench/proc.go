@@ -156,6 +156,33 @@ func (p *Process) PeakRSS() (int64, error) {
 	return 0, errors.New("bench: no VmHWM in /proc/PID/status")
 }
 
+// CPUTime returns the user plus system CPU time the server has used so
+// far (/proc/PID/stat, in clock ticks of 10 ms on Linux).
+func (p *Process) CPUTime() (time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces:
+	// count fields after its closing parenthesis.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("bench: malformed /proc/PID/stat")
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 13 {
+		return 0, errors.New("bench: short /proc/PID/stat")
+	}
+	// fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("bench: /proc/PID/stat: %w", err)
+	}
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	return time.Duration(utime+stime) * tick, nil
+}
+
 // ResetPeakRSS starts a new peak RSS measurement (Linux ≥ 4.0: writing 5
 // to clear_refs resets VmHWM to the current RSS), so each step reports
 // its own peak rather than the process's lifetime peak.

@@ -21,6 +21,9 @@ type Row struct {
 	PeakRSS int64
 	// KMSCalls in the measured window; negative when there is no KMS.
 	KMSCalls int64
+	// CPU is the server's CPU time (user + system) in the measured
+	// window; zero when not measured.
+	CPU time.Duration
 	// FloorRPS is the pgbench floor at the same concurrency; zero when
 	// none was measured.
 	FloorRPS float64
@@ -46,8 +49,8 @@ func (r *Row) FloorRatio() float64 {
 // Table renders rows as a Markdown table.
 func Table(rows []*Row) string {
 	var b strings.Builder
-	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | peak RSS | × floor | KMS calls / 10k req | errors |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | peak RSS | server CPU / req | × floor | KMS calls / 10k req | errors |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		conns := strconv.Itoa(r.Concurrency)
 		if r.Rate > 0 {
@@ -65,14 +68,18 @@ func Table(rows []*Row) string {
 		if k := r.KMSPer10k(); k >= 0 {
 			kms = fmt.Sprintf("%.1f", k)
 		}
+		cpu := "—"
+		if r.CPU > 0 && r.Result.OK > 0 {
+			cpu = fmt.Sprintf("%.0f µs", float64(r.CPU/time.Microsecond)/float64(r.Result.OK))
+		}
 		config := r.Config
 		if r.Note != "" {
 			config += " (" + r.Note + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %d |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d |\n",
 			config, conns, r.Result.RPS(),
 			ms(r.Result.Percentile(50)), ms(r.Result.Percentile(99)), ms(r.Result.Percentile(99.9)),
-			rss, ratio, kms, r.Result.Errors)
+			rss, cpu, ratio, kms, r.Result.Errors)
 	}
 	return b.String()
 }

@@ -158,20 +158,26 @@ func New(cfg Config) (*API, error) {
 	}
 	r.Route(BasePath, func(r chi.Router) {
 		if a.cors != nil {
-			// Before authentication: a preflight carries no token.
+			// Before routing and authentication: a preflight is an
+			// OPTIONS request without a token.
 			r.Use(a.cors.handle)
 		}
-		r.Use(noStore, a.limitBody, a.authenticate)
-		if a.limiter != nil {
-			r.Use(a.rateLimit)
-		}
-		r.Get("/status", a.handle(a.status))
-		r.Post("/init", a.handle(a.init))
-		r.Get("/key", a.handle(a.key))
-		r.Post("/rotate", a.handle(a.rotate))
-		r.Post("/recovery-wrap", a.handle(a.setRecoveryWrap))
-		r.Delete("/recovery-wrap", a.handle(a.clearRecoveryWrap))
-		r.Post("/zero-knowledge", a.handle(a.zeroKnowledge))
+		r.Use(noStore)
+		// The rest runs once a route matched, so that its 401 and 429
+		// are counted and logged under the route's own pattern.
+		r.Group(func(r chi.Router) {
+			r.Use(a.limitBody, a.authenticate)
+			if a.limiter != nil {
+				r.Use(a.rateLimit)
+			}
+			r.Get("/status", a.handle(a.status))
+			r.Post("/init", a.handle(a.init))
+			r.Get("/key", a.handle(a.key))
+			r.Post("/rotate", a.handle(a.rotate))
+			r.Post("/recovery-wrap", a.handle(a.setRecoveryWrap))
+			r.Delete("/recovery-wrap", a.handle(a.clearRecoveryWrap))
+			r.Post("/zero-knowledge", a.handle(a.zeroKnowledge))
+		})
 	})
 	if a.serviceKey != nil {
 		a.mountService(r)
@@ -400,13 +406,13 @@ func decodeJSON(r *http.Request, dst any, message string) error {
 // makes; padding optional) and checks the decoded length. The value is
 // never echoed back: it may be key material.
 func decodeBase64Field(name, value string, size int) ([]byte, error) {
-	enc := base64.StdEncoding
-	if !strings.HasSuffix(value, "=") && len(value)%4 != 0 {
-		enc = base64.RawStdEncoding
-	}
-	b, err := enc.DecodeString(value)
+	// Padded first, then unpadded; the decoder, not the raw length, says
+	// which applies: it skips line breaks, which a length test counts.
+	b, err := base64.StdEncoding.DecodeString(value)
 	if err != nil {
-		return nil, badRequest(name + " is not valid base64")
+		if b, err = base64.RawStdEncoding.DecodeString(value); err != nil {
+			return nil, badRequest(name + " is not valid base64")
+		}
 	}
 	if len(b) != size {
 		clear(b)

@@ -315,6 +315,7 @@ func TestFullRun(t *testing.T) {
 		text := string(metrics)
 		require.Contains(t, text, `keybroker_http_requests_total{method="POST",route="/api/v1/me/encryption-vault/init",status="200"} 1`)
 		require.Contains(t, text, `keybroker_http_requests_total{method="GET",route="unmatched",status="404"} 1`)
+		require.Contains(t, text, `keybroker_http_requests_total{method="GET",route="/api/v1/me/encryption-vault/key",status="401"} 1`, "a refusal counts under its route")
 		require.Contains(t, text, `keybroker_http_request_duration_seconds_bucket{method="GET",route="/api/v1/me/encryption-vault/key"`)
 		require.Contains(t, text, `route="/api/v1/internal/users/{userId}/vault"`)
 		require.NotContains(t, text, "alice", "no user id in any label")

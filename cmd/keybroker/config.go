@@ -33,6 +33,7 @@ type config struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
+	Ops             opsConfig // serve's operations settings (ops.go)
 }
 
 // env names, one place.
@@ -75,7 +76,7 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	fs.StringVar(&c.DataDir, "data-dir", env(envDataDir, defaultDataDir), "directory of the embedded store and of dev-mode files ($"+envDataDir+")")
 	fs.StringVar(&c.Schema, "schema", env(envSchema, "keybroker"), "database schema; \"auth\" adopts the original service's tables ($"+envSchema+")")
 	fs.StringVar(&c.LogLevel, "log-level", env(envLogLevel, "info"), "debug, info, warn or error ($"+envLogLevel+")")
-	fs.StringVar(&c.LogFormat, "log-format", env(envLogFormat, "json"), "json or text ($"+envLogFormat+")")
+	fs.StringVar(&c.LogFormat, "log-format", env(envLogFormat, ""), "json or text; default text on a terminal, json otherwise ($"+envLogFormat+")")
 	if serve {
 		fs.StringVar(&c.Addr, "addr", env(envAddr, defaultAddr), "listen address ($"+envAddr+", or :$"+envPort+")")
 		fs.StringVar(&c.KEK, "kek", env(envKEK, ""), "active KEK URI, e.g. env://MANA_AUTH_KEK or file:///etc/keybroker/kek?id=file-2026 ($"+envKEK+")")
@@ -95,6 +96,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 			return nil, fmt.Errorf("$%s: %w", envShutdownTimeout, err)
 		}
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", shutdown, "grace period for in-flight requests on SIGTERM ($"+envShutdownTimeout+")")
+		if err := c.Ops.register(fs, getenv); err != nil {
+			return nil, err
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, errUsage
@@ -118,6 +122,11 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	}
 	if serve && c.JWKSURL == "" && !c.Dev {
 		return nil, fmt.Errorf("no token issuer: set $%s (or --jwks-url) to the issuer's JWKS URL (or run --dev for a built-in issuer)", envJWKSURL)
+	}
+	if serve {
+		if err := c.Ops.validate(); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -171,6 +180,12 @@ func (c *config) logger(w io.Writer) (*slog.Logger, error) {
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	switch c.LogFormat {
+	case "":
+		// People read a terminal; log pipelines and journald parse JSON.
+		if isTerminal(w) {
+			return slog.New(slog.NewTextHandler(w, opts)), nil
+		}
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	case "text":

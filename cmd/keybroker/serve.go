@@ -44,6 +44,15 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		defer keks.close()
 	}
+	ops, err := newOps(cfg.Ops, log) // metrics, readiness, CORS, TLS: ops.go
+	if err != nil {
+		return err
+	}
+	if keks != nil {
+		if err := keks.instrument(ops.kek, cfg, getenv); err != nil {
+			return err
+		}
+	}
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -64,7 +73,11 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer verifier.Close()
-	api, err := vaultapi.New(vaultapi.Config{Service: svc, Verifier: verifier, Logger: log})
+	apiCfg, err := ops.apiConfig(vaultapi.Config{Service: svc, Verifier: verifier, Logger: log}, store, keyring, keks, verifier)
+	if err != nil {
+		return err
+	}
+	api, err := vaultapi.New(apiCfg)
 	if err != nil {
 		return err
 	}
@@ -78,15 +91,15 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	ln = notifySystemd(ln, store, kekOK, log) // READY=1, watchdog, STOPPING=1
-	srv := &http.Server{
-		Handler:           api.Handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	srv := newHTTPServer(api.Handler(), log)
+	if ln, err = serveTLS(ctx, cfg.Ops, srv, ln, log); err != nil {
+		return err
 	}
+	if err := ops.listenMetrics(); err != nil {
+		ln.Close()
+		return err
+	}
+	ops.start(ctx) // readiness polls, the metrics listener
 	log.Info("keybroker serving", slog.String("addr", ln.Addr().String()),
 		slog.String("schema", cfg.Schema), slog.String("active_kek", keyring.ActiveID()),
 		slog.Any("kek_ids", keyring.IDs()), slog.String("version", version))

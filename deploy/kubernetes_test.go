@@ -2,12 +2,10 @@ package deploy
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/kekproviders"
 )
 
@@ -294,140 +291,4 @@ func requireSubset(t *testing.T, selector, labels map[string]string, what string
 	for k, v := range selector {
 		require.Equal(t, v, labels[k], "%s: %s", what, k)
 	}
-}
-
-// awsPolicy is an IAM policy document, with the fields that may be a
-// string or a list normalised to lists.
-type awsPolicy struct {
-	Version   string
-	Statement []struct {
-		Sid       string
-		Effect    string
-		Principal map[string]stringOrList
-		Action    stringOrList
-		Resource  stringOrList
-		Condition map[string]map[string]stringOrList
-	}
-}
-
-type stringOrList []string
-
-func (s *stringOrList) UnmarshalJSON(b []byte) error {
-	var one string
-	if err := json.Unmarshal(b, &one); err == nil {
-		*s = []string{one}
-		return nil
-	}
-	return json.Unmarshal(b, (*[]string)(s))
-}
-
-func readJSON(t *testing.T, path string, out any) {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	require.NoError(t, err)
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	require.NoError(t, dec.Decode(out), path)
-}
-
-func TestAWSKMSPolicy(t *testing.T) {
-	t.Parallel()
-	var policy awsPolicy
-	readJSON(t, "kubernetes/iam/aws-kms-policy.json", &policy)
-	require.Equal(t, "2012-10-17", policy.Version)
-
-	// The KEK id in the policy is the one the Deployment's URI uses.
-	_, dep := one[deployment](t, loadManifests(t), "Deployment")
-	var kekID string
-	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
-		if e.Name == "KEYBROKER_KEK" {
-			p, err := kekproviders.ParseURI(e.Value)
-			require.NoError(t, err)
-			kekID = p.ID
-		}
-	}
-	bindingKeys := slices.Sorted(func(yield func(string) bool) {
-		for k := range broker.BindingContext("u", "k", broker.FormatBound) {
-			if !yield(k) {
-				return
-			}
-		}
-	})
-
-	var actions []string
-	for _, st := range policy.Statement {
-		require.Equal(t, "Allow", st.Effect, st.Sid)
-		require.Empty(t, st.Principal, "%s: an identity policy for the role, not a key policy", st.Sid)
-		for _, r := range st.Resource {
-			require.True(t, strings.HasPrefix(r, "arn:aws:kms:"), "%s: scoped to the key, not %q", st.Sid, r)
-			require.NotContains(t, r, "*", "%s: one key, no wildcard", st.Sid)
-		}
-		actions = append(actions, st.Action...)
-		usesContext := slices.ContainsFunc(st.Action, func(a string) bool {
-			return a == "kms:Encrypt" || a == "kms:Decrypt" || strings.HasPrefix(a, "kms:ReEncrypt")
-		})
-		if !usesContext {
-			require.Equal(t, stringOrList{"kms:DescribeKey"}, st.Action, "%s: only metadata without a context condition", st.Sid)
-			continue
-		}
-		// Encrypt and Decrypt only with exactly the binding context keys,
-		// for this KEK id and the bound format, and always with a user.
-		keys := st.Condition["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"]
-		require.ElementsMatch(t, bindingKeys, []string(keys), st.Sid)
-		eq := st.Condition["StringEquals"]
-		require.Equal(t, stringOrList{kekID}, eq["kms:EncryptionContext:"+broker.BindingKEKID], st.Sid)
-		require.Equal(t, stringOrList{strconv.Itoa(broker.FormatBound)}, eq["kms:EncryptionContext:"+broker.BindingFormat], st.Sid)
-		require.Equal(t, stringOrList{"false"}, st.Condition["Null"]["kms:EncryptionContext:"+broker.BindingUserID], st.Sid)
-	}
-	for _, a := range []string{"kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"} {
-		require.Contains(t, actions, a)
-	}
-	for _, a := range actions {
-		require.NotContains(t, a, "*", "no wildcard actions")
-		require.NotContains(t, []string{"kms:CreateGrant", "kms:ScheduleKeyDeletion", "kms:PutKeyPolicy", "kms:DisableKey", "kms:GenerateDataKey"}, a)
-	}
-
-	var trust awsPolicy
-	readJSON(t, "kubernetes/iam/aws-irsa-trust-policy.json", &trust)
-	require.Len(t, trust.Statement, 1)
-	require.Equal(t, stringOrList{"sts:AssumeRoleWithWebIdentity"}, trust.Statement[0].Action)
-	var sub string
-	for k, v := range trust.Statement[0].Condition["StringEquals"] {
-		if strings.HasSuffix(k, ":sub") {
-			sub = v[0]
-		}
-	}
-	require.Equal(t, "system:serviceaccount:keybroker:keybroker", sub, "only keybroker's ServiceAccount may assume the role")
-}
-
-func TestGCPKMSPolicy(t *testing.T) {
-	t.Parallel()
-	objs := loadManifests(t)
-	sa, _ := one[struct{}](t, objs, "ServiceAccount")
-	gsa := "serviceAccount:" + sa.Metadata.Annotations["iam.gke.io/gcp-service-account"]
-
-	type bindings struct {
-		Bindings []struct {
-			Role    string   `json:"role"`
-			Members []string `json:"members"`
-		} `json:"bindings"`
-	}
-	var key bindings
-	readJSON(t, "kubernetes/iam/gcp-kms-key-policy.json", &key)
-	roles := map[string][]string{}
-	for _, b := range key.Bindings {
-		roles[b.Role] = b.Members
-	}
-	require.Equal(t, []string{gsa}, roles["roles/cloudkms.cryptoKeyEncrypterDecrypter"], "encrypt/decrypt on the one key, for keybroker's account only")
-	for role := range roles {
-		require.Contains(t, []string{"roles/cloudkms.cryptoKeyEncrypterDecrypter", "roles/cloudkms.viewer"}, role, "least privilege")
-	}
-
-	var wi bindings
-	readJSON(t, "kubernetes/iam/gcp-workload-identity-policy.json", &wi)
-	require.Len(t, wi.Bindings, 1)
-	require.Equal(t, "roles/iam.workloadIdentityUser", wi.Bindings[0].Role)
-	require.Len(t, wi.Bindings[0].Members, 1)
-	require.True(t, strings.HasSuffix(wi.Bindings[0].Members[0], ".svc.id.goog["+sa.Metadata.Namespace+"/"+sa.Metadata.Name+"]"),
-		wi.Bindings[0].Members[0])
 }

@@ -25,13 +25,15 @@ import (
 
 // server is a keybroker serve process started from the built binary.
 type server struct {
-	addr string
+	addr   string
+	issuer *jwtissuer.Issuer // signs tokens the server accepts
 }
 
 // startServer runs `keybroker serve` on a loopback port with a fresh
 // PostgreSQL database, a KEK file and a test JWKS, and returns once it
-// logs that it serves. It is stopped with SIGTERM when the test ends.
-func startServer(t *testing.T) *server {
+// logs that it serves. env entries (KEY=VALUE) override the defaults. It
+// is stopped with SIGTERM when the test ends.
+func startServer(t *testing.T, env ...string) *server {
 	t.Helper()
 	bin := keybrokerBinary(t)
 	issuer, err := jwtissuer.New("https://auth.test")
@@ -57,6 +59,7 @@ func startServer(t *testing.T) *server {
 		"KEYBROKER_ENV=production",
 		"KEYBROKER_LOG_FORMAT=json",
 	}
+	cmd.Env = append(cmd.Env, env...) // the last of a duplicate key wins
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -88,7 +91,7 @@ func startServer(t *testing.T) *server {
 			_ = cmd.Process.Kill()
 		}
 	})
-	s := &server{}
+	s := &server{issuer: issuer}
 	select {
 	case s.addr = <-addrc:
 	case err := <-exited:

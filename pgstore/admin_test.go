@@ -72,6 +72,8 @@ func TestAdminEraseSeenBySuperuser(t *testing.T) {
 	}
 	require.Zero(t, count("encryption_vaults", userA))
 	require.Zero(t, count("encryption_vault_audit", userA))
+	require.Zero(t, count("encryption_vault_kek_index", userA), "the re-wrap index forgets the user too")
 	require.Equal(t, 1, count("encryption_vaults", userB))
+	require.Equal(t, 1, count("encryption_vault_kek_index", userB))
 	require.Equal(t, 1, count("encryption_vault_audit", userB))
 }

@@ -127,7 +127,8 @@ type ops struct {
 	registry  *prometheus.Registry
 	kek       *kekMetrics
 	readiness *vaultapi.Readiness
-	metricsLn net.Listener // the separate metrics listener, if configured
+	rows      *rowsCollector // nil when the store cannot count rows per KEK
+	metricsLn net.Listener   // the separate metrics listener, if configured
 }
 
 // newOps creates the metrics registry with the process's own collectors
@@ -207,6 +208,11 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 			return cfg, err
 		}
 	}
+	if o.rows = newRowsCollector(store, o.log); o.rows != nil {
+		if err := o.registry.Register(o.rows); err != nil {
+			return cfg, err
+		}
+	}
 	return cfg, nil
 }
 
@@ -271,6 +277,10 @@ func (o *ops) listenMetrics() error {
 func (o *ops) start(ctx context.Context) {
 	o.readiness.Poll(ctx)
 	go o.run(ctx)
+	if o.rows != nil {
+		o.rows.refresh(ctx)
+		go o.rows.run(ctx, rowsInterval)
+	}
 }
 
 // run polls readiness every ReadyInterval and serves the separate metrics

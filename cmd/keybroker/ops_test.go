@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -24,6 +25,8 @@ import (
 	"github.com/keybroker/keybroker/kekproviders/kekerr"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
+	"github.com/keybroker/keybroker/migrations"
+	"github.com/keybroker/keybroker/pgstore"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 
@@ -159,6 +162,8 @@ func TestServeOperations(t *testing.T) {
 		`keybroker_store_pool_max_connections`,
 		`keybroker_ready_check{check="kek",id="env-v1",status="ok"} 1`,
 		`keybroker_build_info{version="` + version + `"} 1`,
+		`keybroker_vault_rows_refreshed_timestamp_seconds`,
+		`keybroker_rewrap_running 0`,
 		`go_goroutines`,
 	} {
 		require.Contains(t, metrics, want)
@@ -288,4 +293,42 @@ func TestInstrumentedKEKKeepsAbilities(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("vault-transit", "transit-1", "unwrap", kekOutcome(err))))
 	require.NotEqual(t, "ok", kekOutcome(err))
 	require.Positive(t, testutil.CollectAndCount(m.latency), "latencies are observed")
+}
+
+// TestRowsPerKEKMetric: the rows collector reports the store's rows per
+// KEK id and mode, and the re-wrap job's state, from its last refresh.
+func TestRowsPerKEKMetric(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t, pgtest.NewDatabase(t))
+	_, err := migrations.Apply(ctx, pool, "keybroker")
+	require.NoError(t, err)
+	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: "keybroker"})
+	require.NoError(t, err)
+	kek, err := localkek.New("env-v1", bytes.Repeat([]byte{3}, 32), false)
+	require.NoError(t, err)
+	ring, err := broker.NewKeyring(kek)
+	require.NoError(t, err)
+	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring})
+	require.NoError(t, err)
+	for _, user := range []string{"a", "b", "c"} {
+		_, err := svc.Init(ctx, user, broker.RequestMeta{})
+		require.NoError(t, err)
+	}
+	require.NoError(t, svc.SetRecoveryWrap(ctx, "c", bytes.Repeat([]byte{1}, broker.RecoveryWrapSize), bytes.Repeat([]byte{2}, broker.RecoveryIVSize), broker.RequestMeta{}))
+	require.NoError(t, svc.EnableZeroKnowledge(ctx, "c", broker.RequestMeta{}))
+
+	c := newRowsCollector(store, slog.New(slog.DiscardHandler))
+	require.NotNil(t, c)
+	require.Zero(t, testutil.CollectAndCount(c), "nothing before the first refresh")
+	c.refresh(ctx)
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
+# HELP keybroker_vault_rows Vault rows by KEK id, wrap format and mode (server: the server holds a wrap; zero_knowledge: only the recovery wrap).
+# TYPE keybroker_vault_rows gauge
+keybroker_vault_rows{format="2",kek_id="env-v1",mode="server"} 2
+keybroker_vault_rows{format="2",kek_id="env-v1",mode="zero_knowledge"} 1
+# HELP keybroker_rewrap_running 1 while a re-wrap runner holds the job's lock.
+# TYPE keybroker_rewrap_running gauge
+keybroker_rewrap_running 0
+`), "keybroker_vault_rows", "keybroker_rewrap_running"))
 }

@@ -83,8 +83,8 @@ func checkKEKWithRetry(ctx context.Context, keyring *broker.Keyring, log *slog.L
 			if ctx.Err() != nil {
 				return
 			}
-			log.Warn("KEK check failed; retrying", slog.Duration("in", wait), slog.String("error", err.Error()))
 			wait = min(2*wait, kekRetryMax)
+			log.Warn("KEK check failed; retrying", slog.Duration("in", wait), slog.String("error", err.Error()))
 		}
 	}()
 	return ok, nil

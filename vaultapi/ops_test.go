@@ -149,9 +149,14 @@ func serviceHeader() map[string]string {
 // the metrics counted the routes.
 func TestFullRun(t *testing.T) {
 	t.Parallel()
-	o := newOpsEnv(t, nil)
-	o.readiness.Poll(context.Background())
+	o := newOpsEnv(t, func(cfg *vaultapi.Config) {
+		// Enough for alice's run; "hammer" spends it below.
+		cfg.RateLimit = vaultapi.RateLimit{PerSecond: 0.001, Burst: 25}
+	})
 	c := &client{t: t, base: o.url}
+	res, _ := c.request(http.MethodGet, "/readyz", nil, "")
+	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode, "pending before the first poll")
+	o.readiness.Poll(context.Background())
 	var secrets []string // every secret that crossed the wire
 	tokens := map[string]string{}
 	bearer := func(user string) map[string]string {
@@ -174,6 +179,10 @@ func TestFullRun(t *testing.T) {
 	res, body := c.request(http.MethodGet, vault+"/status", bearer("alice"), "")
 	require.Equal(t, http.StatusOK, res.StatusCode)
 	require.Equal(t, false, body["vaultExists"])
+	for i := 0; res.StatusCode != http.StatusTooManyRequests && i < 30; i++ {
+		res, _ = c.request(http.MethodGet, vault+"/status", bearer("hammer"), "")
+	}
+	require.Equal(t, http.StatusTooManyRequests, res.StatusCode)
 	res, body = c.request(http.MethodPost, vault+"/init", bearer("alice"), "")
 	require.Equal(t, http.StatusOK, res.StatusCode)
 	mk := addKey(body)

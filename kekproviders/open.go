@@ -109,6 +109,12 @@ func Remote(scheme string) bool {
 func ParseURI(uri string) (*ParsedURI, error) {
 	u, err := url.Parse(strings.TrimSpace(uri))
 	if err != nil {
+		// A *url.Error quotes the whole URI, token parameters and
+		// passwords included: keep only its reason.
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err
+		}
 		return nil, fmt.Errorf("kekproviders: %q is not a URI: %w", redact(uri), err)
 	}
 	if u.Scheme == "" {

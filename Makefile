@@ -4,7 +4,7 @@ BIN     ?= bin/keybroker
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test vet fmt run demo clean bench bench-micro
+.PHONY: all build test vet fmt run demo clean bench bench-micro fuzz
 
 all: build
 
@@ -35,6 +35,23 @@ bench:
 MICRO_PKGS := ./kekproviders/localkek ./broker ./vaultapi/jwtauth ./vaultapi
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem $(MICRO_PKGS)
+
+## fuzz: every fuzz target for $(FUZZTIME) each, one at a time (go test
+## -fuzz takes one target of one package per run). `make test` already runs
+## the committed corpora (testdata/fuzz/<FuzzName>/) and seeds; this explores.
+## A failing input is written to that package's testdata/fuzz: commit it.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := \
+	./vaultapi:FuzzRequest ./vaultapi:FuzzRecoveryWrapBody ./vaultapi:FuzzZeroKnowledgeBody \
+	./vaultapi:FuzzServiceRoutes ./vaultapi:FuzzDecodeBase64Field ./vaultapi/jwtauth:FuzzVerify \
+	./kekproviders:FuzzParseURI ./kekproviders:FuzzOpenLocal ./migrations:FuzzParse \
+	./client:FuzzParseRecoveryCode
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 ## run: keybroker in dev mode on 127.0.0.1:3001: the embedded store and a
 ## generated KEK in ./.keybroker, a built-in token issuer

@@ -70,7 +70,7 @@ const vaultColumns = `user_id, wrapped_mk, wrap_iv, format_version, kek_id, key_
 // statements is the store's SQL with the schema's sanitized table names
 // spliced in once, at construction.
 type statements struct {
-	vaultGet, vaultGetForUpdate, vaultInsert, vaultUpdate, auditInsert, ping string
+	vaultGet, vaultGetForUpdate, vaultInsert, vaultUpdate, auditInsert, auditAppend, ping string
 }
 
 func newStatements(schema string) statements {
@@ -92,6 +92,13 @@ WHERE user_id = $1`,
 		// unknown request metadata.
 		auditInsert: `INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at)
 VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''), NULLIF($6, ''), $7, $8)`,
+		// The rows of AuditAppend, as arrays: set_config scopes each row
+		// to its own user as the row is produced (see AuditAppend).
+		auditAppend: `INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at)
+SELECT r.id, set_config('app.current_user_id', r.user_id, true), r.action,
+    NULLIF(r.ip_address, ''), NULLIF(r.user_agent, ''), NULLIF(r.context, ''), r.status, r.created_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
+    AS r(id, user_id, action, ip_address, user_agent, context, status, created_at)`,
 		// LIMIT 0 reads no row, yet the statement fails unless both tables
 		// exist and the role may read them.
 		ping: `SELECT 1 FROM ` + vaults + `, ` + audit + ` LIMIT 0`,

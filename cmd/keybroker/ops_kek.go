@@ -211,6 +211,7 @@ func (o *openedKEKs) instrument(m *kekMetrics, cfg *config, getenv func(string) 
 		}
 		return "unknown"
 	}
+	o.metrics = m
 	o.active = instrumentKEK(o.active, scheme(activeURI), m)
 	for i, kek := range o.retired {
 		o.retired[i] = instrumentKEK(kek, scheme(retiredURIs[i]), m)

@@ -181,6 +181,7 @@ type openedKEKs struct {
 	retired []broker.KEK
 	cached  []string // ids in cached envelope mode
 	all     []kekproviders.KEK
+	metrics *kekMetrics // set by instrument; data keys are measured too
 }
 
 // close closes KEKs that hold resources (connections, token renewers).
@@ -240,8 +241,17 @@ func openKEKs(ctx context.Context, cfg *config, getenv func(string) string, log 
 
 // keyring builds the keyring over the store's data keys.
 func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.Logger) (*broker.Keyring, error) {
-	kcfg := broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log,
-		NewLocalKEK: func(id string, key []byte) (broker.KEK, error) { return localkek.New(id, key, false) }}
+	newLocal := func(id string, key []byte) (broker.KEK, error) {
+		kek, err := localkek.New(id, key, false)
+		switch {
+		case err != nil:
+			return nil, err
+		case o.metrics == nil:
+			return kek, nil
+		}
+		return instrumentKEK(kek, "data-key", o.metrics), nil
+	}
+	kcfg := broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log, NewLocalKEK: newLocal}
 	// Data keys are loaded whenever the store keeps them, so rows written
 	// in cached mode keep opening after a URI switches to cache=off.
 	if dataKeys, ok := store.(broker.DataKeyStore); ok {

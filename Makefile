@@ -31,8 +31,9 @@ fmt:
 bench:
 	KEYBROKER_BENCH=1 $(GO) test -count=1 -run '^TestBenchTable$$' -timeout 30m -v ./internal/bench
 
-## bench-micro: the Go micro-benchmarks of the hot pieces, with allocations.
-MICRO_PKGS := ./kekproviders/localkek ./broker ./vaultapi/jwtauth ./vaultapi
+## bench-micro: the Go micro-benchmarks of the hot pieces, with allocations
+## (the pgstore and internal/bench ones use the test PostgreSQL).
+MICRO_PKGS := ./kekproviders/localkek ./broker ./vaultapi/jwtauth ./vaultapi ./pgstore ./internal/bench
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem $(MICRO_PKGS)
 

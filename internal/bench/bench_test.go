@@ -160,16 +160,7 @@ func TestBenchTable(t *testing.T) {
 	machine.Pgbench = PgbenchVersion()
 	machine.PostgreSQL, b.maxConns = serverInfo(t)
 
-	for _, row := range s.rows {
-		switch row {
-		case rowPGEnv:
-			b.runPGEnvAndFloor()
-		case rowAWSDirect, rowAWSCached:
-			b.runAWS(row)
-		case rowSQLite:
-			b.runSQLite()
-		}
-	}
+	b.runAll()
 	for _, r := range b.rows {
 		if r.FloorRPS == 0 && r.Rate == 0 && r.Config != floorTitle {
 			r.FloorRPS = b.floor[r.Concurrency]
@@ -177,6 +168,7 @@ func TestBenchTable(t *testing.T) {
 	}
 
 	machine.LoadAfter = LoadAverage()
+	b.sortRows()
 	table := Table(b.rows)
 	targets := b.targets()
 	fmt.Printf("\n%s\n%s\n%s", machine.Markdown(), table, targets)
@@ -379,62 +371,110 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	return row
 }
 
-// sweep runs every closed-loop step, then the paced step at half of the
-// best throughput seen, which is where the p99 target is read.
-func (b *bench) sweep(title string, p *Process, after func(conns int)) {
-	peak := 0.0
-	for _, c := range b.s.conns {
-		row := b.step(title, p, c, 0)
-		b.rows = append(b.rows, row)
-		peak = max(peak, row.Result.RPS())
-		if after != nil {
-			after(c)
+// server is one configuration under test: a running keybroker whose
+// users are initialised.
+type server struct {
+	key, title string
+	p          *Process
+	env        []string
+	dbURL      string // the PostgreSQL database, for the floor; empty for SQLite
+}
+
+// runAll starts every configuration first and then interleaves their
+// steps — at each concurrency every server in turn, the floor right
+// after the env-KEK server, in an order that rotates — so that a change
+// in the machine's background load during the run lands on all rows
+// alike instead of on whichever row ran then. Idle servers cost nothing
+// but their memory.
+func (b *bench) runAll() {
+	t := b.t
+	var servers []*server
+	for _, key := range b.s.rows {
+		var srv *server
+		switch key {
+		case rowPGEnv:
+			srv = b.startPGEnv()
+		case rowAWSDirect, rowAWSCached:
+			srv = b.startAWS(key)
+		case rowSQLite:
+			srv = b.startSQLite()
+		}
+		if srv != nil {
+			b.initUsers(srv.p)
+			servers = append(servers, srv)
 		}
 	}
-	if peak > 0 {
-		b.rows = append(b.rows, b.step(title, p, pacedConcurrency, peak/2))
+	script := FloorScript("keybroker", b.s.users)
+	dir := t.TempDir()
+	peak := map[string]float64{}
+	for i, c := range b.s.conns {
+		for j := range servers {
+			srv := servers[(i+j)%len(servers)]
+			row := b.step(srv.title, srv.p, c, 0)
+			b.rows = append(b.rows, row)
+			peak[srv.key] = max(peak[srv.key], row.Result.RPS())
+			if srv.key == rowPGEnv {
+				b.floorStep(srv.dbURL, script, dir, c)
+			}
+		}
+	}
+	for _, srv := range servers {
+		if peak[srv.key] > 0 {
+			b.rows = append(b.rows, b.step(srv.title, srv.p, pacedConcurrency, peak[srv.key]/2))
+		}
+	}
+	for _, srv := range servers {
+		if srv.key == rowPGEnv {
+			b.freshTokenStep(srv.p)
+		}
+	}
+	for _, srv := range servers {
+		srv.p.Stop()
+	}
+	// Start to ready with the migrations already applied: the median of
+	// three restarts on the same store.
+	for _, srv := range servers {
+		if srv.key != rowPGEnv && srv.key != rowSQLite {
+			continue
+		}
+		var times []time.Duration
+		for range 3 {
+			p, err := b.start(srv.env)
+			require.NoError(t, err)
+			times = append(times, p.StartToReady)
+			p.Stop()
+		}
+		slices.Sort(times)
+		b.startToReady[srv.title] = times[1]
+		t.Logf("%s: start to ready (migrations applied): %v", srv.title, times)
 	}
 }
 
-func (b *bench) runPGEnvAndFloor() {
+// floorStep runs pgbench at the concurrency of the step just measured,
+// on the same database, while the server idles.
+func (b *bench) floorStep(dbURL, script, dir string, c int) {
 	t := b.t
+	// pgbench opens one connection per client; stay clear of
+	// max_connections, which the idle servers' pools share.
+	clients := min(c, b.maxConns-30)
+	res, err := Pgbench(context.Background(), dbURL, script, clients, b.s.duration+b.s.warmup, dir)
+	require.NoError(t, err)
+	row := &Row{Config: floorTitle, Concurrency: c, Result: res, KMSCalls: -1}
+	if clients != c {
+		row.Note = fmt.Sprintf("%d clients: max_connections is %d", clients, b.maxConns)
+	}
+	b.rows = append(b.rows, row)
+	b.floor[c] = res.RPS()
+	t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
+		floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
+}
+
+func (b *bench) startPGEnv() *server {
 	dbURL := b.database()
 	env := b.serverEnv("DATABASE_URL="+dbURL, newKEKEnv())
 	p, err := b.start(env)
-	require.NoError(t, err)
-	b.initUsers(p)
-	script := FloorScript("keybroker", b.s.users)
-	dir := t.TempDir()
-	b.sweep(rowTitles[rowPGEnv], p, func(c int) {
-		// The floor at the same concurrency, on the same database, right
-		// after the server's step; the idle server holds its pool.
-		clients := min(c, b.maxConns-30)
-		res, err := Pgbench(context.Background(), dbURL, script, clients, b.s.duration+b.s.warmup, dir)
-		require.NoError(t, err)
-		row := &Row{Config: floorTitle, Concurrency: c, Result: res, KMSCalls: -1}
-		if clients != c {
-			row.Note = fmt.Sprintf("%d clients: max_connections is %d", clients, b.maxConns)
-		}
-		b.rows = append(b.rows, row)
-		b.floor[c] = res.RPS()
-		t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
-			floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
-	})
-	b.freshTokenStep(p)
-	p.Stop()
-
-	// Start to ready with the migrations already applied: the median of
-	// three restarts on the same database.
-	var times []time.Duration
-	for range 3 {
-		p, err := b.start(env)
-		require.NoError(t, err)
-		times = append(times, p.StartToReady)
-		p.Stop()
-	}
-	slices.Sort(times)
-	b.startToReady[rowTitles[rowPGEnv]] = times[1]
-	t.Logf("start to ready (migrations applied): %v", times)
+	require.NoError(b.t, err)
+	return &server{key: rowPGEnv, title: rowTitles[rowPGEnv], p: p, env: env, dbURL: dbURL}
 }
 
 func (b *bench) awsURI(cacheOff bool) string {
@@ -448,60 +488,41 @@ func (b *bench) awsURI(cacheOff bool) string {
 	return "awskms:///" + b.kmsKey.Alias + "?" + q.Encode()
 }
 
-func (b *bench) runAWS(row string) {
+func (b *bench) startAWS(key string) *server {
 	t := b.t
-	title := rowTitles[row]
+	title := rowTitles[key]
+	dbURL := b.database()
 	awsEnv := func(uri string) []string {
-		return b.serverEnv("DATABASE_URL="+b.database(), "KEYBROKER_KEK="+uri,
+		return b.serverEnv("DATABASE_URL="+dbURL, "KEYBROKER_KEK="+uri,
 			"AWS_ACCESS_KEY_ID=AKIDLOCALKMS", "AWS_SECRET_ACCESS_KEY=local-kms-secret",
 			"AWS_EC2_METADATA_DISABLED=true", "AWS_REGION="+localkms.Region)
 	}
-	// Whether this keybroker knows the cache option at all: a KEK URI with
-	// an unknown parameter is refused at start.
-	p, err := b.start(awsEnv(b.awsURI(true)))
-	cacheKnown := err == nil
-	if !cacheKnown && !strings.Contains(err.Error(), "cache") {
-		t.Fatal(err)
-	}
-	if row == rowAWSCached {
-		if p != nil {
-			p.Stop()
-		}
-		if !cacheKnown {
+	env := awsEnv(b.awsURI(key == rowAWSDirect))
+	p, err := b.start(env)
+	if err != nil && strings.Contains(err.Error(), "cache") {
+		// This keybroker has no cache option: every KMS KEK is direct.
+		if key == rowAWSCached {
 			b.skipped = append(b.skipped, title+": this keybroker has no cached envelope mode for KEK URIs yet (no cache= option)")
-			return
+			return nil
 		}
-		p, err = b.start(awsEnv(b.awsURI(false)))
-		require.NoError(t, err)
+		env = awsEnv(b.awsURI(false))
+		p, err = b.start(env)
 	}
-	if p == nil {
-		// No cache option: every KMS KEK is direct, which is what the
-		// row measures.
-		p, err = b.start(awsEnv(b.awsURI(false)))
-		require.NoError(t, err)
-	}
-	b.initUsers(p)
-	b.sweep(title, p, nil)
-	p.Stop()
+	require.NoError(t, err)
+	return &server{key: key, title: title, p: p, env: env, dbURL: dbURL}
 }
 
-func (b *bench) runSQLite() {
+func (b *bench) startSQLite() *server {
 	t := b.t
 	title := rowTitles[rowSQLite]
 	env := b.serverEnv("KEYBROKER_DATA_DIR="+t.TempDir(), newKEKEnv())
 	p, err := b.start(env)
 	if err != nil && strings.Contains(err.Error(), "no database") {
 		b.skipped = append(b.skipped, title+": `keybroker serve` does not open the embedded store yet")
-		return
+		return nil
 	}
 	require.NoError(t, err)
-	b.initUsers(p)
-	b.sweep(title, p, nil)
-	p.Stop()
-	p, err = b.start(env) // the same data directory: migrations applied
-	require.NoError(t, err)
-	b.startToReady[title] = p.StartToReady
-	p.Stop()
+	return &server{key: rowSQLite, title: title, p: p, env: env}
 }
 
 // freshTokenStep measures the env-KEK server at freshConcurrency with a
@@ -529,4 +550,33 @@ func (b *bench) freshTokenStep(p *Process) {
 		row.Note = fmt.Sprintf("%d tokens for about %d requests: some were presented twice", n, used)
 	}
 	b.rows = append(b.rows, row)
+}
+
+// sortRows orders the table for reading: each configuration's rows
+// together, the floor beside the env-KEK row of the same concurrency,
+// closed-loop steps by concurrency, the paced step last.
+func (b *bench) sortRows() {
+	group := map[string]int{rowTitles[rowPGEnv]: 0, floorTitle: 0, freshTitle: 1,
+		rowTitles[rowAWSDirect]: 2, rowTitles[rowAWSCached]: 3, rowTitles[rowSQLite]: 4}
+	slices.SortStableFunc(b.rows, func(x, y *Row) int {
+		if d := group[x.Config] - group[y.Config]; d != 0 {
+			return d
+		}
+		if px, py := x.Rate > 0, y.Rate > 0; px != py {
+			if px {
+				return 1
+			}
+			return -1
+		}
+		if d := x.Concurrency - y.Concurrency; d != 0 {
+			return d
+		}
+		if fx, fy := x.Config == floorTitle, y.Config == floorTitle; fx != fy {
+			if fx {
+				return 1
+			}
+			return -1
+		}
+		return 0
+	})
 }

@@ -49,7 +49,7 @@ func (r *Row) FloorRatio() float64 {
 // Table renders rows as a Markdown table.
 func Table(rows []*Row) string {
 	var b strings.Builder
-	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | peak RSS | server CPU / req | × floor | KMS calls / 10k req | errors |\n")
+	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | peak RSS | server CPU / req | × floor | KMS calls / 10k req (calls) | errors |\n")
 	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		conns := strconv.Itoa(r.Concurrency)
@@ -66,7 +66,7 @@ func Table(rows []*Row) string {
 		}
 		kms := "—"
 		if k := r.KMSPer10k(); k >= 0 {
-			kms = fmt.Sprintf("%.1f", k)
+			kms = fmt.Sprintf("%.1f (%d)", k, r.KMSCalls)
 		}
 		cpu := "—"
 		if r.CPU > 0 && r.Result.OK > 0 {

@@ -36,7 +36,7 @@ func TestTableColumns(t *testing.T) {
 		{Config: "floor", Concurrency: 16, Result: &Result{OK: 50, Elapsed: time.Second}, KMSCalls: -1},
 	}
 	table := Table(rows)
-	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 32.0 MiB | 50 µs | 2.00× | 100.0 | 0 |")
+	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 32.0 MiB | 50 µs | 2.00× | 100.0 (1) | 0 |")
 	require.Contains(t, table, "| floor | 16 | 50 |")
 	require.Equal(t, 4, strings.Count(table, "\n"))
 }

@@ -127,7 +127,7 @@ func allTitles() []string {
 
 // MicroPackages hold the Go micro-benchmarks of the hot pieces; the
 // Makefile's bench-micro target lists the same.
-var MicroPackages = []string{"./kekproviders/localkek", "./broker", "./vaultapi/jwtauth", "./vaultapi"}
+var MicroPackages = []string{"./kekproviders/localkek", "./broker", "./vaultapi/jwtauth", "./vaultapi", "./pgstore", "./internal/bench"}
 
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+([0-9.]+) ns/op(?:\s+([0-9.]+) B/op)?(?:\s+(\d+) allocs/op)?`)
 

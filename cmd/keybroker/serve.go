@@ -21,6 +21,11 @@ import (
 )
 
 func cmdServe(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, h *hooks) error {
+	// What serve starts in the background (the dev issuer, the keyring
+	// refresh, the readiness poller) lives on ctx: cancelling it when serve
+	// returns, on an error too, stops all of it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	cfg, err := parseConfig("serve", args, getenv, stderr, true)
 	if err != nil {
 		return err

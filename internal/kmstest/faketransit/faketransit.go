@@ -82,6 +82,7 @@ type Server struct {
 	srv       *http.Server
 	closeOnce sync.Once
 	served    chan struct{}
+	closing   chan struct{} // closed by Close: releases stalled handlers
 	events    chan string
 	stalled   atomic.Bool
 
@@ -104,6 +105,7 @@ func Start(t testing.TB) *Server {
 	s := &Server{
 		URL:      "http://" + ln.Addr().String(),
 		served:   make(chan struct{}),
+		closing:  make(chan struct{}),
 		events:   make(chan string, 256),
 		keys:     map[string]*transitKey{},
 		tokens:   map[string]*token{},
@@ -126,6 +128,7 @@ func Start(t testing.TB) *Server {
 // address refuses connections. It is safe to call twice.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
+		close(s.closing)
 		s.srv.Close()
 		<-s.served
 	})
@@ -269,7 +272,13 @@ func fail(status int, msgs ...string) *apiError { return &apiError{status: statu
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.stalled.Load() {
-		<-r.Context().Done() // the client gave up, or Close dropped the connection
+		// Until the client gives up or the server closes. Closing the
+		// connection alone does not end r.Context() while the request body
+		// is unread, so Close releases the handler itself.
+		select {
+		case <-r.Context().Done():
+		case <-s.closing:
+		}
 		return
 	}
 	s.mu.Lock()

@@ -1,0 +1,13 @@
+package gcpkms_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests when a goroutine they started
+// outlives them: the gRPC client must end on Close.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}

@@ -227,7 +227,7 @@ type RewrapConfig struct {
 // DefaultRewrapBatchSize is the batch size when none is configured: large
 // enough that per-transaction costs vanish, small enough that a batch's
 // transaction is short.
-const DefaultRewrapBatchSize = 500
+const DefaultRewrapBatchSize = 1000
 
 const (
 	maxRewrapBatchSize  = 10000
@@ -329,6 +329,8 @@ type rewrapRun struct {
 	// failed holds the rows that failed in this run: later passes skip
 	// them rather than fail (and count) them again.
 	failed map[string]bool
+	// reported is when progress was last written for status readers.
+	reported time.Time
 }
 
 // Run moves every candidate row, in passes until a pass finds none left or
@@ -386,16 +388,21 @@ func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
 	}
 	j.tick(r)
 	if r.lease != nil {
+		r.reported = r.p.UpdatedAt
 		if err := r.lease.Report(ctx, r.p); err != nil {
 			return err
 		}
 	}
-	for pass := 0; pass < maxRewrapPasses; pass++ {
-		listed, moved, err := j.pass(ctx, r, false)
+	// Another pass is needed only for rows a user changed under the
+	// previous one; it lists what is still left, and each pass that
+	// follows must have moved something.
+	for pass := 0; r.p.Total > 0 && pass < maxRewrapPasses; pass++ {
+		skipped := r.p.Skipped
+		_, moved, err := j.pass(ctx, r, false)
 		if err != nil {
 			return err
 		}
-		if listed == 0 || moved == 0 || j.cfg.DryRun {
+		if r.p.Skipped == skipped || moved == 0 || j.cfg.DryRun {
 			break
 		}
 	}
@@ -432,32 +439,104 @@ func (j *RewrapJob) sweep(ctx context.Context, r *rewrapRun) error {
 	return nil
 }
 
-// pass walks the candidates once, in user-id order.
+// pass walks the candidates once, in user-id order. Two stages overlap:
+// a producer lists, reads and does the KEK work of the next batch while
+// this goroutine writes the current one, so the KEK's CPU (or a KMS's
+// latency) and the database's write time add up less. The batches hold
+// disjoint users, so working one ahead changes nothing a batch compares.
 func (j *RewrapJob) pass(ctx context.Context, r *rewrapRun, sweep bool) (listed, moved int64, err error) {
-	q := RewrapQuery{ActiveKEKID: r.active, OnActiveKEK: sweep, Limit: j.cfg.BatchSize}
-	for {
-		ids, err := j.store.RewrapCandidates(ctx, q)
-		if err != nil {
-			return listed, moved, err
+	ctx, cancel := context.WithCancel(ctx)
+	batches := make(chan *preparedBatch)
+	// Rows that failed in earlier passes; the producer reads its own copy
+	// while this goroutine records new failures.
+	skip := maps.Clone(r.failed)
+	go j.produce(ctx, r, sweep, skip, batches)
+	defer func() {
+		// Stop the producer and wait for it: nothing of this pass may
+		// outlive it.
+		cancel()
+		for range batches {
 		}
-		if len(ids) == 0 {
-			return listed, moved, nil
+	}()
+	for b := range batches {
+		if b.err != nil {
+			return listed, moved, b.err
 		}
-		q.After = ids[len(ids)-1]
-		ids = slices.DeleteFunc(ids, func(id string) bool { return r.failed[id] })
-		listed += int64(len(ids))
-		if len(ids) == 0 {
-			continue
-		}
-		n, err := j.runBatch(ctx, r, ids, sweep)
+		listed += int64(len(b.ids))
+		n, err := j.commitBatch(ctx, r, b)
 		moved += n
 		if err != nil {
 			return listed, moved, err
 		}
 	}
+	return listed, moved, ctx.Err()
 }
 
-// outcome is what the crypto step decided for one row.
+// preparedBatch is a batch read and through the KEK work, not yet written.
+type preparedBatch struct {
+	ids      []string
+	vaults   []*Vault
+	outcomes []outcome
+	err      error
+}
+
+// produce sends the pass's batches, prepared, until the candidates run
+// out (then it closes batches) or ctx ends.
+func (j *RewrapJob) produce(ctx context.Context, r *rewrapRun, sweep bool, skip map[string]bool, batches chan<- *preparedBatch) {
+	defer close(batches)
+	send := func(b *preparedBatch) bool {
+		select {
+		case batches <- b:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	q := RewrapQuery{ActiveKEKID: r.active, OnActiveKEK: sweep, Limit: j.cfg.BatchSize}
+	for {
+		ids, err := j.store.RewrapCandidates(ctx, q)
+		if err != nil {
+			send(&preparedBatch{err: err})
+			return
+		}
+		if len(ids) == 0 {
+			return
+		}
+		q.After = ids[len(ids)-1]
+		ids = slices.DeleteFunc(ids, func(id string) bool { return skip[id] })
+		if len(ids) == 0 {
+			continue
+		}
+		if j.limiter != nil {
+			if err := j.limiter.WaitN(ctx, len(ids)); err != nil {
+				send(&preparedBatch{err: err})
+				return
+			}
+		}
+		vaults, err := j.read(ctx, ids)
+		if err != nil {
+			send(&preparedBatch{err: err})
+			return
+		}
+		b := &preparedBatch{ids: ids, vaults: vaults, outcomes: make([]outcome, len(vaults))}
+		sem := make(chan struct{}, j.cfg.Concurrency)
+		var wg sync.WaitGroup
+		for i, v := range vaults {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				b.outcomes[i] = j.prepare(ctx, r, v, sweep)
+			}()
+		}
+		wg.Wait()
+		if !send(b) {
+			return
+		}
+	}
+}
+
+// outcome is what the KEK step decided for one row.
 type outcome struct {
 	swap   *RewrapSwap // nil: nothing to write
 	server bool        // moved by the backend's rewrap
@@ -465,42 +544,22 @@ type outcome struct {
 	fail   error
 }
 
-func (j *RewrapJob) runBatch(ctx context.Context, r *rewrapRun, ids []string, sweep bool) (moved int64, err error) {
+// commitBatch writes a prepared batch and counts it.
+func (j *RewrapJob) commitBatch(ctx context.Context, r *rewrapRun, b *preparedBatch) (moved int64, err error) {
 	if r.lease != nil {
 		if err := r.lease.Held(ctx); err != nil {
 			return 0, fmt.Errorf("%w: %w", ErrRewrapLockLost, err)
 		}
 	}
-	if j.limiter != nil {
-		if err := j.limiter.WaitN(ctx, len(ids)); err != nil {
-			return 0, err
-		}
-	}
-	vaults, err := j.read(ctx, ids)
-	if err != nil {
-		return 0, err
-	}
-	outcomes := make([]outcome, len(vaults))
-	sem := make(chan struct{}, j.cfg.Concurrency)
-	var wg sync.WaitGroup
-	for i, v := range vaults {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			outcomes[i] = j.prepare(ctx, r, v, sweep)
-		}()
-	}
-	wg.Wait()
 	// A row listed but deleted before the read counts as skipped.
-	r.p.Skipped += int64(len(ids) - len(vaults))
+	r.p.Skipped += int64(len(b.ids) - len(b.vaults))
 
 	var swaps []RewrapSwap
 	var swapOf []int // index into outcomes of each swap
-	for i, o := range outcomes {
+	for i, o := range b.outcomes {
 		switch {
 		case o.fail != nil:
-			if err := j.failed(ctx, r, vaults[i], o.fail); err != nil {
+			if err := j.failed(ctx, r, b.vaults[i], o.fail); err != nil {
 				return moved, err
 			}
 		case o.skip:
@@ -513,7 +572,7 @@ func (j *RewrapJob) runBatch(ctx context.Context, r *rewrapRun, ids []string, sw
 	if j.cfg.DryRun {
 		for _, i := range swapOf {
 			r.p.Done++
-			if outcomes[i].server {
+			if b.outcomes[i].server {
 				r.p.ServerRewrapped++
 			}
 		}
@@ -530,7 +589,7 @@ func (j *RewrapJob) runBatch(ctx context.Context, r *rewrapRun, ids []string, sw
 		case ok:
 			moved++
 			r.p.Done++
-			if outcomes[i].server {
+			if b.outcomes[i].server {
 				r.p.ServerRewrapped++
 			}
 		default:
@@ -538,7 +597,10 @@ func (j *RewrapJob) runBatch(ctx context.Context, r *rewrapRun, ids []string, sw
 		}
 	}
 	j.tick(r)
-	if r.lease != nil {
+	// Status readers need no more than a second's precision, and each
+	// report is a durable write.
+	if r.lease != nil && r.p.UpdatedAt.Sub(r.reported) >= time.Second {
+		r.reported = r.p.UpdatedAt
 		if err := r.lease.Report(ctx, r.p); err != nil && ctx.Err() == nil {
 			j.cfg.Logger.Warn("re-wrap: recording progress", slog.String("error", err.Error()))
 		}

@@ -233,7 +233,7 @@ func requireRowLevelSecurity(t *testing.T, e *env, schema string) {
 	t.Helper()
 	rows, err := e.admin.Query(t.Context(), `SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, p.polname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_policy p ON p.polrelid = c.oid
-WHERE n.nspname = $1 ORDER BY c.relname`, schema)
+WHERE n.nspname = $1 ORDER BY c.relname, p.polname`, schema)
 	require.NoError(t, err)
 	type rls struct {
 		Table          string
@@ -243,7 +243,9 @@ WHERE n.nspname = $1 ORDER BY c.relname`, schema)
 	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[rls])
 	require.NoError(t, err)
 	require.Equal(t, []rls{
+		{"encryption_vault_audit", true, true, "encryption_vault_audit_batch_isolation"},
 		{"encryption_vault_audit", true, true, "encryption_vault_audit_user_isolation"},
+		{"encryption_vaults", true, true, "encryption_vaults_batch_isolation"},
 		{"encryption_vaults", true, true, "encryption_vaults_user_isolation"},
 	}, got)
 }

@@ -10,19 +10,19 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/keybroker/keybroker/broker"
 )
 
 // The re-wrap job's store side. Row-level security is forced and the
-// runtime role has no BYPASSRLS, so no statement sees more than one user's
-// vault: candidates are listed from encryption_vault_kek_index, which a
-// trigger keeps in step with encryption_vaults and which holds no key
-// material (migration 0004). Rows are read and written in batches: one
-// transaction per batch, each statement scoped to its row's user with
-// set_config, pipelined in one round trip. One runner across replicas is a
-// session-level advisory lock held on a connection of its own.
+// runtime role has no BYPASSRLS, so a request's statement sees one user's
+// vault only: candidates are listed from encryption_vault_kek_index, which
+// a trigger keeps in step with encryption_vaults and which holds no key
+// material (migration 0004). Rows are read and written in batches, each
+// transaction scoped to exactly the users of its batch
+// (app.current_user_ids, migration 0004), one statement per batch. One
+// runner across replicas is a session-level advisory lock held on a
+// connection of its own.
 
 var (
 	_ broker.RewrapStore      = (*Store)(nil)
@@ -71,59 +71,96 @@ FROM `+s.table("encryption_vault_kek_index")+` GROUP BY 1, 2, 3, 4 ORDER BY 1, 2
 	return counts, nil
 }
 
-// RewrapRead reads the vaults of userIDs, each in its own user's scope, in
-// one round trip: a pipelined batch runs as one implicit transaction, so
-// each transaction-local scope covers the select after it. Users without
-// a vault are left out.
-func (s *Store) RewrapRead(ctx context.Context, userIDs []string) ([]*broker.Vault, error) {
-	var out []*broker.Vault
-	b := &pgx.Batch{}
+// setBatchScope scopes a transaction to a list of users
+// (app.current_user_ids, migration 0004): the rows of exactly those users,
+// for the rest of the transaction.
+const setBatchScope = `SELECT set_config('app.current_user_ids', $1::text[]::text, true)`
+
+func checkBatch(userIDs []string) error {
+	seen := make(map[string]bool, len(userIDs))
 	for _, id := range userIDs {
-		if id == "" {
-			return nil, fmt.Errorf("pgstore: %w: empty user id", broker.ErrInvalidArgument)
+		if id == "" || seen[id] {
+			return fmt.Errorf("pgstore: %w: a batch needs distinct, non-empty user ids", broker.ErrInvalidArgument)
 		}
-		b.Queue(setScope, id)
-		b.Queue(s.sql.vaultGet, id).QueryRow(func(row pgx.Row) error {
-			v, err := scanVault(row)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil
-			}
-			if err == nil {
+		seen[id] = true
+	}
+	return nil
+}
+
+// RewrapRead reads the vaults of userIDs in one round trip: the batch
+// scope and the select are pipelined, and PostgreSQL runs a pipeline as
+// one implicit transaction, so the transaction-local scope covers the
+// select. Users without a vault are left out.
+func (s *Store) RewrapRead(ctx context.Context, userIDs []string) ([]*broker.Vault, error) {
+	if err := checkBatch(userIDs); err != nil {
+		return nil, err
+	}
+	b := &pgx.Batch{}
+	b.Queue(setBatchScope, userIDs)
+	var out []*broker.Vault
+	b.Queue(`SELECT `+vaultColumns+` FROM `+s.table("encryption_vaults")+` WHERE user_id = ANY($1)`, userIDs).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				v, err := scanVault(rows)
+				if err != nil {
+					return err
+				}
 				out = append(out, v)
 			}
-			return err
+			return rows.Err()
 		})
-	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, interpretError(fmt.Errorf("rewrap read: %w", err))
 	}
 	return out, nil
 }
 
-// RewrapApply writes each swap whose row still has the wrap of swap.Old,
-// with its audit row, in one transaction; every statement runs in its
-// row's user scope. The compare is part of the UPDATE's WHERE clause, so a
-// user's concurrent change — committed before, or waited for by the row
-// lock the UPDATE takes — makes the swap miss rather than clobber it.
+// RewrapApply writes, in one transaction scoped to the batch's users, each
+// swap whose row still has the wrap of swap.Old, with its audit row, in
+// one statement. The compare is part of the UPDATE's WHERE clause, so a
+// user's concurrent change — committed before, or waited for on the row
+// lock the UPDATE takes and then re-checked — makes the swap miss rather
+// than clobber it; only wrap columns (and a missing key check value) are
+// written.
 func (s *Store) RewrapApply(ctx context.Context, swaps []broker.RewrapSwap) ([]bool, error) {
-	applied := make([]bool, len(swaps))
+	n := len(swaps)
+	users := make([]string, n)
+	oldWrapped, oldIV, oldKEK := make([]*string, n), make([]*string, n), make([]string, n)
+	newWrapped, newIV, newKEK, newCheck := make([]*string, n), make([]*string, n), make([]string, n), make([]*string, n)
+	oldFormat, newFormat, status := make([]int32, n), make([]int32, n), make([]int32, n)
+	auditID, action, note, at := make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
+	index := make(map[string]int, n)
+	for i := range swaps {
+		sw := &swaps[i]
+		if sw.Old.UserID != sw.New.UserID || sw.Audit.UserID != sw.Old.UserID {
+			return nil, fmt.Errorf("pgstore: %w: swap %d mixes users", broker.ErrInvalidArgument, i)
+		}
+		users[i] = sw.Old.UserID
+		index[users[i]] = i
+		oldWrapped[i], oldIV[i], oldFormat[i], oldKEK[i] = sw.Old.WrappedMK, sw.Old.WrapIV, int32(sw.Old.FormatVersion), sw.Old.KEKID
+		newWrapped[i], newIV[i], newFormat[i], newKEK[i] = sw.New.WrappedMK, sw.New.WrapIV, int32(sw.New.FormatVersion), sw.New.KEKID
+		newCheck[i] = sw.New.KeyCheck
+		auditID[i], action[i], note[i], status[i], at[i] = sw.Audit.ID, string(sw.Audit.Action), sw.Audit.Context, int32(sw.Audit.Status), sw.Audit.CreatedAt
+	}
+	if err := checkBatch(users); err != nil {
+		return nil, err
+	}
+	applied := make([]bool, n)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		for i := range swaps {
-			sw := &swaps[i]
-			if sw.Old.UserID == "" || sw.Old.UserID != sw.New.UserID || sw.Audit.UserID != sw.Old.UserID {
-				return fmt.Errorf("swap %d: %w: one non-empty user id per swap", i, broker.ErrInvalidArgument)
-			}
-			b.Queue(setScope, sw.Old.UserID)
-			b.Queue(s.rewrapSwapSQL(),
-				sw.Old.UserID, sw.Old.WrappedMK, sw.Old.WrapIV, sw.Old.FormatVersion, sw.Old.KEKID,
-				sw.New.WrappedMK, sw.New.WrapIV, sw.New.FormatVersion, sw.New.KEKID, sw.New.KeyCheck,
-				sw.Audit.ID, string(sw.Audit.Action), sw.Audit.Context, sw.Audit.Status, sw.Audit.CreatedAt,
-			).Exec(func(tag pgconn.CommandTag) error {
-				applied[i] = tag.RowsAffected() == 1
-				return nil
+		b.Queue(setBatchScope, users)
+		b.Queue(s.rewrapApplySQL(), users, oldWrapped, oldIV, oldFormat, oldKEK,
+			newWrapped, newIV, newFormat, newKEK, newCheck, auditID, action, note, status, at).
+			Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var user string
+					if err := rows.Scan(&user); err != nil {
+						return err
+					}
+					applied[index[user]] = true
+				}
+				return rows.Err()
 			})
-		}
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
@@ -132,17 +169,31 @@ func (s *Store) RewrapApply(ctx context.Context, swaps []broker.RewrapSwap) ([]b
 	return applied, nil
 }
 
-// rewrapSwapSQL updates the wrap columns only when they are unchanged and
-// inserts the audit row only when the update happened.
-func (s *Store) rewrapSwapSQL() string {
-	return `WITH moved AS (
-    UPDATE ` + s.table("encryption_vaults") + ` SET
-        wrapped_mk = $6, wrap_iv = $7, format_version = $8, kek_id = $9, key_check = coalesce(key_check, $10)
-    WHERE user_id = $1 AND NOT zero_knowledge AND wrapped_mk = $2 AND wrap_iv IS NOT DISTINCT FROM $3
-      AND format_version = $4 AND kek_id = $5
-    RETURNING user_id)
+// rewrapApplySQL swaps the wrap columns of the rows whose wrap is still
+// the old one, inserts an audit row for each row it swapped and returns
+// their user ids.
+func (s *Store) rewrapApplySQL() string {
+	return `WITH swap AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+                         $6::text[], $7::text[], $8::int[], $9::text[], $10::text[],
+                         $11::text[], $12::text[], $13::text[], $14::int[], $15::timestamptz[])
+        AS t(user_id, old_wrapped, old_iv, old_format, old_kek, new_wrapped, new_iv, new_format, new_kek, new_check,
+             audit_id, action, note, status, at)
+), moved AS (
+    UPDATE ` + s.table("encryption_vaults") + ` v SET
+        wrapped_mk = swap.new_wrapped, wrap_iv = swap.new_iv, format_version = swap.new_format,
+        kek_id = swap.new_kek, key_check = coalesce(v.key_check, swap.new_check)
+    FROM swap
+    -- user_id = ANY($1) lets the planner find the rows through the
+    -- primary key rather than scan the table for the join.
+    WHERE v.user_id = ANY($1::text[]) AND v.user_id = swap.user_id AND NOT v.zero_knowledge AND v.wrapped_mk = swap.old_wrapped
+      AND v.wrap_iv IS NOT DISTINCT FROM swap.old_iv AND v.format_version = swap.old_format AND v.kek_id = swap.old_kek
+    RETURNING v.user_id
+)
 INSERT INTO ` + s.table("encryption_vault_audit") + ` (id, user_id, action, context, status, created_at)
-SELECT $11, user_id, $12, NULLIF($13, ''), $14, $15 FROM moved`
+SELECT swap.audit_id, swap.user_id, swap.action, nullif(swap.note, ''), swap.status, swap.at
+FROM swap JOIN moved USING (user_id)
+RETURNING user_id`
 }
 
 // rewrapLockKey is the advisory lock of the job on schema: derived from the
@@ -188,6 +239,18 @@ type rewrapLease struct {
 	closed bool
 }
 
+// leaseTimeout bounds each statement on the lock's connection.
+const leaseTimeout = 10 * time.Second
+
+// leaseContext detaches a statement on the lock's connection from the
+// run's cancellation: pgx closes a connection whose query is cancelled,
+// and the server then drops the lock only when it notices — a cancelled
+// run would leave the lock held for a moment after Run returned. Bounded
+// by leaseTimeout instead.
+func leaseContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), leaseTimeout)
+}
+
 // Held checks that the lock's connection is alive, which is what keeps
 // the session lock.
 func (l *rewrapLease) Held(ctx context.Context) error {
@@ -196,6 +259,8 @@ func (l *rewrapLease) Held(ctx context.Context) error {
 	if l.closed {
 		return errors.New("pgstore: rewrap lock released")
 	}
+	ctx, cancel := leaseContext(ctx)
+	defer cancel()
 	if _, err := l.conn.Exec(ctx, `SELECT 1`); err != nil {
 		return interpretError(fmt.Errorf("rewrap lock: %w", err))
 	}
@@ -206,6 +271,8 @@ func (l *rewrapLease) Held(ctx context.Context) error {
 func (l *rewrapLease) Report(ctx context.Context, p broker.RewrapProgress) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	ctx, cancel := leaseContext(ctx)
+	defer cancel()
 	return l.report(ctx, p)
 }
 
@@ -240,6 +307,8 @@ func (l *rewrapLease) Release(ctx context.Context, p broker.RewrapProgress) erro
 		return nil
 	}
 	l.closed = true
+	ctx, cancel := leaseContext(ctx)
+	defer cancel()
 	reportErr := l.report(ctx, p)
 	_, unlockErr := l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, l.key)
 	closeErr := l.conn.Close(ctx)

@@ -89,6 +89,28 @@ CREATE TRIGGER encryption_vault_kek_index_delete AFTER DELETE ON encryption_vaul
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION encryption_vault_kek_index_sync();
 
+-- Batch scope. Each transaction of a request is scoped to one user
+-- (app.current_user_id). The re-wrap job moves thousands of rows of
+-- different users; one statement per row costs several times what one
+-- statement per batch does (docs/rotation.md has the numbers). So a
+-- transaction may instead scope itself to an explicit list of users,
+-- app.current_user_ids — a PostgreSQL array literal set with
+-- set_config(..., true), transaction-local like the single scope. It sees
+-- and writes exactly the rows of the users it names, no others; unset
+-- (or empty, as a custom setting reads once a pooled connection has used
+-- it) it matches nothing. The single-user policy above is unchanged;
+-- permissive policies are ORed. Written as IN (subquery), the list is
+-- parsed once per statement and probed as a hash table (a hashed SubPlan),
+-- not parsed and scanned once per row.
+DROP POLICY IF EXISTS encryption_vaults_batch_isolation ON encryption_vaults;
+CREATE POLICY encryption_vaults_batch_isolation ON encryption_vaults
+    USING (user_id IN (SELECT unnest(nullif(current_setting('app.current_user_ids', true), '')::text[])))
+    WITH CHECK (user_id IN (SELECT unnest(nullif(current_setting('app.current_user_ids', true), '')::text[])));
+DROP POLICY IF EXISTS encryption_vault_audit_batch_isolation ON encryption_vault_audit;
+CREATE POLICY encryption_vault_audit_batch_isolation ON encryption_vault_audit
+    USING (user_id IN (SELECT unnest(nullif(current_setting('app.current_user_ids', true), '')::text[])))
+    WITH CHECK (user_id IN (SELECT unnest(nullif(current_setting('app.current_user_ids', true), '')::text[])));
+
 -- Backfill from the rows that exist (a mana-auth database being adopted,
 -- or an install upgraded to this version). The owner running this is
 -- bound by the forced policies like everyone else and would see no row;

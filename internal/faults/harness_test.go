@@ -1,0 +1,262 @@
+package faults_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/faults"
+	"github.com/keybroker/keybroker/internal/jwtissuer"
+	"github.com/keybroker/keybroker/internal/pgtest"
+)
+
+// TestMain checks that no test leaves a goroutine behind and removes the
+// keybroker binary the tests built.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// local-kms's goleveldb drainer outlives DB.Close by up to a second
+		// by design (see kekproviders/awskms).
+		goleak.IgnoreTopFunction("github.com/syndtr/goleveldb/leveldb.(*DB).mpoolDrain"),
+		goleak.Cleanup(func(int) { faults.RemoveBuild() }),
+	)
+}
+
+// schema is keybroker's default schema, which the tests' servers use.
+const schema = "keybroker"
+
+// issuer is a token issuer whose JWKS is served on 127.0.0.1.
+type issuer struct {
+	*jwtissuer.Issuer
+	jwksURL string
+
+	mu     sync.Mutex
+	tokens map[string]string
+}
+
+func newIssuer(t *testing.T) *issuer {
+	t.Helper()
+	iss, err := jwtissuer.New("https://auth.faults")
+	require.NoError(t, err)
+	srv := httptest.NewServer(iss.JWKSHandler())
+	t.Cleanup(srv.Close)
+	return &issuer{Issuer: iss, jwksURL: srv.URL, tokens: map[string]string{}}
+}
+
+// token returns a token for user, minted once (tokens live 15 minutes,
+// longer than any test here).
+func (i *issuer) token(t *testing.T, user string) string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if tok, ok := i.tokens[user]; ok {
+		return tok
+	}
+	tok, err := i.Mint(jwtissuer.Claims{Subject: user})
+	require.NoError(t, err)
+	i.tokens[user] = tok
+	return tok
+}
+
+// serverEnv is the environment of a `keybroker serve` on databaseURL with
+// the local KEK kek, the issuer's JWKS, a loopback port and a fast
+// readiness poll.
+func serverEnv(databaseURL, kek string, iss *issuer, extra ...string) []string {
+	return append([]string{
+		"DATABASE_URL=" + databaseURL,
+		"MANA_AUTH_KEK=" + kek,
+		"KEYBROKER_JWKS_URL=" + iss.jwksURL,
+		"KEYBROKER_JWT_ISSUER=https://auth.faults",
+		"KEYBROKER_ADDR=127.0.0.1:0",
+		"KEYBROKER_LOG_FORMAT=json",
+		"KEYBROKER_READY_INTERVAL=200ms",
+		"KEYBROKER_RATE_LIMIT=0", // load generators, not abusers
+	}, extra...)
+}
+
+func newKEKText() string {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return base64.StdEncoding.EncodeToString(key)
+}
+
+// sharedDatabase is a fresh database on the machine's PostgreSQL with a
+// runtime role that is neither superuser nor BYPASSRLS, as production
+// runs: it returns the role's URL and a superuser pool.
+func sharedDatabase(t *testing.T) (runtimeURL string, admin *pgx.Conn) {
+	t.Helper()
+	dbURL := pgtest.NewDatabase(t)
+	role := pgtest.NewRole(t, dbURL)
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	_, err = conn.Exec(context.Background(), "GRANT CREATE ON DATABASE "+pgx.Identifier{conn.Config().Database}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
+	require.NoError(t, err)
+	return role.URL, conn
+}
+
+// call is one request of a load generator, as sent and as answered.
+type call struct {
+	id     string // sent as the User-Agent, so that its audit row can be found
+	user   string
+	op     string
+	status int
+	code   string
+	mk     []byte // the master key a 200 carried
+	wrap   string // the recovery wrap sent
+	err    error  // transport failure
+	took   time.Duration
+}
+
+// ops of the load generators: method, path and the audit action of the
+// row each writes ("" for none).
+var ops = map[string]struct{ method, path, action string }{
+	"init":           {http.MethodPost, "/init", "init"},
+	"rotate":         {http.MethodPost, "/rotate", "rotate"},
+	"key":            {http.MethodGet, "/key", "fetch"},
+	"status":         {http.MethodGet, "/status", ""},
+	"recovery-set":   {http.MethodPost, "/recovery-wrap", "recovery_set"},
+	"recovery-clear": {http.MethodDelete, "/recovery-wrap", "recovery_clear"},
+	"zk-on":          {http.MethodPost, "/zero-knowledge", "zk_enable"},
+	"zk-off":         {http.MethodPost, "/zero-knowledge", "zk_disable"},
+}
+
+// do sends op for user; mk is the key zk-off sends.
+func do(ctx context.Context, c *faults.Client, iss *issuer, t *testing.T, id, user, op string, mk []byte) call {
+	spec := ops[op]
+	r := call{id: id, user: user, op: op}
+	var body any
+	switch op {
+	case "recovery-set":
+		wrap := make([]byte, broker.RecoveryWrapSize)
+		rand.Read(wrap)
+		r.wrap = base64.StdEncoding.EncodeToString(wrap)
+		body = map[string]string{"recoveryWrappedMk": r.wrap, "recoveryIv": base64.StdEncoding.EncodeToString(make([]byte, broker.RecoveryIVSize))}
+	case "zk-on":
+		body = map[string]any{"enable": true}
+	case "zk-off":
+		body = map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(mk)}
+	}
+	res, err := c.Do(ctx, spec.method, faults.VaultPath+spec.path, map[string]string{
+		"Authorization": "Bearer " + iss.token(t, user),
+		"User-Agent":    id,
+	}, body)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	r.status, r.code, r.mk, r.took = res.Status, res.Code(), res.MasterKey(), res.Elapsed
+	return r
+}
+
+// auditByAgent returns the audit rows of the run keyed by user agent (the
+// request id): action and status of each, in order.
+func auditByAgent(t *testing.T, ctx context.Context, db faults.Querier) map[string][]string {
+	t.Helper()
+	rows, err := db.Query(ctx, "SELECT coalesce(user_agent, ''), action, status FROM "+pgx.Identifier{schema, "encryption_vault_audit"}.Sanitize())
+	require.NoError(t, err)
+	out := map[string][]string{}
+	for rows.Next() {
+		var agent, action string
+		var status int
+		require.NoError(t, rows.Scan(&agent, &action, &status))
+		out[agent] = append(out[agent], fmt.Sprintf("%s:%d", action, status))
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// requireAcknowledgedAudited: every request that got a 2xx has exactly
+// one audit row, with its action and status (status has none).
+func requireAcknowledgedAudited(t *testing.T, calls []call, audit map[string][]string) {
+	t.Helper()
+	for _, c := range calls {
+		if c.err != nil || c.status/100 != 2 {
+			continue
+		}
+		action := ops[c.op].action
+		if action == "" {
+			require.Empty(t, audit[c.id], "%s %s wrote an audit row", c.op, c.id)
+			continue
+		}
+		require.Len(t, audit[c.id], 1, "%s %s of %s got %d but its audit rows are %v", c.op, c.id, c.user, c.status, audit[c.id])
+		got := audit[c.id][0]
+		require.Contains(t, []string{action + ":200", action + ":201"}, got, "%s %s", c.op, c.id)
+	}
+}
+
+// vaultModel follows one user's vault through a serial stream of
+// requests, some of which failed in a way that leaves it unknown whether
+// they committed (a 503 whose connection died with the database): what a
+// 2xx acknowledged must stay true until a later request may have changed
+// it.
+type vaultModel struct {
+	mk          []byte // the key the last acknowledged rotate or fetch named
+	mkUnknown   bool   // a rotate after it may have committed
+	wrap        string // the recovery wrap last acknowledged ("" = none)
+	wrapUnknown bool
+}
+
+// observe folds c into the model and returns an error when an answer
+// contradicts what was acknowledged before.
+func (m *vaultModel) observe(c call) error {
+	ok := c.err == nil && c.status/100 == 2
+	switch c.op {
+	case "rotate", "init":
+		if !ok {
+			m.mkUnknown, m.wrapUnknown = true, m.wrapUnknown || c.op == "rotate"
+			return nil
+		}
+		if c.op == "init" && m.mk != nil && !m.mkUnknown && string(c.mk) != string(m.mk) {
+			return fmt.Errorf("init %s of %s returned another key than the acknowledged one", c.id, c.user)
+		}
+		m.mk, m.mkUnknown = c.mk, false
+		if c.op == "rotate" {
+			m.wrap, m.wrapUnknown = "", false
+		}
+	case "key":
+		if !ok {
+			return nil
+		}
+		if m.mk != nil && !m.mkUnknown && string(c.mk) != string(m.mk) {
+			return fmt.Errorf("key %s of %s returned another key than the last acknowledged one: a write was lost", c.id, c.user)
+		}
+		m.mk, m.mkUnknown = c.mk, false
+	case "recovery-set":
+		if ok {
+			m.wrap, m.wrapUnknown = c.wrap, false
+		} else {
+			m.wrapUnknown = true
+		}
+	}
+	return nil
+}
+
+// requireRowMatches checks the stored row against the model.
+func (m *vaultModel) requireRowMatches(t *testing.T, ctx context.Context, db faults.Querier, user string) {
+	t.Helper()
+	var wrap *string
+	var keyCheck *string
+	err := db.QueryRow(ctx, "SELECT recovery_wrapped_mk, key_check FROM "+pgx.Identifier{schema, "encryption_vaults"}.Sanitize()+" WHERE user_id = $1", user).Scan(&wrap, &keyCheck)
+	require.NoError(t, err, user)
+	if !m.wrapUnknown {
+		got := ""
+		if wrap != nil {
+			got = *wrap
+		}
+		require.Equal(t, m.wrap, got, "%s: the acknowledged recovery wrap is not the stored one", user)
+	}
+	if m.mk != nil && !m.mkUnknown {
+		require.NotNil(t, keyCheck, user)
+		require.Equal(t, broker.KeyCheckValue(m.mk), *keyCheck, "%s: the acknowledged key is not the stored one", user)
+	}
+}

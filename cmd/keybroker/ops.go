@@ -187,9 +187,19 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 	}
 
 	checks := []vaultapi.Check{{Name: "store", Probe: store.Ping}}
+	cached := map[string]bool{}
+	if keks != nil {
+		for _, id := range keks.cached {
+			cached[id] = true
+		}
+	}
 	for _, kek := range o.checkedKEKs(keyring, keks) {
 		if sc, ok := kek.(interface{ Status(context.Context) error }); ok {
-			checks = append(checks, vaultapi.Check{Name: "kek", ID: kek.ID(), Probe: sc.Status})
+			probe := sc.Status
+			if cached[kek.ID()] {
+				probe = cachedKEKProbe(sc.Status, keyring)
+			}
+			checks = append(checks, vaultapi.Check{Name: "kek", ID: kek.ID(), Probe: probe})
 		}
 	}
 	checks = append(checks,
@@ -216,9 +226,31 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 	return cfg, nil
 }
 
+// cachedKEKProbe is the readiness probe of a remote KEK in cached
+// envelope mode. With its data keys loaded a replica serves fetches and
+// new vaults without the KMS, so a KMS it cannot reach does not make it
+// unready: every replica shares that KMS, and taking them all out of the
+// load balancer would turn a KMS outage into a login outage. Until the
+// data keys load (the keyring check), and when the KMS answers and refuses
+// (a disabled or revoked key: an operator must act), the check fails as
+// for any KEK. The outage still shows in the KEK call metrics.
+func cachedKEKProbe(status func(context.Context) error, keyring *broker.Keyring) func(context.Context) error {
+	return func(ctx context.Context) error {
+		err := status(ctx)
+		var unavailable interface{ Unavailable() bool }
+		var netErr net.Error
+		unreachable := (errors.As(err, &unavailable) && unavailable.Unavailable()) ||
+			errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr)
+		if err != nil && unreachable && keyring.Ready() == nil {
+			return nil
+		}
+		return err
+	}
+}
+
 // checkedKEKs are the KEKs readiness probes: the configured ones (remote
-// KEKs in cached mode included — their outage stops data-key refreshes),
-// or in dev mode the keyring's.
+// KEKs in cached mode included, through cachedKEKProbe), or in dev mode
+// the keyring's.
 func (o *ops) checkedKEKs(keyring *broker.Keyring, keks *openedKEKs) []broker.KEK {
 	if keks != nil {
 		return append([]broker.KEK{keks.active}, keks.retired...)

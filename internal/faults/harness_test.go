@@ -67,13 +67,12 @@ func (i *issuer) token(t *testing.T, user string) string {
 	return tok
 }
 
-// serverEnv is the environment of a `keybroker serve` on databaseURL with
-// the local KEK kek, the issuer's JWKS, a loopback port and a fast
-// readiness poll.
-func serverEnv(databaseURL, kek string, iss *issuer, extra ...string) []string {
+// serverEnv is the environment of a `keybroker serve` on databaseURL
+// with the issuer's JWKS, a loopback port and a fast readiness poll; extra
+// names the KEK.
+func serverEnv(databaseURL string, iss *issuer, extra ...string) []string {
 	return append([]string{
 		"DATABASE_URL=" + databaseURL,
-		"MANA_AUTH_KEK=" + kek,
 		"KEYBROKER_JWKS_URL=" + iss.jwksURL,
 		"KEYBROKER_JWT_ISSUER=https://auth.faults",
 		"KEYBROKER_ADDR=127.0.0.1:0",

@@ -46,7 +46,7 @@ func TestPostgresRestartWhileRequestsFlow(t *testing.T) {
 	pg := faults.StartPostgres(t)
 	dbURL := strings.Replace(pg.NewRuntimeDatabase(t, "keybroker"), "connect_timeout=5", "connect_timeout=2", 1)
 	iss := newIssuer(t)
-	srv := faults.StartServer(t, faults.Keybroker(t), serverEnv(dbURL, newKEKText(), iss))
+	srv := faults.StartServer(t, faults.Keybroker(t), serverEnv(dbURL, iss, "MANA_AUTH_KEK="+newKEKText()))
 	client := faults.NewClient(srv.URL)
 	defer client.Close()
 	requireReady(t, ctx, client, true)

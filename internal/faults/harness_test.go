@@ -206,13 +206,19 @@ type vaultModel struct {
 }
 
 // observe folds c into the model and returns an error when an answer
-// contradicts what was acknowledged before.
+// contradicts what was acknowledged before. A 2xx changed what it says; a
+// 4xx changed nothing (the domain refused it before any write); a 5xx or a
+// lost connection may or may not have committed.
 func (m *vaultModel) observe(c call) error {
 	ok := c.err == nil && c.status/100 == 2
+	unknown := c.err != nil || c.status >= 500
 	switch c.op {
 	case "rotate", "init":
-		if !ok {
-			m.mkUnknown, m.wrapUnknown = true, m.wrapUnknown || c.op == "rotate"
+		if unknown {
+			m.mkUnknown = true
+			m.wrapUnknown = m.wrapUnknown || c.op == "rotate"
+		}
+		if !ok || c.mk == nil { // refused, or init's recovery blob in zero-knowledge mode
 			return nil
 		}
 		if c.op == "init" && m.mk != nil && !m.mkUnknown && string(c.mk) != string(m.mk) {
@@ -223,17 +229,20 @@ func (m *vaultModel) observe(c call) error {
 			m.wrap, m.wrapUnknown = "", false
 		}
 	case "key":
-		if !ok {
+		if !ok || c.mk == nil {
 			return nil
 		}
 		if m.mk != nil && !m.mkUnknown && string(c.mk) != string(m.mk) {
 			return fmt.Errorf("key %s of %s returned another key than the last acknowledged one: a write was lost", c.id, c.user)
 		}
 		m.mk, m.mkUnknown = c.mk, false
-	case "recovery-set":
-		if ok {
+	case "recovery-set", "recovery-clear":
+		switch {
+		case ok && c.op == "recovery-set":
 			m.wrap, m.wrapUnknown = c.wrap, false
-		} else {
+		case ok:
+			m.wrap, m.wrapUnknown = "", false
+		case unknown:
 			m.wrapUnknown = true
 		}
 	}

@@ -4,7 +4,7 @@ BIN     ?= bin/keybroker
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test vet fmt run demo clean bench bench-micro fuzz
+.PHONY: all build test vet fmt run demo clean bench bench-micro bench-rewrap fuzz
 
 all: build
 
@@ -30,6 +30,12 @@ fmt:
 ## KEYBROKER_BENCH_{USERS,WARMUP,DURATION,CONNS,ROWS,OUT,MICRO} tune it.
 bench:
 	KEYBROKER_BENCH=1 $(GO) test -count=1 -run '^TestBenchTable$$' -timeout 30m -v ./internal/bench
+
+## bench-rewrap: the re-wrap job on 100 000 rows next to a plain UPDATE of
+## the same rows (docs/rotation.md records the numbers). About a minute.
+## KEYBROKER_BENCH_REWRAP_{ROWS,BATCH} tune it.
+bench-rewrap:
+	KEYBROKER_BENCH_REWRAP=1 $(GO) test -count=1 -run '^$$' -bench '^BenchmarkRewrap$$' -benchtime 1x -timeout 20m ./broker
 
 ## bench-micro: the Go micro-benchmarks of the hot pieces, with allocations
 ## (the pgstore and internal/bench ones use the test PostgreSQL).

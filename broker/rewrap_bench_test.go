@@ -19,6 +19,9 @@ import (
 // and reports both rates and their ratio. Run it with `make bench-rewrap`;
 // docs/rotation.md records the numbers.
 func BenchmarkRewrap(b *testing.B) {
+	if os.Getenv("KEYBROKER_BENCH_REWRAP") == "" {
+		b.Skip("a minute of setup: run it with make bench-rewrap (KEYBROKER_BENCH_REWRAP=1)")
+	}
 	rows := 100_000
 	var err error
 	if s := os.Getenv("KEYBROKER_BENCH_REWRAP_ROWS"); s != "" {

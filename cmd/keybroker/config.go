@@ -33,7 +33,8 @@ type config struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
-	Ops             opsConfig // serve's operations settings (ops.go)
+	Ops             opsConfig    // serve's operations settings (ops.go)
+	Rewrap          rewrapConfig // serve's re-wrap job (rewrap.go)
 }
 
 // env names, one place.
@@ -99,6 +100,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		if err := c.Ops.register(fs, getenv); err != nil {
 			return nil, err
 		}
+		if err := c.Rewrap.register(fs, getenv); err != nil {
+			return nil, err
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, errUsage
@@ -125,6 +129,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	}
 	if serve {
 		if err := c.Ops.validate(); err != nil {
+			return nil, err
+		}
+		if err := c.Rewrap.validate(); err != nil {
 			return nil, err
 		}
 	}

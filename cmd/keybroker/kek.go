@@ -4,18 +4,31 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"slices"
+	"text/tabwriter"
+	"time"
 
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
 const kekUsage = `Usage:
   keybroker kek generate    print a fresh base64 KEK (32 random bytes), the
                             replacement for "openssl rand -base64 32"
+  keybroker kek status      rows per KEK id and format, and the re-wrap job
+  keybroker kek check       each configured KEK: status and a wrap+unwrap
+                            round trip with latency; exit 1 on a failure
+
+status and check read serve's store and KEK settings ($DATABASE_URL,
+$KEYBROKER_KEK, $KEYBROKER_KEK_RETIRED, …); -h lists their flags.
 `
 
-func cmdKEK(_ context.Context, args []string, _ func(string) string, stdout, stderr io.Writer) error {
+func cmdKEK(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, kekUsage)
 		return errUsage
@@ -27,8 +40,261 @@ func cmdKEK(_ context.Context, args []string, _ func(string) string, stdout, std
 		fmt.Fprintln(stdout, base64.StdEncoding.EncodeToString(key))
 		clear(key)
 		return nil
+	case "status":
+		return cmdKEKStatus(ctx, args[1:], getenv, stdout, stderr)
+	case "check":
+		return cmdKEKCheck(ctx, args[1:], getenv, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "keybroker kek: unknown command %q\n\n%s", args[0], kekUsage)
 		return errUsage
 	}
+}
+
+const kekStatusUsage = `Usage: keybroker kek status [flags]
+
+Rows per KEK id and wrap format, each with its share, marked with its
+role in the configured keyring when a KEK is configured (only the URIs'
+ids are read: no KEK is opened), and the re-wrap job: whether a runner
+works now, its progress and rate. A KEK can be removed from the
+configuration once it has 0 rows.
+
+Flags:
+`
+
+// cmdKEKStatus is `keybroker kek status`.
+func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseToolConfig("kek status", kekStatusUsage, args, getenv, stderr, nil)
+	if err != nil {
+		return err
+	}
+	log, err := cfg.logger(stderr)
+	if err != nil {
+		return err
+	}
+	store, closeStore, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	counts, ok := store.(broker.RewrapStore)
+	if !ok {
+		return errors.New("this store cannot count rows per KEK")
+	}
+	rows, err := counts.KEKCounts(ctx)
+	if err != nil {
+		return err
+	}
+	var state *broker.RewrapState
+	if locker, ok := store.(broker.RewrapLocker); ok {
+		if state, err = locker.RewrapState(ctx); err != nil {
+			return err
+		}
+	}
+	roles := configuredRoles(cfg, getenv)
+	if dataKeys, ok := store.(broker.DataKeyStore); ok && len(roles) > 0 {
+		// Rows of cached envelope mode name a data key: say which KEK
+		// wraps it, so the operator sees what still needs an old KEK.
+		list, err := dataKeys.DataKeyList(ctx)
+		if err != nil {
+			return err
+		}
+		for _, dk := range list {
+			role := "data key wrapped by " + dk.WrappedBy
+			if roles[dk.WrappedBy] == "" {
+				role += " (NOT CONFIGURED: these rows do not open)"
+			}
+			roles[dk.ID] = role
+		}
+	}
+	printKEKStatus(stdout, rows, roles, state, time.Now())
+	return nil
+}
+
+// configuredRoles maps the configured KEK ids to "active" or
+// "decrypt-only"; empty when no KEK is configured. Only the URIs are
+// parsed: status must work where the KEKs cannot be reached.
+func configuredRoles(cfg *config, getenv func(string) string) map[string]string {
+	roles := map[string]string{}
+	active, retired, err := cfg.kekURIs(getenv)
+	if err != nil {
+		return roles
+	}
+	for i, uri := range append([]string{active}, retired...) {
+		p, err := kekproviders.ParseURI(uri)
+		if err != nil {
+			continue
+		}
+		roles[p.ID] = "decrypt-only"
+		if i == 0 {
+			roles[p.ID] = "active"
+		}
+	}
+	return roles
+}
+
+func printKEKStatus(w io.Writer, rows []broker.KEKCount, roles map[string]string, state *broker.RewrapState, now time.Time) {
+	var wrapped, zk int64
+	for _, c := range rows {
+		if c.Wrapped {
+			wrapped += c.Rows
+		} else {
+			zk += c.Rows
+		}
+	}
+	share := func(n, of int64) string {
+		if of == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f%%", 100*float64(n)/float64(of))
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "KEK id\tformat\trows\tshare\t\t")
+	seen := map[string]bool{}
+	for _, c := range rows {
+		if !c.Wrapped {
+			continue
+		}
+		seen[c.KEKID] = true
+		role := roles[c.KEKID]
+		switch {
+		case len(roles) > 0 && role == "":
+			role = "NOT CONFIGURED: these rows do not open"
+		case role == "active" && c.FormatVersion == broker.FormatLegacy:
+			role = "active (legacy format: the job upgrades it)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t\n", c.KEKID, c.FormatVersion, formatCount(c.Rows), share(c.Rows, wrapped), role)
+	}
+	// Configured KEKs without rows: an old one can go.
+	ids := make([]string, 0, len(roles))
+	for id := range roles {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		note := roles[id]
+		if seen[id] || (note != "active" && note != "decrypt-only") {
+			continue // a data key without rows is not configuration
+		}
+		if note == "decrypt-only" {
+			note += ": no rows left, it can be removed"
+		}
+		fmt.Fprintf(tw, "%s\t-\t0\t%s\t%s\t\n", id, share(0, wrapped), note)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%s rows with a server wrap; %s zero-knowledge rows (%s of all: no server wrap, nothing to move)\n",
+		formatCount(wrapped), formatCount(zk), share(zk, wrapped+zk))
+
+	switch {
+	case state == nil:
+		fmt.Fprintln(w, "re-wrap job: not available on this store")
+	case state.Runner == "":
+		fmt.Fprintln(w, "re-wrap job: never ran")
+	case state.Running:
+		fmt.Fprintf(w, "re-wrap job: RUNNING on %s since %s, to %s: %s/%s rows, %s skipped, %s failed, %.0f rows/s",
+			state.Runner, state.StartedAt.Local().Format(time.DateTime), state.ActiveKEKID,
+			formatCount(state.Processed()), formatCount(state.Total), formatCount(state.Skipped), formatCount(state.Failed), state.RowsPerSecond)
+		if eta := state.ETA(); eta > 0 {
+			fmt.Fprintf(w, ", ETA %s", eta.Round(time.Second))
+		}
+		fmt.Fprintf(w, " (reported %s ago)\n", now.Sub(state.UpdatedAt).Round(time.Second))
+	default:
+		outcome := "finished"
+		if !state.Finished {
+			outcome = "stopped early"
+			if state.Error != "" {
+				outcome += " (" + state.Error + ")"
+			}
+		}
+		fmt.Fprintf(w, "re-wrap job: not running; the last run, by %s, %s at %s: %s rows moved to %s, %s skipped, %s failed, %.0f rows/s\n",
+			state.Runner, outcome, state.UpdatedAt.Local().Format(time.DateTime), formatCount(state.Done), state.ActiveKEKID,
+			formatCount(state.Skipped), formatCount(state.Failed), state.RowsPerSecond)
+	}
+}
+
+const kekCheckUsage = `Usage: keybroker kek check [flags]
+
+For each configured KEK (the active one and every decrypt-only one): the
+provider's status where it has one (DescribeKey, GetCryptoKey, the
+transit key) and a wrap+unwrap round trip of random bytes, with the
+latency of each. Exits 1 when any KEK fails.
+
+Flags:
+`
+
+// cmdKEKCheck is `keybroker kek check`.
+func cmdKEKCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var timeout time.Duration
+	cfg, err := parseToolConfig("kek check", kekCheckUsage, args, getenv, stderr, func(fs *flag.FlagSet) {
+		fs.DurationVar(&timeout, "timeout", 30*time.Second, "bound on each KEK's check")
+	})
+	if err != nil {
+		return err
+	}
+	active, retired, err := cfg.kekURIs(getenv)
+	if err != nil {
+		return err
+	}
+	opener := kekproviders.Opener{AllowDevKeys: cfg.Dev, Getenv: getenv}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEK id\trole\tresult\tstatus\twrap\tunwrap\tdetail")
+	failed := 0
+	for i, uri := range append([]string{active}, retired...) {
+		role := "decrypt-only"
+		if i == 0 {
+			role = "active"
+		}
+		res, err := checkOne(ctx, opener, uri, timeout)
+		if err != nil {
+			failed++
+			fmt.Fprintf(tw, "%s\t%s\tFAILED\t-\t-\t-\topen: %v\n", kekIDOf(uri), role, err)
+			continue
+		}
+		class, detail := res.Class(), ""
+		if !res.OK() {
+			failed++
+			class = "FAILED (" + class + ")"
+			detail = res.Err().Error()
+		}
+		status := "-"
+		if res.StatusChecked {
+			status = latency(res.StatusLatency)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", res.ID, role, class, status,
+			latency(res.WrapLatency), latency(res.UnwrapLatency), detail)
+	}
+	tw.Flush()
+	if failed > 0 {
+		return fmt.Errorf("%d of %d KEKs failed the check", failed, 1+len(retired))
+	}
+	return nil
+}
+
+// checkOne opens one KEK and probes it, both within timeout.
+func checkOne(ctx context.Context, opener kekproviders.Opener, uri string, timeout time.Duration) (kekproviders.CheckResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	kek, err := opener.Open(ctx, uri)
+	if err != nil {
+		return kekproviders.CheckResult{}, err
+	}
+	if c, ok := kek.(io.Closer); ok {
+		defer c.Close()
+	}
+	return kekproviders.Check(ctx, kek), nil
+}
+
+// kekIDOf is the id in a KEK URI, or the URI's scheme when it has none.
+func kekIDOf(uri string) string {
+	p, err := kekproviders.ParseURI(uri)
+	if err != nil {
+		return "?"
+	}
+	return p.ID
+}
+
+func latency(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return d.Round(time.Microsecond).String()
 }

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/keybroker/keybroker/broker"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -22,6 +24,9 @@ Usage:
   keybroker serve [flags]       run the HTTP API (applies migrations first)
   keybroker migrate [flags]     apply database migrations and exit
   keybroker kek generate        print a fresh base64 KEK (32 random bytes)
+  keybroker kek status          rows per KEK id and format, and the re-wrap job
+  keybroker kek check           status and a wrap/unwrap round trip of each KEK
+  keybroker rewrap [flags]      move rows to the active KEK now (--dry-run, --rate)
   keybroker dev token --user ID print a bearer token from the dev-mode issuer
   keybroker healthcheck [--url] exit 0 when /healthz answers 200 (container health checks)
   keybroker version             print the version
@@ -46,6 +51,8 @@ var errUsage = errors.New("usage")
 // hooks lets tests observe the server; nil in production.
 type hooks struct {
 	listening func(addr string)
+	// rewrapRun is called after each run of the background re-wrap job.
+	rewrapRun func(res *broker.RewrapResult, err error)
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, h *hooks) error {
@@ -60,6 +67,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdMigrate(ctx, args[1:], getenv, stdout, stderr)
 	case "kek":
 		return cmdKEK(ctx, args[1:], getenv, stdout, stderr)
+	case "rewrap":
+		return cmdRewrap(ctx, args[1:], getenv, stdout, stderr)
 	case "dev":
 		return cmdDev(ctx, args[1:], getenv, stdout, stderr)
 	case "healthcheck":

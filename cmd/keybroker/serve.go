@@ -69,6 +69,9 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		}
 	}
 	go refreshKeyring(ctx, keyring, log)
+	if err := checkRetiredKEKs(ctx, store, keyring, log); err != nil { // rewrap.go
+		return err
+	}
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log})
 	if err != nil {
 		return err
@@ -105,6 +108,8 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	ops.start(ctx) // readiness polls, the metrics listener
+	// The background re-wrap job (rewrap.go); serve waits for it to stop.
+	defer startRewrap(ctx, cfg.Rewrap, store, keyring, log, h)()
 	log.Info("keybroker serving", slog.String("addr", ln.Addr().String()),
 		slog.String("schema", cfg.Schema), slog.String("active_kek", keyring.ActiveID()),
 		slog.Any("kek_ids", keyring.IDs()), slog.String("version", version))

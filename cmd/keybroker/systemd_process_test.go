@@ -350,7 +350,10 @@ func TestBinaryUnderSystemd(t *testing.T) {
 		secret := filepath.Join(t.TempDir(), "kek")
 		writeKEK(t, secret)
 		sock := newNotifySocket(t)
-		c := startChild(t, inContainer(secret), r.env(uri, "NOTIFY_SOCKET="+sock.path))
+		// A schema of its own: the database holds rows of the systemd
+		// subtests' KEK, and serve refuses to start without a KEK that
+		// rows still need.
+		c := startChild(t, inContainer(secret), r.env(uri, "NOTIFY_SOCKET="+sock.path, "KEYBROKER_SCHEMA=docker_secret"))
 		ready, _ := waitFor(t, sock, c, "READY=1", startWithin)
 		code, body := r.call(t, statusAddr(t, ready), http.MethodPost, "/init", "carol")
 		require.Equal(t, http.StatusOK, code, body)

@@ -169,6 +169,11 @@ var errNoKEK = errors.New(`no KEK configured.
 func withID(uri, id string) (string, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
+		// A *url.Error quotes the whole URI, which may carry a token.
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err
+		}
 		return "", fmt.Errorf("KEK URI: %w", err)
 	}
 	q := u.Query()

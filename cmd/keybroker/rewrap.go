@@ -223,7 +223,7 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		Concurrency: concurrency, DryRun: dryRun, Runner: fmt.Sprintf("%s pid %d (keybroker rewrap)", host, os.Getpid()),
 		Progress: bar.update, Logger: log})
 	if errors.Is(err, broker.ErrRewrapUnsupported) {
-		return errors.New("this store cannot run the re-wrap job (use PostgreSQL)")
+		return errors.New("this store cannot run the re-wrap job")
 	}
 	if err != nil {
 		return err

@@ -21,10 +21,12 @@ import (
 // KEK can be retired. It works online, in short batches:
 //
 //  1. list a batch of candidate user ids (RewrapStore.RewrapCandidates);
-//  2. read their rows, each in its own user's row-level-security scope;
+//  2. read their rows (RewrapBatchStore.RewrapRead, in a transaction
+//     scoped to exactly those users; without it, one InUserTx per row);
 //  3. unwrap each with its old KEK and seal it with the active one (seal
 //     unwraps the fresh wrap again and compares) — no row lock is held
-//     while a KMS is called;
+//     while a KMS is called, and the next batch is prepared while the
+//     current one is written;
 //  4. write each row back compare-and-swap: only if its wrap is still the
 //     one read in step 2, together with a kek_rewrap audit row, in one
 //     transaction. A row a user rotated, re-wrapped or switched to
@@ -318,7 +320,7 @@ func (j *RewrapJob) Progress() RewrapProgress {
 	return RewrapProgress{}
 }
 
-// run is the state of one Run.
+// rewrapRun is the state of one Run.
 type rewrapRun struct {
 	active string
 	lease  RewrapLease
@@ -333,12 +335,16 @@ type rewrapRun struct {
 	reported time.Time
 }
 
-// Run moves every candidate row, in passes until a pass finds none left or
-// moves none (the rows left then fail every time: an unknown KEK id, a
-// corrupt wrap — they are in the result). It returns ErrRewrapBusy when
-// another runner holds the lock, ErrRewrapLockLost when the lock died
-// mid-run, and store or KEK outages as *UnavailableError; the work done
-// until then stays done, and the next Run continues from there.
+// Run moves every candidate row. It walks the candidates in user-id order,
+// and again only for rows users changed under it (at most
+// maxRewrapPasses passes); rows that cannot move — an unknown KEK id, a
+// corrupt wrap — are counted once, left as they are and listed in the
+// result. Then, for a versioned active KEK whose backend re-wraps, it
+// sweeps the rows of older key versions. It returns ErrRewrapBusy when
+// another runner holds the lock (and a nil result), ErrRewrapLockLost
+// when the lock died mid-run, and store or KEK outages as
+// *UnavailableError; the work done until then stays done, and the next
+// Run continues from there.
 func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
 	j.running.Lock()
 	defer j.running.Unlock()
@@ -369,11 +375,7 @@ func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
 		}
 		cancel()
 	}
-	res := &RewrapResult{RewrapProgress: r.p, Failures: r.failures}
-	if err != nil {
-		return res, err
-	}
-	return res, nil
+	return &RewrapResult{RewrapProgress: r.p, Failures: r.failures}, err
 }
 
 func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
@@ -819,7 +821,7 @@ func (j *RewrapJob) applyOne(ctx context.Context, s *RewrapSwap) (bool, error) {
 		if err != nil {
 			return err
 		}
-		if !SameWrap(cur, s.Old) {
+		if !sameWrap(cur, s.Old) {
 			return nil
 		}
 		cur.WrappedMK, cur.WrapIV = s.New.WrappedMK, s.New.WrapIV
@@ -839,9 +841,9 @@ func (j *RewrapJob) applyOne(ctx context.Context, s *RewrapSwap) (bool, error) {
 	return applied, nil
 }
 
-// SameWrap reports whether a and b hold the same server wrap: the columns
+// sameWrap reports whether a and b hold the same server wrap: the columns
 // a re-wrap compares before it swaps.
-func SameWrap(a, b *Vault) bool {
+func sameWrap(a, b *Vault) bool {
 	return equalPtr(a.WrappedMK, b.WrappedMK) && equalPtr(a.WrapIV, b.WrapIV) &&
 		a.FormatVersion == b.FormatVersion && a.KEKID == b.KEKID && a.ZeroKnowledge == b.ZeroKnowledge
 }

@@ -48,3 +48,14 @@ func TestFloorScriptNamesTheSchema(t *testing.T) {
 	require.Contains(t, script, `INSERT INTO "kb"."encryption_vault_audit"`)
 	require.Equal(t, "bench-user-7", UserID(7))
 }
+
+func TestParseBenchLine(t *testing.T) {
+	name, m, ok := parseBenchLine("BenchmarkAuditAppend/rows=16-2   \t    1088\t    964885 ns/op\t     60305 ns/row\t   17382 B/op\t     219 allocs/op")
+	require.True(t, ok)
+	require.Equal(t, "BenchmarkAuditAppend/rows=16", name)
+	require.Equal(t, map[string]string{"ns/op": "964885", "ns/row": "60305", "B/op": "17382", "allocs/op": "219"}, m)
+	_, _, ok = parseBenchLine("PASS")
+	require.False(t, ok)
+	_, _, ok = parseBenchLine("ok  \tgithub.com/keybroker/keybroker/pgstore\t7.542s")
+	require.False(t, ok)
+}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,7 +130,26 @@ func allTitles() []string {
 // Makefile's bench-micro target lists the same.
 var MicroPackages = []string{"./kekproviders/localkek", "./broker", "./vaultapi/jwtauth", "./vaultapi", "./pgstore", "./internal/bench"}
 
-var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+([0-9.]+) ns/op(?:\s+([0-9.]+) B/op)?(?:\s+(\d+) allocs/op)?`)
+// benchName matches a result line's name, without the GOMAXPROCS suffix.
+var benchName = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?$`)
+
+// parseBenchLine reads "BenchmarkX-2  N  v unit  v unit …" into the name
+// and its metrics by unit.
+func parseBenchLine(line string) (string, map[string]string, bool) {
+	fields := strings.Fields(line)
+	if len(fields) < 4 || len(fields)%2 != 0 {
+		return "", nil, false
+	}
+	m := benchName.FindStringSubmatch(fields[0])
+	if m == nil {
+		return "", nil, false
+	}
+	metrics := map[string]string{}
+	for i := 2; i+1 < len(fields); i += 2 {
+		metrics[fields[i+1]] = fields[i]
+	}
+	return m[1], metrics, true
+}
 
 // runMicro runs the micro-benchmarks and renders their allocation counts.
 func runMicro(t *testing.T) string {
@@ -150,7 +170,7 @@ func runMicro(t *testing.T) string {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	var b strings.Builder
-	b.WriteString("| package | benchmark | ns/op | B/op | allocs/op |\n|---|---|--:|--:|--:|\n")
+	b.WriteString("| package | benchmark | ns/op | B/op | allocs/op | other |\n|---|---|--:|--:|--:|--:|\n")
 	pkg := ""
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
 	for sc.Scan() {
@@ -159,8 +179,16 @@ func runMicro(t *testing.T) string {
 			pkg = strings.TrimPrefix(rest, "github.com/keybroker/keybroker/")
 			continue
 		}
-		if m := benchLine.FindStringSubmatch(line); m != nil {
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", pkg, m[1], m[3], m[4], m[5])
+		if name, metrics, ok := parseBenchLine(line); ok {
+			var other []string
+			for unit, v := range metrics {
+				if unit != "ns/op" && unit != "B/op" && unit != "allocs/op" {
+					other = append(other, v+" "+unit)
+				}
+			}
+			slices.Sort(other)
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", pkg, name,
+				metrics["ns/op"], metrics["B/op"], metrics["allocs/op"], strings.Join(other, ", "))
 		}
 	}
 	return b.String()

@@ -54,7 +54,8 @@ func newIssuer(t *testing.T) *issuer {
 }
 
 // token returns a token for user, minted once (tokens live 15 minutes,
-// longer than any test here).
+// longer than any test here). Load generators call it from their own
+// goroutines, so a failure is reported with t.Errorf, not FailNow.
 func (i *issuer) token(t *testing.T, user string) string {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -62,7 +63,10 @@ func (i *issuer) token(t *testing.T, user string) string {
 		return tok
 	}
 	tok, err := i.Mint(jwtissuer.Claims{Subject: user})
-	require.NoError(t, err)
+	if err != nil {
+		t.Errorf("mint a token for %s: %v", user, err)
+		return ""
+	}
 	i.tokens[user] = tok
 	return tok
 }
@@ -155,6 +159,106 @@ func do(ctx context.Context, c *faults.Client, iss *issuer, t *testing.T, id, us
 	}
 	r.status, r.code, r.mk, r.took = res.Status, res.Code(), res.MasterKey(), res.Elapsed
 	return r
+}
+
+// load is per-user serial traffic spread over a set of servers that may
+// change (a restarted server listens on another port).
+type load struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	targets []*faults.Client
+	moved   chan struct{} // closed when the targets change
+	calls   []call
+}
+
+// startLoad runs one goroutine per user sending sequence, each request to
+// the next target in turn, until finish (at most 2000 requests each).
+// After a request fails at the connection (a killed server) a user waits
+// for retarget instead of spinning through its budget on refusals.
+func startLoad(t *testing.T, ctx context.Context, iss *issuer, targets []*faults.Client, users []string, sequence []string) *load {
+	l := &load{stop: make(chan struct{}), targets: targets, moved: make(chan struct{})}
+	for u, user := range users {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			var mk []byte
+			for i := 0; i < 2000; i++ {
+				l.mu.Lock()
+				ts, moved := l.targets, l.moved
+				l.mu.Unlock()
+				c := do(ctx, ts[(u+i)%len(ts)], iss, t, fmt.Sprintf("%s-%d", user, i), user, sequence[(u+i)%len(sequence)], mk)
+				if c.mk != nil {
+					mk = c.mk
+				}
+				l.mu.Lock()
+				l.calls = append(l.calls, c)
+				l.mu.Unlock()
+				if c.err != nil {
+					// The server is gone: wait for the next one (moved was
+					// read before the request, so a restart that already
+					// happened does not wait).
+					select {
+					case <-l.stop:
+						return
+					case <-moved:
+					}
+					continue
+				}
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// retarget sends the load to other servers from now on.
+func (l *load) retarget(targets ...*faults.Client) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.targets = targets
+	close(l.moved)
+	l.moved = make(chan struct{})
+}
+
+// acknowledged counts the 2xx answers so far.
+func (l *load) acknowledged() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, c := range l.calls {
+		if c.err == nil && c.status/100 == 2 {
+			n++
+		}
+	}
+	return n
+}
+
+// finish stops the load and returns every request it made.
+func (l *load) finish() []call {
+	close(l.stop)
+	l.wg.Wait()
+	return l.calls
+}
+
+// waitUntil polls cond every 50ms for at most within.
+func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ticker := time.NewTicker(50 * time.Millisecond)
+	defer ticker.Stop()
+	deadline := time.After(within)
+	for !cond() {
+		select {
+		case <-ticker.C:
+		case <-deadline:
+			t.Fatalf("%s: not within %s", what, within)
+		}
+	}
 }
 
 // auditByAgent returns the audit rows of the run keyed by user agent (the

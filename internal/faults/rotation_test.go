@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,80 +88,6 @@ func (r *rotation) onKEK(t *testing.T, ctx context.Context, kekID string) int {
 	return n
 }
 
-// load is per-user serial traffic spread over a set of servers that may
-// change (a restart moves a server to another port).
-type load struct {
-	targets atomic.Pointer[[]*faults.Client]
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	calls   []call
-}
-
-// startLoad runs one goroutine per user sending sequence, each request to
-// the next target in turn, until finish (at most 2000 requests each).
-func startLoad(t *testing.T, ctx context.Context, iss *issuer, targets []*faults.Client, users []string, sequence []string) *load {
-	l := &load{stop: make(chan struct{})}
-	l.targets.Store(&targets)
-	for u, user := range users {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			var mk []byte
-			for i := 0; i < 2000; i++ {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				ts := *l.targets.Load()
-				c := do(ctx, ts[(u+i)%len(ts)], iss, t, fmt.Sprintf("%s-%d", user, i), user, sequence[(u+i)%len(sequence)], mk)
-				if c.mk != nil {
-					mk = c.mk
-				}
-				l.mu.Lock()
-				l.calls = append(l.calls, c)
-				l.mu.Unlock()
-			}
-		}()
-	}
-	return l
-}
-
-// acknowledged counts the 2xx answers so far.
-func (l *load) acknowledged() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, c := range l.calls {
-		if c.err == nil && c.status/100 == 2 {
-			n++
-		}
-	}
-	return n
-}
-
-func (l *load) finish() []call {
-	close(l.stop)
-	l.wg.Wait()
-	return l.calls
-}
-
-// waitUntil polls cond every 50ms for at most within.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	ticker := time.NewTicker(50 * time.Millisecond)
-	defer ticker.Stop()
-	deadline := time.After(within)
-	for !cond() {
-		select {
-		case <-ticker.C:
-		case <-deadline:
-			t.Fatalf("%s: not within %s", what, within)
-		}
-	}
-}
-
 // requireRotated checks the end state of a rotation: no row left on the
 // old KEK, a server with only the new KEK starts (it refuses to while
 // rows need a retired one) and opens every vault, the CHECK constraints
@@ -244,7 +169,7 @@ func TestSIGKILLDuringRewrap(t *testing.T) {
 		srv.Kill(t)
 		t.Logf("kill %d with %d rows left on the old KEK", kill+1, r.onKEK(t, ctx, kekOldID))
 		srv = faults.StartServer(t, r.bin, r.during)
-		l.targets.Store(&[]*faults.Client{faults.NewClient(srv.URL)})
+		l.retarget(faults.NewClient(srv.URL))
 	}
 	waitUntil(t, 2*time.Minute, "the re-wrap job finishes", func() bool { return r.onKEK(t, ctx, kekOldID) == 0 })
 	waitUntil(t, time.Minute, "the writers are acknowledged", func() bool { return l.acknowledged() >= 40 })

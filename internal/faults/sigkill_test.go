@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,55 +33,20 @@ func TestSIGKILLDuringWrites(t *testing.T) {
 	sequence := []string{"rotate", "recovery-set", "key", "zk-on", "key", "zk-off", "recovery-clear", "init", "key", "recovery-set", "zk-on", "key", "zk-off"}
 	const workers = 4
 
-	var calls []call
-	lastKey := make([][]byte, workers) // what each worker sends to leave zero-knowledge
-	for round := range 3 {
-		srv := faults.StartServer(t, bin, env)
-		client := faults.NewClient(srv.URL)
-		results := make(chan call, 4096)
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				user := fmt.Sprintf("kill-user-%d", w)
-				for i := 0; i < 2000; i++ { // bounded; the kill ends the round long before
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					op := sequence[(round*7+i)%len(sequence)]
-					c := do(ctx, client, iss, t, fmt.Sprintf("kill-%d-%d-%d", round, w, i), user, op, lastKey[w])
-					if c.mk != nil {
-						lastKey[w] = c.mk
-					}
-					results <- c
-				}
-			}()
-		}
-		acknowledged := 0
-		for acknowledged < 40 {
-			select {
-			case c := <-results:
-				calls = append(calls, c)
-				if c.err == nil && c.status/100 == 2 {
-					acknowledged++
-				}
-			case <-ctx.Done():
-				t.Fatalf("round %d: only %d writes acknowledged\n%s", round, acknowledged, srv.Logs())
-			}
-		}
-		srv.Kill(t) // requests are in flight: the workers have not stopped
-		close(stop)
-		wg.Wait()
-		close(results)
-		for c := range results {
-			calls = append(calls, c)
-		}
-		client.Close()
+	users := make([]string, workers)
+	for w := range users {
+		users[w] = fmt.Sprintf("kill-user-%d", w)
 	}
+	srv := faults.StartServer(t, bin, env)
+	l := startLoad(t, ctx, iss, []*faults.Client{faults.NewClient(srv.URL)}, users, sequence)
+	for range 3 {
+		target := l.acknowledged() + 40
+		waitUntil(t, time.Minute, "writes are acknowledged", func() bool { return l.acknowledged() >= target })
+		srv.Kill(t) // requests are in flight: the load has not stopped
+		srv = faults.StartServer(t, bin, env)
+		l.retarget(faults.NewClient(srv.URL))
+	}
+	calls := l.finish()
 
 	// Every answer before a kill was a documented one: no 500 on the way.
 	for _, c := range calls {
@@ -91,7 +55,6 @@ func TestSIGKILLDuringWrites(t *testing.T) {
 		}
 	}
 
-	srv := faults.StartServer(t, bin, env)
 	client := faults.NewClient(srv.URL)
 	defer client.Close()
 	require.NoError(t, faults.CheckVaultConstraints(ctx, admin, schema))

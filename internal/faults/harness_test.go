@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -258,6 +260,36 @@ func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool
 		case <-deadline:
 			t.Fatalf("%s: not within %s", what, within)
 		}
+	}
+}
+
+// requireLogsHoldNoSecrets searches everything the servers logged — their
+// outages and kills included — for every master key, recovery wrap and
+// token of the run.
+func requireLogsHoldNoSecrets(t *testing.T, iss *issuer, calls []call, servers ...*faults.Server) {
+	t.Helper()
+	var logs strings.Builder
+	for _, srv := range servers {
+		logs.WriteString(srv.Logs())
+	}
+	var secrets []string
+	for _, c := range calls {
+		if c.mk != nil {
+			secrets = append(secrets, base64.StdEncoding.EncodeToString(c.mk), base64.RawURLEncoding.EncodeToString(c.mk), hex.EncodeToString(c.mk))
+		}
+		if c.wrap != "" {
+			secrets = append(secrets, c.wrap)
+		}
+	}
+	iss.mu.Lock()
+	for _, tok := range iss.tokens {
+		secrets = append(secrets, tok, tok[strings.LastIndexByte(tok, '.')+1:])
+	}
+	iss.mu.Unlock()
+	require.NotEmpty(t, secrets)
+	require.Contains(t, logs.String(), `"msg":"request"`, "the servers logged")
+	for _, secret := range secrets {
+		require.NotContains(t, logs.String(), secret, "a key, recovery wrap or token is in a server's log")
 	}
 }
 

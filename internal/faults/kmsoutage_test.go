@@ -178,6 +178,7 @@ func TestKMSOutageCachedServesDirectRefuses(t *testing.T) {
 	}
 	requireAcknowledgedAudited(t, callsOf(all, func(s sent) call { return s.call }), audit)
 	require.NoError(t, faults.CheckVaultConstraints(ctx, admin, schema))
+	requireLogsHoldNoSecrets(t, iss, callsOf(all, func(s sent) call { return s.call }), cachedSrv, directSrv)
 }
 
 func callsOf[T any](items []T, get func(T) call) []call {

@@ -170,6 +170,7 @@ func TestPostgresRestartWhileRequestsFlow(t *testing.T) {
 		require.NoError(t, m.observe(final))
 		m.requireRowMatches(t, ctx, admin, user)
 	}
+	requireLogsHoldNoSecrets(t, iss, calls, srv)
 }
 
 // readyz reports whether /readyz answers 200.

@@ -159,6 +159,7 @@ func TestSIGKILLDuringRewrap(t *testing.T) {
 	sequence := []string{"key", "rotate", "recovery-set", "key", "zk-on", "key", "zk-off", "recovery-clear"}
 
 	srv := faults.StartServer(t, r.bin, r.during)
+	servers := []*faults.Server{srv}
 	l := startLoad(t, ctx, r.iss, []*faults.Client{faults.NewClient(srv.URL)}, writers, sequence)
 	for kill := range 2 {
 		left := r.onKEK(t, ctx, kekOldID)
@@ -169,6 +170,7 @@ func TestSIGKILLDuringRewrap(t *testing.T) {
 		srv.Kill(t)
 		t.Logf("kill %d with %d rows left on the old KEK", kill+1, r.onKEK(t, ctx, kekOldID))
 		srv = faults.StartServer(t, r.bin, r.during)
+		servers = append(servers, srv)
 		l.retarget(faults.NewClient(srv.URL))
 	}
 	waitUntil(t, 2*time.Minute, "the re-wrap job finishes", func() bool { return r.onKEK(t, ctx, kekOldID) == 0 })
@@ -176,6 +178,7 @@ func TestSIGKILLDuringRewrap(t *testing.T) {
 	calls := l.finish()
 	srv.Stop(t)
 	r.requireRotated(t, ctx, calls)
+	requireLogsHoldNoSecrets(t, r.iss, calls, servers...)
 }
 
 // TestReplicasDuringKEKRotation runs three `keybroker serve` processes on
@@ -221,5 +224,6 @@ func TestReplicasDuringKEKRotation(t *testing.T) {
 		r.initial[user] = nil
 	}
 	r.requireRotated(t, ctx, calls)
+	requireLogsHoldNoSecrets(t, r.iss, calls, replicas...)
 	t.Logf("%d requests across 3 replicas during the rotation", len(calls))
 }

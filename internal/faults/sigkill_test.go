@@ -38,12 +38,14 @@ func TestSIGKILLDuringWrites(t *testing.T) {
 		users[w] = fmt.Sprintf("kill-user-%d", w)
 	}
 	srv := faults.StartServer(t, bin, env)
+	servers := []*faults.Server{srv}
 	l := startLoad(t, ctx, iss, []*faults.Client{faults.NewClient(srv.URL)}, users, sequence)
 	for range 3 {
 		target := l.acknowledged() + 40
 		waitUntil(t, time.Minute, "writes are acknowledged", func() bool { return l.acknowledged() >= target })
 		srv.Kill(t) // requests are in flight: the load has not stopped
 		srv = faults.StartServer(t, bin, env)
+		servers = append(servers, srv)
 		l.retarget(faults.NewClient(srv.URL))
 	}
 	calls := l.finish()
@@ -70,6 +72,7 @@ func TestSIGKILLDuringWrites(t *testing.T) {
 		m.requireRowMatches(t, ctx, admin, user)
 	}
 	requireEveryVaultUnwraps(t, ctx, client, iss, admin)
+	requireLogsHoldNoSecrets(t, iss, calls, servers...)
 	cut := 0
 	for _, c := range calls {
 		if c.err != nil {

@@ -171,13 +171,19 @@ type server struct {
 // called, and waits until it listens.
 func startServe(t *testing.T, env map[string]string, args ...string) *server {
 	t.Helper()
+	return startServeHooked(t, env, &hooks{}, args...)
+}
+
+// startServeHooked is startServe with hooks of the caller's; their
+// listening hook is replaced.
+func startServeHooked(t *testing.T, env map[string]string, h *hooks, args ...string) *server {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
 	logs := &syncBuffer{}
-	go func() {
-		done <- run(ctx, args, envFunc(env), io.Discard, logs, &hooks{listening: func(a string) { addrc <- a }})
-	}()
+	h.listening = func(a string) { addrc <- a }
+	go func() { done <- run(ctx, args, envFunc(env), io.Discard, logs, h) }()
 	s := &server{logs: logs}
 	select {
 	case s.addr = <-addrc:

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -285,40 +284,10 @@ func TestServeRewrapsInTheBackground(t *testing.T) {
 	db.requireAllMoved(t)
 }
 
-// startServeWithHooks is startServe with extra hooks.
+// startServeWithHooks is startServe of "serve" with extra hooks.
 func startServeWithHooks(t *testing.T, env map[string]string, h *hooks) *server {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan string, 1)
-	done := make(chan error, 1)
-	logs := &syncBuffer{}
-	h.listening = func(a string) { addrc <- a }
-	go func() { done <- run(ctx, []string{"serve"}, envFunc(env), io.Discard, logs, h) }()
-	s := &server{logs: logs}
-	select {
-	case s.addr = <-addrc:
-	case err := <-done:
-		cancel()
-		t.Fatalf("serve stopped: %v\n%s", err, logs.String())
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatal("serve did not start listening")
-	}
-	var once sync.Once
-	var stopErr error
-	s.stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case stopErr = <-done:
-			case <-time.After(30 * time.Second):
-				stopErr = context.DeadlineExceeded
-			}
-		})
-		return stopErr
-	}
-	t.Cleanup(func() { _ = s.stop() })
-	return s
+	return startServeHooked(t, env, h, "serve")
 }
 
 // TestRewrapCommandKilledAndRestarted runs `keybroker rewrap` as a real

@@ -266,6 +266,13 @@ func (b *bench) serverEnv(extra ...string) []string {
 		"KEYBROKER_LOG_FORMAT=json",
 		"KEYBROKER_LOG_LEVEL=info",
 	}
+	// The Go runtime's knobs for the servers only, to see what they do
+	// to memory and latency (the harness keeps its own).
+	for _, knob := range []string{"GOGC", "GOMEMLIMIT", "GOMAXPROCS"} {
+		if v := os.Getenv("KEYBROKER_BENCH_SERVER_" + knob); v != "" {
+			env = append(env, knob+"="+v)
+		}
+	}
 	return append(env, extra...)
 }
 

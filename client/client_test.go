@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,16 +16,14 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/client"
+	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/kekproviders/localkek"
-	"github.com/keybroker/keybroker/sqlitestore"
 	"github.com/keybroker/keybroker/vaultapi"
-	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
 
-// server is a real keybroker: the SQLite store in a temp dir, a local
-// KEK, an EdDSA issuer whose JWKS the verifier fetches over HTTP, the
-// vault API behind httptest.
+// server is a real keybroker (internal/apitest): the SQLite store in a
+// temp dir, a local KEK, an EdDSA issuer whose JWKS the verifier fetches
+// over HTTP, the vault API behind httptest.
 type server struct {
 	url    string
 	issuer *jwtissuer.Issuer
@@ -34,34 +31,8 @@ type server struct {
 
 func newServer(t *testing.T) *server {
 	t.Helper()
-	ctx := t.Context()
-	store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = store.Close() })
-
-	kekBytes := make([]byte, 32)
-	_, _ = rand.Read(kekBytes)
-	kek, err := localkek.New("env-v1", kekBytes, false)
-	require.NoError(t, err)
-	ring, err := broker.NewKeyring(kek)
-	require.NoError(t, err)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: log})
-	require.NoError(t, err)
-
-	issuer, err := jwtissuer.New("https://auth.test")
-	require.NoError(t, err)
-	jwks := httptest.NewServer(issuer.JWKSHandler())
-	t.Cleanup(jwks.Close)
-	verifier, err := jwtauth.New(ctx, jwtauth.Config{JWKSURL: jwks.URL, Issuer: "https://auth.test"})
-	require.NoError(t, err)
-	t.Cleanup(verifier.Close)
-
-	api, err := vaultapi.New(vaultapi.Config{Service: svc, Verifier: verifier, Logger: log})
-	require.NoError(t, err)
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(srv.Close)
-	return &server{url: srv.URL, issuer: issuer}
+	srv := apitest.Start(t, apitest.Options{})
+	return &server{url: srv.URL, issuer: srv.Issuer}
 }
 
 // clientFor returns a client of user whose token source mints a fresh

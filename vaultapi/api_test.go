@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/pgtest"
 	"github.com/keybroker/keybroker/internal/testvectors"
@@ -42,8 +42,8 @@ type env struct {
 	admin  *pgxpool.Pool // superuser: reads and breaks rows behind RLS
 	logs   *syncBuffer
 
-	jwksURL string
 	store   broker.Store
+	jwksURL string // the issuer's JWKS, as this server's verifier fetches it
 }
 
 type envOptions struct {
@@ -72,9 +72,7 @@ func newEnv(t *testing.T, opts envOptions) *env {
 
 	issuer, err := jwtissuer.New("https://auth.test")
 	require.NoError(t, err)
-	jwks := httptest.NewServer(issuer.JWKSHandler())
-	t.Cleanup(jwks.Close)
-	e := &env{t: t, issuer: issuer, admin: admin, jwksURL: jwks.URL, store: store}
+	e := &env{t: t, issuer: issuer, admin: admin, store: store}
 	return e.withStore(t, store, opts)
 }
 
@@ -87,28 +85,22 @@ func (e *env) reconfigure(t *testing.T, opts envOptions) *env {
 // withStore starts a server over store with the same issuer.
 func (e *env) withStore(t *testing.T, store broker.Store, opts envOptions) *env {
 	t.Helper()
-	ctx := context.Background()
 	if opts.active == nil {
 		opts.active = newKEK(t, "env-v1")
 	}
 	ring, err := broker.NewKeyring(opts.active, opts.retired...)
 	require.NoError(t, err)
 	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, nil))
-	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: log})
-	require.NoError(t, err)
-	verifier, err := jwtauth.New(ctx, jwtauth.Config{JWKSURL: e.jwksURL, Issuer: "https://auth.test"})
-	require.NoError(t, err)
-	t.Cleanup(verifier.Close)
-	cfg := vaultapi.Config{Service: svc, Verifier: verifier, Logger: log}
-	if opts.configure != nil {
-		opts.configure(&cfg, verifier, store)
-	}
-	api, err := vaultapi.New(cfg)
-	require.NoError(t, err)
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(srv.Close)
-	return &env{t: t, url: srv.URL, issuer: e.issuer, admin: e.admin, logs: logs, jwksURL: e.jwksURL, store: store}
+	srv := apitest.Start(t, apitest.Options{
+		Store: store, Keyring: ring, Issuer: e.issuer,
+		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
+		API: func(cfg *vaultapi.Config) {
+			if opts.configure != nil {
+				opts.configure(cfg, cfg.Verifier.(*jwtauth.Verifier), store)
+			}
+		},
+	})
+	return &env{t: t, url: srv.URL, issuer: e.issuer, admin: e.admin, logs: logs, store: store, jwksURL: srv.JWKSURL}
 }
 
 // syncBuffer collects the server's log lines; tests read it while the

@@ -13,11 +13,8 @@ package vaultapi_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,9 +24,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
-	"github.com/keybroker/keybroker/sqlitestore"
 	"github.com/keybroker/keybroker/vaultapi"
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
@@ -51,38 +48,27 @@ type fuzzAPI struct {
 
 func newFuzzAPI(f *testing.F) *fuzzAPI {
 	f.Helper()
-	ctx := context.Background()
-	store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: f.TempDir()})
-	require.NoError(f, err)
-	f.Cleanup(func() { _ = store.Close() })
 	key := bytes.Repeat([]byte{0x42}, 32)
 	kek, err := localkek.New("fuzz-kek", key, false)
 	require.NoError(f, err)
 	ring, err := broker.NewKeyring(kek)
 	require.NoError(f, err)
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: log})
-	require.NoError(f, err)
-
 	issuer, err := jwtissuer.New("https://auth.fuzz")
 	require.NoError(f, err)
-	jwks := httptest.NewServer(issuer.JWKSHandler())
-	f.Cleanup(jwks.Close)
-	verifier, err := jwtauth.New(ctx, jwtauth.Config{
-		JWKSURL: jwks.URL, Issuer: "https://auth.fuzz",
-		// Fuzzed kids must not become one JWKS refetch per input.
-		MinRefreshInterval: time.Hour, RefreshInterval: 2 * time.Hour,
+	srv := apitest.Start(f, apitest.Options{
+		Keyring: ring,
+		Issuer:  issuer,
+		Verifier: func(c *jwtauth.Config) {
+			// Fuzzed kids must not become one JWKS refetch per input.
+			c.MinRefreshInterval, c.RefreshInterval = time.Hour, 2*time.Hour
+		},
+		API: func(c *vaultapi.Config) {
+			c.RequestTimeout = 5 * time.Second
+			c.ServiceKey = fuzzServiceKey
+			c.CORSOrigins = []string{"https://app.fuzz"}
+		},
 	})
-	require.NoError(f, err)
-	f.Cleanup(verifier.Close)
-	api, err := vaultapi.New(vaultapi.Config{
-		Service: svc, Verifier: verifier, Logger: log,
-		RequestTimeout: 5 * time.Second,
-		ServiceKey:     fuzzServiceKey,
-		CORSOrigins:    []string{"https://app.fuzz"},
-	})
-	require.NoError(f, err)
-	return &fuzzAPI{handler: api.Handler(), issuer: issuer}
+	return &fuzzAPI{handler: srv.API.Handler(), issuer: srv.Issuer}
 }
 
 // Authorization modes a fuzz input picks from.

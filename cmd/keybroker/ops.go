@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -197,7 +198,7 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 		if sc, ok := kek.(interface{ Status(context.Context) error }); ok {
 			probe := sc.Status
 			if cached[kek.ID()] {
-				probe = cachedKEKProbe(sc.Status, keyring)
+				probe = cachedKEKProbe(throttleProbe(sc.Status, cachedKEKStatusEvery, time.Now), keyring)
 			}
 			checks = append(checks, vaultapi.Check{Name: "kek", ID: kek.ID(), Probe: probe})
 		}
@@ -224,6 +225,30 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 		}
 	}
 	return cfg, nil
+}
+
+// cachedKEKStatusEvery spaces the status calls of a cached remote KEK. In
+// cached mode no fetch calls the KMS; polling its metadata at the
+// readiness interval would be the only KMS traffic of a busy server (and
+// a cost on a metered KMS), while a refusal is still seen within a minute.
+const cachedKEKStatusEvery = time.Minute
+
+// throttleProbe calls probe at most once per every and answers with the
+// last result in between.
+func throttleProbe(probe func(context.Context) error, every time.Duration, now func() time.Time) func(context.Context) error {
+	var mu sync.Mutex
+	var last time.Time
+	var lastErr error
+	return func(ctx context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !last.IsZero() && now().Sub(last) < every {
+			return lastErr
+		}
+		lastErr = probe(ctx)
+		last = now()
+		return lastErr
+	}
 }
 
 // cachedKEKProbe is the readiness probe of a remote KEK in cached

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -62,4 +63,23 @@ func (downDataKeys) DataKeyList(context.Context) ([]broker.DataKey, error) {
 func (downDataKeys) DataKeyInsert(context.Context, broker.DataKey) error { return errors.New("down") }
 func (downDataKeys) DataKeyRewrap(context.Context, string, string, []byte, string) (bool, error) {
 	return false, errors.New("down")
+}
+
+// TestThrottleProbeSpacesCalls: a cached KEK's status is asked of the KMS
+// at most once per interval; in between the last answer stands.
+func TestThrottleProbeSpacesCalls(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	calls := 0
+	answer := error(nil)
+	probe := throttleProbe(func(context.Context) error { calls++; return answer }, time.Minute, func() time.Time { return now })
+	require.NoError(t, probe(context.Background()))
+	answer = errors.New("refused")
+	for range 5 {
+		now = now.Add(10 * time.Second)
+		require.NoError(t, probe(context.Background()), "within the interval the last answer stands")
+	}
+	require.Equal(t, 1, calls)
+	now = now.Add(15 * time.Second)
+	require.Error(t, probe(context.Background()), "after the interval the KMS is asked again")
+	require.Equal(t, 2, calls)
 }

@@ -59,7 +59,7 @@ func TestOpenCreatesPrivateDirAndFile(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "nested", "data")
 	s, err := open(t, dir)
 	require.NoError(t, err)
-	require.Equal(t, []string{"0001_encryption_vaults.sql"}, s.Migrated())
+	require.Equal(t, []string{"0001_encryption_vaults.sql", "0002_data_keys.sql"}, s.Migrated())
 	require.Equal(t, filepath.Join(dir, sqlitestore.FileName), s.Path())
 	require.NoError(t, s.Ping(t.Context()))
 
@@ -81,7 +81,7 @@ func TestOpenCreatesPrivateDirAndFile(t *testing.T) {
 	require.Equal(t, "wal", mode, "WAL is persistent in the file")
 	var version int
 	var name, checksum string
-	require.NoError(t, raw.QueryRow(`SELECT version, name, checksum FROM keybroker_migrations`).Scan(&version, &name, &checksum))
+	require.NoError(t, raw.QueryRow(`SELECT version, name, checksum FROM keybroker_migrations ORDER BY version LIMIT 1`).Scan(&version, &name, &checksum))
 	require.Equal(t, 1, version)
 	require.Equal(t, "0001_encryption_vaults.sql", name)
 	require.Len(t, checksum, 64)

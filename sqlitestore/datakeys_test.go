@@ -1,0 +1,61 @@
+package sqlitestore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kekproviders/localkek"
+	"github.com/keybroker/keybroker/sqlitestore"
+)
+
+// TestCachedEnvelopeModeOnTheEmbeddedStore: data keys live in the SQLite
+// file too, so a remote KEK in cached mode works on a single-node install
+// and a restarted server opens what it wrapped.
+func TestCachedEnvelopeModeOnTheEmbeddedStore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	key := make([]byte, 32)
+	rand.Read(key)
+	// Any KEK can stand in for the remote one: the keyring only wraps
+	// data keys with it.
+	remote, err := localkek.New("remote-1", key, false)
+	require.NoError(t, err)
+	newLocal := func(id string, k []byte) (broker.KEK, error) { return localkek.New(id, k, false) }
+
+	open := func() (*sqlitestore.Store, *broker.Service, *broker.Keyring) {
+		store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: dir})
+		require.NoError(t, err)
+		ring, err := broker.LoadKeyring(ctx, broker.KeyringConfig{Active: remote, Cached: []string{"remote-1"},
+			DataKeys: store, NewLocalKEK: newLocal, RefreshMinInterval: time.Nanosecond})
+		require.NoError(t, err)
+		require.NoError(t, ring.Ready())
+		svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring})
+		require.NoError(t, err)
+		return store, svc, ring
+	}
+	store, svc, ring := open()
+	res, err := svc.Init(ctx, "alice", broker.RequestMeta{})
+	require.NoError(t, err)
+	require.Equal(t, ring.ActiveID(), res.KEKID)
+	require.NotEqual(t, "remote-1", res.KEKID, "user keys are wrapped under the data key")
+	require.NoError(t, store.Close())
+
+	store2, svc2, ring2 := open()
+	defer store2.Close()
+	require.Equal(t, ring.ActiveID(), ring2.ActiveID(), "the restarted server loads the same data key")
+	got, err := svc2.Key(ctx, "alice", broker.RequestMeta{})
+	require.NoError(t, err)
+	require.Equal(t, res.MasterKey, got.MasterKey)
+
+	list, err := store2.DataKeyList(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	moved, err := store2.DataKeyRewrap(ctx, list[0].ID, "not-the-wrapper", []byte("x"), "other")
+	require.NoError(t, err)
+	require.False(t, moved, "the compare-and-swap refuses a stale wrapper")
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // VaultReader is an optional Store ability: read one user's vault in a
@@ -25,6 +26,10 @@ type AuditAppender interface {
 
 // maxAuditBatch bounds one group commit.
 const maxAuditBatch = 256
+
+// auditCommitTimeout bounds one group commit; requests give up sooner, on
+// their own deadline.
+const auditCommitTimeout = 30 * time.Second
 
 // auditBatcher is the group commit of fetch audit rows: a fetch hands its
 // row over and waits until the commit that carries it is durable. While a
@@ -96,8 +101,12 @@ func (b *auditBatcher) commit(batch []*pendingAudit) {
 		entries[i] = p.entry
 	}
 	// The commit runs on its own context: one waiter giving up must not
-	// abort the rows of the others.
-	err := b.appender.AuditAppend(context.Background(), entries)
+	// abort the rows of the others. It is still bounded, so a store that
+	// stops answering (a partition without a reset) frees the commit slot
+	// instead of holding it until TCP gives up.
+	ctx, cancel := context.WithTimeout(context.Background(), auditCommitTimeout)
+	err := b.appender.AuditAppend(ctx, entries)
+	cancel()
 	for _, p := range batch {
 		p.done <- err
 	}

@@ -103,30 +103,8 @@ func (e *env) withStore(t *testing.T, store broker.Store, opts envOptions) *env 
 	return &env{t: t, url: srv.URL, issuer: e.issuer, admin: e.admin, logs: logs, store: store, jwksURL: srv.JWKSURL}
 }
 
-// syncBuffer collects the server's log lines; tests read it while the
-// server's goroutines may still write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Len()
-}
+// syncBuffer collects a server's logs (apitest.LogBuffer).
+type syncBuffer = apitest.LogBuffer
 
 func newKEK(t *testing.T, id string) *localkek.KEK {
 	t.Helper()

@@ -15,28 +15,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/pgtest"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 
-// syncBuffer is an io.Writer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects a server's logs (apitest.LogBuffer).
+type syncBuffer = apitest.LogBuffer
 
 func envFunc(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }

@@ -118,8 +118,7 @@ func (b *auditBatcher) commit(batch []*pendingAudit) {
 // round trip, and an audit commit shared with concurrent fetches.
 func (s *Service) fastKey(ctx context.Context, reader VaultReader, userID string, meta RequestMeta) (*KeyResult, error) {
 	auditRow := func(action Action, status int, note string) *AuditEntry {
-		return &AuditEntry{ID: newAuditID(), UserID: userID, Action: action, IPAddress: meta.IPAddress,
-			UserAgent: meta.UserAgent, Context: note, Status: status, CreatedAt: s.now()}
+		return s.auditEntry(userID, meta, action, status, note)
 	}
 	v, err := reader.VaultRead(ctx, userID)
 	if errors.Is(err, ErrNotFound) {

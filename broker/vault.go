@@ -107,16 +107,21 @@ type op struct {
 }
 
 func (o *op) audit(ctx context.Context, action Action, status int, note string) error {
-	return o.tx.AuditInsert(ctx, &AuditEntry{
+	return o.tx.AuditInsert(ctx, o.s.auditEntry(o.userID, o.meta, action, status, note))
+}
+
+// auditEntry is the audit row of one request's outcome.
+func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
+	return &AuditEntry{
 		ID:        newAuditID(),
-		UserID:    o.userID,
+		UserID:    userID,
 		Action:    action,
-		IPAddress: o.meta.IPAddress,
-		UserAgent: o.meta.UserAgent,
+		IPAddress: meta.IPAddress,
+		UserAgent: meta.UserAgent,
 		Context:   note,
 		Status:    status,
-		CreatedAt: o.s.now(),
-	})
+		CreatedAt: s.now(),
+	}
 }
 
 // refuse records a refusal and ends the transaction with nothing changed

@@ -61,6 +61,16 @@ func TestPostgresRestartWhileRequestsFlow(t *testing.T) {
 	var wg sync.WaitGroup
 	const workers = 4
 	sequence := []string{"rotate", "key", "recovery-set", "key", "status"}
+	// Every user has a vault before the outage can begin: otherwise a
+	// worker that gets no rotate through before the database stops would
+	// rightly be told 404 by a later fetch.
+	var all []sent
+	for w := range workers {
+		c := do(ctx, client, iss, t, fmt.Sprintf("pg-%d-init", w), fmt.Sprintf("pg-user-%d", w), "rotate", nil)
+		require.NoError(t, c.err)
+		require.Equal(t, http.StatusOK, c.status, "initial rotate of pg-user-%d", w)
+		all = append(all, sent{call: c, sentIn: phaseUp, doneIn: phaseUp})
+	}
 	for w := range workers {
 		wg.Add(1)
 		go func() {
@@ -79,7 +89,6 @@ func TestPostgresRestartWhileRequestsFlow(t *testing.T) {
 		}()
 	}
 
-	var all []sent
 	counts := map[string]int{}
 	ticker := time.NewTicker(100 * time.Millisecond) // paces the /readyz probes
 	defer ticker.Stop()

@@ -9,7 +9,7 @@
 //	file:///path/to/kek?id=ID              32 raw bytes or base64 text in a file
 //	systemd-credential://NAME?id=ID        $CREDENTIALS_DIRECTORY/NAME
 //	docker-secret://NAME?id=ID             /run/secrets/NAME
-//	awskms:///KEY?id=ID[&region=R][&endpoint=URL][&profile=P][&timeout=D][&max_attempts=N]
+//	awskms:///KEY?id=ID[&region=R][&endpoint=URL][&profile=P][&timeout=D][&max_attempts=N][&max_inflight=N]
 //	                                       KEY: alias/NAME, a key id, a key or alias ARN
 //	gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K?id=ID[&endpoint=HOST:PORT][&timeout=D]
 //	vault-transit://KEY?id=ID[&mount=transit][&address=URL][&namespace=NS][&timeout=D][&max_retries=N]
@@ -208,6 +208,12 @@ func (o Opener) Open(ctx context.Context, uri string) (KEK, error) {
 			Timeout:  params.Duration("timeout"),
 		}
 		cfg.MaxAttempts, _ = params.Int("max_attempts")
+		if n, ok := params.Int("max_inflight"); ok {
+			if n == 0 {
+				return nil, errors.New("kekproviders: awskms: URI parameter max_inflight=0: want at least 1 (leave it out for the default)")
+			}
+			cfg.MaxInFlight = n
+		}
 		if err := params.Done(); err != nil {
 			return nil, err
 		}

@@ -33,7 +33,7 @@ func TestOpenAWSKMS(t *testing.T) {
 
 	for _, uri := range []string{
 		"awskms:///alias/keybroker?region=" + localkms.Region + "&endpoint=" + srv.URL + "&id=aws-1",
-		"awskms://alias/keybroker?region=" + localkms.Region + "&endpoint=" + srv.URL + "&id=aws-1&timeout=5s&max_attempts=2",
+		"awskms://alias/keybroker?region=" + localkms.Region + "&endpoint=" + srv.URL + "&id=aws-1&timeout=5s&max_attempts=2&max_inflight=4",
 		"awskms:///" + key.ARN + "?endpoint=" + srv.URL + "&id=aws-1",
 	} {
 		kek, err := kekproviders.Open(t.Context(), uri)
@@ -45,6 +45,10 @@ func TestOpenAWSKMS(t *testing.T) {
 	require.ErrorContains(t, err, "regoin")
 	_, err = kekproviders.Open(t.Context(), "awskms:///alias/keybroker?region=eu-central-1&timeout=forever&id=aws-1")
 	require.ErrorContains(t, err, "timeout")
+	for _, bad := range []string{"0", "-1", "many"} {
+		_, err = kekproviders.Open(t.Context(), "awskms:///alias/keybroker?region=eu-central-1&id=aws-1&max_inflight="+bad)
+		require.ErrorContains(t, err, "max_inflight", bad)
+	}
 }
 
 func TestOpenGCPKMS(t *testing.T) {

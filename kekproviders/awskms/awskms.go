@@ -10,6 +10,13 @@
 // retried by the SDK's standard retryer (exponential backoff with jitter);
 // each Wrap, Unwrap or Status is bounded by a per-call timeout that covers
 // all its attempts.
+//
+// At most Config.MaxInFlight Encrypt, Decrypt and ReEncrypt calls of one
+// KEK are in flight at once, over as many HTTP connections at most; further
+// callers wait for a slot within their timeout and their context's
+// deadline. In direct mode (cache=off) every key fetch is a Decrypt, and an
+// unbounded login storm would hold one SDK call and one connection per
+// waiting client while the KMS, the bottleneck anyway, works through them.
 package awskms
 
 import (
@@ -17,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"strings"
 	"time"
 
@@ -28,6 +36,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/keybroker/keybroker/kekproviders/internal/inflight"
 	"github.com/keybroker/keybroker/kekproviders/kekerr"
 )
 
@@ -57,9 +66,18 @@ type Config struct {
 	// MaxAttempts is the standard retryer's attempt limit (first try
 	// included); zero keeps the SDK default (3).
 	MaxAttempts int
+	// MaxInFlight bounds the Encrypt, Decrypt and ReEncrypt calls in
+	// flight at once, and the HTTP connections to the KMS endpoint; zero
+	// means DefaultMaxInFlight. Status probes are not counted, so that
+	// readiness reports the KMS itself, not this queue.
+	MaxInFlight int
 	// Credentials replaces the default credential chain when set.
 	Credentials aws.CredentialsProvider
 }
+
+// DefaultMaxInFlight bounds the KMS calls of one KEK in flight at once
+// when Config.MaxInFlight is zero.
+const DefaultMaxInFlight = inflight.Default
 
 func (c *Config) validate() error {
 	if c.ID == "" {
@@ -77,6 +95,12 @@ func (c *Config) validate() error {
 	if c.MaxAttempts < 0 {
 		return fmt.Errorf("awskms: Config.MaxAttempts is negative (%d)", c.MaxAttempts)
 	}
+	if c.MaxInFlight < 0 {
+		return fmt.Errorf("awskms: Config.MaxInFlight is negative (%d)", c.MaxInFlight)
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
 	return nil
 }
 
@@ -86,6 +110,7 @@ type KEK struct {
 	keyID   string
 	timeout time.Duration
 	client  *kms.Client
+	calls   *inflight.Limiter
 }
 
 // New loads the AWS configuration (no network call: credentials are
@@ -95,7 +120,15 @@ func New(ctx context.Context, cfg Config) (*KEK, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	var opts []func(*config.LoadOptions) error
+	// The SDK's default transport keeps 10 idle connections per host and
+	// opens as many as there are calls: with more calls in flight than
+	// that, connections are opened and closed all the time. Keep exactly
+	// as many as calls may be in flight, and never more.
+	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.MaxConnsPerHost = cfg.MaxInFlight
+		tr.MaxIdleConnsPerHost = cfg.MaxInFlight
+	})
+	opts := []func(*config.LoadOptions) error{config.WithHTTPClient(httpClient)}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
 	}
@@ -125,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*KEK, error) {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)
 		}
 	})
-	return &KEK{id: cfg.ID, keyID: cfg.KeyID, timeout: cfg.Timeout, client: client}, nil
+	return &KEK{id: cfg.ID, keyID: cfg.KeyID, timeout: cfg.Timeout, client: client, calls: inflight.New(cfg.MaxInFlight)}, nil
 }
 
 // regionOfARN returns the region of arn:aws:kms:REGION:ACCOUNT:…, or "".
@@ -145,11 +178,17 @@ func (k *KEK) ID() string { return k.id }
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, binding map[string]string) ([]byte, error) {
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
-	out, err := k.client.Encrypt(callCtx, &kms.EncryptInput{
-		KeyId:             aws.String(k.keyID),
-		Plaintext:         plaintext,
-		EncryptionContext: encryptionContext(binding),
-	})
+	var err error
+	var out *kms.EncryptOutput
+	if waitErr := k.calls.Do(callCtx, func() {
+		out, err = k.client.Encrypt(callCtx, &kms.EncryptInput{
+			KeyId:             aws.String(k.keyID),
+			Plaintext:         plaintext,
+			EncryptionContext: encryptionContext(binding),
+		})
+	}); waitErr != nil {
+		return nil, k.fail(ctx, "encrypt", waitErr)
+	}
 	if err != nil {
 		return nil, k.fail(ctx, "encrypt", err)
 	}
@@ -166,11 +205,17 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, binding map[string]
 	}
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
-	out, err := k.client.Decrypt(callCtx, &kms.DecryptInput{
-		KeyId:             aws.String(k.keyID),
-		CiphertextBlob:    ciphertext,
-		EncryptionContext: encryptionContext(binding),
-	})
+	var err error
+	var out *kms.DecryptOutput
+	if waitErr := k.calls.Do(callCtx, func() {
+		out, err = k.client.Decrypt(callCtx, &kms.DecryptInput{
+			KeyId:             aws.String(k.keyID),
+			CiphertextBlob:    ciphertext,
+			EncryptionContext: encryptionContext(binding),
+		})
+	}); waitErr != nil {
+		return nil, k.fail(ctx, "decrypt", waitErr)
+	}
 	if err != nil {
 		return nil, k.fail(ctx, "decrypt", err)
 	}
@@ -188,13 +233,19 @@ func (k *KEK) Rewrap(ctx context.Context, ciphertext []byte, binding map[string]
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
 	ec := encryptionContext(binding)
-	out, err := k.client.ReEncrypt(callCtx, &kms.ReEncryptInput{
-		CiphertextBlob:               ciphertext,
-		SourceKeyId:                  aws.String(k.keyID),
-		SourceEncryptionContext:      ec,
-		DestinationKeyId:             aws.String(k.keyID),
-		DestinationEncryptionContext: ec,
-	})
+	var out *kms.ReEncryptOutput
+	var err error
+	if waitErr := k.calls.Do(callCtx, func() {
+		out, err = k.client.ReEncrypt(callCtx, &kms.ReEncryptInput{
+			CiphertextBlob:               ciphertext,
+			SourceKeyId:                  aws.String(k.keyID),
+			SourceEncryptionContext:      ec,
+			DestinationKeyId:             aws.String(k.keyID),
+			DestinationEncryptionContext: ec,
+		})
+	}); waitErr != nil {
+		return nil, k.fail(ctx, "re-encrypt", waitErr)
+	}
 	if err != nil {
 		return nil, k.fail(ctx, "re-encrypt", err)
 	}

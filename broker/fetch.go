@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -24,43 +25,122 @@ type AuditAppender interface {
 	AuditAppend(ctx context.Context, entries []*AuditEntry) error
 }
 
-// maxAuditBatch bounds one group commit.
-const maxAuditBatch = 256
+// VaultFetcher is an optional Store ability, the fetch hot path in one
+// round trip: read the vaults of several users and record the audit row
+// that each read calls for, all in one commit. The Service uses it with
+// an AuditAppender, which records what the read could not.
+type VaultFetcher interface {
+	// VaultFetch runs every fetch of b, each under its own user's scope,
+	// and sets its Vault. It returns once the audit rows are durable. It
+	// is all or nothing: on error no fetch of b was recorded and no Vault
+	// may be used.
+	VaultFetch(ctx context.Context, b *FetchBatch) error
+}
 
-// auditCommitTimeout bounds one group commit; requests give up sooner, on
+// FetchCase is what a fetch's read found, which decides its audit row.
+type FetchCase int
+
+// The cases of a fetch, in the order of FetchBatch.Outcomes.
+const (
+	// FetchMissing: the user has no vault; recorded.
+	FetchMissing FetchCase = iota
+	// FetchZeroKnowledge: the vault is in zero-knowledge mode; recorded.
+	FetchZeroKnowledge
+	// FetchOpenable: the vault's kek_id is one of FetchBatch.Openable, a
+	// KEK that unwraps without a network call; recorded as a fetch.
+	FetchOpenable
+	// FetchDeferred: anything else; nothing is recorded, the Service
+	// records the outcome once the remote unwrap is done.
+	FetchDeferred
+)
+
+// FetchOutcome is the action, status and context of an audit row.
+type FetchOutcome struct {
+	Action  Action
+	Status  int
+	Context string
+}
+
+// FetchBatch is the fetches of one VaultFetch call.
+type FetchBatch struct {
+	// Openable lists the KEK ids whose wraps unwrap locally.
+	Openable []string
+	// Outcomes is the audit row of each recorded case, by FetchCase.
+	Outcomes [FetchDeferred]FetchOutcome
+	Fetches  []*Fetch
+}
+
+// Case is the case of a fetch that read v (nil: no vault). A store
+// implements the same rule in its own terms.
+func (b *FetchBatch) Case(v *Vault) FetchCase {
+	switch {
+	case v == nil:
+		return FetchMissing
+	case v.ZeroKnowledge:
+		return FetchZeroKnowledge
+	case slices.Contains(b.Openable, v.KEKID):
+		return FetchOpenable
+	}
+	return FetchDeferred
+}
+
+// Fetch is one user's read. Audit.UserID is the user; Audit carries the
+// row's id, request metadata and time, while its action, status and
+// context come from the batch's Outcomes by the case of what is read.
+type Fetch struct {
+	Audit *AuditEntry
+	// Vault is set by VaultFetch: the user's vault, nil when there is none.
+	Vault *Vault
+
+	kase FetchCase
+	err  error // this fetch failed alone; nothing of it was recorded
+}
+
+// fetchOutcomes are the rows a fetch records in its read's commit.
+var fetchOutcomes = [FetchDeferred]FetchOutcome{
+	FetchMissing:       {ActionFailedFetch, http.StatusNotFound, "not-initialised"},
+	FetchZeroKnowledge: {ActionFetch, http.StatusOK, "zk-recovery-blob"},
+	FetchOpenable:      {ActionFetch, http.StatusOK, ""},
+}
+
+// maxGroupCommit bounds one group commit.
+const maxGroupCommit = 256
+
+// groupCommitTimeout bounds one group commit; requests give up sooner, on
 // their own deadline.
-const auditCommitTimeout = 30 * time.Second
+const groupCommitTimeout = 30 * time.Second
 
-// auditBatcher is the group commit of fetch audit rows: a fetch hands its
-// row over and waits until the commit that carries it is durable. While a
-// commit is in flight, rows of concurrent fetches queue and go in the next
-// one, so under load one fsync serves many fetches, and an idle server
-// commits a lone row at once.
-type auditBatcher struct {
-	appender AuditAppender
-	slots    chan struct{} // bounds concurrent commits
+// groupCommit is the group commit of the fetch path: a request hands its
+// item over and waits until the commit that carries it is durable. While
+// a commit is in flight, items of concurrent requests queue and go in the
+// next one, so under load one round trip and one fsync serve many
+// requests, and an idle server commits a lone item at once.
+type groupCommit[T any] struct {
+	run   func(ctx context.Context, items []T) error
+	slots chan struct{} // bounds concurrent commits
 
 	mu      sync.Mutex
-	pending []*pendingAudit
+	pending []pendingItem[T]
 }
 
-type pendingAudit struct {
-	entry *AuditEntry
-	done  chan error
+type pendingItem[T any] struct {
+	item T
+	done chan error
 }
 
-func newAuditBatcher(appender AuditAppender, concurrency int) *auditBatcher {
+func newGroupCommit[T any](concurrency int, run func(ctx context.Context, items []T) error) *groupCommit[T] {
 	if concurrency < 1 {
 		concurrency = 1
 	}
-	return &auditBatcher{appender: appender, slots: make(chan struct{}, concurrency)}
+	return &groupCommit[T]{run: run, slots: make(chan struct{}, concurrency)}
 }
 
-// append queues e and waits until it is durable or ctx ends. When ctx
-// ends first the row may still be committed; the caller treats the fetch
-// as failed either way, which errs on the side of more audit, never less.
-func (b *auditBatcher) append(ctx context.Context, e *AuditEntry) error {
-	p := &pendingAudit{entry: e, done: make(chan error, 1)}
+// do queues item and waits until it is durable or ctx ends. When ctx
+// ends first the item may still be committed; the caller treats the
+// request as failed either way, which errs on the side of more audit,
+// never less.
+func (b *groupCommit[T]) do(ctx context.Context, item T) error {
+	p := pendingItem[T]{item: item, done: make(chan error, 1)}
 	b.mu.Lock()
 	b.pending = append(b.pending, p)
 	b.mu.Unlock()
@@ -73,17 +153,18 @@ func (b *auditBatcher) append(ctx context.Context, e *AuditEntry) error {
 	}
 }
 
-// flush starts commits while there are rows queued and commit slots free.
-// A commit that finishes calls flush again, so no row is left behind.
-func (b *auditBatcher) flush() {
+// flush starts commits while there are items queued and commit slots
+// free. A commit that finishes calls flush again, so nothing is left
+// behind.
+func (b *groupCommit[T]) flush() {
 	for {
 		select {
 		case b.slots <- struct{}{}:
 		default:
-			return // every slot is committing; the next to finish picks the rows up
+			return // every slot is committing; the next to finish picks the items up
 		}
 		b.mu.Lock()
-		n := min(len(b.pending), maxAuditBatch)
+		n := min(len(b.pending), maxGroupCommit)
 		batch := b.pending[:n:n]
 		b.pending = b.pending[n:]
 		b.mu.Unlock()
@@ -95,17 +176,17 @@ func (b *auditBatcher) flush() {
 	}
 }
 
-func (b *auditBatcher) commit(batch []*pendingAudit) {
-	entries := make([]*AuditEntry, len(batch))
+func (b *groupCommit[T]) commit(batch []pendingItem[T]) {
+	items := make([]T, len(batch))
 	for i, p := range batch {
-		entries[i] = p.entry
+		items[i] = p.item
 	}
 	// The commit runs on its own context: one waiter giving up must not
-	// abort the rows of the others. It is still bounded, so a store that
+	// abort the items of the others. It is still bounded, so a store that
 	// stops answering (a partition without a reset) frees the commit slot
 	// instead of holding it until TCP gives up.
-	ctx, cancel := context.WithTimeout(context.Background(), auditCommitTimeout)
-	err := b.appender.AuditAppend(ctx, entries)
+	ctx, cancel := context.WithTimeout(context.Background(), groupCommitTimeout)
+	err := b.run(ctx, items)
 	cancel()
 	for _, p := range batch {
 		p.done <- err
@@ -114,15 +195,67 @@ func (b *auditBatcher) commit(batch []*pendingAudit) {
 	b.flush()
 }
 
+// fetchGroup runs fetches as one VaultFetch. When the batch fails for a
+// reason of its own (not an outage), one fetch may be to blame: each is
+// then run alone, so that it fails alone.
+func (s *Service) fetchGroup(ctx context.Context, fetches []*Fetch) error {
+	b := &FetchBatch{Openable: s.keyring.localIDs(), Outcomes: fetchOutcomes, Fetches: fetches}
+	err := s.fetcher.VaultFetch(ctx, b)
+	if err == nil {
+		for _, f := range fetches {
+			f.kase = b.Case(f.Vault)
+		}
+		return nil
+	}
+	if len(fetches) == 1 || IsUnavailable(err) {
+		return err
+	}
+	for _, f := range fetches {
+		f.err = s.fetchGroup(ctx, []*Fetch{f})
+	}
+	return nil
+}
+
+// fetchKey is Key over a VaultFetcher: one round trip, shared with
+// concurrent fetches, reads the vault and records the fetch.
+func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
+	f := &Fetch{Audit: s.auditEntry(userID, meta, "", 0, "")}
+	err := s.fetches.do(ctx, f)
+	if err == nil {
+		err = f.err
+	}
+	if err != nil {
+		return nil, err
+	}
+	v := f.Vault
+	switch f.kase {
+	case FetchMissing:
+		return nil, ErrNotFound
+	case FetchZeroKnowledge:
+		return zkResult(v), nil
+	case FetchOpenable:
+		mk, err := s.keyring.open(ctx, userID, v)
+		if err != nil {
+			// Recorded as a fetch, yet the key stays here: the wrap does
+			// not authenticate (tampered with, or corrupt). The audit
+			// trail is append-only, so the failure is recorded after the
+			// fetch row and names it.
+			return nil, s.unwrapFailed(ctx, userID, v, err, func(action Action, status int, note string) error {
+				return s.audits.do(ctx, s.auditEntry(userID, meta, action, status, note+";voids:"+f.Audit.ID))
+			})
+		}
+		return &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}, nil
+	}
+	return s.openRecorded(ctx, userID, meta, v)
+}
+
 // fastKey is Key over a VaultReader and the audit group commit: one read
 // round trip, and an audit commit shared with concurrent fetches.
-func (s *Service) fastKey(ctx context.Context, reader VaultReader, userID string, meta RequestMeta) (*KeyResult, error) {
-	auditRow := func(action Action, status int, note string) *AuditEntry {
-		return s.auditEntry(userID, meta, action, status, note)
-	}
-	v, err := reader.VaultRead(ctx, userID)
+func (s *Service) fastKey(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
+	v, err := s.reader.VaultRead(ctx, userID)
 	if errors.Is(err, ErrNotFound) {
-		if err := s.audits.append(ctx, auditRow(ActionFailedFetch, http.StatusNotFound, "not-initialised")); err != nil {
+		o := fetchOutcomes[FetchMissing]
+		if err := s.audits.do(ctx, s.auditEntry(userID, meta, o.Action, o.Status, o.Context)); err != nil {
 			return nil, err
 		}
 		return nil, ErrNotFound
@@ -131,23 +264,38 @@ func (s *Service) fastKey(ctx context.Context, reader VaultReader, userID string
 		return nil, err
 	}
 	if v.ZeroKnowledge {
-		if err := s.audits.append(ctx, auditRow(ActionFetch, http.StatusOK, "zk-recovery-blob")); err != nil {
+		o := fetchOutcomes[FetchZeroKnowledge]
+		if err := s.audits.do(ctx, s.auditEntry(userID, meta, o.Action, o.Status, o.Context)); err != nil {
 			return nil, err
 		}
 		return zkResult(v), nil
 	}
+	return s.openRecorded(ctx, userID, meta, v)
+}
+
+// openRecorded unwraps v's master key and then records the outcome.
+func (s *Service) openRecorded(ctx context.Context, userID string, meta RequestMeta, v *Vault) (*KeyResult, error) {
 	mk, err := s.keyring.open(ctx, userID, v)
 	if err != nil {
-		status, note := unwrapFailureAudit(err, v)
-		s.logUnwrapFailure(ctx, userID, v, err)
-		if aerr := s.audits.append(ctx, auditRow(ActionFailedFetch, status, note)); aerr != nil {
-			return nil, aerr
-		}
-		return nil, err
+		return nil, s.unwrapFailed(ctx, userID, v, err, func(action Action, status int, note string) error {
+			return s.audits.do(ctx, s.auditEntry(userID, meta, action, status, note))
+		})
 	}
-	if err := s.audits.append(ctx, auditRow(ActionFetch, http.StatusOK, "")); err != nil {
+	o := fetchOutcomes[FetchOpenable]
+	if err := s.audits.do(ctx, s.auditEntry(userID, meta, o.Action, o.Status, o.Context)); err != nil {
 		wipe(mk)
 		return nil, err
 	}
 	return &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}, nil
+}
+
+// unwrapFailed logs a failed unwrap, records it with record and returns
+// err, or the error of recording it.
+func (s *Service) unwrapFailed(ctx context.Context, userID string, v *Vault, err error, record func(Action, int, string) error) error {
+	status, note := unwrapFailureAudit(err, v)
+	s.logUnwrapFailure(ctx, userID, v, err)
+	if rerr := record(ActionFailedFetch, status, note); rerr != nil {
+		return rerr
+	}
+	return err
 }

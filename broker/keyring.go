@@ -23,6 +23,14 @@ type Keyring struct {
 type keyringState struct {
 	active KEK
 	byID   map[string]KEK
+	local  []string // ids of the LocalKEKs
+}
+
+// LocalKEK is an optional KEK ability: Local reports that Unwrap makes no
+// network call, so it fails only for a wrap that does not authenticate.
+// The fetch path records such a fetch in the commit of its read.
+type LocalKEK interface {
+	Local() bool
 }
 
 // NewKeyring builds a keyring from the active KEK and the decrypt-only
@@ -51,6 +59,9 @@ func newKeyringState(active KEK, decryptOnly []KEK) (*keyringState, error) {
 			return nil, fmt.Errorf("broker: keyring: KEK id %q configured twice", id)
 		}
 		st.byID[id] = kek
+		if l, ok := kek.(LocalKEK); ok && l.Local() {
+			st.local = append(st.local, id)
+		}
 	}
 	return st, nil
 }
@@ -69,6 +80,10 @@ func (k *Keyring) IDs() []string {
 	}
 	return ids
 }
+
+// localIDs lists the ids of the KEKs that unwrap locally. The slice is
+// shared: callers do not modify it.
+func (k *Keyring) localIDs() []string { return k.state.Load().local }
 
 // Lookup returns the KEK with the given id, or ErrUnknownKEK.
 func (k *Keyring) Lookup(id string) (KEK, error) {

@@ -19,9 +19,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
-	// AuditCommitters bounds the concurrent group commits of fetch audit
-	// rows when the store supports them (VaultReader and AuditAppender).
-	// Default 2: one commit in flight while the next batch gathers.
+	// AuditCommitters bounds the concurrent group commits of fetches when
+	// the store supports them (AuditAppender with VaultFetcher or
+	// VaultReader). Default 2: one commit in flight while the next batch
+	// gathers.
 	AuditCommitters int
 }
 
@@ -55,8 +56,13 @@ type Service struct {
 	log     *slog.Logger
 	now     func() time.Time
 
-	reader VaultReader   // nil unless the store has the fast fetch path
-	audits *auditBatcher // non-nil with reader
+	// The fetch hot path, when the store has it: audits is set with
+	// either fetches (one round trip per fetch) or reader (a read, then
+	// the audit commit).
+	audits  *groupCommit[*AuditEntry]
+	fetcher VaultFetcher
+	fetches *groupCommit[*Fetch]
+	reader  VaultReader
 }
 
 // New returns a Service.
@@ -65,10 +71,18 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now}
-	reader, canRead := cfg.Store.(VaultReader)
 	appender, canAppend := cfg.Store.(AuditAppender)
-	if canRead && canAppend {
-		s.reader, s.audits = reader, newAuditBatcher(appender, cfg.AuditCommitters)
+	if !canAppend {
+		return s, nil
+	}
+	s.audits = newGroupCommit(cfg.AuditCommitters, appender.AuditAppend)
+	if fetcher, ok := cfg.Store.(VaultFetcher); ok {
+		s.fetcher = fetcher
+		s.fetches = newGroupCommit(cfg.AuditCommitters, s.fetchGroup)
+	} else if reader, ok := cfg.Store.(VaultReader); ok {
+		s.reader = reader
+	} else {
+		s.audits = nil
 	}
 	return s, nil
 }
@@ -279,8 +293,11 @@ func (s *Service) Key(ctx context.Context, userID string, meta RequestMeta) (*Ke
 	if userID == "" {
 		return nil, fmt.Errorf("%w: empty user id", ErrInvalidArgument)
 	}
-	if s.reader != nil {
-		return s.fastKey(ctx, s.reader, userID, meta)
+	switch {
+	case s.fetches != nil:
+		return s.fetchKey(ctx, userID, meta)
+	case s.reader != nil:
+		return s.fastKey(ctx, userID, meta)
 	}
 	var res *KeyResult
 	err := s.run(ctx, userID, meta, func(o *op) error {

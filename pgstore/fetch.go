@@ -14,11 +14,57 @@ import (
 // The fetch hot path: a read in one round trip, and audit rows of many
 // fetches in one commit.
 var (
+	_ broker.VaultFetcher  = (*Store)(nil)
 	_ broker.VaultReader   = (*Store)(nil)
 	_ broker.AuditAppender = (*Store)(nil)
 )
 
 const setScope = "SELECT set_config('app.current_user_id', $1, true)"
+
+// VaultFetch runs the fetches of b in one round trip and one commit: for
+// each, the scope setting and then one statement that reads the vault and
+// inserts the audit row its case calls for, all pipelined in one batch
+// that PostgreSQL runs as one implicit transaction. Every read and insert
+// runs under its own user's scope, so row-level security applies to each
+// as in InUserTx. The Vaults are set only once the commit is durable.
+func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
+	var actions, contexts [len(b.Outcomes)]string
+	var statuses [len(b.Outcomes)]int32
+	for i, o := range b.Outcomes {
+		actions[i], contexts[i], statuses[i] = string(o.Action), o.Context, int32(o.Status)
+	}
+	batch := &pgx.Batch{}
+	for _, f := range b.Fetches {
+		a := f.Audit
+		if a.UserID == "" {
+			return fmt.Errorf("pgstore: vault fetch: %w: empty user id", broker.ErrInvalidArgument)
+		}
+		batch.Queue(setScope, a.UserID)
+		batch.Queue(s.sql.vaultFetch, a.UserID, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, b.Openable,
+			actions[:], contexts[:], statuses[:])
+	}
+	results := s.pool.SendBatch(ctx, batch)
+	vaults := make([]*broker.Vault, len(b.Fetches))
+	for i := range b.Fetches {
+		if _, err := results.Exec(); err != nil {
+			results.Close()
+			return interpretError(fmt.Errorf("vault fetch: set scope: %w", err))
+		}
+		v, err := scanVault(results.QueryRow())
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			results.Close()
+			return interpretError(fmt.Errorf("vault fetch: %w", err))
+		}
+		vaults[i] = v
+	}
+	if err := results.Close(); err != nil {
+		return interpretError(fmt.Errorf("vault fetch: commit: %w", err))
+	}
+	for i, f := range b.Fetches {
+		f.Vault = vaults[i]
+	}
+	return nil
+}
 
 // VaultRead reads the user's vault in one round trip: the scope setting
 // and the select are pipelined in one batch, which PostgreSQL runs as one

@@ -70,7 +70,7 @@ const vaultColumns = `user_id, wrapped_mk, wrap_iv, format_version, kek_id, key_
 // statements is the store's SQL with the schema's sanitized table names
 // spliced in once, at construction.
 type statements struct {
-	vaultGet, vaultGetForUpdate, vaultInsert, vaultUpdate, auditInsert, auditAppend, ping string
+	vaultGet, vaultGetForUpdate, vaultInsert, vaultUpdate, auditInsert, auditAppend, vaultFetch, ping string
 }
 
 func newStatements(schema string) statements {
@@ -99,6 +99,23 @@ SELECT r.id, set_config('app.current_user_id', r.user_id, true), r.action,
     NULLIF(r.ip_address, ''), NULLIF(r.user_agent, ''), NULLIF(r.context, ''), r.status, r.created_at
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
     AS r(id, user_id, action, ip_address, user_agent, context, status, created_at)`,
+		// One fetch: the read and, by what it found, the audit row
+		// (broker.FetchBatch.Case): $6 lists the KEK ids that open
+		// locally, $7–$9 the outcomes' actions, contexts and statuses in
+		// broker.FetchCase order. A data-modifying WITH runs whether or
+		// not the outer select reads it.
+		vaultFetch: `WITH v AS (` + get + `),
+c AS (
+    SELECT CASE WHEN v.user_id IS NULL THEN 1 WHEN v.zero_knowledge THEN 2 WHEN v.kek_id = ANY($6::text[]) THEN 3 END AS i
+    FROM (VALUES (1)) AS one (x) LEFT JOIN v ON true
+),
+a AS (
+    INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at)
+    SELECT $2::text, $1, ($7::text[])[c.i], NULLIF($3::text, ''), NULLIF($4::text, ''), NULLIF(($8::text[])[c.i], ''),
+        ($9::int4[])[c.i], $5::timestamptz
+    FROM c WHERE c.i IS NOT NULL
+)
+SELECT ` + vaultColumns + ` FROM v`,
 		// LIMIT 0 reads no row, yet the statement fails unless both tables
 		// exist and the role may read them.
 		ping: `SELECT 1 FROM ` + vaults + `, ` + audit + ` LIMIT 0`,

@@ -511,7 +511,9 @@ func TestWrapCopiedToAnotherUserDoesNotUnwrap(t *testing.T) {
 	r := e.do(http.MethodGet, "/key", "mallory", nil)
 	r.requireError(t, http.StatusInternalServerError, "INTERNAL")
 	require.NotContains(t, r.raw, base64.StdEncoding.EncodeToString(aliceKey))
-	require.Equal(t, []string{"init:201", "failed_fetch:500"}, e.auditActions("mallory"))
+	// The fetch is recorded in the commit of its read (the KEK is local),
+	// then the failure that voids it.
+	require.Equal(t, []string{"init:201", "fetch:200", "failed_fetch:500"}, e.auditActions("mallory"))
 	require.Equal(t, aliceKey, decodeKey(t, e.do(http.MethodGet, "/key", "alice", nil)), "alice is unaffected")
 }
 

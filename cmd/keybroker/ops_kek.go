@@ -125,6 +125,13 @@ func (k *instrumentedKEK) Unwrap(ctx context.Context, ciphertext []byte, binding
 	return out, err
 }
 
+// Local passes the inner KEK's broker.LocalKEK ability through: false
+// unless the inner KEK unwraps without a network call.
+func (k *instrumentedKEK) Local() bool {
+	l, ok := k.inner.(broker.LocalKEK)
+	return ok && l.Local()
+}
+
 // Status calls the inner KEK's Status, if it has one, and measures it.
 func (k *instrumentedKEK) Status(ctx context.Context) error {
 	sc, ok := k.inner.(kekproviders.StatusChecker)

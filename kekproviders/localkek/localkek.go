@@ -107,6 +107,9 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string
 	return pt, nil
 }
 
+// Local reports that Unwrap makes no network call (broker.LocalKEK).
+func (k *KEK) Local() bool { return true }
+
 // Status reports whether the KEK can be used; a local key always can.
 func (k *KEK) Status(ctx context.Context) error { return ctx.Err() }
 

@@ -1,0 +1,8 @@
+package broker
+
+// PendingFetches is how many fetches wait for a group commit slot.
+func (s *Service) PendingFetches() int {
+	s.fetches.mu.Lock()
+	defer s.fetches.mu.Unlock()
+	return len(s.fetches.pending)
+}

@@ -20,17 +20,19 @@ func TestConnectionSettings(t *testing.T) {
 		require.NoError(t, err)
 		defer conn.Close()
 		var mode string
-		var synchronous, foreignKeys, busy, secureDelete int
+		var synchronous, foreignKeys, busy, secureDelete, cacheSize int
 		require.NoError(t, conn.QueryRowContext(t.Context(), `PRAGMA journal_mode`).Scan(&mode))
 		require.NoError(t, conn.QueryRowContext(t.Context(), `PRAGMA synchronous`).Scan(&synchronous))
 		require.NoError(t, conn.QueryRowContext(t.Context(), `PRAGMA foreign_keys`).Scan(&foreignKeys))
 		require.NoError(t, conn.QueryRowContext(t.Context(), `PRAGMA busy_timeout`).Scan(&busy))
 		require.NoError(t, conn.QueryRowContext(t.Context(), `PRAGMA secure_delete`).Scan(&secureDelete))
+		require.NoError(t, conn.QueryRowContext(t.Context(), `PRAGMA cache_size`).Scan(&cacheSize))
 		require.Equal(t, "wal", mode, "connection %d", i)
 		require.Equal(t, 2, synchronous, "connection %d: synchronous=FULL makes every commit durable", i)
 		require.Equal(t, 1, foreignKeys, "connection %d", i)
 		require.Equal(t, int(DefaultBusyTimeout.Milliseconds()), busy, "connection %d", i)
 		require.Equal(t, 1, secureDelete, "connection %d", i)
+		require.Equal(t, -CacheKiB, cacheSize, "connection %d: page cache in KiB (negative), not SQLite's 2000 KiB default", i)
 	}
 	var appID int64
 	require.NoError(t, s.db.QueryRowContext(t.Context(), `PRAGMA application_id`).Scan(&appID))

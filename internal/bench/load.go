@@ -24,11 +24,13 @@ type Load struct {
 	// Duration is the measured window.
 	Duration time.Duration
 	// Rate, when positive, paces the workers to this many requests per
-	// second in total (open loop) instead of sending the next request as
-	// soon as the previous one answers (closed loop). Paced latencies are
-	// measured from when a request was due, not from when it was sent, so
-	// a server that falls behind is not flattered by the generator
-	// waiting for it (coordinated omission).
+	// second in total (open loop): each request falls due on a fixed
+	// schedule and the next free worker sends it, instead of each worker
+	// sending its next request as soon as the previous one answers
+	// (closed loop). Paced latencies are measured from when a request was
+	// due, not from when it was sent, so a server that falls behind is
+	// not flattered by the generator waiting for it (coordinated
+	// omission).
 	Rate float64
 	// Sequential hands out Tokens in order, each once (then from the
 	// start again), instead of at random: with as many tokens as
@@ -97,10 +99,15 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 	}
 	results := make([]workerResult, l.Concurrency)
 	var next atomic.Int64
+	var dues chan time.Time
+	if l.Rate > 0 {
+		dues = make(chan time.Time, 1024)
+		go pace(ctx, dues, start, end, l.Rate)
+	}
 	var wg sync.WaitGroup
 	for i := range l.Concurrency {
 		wg.Go(func() {
-			results[i] = worker(ctx, l, i, &next, start, measureFrom, end)
+			results[i] = worker(ctx, l, i, &next, dues, measureFrom, end)
 		})
 	}
 	wg.Wait()
@@ -120,37 +127,48 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 	return total, nil
 }
 
-func worker(ctx context.Context, l Load, id int, next *atomic.Int64, start, measureFrom, end time.Time) workerResult {
+// pace sends the due time of each request of a train with 1/rate between
+// requests, from start until end, then closes dues. It waits with a
+// preciseSleeper: the runtime's timers wake an idle process through
+// epoll_wait, whose timeout is in whole milliseconds, and a request sent
+// up to a millisecond late would count that lateness as the server's.
+func pace(ctx context.Context, dues chan<- time.Time, start, end time.Time, rate float64) {
+	defer close(dues)
+	sleeper := newPreciseSleeper()
+	defer sleeper.close()
+	interval := float64(time.Second) / rate
+	for i := 0; ctx.Err() == nil; i++ {
+		due := start.Add(time.Duration(float64(i) * interval))
+		if !due.Before(end) {
+			return
+		}
+		if wait := time.Until(due); wait > 0 {
+			sleeper.sleep(wait)
+		}
+		select {
+		case dues <- due:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// worker sends requests until end: back to back (closed loop), or, when
+// dues is set, each as it falls due (open loop). A paced request's
+// latency counts from when it was due, not from when a worker was free
+// to send it, so a server that falls behind is not flattered by the
+// generator waiting for it (coordinated omission).
+func worker(ctx context.Context, l Load, id int, next *atomic.Int64, dues <-chan time.Time, measureFrom, end time.Time) workerResult {
 	var w workerResult
-	rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), uint64(id)))
-	// Paced workers share the schedule: worker id sends requests
-	// id, id+C, id+2C, … of a train with 1/Rate between requests.
-	var interval time.Duration
-	if l.Rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(l.Concurrency) / l.Rate)
-	}
-	due := start
-	if l.Rate > 0 {
-		due = start.Add(time.Duration(float64(time.Second) * float64(id) / l.Rate))
-	}
-	var timer *time.Timer
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(id)))
 	for ctx.Err() == nil {
 		sent := time.Now()
-		if l.Rate > 0 {
-			if due.After(sent) {
-				if timer == nil {
-					timer = time.NewTimer(due.Sub(sent))
-				} else {
-					timer.Reset(due.Sub(sent))
-				}
-				select {
-				case <-timer.C:
-				case <-ctx.Done():
-					return w
-				}
+		if dues != nil {
+			due, ok := <-dues
+			if !ok {
+				return w
 			}
-			sent = due // latency counts from when the request was due
-			due = due.Add(interval)
+			sent = due
 		}
 		if !sent.Before(end) {
 			return w

@@ -29,6 +29,10 @@ import (
 // prefix): the way to see where a request's time goes. It reports only.
 //
 //	KEYBROKER_BENCH_PROFILE=/tmp/kb go test ./internal/bench -run TestProfileFetch -v
+//
+// KEYBROKER_BENCH_CONNS sets the workers (default 64), and
+// KEYBROKER_BENCH_RATE, when set, paces them to that many requests per
+// second.
 //	go tool pprof -top /tmp/kb.cpu
 func TestProfileFetch(t *testing.T) {
 	prefix := os.Getenv("KEYBROKER_BENCH_PROFILE")
@@ -40,6 +44,12 @@ func TestProfileFetch(t *testing.T) {
 		n, err := strconv.Atoi(v)
 		require.NoError(t, err)
 		conns = n
+	}
+	var rate float64 // KEYBROKER_BENCH_RATE paces the load (open loop)
+	if v := os.Getenv("KEYBROKER_BENCH_RATE"); v != "" {
+		r, err := strconv.ParseFloat(v, 64)
+		require.NoError(t, err)
+		rate = r
 	}
 	stack := newStack(t, 2000)
 	srv := httptest.NewServer(stack.handler)
@@ -53,7 +63,7 @@ func TestProfileFetch(t *testing.T) {
 	client := NewClient(conns)
 	require.NoError(t, pprof.StartCPUProfile(cpu))
 	res, err := Run(context.Background(), Load{URL: srv.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Concurrency: conns,
-		Duration: 10 * time.Second, Client: client})
+		Duration: 10 * time.Second, Rate: rate, Client: client})
 	pprof.StopCPUProfile()
 	require.NoError(t, err)
 	allocs, err := os.Create(prefix + ".allocs")

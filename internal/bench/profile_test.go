@@ -33,6 +33,7 @@ import (
 // KEYBROKER_BENCH_CONNS sets the workers (default 64), and
 // KEYBROKER_BENCH_RATE, when set, paces them to that many requests per
 // second.
+//
 //	go tool pprof -top /tmp/kb.cpu
 func TestProfileFetch(t *testing.T) {
 	prefix := os.Getenv("KEYBROKER_BENCH_PROFILE")

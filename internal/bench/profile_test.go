@@ -29,12 +29,11 @@ import (
 // prefix): the way to see where a request's time goes. It reports only.
 //
 //	KEYBROKER_BENCH_PROFILE=/tmp/kb go test ./internal/bench -run TestProfileFetch -v
+//	go tool pprof -top /tmp/kb.cpu
 //
 // KEYBROKER_BENCH_CONNS sets the workers (default 64), and
 // KEYBROKER_BENCH_RATE, when set, paces them to that many requests per
 // second.
-//
-//	go tool pprof -top /tmp/kb.cpu
 func TestProfileFetch(t *testing.T) {
 	prefix := os.Getenv("KEYBROKER_BENCH_PROFILE")
 	if prefix == "" {

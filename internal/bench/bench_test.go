@@ -350,8 +350,9 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	t := b.t
 	client := NewClient(conns)
 	defer client.CloseIdleConnections()
-	var kmsBefore, cpuBefore atomic.Int64
+	var kmsBefore, probesBefore, cpuBefore atomic.Int64
 	kmsBefore.Store(b.kms.Requests())
+	probesBefore.Store(b.kms.DescribeKeys())
 	res, err := Run(context.Background(), Load{
 		URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Sequential: sequential, Concurrency: conns,
 		Warmup: b.s.warmup, Duration: b.s.duration, Rate: rate, Client: client,
@@ -360,6 +361,7 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 				t.Logf("reset peak RSS: %v (the step reports the lifetime peak)", err)
 			}
 			kmsBefore.Store(b.kms.Requests())
+			probesBefore.Store(b.kms.DescribeKeys())
 			if cpu, err := p.CPUTime(); err == nil {
 				cpuBefore.Store(int64(cpu))
 			}
@@ -373,7 +375,8 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1,
 		CPU: cpu - time.Duration(cpuBefore.Load())}
 	if strings.Contains(title, "AWS") {
-		row.KMSCalls = b.kms.Requests() - kmsBefore.Load()
+		row.KMSProbes = b.kms.DescribeKeys() - probesBefore.Load()
+		row.KMSCalls = b.kms.Requests() - kmsBefore.Load() - row.KMSProbes
 	}
 	if res.Errors > 0 {
 		t.Logf("%s, %d conns: %d errors, first: %s\n%s", title, conns, res.Errors, res.FirstError, p.Tail())
@@ -640,6 +643,7 @@ func (b *bench) mergeRow(row *Row) *Row {
 		r.CPU += row.CPU
 		if r.KMSCalls >= 0 {
 			r.KMSCalls += row.KMSCalls
+			r.KMSProbes += row.KMSProbes
 		}
 		if r.Note == "" {
 			r.Note = row.Note

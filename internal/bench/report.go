@@ -19,8 +19,13 @@ type Row struct {
 	// PeakRSS of the server during the step, in bytes; zero when not
 	// measured (pgbench).
 	PeakRSS int64
-	// KMSCalls in the measured window; negative when there is no KMS.
+	// KMSCalls is the key operations (Encrypt, Decrypt, GenerateDataKey…)
+	// sent to the KMS in the measured window; negative when there is no
+	// KMS.
 	KMSCalls int64
+	// KMSProbes is the DescribeKey calls of the status probe in the
+	// window, on a timer whatever the load, so not counted in KMSCalls.
+	KMSProbes int64
 	// CPU is the server's CPU time (user + system) in the measured
 	// window; zero when not measured.
 	CPU time.Duration
@@ -30,7 +35,7 @@ type Row struct {
 	Note     string
 }
 
-// KMSPer10k is KMS calls per 10 000 successful requests.
+// KMSPer10k is KMS key operations per 10 000 successful requests.
 func (r *Row) KMSPer10k() float64 {
 	if r.KMSCalls < 0 || r.Result.OK == 0 {
 		return -1
@@ -49,7 +54,7 @@ func (r *Row) FloorRatio() float64 {
 // Table renders rows as a Markdown table.
 func Table(rows []*Row) string {
 	var b strings.Builder
-	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | peak RSS | server CPU / req | × floor | KMS calls / 10k req (calls) | errors |\n")
+	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | peak RSS | server CPU / req | × floor | KMS calls / 10k req (calls; status probes) | errors |\n")
 	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		conns := strconv.Itoa(r.Concurrency)
@@ -66,7 +71,7 @@ func Table(rows []*Row) string {
 		}
 		kms := "—"
 		if k := r.KMSPer10k(); k >= 0 {
-			kms = fmt.Sprintf("%.1f (%d)", k, r.KMSCalls)
+			kms = fmt.Sprintf("%.1f (%d; %d)", k, r.KMSCalls, r.KMSProbes)
 		}
 		cpu := "—"
 		if r.CPU > 0 && r.Result.OK > 0 {

@@ -32,11 +32,11 @@ func TestReplaceSectionKeepsProse(t *testing.T) {
 
 func TestTableColumns(t *testing.T) {
 	rows := []*Row{
-		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}}, PeakRSS: 32 << 20, KMSCalls: 1, FloorRPS: 50, CPU: 5 * time.Millisecond},
+		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}}, PeakRSS: 32 << 20, KMSCalls: 1, KMSProbes: 2, FloorRPS: 50, CPU: 5 * time.Millisecond},
 		{Config: "floor", Concurrency: 16, Result: &Result{OK: 50, Elapsed: time.Second}, KMSCalls: -1},
 	}
 	table := Table(rows)
-	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 32.0 MiB | 50 µs | 2.00× | 100.0 (1) | 0 |")
+	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 32.0 MiB | 50 µs | 2.00× | 100.0 (1; 2) | 0 |")
 	require.Contains(t, table, "| floor | 16 | 50 |")
 	require.Equal(t, 4, strings.Count(table, "\n"))
 }

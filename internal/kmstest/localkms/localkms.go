@@ -52,6 +52,7 @@ type Server struct {
 	closeOnce sync.Once
 	served    chan struct{}
 	requests  atomic.Int64
+	describes atomic.Int64
 }
 
 // Start starts a server on a fresh 127.0.0.1 port with an empty database
@@ -73,6 +74,9 @@ func Start(t testing.TB) *Server {
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			s.requests.Add(1)
+			if r.Header.Get("X-Amz-Target") == "TrentService.DescribeKey" {
+				s.describes.Add(1)
+			}
 			localkms.HandleRequest(w, r, db)
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -101,6 +105,10 @@ func (s *Server) Close() {
 // Requests is the number of API requests the server has received so far,
 // whatever their outcome: benchmarks report KMS calls per key fetch with it.
 func (s *Server) Requests() int64 { return s.requests.Load() }
+
+// DescribeKeys is how many of the Requests were DescribeKey, the call
+// of a KEK's status probe.
+func (s *Server) DescribeKeys() int64 { return s.describes.Load() }
 
 // Credentials are static credentials; local-kms accepts any.
 func Credentials() aws.CredentialsProvider {

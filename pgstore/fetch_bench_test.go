@@ -59,3 +59,49 @@ func BenchmarkAuditAppend(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkVaultFetch is one group commit of the fetch path: the reads of
+// distinct users' vaults with their audit rows, in one round trip, as the
+// broker sends it under load; ns/fetch is what one GET /key costs the
+// store.
+func BenchmarkVaultFetch(b *testing.B) {
+	for _, fetches := range []int{1, 16, 128} {
+		b.Run(fmt.Sprintf("fetches=%d", fetches), func(b *testing.B) {
+			store := benchStore(b)
+			ctx := context.Background()
+			w, iv := "d3JhcA==", ""
+			for i := range fetches {
+				user := fmt.Sprintf("user-%d", i)
+				if err := store.InUserTx(ctx, user, func(tx broker.Tx) error {
+					_, err := tx.VaultInsert(ctx, &broker.Vault{UserID: user, WrappedMK: &w, WrapIV: &iv, FormatVersion: 2,
+						KEKID: "k1", CreatedAt: time.Now(), RecoveryFormatVersion: 1})
+					return err
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			outcomes := [broker.FetchDeferred]broker.FetchOutcome{
+				broker.FetchMissing:       {Action: broker.ActionFailedFetch, Status: 404, Context: "not-initialised"},
+				broker.FetchZeroKnowledge: {Action: broker.ActionFetch, Status: 200, Context: "zk-recovery-blob"},
+				broker.FetchOpenable:      {Action: broker.ActionFetch, Status: 200},
+			}
+			n := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				batch := &broker.FetchBatch{Openable: []string{"k1"}, Outcomes: outcomes, Fetches: make([]*broker.Fetch, fetches)}
+				for i := range batch.Fetches {
+					n++
+					batch.Fetches[i] = &broker.Fetch{Audit: &broker.AuditEntry{ID: fmt.Sprintf("bench-%d", n),
+						UserID: fmt.Sprintf("user-%d", i), IPAddress: "127.0.0.1", UserAgent: "bench", CreatedAt: time.Now()}}
+				}
+				if err := store.VaultFetch(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+				if batch.Fetches[0].Vault == nil {
+					b.Fatal("no vault read")
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/fetch")
+		})
+	}
+}

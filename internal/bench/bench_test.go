@@ -348,14 +348,12 @@ func (b *bench) step(title string, p *Process, conns int, rate float64) *Row {
 
 func (b *bench) stepWith(title string, p *Process, conns int, rate float64, tokens []string, sequential bool) *Row {
 	t := b.t
-	client := NewClient(conns)
-	defer client.CloseIdleConnections()
 	var kmsBefore, probesBefore, cpuBefore atomic.Int64
 	kmsBefore.Store(b.kms.Requests())
 	probesBefore.Store(b.kms.DescribeKeys())
 	res, err := Run(context.Background(), Load{
 		URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Sequential: sequential, Concurrency: conns,
-		Warmup: b.s.warmup, Duration: b.s.duration, Rate: rate, Client: client,
+		Warmup: b.s.warmup, Duration: b.s.duration, Rate: rate,
 		OnMeasure: func() {
 			if err := p.ResetPeakRSS(); err != nil {
 				t.Logf("reset peak RSS: %v (the step reports the lifetime peak)", err)

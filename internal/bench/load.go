@@ -1,12 +1,15 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -36,9 +39,6 @@ type Load struct {
 	// start again), instead of at random: with as many tokens as
 	// requests, no token is presented twice, as in a storm of new logins.
 	Sequential bool
-	// Client sends the requests; its transport must keep at least
-	// Concurrency idle connections per host.
-	Client *http.Client
 	// OnMeasure, when set, runs as the measured window opens (reset the
 	// server's peak RSS, snapshot counters).
 	OnMeasure func()
@@ -87,8 +87,12 @@ type workerResult struct {
 // requests at the end of the window and waits for those in flight; ctx
 // ending stops it early.
 func Run(ctx context.Context, l Load) (*Result, error) {
-	if l.Concurrency < 1 || len(l.Tokens) == 0 || l.Duration <= 0 || l.Client == nil {
-		return nil, errors.New("bench: Load needs Concurrency ≥ 1, Tokens, Duration and Client")
+	if l.Concurrency < 1 || len(l.Tokens) == 0 || l.Duration <= 0 {
+		return nil, errors.New("bench: Load needs Concurrency ≥ 1, Tokens and Duration")
+	}
+	target, err := url.Parse(l.URL)
+	if err != nil || target.Scheme != "http" || target.Host == "" {
+		return nil, fmt.Errorf("bench: Load.URL %q is not an http:// URL", l.URL)
 	}
 	start := time.Now()
 	measureFrom := start.Add(l.Warmup)
@@ -107,7 +111,9 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 	var wg sync.WaitGroup
 	for i := range l.Concurrency {
 		wg.Go(func() {
-			results[i] = worker(ctx, l, i, &next, dues, measureFrom, end)
+			c := &conn{addr: target.Host, host: target.Host, path: target.RequestURI()}
+			defer c.close()
+			results[i] = worker(ctx, l, c, i, &next, dues, measureFrom, end)
 		})
 	}
 	wg.Wait()
@@ -158,7 +164,7 @@ func pace(ctx context.Context, dues chan<- time.Time, start, end time.Time, rate
 // latency counts from when it was due, not from when a worker was free
 // to send it, so a server that falls behind is not flattered by the
 // generator waiting for it (coordinated omission).
-func worker(ctx context.Context, l Load, id int, next *atomic.Int64, dues <-chan time.Time, measureFrom, end time.Time) workerResult {
+func worker(ctx context.Context, l Load, c *conn, id int, next *atomic.Int64, dues <-chan time.Time, measureFrom, end time.Time) workerResult {
 	var w workerResult
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(id)))
 	for ctx.Err() == nil {
@@ -177,7 +183,7 @@ func worker(ctx context.Context, l Load, id int, next *atomic.Int64, dues <-chan
 		if l.Sequential {
 			token = l.Tokens[int(next.Add(1)-1)%len(l.Tokens)]
 		}
-		status, err := get(ctx, l.Client, l.URL, token)
+		status, err := c.get(ctx, token)
 		done := time.Now()
 		if done.Before(measureFrom) || done.After(end) {
 			continue // warm-up, or past the window
@@ -201,20 +207,64 @@ func worker(ctx context.Context, l Load, id int, next *atomic.Int64, dues <-chan
 	return w
 }
 
-func get(ctx context.Context, client *http.Client, url, token string) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
+// conn is one worker's keep-alive HTTP/1.1 connection, as a C load
+// generator (or pgbench) holds one: the request is written straight to
+// the socket and the answer read by net/http's ReadResponse on the
+// worker's own goroutine. http.Client hands every request to a write-loop
+// and a read-loop goroutine of its connection, two wake-ups a request
+// that cost the 2-core machine CPU the server and PostgreSQL need.
+type conn struct {
+	addr, host, path string
+	nc               net.Conn
+	br               *bufio.Reader
+	req              []byte
+}
+
+// get sends GET path with token as its bearer and returns the status,
+// having read the whole body; it dials when there is no connection, and
+// drops one that failed or that the server closes.
+func (c *conn) get(ctx context.Context, token string) (int, error) {
+	if c.nc == nil {
+		d := net.Dialer{Timeout: 10 * time.Second}
+		nc, err := d.DialContext(ctx, "tcp", c.addr)
+		if err != nil {
+			return 0, err
+		}
+		c.nc, c.br = nc, bufio.NewReader(nc)
+	}
+	if err := c.nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		c.close()
 		return 0, err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
+	c.req = append(c.req[:0], "GET "...)
+	c.req = append(c.req, c.path...)
+	c.req = append(c.req, " HTTP/1.1\r\nHost: "...)
+	c.req = append(c.req, c.host...)
+	c.req = append(c.req, "\r\nAuthorization: Bearer "...)
+	c.req = append(c.req, token...)
+	c.req = append(c.req, "\r\n\r\n"...)
+	if _, err := c.nc.Write(c.req); err != nil {
+		c.close()
 		return 0, err
 	}
-	// Drain the body so the connection goes back to the pool.
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		c.close()
+		return 0, err
+	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	if err != nil || resp.Close {
+		c.close()
+	}
 	return resp.StatusCode, err
+}
+
+func (c *conn) close() {
+	if c.nc != nil {
+		_ = c.nc.Close()
+		c.nc, c.br = nil, nil
+	}
 }
 
 // NewClient returns a keep-alive client that holds enough idle

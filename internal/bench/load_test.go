@@ -25,12 +25,10 @@ func TestPacedLoadKeepsToItsSchedule(t *testing.T) {
 		_, _ = w.Write([]byte(`{}`))
 	}))
 	t.Cleanup(srv.Close)
-	client := NewClient(8)
-	t.Cleanup(client.CloseIdleConnections)
 
 	const rate, window = 500, time.Second
 	res, err := Run(context.Background(), Load{URL: srv.URL, Tokens: []string{"t1"}, Concurrency: 8, Duration: window,
-		Rate: rate, Client: client})
+		Rate: rate})
 	require.NoError(t, err)
 	require.LessOrEqual(t, served.Load(), int64(rate), "never more requests than the schedule holds")
 	require.Zero(t, unauthorised.Load())

@@ -60,17 +60,15 @@ func TestProfileFetch(t *testing.T) {
 	cpu, err := os.Create(prefix + ".cpu")
 	require.NoError(t, err)
 	defer cpu.Close()
-	client := NewClient(conns)
 	require.NoError(t, pprof.StartCPUProfile(cpu))
 	res, err := Run(context.Background(), Load{URL: srv.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Concurrency: conns,
-		Duration: 10 * time.Second, Rate: rate, Client: client})
+		Duration: 10 * time.Second, Rate: rate})
 	pprof.StopCPUProfile()
 	require.NoError(t, err)
 	allocs, err := os.Create(prefix + ".allocs")
 	require.NoError(t, err)
 	defer allocs.Close()
 	require.NoError(t, pprof.Lookup("allocs").WriteTo(allocs, 0))
-	client.CloseIdleConnections()
 	t.Logf("%d conns: %.0f req/s, p50 %s, p99 %s, %d errors (%s); profiles in %s.{cpu,allocs}",
 		conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), res.Errors, res.FirstError, prefix)
 }

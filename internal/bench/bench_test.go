@@ -360,6 +360,7 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 			}
 			kmsBefore.Store(b.kms.Requests())
 			probesBefore.Store(b.kms.DescribeKeys())
+			p.RecordLatencies()
 			if cpu, err := p.CPUTime(); err == nil {
 				cpuBefore.Store(int64(cpu))
 			}
@@ -371,7 +372,7 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	rss, err := p.PeakRSS()
 	require.NoError(t, err)
 	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1,
-		CPU: cpu - time.Duration(cpuBefore.Load())}
+		CPU: cpu - time.Duration(cpuBefore.Load()), ServerLatencies: p.ServerLatencies()}
 	if strings.Contains(title, "AWS") {
 		row.KMSProbes = b.kms.DescribeKeys() - probesBefore.Load()
 		row.KMSCalls = b.kms.Requests() - kmsBefore.Load() - row.KMSProbes
@@ -379,8 +380,9 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	if res.Errors > 0 {
 		t.Logf("%s, %d conns: %d errors, first: %s\n%s", title, conns, res.Errors, res.FirstError, p.Tail())
 	}
-	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  RSS %.1f MiB  CPU %.0f µs/req",
-		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)), float64(rss)/(1<<20),
+	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req",
+		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)),
+		ms(percentile(row.ServerLatencies, 50)), ms(percentile(row.ServerLatencies, 99)), float64(rss)/(1<<20),
 		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)))
 	return row
 }
@@ -639,6 +641,8 @@ func (b *bench) mergeRow(row *Row) *Row {
 		}
 		r.PeakRSS = max(r.PeakRSS, row.PeakRSS)
 		r.CPU += row.CPU
+		r.ServerLatencies = append(r.ServerLatencies, row.ServerLatencies...)
+		slices.Sort(r.ServerLatencies)
 		if r.KMSCalls >= 0 {
 			r.KMSCalls += row.KMSCalls
 			r.KMSProbes += row.KMSProbes

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,9 +31,49 @@ type Process struct {
 	exited chan struct{}
 	err    error // of Wait, valid after exited is closed
 
-	mu       sync.Mutex
-	tail     []string // last log lines, for error reports
-	errLines int      // log lines at level ERROR
+	mu        sync.Mutex
+	tail      []string        // last log lines, for error reports
+	errLines  int             // log lines at level ERROR
+	recording bool            // keep access lines' latencies
+	latencies []time.Duration // of access lines since RecordLatencies
+}
+
+// RecordLatencies starts keeping the latency of each access log line: the
+// time the server spent on a request, from its handler chain's start to
+// its answer, without the network and the client.
+func (p *Process) RecordLatencies() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.recording, p.latencies = true, p.latencies[:0]
+}
+
+// ServerLatencies stops recording and returns the latencies recorded,
+// sorted. The log is read behind the requests, so lines of the last
+// requests may be missing.
+func (p *Process) ServerLatencies() []time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := slices.Clone(p.latencies)
+	p.recording, p.latencies = false, p.latencies[:0]
+	slices.Sort(out)
+	return out
+}
+
+// accessLatency reads the "latency" of an access log line: nanoseconds, as
+// slog's JSON handler writes a time.Duration.
+func accessLatency(line []byte) (time.Duration, bool) {
+	const key = `"latency":`
+	i := bytes.Index(line, []byte(key))
+	if i < 0 {
+		return 0, false
+	}
+	rest := line[i+len(key):]
+	end := bytes.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
+	if end <= 0 {
+		return 0, false
+	}
+	ns, err := strconv.ParseInt(string(rest[:end]), 10, 64)
+	return time.Duration(ns), err == nil
 }
 
 // readyMessage is the log line keybroker serve writes once it listens.
@@ -111,6 +152,11 @@ func (p *Process) readLog(r io.Reader, ready chan<- string) {
 		p.mu.Lock()
 		if isError {
 			p.errLines++
+		}
+		if p.recording {
+			if d, ok := accessLatency(line); ok {
+				p.latencies = append(p.latencies, d)
+			}
 		}
 		// Access lines are the bulk; keep them out of the tail unless
 		// nothing else was logged.

@@ -26,6 +26,9 @@ type Row struct {
 	// KMSProbes is the DescribeKey calls of the status probe in the
 	// window, on a timer whatever the load, so not counted in KMSCalls.
 	KMSProbes int64
+	// ServerLatencies are the server's own times for the requests of the
+	// window (its access log's latency), sorted; nil when not measured.
+	ServerLatencies []time.Duration
 	// CPU is the server's CPU time (user + system) in the measured
 	// window; zero when not measured.
 	CPU time.Duration
@@ -54,8 +57,8 @@ func (r *Row) FloorRatio() float64 {
 // Table renders rows as a Markdown table.
 func Table(rows []*Row) string {
 	var b strings.Builder
-	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | peak RSS | server CPU / req | × floor | KMS calls / 10k req (calls; status probes) | errors |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | server p99 | peak RSS | server CPU / req | × floor | KMS calls / 10k req (calls; status probes) | errors |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		conns := strconv.Itoa(r.Concurrency)
 		if r.Rate > 0 {
@@ -77,14 +80,18 @@ func Table(rows []*Row) string {
 		if r.CPU > 0 && r.Result.OK > 0 {
 			cpu = fmt.Sprintf("%.0f µs", float64(r.CPU/time.Microsecond)/float64(r.Result.OK))
 		}
+		server := "—"
+		if len(r.ServerLatencies) > 0 {
+			server = ms(percentile(r.ServerLatencies, 99))
+		}
 		config := r.Config
 		if r.Note != "" {
 			config += " (" + r.Note + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
 			config, conns, r.Result.RPS(),
 			ms(r.Result.Percentile(50)), ms(r.Result.Percentile(99)), ms(r.Result.Percentile(99.9)),
-			rss, cpu, ratio, kms, r.Result.Errors)
+			server, rss, cpu, ratio, kms, r.Result.Errors)
 	}
 	return b.String()
 }

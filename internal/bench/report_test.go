@@ -32,12 +32,13 @@ func TestReplaceSectionKeepsProse(t *testing.T) {
 
 func TestTableColumns(t *testing.T) {
 	rows := []*Row{
-		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}}, PeakRSS: 32 << 20, KMSCalls: 1, KMSProbes: 2, FloorRPS: 50, CPU: 5 * time.Millisecond},
+		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}}, ServerLatencies: []time.Duration{time.Millisecond / 2}, PeakRSS: 32 << 20, KMSCalls: 1, KMSProbes: 2, FloorRPS: 50, CPU: 5 * time.Millisecond},
 		{Config: "floor", Concurrency: 16, Result: &Result{OK: 50, Elapsed: time.Second}, KMSCalls: -1},
 	}
 	table := Table(rows)
-	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 32.0 MiB | 50 µs | 2.00× | 100.0 (1; 2) | 0 |")
+	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 0.50 ms | 32.0 MiB | 50 µs | 2.00× | 100.0 (1; 2) | 0 |")
 	require.Contains(t, table, "| floor | 16 | 50 |")
+	require.Contains(t, table, "| — | — | — | — | — | 0 |", "the floor has no server-side figures")
 	require.Equal(t, 4, strings.Count(table, "\n"))
 }
 
@@ -57,5 +58,13 @@ func TestParseBenchLine(t *testing.T) {
 	_, _, ok = parseBenchLine("PASS")
 	require.False(t, ok)
 	_, _, ok = parseBenchLine("ok  \tgithub.com/keybroker/keybroker/pgstore\t7.542s")
+	require.False(t, ok)
+}
+
+func TestAccessLatency(t *testing.T) {
+	d, ok := accessLatency([]byte(`{"time":"x","level":"INFO","msg":"request","status":200,"latency":1234567,"user_id":"u"}`))
+	require.True(t, ok)
+	require.Equal(t, 1234567*time.Nanosecond, d)
+	_, ok = accessLatency([]byte(`{"msg":"keybroker serving","addr":"127.0.0.1:1"}`))
 	require.False(t, ok)
 }

@@ -70,7 +70,7 @@ const pacedConcurrency = 64
 
 func loadSettings(t *testing.T) settings {
 	s := settings{users: 2000, warmup: 2 * time.Second, duration: 5 * time.Second,
-		conns: []int{1, 16, 64, 256}, rows: allRows, out: "../../docs/benchmarks.md", micro: true, passes: 2}
+		conns: []int{1, 16, 64, 256}, rows: allRows, out: "../../docs/benchmarks.md", micro: true, passes: 3}
 	if v := os.Getenv("KEYBROKER_BENCH_PASSES"); v != "" {
 		n, err := strconv.Atoi(v)
 		require.NoError(t, err, "KEYBROKER_BENCH_PASSES")

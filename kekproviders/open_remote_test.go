@@ -38,7 +38,7 @@ func TestOpenAWSKMS(t *testing.T) {
 	} {
 		kek, err := kekproviders.Open(t.Context(), uri)
 		require.NoError(t, err, uri)
-		roundTrip(t, kek, "aws-1")
+		roundTrip(t, kek, "aws-1", false)
 	}
 
 	_, err := kekproviders.Open(t.Context(), "awskms:///alias/keybroker?regoin=eu-central-1&id=aws-1")
@@ -65,7 +65,7 @@ func TestOpenGCPKMS(t *testing.T) {
 	} {
 		kek, err := opener.Open(t.Context(), uri)
 		require.NoError(t, err, uri)
-		roundTrip(t, kek, "gcp-1")
+		roundTrip(t, kek, "gcp-1", false)
 		require.NoError(t, kek.(io.Closer).Close())
 	}
 
@@ -92,7 +92,7 @@ func TestOpenVaultTransit(t *testing.T) {
 	} {
 		kek, err := kekproviders.Open(t.Context(), uri)
 		require.NoError(t, err, uri)
-		roundTrip(t, kek, "vault-1")
+		roundTrip(t, kek, "vault-1", false)
 		_, ok := kek.(kekproviders.Rewrapper)
 		require.True(t, ok, "vault-transit offers server-side rewrap")
 		require.NoError(t, kek.(io.Closer).Close())

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
 )
@@ -24,10 +25,15 @@ func mapEnv(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
-// roundTrip proves an opened KEK is usable and carries the expected id.
-func roundTrip(t *testing.T, kek kekproviders.KEK, wantID string) {
+// roundTrip proves an opened KEK is usable and carries the expected id,
+// and that it says it unwraps locally (broker.LocalKEK) exactly when it
+// is a local key, not a network KMS: the fetch path records a local KEK's
+// fetch in the commit of its read.
+func roundTrip(t *testing.T, kek kekproviders.KEK, wantID string, wantLocal bool) {
 	t.Helper()
 	require.Equal(t, wantID, kek.ID())
+	local, ok := kek.(broker.LocalKEK)
+	require.Equal(t, wantLocal, ok && local.Local(), "%s: unwraps locally", wantID)
 	res := kekproviders.Check(kektest.Context(t, 10*time.Second), kek)
 	require.NoError(t, res.Err())
 }
@@ -63,7 +69,7 @@ func TestOpenLocalProviders(t *testing.T) {
 		t.Run(tc.uri, func(t *testing.T) {
 			kek, err := opener.Open(t.Context(), tc.uri)
 			require.NoError(t, err)
-			roundTrip(t, kek, tc.id)
+			roundTrip(t, kek, tc.id, true)
 		})
 	}
 }

@@ -134,10 +134,11 @@ FROM keybroker.encryption_vault_audit WHERE user_id = $1 ORDER BY created_at, id
 	return out
 }
 
-// gatedStore holds the first VaultFetch until released, and records the
-// size and outcome of every call.
+// gatedStore holds the first VaultFetch until released (closing entered
+// as it starts waiting), and records the size and outcome of every call.
 type gatedStore struct {
 	*pgstore.Store
+	entered chan struct{}
 	release chan struct{}
 	once    sync.Once
 	mu      sync.Mutex
@@ -145,7 +146,10 @@ type gatedStore struct {
 }
 
 func (g *gatedStore) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
-	g.once.Do(func() { <-g.release })
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.release
+	})
 	err := g.Store.VaultFetch(ctx, b)
 	g.mu.Lock()
 	g.calls = append(g.calls, fmt.Sprintf("%d fetches: ok=%t", len(b.Fetches), err == nil))
@@ -160,7 +164,7 @@ func (g *gatedStore) VaultFetch(ctx context.Context, b *broker.FetchBatch) error
 func TestFetchFailingABatchFailsAlone(t *testing.T) {
 	e := newFetchEnv(t)
 	ctx := context.Background()
-	store := &gatedStore{Store: e.store, release: make(chan struct{})}
+	store := &gatedStore{Store: e.store, entered: make(chan struct{}), release: make(chan struct{})}
 	ring, err := broker.NewKeyring(e.kek)
 	require.NoError(t, err)
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, AuditCommitters: 1})
@@ -187,7 +191,11 @@ func TestFetchFailingABatchFailsAlone(t *testing.T) {
 		results <- result{user, err}
 	}
 	go fetch("user-0")
-	require.Eventually(t, func() bool { return svc.PendingFetches() == 0 }, 10*time.Second, time.Millisecond)
+	select {
+	case <-store.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("user-0's fetch never reached the store")
+	}
 	for u := 1; u <= good; u++ {
 		go fetch(fmt.Sprintf("user-%d", u))
 	}

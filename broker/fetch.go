@@ -170,7 +170,15 @@ func (b *groupCommit[T]) flush() {
 		b.mu.Unlock()
 		if n == 0 {
 			<-b.slots
-			return
+			// An item queued after the look above found the slot taken
+			// and left it to this flush: look again now that it is free.
+			b.mu.Lock()
+			queued := len(b.pending) > 0
+			b.mu.Unlock()
+			if !queued {
+				return
+			}
+			continue
 		}
 		go b.commit(batch)
 	}

@@ -116,8 +116,10 @@ const groupCommitTimeout = 30 * time.Second
 // next one, so under load one round trip and one fsync serve many
 // requests, and an idle server commits a lone item at once.
 type groupCommit[T any] struct {
-	run   func(ctx context.Context, items []T) error
-	slots chan struct{} // bounds concurrent commits
+	kind    GroupCommitKind
+	run     func(ctx context.Context, items []T) error
+	observe func(GroupCommit) // may be nil
+	slots   chan struct{}     // bounds concurrent commits
 
 	mu      sync.Mutex
 	pending []pendingItem[T]
@@ -128,11 +130,31 @@ type pendingItem[T any] struct {
 	done chan error
 }
 
-func newGroupCommit[T any](concurrency int, run func(ctx context.Context, items []T) error) *groupCommit[T] {
+// GroupCommitKind names what a group commit carries.
+type GroupCommitKind string
+
+// The group commits of the fetch path.
+const (
+	// GroupCommitFetch: reads with their audit rows (VaultFetcher).
+	GroupCommitFetch GroupCommitKind = "fetch"
+	// GroupCommitAudit: audit rows alone (AuditAppender), for a store
+	// without VaultFetcher and for outcomes known after the read.
+	GroupCommitAudit GroupCommitKind = "audit"
+)
+
+// GroupCommit describes one group commit, for Config.OnGroupCommit.
+type GroupCommit struct {
+	Kind  GroupCommitKind
+	Items int           // requests it carried
+	Took  time.Duration // from the start of the store call to its end
+	Err   error
+}
+
+func newGroupCommit[T any](kind GroupCommitKind, concurrency int, observe func(GroupCommit), run func(ctx context.Context, items []T) error) *groupCommit[T] {
 	if concurrency < 1 {
 		concurrency = 1
 	}
-	return &groupCommit[T]{run: run, slots: make(chan struct{}, concurrency)}
+	return &groupCommit[T]{kind: kind, run: run, observe: observe, slots: make(chan struct{}, concurrency)}
 }
 
 // do queues item and waits until it is durable or ctx ends. When ctx
@@ -194,8 +216,13 @@ func (b *groupCommit[T]) commit(batch []pendingItem[T]) {
 	// stops answering (a partition without a reset) frees the commit slot
 	// instead of holding it until TCP gives up.
 	ctx, cancel := context.WithTimeout(context.Background(), groupCommitTimeout)
+	start := time.Now()
 	err := b.run(ctx, items)
+	took := time.Since(start)
 	cancel()
+	if b.observe != nil {
+		b.observe(GroupCommit{Kind: b.kind, Items: len(items), Took: took, Err: err})
+	}
 	for _, p := range batch {
 		p.done <- err
 	}

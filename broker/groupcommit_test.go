@@ -24,7 +24,8 @@ import (
 // get.
 func TestGroupCommitLeavesNoItemBehind(t *testing.T) {
 	var committed atomic.Int64
-	b := newGroupCommit(1, func(_ context.Context, items []int) error {
+	var observed atomic.Int64
+	b := newGroupCommit(GroupCommitFetch, 1, func(c GroupCommit) { observed.Add(int64(c.Items)) }, func(_ context.Context, items []int) error {
 		committed.Add(int64(len(items)))
 		runtime.Gosched()
 		return nil
@@ -51,4 +52,5 @@ func TestGroupCommitLeavesNoItemBehind(t *testing.T) {
 	}
 	require.Zero(t, lost.Load(), "items waited for a later request to be committed")
 	require.EqualValues(t, rounds*workers, committed.Load())
+	require.EqualValues(t, rounds*workers, observed.Load(), "every commit is observed with its size")
 }

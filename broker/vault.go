@@ -25,6 +25,10 @@ type Config struct {
 	// in flight gather into the next, which on 2 cores gave 12% more
 	// throughput and 16% less CPU per fetch than 2 (make bench).
 	AuditCommitters int
+	// OnGroupCommit, when set, is called after each group commit of the
+	// fetch path (for metrics: batch sizes and commit latency). It runs
+	// on the committing goroutine and must not block.
+	OnGroupCommit func(GroupCommit)
 }
 
 func (c *Config) validate() error {
@@ -76,10 +80,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if !canAppend {
 		return s, nil
 	}
-	s.audits = newGroupCommit(cfg.AuditCommitters, appender.AuditAppend)
+	s.audits = newGroupCommit(GroupCommitAudit, cfg.AuditCommitters, cfg.OnGroupCommit, appender.AuditAppend)
 	if fetcher, ok := cfg.Store.(VaultFetcher); ok {
 		s.fetcher = fetcher
-		s.fetches = newGroupCommit(cfg.AuditCommitters, s.fetchGroup)
+		s.fetches = newGroupCommit(GroupCommitFetch, cfg.AuditCommitters, cfg.OnGroupCommit, s.fetchGroup)
 	} else if reader, ok := cfg.Store.(VaultReader); ok {
 		s.reader = reader
 	} else {

@@ -127,6 +127,7 @@ type ops struct {
 	log       *slog.Logger
 	registry  *prometheus.Registry
 	kek       *kekMetrics
+	commits   *groupCommitMetrics
 	readiness *vaultapi.Readiness
 	rows      *rowsCollector // nil when the store cannot count rows per KEK
 	metricsLn net.Listener   // the separate metrics listener, if configured
@@ -155,7 +156,49 @@ func newOps(cfg opsConfig, log *slog.Logger) (*ops, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ops{cfg: cfg, log: log, registry: reg, kek: km}, nil
+	gm, err := newGroupCommitMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &ops{cfg: cfg, log: log, registry: reg, kek: km, commits: gm}, nil
+}
+
+// groupCommitMetrics are the fetch path's group commits: how many
+// requests each carries and how long the store takes with it.
+type groupCommitMetrics struct {
+	size    *prometheus.HistogramVec
+	latency *prometheus.HistogramVec
+}
+
+func newGroupCommitMetrics(reg prometheus.Registerer) (*groupCommitMetrics, error) {
+	m := &groupCommitMetrics{
+		size: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keybroker_group_commit_size",
+			Help:    "Requests carried by one group commit of the fetch path, by kind (fetch: reads with their audit rows; audit: audit rows alone).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 9), // 1 … 256, the most one commit carries
+		}, []string{"kind"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keybroker_group_commit_duration_seconds",
+			Help:    "Time the store takes with one group commit of the fetch path (the round trip and the commit), by kind and outcome (ok, error).",
+			Buckets: vaultapi.LatencyBuckets,
+		}, []string{"kind", "outcome"}),
+	}
+	for _, c := range []prometheus.Collector{m.size, m.latency} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// observe records one group commit; it is broker.Config.OnGroupCommit.
+func (m *groupCommitMetrics) observe(c broker.GroupCommit) {
+	outcome := "ok"
+	if c.Err != nil {
+		outcome = "error"
+	}
+	m.size.WithLabelValues(string(c.Kind)).Observe(float64(c.Items))
+	m.latency.WithLabelValues(string(c.Kind), outcome).Observe(c.Took.Seconds())
 }
 
 // apiConfig completes the API's configuration with the operations

@@ -164,6 +164,8 @@ func TestServeOperations(t *testing.T) {
 		`keybroker_build_info{version="` + version + `"} 1`,
 		`keybroker_vault_rows_refreshed_timestamp_seconds`,
 		`keybroker_rewrap_running 0`,
+		`keybroker_group_commit_size_bucket{kind="fetch",le="1"}`,
+		`keybroker_group_commit_duration_seconds_count{kind="fetch",outcome="ok"}`,
 		`go_goroutines`,
 	} {
 		require.Contains(t, metrics, want)

@@ -72,7 +72,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err := checkRetiredKEKs(ctx, store, keyring, log); err != nil { // rewrap.go
 		return err
 	}
-	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log})
+	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log, OnGroupCommit: ops.commits.observe})
 	if err != nil {
 		return err
 	}

@@ -143,14 +143,9 @@ func newOps(cfg opsConfig, log *slog.Logger) (*ops, error) {
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
-	for _, c := range []prometheus.Collector{
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		build,
-	} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	if err := register(reg, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build); err != nil {
+		return nil, err
 	}
 	km, err := newKEKMetrics(reg)
 	if err != nil {
@@ -183,12 +178,20 @@ func newGroupCommitMetrics(reg prometheus.Registerer) (*groupCommitMetrics, erro
 			Buckets: vaultapi.LatencyBuckets,
 		}, []string{"kind", "outcome"}),
 	}
-	for _, c := range []prometheus.Collector{m.size, m.latency} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	if err := register(reg, m.size, m.latency); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// register registers every collector, stopping at the first error.
+func register(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // observe records one group commit; it is broker.Config.OnGroupCommit.

@@ -32,10 +32,8 @@ func newKEKMetrics(reg prometheus.Registerer) (*kekMetrics, error) {
 			Buckets: vaultapi.LatencyBuckets,
 		}, []string{"provider", "kek_id", "operation"}),
 	}
-	for _, c := range []prometheus.Collector{m.ops, m.latency} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	if err := register(reg, m.ops, m.latency); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -351,6 +351,8 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	var kmsBefore, probesBefore, cpuBefore atomic.Int64
 	kmsBefore.Store(b.kms.Requests())
 	probesBefore.Store(b.kms.DescribeKeys())
+	var commitsBefore GroupCommits
+	var commitsMu sync.Mutex
 	res, err := Run(context.Background(), Load{
 		URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Sequential: sequential, Concurrency: conns,
 		Warmup: b.s.warmup, Duration: b.s.duration, Rate: rate,
@@ -361,6 +363,11 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 			kmsBefore.Store(b.kms.Requests())
 			probesBefore.Store(b.kms.DescribeKeys())
 			p.RecordLatencies()
+			if g, err := p.GroupCommits(context.Background()); err == nil {
+				commitsMu.Lock()
+				commitsBefore = g
+				commitsMu.Unlock()
+			}
 			if cpu, err := p.CPUTime(); err == nil {
 				cpuBefore.Store(int64(cpu))
 			}
@@ -380,10 +387,15 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	if res.Errors > 0 {
 		t.Logf("%s, %d conns: %d errors, first: %s\n%s", title, conns, res.Errors, res.FirstError, p.Tail())
 	}
-	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req",
+	if g, err := p.GroupCommits(context.Background()); err == nil {
+		commitsMu.Lock()
+		row.GroupCommits = g.Sub(commitsBefore)
+		commitsMu.Unlock()
+	}
+	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req  %s",
 		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)),
 		ms(percentile(row.ServerLatencies, 50)), ms(percentile(row.ServerLatencies, 99)), float64(rss)/(1<<20),
-		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)))
+		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)), row.GroupCommits)
 	return row
 }
 
@@ -642,6 +654,8 @@ func (b *bench) mergeRow(row *Row) *Row {
 		r.PeakRSS = max(r.PeakRSS, row.PeakRSS)
 		r.CPU += row.CPU
 		r.ServerLatencies = append(r.ServerLatencies, row.ServerLatencies...)
+		r.GroupCommits = GroupCommits{Commits: r.GroupCommits.Commits + row.GroupCommits.Commits,
+			Requests: r.GroupCommits.Requests + row.GroupCommits.Requests, Took: r.GroupCommits.Took + row.GroupCommits.Took}
 		slices.Sort(r.ServerLatencies)
 		if r.KMSCalls >= 0 {
 			r.KMSCalls += row.KMSCalls

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -16,6 +17,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/keybroker/keybroker/broker"
 )
 
 // Process is a keybroker server running as a subprocess, so that its
@@ -253,4 +260,70 @@ func (p *Process) Stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}
+}
+
+// GroupCommits is the server's keybroker_group_commit_* totals for the
+// fetch kind, read from its /metrics: commits made, requests they
+// carried and the store's time for them.
+type GroupCommits struct {
+	Commits  uint64
+	Requests float64
+	Took     time.Duration
+}
+
+// String is "N commits, R requests each, T each", or "" without commits.
+func (g GroupCommits) String() string {
+	if g.Commits == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d commits, %.1f requests and %s each", g.Commits, g.Requests/float64(g.Commits),
+		ms(g.Took/time.Duration(g.Commits)))
+}
+
+// Sub is the commits between before and g.
+func (g GroupCommits) Sub(before GroupCommits) GroupCommits {
+	return GroupCommits{Commits: g.Commits - before.Commits, Requests: g.Requests - before.Requests, Took: g.Took - before.Took}
+}
+
+// GroupCommits scrapes the server's group-commit metrics.
+func (p *Process) GroupCommits(ctx context.Context) (GroupCommits, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/metrics", nil)
+	if err != nil {
+		return GroupCommits{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return GroupCommits{}, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return GroupCommits{}, err
+	}
+	var g GroupCommits
+	fetchKind := func(m *dto.Metric) bool {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "kind" && l.GetValue() == string(broker.GroupCommitFetch) {
+				return true
+			}
+		}
+		return false
+	}
+	if f := families["keybroker_group_commit_size"]; f != nil {
+		for _, m := range f.GetMetric() {
+			if fetchKind(m) {
+				g.Commits += m.GetHistogram().GetSampleCount()
+				g.Requests += m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	if f := families["keybroker_group_commit_duration_seconds"]; f != nil {
+		for _, m := range f.GetMetric() {
+			if fetchKind(m) {
+				g.Took += time.Duration(m.GetHistogram().GetSampleSum() * float64(time.Second))
+			}
+		}
+	}
+	return g, nil
 }

@@ -29,6 +29,10 @@ type Row struct {
 	// ServerLatencies are the server's own times for the requests of the
 	// window (its access log's latency), sorted; nil when not measured.
 	ServerLatencies []time.Duration
+	// GroupCommits are the server's group commits of fetches in the
+	// window; zero when it has none (SQLite, cache=off rows are audit
+	// commits).
+	GroupCommits GroupCommits
 	// CPU is the server's CPU time (user + system) in the measured
 	// window; zero when not measured.
 	CPU time.Duration

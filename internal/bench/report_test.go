@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -67,4 +69,30 @@ func TestAccessLatency(t *testing.T) {
 	require.Equal(t, 1234567*time.Nanosecond, d)
 	_, ok = accessLatency([]byte(`{"msg":"keybroker serving","addr":"127.0.0.1:1"}`))
 	require.False(t, ok)
+}
+
+func TestGroupCommitsFromMetrics(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`# TYPE keybroker_group_commit_size histogram
+keybroker_group_commit_size_bucket{kind="fetch",le="+Inf"} 4
+keybroker_group_commit_size_sum{kind="fetch"} 10
+keybroker_group_commit_size_count{kind="fetch"} 4
+keybroker_group_commit_size_bucket{kind="audit",le="+Inf"} 7
+keybroker_group_commit_size_sum{kind="audit"} 70
+keybroker_group_commit_size_count{kind="audit"} 7
+# TYPE keybroker_group_commit_duration_seconds histogram
+keybroker_group_commit_duration_seconds_bucket{kind="fetch",outcome="ok",le="+Inf"} 3
+keybroker_group_commit_duration_seconds_sum{kind="fetch",outcome="ok"} 0.003
+keybroker_group_commit_duration_seconds_count{kind="fetch",outcome="ok"} 3
+keybroker_group_commit_duration_seconds_bucket{kind="fetch",outcome="error",le="+Inf"} 1
+keybroker_group_commit_duration_seconds_sum{kind="fetch",outcome="error"} 0.001
+keybroker_group_commit_duration_seconds_count{kind="fetch",outcome="error"} 1
+`))
+	}))
+	t.Cleanup(srv.Close)
+	g, err := (&Process{URL: srv.URL}).GroupCommits(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, GroupCommits{Commits: 4, Requests: 10, Took: 4 * time.Millisecond}, g)
+	require.Equal(t, "4 commits, 2.5 requests and 1.00 ms each", g.String())
+	require.Equal(t, GroupCommits{Commits: 1, Requests: 2, Took: time.Millisecond}, g.Sub(GroupCommits{Commits: 3, Requests: 8, Took: 3 * time.Millisecond}))
 }

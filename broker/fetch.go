@@ -275,9 +275,7 @@ func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta)
 			// not authenticate (tampered with, or corrupt). The audit
 			// trail is append-only, so the failure is recorded after the
 			// fetch row and names it.
-			return nil, s.unwrapFailed(ctx, userID, v, err, func(action Action, status int, note string) error {
-				return s.audits.do(ctx, s.auditEntry(userID, meta, action, status, note+";voids:"+f.Audit.ID))
-			})
+			return nil, s.unwrapFailed(ctx, userID, meta, v, err, f.Audit.ID)
 		}
 		return &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}, nil
 	}
@@ -289,8 +287,7 @@ func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta)
 func (s *Service) fastKey(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	v, err := s.reader.VaultRead(ctx, userID)
 	if errors.Is(err, ErrNotFound) {
-		o := fetchOutcomes[FetchMissing]
-		if err := s.audits.do(ctx, s.auditEntry(userID, meta, o.Action, o.Status, o.Context)); err != nil {
+		if err := s.record(ctx, userID, meta, fetchOutcomes[FetchMissing]); err != nil {
 			return nil, err
 		}
 		return nil, ErrNotFound
@@ -299,8 +296,7 @@ func (s *Service) fastKey(ctx context.Context, userID string, meta RequestMeta) 
 		return nil, err
 	}
 	if v.ZeroKnowledge {
-		o := fetchOutcomes[FetchZeroKnowledge]
-		if err := s.audits.do(ctx, s.auditEntry(userID, meta, o.Action, o.Status, o.Context)); err != nil {
+		if err := s.record(ctx, userID, meta, fetchOutcomes[FetchZeroKnowledge]); err != nil {
 			return nil, err
 		}
 		return zkResult(v), nil
@@ -312,24 +308,31 @@ func (s *Service) fastKey(ctx context.Context, userID string, meta RequestMeta) 
 func (s *Service) openRecorded(ctx context.Context, userID string, meta RequestMeta, v *Vault) (*KeyResult, error) {
 	mk, err := s.keyring.open(ctx, userID, v)
 	if err != nil {
-		return nil, s.unwrapFailed(ctx, userID, v, err, func(action Action, status int, note string) error {
-			return s.audits.do(ctx, s.auditEntry(userID, meta, action, status, note))
-		})
+		return nil, s.unwrapFailed(ctx, userID, meta, v, err, "")
 	}
-	o := fetchOutcomes[FetchOpenable]
-	if err := s.audits.do(ctx, s.auditEntry(userID, meta, o.Action, o.Status, o.Context)); err != nil {
+	if err := s.record(ctx, userID, meta, fetchOutcomes[FetchOpenable]); err != nil {
 		wipe(mk)
 		return nil, err
 	}
 	return &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}, nil
 }
 
-// unwrapFailed logs a failed unwrap, records it with record and returns
-// err, or the error of recording it.
-func (s *Service) unwrapFailed(ctx context.Context, userID string, v *Vault, err error, record func(Action, int, string) error) error {
+// record appends the audit row of outcome o through the audit group
+// commit.
+func (s *Service) record(ctx context.Context, userID string, meta RequestMeta, o FetchOutcome) error {
+	return s.audits.do(ctx, s.auditEntry(userID, meta, o.Action, o.Status, o.Context))
+}
+
+// unwrapFailed logs and records a failed unwrap and returns err, or the
+// error of recording it. voids, when set, is the id of the fetch row the
+// read's commit wrote, which the failure row names.
+func (s *Service) unwrapFailed(ctx context.Context, userID string, meta RequestMeta, v *Vault, err error, voids string) error {
 	status, note := unwrapFailureAudit(err, v)
 	s.logUnwrapFailure(ctx, userID, v, err)
-	if rerr := record(ActionFailedFetch, status, note); rerr != nil {
+	if voids != "" {
+		note += ";voids:" + voids
+	}
+	if rerr := s.record(ctx, userID, meta, FetchOutcome{ActionFailedFetch, status, note}); rerr != nil {
 		return rerr
 	}
 	return err

@@ -273,6 +273,10 @@ const (
 	defaultApplication    = "keybroker"
 )
 
+// DefaultPoolSize is the most connections OpenPool's pool opens when the
+// URL does not set pool_max_conns: 4 per CPU, at least 8.
+func DefaultPoolSize() int { return max(8, 4*runtime.NumCPU()) }
+
 // OpenPool parses a PostgreSQL URL (or keyword/value DSN) and returns a
 // pool with keybroker's defaults for what the URL leaves unset: a connect
 // timeout so that an unreachable server fails requests quickly instead of
@@ -290,7 +294,7 @@ func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
 	}
 	if !strings.Contains(url, "pool_max_conns") {
-		cfg.MaxConns = int32(max(8, 4*runtime.NumCPU()))
+		cfg.MaxConns = int32(DefaultPoolSize())
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = defaultApplication

@@ -20,6 +20,7 @@ func TestOpenPoolDefaults(t *testing.T) {
 	cfg := pool.Config()
 	require.Equal(t, 5*time.Second, cfg.ConnConfig.ConnectTimeout)
 	require.EqualValues(t, max(8, 4*runtime.NumCPU()), cfg.MaxConns)
+	require.EqualValues(t, pgstore.DefaultPoolSize(), cfg.MaxConns)
 	require.Equal(t, "keybroker", cfg.ConnConfig.RuntimeParams["application_name"])
 }
 

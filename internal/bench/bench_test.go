@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -25,6 +26,7 @@ import (
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/pgstore"
 )
 
 // Settings of TestBenchTable, each overridable through the environment.
@@ -67,6 +69,11 @@ const freshConcurrency = 64
 // pacedConcurrency is the number of workers of the paced step at half of
 // peak throughput: enough that a slow answer does not hold back the pace.
 const pacedConcurrency = 64
+
+// pacedFractions are the paces of the env-KEK row's paced steps, as
+// fractions of its peak: the latency an operator gets below the target's
+// half of peak. The other rows are paced at half of peak only.
+var pacedFractions = []float64{0.1, 0.25, 0.5}
 
 func loadSettings(t *testing.T) settings {
 	s := settings{users: 2000, warmup: 2 * time.Second, duration: 5 * time.Second,
@@ -125,6 +132,9 @@ type bench struct {
 	skipped      []string        // rows that could not run, and why
 	startToReady map[string]time.Duration
 	maxConns     int // the PostgreSQL server's max_connections
+	// halfPeak is the pace of each configuration's step at half of its
+	// peak, by title: the step the p99 target is read from.
+	halfPeak map[string]float64
 }
 
 // TestBenchTable is `make bench`: the load table of docs/benchmarks.md.
@@ -136,7 +146,7 @@ func TestBenchTable(t *testing.T) {
 		t.Fatal("pgbench is not installed; it measures the floor (apt-get install postgresql-client)")
 	}
 	s := loadSettings(t)
-	b := &bench{t: t, s: s, floor: map[int]float64{}, startToReady: map[string]time.Duration{}}
+	b := &bench{t: t, s: s, floor: map[int]float64{}, startToReady: map[string]time.Duration{}, halfPeak: map[string]float64{}}
 	b.bin = buildKeybroker(t)
 
 	// The token issuer: tokens minted here, its JWKS served on loopback
@@ -432,7 +442,7 @@ func (b *bench) runAll() {
 			servers = append(servers, srv)
 		}
 	}
-	script := FloorScript("keybroker", b.s.users)
+	script := FloorScript(pgstore.DefaultSchema, b.s.users)
 	dir := t.TempDir()
 	peak := map[string]float64{}
 	// Each pass runs every closed-loop step once, in an order rotated by
@@ -462,8 +472,20 @@ func (b *bench) runAll() {
 		}
 	}
 	for _, srv := range servers {
-		if peak[srv.key] > 0 {
-			b.rows = append(b.rows, b.step(srv.title, srv.p, pacedConcurrency, peak[srv.key]/2))
+		if peak[srv.key] == 0 {
+			continue
+		}
+		b.halfPeak[srv.title] = peak[srv.key] / 2
+		fractions := []float64{0.5}
+		if srv.key == rowPGEnv {
+			fractions = pacedFractions
+		}
+		for _, f := range fractions {
+			rate := peak[srv.key] * f
+			b.rows = append(b.rows, b.step(srv.title, srv.p, pacedConcurrency, rate))
+			if srv.key == rowPGEnv {
+				b.pacedFloorStep(srv.dbURL, script, dir, rate)
+			}
 		}
 	}
 	for _, srv := range servers {
@@ -505,7 +527,7 @@ func (b *bench) floorStep(dbURL, script, dir string, c int) {
 	var res *Result
 	var err error
 	for range 3 {
-		if res, err = Pgbench(context.Background(), dbURL, script, clients, b.s.duration+b.s.warmup, dir); err == nil ||
+		if res, err = Pgbench(context.Background(), dbURL, script, clients, 0, b.s.duration+b.s.warmup, dir); err == nil ||
 			!strings.Contains(err.Error(), "connection slots") || clients < 2 {
 			break
 		}
@@ -520,6 +542,21 @@ func (b *bench) floorStep(dbURL, script, dir string, c int) {
 	b.floor[c] = merged.Result.RPS()
 	t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
 		floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
+}
+
+// pacedFloorStep runs pgbench paced at rate, right after the server's
+// paced step at that rate, with as many connections as the server's pool
+// opens: the same SQL at the same pace on the same PostgreSQL, one
+// durable commit per fetch.
+func (b *bench) pacedFloorStep(dbURL, script, dir string, rate float64) {
+	t := b.t
+	clients := pgstore.DefaultPoolSize()
+	res, err := Pgbench(context.Background(), dbURL, script, clients, rate, b.s.duration+b.s.warmup, dir)
+	require.NoError(t, err)
+	b.rows = append(b.rows, &Row{Config: floorTitle, Concurrency: clients, Rate: rate, Result: res, KMSCalls: -1,
+		Note: "paced, as many connections as keybroker's pool"})
+	t.Logf("%-45s %4d conns @ %.0f/s: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
+		floorTitle, clients, rate, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
 }
 
 func (b *bench) startPGEnv() *server {
@@ -606,8 +643,8 @@ func (b *bench) freshTokenStep(p *Process) {
 }
 
 // sortRows orders the table for reading: each configuration's rows
-// together, the floor beside the env-KEK row of the same concurrency,
-// closed-loop steps by concurrency, the paced step last.
+// together, the floor beside the env-KEK row of the same concurrency or
+// pace, closed-loop steps by concurrency, then the paced steps by pace.
 func (b *bench) sortRows() {
 	group := map[string]int{rowTitles[rowPGEnv]: 0, floorTitle: 0, freshTitle: 1,
 		rowTitles[rowAWSDirect]: 2, rowTitles[rowAWSCached]: 3, rowTitles[rowSQLite]: 4}
@@ -621,7 +658,10 @@ func (b *bench) sortRows() {
 			}
 			return -1
 		}
-		if d := x.Concurrency - y.Concurrency; d != 0 {
+		if d := cmp.Compare(x.Rate, y.Rate); d != 0 {
+			return d
+		}
+		if d := x.Concurrency - y.Concurrency; x.Rate == 0 && d != 0 {
 			return d
 		}
 		if fx, fy := x.Config == floorTitle, y.Config == floorTitle; fx != fy {

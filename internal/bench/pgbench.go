@@ -39,8 +39,11 @@ COMMIT;
 // Pgbench runs pgbench with script for duration at clients connections
 // (2 threads, prepared statements) against databaseURL, logging every
 // transaction so that latency percentiles come from the same data as the
-// generator's.
-func Pgbench(ctx context.Context, databaseURL, script string, clients int, duration time.Duration, dir string) (*Result, error) {
+// generator's. A positive rate paces it to that many transactions a
+// second (--rate: open loop, Poisson arrivals), and each latency then
+// counts from when the transaction was scheduled, as the paced
+// generator's count from when a request was due.
+func Pgbench(ctx context.Context, databaseURL, script string, clients int, rate float64, duration time.Duration, dir string) (*Result, error) {
 	scriptPath := filepath.Join(dir, "floor.sql")
 	if err := os.WriteFile(scriptPath, []byte(script), 0o600); err != nil {
 		return nil, err
@@ -56,8 +59,11 @@ func Pgbench(ctx context.Context, databaseURL, script string, clients int, durat
 		"--time=" + strconv.Itoa(secs),
 		"--file=" + scriptPath,
 		"--log", "--log-prefix=" + filepath.Join(logDir, "tx"),
-		databaseURL,
 	}
+	if rate > 0 {
+		args = append(args, "--rate="+strconv.FormatFloat(rate, 'f', 0, 64))
+	}
+	args = append(args, databaseURL)
 	cmd := exec.CommandContext(ctx, "pgbench", args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -90,7 +96,8 @@ func Pgbench(ctx context.Context, databaseURL, script string, clients int, durat
 }
 
 // readPgbenchLog reads a per-transaction log: "client_id transaction_no
-// time script_no time_epoch time_us", time being the latency in µs.
+// time script_no time_epoch time_us [schedule_lag]", time being the
+// latency in µs (from the scheduled start under --rate, lag included).
 func readPgbenchLog(name string, res *Result) error {
 	f, err := os.Open(name)
 	if err != nil {

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -110,9 +111,13 @@ type Machine struct {
 	// LoadBefore and LoadAfter are /proc/loadavg around the run: other
 	// work on the machine shows in the numbers, and here.
 	LoadBefore, LoadAfter string
-	Cores                 int
-	MemoryBytes           int64
-	Date                  time.Time
+	// Reclaim describes the kernel's DAMON monitors, when any runs: a
+	// proactive reclaimer that pages out memory it finds idle works on
+	// the cores the benchmark shares.
+	Reclaim     string
+	Cores       int
+	MemoryBytes int64
+	Date        time.Time
 }
 
 // ThisMachine reads the CPU model, memory and kernel of the machine the
@@ -138,7 +143,49 @@ func ThisMachine() Machine {
 	if release, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = "Linux " + strings.TrimSpace(string(release))
 	}
+	m.Reclaim = damon("/sys/kernel/mm/damon/admin/kdamonds")
 	return m
+}
+
+// damon describes the DAMON monitors under root (the sysfs admin
+// directory): each kdamond's state, its operations set and its schemes'
+// actions, e.g. "kdamond 0 on (paddr, pageout)"; empty when there are
+// none or they cannot be read.
+func damon(root string) string {
+	dirs, err := filepath.Glob(filepath.Join(root, "[0-9]*"))
+	if err != nil {
+		return ""
+	}
+	read := func(path string) string {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(raw))
+	}
+	var out []string
+	for _, dir := range dirs {
+		state := read(filepath.Join(dir, "state"))
+		if state == "" {
+			continue
+		}
+		what := []string{}
+		if ops := read(filepath.Join(dir, "contexts", "0", "operations")); ops != "" {
+			what = append(what, ops)
+		}
+		actions, _ := filepath.Glob(filepath.Join(dir, "contexts", "0", "schemes", "[0-9]*", "action"))
+		for _, a := range actions {
+			if v := read(a); v != "" {
+				what = append(what, v)
+			}
+		}
+		desc := "kdamond " + filepath.Base(dir) + " " + state
+		if len(what) > 0 {
+			desc += " (" + strings.Join(what, ", ") + ")"
+		}
+		out = append(out, desc)
+	}
+	return strings.Join(out, "; ")
 }
 
 // Markdown renders the machine as a list.
@@ -150,8 +197,15 @@ func (m Machine) Markdown() string {
 - Go: %s
 - PostgreSQL: %s (%s)
 - load average (1, 5, 15 min) before the run: %s; after: %s
-`, m.Date.Format("2006-01-02 15:04 MST"), m.CPU, m.Cores, float64(m.MemoryBytes)/(1<<30), m.Kernel, m.Go, m.PostgreSQL, m.Pgbench,
-		m.LoadBefore, m.LoadAfter)
+%s`, m.Date.Format("2006-01-02 15:04 MST"), m.CPU, m.Cores, float64(m.MemoryBytes)/(1<<30), m.Kernel, m.Go, m.PostgreSQL, m.Pgbench,
+		m.LoadBefore, m.LoadAfter, m.reclaimLine())
+}
+
+func (m Machine) reclaimLine() string {
+	if m.Reclaim == "" {
+		return ""
+	}
+	return "- kernel memory monitor (DAMON): " + m.Reclaim + "\n"
 }
 
 // LoadAverage returns the 1, 5 and 15 minute load averages.

@@ -1,8 +1,11 @@
 package bench
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -95,4 +98,51 @@ keybroker_group_commit_duration_seconds_count{kind="fetch",outcome="error"} 1
 	require.Equal(t, GroupCommits{Commits: 4, Requests: 10, Took: 4 * time.Millisecond}, g)
 	require.Equal(t, "4 commits, 2.5 requests and 1.00 ms each", g.String())
 	require.Equal(t, GroupCommits{Commits: 1, Requests: 2, Took: time.Millisecond}, g.Sub(GroupCommits{Commits: 3, Requests: 8, Took: 3 * time.Millisecond}))
+}
+
+func TestDamonDescribesEachMonitor(t *testing.T) {
+	root := t.TempDir()
+	write := func(rel, content string) {
+		path := filepath.Join(root, rel)
+		require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+		require.NoError(t, os.WriteFile(path, []byte(content+"\n"), 0o644))
+	}
+	write("nr_kdamonds", "1")
+	write("0/state", "on")
+	write("0/contexts/0/operations", "paddr")
+	write("0/contexts/0/schemes/0/action", "pageout")
+	require.Equal(t, "kdamond 0 on (paddr, pageout)", damon(root))
+	require.Empty(t, damon(filepath.Join(root, "absent")))
+	m := Machine{Reclaim: damon(root)}
+	require.Contains(t, m.Markdown(), "- kernel memory monitor (DAMON): kdamond 0 on (paddr, pageout)\n")
+	require.NotContains(t, Machine{}.Markdown(), "DAMON")
+}
+
+// TestPacedRowsSortAndReadAgainstTheirFloor: paced steps follow the
+// closed-loop ones by pace, each beside pgbench at the same pace, and the
+// p99 target names pgbench's p99 at the half-peak pace.
+func TestPacedRowsSortAndReadAgainstTheirFloor(t *testing.T) {
+	env := rowTitles[rowPGEnv]
+	res := func(p99 time.Duration) *Result {
+		return &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{p99}}
+	}
+	b := &bench{halfPeak: map[string]float64{env: 500}, rows: []*Row{
+		{Config: floorTitle, Concurrency: 8, Rate: 500, Result: res(40 * time.Millisecond)},
+		{Config: env, Concurrency: 64, Rate: 500, Result: res(6 * time.Millisecond)},
+		{Config: env, Concurrency: 64, Rate: 100, Result: res(2 * time.Millisecond)},
+		{Config: floorTitle, Concurrency: 8, Rate: 100, Result: res(9 * time.Millisecond)},
+		{Config: env, Concurrency: 16, Result: res(time.Millisecond)},
+		{Config: floorTitle, Concurrency: 16, Result: res(time.Millisecond)},
+	}}
+	b.sortRows()
+	var order []string
+	for _, r := range b.rows {
+		order = append(order, fmt.Sprintf("%s/%d/%.0f", r.Config, r.Concurrency, r.Rate))
+	}
+	require.Equal(t, []string{env + "/16/0", floorTitle + "/16/0", env + "/64/100", floorTitle + "/8/100",
+		env + "/64/500", floorTitle + "/8/500"}, order)
+	targets := b.targets()
+	require.Contains(t, targets, env+" 6.00 ms at 500 req/s (**missed**) — pgbench, the same SQL at the same pace with 8 connections: 40.00 ms")
+	require.NotContains(t, targets, "25 % of peak", "no step at 25 %: not listed")
+	require.Contains(t, targets, "10 % of peak (100 req/s) 2.00 ms against pgbench's 9.00 ms; 50 % of peak (500 req/s) 6.00 ms against pgbench's 40.00 ms")
 }

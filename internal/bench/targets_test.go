@@ -41,9 +41,10 @@ func (b *bench) closedRow(title string, conns int) *Row {
 	return nil
 }
 
-func (b *bench) pacedRow(title string) *Row {
+// pacedRow is title's paced step at rate.
+func (b *bench) pacedRow(title string, rate float64) *Row {
 	for _, r := range b.rows {
-		if r.Config == title && r.Rate > 0 {
+		if r.Config == title && r.Rate > 0 && r.Rate == rate {
 			return r
 		}
 	}
@@ -85,14 +86,23 @@ func (b *bench) targets() string {
 
 	parts = parts[:0]
 	for _, title := range allTitles() {
-		if r := b.pacedRow(title); r != nil {
-			p99 := r.Result.Percentile(99)
-			parts = append(parts, fmt.Sprintf("%s %s at %.0f req/s (%s)", title, ms(p99), r.Rate, verdict(p99 < targetP99 && r.Result.Errors == 0)))
+		r := b.pacedRow(title, b.halfPeak[title])
+		if r == nil {
+			continue
 		}
+		p99 := r.Result.Percentile(99)
+		part := fmt.Sprintf("%s %s at %.0f req/s (%s)", title, ms(p99), r.Rate, verdict(p99 < targetP99 && r.Result.Errors == 0))
+		if f := b.pacedRow(floorTitle, r.Rate); f != nil {
+			part += fmt.Sprintf(" — pgbench, the same SQL at the same pace with %d connections: %s", f.Concurrency, ms(f.Result.Percentile(99)))
+		}
+		parts = append(parts, part)
 	}
 	if len(parts) > 0 {
 		fmt.Fprintf(&out, "- p99 under %s at half of peak throughput (paced, %d workers, latency from when each request was due): %s\n",
 			ms(targetP99), pacedConcurrency, strings.Join(parts, "; "))
+	}
+	if sweep := b.paceSweep(rowTitles[rowPGEnv]); sweep != "" {
+		out.WriteString(sweep)
 	}
 
 	parts = parts[:0]
@@ -116,6 +126,33 @@ func (b *bench) targets() string {
 			ms(targetStartToReady), strings.Join(parts, "; "))
 	}
 	return out.String()
+}
+
+// paceSweep renders, for reading beside the p99 target, the p99 of
+// title's paced steps at each fraction of its peak and of pgbench at the
+// same paces (it is no target of its own).
+func (b *bench) paceSweep(title string) string {
+	half := b.halfPeak[title]
+	if half == 0 {
+		return ""
+	}
+	var parts []string
+	for _, f := range pacedFractions {
+		rate := half * 2 * f
+		r := b.pacedRow(title, rate)
+		if r == nil {
+			continue
+		}
+		part := fmt.Sprintf("%.0f %% of peak (%.0f req/s) %s", f*100, rate, ms(r.Result.Percentile(99)))
+		if fl := b.pacedRow(floorTitle, rate); fl != nil {
+			part += fmt.Sprintf(" against pgbench's %s", ms(fl.Result.Percentile(99)))
+		}
+		parts = append(parts, part)
+	}
+	if len(parts) < 2 {
+		return ""
+	}
+	return fmt.Sprintf("- beside the p99 target, %s paced at fractions of its peak: p99 at %s\n", title, strings.Join(parts, "; "))
 }
 
 func allTitles() []string {

@@ -54,3 +54,63 @@ func TestGroupCommitLeavesNoItemBehind(t *testing.T) {
 	require.EqualValues(t, rounds*workers, committed.Load())
 	require.EqualValues(t, rounds*workers, observed.Load(), "every commit is observed with its size")
 }
+
+// TestLoneCommitRunsOnItsRequest: on an idle group commit a request's
+// item is committed on the request's own goroutine, so the commit ends at
+// the request's deadline: a store that hangs holds the request no longer
+// than it would have waited, and frees the slot for the next one.
+func TestLoneCommitRunsOnItsRequest(t *testing.T) {
+	var hang atomic.Bool
+	hang.Store(true)
+	deadlines := make(chan time.Time, 2)
+	b := newGroupCommit(GroupCommitFetch, 1, nil, func(ctx context.Context, _ []int) error {
+		d, _ := ctx.Deadline()
+		deadlines <- d
+		if hang.Load() {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	want, _ := ctx.Deadline()
+	returned := make(chan error, 1)
+	go func() { returned <- b.do(ctx, 1) }()
+	select {
+	case err := <-returned:
+		var unavailable *UnavailableError
+		require.ErrorAs(t, err, &unavailable, "a request whose deadline passes in the store is a store outage")
+	case <-time.After(groupCommitTimeout / 2):
+		t.Fatal("the request outlived its deadline: the commit was not bound to it")
+	}
+	require.Equal(t, want, <-deadlines, "the lone commit ran under the request's deadline")
+
+	hang.Store(false)
+	require.NoError(t, b.do(context.Background(), 2), "the slot was freed")
+	d := <-deadlines
+	require.WithinDuration(t, time.Now().Add(groupCommitTimeout), d, groupCommitTimeout/2,
+		"without a deadline of its own the request's commit is bounded by groupCommitTimeout")
+}
+
+// TestCommitOutlivesAClientThatLeft: a request whose client goes away
+// while its commit runs does not abort that commit (other requests' items
+// may ride on it, and its audit row is on its way to disk).
+func TestCommitOutlivesAClientThatLeft(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	aborted := make(chan error, 1)
+	b := newGroupCommit(GroupCommitFetch, 1, nil, func(ctx context.Context, _ []int) error {
+		close(entered)
+		<-release
+		aborted <- ctx.Err()
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	returned := make(chan error, 1)
+	go func() { returned <- b.do(ctx, 1) }()
+	<-entered
+	cancel()
+	close(release)
+	require.NoError(t, <-aborted, "the commit's context was not cancelled with the request's")
+	<-returned
+}

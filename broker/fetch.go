@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/http"
@@ -169,10 +170,11 @@ func (b *groupCommit[T]) do(ctx context.Context, item T) error {
 	b.flush(ctx)
 	select {
 	case err := <-p.done:
-		if err != nil && ctx.Err() != nil {
-			// A commit cut short by this request's own deadline (see
-			// commitContext) is the same outcome as giving up waiting.
-			return &UnavailableError{Dependency: DependencyStore, Err: ctx.Err()}
+		if err != nil && (ctx.Err() != nil || pastDeadline(ctx)) {
+			// A commit that failed as this request ended, or that its
+			// deadline cut short (see commitContext; that timer may go
+			// off just before ctx's): the same as giving up waiting.
+			return &UnavailableError{Dependency: DependencyStore, Err: cmp.Or(ctx.Err(), context.DeadlineExceeded)}
 		}
 		return err
 	case <-ctx.Done():
@@ -240,6 +242,12 @@ func (b *groupCommit[T]) commit(caller context.Context, batch []pendingItem[T]) 
 	}
 	<-b.slots
 	b.flush(nil)
+}
+
+// pastDeadline reports whether ctx has a deadline and it has passed.
+func pastDeadline(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // commitContext is the context of one commit. A commit runs on a context

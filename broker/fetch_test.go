@@ -38,19 +38,10 @@ func (c *countingStore) VaultFetch(ctx context.Context, b *broker.FetchBatch) er
 // commits.
 func TestConcurrentFetchesShareCommits(t *testing.T) {
 	ctx := context.Background()
-	dbURL := pgtest.NewDatabase(t)
-	pool := pgtest.NewPool(t, dbURL)
-	_, err := migrations.Apply(ctx, pool, "keybroker")
-	require.NoError(t, err)
-	pg, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: "keybroker"})
-	require.NoError(t, err)
-	store := &countingStore{Store: pg}
-
-	key := make([]byte, 32)
-	rand.Read(key)
-	kek, err := localkek.New("k1", key, false)
-	require.NoError(t, err)
-	ring, err := broker.NewKeyring(kek)
+	e := newFetchEnv(t)
+	pool := e.pool
+	store := &countingStore{Store: e.store}
+	ring, err := broker.NewKeyring(e.kek)
 	require.NoError(t, err)
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, AuditCommitters: 1})
 	require.NoError(t, err)

@@ -176,21 +176,15 @@ func (k *KEK) ID() string { return k.id }
 // Wrap encrypts plaintext under the key with binding as the encryption
 // context. Errors are classified as in package kekerr.
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, binding map[string]string) ([]byte, error) {
-	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
-	defer cancel()
-	var err error
-	var out *kms.EncryptOutput
-	if waitErr := k.calls.Do(callCtx, func() {
-		out, err = k.client.Encrypt(callCtx, &kms.EncryptInput{
+	out, err := call(ctx, k, "encrypt", func(callCtx context.Context) (*kms.EncryptOutput, error) {
+		return k.client.Encrypt(callCtx, &kms.EncryptInput{
 			KeyId:             aws.String(k.keyID),
 			Plaintext:         plaintext,
 			EncryptionContext: encryptionContext(binding),
 		})
-	}); waitErr != nil {
-		return nil, k.fail(ctx, "encrypt", waitErr)
-	}
+	})
 	if err != nil {
-		return nil, k.fail(ctx, "encrypt", err)
+		return nil, err
 	}
 	return out.CiphertextBlob, nil
 }
@@ -203,21 +197,15 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, binding map[string]
 	if len(ciphertext) == 0 {
 		return nil, fmt.Errorf("awskms: decrypt: %w: empty", kekerr.ErrInvalidCiphertext)
 	}
-	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
-	defer cancel()
-	var err error
-	var out *kms.DecryptOutput
-	if waitErr := k.calls.Do(callCtx, func() {
-		out, err = k.client.Decrypt(callCtx, &kms.DecryptInput{
+	out, err := call(ctx, k, "decrypt", func(callCtx context.Context) (*kms.DecryptOutput, error) {
+		return k.client.Decrypt(callCtx, &kms.DecryptInput{
 			KeyId:             aws.String(k.keyID),
 			CiphertextBlob:    ciphertext,
 			EncryptionContext: encryptionContext(binding),
 		})
-	}); waitErr != nil {
-		return nil, k.fail(ctx, "decrypt", waitErr)
-	}
+	})
 	if err != nil {
-		return nil, k.fail(ctx, "decrypt", err)
+		return nil, err
 	}
 	return out.Plaintext, nil
 }
@@ -230,24 +218,18 @@ func (k *KEK) Rewrap(ctx context.Context, ciphertext []byte, binding map[string]
 	if len(ciphertext) == 0 {
 		return nil, fmt.Errorf("awskms: re-encrypt: %w: empty", kekerr.ErrInvalidCiphertext)
 	}
-	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
-	defer cancel()
 	ec := encryptionContext(binding)
-	var out *kms.ReEncryptOutput
-	var err error
-	if waitErr := k.calls.Do(callCtx, func() {
-		out, err = k.client.ReEncrypt(callCtx, &kms.ReEncryptInput{
+	out, err := call(ctx, k, "re-encrypt", func(callCtx context.Context) (*kms.ReEncryptOutput, error) {
+		return k.client.ReEncrypt(callCtx, &kms.ReEncryptInput{
 			CiphertextBlob:               ciphertext,
 			SourceKeyId:                  aws.String(k.keyID),
 			SourceEncryptionContext:      ec,
 			DestinationKeyId:             aws.String(k.keyID),
 			DestinationEncryptionContext: ec,
 		})
-	}); waitErr != nil {
-		return nil, k.fail(ctx, "re-encrypt", waitErr)
-	}
+	})
 	if err != nil {
-		return nil, k.fail(ctx, "re-encrypt", err)
+		return nil, err
 	}
 	return out.CiphertextBlob, nil
 }
@@ -294,6 +276,24 @@ func encryptionContext(binding map[string]string) map[string]string {
 // fail prefixes and classifies an SDK error. When the caller's ctx is done
 // the error says so (errors.Is finds its ctx error) whatever the SDK made
 // of it.
+// call runs one KMS key operation within the KEK's bound on calls in
+// flight and its timeout, and classifies a failure (or a wait for a free
+// slot that ctx ended) as fail does.
+func call[T any](ctx context.Context, k *KEK, op string, fn func(callCtx context.Context) (T, error)) (T, error) {
+	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	var out T
+	var err error
+	if waitErr := k.calls.Do(callCtx, func() { out, err = fn(callCtx) }); waitErr != nil {
+		err = waitErr
+	}
+	if err != nil {
+		var zero T
+		return zero, k.fail(ctx, op, err)
+	}
+	return out, nil
+}
+
 func (k *KEK) fail(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return fmt.Errorf("awskms: %s: %w", op, kekerr.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))

@@ -12,7 +12,8 @@
 // all its attempts.
 //
 // At most Config.MaxInFlight Encrypt, Decrypt and ReEncrypt calls of one
-// KEK are in flight at once, over as many HTTP connections at most; further
+// KEK are in flight at once, over as many HTTP connections open at once at
+// most (counted from a dial until its Close has returned); further
 // callers wait for a slot within their timeout and their context's
 // deadline. In direct mode (cache=off) every key fetch is a Decrypt, and an
 // unbounded login storm would hold one SDK call and one connection per
@@ -24,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -73,6 +75,10 @@ type Config struct {
 	MaxInFlight int
 	// Credentials replaces the default credential chain when set.
 	Credentials aws.CredentialsProvider
+
+	// dial replaces the transport's dialer (tests count connections
+	// with it).
+	dial inflight.DialFunc
 }
 
 // DefaultMaxInFlight bounds the KMS calls of one KEK in flight at once
@@ -123,10 +129,21 @@ func New(ctx context.Context, cfg Config) (*KEK, error) {
 	// The SDK's default transport keeps 10 idle connections per host and
 	// opens as many as there are calls: with more calls in flight than
 	// that, connections are opened and closed all the time. Keep exactly
-	// as many as calls may be in flight, and never more.
+	// as many as calls may be in flight, and never more: MaxConnsPerHost
+	// stops the transport from dialling past the bound, and the ConnCap
+	// holds a dial back until the connection it replaces has closed.
+	conns := inflight.NewConnCap(cfg.MaxInFlight)
 	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
 		tr.MaxConnsPerHost = cfg.MaxInFlight
 		tr.MaxIdleConnsPerHost = cfg.MaxInFlight
+		dial := cfg.dial
+		if dial == nil {
+			dial = tr.DialContext
+		}
+		if dial == nil {
+			dial = (&net.Dialer{}).DialContext
+		}
+		tr.DialContext = conns.Dial(dial)
 	})
 	opts := []func(*config.LoadOptions) error{config.WithHTTPClient(httpClient)}
 	if cfg.Region != "" {

@@ -58,10 +58,11 @@ func startSlowKMS(t *testing.T) *slowKMS {
 	return k
 }
 
-// waitFor polls cond for up to 5 s.
+// waitFor polls cond for up to 30 s: it waits for an event, and the bound
+// only ends a test that would otherwise hang.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -70,11 +71,46 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// connCounter dials TCP and counts the connections it has open at once:
+// from a dial's start to its connection's Close, as the client sees them.
+// (The server sees a close only when it reads the end of the stream, a
+// moment later, so its own count may briefly overlap a replacement.)
+type connCounter struct {
+	open, peak, dialled atomic.Int32
+}
+
+func (c *connCounter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	n := c.open.Add(1)
+	for p := c.peak.Load(); n > p && !c.peak.CompareAndSwap(p, n); p = c.peak.Load() {
+	}
+	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		c.open.Add(-1)
+		return nil, err
+	}
+	c.dialled.Add(1)
+	return &countedConn{Conn: conn, closed: func() { c.open.Add(-1) }}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	once   sync.Once
+	closed func()
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.closed)
+	return err
+}
+
 func TestNoMoreThanMaxInFlightDecryptsReachTheKMS(t *testing.T) {
 	t.Parallel()
 	const bound, callers = 4, 48
 	peer := startSlowKMS(t)
-	kek := newKEK(t, peer.srv.URL, "alias/slow", "aws-1", oneAttempt, func(c *awskms.Config) { c.MaxInFlight = bound })
+	conns := &connCounter{}
+	kek := newKEK(t, peer.srv.URL, "alias/slow", "aws-1", oneAttempt,
+		func(c *awskms.Config) { c.MaxInFlight = bound }, awskms.WithDial(conns.dial))
 
 	var wg sync.WaitGroup
 	errs := make(chan error, callers)
@@ -87,10 +123,11 @@ func TestNoMoreThanMaxInFlightDecryptsReachTheKMS(t *testing.T) {
 			errs <- err
 		})
 	}
-	// Every slot fills, then nothing more arrives while they are held.
+	// Every slot fills and every other caller waits for one, so nothing
+	// more can reach the KMS while the slots are held.
 	waitFor(t, "the slots to fill", func() bool { return peer.now.Load() == bound })
-	time.Sleep(100 * time.Millisecond)
-	require.EqualValues(t, bound, peer.now.Load(), "requests held at the KMS")
+	waitFor(t, "the other callers to queue", func() bool { return awskms.Waiting(kek) == callers-bound })
+	require.EqualValues(t, bound, peer.req.Load(), "requests that reached the KMS while the slots were held")
 	close(peer.release)
 	wg.Wait()
 	close(errs)
@@ -99,7 +136,8 @@ func TestNoMoreThanMaxInFlightDecryptsReachTheKMS(t *testing.T) {
 	}
 	require.EqualValues(t, callers, peer.req.Load())
 	require.EqualValues(t, bound, peer.peak.Load(), "most decrypts in flight at once")
-	require.LessOrEqual(t, peer.conns.Load(), int32(bound), "TCP connections opened to the KMS")
+	require.LessOrEqual(t, conns.peak.Load(), int32(bound), "TCP connections open to the KMS at once")
+	require.GreaterOrEqual(t, conns.dialled.Load(), int32(bound), "each held call had a connection of its own")
 }
 
 func TestAWaitingCallerKeepsItsDeadline(t *testing.T) {

@@ -4,7 +4,7 @@ BIN     ?= bin/keybroker
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test vet fmt run demo clean bench bench-micro bench-rewrap fuzz
+.PHONY: all build test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
 
 all: build
 
@@ -15,6 +15,14 @@ build:
 ## $$KEYBROKER_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 test: fmt vet
 	$(GO) test -count=1 -race -timeout 20m ./...
+
+## test-stress: the whole suite STRESS_RUNS times in a row (default 3) with
+## STRESS_HOGS busy processes beside it (default 2, one per core here);
+## reports each test that failed at least once and fails if any did.
+STRESS_RUNS ?= 3
+STRESS_HOGS ?= 2
+test-stress: fmt vet
+	$(GO) run ./internal/cmd/teststress -runs $(STRESS_RUNS) -hogs $(STRESS_HOGS)
 
 vet:
 	$(GO) vet ./...

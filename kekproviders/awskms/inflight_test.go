@@ -153,10 +153,10 @@ func TestAWaitingCallerKeepsItsDeadline(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	start := time.Now()
+	// The held call never ends until release is closed: returning at
+	// all means the waiter gave up at its own deadline.
 	_, err := kek.Unwrap(ctx, []byte("wrapped"), nil)
 	require.Error(t, err)
-	require.Less(t, time.Since(start), 3*time.Second)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	var unavailable *kekerr.UnavailableError
 	require.ErrorAs(t, err, &unavailable)

@@ -49,10 +49,11 @@ func startServer(t *testing.T, env ...string) *server {
 	rand.Read(key)
 	require.NoError(t, os.WriteFile(kekFile, []byte(base64.StdEncoding.EncodeToString(key)), 0o400))
 
+	role, _ := pgtest.NewPlainDatabase(t)
 	cmd := exec.Command(bin, "serve")
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
-		"DATABASE_URL=" + pgtest.NewDatabase(t),
+		"DATABASE_URL=" + role.URL,
 		"KEYBROKER_KEK=file://" + kekFile + "?id=deploy-test",
 		"KEYBROKER_JWKS_URL=http://" + jwksLn.Addr().String() + "/jwks.json",
 		"KEYBROKER_ADDR=127.0.0.1:0",

@@ -53,8 +53,8 @@ func privilegedRoleRefusal(e *pgstore.PrivilegedRoleError) error {
 
 %s
 
-  then set $%s to connect as %s (the password in a passfile or the URL, never in a log).
-  Tables that a privileged role already created change owner first:
+  then set $%s to connect as %s (keep the password in a passfile).
+  Tables a privileged role already made must change owner first:
   see "Moving to a plain database role" in deploy/README.md.
   For tests only, $%s=true (--allow-privileged-db-role) starts anyway
   and logs that row-level security is not enforced`,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/pgstore"
 )
 
 // TestPrivilegedDatabaseRoleIsRefused is the attack of an operator
@@ -114,3 +115,19 @@ func TestPrivilegedDatabaseRoleIsRefused(t *testing.T) {
 }
 
 func ident(name string) string { return pgx.Identifier{name}.Sanitize() }
+
+// TestRefusalSuggestsAFreeRoleName: the old Compose recipe's superuser is
+// itself named keybroker; the SQL must not tell its operator to create a
+// role that exists.
+func TestRefusalSuggestsAFreeRoleName(t *testing.T) {
+	err := privilegedRoleRefusal(&pgstore.PrivilegedRoleError{Database: "keybroker", SessionUser: "keybroker",
+		CurrentUser: "keybroker", Role: "keybroker", Superuser: true})
+	require.ErrorContains(t, err, `CREATE ROLE "keybroker_owner" LOGIN`)
+	require.ErrorContains(t, err, `GRANT CREATE ON DATABASE "keybroker" TO "keybroker_owner";`)
+	require.ErrorContains(t, err, `the database role "keybroker" is a superuser`)
+
+	err = privilegedRoleRefusal(&pgstore.PrivilegedRoleError{Database: "app", SessionUser: "app",
+		CurrentUser: "app", Role: "admins", BypassRLS: true})
+	require.ErrorContains(t, err, `CREATE ROLE "keybroker" LOGIN`)
+	require.ErrorContains(t, err, `"app" is a member of "admins", which has BYPASSRLS`)
+}

@@ -17,27 +17,25 @@ import (
 // config is everything serve and migrate read from flags and the
 // environment. Each flag's default comes from its environment variable.
 type config struct {
-	Addr        string
-	DatabaseURL string
-	Schema      string
-	KEK         string
-	KEKID       string
-	KEKRetired  string
-	JWKSURL     string
-	JWTIssuer   string
-	JWTAudience string
-	Migrate     bool
-	// AllowPrivilegedDBRole lets the store connect as a superuser or a
-	// role with BYPASSRLS (tests only; see checkDBRole).
-	AllowPrivilegedDBRole bool
-	Dev                   bool
-	DataDir               string
-	addrSet               bool // --addr or $KEYBROKER_ADDR given explicitly
-	LogLevel              string
-	LogFormat             string
-	ShutdownTimeout       time.Duration
-	Ops                   opsConfig    // serve's operations settings (ops.go)
-	Rewrap                rewrapConfig // serve's re-wrap job (rewrap.go)
+	Addr            string
+	DatabaseURL     string
+	Schema          string
+	KEK             string
+	KEKID           string
+	KEKRetired      string
+	JWKSURL         string
+	JWTIssuer       string
+	JWTAudience     string
+	Migrate         bool
+	AllowPrivileged bool // connect even as a role RLS does not bind (tests only; checkDBRole)
+	Dev             bool
+	DataDir         string
+	addrSet         bool // --addr or $KEYBROKER_ADDR given explicitly
+	LogLevel        string
+	LogFormat       string
+	ShutdownTimeout time.Duration
+	Ops             opsConfig    // serve's operations settings (ops.go)
+	Rewrap          rewrapConfig // serve's re-wrap job (rewrap.go)
 }
 
 // env names, one place.
@@ -156,7 +154,7 @@ func (c *config) registerAllowPrivileged(fs *flag.FlagSet, getenv func(string) s
 			return fmt.Errorf("$%s: %w", envAllowPrivileged, err)
 		}
 	}
-	fs.BoolVar(&c.AllowPrivilegedDBRole, "allow-privileged-db-role", allow,
+	fs.BoolVar(&c.AllowPrivileged, "allow-privileged-db-role", allow,
 		"TESTS ONLY: connect even as a superuser or a BYPASSRLS role, with which row-level security is not enforced ($"+envAllowPrivileged+")")
 	return nil
 }

@@ -26,7 +26,7 @@ func checkDBRole(ctx context.Context, pool *pgxpool.Pool, cfg *config, log *slog
 	if !errors.As(err, &privileged) {
 		return err // nil, or the database cannot be reached
 	}
-	if cfg.AllowPrivilegedDBRole {
+	if cfg.AllowPrivileged {
 		log.Warn("ROW-LEVEL SECURITY IS NOT ENFORCED: "+privileged.Error()+
 			"; every query may read and write every user's rows. $"+envAllowPrivileged+" allows it: for tests only, never in production",
 			slog.String("db_role", privileged.Role), slog.Bool("superuser", privileged.Superuser),

@@ -4,8 +4,10 @@ import (
 	"context"
 	"maps"
 	"net/url"
+	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -109,6 +111,63 @@ func TestCompose(t *testing.T) {
 				require.False(t, looksLikeKey(v), ".env.example: key material in a commented %s", k)
 			}
 		}
+	})
+
+	t.Run("KeybrokerConnectsAsAPlainRole", func(t *testing.T) {
+		// keybroker's URL names the role and database the initdb script
+		// makes, never the bootstrap superuser.
+		db, err := url.Parse(*kb.Environment["DATABASE_URL"])
+		require.NoError(t, err)
+		superuser := *pg.Environment["POSTGRES_USER"]
+		require.NotEmpty(t, superuser)
+		require.NotEqual(t, superuser, db.User.Username(), "keybroker connects as the bootstrap superuser")
+		require.Equal(t, *pg.Environment["KEYBROKER_DB_USER"], db.User.Username())
+		require.Equal(t, "/"+*pg.Environment["KEYBROKER_DB_NAME"], db.Path)
+		if name := pg.Environment["POSTGRES_DB"]; name != nil {
+			// The image would create it, owned by the superuser, before
+			// the script runs.
+			require.NotEqual(t, *pg.Environment["KEYBROKER_DB_NAME"], *name)
+		}
+		require.NotContains(t, kb.Environment, "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE")
+
+		// The initdb scripts: mounted read-only, executable, in the image's
+		// directory.
+		var initdb *types.ServiceVolumeConfig
+		for i, v := range pg.Volumes {
+			if v.Target == "/docker-entrypoint-initdb.d" {
+				initdb = &pg.Volumes[i]
+			}
+		}
+		require.NotNil(t, initdb, "no initdb scripts mounted")
+		require.Equal(t, types.VolumeTypeBind, initdb.Type)
+		require.True(t, initdb.ReadOnly)
+		scripts, err := filepath.Glob(filepath.Join(initdb.Source, "*.sh"))
+		require.NoError(t, err)
+		require.NotEmpty(t, scripts)
+		for _, s := range scripts {
+			info, err := os.Stat(s)
+			require.NoError(t, err)
+			require.NotZero(t, info.Mode().Perm()&0o111, "%s is not executable: the image would source it into its entrypoint", s)
+		}
+
+		// Secrets: each container gets only its own. The superuser's
+		// password and the role's password file stay in postgres; the
+		// pgpass file that keybroker's URL names is keybroker's.
+		mounted := func(svc types.ServiceConfig) []string {
+			var names []string
+			for _, s := range svc.Secrets {
+				names = append(names, s.Source)
+			}
+			return names
+		}
+		require.Equal(t, "/run/secrets/keybroker_db_password", *pg.Environment["KEYBROKER_DB_PASSWORD_FILE"])
+		require.Contains(t, mounted(pg), "keybroker_db_password")
+		require.Contains(t, mounted(pg), "postgres_password")
+		require.NotContains(t, mounted(kb), "postgres_password")
+		require.NotContains(t, mounted(kb), "keybroker_db_password")
+		require.NotContains(t, mounted(pg), "pgpass")
+		require.Equal(t, "/run/secrets/pgpass", db.Query().Get("passfile"))
+		require.Contains(t, mounted(kb), "pgpass")
 	})
 
 	t.Run("RequiredSettingsFailLoudly", func(t *testing.T) {

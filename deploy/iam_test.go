@@ -276,8 +276,9 @@ func TestAWSKMSPolicyAdmitsKeybrokersCalls(t *testing.T) {
 			t.Parallel()
 			rec := &recordingKMS{}
 			endpoint := rec.serve(t, kms.URL)
+			role, _ := pgtest.NewPlainDatabase(t)
 			env := []string{
-				"DATABASE_URL=" + pgtest.NewDatabase(t),
+				"DATABASE_URL=" + role.URL,
 				"KEYBROKER_KEK=" + uri + "&endpoint=" + url.QueryEscape(endpoint) + extra,
 				"AWS_ACCESS_KEY_ID=AKIDLOCALKMS",
 				"AWS_SECRET_ACCESS_KEY=local-kms-secret",

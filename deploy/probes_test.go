@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,12 +28,14 @@ import (
 type server struct {
 	addr   string
 	issuer *jwtissuer.Issuer // signs tokens the server accepts
+	stop   func()            // SIGTERM, and wait until it exits; idempotent
 }
 
 // startServer runs `keybroker serve` on a loopback port with a fresh
-// PostgreSQL database, a KEK file and a test JWKS, and returns once it
-// logs that it serves. env entries (KEY=VALUE) override the defaults. It
-// is stopped with SIGTERM when the test ends.
+// PostgreSQL database (as a plain role), a KEK file and a test JWKS, and
+// returns once it logs that it serves. env entries (KEY=VALUE) override
+// the defaults; with a DATABASE_URL among them no database is made. It is
+// stopped with SIGTERM when the test ends, or by stop.
 func startServer(t *testing.T, env ...string) *server {
 	t.Helper()
 	bin := keybrokerBinary(t)
@@ -49,10 +52,20 @@ func startServer(t *testing.T, env ...string) *server {
 	rand.Read(key)
 	require.NoError(t, os.WriteFile(kekFile, []byte(base64.StdEncoding.EncodeToString(key)), 0o400))
 
+	databaseURL := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "DATABASE_URL="); ok {
+			databaseURL = v
+		}
+	}
+	if databaseURL == "" {
+		role, _ := pgtest.NewPlainDatabase(t)
+		databaseURL = role.URL
+	}
 	cmd := exec.Command(bin, "serve")
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
-		"DATABASE_URL=" + pgtest.NewDatabase(t),
+		"DATABASE_URL=" + databaseURL,
 		"KEYBROKER_KEK=file://" + kekFile + "?id=deploy-test",
 		"KEYBROKER_JWKS_URL=http://" + jwksLn.Addr().String() + "/jwks.json",
 		"KEYBROKER_ADDR=127.0.0.1:0",
@@ -78,24 +91,31 @@ func startServer(t *testing.T, env ...string) *server {
 			}
 		}
 	}()
-	exited := make(chan error, 1)
+	var waitErr error // set before exited closes
+	exited := make(chan struct{})
 	go func() {
 		<-scanDone
-		exited <- cmd.Wait()
+		waitErr = cmd.Wait()
+		close(exited)
 	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-		}
-	})
-	s := &server{issuer: issuer}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		})
+	}
+	t.Cleanup(stop)
+	s := &server{issuer: issuer, stop: stop}
 	select {
 	case s.addr = <-addrc:
-	case err := <-exited:
-		t.Fatalf("keybroker exited before serving: %v\n%s", err, logs.String())
+	case <-exited:
+		t.Fatalf("keybroker exited before serving: %v\n%s", waitErr, logs.String())
 	case <-time.After(60 * time.Second):
 		t.Fatal("keybroker did not serve within 60s")
 	}

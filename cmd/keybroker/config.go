@@ -27,6 +27,7 @@ type config struct {
 	JWTIssuer       string
 	JWTAudience     string
 	Migrate         bool
+	AllowPrivileged bool // connect even as a role RLS does not bind (tests only; checkDBRole)
 	Dev             bool
 	DataDir         string
 	addrSet         bool // --addr or $KEYBROKER_ADDR given explicitly
@@ -55,6 +56,7 @@ const (
 	envShutdownTimeout = "KEYBROKER_SHUTDOWN_TIMEOUT"
 	envDataDir         = "KEYBROKER_DATA_DIR"
 	envEnv             = "KEYBROKER_ENV"
+	envAllowPrivileged = "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE"
 )
 
 // defaultDataDir holds the embedded store and dev-mode files.
@@ -78,6 +80,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	fs.StringVar(&c.Schema, "schema", env(envSchema, "keybroker"), "database schema; \"auth\" adopts the original service's tables ($"+envSchema+")")
 	fs.StringVar(&c.LogLevel, "log-level", env(envLogLevel, "info"), "debug, info, warn or error ($"+envLogLevel+")")
 	fs.StringVar(&c.LogFormat, "log-format", env(envLogFormat, ""), "json or text; default text on a terminal, json otherwise ($"+envLogFormat+")")
+	if err := c.registerAllowPrivileged(fs, getenv); err != nil {
+		return nil, err
+	}
 	if serve {
 		fs.StringVar(&c.Addr, "addr", env(envAddr, defaultAddr), "listen address ($"+envAddr+", or :$"+envPort+")")
 		fs.StringVar(&c.KEK, "kek", env(envKEK, ""), "active KEK URI, e.g. env://MANA_AUTH_KEK or file:///etc/keybroker/kek?id=file-2026 ($"+envKEK+")")
@@ -136,6 +141,22 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		}
 	}
 	return c, nil
+}
+
+// registerAllowPrivileged adds --allow-privileged-db-role, whose default
+// is $KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE, to every command that opens the
+// PostgreSQL store.
+func (c *config) registerAllowPrivileged(fs *flag.FlagSet, getenv func(string) string) error {
+	allow := false
+	if v := getenv(envAllowPrivileged); v != "" {
+		var err error
+		if allow, err = strconv.ParseBool(v); err != nil {
+			return fmt.Errorf("$%s: %w", envAllowPrivileged, err)
+		}
+	}
+	fs.BoolVar(&c.AllowPrivileged, "allow-privileged-db-role", allow,
+		"TESTS ONLY: connect even as a superuser or a BYPASSRLS role, with which row-level security is not enforced ($"+envAllowPrivileged+")")
+	return nil
 }
 
 // kekURIs returns the active KEK URI and the decrypt-only ones. With no

@@ -41,7 +41,10 @@ func fetch(t *testing.T, addr, method, path, token string) (int, map[string]any)
 // runs its own issuer, and `dev token` mints tokens the server accepts.
 func TestDevModeEndToEnd(t *testing.T) {
 	t.Run("EmbeddedStore", func(t *testing.T) { testDevMode(t, "") })
-	t.Run("PostgreSQL", func(t *testing.T) { testDevMode(t, pgtest.NewDatabase(t)) })
+	t.Run("PostgreSQL", func(t *testing.T) {
+		role, _ := pgtest.NewPlainDatabase(t) // dev mode refuses a superuser too
+		testDevMode(t, role.URL)
+	})
 }
 
 func testDevMode(t *testing.T, databaseURL string) {

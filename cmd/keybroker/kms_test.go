@@ -29,8 +29,9 @@ func TestServeWithCachedAWSKMS(t *testing.T) {
 	defer jwks.Close()
 
 	uri := "awskms:///alias/kb?id=aws-1&region=" + localkms.Region + "&endpoint=" + url.QueryEscape(kms.URL)
+	role, adminURL := pgtest.NewPlainDatabase(t)
 	env := map[string]string{
-		"DATABASE_URL":         pgtest.NewDatabase(t),
+		"DATABASE_URL":         role.URL,
 		"KEYBROKER_KEK":        uri,
 		"KEYBROKER_JWKS_URL":   jwks.URL,
 		"KEYBROKER_JWT_ISSUER": "https://auth.test",
@@ -76,7 +77,7 @@ func TestServeWithCachedAWSKMS(t *testing.T) {
 	status, again = fetch(t, srv3.addr, http.MethodGet, "/key", tok)
 	require.Equal(t, http.StatusOK, status)
 	require.Equal(t, body["masterKey"], again["masterKey"])
-	pool := pgtest.NewPool(t, env["DATABASE_URL"])
+	pool := pgtest.NewPool(t, adminURL) // row-level security hides the rows from keybroker's role
 	var audited int
 	require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM keybroker.encryption_vault_audit
 		WHERE user_id = 'bob' AND action = 'failed_fetch' AND status = 503`).Scan(&audited))

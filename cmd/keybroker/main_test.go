@@ -100,7 +100,8 @@ func TestServeRefusesUnsafeKEKs(t *testing.T) {
 // TestServeInitAndFetchOverHTTP is the README's promise: a PostgreSQL
 // URL, a generated KEK and a token are enough to init and fetch a key.
 func TestServeInitAndFetchOverHTTP(t *testing.T) {
-	dbURL := pgtest.NewDatabase(t)
+	role, _ := pgtest.NewPlainDatabase(t)
+	dbURL := role.URL
 	issuer, err := jwtissuer.New("https://auth.test")
 	require.NoError(t, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())

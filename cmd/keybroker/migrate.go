@@ -29,11 +29,18 @@ func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		}
 		return nil
 	}
+	log, err := cfg.logger(stderr)
+	if err != nil {
+		return err
+	}
 	pool, err := pgstore.OpenPool(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
+	if err := checkDBRole(ctx, pool, cfg, log); err != nil {
+		return err
+	}
 	applied, err := migrations.Apply(ctx, pool, cfg.Schema)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)

@@ -41,7 +41,8 @@ type opsServer struct {
 
 func startOpsServe(t *testing.T, extra map[string]string) *opsServer {
 	t.Helper()
-	dbURL := pgtest.NewDatabase(t)
+	role, _ := pgtest.NewPlainDatabase(t)
+	dbURL := role.URL
 	issuer, err := jwtissuer.New("https://auth.test")
 	require.NoError(t, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())

@@ -391,6 +391,9 @@ func parseToolConfig(name, usage string, args []string, getenv func(string) stri
 	fs.BoolVar(&c.Dev, "dev", false, "accept the all-zero dev KEK")
 	fs.StringVar(&c.LogLevel, "log-level", env(envLogLevel, "warn"), "debug, info, warn or error ($"+envLogLevel+")")
 	fs.StringVar(&c.LogFormat, "log-format", env(envLogFormat, "text"), "json or text ($"+envLogFormat+")")
+	if err := c.registerAllowPrivileged(fs, getenv); err != nil {
+		return nil, err
+	}
 	if own != nil {
 		own(fs)
 	}

@@ -52,17 +52,17 @@ func newRotationDB(t *testing.T, users, legacy int) *rotationDB {
 	t.Helper()
 	oldB64, old := newKEKMaterial(t, "env-v1")
 	newB64, next := newKEKMaterial(t, "env-v2")
-	dbURL := pgtest.NewDatabase(t)
+	role, adminURL := pgtest.NewPlainDatabase(t)
 	db := &rotationDB{
 		env: map[string]string{
-			"DATABASE_URL":          dbURL,
+			"DATABASE_URL":          role.URL,
 			"OLD_KEK":               oldB64,
 			"NEW_KEK":               newB64,
 			"KEYBROKER_KEK":         "env://NEW_KEK?id=env-v2",
 			"KEYBROKER_KEK_RETIRED": "env://OLD_KEK?id=env-v1",
 			"KEYBROKER_LOG_LEVEL":   "warn",
 		},
-		admin: pgtest.NewPool(t, dbURL),
+		admin: pgtest.NewPool(t, adminURL),
 		keys:  map[string][]byte{},
 		old:   old,
 		next:  next,

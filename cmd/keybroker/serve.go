@@ -126,6 +126,7 @@ type readyStore interface {
 }
 
 // openStore opens the PostgreSQL store when a database URL is configured,
+// refusing a role that row-level security does not bind (checkDBRole) and
 // applying migrations first unless disabled, and otherwise the embedded
 // SQLite store in the data directory (which migrates itself on open).
 func openStore(ctx context.Context, cfg *config, log *slog.Logger) (readyStore, func(), error) {
@@ -142,6 +143,10 @@ func openStore(ctx context.Context, cfg *config, log *slog.Logger) (readyStore, 
 	}
 	pool, err := pgstore.OpenPool(ctx, cfg.DatabaseURL)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkDBRole(ctx, pool, cfg, log); err != nil {
+		pool.Close()
 		return nil, nil, err
 	}
 	if cfg.Migrate {

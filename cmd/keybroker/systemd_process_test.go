@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,20 +41,38 @@ const (
 	stopWithin  = 30 * time.Second
 )
 
-// buildBinary builds keybroker as the Dockerfile does (static, no cgo)
-// into dir.
-func buildBinary(t *testing.T, dir string) string {
+// The binary the package's process tests run, built once; TestMain
+// removes binaryDir.
+var (
+	binaryOnce sync.Once
+	binaryDir  string
+	binaryPath string
+	binaryErr  error
+)
+
+// keybrokerBinary builds keybroker as the Dockerfile does (static, no
+// cgo), once for all the tests of the package.
+func keybrokerBinary(t *testing.T) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("SKIPPED LOUDLY: no go tool on PATH to build the keybroker binary")
 	}
-	bin := filepath.Join(dir, "keybroker")
-	cmd := exec.Command(goTool, "build", "-trimpath", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
-	return bin
+	binaryOnce.Do(func() {
+		if binaryDir, binaryErr = os.MkdirTemp("", "keybroker-cmd-test"); binaryErr != nil {
+			return
+		}
+		bin := filepath.Join(binaryDir, "keybroker")
+		cmd := exec.Command(goTool, "build", "-trimpath", "-o", bin, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binaryErr = fmt.Errorf("go build: %w\n%s", err, out)
+			return
+		}
+		binaryPath = bin
+	})
+	require.NoError(t, binaryErr)
+	return binaryPath
 }
 
 // child is a keybroker process under test.
@@ -193,7 +213,8 @@ func TestBinaryUnderSystemd(t *testing.T) {
 	require.NoError(t, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())
 	t.Cleanup(jwks.Close)
-	r := &rig{bin: buildBinary(t, t.TempDir()), dbURL: pgtest.NewDatabase(t), issuer: issuer, jwks: jwks.URL}
+	role, _ := pgtest.NewPlainDatabase(t) // keybroker refuses a superuser
+	r := &rig{bin: keybrokerBinary(t), dbURL: role.URL, issuer: issuer, jwks: jwks.URL}
 
 	t.Run("StaticBinary", func(t *testing.T) {
 		// The distroless static image has no libc: the binary must not

@@ -258,11 +258,7 @@ func (b *bench) database() string { return roleDatabase(b.t) }
 // as it binds production. Both go away with the test.
 func roleDatabase(tb testing.TB) string {
 	tb.Helper()
-	dbURL := pgtest.NewDatabase(tb)
-	role := pgtest.NewRole(tb, dbURL)
-	admin := pgtest.NewPool(tb, dbURL)
-	pgtest.Exec(tb, admin, "GRANT CREATE ON DATABASE "+pgx.Identifier{admin.Config().ConnConfig.Database}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
-	admin.Close() // not needed during the run; its cleanup closes it again harmlessly
+	role, _ := pgtest.NewPlainDatabase(tb)
 	return role.URL
 }
 

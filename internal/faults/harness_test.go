@@ -99,13 +99,10 @@ func newKEKText() string {
 // runs: it returns the role's URL and a superuser pool.
 func sharedDatabase(t *testing.T) (runtimeURL string, admin *pgx.Conn) {
 	t.Helper()
-	dbURL := pgtest.NewDatabase(t)
-	role := pgtest.NewRole(t, dbURL)
-	conn, err := pgx.Connect(context.Background(), dbURL)
+	role, adminURL := pgtest.NewPlainDatabase(t)
+	conn, err := pgx.Connect(context.Background(), adminURL)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	_, err = conn.Exec(context.Background(), "GRANT CREATE ON DATABASE "+pgx.Identifier{conn.Config().Database}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
-	require.NoError(t, err)
 	return role.URL, conn
 }
 

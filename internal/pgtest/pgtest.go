@@ -90,6 +90,24 @@ func NewRole(t testing.TB, databaseURL string) Role {
 	return Role{Name: name, URL: u.String()}
 }
 
+// NewPlainDatabase creates a fresh database (NewDatabase) and a plain
+// role (NewRole) allowed to create schemas in it — what keybroker is given
+// in production, and all that its migrations need. It returns the role,
+// whose URL connects to the new database, and the administrative URL of
+// that database, for looking at what was really written. keybroker
+// refuses a superuser (or BYPASSRLS) URL: tests that start it use the
+// role's URL.
+func NewPlainDatabase(t testing.TB) (role Role, adminURL string) {
+	t.Helper()
+	adminURL = NewDatabase(t)
+	role = NewRole(t, adminURL)
+	name := parseURL(t, adminURL).Path[1:]
+	if err := adminExec(adminURL, "GRANT CREATE ON DATABASE "+pgx.Identifier{name}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	return role, adminURL
+}
+
 // NewPool opens a small pool on databaseURL and closes it when the test
 // ends. It is kept small because many tests run at once against one
 // server with a limited number of connections.

@@ -1,6 +1,7 @@
 package pgtest_test
 
 import (
+	"net/url"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -39,4 +40,20 @@ func TestDatabaseAndRoleLifecycle(t *testing.T) {
 	require.Zero(t, n, "database must be dropped when the test ends")
 	require.NoError(t, admin.QueryRow(t.Context(), "SELECT count(*) FROM pg_roles WHERE rolname = $1", roleName).Scan(&n))
 	require.Zero(t, n, "role must be dropped when the test ends")
+}
+
+func TestPlainDatabaseRoleMayCreateSchemas(t *testing.T) {
+	t.Parallel()
+	role, adminURL := pgtest.NewPlainDatabase(t)
+	pool := pgtest.NewPool(t, role.URL)
+	var super, bypass bool
+	var db string
+	require.NoError(t, pool.QueryRow(t.Context(),
+		"SELECT rolsuper, rolbypassrls, current_database() FROM pg_roles WHERE rolname = current_user").Scan(&super, &bypass, &db))
+	require.False(t, super)
+	require.False(t, bypass)
+	u, err := url.Parse(adminURL)
+	require.NoError(t, err)
+	require.Equal(t, "/"+db, u.Path, "the administrative URL names the same database")
+	pgtest.Exec(t, pool, "CREATE SCHEMA keybroker")
 }

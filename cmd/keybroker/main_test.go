@@ -52,8 +52,10 @@ func TestVersionAndUsage(t *testing.T) {
 // zero key with a loud warning.
 func TestServeRefusesUnsafeKEKs(t *testing.T) {
 	base := map[string]string{
-		"DATABASE_URL":       "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
-		"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks",
+		"DATABASE_URL":           "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
+		"KEYBROKER_JWKS_URL":     "http://127.0.0.1:1/jwks",
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
 	}
 	zero := base64.StdEncoding.EncodeToString(make([]byte, 32))
 	cases := map[string]struct {
@@ -109,11 +111,12 @@ func TestServeInitAndFetchOverHTTP(t *testing.T) {
 	var kek bytes.Buffer
 	require.NoError(t, run(context.Background(), []string{"kek", "generate"}, envFunc(nil), &kek, io.Discard, nil))
 	env := map[string]string{
-		"DATABASE_URL":         dbURL,
-		"MANA_AUTH_KEK":        strings.TrimSpace(kek.String()),
-		"KEYBROKER_JWKS_URL":   jwks.URL,
-		"KEYBROKER_JWT_ISSUER": "https://auth.test",
-		"KEYBROKER_ADDR":       "127.0.0.1:0",
+		"DATABASE_URL":           dbURL,
+		"MANA_AUTH_KEK":          strings.TrimSpace(kek.String()),
+		"KEYBROKER_JWKS_URL":     jwks.URL,
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
+		"KEYBROKER_ADDR":         "127.0.0.1:0",
 	}
 
 	var migrateOut bytes.Buffer

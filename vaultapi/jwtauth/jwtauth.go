@@ -44,6 +44,11 @@ const (
 	// stolen one would open the user's key for as long as it lives.
 	DefaultMaxLifetime = time.Hour
 
+	// MaxLeeway bounds Config.Leeway and MinMaxLifetime bounds
+	// Config.MaxLifetime from below.
+	MaxLeeway      = 5 * time.Minute
+	MinMaxLifetime = time.Minute
+
 	// MaxTokenBytes caps the size of a token before any parsing, so a
 	// hostile header cannot make us base64-decode and JSON-parse megabytes.
 	// Better Auth tokens are a few hundred bytes.
@@ -260,11 +265,11 @@ func (cfg *Config) validate() (map[string]bool, error) {
 	if cfg.Leeway < 0 {
 		return nil, errors.New("jwtauth: Config.Leeway must not be negative")
 	}
-	if cfg.Leeway > 5*time.Minute {
-		return nil, errors.New("jwtauth: Config.Leeway must be at most 5m")
+	if cfg.Leeway > MaxLeeway {
+		return nil, fmt.Errorf("jwtauth: Config.Leeway must be at most %s", MaxLeeway)
 	}
-	if cfg.MaxLifetime < time.Minute {
-		return nil, errors.New("jwtauth: Config.MaxLifetime must be at least 1m")
+	if cfg.MaxLifetime < MinMaxLifetime {
+		return nil, fmt.Errorf("jwtauth: Config.MaxLifetime must be at least %s", MinMaxLifetime)
 	}
 	if cfg.MinRefreshInterval < 0 {
 		return nil, errors.New("jwtauth: Config.MinRefreshInterval must not be negative")

@@ -91,8 +91,8 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		fs.StringVar(&c.KEKID, "kek-id", env(envKEKID, ""), "id of the active KEK, if not in its URI ($"+envKEKID+")")
 		fs.StringVar(&c.KEKRetired, "kek-retired", env(envKEKRetired, ""), "decrypt-only KEK URIs, separated by spaces or commas ($"+envKEKRetired+")")
 		fs.StringVar(&c.JWKSURL, "jwks-url", env(envJWKSURL, ""), "JWKS URL of the token issuer ($"+envJWKSURL+")")
-		fs.StringVar(&c.JWTIssuer, "jwt-issuer", env(envJWTIssuer, ""), "required iss claim; Better Auth: its base URL, e.g. https://auth.example.com ($"+envJWTIssuer+")")
-		fs.StringVar(&c.JWTAudience, "jwt-audience", env(envJWTAudience, ""), "required aud claim; Better Auth: its base URL, e.g. https://auth.example.com ($"+envJWTAudience+")")
+		fs.StringVar(&c.JWTIssuer, "jwt-issuer", env(envJWTIssuer, ""), "required iss claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com ($"+envJWTIssuer+")")
+		fs.StringVar(&c.JWTAudience, "jwt-audience", env(envJWTAudience, ""), "required aud claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com ($"+envJWTAudience+")")
 		unpinned, err := strconv.ParseBool(env(envJWTUnpinned, "false"))
 		if err != nil {
 			return nil, fmt.Errorf("$%s: %w", envJWTUnpinned, err)
@@ -195,7 +195,7 @@ func (c *config) errUnpinned() error {
 		guess = u.Scheme + "://" + u.Host // the JWKS is served under Better Auth's base URL
 	}
 	return fmt.Errorf(`tokens are not pinned to this deployment: set %s.
-  Without them keybroker accepts any token the issuer signs, for any other service, and hands it a master key.
+  Without them keybroker would accept any token the issuer signs, for any other service, and hand it a master key.
   Better Auth's JWT plugin puts the origin of its base URL ($BETTER_AUTH_URL, or baseURL in its config)
   in both iss and aud unless jwt({ jwt: { issuer, audience } }) sets them; for this JWKS most likely:
     %s=%s

@@ -59,7 +59,7 @@ func devKEK(dataDir string) (*localkek.KEK, error) {
 			return nil, fmt.Errorf("dev KEK: %w (is %s writable? set --data-dir)", err, dataDir)
 		}
 		return localkek.New(devKEKID, key, false)
-	case errors.As(err, &modeErr):
+	case errors.As(err, &modeErr), errors.Is(err, fs.ErrPermission):
 		return nil, fmt.Errorf("dev KEK: %w", err)
 	default:
 		return nil, fmt.Errorf("dev KEK: %w; restore it from a backup, or remove it to start over (keys it wrapped will not open)", err)

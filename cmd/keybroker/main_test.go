@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -167,6 +169,19 @@ func startServe(t *testing.T, env map[string]string, args ...string) *server {
 // listening hook is replaced.
 func startServeHooked(t *testing.T, env map[string]string, h *hooks, args ...string) *server {
 	t.Helper()
+	s, err := launchServe(t, env, h, args...)
+	if err != nil {
+		t.Fatalf("serve stopped: %v", err)
+	}
+	return s
+}
+
+// launchServe runs keybroker with args until the test ends or stop is
+// called, and returns once it listens — or, with its logs, the error it
+// stopped with before that (so a server that should have refused fails a
+// test instead of hanging it).
+func launchServe(t *testing.T, env map[string]string, h *hooks, args ...string) (*server, error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
@@ -178,7 +193,10 @@ func startServeHooked(t *testing.T, env map[string]string, h *hooks, args ...str
 	case s.addr = <-addrc:
 	case err := <-done:
 		cancel()
-		t.Fatalf("serve stopped: %v\n%s", err, logs.String())
+		if err == nil {
+			err = errors.New("serve returned before it listened")
+		}
+		return nil, fmt.Errorf("%w\n%s", err, logs.String())
 	case <-time.After(30 * time.Second):
 		cancel()
 		t.Fatal("serve did not start listening")
@@ -197,5 +215,5 @@ func startServeHooked(t *testing.T, env map[string]string, h *hooks, args ...str
 		return stopErr
 	}
 	t.Cleanup(func() { _ = s.stop() })
-	return s
+	return s, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -27,45 +26,10 @@ import (
 const testIssuerName = "https://auth.test"
 
 // serveOrRefuse runs `keybroker serve [flags]` with env until the test
-// ends and returns it once it listens, or the error it stopped with before
-// that: a server that should have refused fails the test instead of
-// hanging it.
+// ends and returns it once it listens, or the error it stopped with.
 func serveOrRefuse(t *testing.T, env map[string]string, flags ...string) (*server, error) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan string, 1)
-	done := make(chan error, 1)
-	logs := &syncBuffer{}
-	h := &hooks{listening: func(a string) { addrc <- a }}
-	args := append([]string{"serve"}, flags...)
-	go func() { done <- run(ctx, args, envFunc(env), io.Discard, logs, h) }()
-	s := &server{logs: logs}
-	select {
-	case s.addr = <-addrc:
-	case err := <-done:
-		cancel()
-		require.Error(t, err, "serve returned before it listened")
-		return nil, err
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatal("serve neither listened nor refused")
-	}
-	stopped := false
-	s.stop = func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(30 * time.Second):
-			return context.DeadlineExceeded
-		}
-	}
-	t.Cleanup(func() { _ = s.stop() })
-	return s, nil
+	return launchServe(t, env, &hooks{}, append([]string{"serve"}, flags...)...)
 }
 
 // status makes one vault call with token and returns its status and code.

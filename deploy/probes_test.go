@@ -68,6 +68,8 @@ func startServer(t *testing.T, env ...string) *server {
 		"DATABASE_URL=" + databaseURL,
 		"KEYBROKER_KEK=file://" + kekFile + "?id=deploy-test",
 		"KEYBROKER_JWKS_URL=http://" + jwksLn.Addr().String() + "/jwks.json",
+		"KEYBROKER_JWT_ISSUER=" + issuer.Issuer(),
+		"KEYBROKER_JWT_AUDIENCE=" + issuer.Issuer(),
 		"KEYBROKER_ADDR=127.0.0.1:0",
 		"KEYBROKER_ENV=production",
 		"KEYBROKER_LOG_FORMAT=json",

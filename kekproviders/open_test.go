@@ -12,6 +12,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/kekproviders"
+	"github.com/keybroker/keybroker/kekproviders/file"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
 )
 
@@ -127,4 +128,79 @@ func TestParseURICacheOption(t *testing.T) {
 			t.Errorf("%s: want an error", bad)
 		}
 	}
+}
+
+// TestOpenRefusesLooseKEKFiles is the attack of a local user on a KEK
+// file: one that group or others may read (and so copy) or write (and so
+// swap) is refused with the chmod that fixes it, also behind a symbolic
+// link; owner-only files open. systemd credentials and Docker secrets keep
+// the modes their managers set.
+func TestOpenRefusesLooseKEKFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name string, mode os.FileMode) string {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, []byte(newKeyText()), 0o600))
+		require.NoError(t, os.Chmod(path, mode)) // whatever the umask
+		return path
+	}
+	for name, mode := range map[string]os.FileMode{
+		"WorldReadable": 0o644,
+		"GroupReadable": 0o640,
+		"GroupWritable": 0o620,
+		"OtherWritable": 0o602,
+		"Everything":    0o777,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			path := write(name, mode)
+			_, err := kekproviders.Open(t.Context(), "file://"+path+"?id=file-1")
+			require.Error(t, err)
+			var modeErr *file.ModeError
+			require.ErrorAs(t, err, &modeErr)
+			require.Equal(t, mode, modeErr.Mode)
+			require.ErrorContains(t, err, "chmod 600 "+path)
+		})
+	}
+	t.Run("LinkToLooseFile", func(t *testing.T) {
+		t.Parallel()
+		target := write("loose-target", 0o644)
+		link := filepath.Join(dir, "loose-link")
+		require.NoError(t, os.Symlink(target, link))
+		_, err := kekproviders.Open(t.Context(), "file://"+link+"?id=file-1")
+		require.ErrorContains(t, err, "chmod 600 "+link)
+		require.ErrorContains(t, err, "a link to "+target)
+	})
+	for name, mode := range map[string]os.FileMode{"OwnerReadWrite": 0o600, "OwnerReadOnly": 0o400} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			path := write(name, mode)
+			kek, err := kekproviders.Open(t.Context(), "file://"+path+"?id=file-1")
+			require.NoError(t, err)
+			roundTrip(t, kek, "file-1", true)
+		})
+	}
+	t.Run("LinkToOwnerOnlyFile", func(t *testing.T) {
+		t.Parallel()
+		target := write("tight-target", 0o400)
+		link := filepath.Join(dir, "tight-link") // a link's own mode is 0777 and means nothing
+		require.NoError(t, os.Symlink(target, link))
+		kek, err := kekproviders.Open(t.Context(), "file://"+link+"?id=file-1")
+		require.NoError(t, err)
+		roundTrip(t, kek, "file-1", true)
+	})
+	t.Run("ManagedSecretsKeepTheirModes", func(t *testing.T) {
+		t.Parallel()
+		credDir, secretsDir := filepath.Join(dir, "credentials"), filepath.Join(dir, "secrets")
+		require.NoError(t, os.Mkdir(credDir, 0o700))
+		require.NoError(t, os.Mkdir(secretsDir, 0o700))
+		for _, path := range []string{filepath.Join(credDir, "kek"), filepath.Join(secretsDir, "kek")} {
+			require.NoError(t, os.WriteFile(path, []byte(newKeyText()), 0o444)) // Swarm's default
+		}
+		opener := kekproviders.Opener{Getenv: mapEnv(map[string]string{"CREDENTIALS_DIRECTORY": credDir}), DockerSecretsDir: secretsDir}
+		for _, uri := range []string{"systemd-credential://kek?id=sd-1", "docker-secret://kek?id=docker-1"} {
+			_, err := opener.Open(t.Context(), uri)
+			require.NoError(t, err, uri)
+		}
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/kekproviders"
+	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
 
 // config is everything serve and migrate read from flags and the
@@ -26,6 +27,9 @@ type config struct {
 	JWKSURL         string
 	JWTIssuer       string
 	JWTAudience     string
+	JWTUnpinned     bool          // the documented opt-out of pinning iss and aud
+	JWTMaxLifetime  time.Duration // the longest token lifetime accepted
+	JWTLeeway       time.Duration // the clock skew tolerated on exp, nbf, iat
 	Migrate         bool
 	AllowPrivileged bool // connect even as a role RLS does not bind (tests only; checkDBRole)
 	Dev             bool
@@ -50,6 +54,9 @@ const (
 	envJWKSURL         = "KEYBROKER_JWKS_URL"
 	envJWTIssuer       = "KEYBROKER_JWT_ISSUER"
 	envJWTAudience     = "KEYBROKER_JWT_AUDIENCE"
+	envJWTUnpinned     = "KEYBROKER_JWT_UNPINNED"
+	envJWTMaxLifetime  = "KEYBROKER_JWT_MAX_LIFETIME"
+	envJWTLeeway       = "KEYBROKER_JWT_LEEWAY"
 	envMigrate         = "KEYBROKER_MIGRATE"
 	envLogLevel        = "KEYBROKER_LOG_LEVEL"
 	envLogFormat       = "KEYBROKER_LOG_FORMAT"
@@ -89,8 +96,23 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		fs.StringVar(&c.KEKID, "kek-id", env(envKEKID, ""), "id of the active KEK, if not in its URI ($"+envKEKID+")")
 		fs.StringVar(&c.KEKRetired, "kek-retired", env(envKEKRetired, ""), "decrypt-only KEK URIs, separated by spaces or commas ($"+envKEKRetired+")")
 		fs.StringVar(&c.JWKSURL, "jwks-url", env(envJWKSURL, ""), "JWKS URL of the token issuer ($"+envJWKSURL+")")
-		fs.StringVar(&c.JWTIssuer, "jwt-issuer", env(envJWTIssuer, ""), "required iss claim ($"+envJWTIssuer+")")
-		fs.StringVar(&c.JWTAudience, "jwt-audience", env(envJWTAudience, ""), "required aud claim ($"+envJWTAudience+")")
+		fs.StringVar(&c.JWTIssuer, "jwt-issuer", env(envJWTIssuer, ""), "required iss claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com ($"+envJWTIssuer+")")
+		fs.StringVar(&c.JWTAudience, "jwt-audience", env(envJWTAudience, ""), "required aud claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com ($"+envJWTAudience+")")
+		unpinned, err := strconv.ParseBool(env(envJWTUnpinned, "false"))
+		if err != nil {
+			return nil, fmt.Errorf("$%s: %w", envJWTUnpinned, err)
+		}
+		fs.BoolVar(&c.JWTUnpinned, "jwt-unpinned", unpinned, "start without --jwt-issuer and --jwt-audience, for an issuer that sets neither: any token it signs is accepted ($"+envJWTUnpinned+")")
+		maxLifetime, err := time.ParseDuration(env(envJWTMaxLifetime, jwtauth.DefaultMaxLifetime.String()))
+		if err != nil {
+			return nil, fmt.Errorf("$%s: %w", envJWTMaxLifetime, err)
+		}
+		fs.DurationVar(&c.JWTMaxLifetime, "jwt-max-lifetime", maxLifetime, "tokens whose exp is further than this from their iat or from now are refused ($"+envJWTMaxLifetime+")")
+		leeway, err := time.ParseDuration(env(envJWTLeeway, jwtauth.DefaultLeeway.String()))
+		if err != nil {
+			return nil, fmt.Errorf("$%s: %w", envJWTLeeway, err)
+		}
+		fs.DurationVar(&c.JWTLeeway, "jwt-leeway", leeway, "clock skew tolerated on a token's exp, nbf and iat and on its lifetime ($"+envJWTLeeway+")")
 		migrate, err := strconv.ParseBool(env(envMigrate, "true"))
 		if err != nil {
 			return nil, fmt.Errorf("$%s: %w", envMigrate, err)
@@ -133,6 +155,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		return nil, fmt.Errorf("no token issuer: set $%s (or --jwks-url) to the issuer's JWKS URL (or run --dev for a built-in issuer)", envJWKSURL)
 	}
 	if serve {
+		if err := c.validateTokens(); err != nil {
+			return nil, err
+		}
 		if err := c.Ops.validate(); err != nil {
 			return nil, err
 		}
@@ -157,6 +182,57 @@ func (c *config) registerAllowPrivileged(fs *flag.FlagSet, getenv func(string) s
 	fs.BoolVar(&c.AllowPrivileged, "allow-privileged-db-role", allow,
 		"TESTS ONLY: connect even as a superuser or a BYPASSRLS role, with which row-level security is not enforced ($"+envAllowPrivileged+")")
 	return nil
+}
+
+// validateTokens checks the token settings. Outside dev mode tokens must
+// be pinned to this deployment's issuer and audience, or the operator must
+// say, with --jwt-unpinned, that the issuer sets neither.
+func (c *config) validateTokens() error {
+	if c.JWTLeeway < time.Second || c.JWTLeeway > jwtauth.MaxLeeway {
+		return fmt.Errorf("$%s must be between 1s and %s", envJWTLeeway, jwtauth.MaxLeeway)
+	}
+	if c.JWTMaxLifetime < jwtauth.MinMaxLifetime {
+		return fmt.Errorf("$%s must be at least %s", envJWTMaxLifetime, jwtauth.MinMaxLifetime)
+	}
+	if c.Dev || c.JWTUnpinned || (c.JWTIssuer != "" && c.JWTAudience != "") {
+		return nil
+	}
+	return c.errUnpinned()
+}
+
+// errUnpinned says which claims to pin and what Better Auth's JWT plugin
+// puts there: the origin of its base URL in both iss and aud, unless its
+// jwt.issuer and jwt.audience options say otherwise.
+func (c *config) errUnpinned() error {
+	var missing []string
+	if c.JWTIssuer == "" {
+		missing = append(missing, fmt.Sprintf("$%s (--jwt-issuer)", envJWTIssuer))
+	}
+	if c.JWTAudience == "" {
+		missing = append(missing, fmt.Sprintf("$%s (--jwt-audience)", envJWTAudience))
+	}
+	guess := "https://auth.example.com"
+	if u, err := url.Parse(c.JWKSURL); err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "" {
+		guess = u.Scheme + "://" + u.Host // the JWKS is served under Better Auth's base URL
+	}
+	return fmt.Errorf(`tokens are not pinned to this deployment: set %s.
+  Without them keybroker would accept any token the issuer signs, for any other service, and hand it a master key.
+  Better Auth's JWT plugin puts the origin of its base URL ($BETTER_AUTH_URL, or baseURL in its config)
+  in both iss and aud unless jwt({ jwt: { issuer, audience } }) sets them; for this JWKS most likely:
+    %s=%s
+    %s=%s
+  If your issuer truly sets neither, start with %s=true (--jwt-unpinned) and accept that risk`,
+		strings.Join(missing, " and "), envJWTIssuer, orDefault(c.JWTIssuer, guess), envJWTAudience, orDefault(c.JWTAudience, guess), envJWTUnpinned)
+}
+
+// warnUnpinned logs, loudly, each claim that tokens are not checked for.
+func (c *config) warnUnpinned(log *slog.Logger) {
+	if c.JWTIssuer == "" {
+		log.Warn("TOKENS NOT PINNED: tokens from any issuer behind this JWKS are accepted; set "+envJWTIssuer, slog.Bool("jwt_unpinned", c.JWTUnpinned))
+	}
+	if c.JWTAudience == "" {
+		log.Warn("TOKENS NOT PINNED: tokens the issuer signed for any audience are accepted; set "+envJWTAudience, slog.Bool("jwt_unpinned", c.JWTUnpinned))
+	}
 }
 
 // kekURIs returns the active KEK URI and the decrypt-only ones. With no

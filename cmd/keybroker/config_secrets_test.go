@@ -23,6 +23,7 @@ func TestMalformedKEKURIIsNotRepeated(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:1/none?sslmode=disable"
 			env["KEYBROKER_JWKS_URL"] = "http://127.0.0.1:1/jwks"
+			env["KEYBROKER_JWT_ISSUER"], env["KEYBROKER_JWT_AUDIENCE"] = "https://auth.test", "https://auth.test"
 			var errOut syncBuffer
 			err := run(context.Background(), []string{"serve"}, envFunc(env), io.Discard, &errOut, nil)
 			require.Error(t, err)

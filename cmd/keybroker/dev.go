@@ -18,7 +18,9 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
+	"github.com/keybroker/keybroker/kekproviders/file"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
+	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
 
 // Dev mode files in the data directory.
@@ -38,13 +40,18 @@ const devBanner = `
 `
 
 // devKEK loads the dev KEK from the data directory, generating it on the
-// first run. It is random (never the all-zero key) and only readable by
-// its owner; a file with looser permissions or the wrong length is refused
-// rather than replaced, since keys wrapped by it would be lost.
+// first run. It is random (never the all-zero key) and only its owner may
+// access it, as for any file:// KEK; a file with looser permissions or the
+// wrong length is refused rather than replaced, since keys wrapped by it
+// would be lost.
 func devKEK(dataDir string) (*localkek.KEK, error) {
 	path := filepath.Join(dataDir, devKEKFile)
-	info, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	kek, err := file.Open(devKEKID, path, false)
+	var modeErr *file.ModeError
+	switch {
+	case err == nil:
+		return kek, nil
+	case errors.Is(err, fs.ErrNotExist):
 		key := make([]byte, localkek.KeySize)
 		rand.Read(key)
 		err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600)
@@ -52,22 +59,11 @@ func devKEK(dataDir string) (*localkek.KEK, error) {
 			return nil, fmt.Errorf("dev KEK: %w (is %s writable? set --data-dir)", err, dataDir)
 		}
 		return localkek.New(devKEKID, key, false)
-	}
-	if err != nil {
+	case errors.As(err, &modeErr), errors.Is(err, fs.ErrPermission):
 		return nil, fmt.Errorf("dev KEK: %w", err)
+	default:
+		return nil, fmt.Errorf("dev KEK: %w; restore it from a backup, or remove it to start over (keys it wrapped will not open)", err)
 	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("dev KEK %s has permissions %04o; it must be readable by its owner only: chmod 600 %s", path, perm, path)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("dev KEK: %w", err)
-	}
-	key, err := localkek.ParseKey(raw)
-	if err != nil {
-		return nil, fmt.Errorf("dev KEK %s: %w; restore it from a backup, or remove it to start over (keys it wrapped will not open)", path, err)
-	}
-	return localkek.New(devKEKID, key, false)
 }
 
 // writeFileAtomic writes data to a temporary file, syncs it and renames
@@ -140,7 +136,9 @@ func prepareDev(ctx context.Context, cfg *config, getenv func(string) string, st
 		if err != nil {
 			return nil, err
 		}
-		cfg.JWKSURL, cfg.JWTIssuer = url, devIssuerName
+		// The built-in issuer's tokens carry its name in iss and aud (as
+		// Better Auth's carry its base URL): pin both, as production must.
+		cfg.JWKSURL, cfg.JWTIssuer, cfg.JWTAudience = url, devIssuerName, devIssuerName
 	}
 	if _, _, err := cfg.kekURIs(getenv); errors.Is(err, errNoKEK) {
 		kek, err := devKEK(cfg.DataDir)
@@ -187,6 +185,9 @@ func cmdDev(_ context.Context, args []string, getenv func(string) string, stdout
 	issuer, err := jwtissuer.LoadOrCreate(filepath.Join(*dataDir, devIssuerFile), devIssuerName)
 	if err != nil {
 		return fmt.Errorf("dev issuer: %w", err)
+	}
+	if *ttl > jwtauth.DefaultMaxLifetime {
+		fmt.Fprintf(stderr, "note: a server refuses tokens that live longer than its $%s (default %s)\n", envJWTMaxLifetime, jwtauth.DefaultMaxLifetime)
 	}
 	now := time.Now()
 	tok, err := issuer.Mint(jwtissuer.Claims{Subject: *user, IssuedAt: now, Expiry: now.Add(*ttl)})

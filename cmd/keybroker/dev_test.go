@@ -102,16 +102,24 @@ func TestDevModeRefusals(t *testing.T) {
 		err = run(context.Background(), []string{"dev", "token", "--user", "a"}, envFunc(env), io.Discard, io.Discard, nil)
 		require.ErrorContains(t, err, "production")
 	})
-	t.Run("LooseKEKPermissions", func(t *testing.T) {
-		env, dir := base(t)
-		path := filepath.Join(dir, devKEKFile)
-		content := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		err := run(context.Background(), []string{"serve", "--dev"}, envFunc(env), io.Discard, io.Discard, nil)
-		require.ErrorContains(t, err, "chmod 600")
-		got, _ := os.ReadFile(path)
-		require.Equal(t, content, string(got), "the file is left alone")
-	})
+	// The dev KEK is guarded as a file:// KEK is: readable or writable by
+	// group or others, it is refused (and left alone), owner-only it opens.
+	for name, mode := range map[string]os.FileMode{"WorldReadable": 0o644, "GroupWritable": 0o620, "OtherReadable": 0o604} {
+		t.Run("LooseKEKPermissions"+name, func(t *testing.T) {
+			env, dir := base(t)
+			path := filepath.Join(dir, devKEKFile)
+			content := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+			require.NoError(t, os.Chmod(path, mode))
+			err := run(context.Background(), []string{"serve", "--dev"}, envFunc(env), io.Discard, io.Discard, nil)
+			require.ErrorContains(t, err, "dev KEK: file: "+path+" has mode")
+			require.ErrorContains(t, err, "chmod 600 "+path)
+			got, _ := os.ReadFile(path)
+			require.Equal(t, content, string(got), "the file is left alone")
+			info, _ := os.Stat(path)
+			require.Equal(t, mode, info.Mode().Perm(), "and so are its permissions")
+		})
+	}
 	t.Run("WrongKEKLength", func(t *testing.T) {
 		env, dir := base(t)
 		path := filepath.Join(dir, devKEKFile)
@@ -124,4 +132,16 @@ func TestDevModeRefusals(t *testing.T) {
 		err := run(context.Background(), []string{"dev", "token"}, envFunc(nil), io.Discard, io.Discard, nil)
 		require.ErrorIs(t, err, errUsage)
 	})
+}
+
+// TestDevModeOpensAnOwnerOnlyKEK: a dev KEK its owner made read-only
+// (0400) opens, as 0600 does.
+func TestDevModeOpensAnOwnerOnlyKEK(t *testing.T) {
+	dataDir := t.TempDir()
+	path := filepath.Join(dataDir, devKEKFile)
+	require.NoError(t, os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), 0o400))
+	srv := startServe(t, map[string]string{"KEYBROKER_DATA_DIR": dataDir, "PORT": "0"}, "serve", "--dev")
+	status, body := fetch(t, srv.addr, http.MethodPost, "/init", devToken(t, dataDir, "alice"))
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, devKEKID, body["kekId"])
 }

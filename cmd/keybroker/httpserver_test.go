@@ -112,12 +112,14 @@ func TestServeOverTLS(t *testing.T) {
 	jwks := httptest.NewServer(mustIssuer(t).JWKSHandler())
 	t.Cleanup(jwks.Close)
 	env := map[string]string{
-		"KEYBROKER_DATA_DIR": t.TempDir(),
-		"MANA_AUTH_KEK":      base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")),
-		"KEYBROKER_JWKS_URL": jwks.URL,
-		"KEYBROKER_ADDR":     "127.0.0.1:0",
-		"KEYBROKER_TLS_CERT": filepath.Join(dir, "cert.pem"),
-		"KEYBROKER_TLS_KEY":  filepath.Join(dir, "key.pem"),
+		"KEYBROKER_DATA_DIR":     t.TempDir(),
+		"MANA_AUTH_KEK":          base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")),
+		"KEYBROKER_JWKS_URL":     jwks.URL,
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
+		"KEYBROKER_ADDR":         "127.0.0.1:0",
+		"KEYBROKER_TLS_CERT":     filepath.Join(dir, "cert.pem"),
+		"KEYBROKER_TLS_KEY":      filepath.Join(dir, "key.pem"),
 	}
 	s := startServe(t, env, "serve")
 	roots := x509.NewCertPool()

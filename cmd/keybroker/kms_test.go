@@ -31,11 +31,12 @@ func TestServeWithCachedAWSKMS(t *testing.T) {
 	uri := "awskms:///alias/kb?id=aws-1&region=" + localkms.Region + "&endpoint=" + url.QueryEscape(kms.URL)
 	role, adminURL := pgtest.NewPlainDatabase(t)
 	env := map[string]string{
-		"DATABASE_URL":         role.URL,
-		"KEYBROKER_KEK":        uri,
-		"KEYBROKER_JWKS_URL":   jwks.URL,
-		"KEYBROKER_JWT_ISSUER": "https://auth.test",
-		"KEYBROKER_ADDR":       "127.0.0.1:0",
+		"DATABASE_URL":           role.URL,
+		"KEYBROKER_KEK":          uri,
+		"KEYBROKER_JWKS_URL":     jwks.URL,
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
+		"KEYBROKER_ADDR":         "127.0.0.1:0",
 	}
 	tok, err := issuer.Mint(jwtissuer.Claims{Subject: "alice"})
 	require.NoError(t, err)

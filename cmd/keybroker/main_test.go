@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -52,8 +54,10 @@ func TestVersionAndUsage(t *testing.T) {
 // zero key with a loud warning.
 func TestServeRefusesUnsafeKEKs(t *testing.T) {
 	base := map[string]string{
-		"DATABASE_URL":       "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
-		"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks",
+		"DATABASE_URL":           "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
+		"KEYBROKER_JWKS_URL":     "http://127.0.0.1:1/jwks",
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
 	}
 	zero := base64.StdEncoding.EncodeToString(make([]byte, 32))
 	cases := map[string]struct {
@@ -110,11 +114,12 @@ func TestServeInitAndFetchOverHTTP(t *testing.T) {
 	var kek bytes.Buffer
 	require.NoError(t, run(context.Background(), []string{"kek", "generate"}, envFunc(nil), &kek, io.Discard, nil))
 	env := map[string]string{
-		"DATABASE_URL":         dbURL,
-		"MANA_AUTH_KEK":        strings.TrimSpace(kek.String()),
-		"KEYBROKER_JWKS_URL":   jwks.URL,
-		"KEYBROKER_JWT_ISSUER": "https://auth.test",
-		"KEYBROKER_ADDR":       "127.0.0.1:0",
+		"DATABASE_URL":           dbURL,
+		"MANA_AUTH_KEK":          strings.TrimSpace(kek.String()),
+		"KEYBROKER_JWKS_URL":     jwks.URL,
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
+		"KEYBROKER_ADDR":         "127.0.0.1:0",
 	}
 
 	var migrateOut bytes.Buffer
@@ -165,6 +170,19 @@ func startServe(t *testing.T, env map[string]string, args ...string) *server {
 // listening hook is replaced.
 func startServeHooked(t *testing.T, env map[string]string, h *hooks, args ...string) *server {
 	t.Helper()
+	s, err := launchServe(t, env, h, args...)
+	if err != nil {
+		t.Fatalf("serve stopped: %v", err)
+	}
+	return s
+}
+
+// launchServe runs keybroker with args until the test ends or stop is
+// called, and returns once it listens — or, with its logs, the error it
+// stopped with before that (so a server that should have refused fails a
+// test instead of hanging it).
+func launchServe(t *testing.T, env map[string]string, h *hooks, args ...string) (*server, error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
@@ -176,7 +194,10 @@ func startServeHooked(t *testing.T, env map[string]string, h *hooks, args ...str
 	case s.addr = <-addrc:
 	case err := <-done:
 		cancel()
-		t.Fatalf("serve stopped: %v\n%s", err, logs.String())
+		if err == nil {
+			err = errors.New("serve returned before it listened")
+		}
+		return nil, fmt.Errorf("%w\n%s", err, logs.String())
 	case <-time.After(30 * time.Second):
 		cancel()
 		t.Fatal("serve did not start listening")
@@ -195,5 +216,5 @@ func startServeHooked(t *testing.T, env map[string]string, h *hooks, args ...str
 		return stopErr
 	}
 	t.Cleanup(func() { _ = s.stop() })
-	return s
+	return s, nil
 }

@@ -50,11 +50,12 @@ func startOpsServe(t *testing.T, extra map[string]string) *opsServer {
 	var kek bytes.Buffer
 	require.NoError(t, run(context.Background(), []string{"kek", "generate"}, envFunc(nil), &kek, io.Discard, nil))
 	env := map[string]string{
-		"DATABASE_URL":         dbURL,
-		"MANA_AUTH_KEK":        strings.TrimSpace(kek.String()),
-		"KEYBROKER_JWKS_URL":   jwks.URL,
-		"KEYBROKER_JWT_ISSUER": "https://auth.test",
-		"KEYBROKER_ADDR":       "127.0.0.1:0",
+		"DATABASE_URL":           dbURL,
+		"MANA_AUTH_KEK":          strings.TrimSpace(kek.String()),
+		"KEYBROKER_JWKS_URL":     jwks.URL,
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
+		"KEYBROKER_ADDR":         "127.0.0.1:0",
 	}
 	for k, v := range extra {
 		env[k] = v
@@ -185,9 +186,11 @@ func TestServeOperations(t *testing.T) {
 // with a message naming it.
 func TestServeRefusesBadOperationsSettings(t *testing.T) {
 	base := map[string]string{
-		"DATABASE_URL":       "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
-		"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks",
-		"MANA_AUTH_KEK":      base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)),
+		"DATABASE_URL":           "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
+		"KEYBROKER_JWKS_URL":     "http://127.0.0.1:1/jwks",
+		"KEYBROKER_JWT_ISSUER":   "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test",
+		"MANA_AUTH_KEK":          base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)),
 	}
 	for name, c := range map[string]struct{ key, value, want string }{
 		"CertWithoutKey":  {"KEYBROKER_TLS_CERT", "/etc/cert.pem", "KEYBROKER_TLS_KEY"},

@@ -222,7 +222,12 @@ func withServe(t *testing.T, env map[string]string) map[string]string {
 	require.NoError(t, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())
 	t.Cleanup(jwks.Close)
-	out := map[string]string{"KEYBROKER_JWKS_URL": jwks.URL, "KEYBROKER_ADDR": "127.0.0.1:0"}
+	out := map[string]string{
+		"KEYBROKER_JWKS_URL":     jwks.URL,
+		"KEYBROKER_JWT_ISSUER":   issuer.Issuer(),
+		"KEYBROKER_JWT_AUDIENCE": issuer.Issuer(),
+		"KEYBROKER_ADDR":         "127.0.0.1:0",
+	}
 	for k, v := range env {
 		out[k] = v
 	}

@@ -76,7 +76,11 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	verifier, err := jwtauth.New(ctx, jwtauth.Config{JWKSURL: cfg.JWKSURL, Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience})
+	cfg.warnUnpinned(log)
+	verifier, err := jwtauth.New(ctx, jwtauth.Config{
+		JWKSURL: cfg.JWKSURL, Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience,
+		MaxLifetime: cfg.JWTMaxLifetime, Leeway: cfg.JWTLeeway,
+	})
 	if err != nil {
 		return err
 	}

@@ -169,6 +169,7 @@ func (r *rig) env(extra ...string) []string {
 		"DATABASE_URL=" + r.dbURL,
 		"KEYBROKER_JWKS_URL=" + r.jwks,
 		"KEYBROKER_JWT_ISSUER=" + r.issuer.Issuer(),
+		"KEYBROKER_JWT_AUDIENCE=" + r.issuer.Issuer(),
 		"KEYBROKER_ADDR=127.0.0.1:0",
 		"KEYBROKER_ENV=production",
 		"KEYBROKER_LOG_FORMAT=json",

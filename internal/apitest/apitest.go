@@ -21,7 +21,8 @@ import (
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
 
-// DefaultIssuer is the iss of the tokens the harness mints and accepts.
+// DefaultIssuer is the iss (and aud) of the tokens the harness mints and
+// accepts.
 const DefaultIssuer = "https://auth.test"
 
 // Options configure Start. Every field is optional.
@@ -35,7 +36,8 @@ type Options struct {
 	Issuer *jwtissuer.Issuer
 	// Logger receives the server's logs; default discarded.
 	Logger *slog.Logger
-	// Verifier adjusts the verifier's config (JWKSURL and Issuer are set).
+	// Verifier adjusts the verifier's config (JWKSURL, Issuer and Audience
+	// are set).
 	Verifier func(*jwtauth.Config)
 	// API adjusts the vault API's config (Service, Verifier and Logger
 	// are set).
@@ -78,7 +80,9 @@ func Start(t testing.TB, opts Options) *Server {
 
 	jwks := httptest.NewServer(opts.Issuer.JWKSHandler())
 	t.Cleanup(jwks.Close)
-	vcfg := jwtauth.Config{JWKSURL: jwks.URL, Issuer: opts.Issuer.Issuer()}
+	// Pinned as production must be: the issuer's tokens carry its name in
+	// iss and, by default, aud.
+	vcfg := jwtauth.Config{JWKSURL: jwks.URL, Issuer: opts.Issuer.Issuer(), Audience: opts.Issuer.Issuer()}
 	if opts.Verifier != nil {
 		opts.Verifier(&vcfg)
 	}

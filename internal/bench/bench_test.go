@@ -269,6 +269,9 @@ func (b *bench) serverEnv(extra ...string) []string {
 		"KEYBROKER_ADDR=127.0.0.1:0",
 		"KEYBROKER_JWKS_URL=" + b.jwksURL,
 		"KEYBROKER_JWT_ISSUER=" + b.issuer.Issuer(),
+		"KEYBROKER_JWT_AUDIENCE=" + b.issuer.Issuer(),
+		// The harness mints its tokens once, for the whole run (2h).
+		"KEYBROKER_JWT_MAX_LIFETIME=3h",
 		"KEYBROKER_LOG_FORMAT=json",
 		"KEYBROKER_LOG_LEVEL=info",
 	}

@@ -107,7 +107,7 @@ func newStack(tb testing.TB, users int) *stack {
 	require.NoError(tb, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())
 	tb.Cleanup(jwks.Close)
-	verifier, err := jwtauth.New(ctx, jwtauth.Config{JWKSURL: jwks.URL, Issuer: issuer.Issuer()})
+	verifier, err := jwtauth.New(ctx, jwtauth.Config{JWKSURL: jwks.URL, Issuer: issuer.Issuer(), Audience: issuer.Issuer()})
 	require.NoError(tb, err)
 	tb.Cleanup(verifier.Close)
 	api, err := vaultapi.New(vaultapi.Config{Service: svc, Verifier: verifier, Logger: log})

@@ -81,6 +81,7 @@ func serverEnv(databaseURL string, iss *issuer, extra ...string) []string {
 		"DATABASE_URL=" + databaseURL,
 		"KEYBROKER_JWKS_URL=" + iss.jwksURL,
 		"KEYBROKER_JWT_ISSUER=https://auth.faults",
+		"KEYBROKER_JWT_AUDIENCE=https://auth.faults",
 		"KEYBROKER_ADDR=127.0.0.1:0",
 		"KEYBROKER_LOG_FORMAT=json",
 		"KEYBROKER_READY_INTERVAL=200ms",

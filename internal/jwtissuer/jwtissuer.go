@@ -1,5 +1,7 @@
 // Package jwtissuer is a small Ed25519 JWT issuer: it mints EdDSA tokens
-// shaped like Better Auth's and serves the matching public JWKS.
+// shaped like Better Auth's and serves the matching public JWKS. Like
+// Better Auth's JWT plugin, which puts its base URL in both iss and aud,
+// it uses its issuer name for both claims unless told otherwise.
 //
 // Tests use it to get real signed tokens and a real JWKS endpoint; dev mode
 // uses it, with a key persisted by Save/Load, so a developer can run the
@@ -74,7 +76,8 @@ func NewFromSeed(issuer, kid string, seed []byte) (*Issuer, error) {
 	}, nil
 }
 
-// Issuer returns the iss claim this Issuer puts in its tokens.
+// Issuer returns the iss claim this Issuer puts in its tokens, and by
+// default their aud.
 func (iss *Issuer) Issuer() string { return iss.issuer }
 
 // KeyID returns the kid of the key that currently signs.
@@ -123,8 +126,11 @@ func randomKID() (string, error) {
 type Claims struct {
 	// Subject is the sub claim (the user id); omitted when empty.
 	Subject string
-	// Audience is the aud claim; omitted when empty.
+	// Audience is the aud claim; defaults to the Issuer's name (not to an
+	// Issuer override below), as Better Auth's default aud is its iss.
 	Audience []string
+	// OmitAudience leaves aud out entirely.
+	OmitAudience bool
 	// Issuer overrides the Issuer's iss claim when set.
 	Issuer string
 	// IssuedAt defaults to now.
@@ -164,8 +170,12 @@ func (iss *Issuer) Mint(c Claims) (string, error) {
 	if c.Subject != "" {
 		b = b.Subject(c.Subject)
 	}
-	if len(c.Audience) > 0 {
+	switch {
+	case c.OmitAudience:
+	case len(c.Audience) > 0:
 		b = b.Audience(c.Audience)
+	default:
+		b = b.Audience([]string{iss.issuer})
 	}
 	if !c.NotBefore.IsZero() {
 		b = b.NotBefore(c.NotBefore)

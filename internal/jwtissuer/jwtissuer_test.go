@@ -68,17 +68,36 @@ func TestMintVerifiesAgainstJWKS(t *testing.T) {
 	require.Equal(t, jwtissuer.DefaultTTL, exp.Sub(iat))
 }
 
+// TestMintDefaultAudienceIsTheIssuer: like Better Auth's JWT plugin, a
+// token's aud defaults to the issuer's own name, whatever iss it was
+// told to claim.
+func TestMintDefaultAudienceIsTheIssuer(t *testing.T) {
+	t.Parallel()
+	iss, err := jwtissuer.New(issuerName)
+	require.NoError(t, err)
+	for _, c := range []jwtissuer.Claims{{Subject: "u"}, {Subject: "u", Issuer: "https://other.test"}} {
+		token, err := iss.Mint(c)
+		require.NoError(t, err)
+		tok, err := jwt.ParseInsecure([]byte(token))
+		require.NoError(t, err)
+		aud, ok := tok.Audience()
+		require.True(t, ok)
+		require.Equal(t, []string{issuerName}, aud)
+	}
+}
+
 func TestMintOptionalClaims(t *testing.T) {
 	t.Parallel()
 	iss, err := jwtissuer.New(issuerName)
 	require.NoError(t, err)
 	at := time.Unix(1_700_000_000, 0)
 	token, err := iss.Mint(jwtissuer.Claims{
-		Issuer:     "https://other.test",
-		IssuedAt:   at,
-		NotBefore:  at.Add(time.Minute),
-		OmitExpiry: true,
-		Extra:      map[string]any{"role": "admin"},
+		Issuer:       "https://other.test",
+		IssuedAt:     at,
+		NotBefore:    at.Add(time.Minute),
+		OmitExpiry:   true,
+		OmitAudience: true,
+		Extra:        map[string]any{"role": "admin"},
 	})
 	require.NoError(t, err)
 	tok, err := jwt.ParseInsecure([]byte(token))

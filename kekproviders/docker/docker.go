@@ -42,7 +42,10 @@ func Open(cfg Config) (*localkek.KEK, error) {
 		dir = DefaultDirectory
 	}
 	path := filepath.Join(dir, cfg.Name)
-	kek, err := file.Open(cfg.ID, path, cfg.AllowDevKey)
+	// The engine sets the secret's mode (Swarm: 0444 by default; Compose:
+	// the host file's, bind-mounted) inside a container of its own, so the
+	// host file is what to guard: no mode check here.
+	kek, err := file.OpenManaged(cfg.ID, path, cfg.AllowDevKey)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("docker: no secret %q at %s: declare it under the top-level secrets: and list it in the keybroker service's secrets:", cfg.Name, path)
 	}

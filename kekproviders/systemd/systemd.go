@@ -49,7 +49,9 @@ func Open(cfg Config) (*localkek.KEK, error) {
 	if !filepath.IsAbs(cfg.Directory) {
 		return nil, fmt.Errorf("systemd: $%s=%q is not an absolute path", DirectoryVariable, cfg.Directory)
 	}
-	kek, err := file.Open(cfg.ID, filepath.Join(cfg.Directory, cfg.Name), cfg.AllowDevKey)
+	// systemd sets the credential's mode (0400, in a directory only the
+	// unit's user may enter) and answers for it: no mode check here.
+	kek, err := file.OpenManaged(cfg.ID, filepath.Join(cfg.Directory, cfg.Name), cfg.AllowDevKey)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("systemd: no credential %q in $%s (%s): add LoadCredential=%s:/path/to/kek or LoadCredentialEncrypted=%s:/path/to/kek.cred to the unit", cfg.Name, DirectoryVariable, cfg.Directory, cfg.Name, cfg.Name)
 	}

@@ -37,6 +37,18 @@ const (
 	DefaultMinRefreshInterval = 30 * time.Second
 	DefaultRefreshInterval    = 15 * time.Minute
 
+	// DefaultMaxLifetime is the longest token lifetime accepted by
+	// default: four times the 15 minutes Better Auth's JWT plugin gives its
+	// tokens, and as long as a common override. A token that outlives it
+	// was minted for something else (or by a misconfigured issuer), and a
+	// stolen one would open the user's key for as long as it lives.
+	DefaultMaxLifetime = time.Hour
+
+	// MaxLeeway bounds Config.Leeway and MinMaxLifetime bounds
+	// Config.MaxLifetime from below.
+	MaxLeeway      = 5 * time.Minute
+	MinMaxLifetime = time.Minute
+
 	// MaxTokenBytes caps the size of a token before any parsing, so a
 	// hostile header cannot make us base64-decode and JSON-parse megabytes.
 	// Better Auth tokens are a few hundred bytes.
@@ -58,9 +70,13 @@ type Config struct {
 	// "none" and the HMAC algorithms (HS256, HS384, HS512) are refused even
 	// when listed: with a public JWKS they can only be an attack.
 	Algorithms []string
-	// Leeway is the clock skew tolerated on exp, nbf and iat; default 30s,
-	// at most 5m.
+	// Leeway is the clock skew tolerated on exp, nbf and iat, and added to
+	// MaxLifetime; default 30s, at most 5m.
 	Leeway time.Duration
+	// MaxLifetime is the longest lifetime a token may claim: exp−iat when
+	// the token has an iat, and exp−now in any case, each within Leeway.
+	// Default DefaultMaxLifetime; at least 1m.
+	MaxLifetime time.Duration
 	// HTTPClient fetches the JWKS; default a client with a 5s timeout.
 	HTTPClient *http.Client
 	// MinRefreshInterval rate-limits the refetches triggered by tokens whose
@@ -219,6 +235,9 @@ func (cfg *Config) setDefaults() {
 	if cfg.Leeway == 0 {
 		cfg.Leeway = DefaultLeeway
 	}
+	if cfg.MaxLifetime == 0 {
+		cfg.MaxLifetime = DefaultMaxLifetime
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: DefaultHTTPTimeout, CheckRedirect: checkRedirect}
 	}
@@ -246,8 +265,11 @@ func (cfg *Config) validate() (map[string]bool, error) {
 	if cfg.Leeway < 0 {
 		return nil, errors.New("jwtauth: Config.Leeway must not be negative")
 	}
-	if cfg.Leeway > 5*time.Minute {
-		return nil, errors.New("jwtauth: Config.Leeway must be at most 5m")
+	if cfg.Leeway > MaxLeeway {
+		return nil, fmt.Errorf("jwtauth: Config.Leeway must be at most %s", MaxLeeway)
+	}
+	if cfg.MaxLifetime < MinMaxLifetime {
+		return nil, fmt.Errorf("jwtauth: Config.MaxLifetime must be at least %s", MinMaxLifetime)
 	}
 	if cfg.MinRefreshInterval < 0 {
 		return nil, errors.New("jwtauth: Config.MinRefreshInterval must not be negative")

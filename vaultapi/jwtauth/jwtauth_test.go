@@ -169,6 +169,52 @@ func TestVerifyValidTokenReturnsSubject(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestVerifyRefusesLongLivedTokens: a token the issuer signed with a
+// lifetime beyond MaxLifetime is refused, whether its iat says so, its
+// exp alone does, or it carries no iat at all; the leeway is the only
+// slack.
+func TestVerifyRefusesLongLivedTokens(t *testing.T) {
+	t.Parallel()
+	// A seed-derived issuer, so the test can sign a payload without iat.
+	seed := make([]byte, ed25519.SeedSize)
+	_, err := rand.Read(seed)
+	require.NoError(t, err)
+	iss, err := jwtissuer.NewFromSeed(testIssuer, "main-key", seed)
+	require.NoError(t, err)
+	v, _ := newVerifier(t, iss, nil)
+	now := time.Now()
+	tenYears := 10 * 365 * 24 * time.Hour
+	noIat := validPayload()
+	delete(noIat, "iat")
+	noIat["exp"] = now.Add(tenYears).Unix()
+	for name, token := range map[string]string{
+		"TenYears":           mint(t, iss, jwtissuer.Claims{Subject: "u", IssuedAt: now, Expiry: now.Add(tenYears)}),
+		"TenYearsWithoutIat": signJSON(t, ed25519.NewKeyFromSeed(seed), iss.KeyID(), nil, noIat),
+		"MintedYearsAgo":     mint(t, iss, jwtissuer.Claims{Subject: "u", IssuedAt: now.Add(-tenYears), Expiry: now.Add(10 * time.Minute)}),
+		"IatRecentExpFar":    mint(t, iss, jwtissuer.Claims{Subject: "u", IssuedAt: now.Add(-time.Minute), Expiry: now.Add(2 * time.Hour)}),
+		"JustBeyondLeeway":   mint(t, iss, jwtissuer.Claims{Subject: "u", IssuedAt: now, Expiry: now.Add(jwtauth.DefaultMaxLifetime + jwtauth.DefaultLeeway + 2*time.Second)}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			sub, err := v.Verify(t.Context(), token)
+			requireUnauthorized(t, err, token)
+			require.Empty(t, sub)
+			require.Contains(t, err.Error(), "lifetime")
+		})
+	}
+
+	// Within the leeway, and a longer maximum when configured.
+	_, err = v.Verify(t.Context(), mint(t, iss, jwtissuer.Claims{Subject: "u", IssuedAt: now, Expiry: now.Add(jwtauth.DefaultMaxLifetime + 20*time.Second)}))
+	require.NoError(t, err)
+	long := mint(t, iss, jwtissuer.Claims{Subject: "u", IssuedAt: now, Expiry: now.Add(90 * time.Minute)})
+	_, err = v.Verify(t.Context(), long)
+	require.ErrorContains(t, err, "lifetime")
+	longer, _ := newVerifier(t, iss, func(c *jwtauth.Config) { c.MaxLifetime = 2 * time.Hour })
+	sub, err := longer.Verify(t.Context(), long)
+	require.NoError(t, err)
+	require.Equal(t, "u", sub)
+}
+
 func TestVerifyWithoutIssuerAndAudienceChecks(t *testing.T) {
 	t.Parallel()
 	iss := newIssuer(t)
@@ -254,7 +300,7 @@ func TestVerifyRefusesAttackCorpus(t *testing.T) {
 		{name: "IssuedInFuture", token: mint(t, iss, jwtissuer.Claims{Subject: "u", IssuedAt: now.Add(time.Hour)}), reason: "issued in the future"},
 		{name: "WrongIssuer", token: mint(t, iss, jwtissuer.Claims{Subject: "u", Issuer: "https://evil.test"}), reason: "issuer", leaks: []string{"evil.test"}},
 		{name: "WrongAudience", token: mint(t, iss, jwtissuer.Claims{Subject: "u", Audience: []string{"someone-else"}}), reason: "audience", leaks: []string{"someone-else"}},
-		{name: "MissingAudience", token: mint(t, iss, jwtissuer.Claims{Subject: "u", Audience: []string{}}), reason: "audience"},
+		{name: "MissingAudience", token: mint(t, iss, jwtissuer.Claims{Subject: "u", OmitAudience: true}), reason: "audience"},
 		{name: "MissingExp", token: mint(t, iss, jwtissuer.Claims{Subject: "u", OmitExpiry: true}), reason: "no expiry"},
 		{name: "MissingSub", token: mint(t, iss, jwtissuer.Claims{}), reason: "no subject"},
 		{name: "EmptySub", token: mint(t, iss, jwtissuer.Claims{Extra: map[string]any{"sub": ""}}), reason: "no subject"},
@@ -598,6 +644,8 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"OnlyRefusedAlgorithms", jwtauth.Config{JWKSURL: "http://127.0.0.1:1/", Algorithms: []string{"none", "HS256"}}, "Algorithms"},
 		{"NegativeLeeway", jwtauth.Config{JWKSURL: "http://127.0.0.1:1/", Leeway: -time.Second}, "Leeway"},
 		{"HugeLeeway", jwtauth.Config{JWKSURL: "http://127.0.0.1:1/", Leeway: time.Hour}, "Leeway"},
+		{"TinyMaxLifetime", jwtauth.Config{JWKSURL: "http://127.0.0.1:1/", MaxLifetime: time.Second}, "MaxLifetime"},
+		{"NegativeMaxLifetime", jwtauth.Config{JWKSURL: "http://127.0.0.1:1/", MaxLifetime: -time.Hour}, "MaxLifetime"},
 		{"MinAboveRefresh", jwtauth.Config{JWKSURL: "http://127.0.0.1:1/", MinRefreshInterval: time.Hour, RefreshInterval: time.Minute}, "MinRefreshInterval"},
 	}
 	for _, tc := range cases {

@@ -73,6 +73,7 @@ const (
 	reasonIssuer          = "issuer mismatch"
 	reasonAudience        = "audience mismatch"
 	reasonMissingExp      = "token has no expiry"
+	reasonLifetime        = "token lifetime exceeds the maximum"
 	reasonInvalidClaims   = "invalid claims"
 	reasonMissingSubject  = "token has no subject"
 	reasonInvalidSubject  = "invalid subject"
@@ -98,8 +99,9 @@ func (cfg *Config) validateOptions() []jwt.ValidateOption {
 //
 // The token must be signed by a key in the issuer's JWKS under an allowed
 // algorithm that matches that key, carry an unexpired exp, satisfy nbf and
-// iat within Leeway, match Issuer and Audience when they are configured, and
-// have a sub of 1–255 bytes of valid UTF-8 without control characters.
+// iat within Leeway, live no longer than MaxLifetime (exp−iat and exp−now,
+// each within Leeway), match Issuer and Audience when they are configured,
+// and have a sub of 1–255 bytes of valid UTF-8 without control characters.
 // A kid missing from the cached key set causes one rate-limited refetch.
 // A token that verified is remembered (see Config.TokenCacheSize) until its
 // exp or until the key set is refetched, whichever comes first.
@@ -155,6 +157,9 @@ func (v *Verifier) Verify(ctx context.Context, token string) (string, error) {
 		return "", failure(classify(ctx, err, keyProvided))
 	}
 
+	if !v.lifetimeAllowed(tok, now) {
+		return "", failure(reasonLifetime)
+	}
 	sub, ok := tok.Subject()
 	if !ok || sub == "" {
 		return "", failure(reasonMissingSubject)
@@ -166,6 +171,25 @@ func (v *Verifier) Verify(ctx context.Context, token string) (string, error) {
 		v.tokens.store(digest, sub, exp, verifiedBy, now)
 	}
 	return sub, nil
+}
+
+// lifetimeAllowed reports whether tok lives no longer than MaxLifetime.
+// exp−now catches a long-lived token with no iat (or an iat chosen to look
+// recent); exp−iat catches one minted long ago for years. The leeway
+// allows for the issuer's clock running ahead of ours.
+func (v *Verifier) lifetimeAllowed(tok jwt.Token, now time.Time) bool {
+	exp, ok := tok.Expiration()
+	if !ok {
+		return false // jwx already requires exp; never accept without one
+	}
+	limit := v.cfg.MaxLifetime + v.cfg.Leeway
+	if exp.Sub(now) > limit {
+		return false
+	}
+	if iat, ok := tok.IssuedAt(); ok && exp.Sub(iat) > limit {
+		return false
+	}
+	return true
 }
 
 // wellFormedCompact accepts only the compact serialization: three

@@ -319,8 +319,8 @@ func TestRowsPerKEKMetric(t *testing.T) {
 		_, err := svc.Init(ctx, user, broker.RequestMeta{})
 		require.NoError(t, err)
 	}
-	require.NoError(t, svc.SetRecoveryWrap(ctx, "c", bytes.Repeat([]byte{1}, broker.RecoveryWrapSize), bytes.Repeat([]byte{2}, broker.RecoveryIVSize), broker.RequestMeta{}))
-	require.NoError(t, svc.EnableZeroKnowledge(ctx, "c", broker.RequestMeta{}))
+	require.NoError(t, svc.SetRecoveryWrap(ctx, "c", bytes.Repeat([]byte{1}, broker.RecoveryWrapSize), bytes.Repeat([]byte{2}, broker.RecoveryIVSize), nil, broker.RequestMeta{}))
+	require.NoError(t, svc.EnableZeroKnowledge(ctx, "c", nil, broker.RequestMeta{}))
 
 	c := newRowsCollector(store, slog.New(slog.DiscardHandler))
 	require.NotNil(t, c)

@@ -37,6 +37,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Verifier adjusts the verifier's config (JWKSURL and Issuer are set).
 	Verifier func(*jwtauth.Config)
+	// Service adjusts the broker's config (Store, Keyring and Logger are
+	// set).
+	Service func(*broker.Config)
 	// API adjusts the vault API's config (Service, Verifier and Logger
 	// are set).
 	API func(*vaultapi.Config)
@@ -73,7 +76,11 @@ func Start(t testing.TB, opts Options) *Server {
 		must(t, err)
 		opts.Issuer = issuer
 	}
-	svc, err := broker.New(ctx, broker.Config{Store: opts.Store, Keyring: opts.Keyring, Logger: opts.Logger})
+	bcfg := broker.Config{Store: opts.Store, Keyring: opts.Keyring, Logger: opts.Logger}
+	if opts.Service != nil {
+		opts.Service(&bcfg)
+	}
+	svc, err := broker.New(ctx, bcfg)
 	must(t, err)
 
 	jwks := httptest.NewServer(opts.Issuer.JWKSHandler())

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/kekproviders"
 )
 
@@ -33,6 +34,7 @@ type config struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
+	RecoveryProof   string       // a broker.RecoveryProofPolicy, checked by parseConfig
 	Ops             opsConfig    // serve's operations settings (ops.go)
 	Rewrap          rewrapConfig // serve's re-wrap job (rewrap.go)
 }
@@ -55,6 +57,7 @@ const (
 	envShutdownTimeout = "KEYBROKER_SHUTDOWN_TIMEOUT"
 	envDataDir         = "KEYBROKER_DATA_DIR"
 	envEnv             = "KEYBROKER_ENV"
+	envRecoveryProof   = "KEYBROKER_RECOVERY_PROOF"
 )
 
 // defaultDataDir holds the embedded store and dev-mode files.
@@ -97,6 +100,8 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 			return nil, fmt.Errorf("$%s: %w", envShutdownTimeout, err)
 		}
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", shutdown, "grace period for in-flight requests on SIGTERM ($"+envShutdownTimeout+")")
+		fs.StringVar(&c.RecoveryProof, "recovery-proof", env(envRecoveryProof, string(broker.RecoveryProofRequired)),
+			"required: replacing a zero-knowledge recovery wrap needs keyProof; optional: accepted without it, the replaced wrap kept restorable ($"+envRecoveryProof+")")
 		if err := c.Ops.register(fs, getenv); err != nil {
 			return nil, err
 		}
@@ -128,6 +133,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		return nil, fmt.Errorf("no token issuer: set $%s (or --jwks-url) to the issuer's JWKS URL (or run --dev for a built-in issuer)", envJWKSURL)
 	}
 	if serve {
+		if _, err := broker.ParseRecoveryProofPolicy(c.RecoveryProof); err != nil {
+			return nil, fmt.Errorf("$%s (--recovery-proof): %w", envRecoveryProof, err)
+		}
 		if err := c.Ops.validate(); err != nil {
 			return nil, err
 		}

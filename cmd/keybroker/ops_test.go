@@ -197,6 +197,7 @@ func TestServeRefusesBadOperationsSettings(t *testing.T) {
 		"WildcardOrigin":  {"KEYBROKER_CORS_ORIGINS", "*", "explicitly"},
 		"OriginWithPath":  {"KEYBROKER_CORS_ORIGINS", "https://app.example.com/x", "scheme://host"},
 		"BurstNotANumber": {"KEYBROKER_RATE_BURST", "lots", "KEYBROKER_RATE_BURST"},
+		"RecoveryProof":   {"KEYBROKER_RECOVERY_PROOF", "off", "KEYBROKER_RECOVERY_PROOF"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			env := map[string]string{c.key: c.value}

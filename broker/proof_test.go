@@ -430,3 +430,37 @@ func TestRecoveryProofPolicy(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestPreReleaseZeroKnowledgeRowKeepsWrapRestorable: a vault that went
+// zero-knowledge before verifiers existed has a key check value but no
+// verifier. A replacement cannot be checked, so the first wrap is kept;
+// leaving zero-knowledge mode is still checked against the key check
+// value.
+func TestPreReleaseZeroKnowledgeRowKeepsWrapRestorable(t *testing.T) {
+	t.Parallel()
+	eachStore(t, broker.RecoveryProofRequired, func(t *testing.T, e *proofEnv) {
+		ctx := t.Context()
+		mk, w := e.zkVault(t, "frank")
+		v := e.vault(t, "frank")
+		v.KeyProof = nil // as the previous release left it
+		e.put(t, v)
+
+		require.NoError(t, e.svc.SetRecoveryWrap(ctx, "frank", randomBytes(48), randomBytes(12), nil, noMeta))
+		require.NoError(t, e.svc.SetRecoveryWrap(ctx, "frank", randomBytes(48), randomBytes(12), broker.KeyProof(mk), noMeta))
+		require.ErrorIs(t, e.svc.DisableZeroKnowledge(ctx, "frank", randomBytes(32), noMeta), broker.ErrMasterKeyMismatch)
+		kept := e.vault(t, "frank").Restorable
+		require.NotNil(t, kept)
+		require.Equal(t, base64.StdEncoding.EncodeToString(w.wrapped), kept.WrappedMK)
+		require.Equal(t, v.KeyCheck, kept.KeyCheck)
+
+		res, err := e.svc.RestoreRecoveryWrap(ctx, "frank", noMeta)
+		require.NoError(t, err)
+		require.False(t, res.ServerWrapDropped)
+		require.Equal(t, mk, e.opensTo(t, "frank", w))
+		// Leaving and entering zero-knowledge mode with the key makes
+		// the vault verifiable.
+		require.NoError(t, e.svc.DisableZeroKnowledge(ctx, "frank", mk, noMeta))
+		require.NoError(t, e.svc.EnableZeroKnowledge(ctx, "frank", nil, noMeta))
+		require.ErrorIs(t, e.svc.SetRecoveryWrap(ctx, "frank", randomBytes(48), randomBytes(12), nil, noMeta), broker.ErrKeyProofRequired)
+	})
+}

@@ -102,6 +102,15 @@ func TestStolenTokenCannotReplaceZeroKnowledgeRecoveryWrap(t *testing.T) {
 	}
 	e.do(http.MethodPost, "/zero-knowledge", "victim", map[string]any{"enable": true, "keyProof": hash}).requireError(t, http.StatusForbidden, "KEY_PROOF_MISMATCH")
 
+	// Leaving zero-knowledge mode needs the key itself; a keyProof beside
+	// it must be that key's.
+	guess := make([]byte, 32)
+	rand.Read(guess)
+	e.do(http.MethodPost, "/zero-knowledge", "victim", map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(guess), "keyProof": proofOf(guess)}).
+		requireError(t, http.StatusConflict, "MASTER_KEY_MISMATCH")
+	e.do(http.MethodPost, "/zero-knowledge", "victim", map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(guess), "keyProof": hash}).
+		requireError(t, http.StatusBadRequest, "BAD_REQUEST")
+
 	require.Equal(t, before, e.vaultRow("victim"), "a refused request changes nothing")
 	blob, opened := recoveryBlob(t, e, "victim", secret)
 	require.Equal(t, base64.StdEncoding.EncodeToString(wrapped), blob)

@@ -51,6 +51,11 @@ type VaultMeta struct {
 	RotatedAt       *time.Time
 	RecoverySetAt   *time.Time
 	AuditRows       int64
+	// HasRestorableRecoveryWrap reports a recovery wrap kept for the
+	// operator to restore (RestoreRecoveryWrap), taken at
+	// RestorableTakenAt.
+	HasRestorableRecoveryWrap bool
+	RestorableTakenAt         *time.Time
 }
 
 // AuditCursor names the last row of an audit page; the next page starts
@@ -150,6 +155,11 @@ func (s *Service) VaultMeta(ctx context.Context, userID string) (*VaultMeta, err
 		meta.CreatedAt = &created
 		meta.RotatedAt = v.RotatedAt
 		meta.RecoverySetAt = v.RecoverySetAt
+		if v.Restorable != nil {
+			taken := v.Restorable.TakenAt
+			meta.HasRestorableRecoveryWrap = true
+			meta.RestorableTakenAt = &taken
+		}
 	}
 	return meta, nil
 }

@@ -45,6 +45,32 @@ type Vault struct {
 	RecoveryFormatVersion int
 	RecoverySetAt         *time.Time
 	ZeroKnowledge         bool
+
+	// KeyProof is the verifier of the key possession proof (KeyProof):
+	// the base64 SHA-256 of the proof, ':', and the key check value it
+	// was recorded with. nil until the server held this key since the
+	// column exists: rows of the original service, and rows that went
+	// zero-knowledge before it. A verifier whose key check value is not
+	// the row's is stale (another release rotated the key) and ignored.
+	KeyProof *string
+	// Restorable is the restore slot: a recovery wrap the server kept
+	// before it accepted a change it could not verify, for the operator
+	// to restore (RestoreRecoveryWrap). nil when the slot is empty.
+	Restorable *RestorableRecovery
+}
+
+// RestorableRecovery is the zero-knowledge recovery state of a vault as
+// it was before a change the server could not verify: the recovery wrap
+// with the key check value and proof verifier that belonged to it.
+type RestorableRecovery struct {
+	WrappedMK     string // base64, as in recovery_wrapped_mk
+	IV            string // base64, as in recovery_iv
+	FormatVersion int
+	SetAt         *time.Time
+	KeyCheck      *string
+	KeyProof      *string
+	// TakenAt is when the server kept it.
+	TakenAt time.Time
 }
 
 // Action is an audit action, as written to encryption_vault_audit.action.
@@ -61,6 +87,10 @@ const (
 	ActionZKEnable      Action = "zk_enable"
 	ActionZKDisable     Action = "zk_disable"
 	ActionKEKRewrap     Action = "kek_rewrap"
+	// ActionRecoveryRestore is the operator's restore of the restore
+	// slot; ActionRecoveryDiscard empties the slot.
+	ActionRecoveryRestore Action = "recovery_restore"
+	ActionRecoveryDiscard Action = "recovery_discard"
 )
 
 // AuditEntry is one row of encryption_vault_audit. Context is a short

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // LegacyIVSize is the AES-GCM IV length of format-1 wraps and of the
@@ -30,6 +31,61 @@ func KeyCheckValue(mk []byte) string {
 // keyCheckMatches compares mk against a stored check value in constant time.
 func keyCheckMatches(mk []byte, stored string) bool {
 	return subtle.ConstantTimeCompare([]byte(KeyCheckValue(mk)), []byte(stored)) == 1
+}
+
+// keyProofLabel is the fixed message of the key possession proof.
+const keyProofLabel = "keybroker key possession proof v1"
+
+// KeyProofSize is the length in bytes of a key possession proof.
+const KeyProofSize = sha256.Size
+
+// KeyProof returns the key possession proof of mk: HMAC-SHA256(key = MK,
+// message = "keybroker key possession proof v1"), 32 bytes. A client
+// that holds the MK sends it (base64, as keyProof) to show that it does
+// without sending the key. The server stores only a SHA-256 of it (see
+// keyProofVerifier): whoever reads the database sees that hash and the
+// key check value, and neither yields the proof — SHA-256 is one-way,
+// and the key check value is the same PRF under another label.
+func KeyProof(mk []byte) []byte {
+	mac := hmac.New(sha256.New, mk)
+	mac.Write([]byte(keyProofLabel))
+	return mac.Sum(nil)
+}
+
+// keyProofHash is what the database keeps of a proof: base64 SHA-256.
+func keyProofHash(proof []byte) string {
+	sum := sha256.Sum256(proof)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// keyProofVerifier is the stored verifier of mk's proof for a row whose
+// key check value is kcv: the proof's hash, ':' and kcv. The key check
+// value ties the verifier to its key: a release that does not know the
+// column rotates the key without clearing it, and the verifier is then
+// recognisably stale (currentProofHash) rather than wrong.
+func keyProofVerifier(mk []byte, kcv string) string {
+	proof := KeyProof(mk)
+	defer wipe(proof)
+	return keyProofHash(proof) + ":" + kcv
+}
+
+// currentProofHash returns the proof hash of v's verifier when v has one
+// that belongs to its current key check value.
+func currentProofHash(v *Vault) (string, bool) {
+	if v.KeyProof == nil || v.KeyCheck == nil {
+		return "", false
+	}
+	hash, boundTo, ok := strings.Cut(*v.KeyProof, ":")
+	if !ok || hash == "" || !equalConstantTime([]byte(boundTo), []byte(*v.KeyCheck)) {
+		return "", false
+	}
+	return hash, true
+}
+
+// keyProofMatches compares a client's proof against a stored proof hash
+// in constant time.
+func keyProofMatches(proof []byte, storedHash string) bool {
+	return subtle.ConstantTimeCompare([]byte(keyProofHash(proof)), []byte(storedHash)) == 1
 }
 
 // decodeStoredWrap returns the ciphertext a KEK opens for v: for format 1

@@ -21,6 +21,16 @@ var (
 	ErrRecoveryWrapMissing = errors.New("set a recovery wrap before enabling zero-knowledge")
 	// ErrMasterKeyMismatch refuses a master key that is not the user's.
 	ErrMasterKeyMismatch = errors.New("masterKey is not this vault's master key")
+	// ErrKeyProofRequired refuses to replace the recovery wrap of a
+	// zero-knowledge vault without a proof that the caller holds the
+	// master key: a bearer token alone must not replace the only wrap.
+	ErrKeyProofRequired = errors.New("replacing the recovery wrap in zero-knowledge mode needs keyProof")
+	// ErrKeyProofMismatch refuses a key possession proof that is not the
+	// proof of this vault's master key.
+	ErrKeyProofMismatch = errors.New("keyProof is not the proof of this vault's master key")
+	// ErrNoRestorableWrap means the vault's restore slot is empty: there
+	// is no recovery wrap to restore or discard.
+	ErrNoRestorableWrap = errors.New("no restorable recovery wrap")
 	// ErrInvalidArgument is input the domain refuses (wrong length, empty
 	// user id).
 	ErrInvalidArgument = errors.New("invalid argument")

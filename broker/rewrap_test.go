@@ -416,9 +416,9 @@ func TestRewrapNeverClobbersUserChanges(t *testing.T) {
 			}
 			hookErrs <- err
 		case zk:
-			hookErrs <- svc.EnableZeroKnowledge(ctx, user, broker.RequestMeta{})
+			hookErrs <- svc.EnableZeroKnowledge(ctx, user, nil, broker.RequestMeta{})
 		case recoverer:
-			hookErrs <- svc.SetRecoveryWrap(ctx, user, bytes.Repeat([]byte{9}, 48), bytes.Repeat([]byte{9}, 12), broker.RequestMeta{})
+			hookErrs <- svc.SetRecoveryWrap(ctx, user, bytes.Repeat([]byte{9}, 48), bytes.Repeat([]byte{9}, 12), nil, broker.RequestMeta{})
 		}
 	}
 

@@ -29,6 +29,36 @@ type Config struct {
 	// fetch path (for metrics: batch sizes and commit latency). It runs
 	// on the committing goroutine and must not block.
 	OnGroupCommit func(GroupCommit)
+	// RecoveryProof says whether replacing the recovery wrap of a
+	// zero-knowledge vault needs a key possession proof. Default
+	// RecoveryProofRequired.
+	RecoveryProof RecoveryProofPolicy
+}
+
+// RecoveryProofPolicy is whether a zero-knowledge recovery wrap may be
+// replaced without a key possession proof.
+type RecoveryProofPolicy string
+
+// The recovery proof policies.
+const (
+	// RecoveryProofRequired refuses a replacement without a proof
+	// (ErrKeyProofRequired) on every vault whose proof the server can
+	// check.
+	RecoveryProofRequired RecoveryProofPolicy = "required"
+	// RecoveryProofOptional accepts a replacement without a proof, for
+	// clients that cannot send one yet, but first keeps the replaced wrap
+	// in the restore slot (when the slot is empty), so that the operator
+	// can restore it. A wrong proof is refused all the same.
+	RecoveryProofOptional RecoveryProofPolicy = "optional"
+)
+
+// ParseRecoveryProofPolicy parses "required" or "optional".
+func ParseRecoveryProofPolicy(s string) (RecoveryProofPolicy, error) {
+	switch p := RecoveryProofPolicy(s); p {
+	case RecoveryProofRequired, RecoveryProofOptional:
+		return p, nil
+	}
+	return "", fmt.Errorf("recovery proof policy %q: use required or optional", s)
 }
 
 func (c *Config) validate() error {
@@ -50,16 +80,23 @@ func (c *Config) validate() error {
 	if c.AuditCommitters < 0 {
 		return errors.New("broker: Config.AuditCommitters must be positive")
 	}
+	if c.RecoveryProof == "" {
+		c.RecoveryProof = RecoveryProofRequired
+	}
+	if _, err := ParseRecoveryProofPolicy(string(c.RecoveryProof)); err != nil {
+		return fmt.Errorf("broker: Config.RecoveryProof: %w", err)
+	}
 	return nil
 }
 
 // Service performs the vault operations of the HTTP API. Every operation
 // is one store transaction; its audit row is written in that transaction.
 type Service struct {
-	store   Store
-	keyring *Keyring
-	log     *slog.Logger
-	now     func() time.Time
+	store         Store
+	keyring       *Keyring
+	log           *slog.Logger
+	now           func() time.Time
+	recoveryProof RecoveryProofPolicy
 
 	// The fetch hot path, when the store has it: audits is set with
 	// either fetches (one round trip per fetch) or reader (a read, then
@@ -75,7 +112,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now}
+	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now, recoveryProof: cfg.RecoveryProof}
 	appender, canAppend := cfg.Store.(AuditAppender)
 	if !canAppend {
 		return s, nil
@@ -279,7 +316,8 @@ func (s *Service) create(ctx context.Context, o *op, res **KeyResult) (bool, err
 		return false, err
 	}
 	kcv := KeyCheckValue(mk)
-	v := &Vault{UserID: o.userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv}
+	proof := keyProofVerifier(mk, kcv)
+	v := &Vault{UserID: o.userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv, KeyProof: &proof}
 	encodeBoundWrap(v, wrapped, kekID)
 	inserted, err := o.tx.VaultInsert(ctx, v)
 	if err != nil || !inserted {
@@ -347,10 +385,11 @@ func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (
 		return nil, err
 	}
 	kcv := KeyCheckValue(mk)
+	proof := keyProofVerifier(mk, kcv)
 	err = s.run(ctx, userID, meta, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
-			fresh := &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv}
+			fresh := &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv, KeyProof: &proof}
 			encodeBoundWrap(fresh, wrapped, kekID)
 			var inserted bool
 			if inserted, err = o.tx.VaultInsert(ctx, fresh); err != nil {
@@ -370,7 +409,7 @@ func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (
 		}
 		now := s.now()
 		encodeBoundWrap(v, wrapped, kekID)
-		v.KeyCheck = &kcv
+		v.KeyCheck, v.KeyProof = &kcv, &proof
 		v.RotatedAt = &now
 		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoverySetAt = nil, nil, nil
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
@@ -392,12 +431,37 @@ const (
 	RecoveryIVSize   = LegacyIVSize
 )
 
-// SetRecoveryWrap stores (or replaces) the client-built recovery wrap. It
-// returns ErrNotFound when the user has no vault and ErrInvalidArgument
-// for wrong lengths.
-func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK, iv []byte, meta RequestMeta) error {
+// SetRecoveryWrap stores (or replaces) the client-built recovery wrap.
+// keyProof is the client's key possession proof (KeyProof), nil when it
+// sent none; a proof the server can check must be right.
+//
+// In zero-knowledge mode the recovery wrap is the only wrap of the master
+// key, so a bearer token alone must not replace it:
+//   - on a vault with a current proof verifier the proof is required
+//     (ErrKeyProofRequired), unless the policy is RecoveryProofOptional,
+//     which accepts the replacement after keeping the replaced wrap
+//     restorable;
+//   - on a vault without one (rows of the original service, rows that
+//     went zero-knowledge before verifiers existed) nothing can be
+//     checked, so the replaced wrap goes to the restore slot first,
+//     unless the slot holds one already: the first wrap survives any
+//     number of such replacements.
+//
+// In standard mode no proof is needed: the server holds a wrap, and a
+// token yields the master key anyway. A proof sent there is checked
+// against the verifier or, on a vault without one, against the master
+// key unwrapped, whose verifier is then recorded.
+//
+// It returns ErrNotFound when the user has no vault, ErrInvalidArgument
+// for wrong lengths, ErrKeyProofRequired or ErrKeyProofMismatch (audited;
+// nothing changed), and the unwrap errors of Key when a proof is checked
+// against the unwrapped key.
+func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK, iv, keyProof []byte, meta RequestMeta) error {
 	if len(wrappedMK) != RecoveryWrapSize || len(iv) != RecoveryIVSize {
 		return fmt.Errorf("%w: recovery wrap must be %d bytes and its IV %d bytes", ErrInvalidArgument, RecoveryWrapSize, RecoveryIVSize)
+	}
+	if keyProof != nil && len(keyProof) != KeyProofSize {
+		return fmt.Errorf("%w: keyProof must be %d bytes", ErrInvalidArgument, KeyProofSize)
 	}
 	return s.run(ctx, userID, meta, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
@@ -407,14 +471,106 @@ func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK,
 		if err != nil {
 			return err
 		}
+		note, proceed, err := o.admitRecoveryReplacement(ctx, v, keyProof)
+		if !proceed {
+			return err
+		}
 		w, i, now := base64.StdEncoding.EncodeToString(wrappedMK), base64.StdEncoding.EncodeToString(iv), s.now()
 		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoverySetAt = &w, &i, &now
 		v.RecoveryFormatVersion = 1
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, ActionRecoverySet, http.StatusOK, "")
+		return o.audit(ctx, ActionRecoverySet, http.StatusOK, note)
 	})
+}
+
+// admitRecoveryReplacement decides whether v's recovery wrap may be
+// replaced by a caller who sent keyProof (nil: none), as SetRecoveryWrap
+// describes, and prepares v for it: a kept restorable wrap, a recorded
+// verifier. It returns the audit note of the replacement, or proceed
+// false once the refusal is recorded (err is then the transaction's).
+func (o *op) admitRecoveryReplacement(ctx context.Context, v *Vault, keyProof []byte) (note string, proceed bool, err error) {
+	refuse := func(note string, reason error) (string, bool, error) {
+		return "", false, o.refuse(ctx, ActionRecoverySet, http.StatusForbidden, note, reason)
+	}
+	hash, verifiable := currentProofHash(v)
+	switch {
+	case keyProof != nil && verifiable:
+		if !keyProofMatches(keyProof, hash) {
+			return refuse("key-proof-mismatch", ErrKeyProofMismatch)
+		}
+		return "key-proof", true, nil
+	case keyProof != nil && !v.ZeroKnowledge:
+		// A standard vault from before verifiers: the server wrap opens
+		// to the key the proof must belong to.
+		mk, err := o.openOrRefuse(ctx, v)
+		if mk == nil {
+			return "", false, err
+		}
+		defer wipe(mk)
+		expected := KeyProof(mk)
+		same := equalConstantTime(expected, keyProof)
+		wipe(expected)
+		if !same {
+			return refuse("key-proof-mismatch", ErrKeyProofMismatch)
+		}
+		recordKeyCheck(v, mk)
+		return "key-proof", true, nil
+	case !v.ZeroKnowledge:
+		return "", true, nil
+	case keyProof == nil && verifiable:
+		if o.s.recoveryProof != RecoveryProofOptional {
+			return refuse("key-proof-required", ErrKeyProofRequired)
+		}
+		return o.s.keepRestorable(v, "unproven"), true, nil
+	default:
+		// Zero-knowledge without a verifier: whatever was sent, nothing
+		// can be checked.
+		return o.s.keepRestorable(v, "unverifiable"), true, nil
+	}
+}
+
+// keepRestorable copies v's recovery state into its restore slot, unless
+// the slot holds one already, before a change the server cannot verify.
+// It returns the audit note: reason and what happened to the slot.
+func (s *Service) keepRestorable(v *Vault, reason string) string {
+	if v.Restorable != nil {
+		return reason + ";restorable-held"
+	}
+	if v.RecoveryWrappedMK == nil || v.RecoveryIV == nil {
+		return reason
+	}
+	v.Restorable = &RestorableRecovery{
+		WrappedMK:     *v.RecoveryWrappedMK,
+		IV:            *v.RecoveryIV,
+		FormatVersion: v.RecoveryFormatVersion,
+		SetAt:         v.RecoverySetAt,
+		KeyCheck:      v.KeyCheck,
+		KeyProof:      v.KeyProof,
+		TakenAt:       s.now(),
+	}
+	return reason + ";restorable-kept"
+}
+
+// recordKeyCheck records, from mk — a key v is known to wrap — the key
+// check value v lacks and the proof verifier v lacks (or has stale). It
+// records no verifier when v's key check value is not mk's: such a row
+// is damaged, and a verifier would only hide it. It reports whether v
+// changed.
+func recordKeyCheck(v *Vault, mk []byte) bool {
+	changed := false
+	if v.KeyCheck == nil {
+		kcv := KeyCheckValue(mk)
+		v.KeyCheck, changed = &kcv, true
+	} else if !keyCheckMatches(mk, *v.KeyCheck) {
+		return false
+	}
+	if _, ok := currentProofHash(v); !ok {
+		proof := keyProofVerifier(mk, *v.KeyCheck)
+		v.KeyProof, changed = &proof, true
+	}
+	return changed
 }
 
 // ClearRecoveryWrap removes the recovery wrap. It returns ErrNotFound
@@ -440,11 +596,18 @@ func (s *Service) ClearRecoveryWrap(ctx context.Context, userID string, meta Req
 }
 
 // EnableZeroKnowledge drops the server's wrap so that only the recovery
-// wrap remains. Idempotent. It returns ErrNotFound when the user has no
-// vault and ErrRecoveryWrapMissing without a recovery wrap. On a row the
-// original service wrote (no key check value) it first unwraps the MK to
-// record its check value, so a later disable can be verified.
-func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, meta RequestMeta) error {
+// wrap remains. Idempotent. keyProof is optional (nil: none sent); a
+// proof is checked and a wrong one refused with ErrKeyProofMismatch. It
+// returns ErrNotFound when the user has no vault and
+// ErrRecoveryWrapMissing without a recovery wrap. On a row without a key
+// check value or proof verifier (the original service's rows, rows
+// written before verifiers) it first unwraps the master key to record
+// them, so that a later disable and recovery-wrap replacement can be
+// verified.
+func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, keyProof []byte, meta RequestMeta) error {
+	if keyProof != nil && len(keyProof) != KeyProofSize {
+		return fmt.Errorf("%w: keyProof must be %d bytes", ErrInvalidArgument, KeyProofSize)
+	}
 	return s.run(ctx, userID, meta, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
@@ -453,20 +616,32 @@ func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, meta R
 		if err != nil {
 			return err
 		}
+		wrongProof := func() bool {
+			hash, ok := currentProofHash(v)
+			return keyProof != nil && ok && !keyProofMatches(keyProof, hash)
+		}
+		mismatch := func() error {
+			return o.refuse(ctx, ActionZKEnable, http.StatusForbidden, "key-proof-mismatch", ErrKeyProofMismatch)
+		}
 		if v.ZeroKnowledge {
+			if wrongProof() {
+				return mismatch()
+			}
 			return o.audit(ctx, ActionZKEnable, http.StatusOK, "already-enabled")
 		}
 		if v.RecoveryWrappedMK == nil || v.RecoveryIV == nil {
 			return o.refuse(ctx, ActionZKEnable, http.StatusBadRequest, "no-recovery-wrap", ErrRecoveryWrapMissing)
 		}
-		if v.KeyCheck == nil {
+		if _, ok := currentProofHash(v); !ok {
 			mk, err := o.openOrRefuse(ctx, v)
 			if mk == nil {
 				return err
 			}
-			kcv := KeyCheckValue(mk)
+			recordKeyCheck(v, mk)
 			wipe(mk)
-			v.KeyCheck = &kcv
+		}
+		if wrongProof() {
+			return mismatch()
 		}
 		v.ZeroKnowledge = true
 		v.WrappedMK, v.WrapIV = nil, nil
@@ -481,9 +656,14 @@ func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, meta R
 // active KEK again and leaves zero-knowledge mode. The key must be the
 // vault's master key: a key whose check value differs is refused with
 // ErrMasterKeyMismatch rather than silently orphaning the user's data.
-// With zero-knowledge already off it only verifies the key. It returns
-// ErrNotFound when the user has no vault and ErrInvalidArgument for a
-// key that is not 32 bytes.
+// A vault without a key check value (the original service's) cannot
+// check the key: its recovery state goes to the restore slot first
+// (unless the slot holds one already), so that a wrong key and a later
+// rotation or clear cannot lose the wrap the user can open. With
+// zero-knowledge already off it only verifies the key (and records a
+// missing key check value or proof verifier). It returns ErrNotFound when
+// the user has no vault and ErrInvalidArgument for a key that is not 32
+// bytes.
 func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []byte, meta RequestMeta) error {
 	if len(mk) != MasterKeySize {
 		return fmt.Errorf("%w: masterKey must be %d bytes", ErrInvalidArgument, MasterKeySize)
@@ -515,9 +695,17 @@ func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []
 					return mismatch()
 				}
 			}
+			if recordKeyCheck(v, mk) {
+				if err := o.tx.VaultUpdate(ctx, v); err != nil {
+					return err
+				}
+			}
 			return o.audit(ctx, ActionZKDisable, http.StatusOK, "already-disabled")
 		}
-		if v.KeyCheck != nil && !keyCheckMatches(mk, *v.KeyCheck) {
+		note := ""
+		if v.KeyCheck == nil {
+			note = s.keepRestorable(v, "unverifiable")
+		} else if !keyCheckMatches(mk, *v.KeyCheck) {
 			return mismatch()
 		}
 		wrapped, kekID, err := s.keyring.seal(ctx, userID, mk)
@@ -525,13 +713,14 @@ func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []
 			return err
 		}
 		kcv := KeyCheckValue(mk)
+		proof := keyProofVerifier(mk, kcv)
 		encodeBoundWrap(v, wrapped, kekID)
-		v.KeyCheck = &kcv
+		v.KeyCheck, v.KeyProof = &kcv, &proof
 		v.ZeroKnowledge = false
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, ActionZKDisable, http.StatusOK, "")
+		return o.audit(ctx, ActionZKDisable, http.StatusOK, note)
 	})
 }
 

@@ -11,6 +11,11 @@
 //	err = c.EnableZeroKnowledge(ctx)                   // the server drops its own wrap
 //	key, err = c.Key(ctx)                              // now key.RequiresRecoveryCode
 //	mk, err := key.Unlock(code)                        // the master key again, client-side
+//	code, err = c.ReplaceRecoveryCode(ctx, code)       // a new code; proven with the key (KeyProof)
+//
+// Replacing the recovery wrap of a zero-knowledge vault needs proof that
+// the caller holds the master key; SetRecoveryWrap, SetRecoveryCode and
+// ReplaceRecoveryCode send it by themselves (KeyProof), never the key.
 //
 // The client never logs, and its errors never contain key material,
 // recovery codes or tokens.
@@ -194,12 +199,22 @@ func (c *Client) Rotate(ctx context.Context) (*Key, error) {
 }
 
 // SetRecoveryWrap stores (or replaces) the recovery wrap made by
-// WrapWithRecovery. The server refuses other lengths than 48 and 12 bytes
-// with ErrBadRequest, and returns ErrVaultNotInitialised before Init.
-func (c *Client) SetRecoveryWrap(ctx context.Context, wrappedMK, iv []byte) error {
+// WrapWithRecovery from mk, the master key. It sends mk's key possession
+// proof (KeyProof) with the wrap — never mk itself — which keybroker
+// requires to replace the recovery wrap in zero-knowledge mode. The
+// server refuses other lengths than 48 and 12 bytes with ErrBadRequest,
+// a key that is not the vault's with ErrKeyProofMismatch, and returns
+// ErrVaultNotInitialised before Init.
+func (c *Client) SetRecoveryWrap(ctx context.Context, mk, wrappedMK, iv []byte) error {
+	if len(mk) != MasterKeySize {
+		return fmt.Errorf("client: a master key is %d bytes, got %d", MasterKeySize, len(mk))
+	}
+	proof := KeyProof(mk)
+	defer clear(proof)
 	body := map[string]string{
 		"recoveryWrappedMk": base64.StdEncoding.EncodeToString(wrappedMK),
 		"recoveryIv":        base64.StdEncoding.EncodeToString(iv),
+		"keyProof":          base64.StdEncoding.EncodeToString(proof),
 	}
 	return c.do(ctx, http.MethodPost, "/recovery-wrap", body, nil)
 }
@@ -214,10 +229,33 @@ func (c *Client) SetRecoveryCode(ctx context.Context, mk []byte) (code string, e
 	if err != nil {
 		return "", err
 	}
-	if err := c.SetRecoveryWrap(ctx, wrappedMK, iv); err != nil {
+	if err := c.SetRecoveryWrap(ctx, mk, wrappedMK, iv); err != nil {
 		return "", err
 	}
 	return code, nil
+}
+
+// ReplaceRecoveryCode gives a zero-knowledge vault a new recovery code:
+// it fetches the recovery wrap, opens it with the current code, and
+// stores a wrap under a new code with the key's proof (SetRecoveryCode).
+// It returns the new code, ErrWrongRecoveryCode when current does not
+// open the wrap, and ErrNotZeroKnowledge in standard mode, where
+// SetRecoveryCode with the key from Key does the same.
+func (c *Client) ReplaceRecoveryCode(ctx context.Context, current string) (code string, err error) {
+	key, err := c.Key(ctx)
+	if err != nil {
+		return "", err
+	}
+	if !key.RequiresRecoveryCode {
+		clear(key.MasterKey)
+		return "", ErrNotZeroKnowledge
+	}
+	mk, err := key.Unlock(current)
+	if err != nil {
+		return "", err
+	}
+	defer clear(mk)
+	return c.SetRecoveryCode(ctx, mk)
 }
 
 // ClearRecoveryWrap removes the recovery wrap. It returns ErrZKActive in

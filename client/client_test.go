@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net/http"
@@ -104,7 +105,7 @@ func TestWholeStory(t *testing.T) {
 	wrappedMK, iv, err := client.WrapWithRecovery(mk, secret)
 	require.NoError(t, err)
 	before := time.Now().Add(-time.Second)
-	require.NoError(t, c.SetRecoveryWrap(ctx, wrappedMK, iv))
+	require.NoError(t, c.SetRecoveryWrap(ctx, mk, wrappedMK, iv))
 	st, err = c.Status(ctx)
 	require.NoError(t, err)
 	require.True(t, st.VaultExists)
@@ -196,7 +197,7 @@ func TestTypedErrors(t *testing.T) {
 		secret, _ := client.NewRecoveryCode()
 		wrapped, iv, err := client.WrapWithRecovery(bytes.Repeat([]byte{7}, 32), secret)
 		require.NoError(t, err)
-		requireAPIError(t, c.SetRecoveryWrap(ctx, wrapped, iv), http.StatusNotFound, client.ErrVaultNotInitialised)
+		requireAPIError(t, c.SetRecoveryWrap(ctx, bytes.Repeat([]byte{7}, 32), wrapped, iv), http.StatusNotFound, client.ErrVaultNotInitialised)
 		requireAPIError(t, c.ClearRecoveryWrap(ctx), http.StatusNotFound, client.ErrVaultNotInitialised)
 		requireAPIError(t, c.EnableZeroKnowledge(ctx), http.StatusNotFound, client.ErrVaultNotInitialised)
 		requireAPIError(t, c.DisableZeroKnowledge(ctx, bytes.Repeat([]byte{7}, 32)), http.StatusNotFound, client.ErrVaultNotInitialised)
@@ -204,12 +205,19 @@ func TestTypedErrors(t *testing.T) {
 	t.Run("BadLengths", func(t *testing.T) {
 		t.Parallel()
 		c := srv.clientFor(t, "bad-lengths")
-		_, err := c.Init(ctx)
+		key, err := c.Init(ctx)
 		require.NoError(t, err)
+		mk := key.MasterKey
 		// The server is the authority on lengths; the client passes them on.
-		requireAPIError(t, c.SetRecoveryWrap(ctx, make([]byte, 47), make([]byte, 12)), http.StatusBadRequest, client.ErrBadRequest)
-		requireAPIError(t, c.SetRecoveryWrap(ctx, make([]byte, 48), make([]byte, 16)), http.StatusBadRequest, client.ErrBadRequest)
-		requireAPIError(t, c.SetRecoveryWrap(ctx, nil, nil), http.StatusBadRequest, client.ErrBadRequest)
+		requireAPIError(t, c.SetRecoveryWrap(ctx, mk, make([]byte, 47), make([]byte, 12)), http.StatusBadRequest, client.ErrBadRequest)
+		requireAPIError(t, c.SetRecoveryWrap(ctx, mk, make([]byte, 48), make([]byte, 16)), http.StatusBadRequest, client.ErrBadRequest)
+		requireAPIError(t, c.SetRecoveryWrap(ctx, mk, nil, nil), http.StatusBadRequest, client.ErrBadRequest)
+		// The proof is the client's to make: without a 32-byte key there
+		// is none, and nothing is sent.
+		err = c.SetRecoveryWrap(ctx, mk[:31], make([]byte, 48), make([]byte, 12))
+		require.ErrorContains(t, err, "a master key is 32 bytes")
+		var apiErr *client.APIError
+		require.False(t, errors.As(err, &apiErr))
 		requireAPIError(t, c.DisableZeroKnowledge(ctx, make([]byte, 31)), http.StatusBadRequest, client.ErrBadRequest)
 	})
 	t.Run("Unauthorized", func(t *testing.T) {
@@ -354,4 +362,48 @@ func TestCancelledRequest(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	var apiErr *client.APIError
 	require.False(t, errors.As(err, &apiErr))
+}
+
+// TestZeroKnowledgeRecoveryCodeIsProven: the client proves the key by
+// itself, so replacing the recovery code of a zero-knowledge vault works
+// with the key and is refused with another.
+func TestZeroKnowledgeRecoveryCodeIsProven(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t)
+	c := srv.clientFor(t, "proven")
+	ctx := t.Context()
+	key, err := c.Init(ctx)
+	require.NoError(t, err)
+	_, err = c.ReplaceRecoveryCode(ctx, "")
+	require.ErrorIs(t, err, client.ErrNotZeroKnowledge)
+	code, err := c.SetRecoveryCode(ctx, key.MasterKey)
+	require.NoError(t, err)
+	require.NoError(t, c.EnableZeroKnowledge(ctx))
+
+	other := bytes.Repeat([]byte{7}, client.MasterKeySize)
+	_, err = c.SetRecoveryCode(ctx, other)
+	requireAPIError(t, err, http.StatusForbidden, client.ErrKeyProofMismatch)
+	_, err = c.ReplaceRecoveryCode(ctx, strings.Repeat("0", 64))
+	require.ErrorIs(t, err, client.ErrWrongRecoveryCode)
+
+	code2, err := c.ReplaceRecoveryCode(ctx, code)
+	require.NoError(t, err)
+	zk, err := c.Key(ctx)
+	require.NoError(t, err)
+	mk, err := zk.Unlock(code2)
+	require.NoError(t, err)
+	require.Equal(t, key.MasterKey, mk)
+	_, err = zk.Unlock(code)
+	require.ErrorIs(t, err, client.ErrWrongRecoveryCode, "the old code's wrap is replaced")
+}
+
+func TestKeyProofKnownAnswer(t *testing.T) {
+	t.Parallel()
+	mk := make([]byte, client.MasterKeySize)
+	for i := range mk {
+		mk[i] = byte(i)
+	}
+	// HMAC-SHA256(key = 00 01 … 1f, "keybroker key possession proof v1").
+	require.Equal(t, "52062bf27dacbea8bca68e2f4e46036f5ceb742a6f3a8cbbd22ebf9e0a2103bd", hex.EncodeToString(client.KeyProof(mk)))
+	require.Len(t, client.KeyProof(mk), client.KeyProofSize)
 }

@@ -49,6 +49,17 @@ const (
 	ErrMethodNotAllowed ErrorCode = "METHOD_NOT_ALLOWED"
 	// ErrInternal (500): the server failed; details are in its log only.
 	ErrInternal ErrorCode = "INTERNAL"
+	// ErrKeyProofRequired (403): a recovery wrap of a zero-knowledge
+	// vault was to be replaced without the key's proof. SetRecoveryWrap
+	// and SetRecoveryCode always send it; a raw request may not.
+	ErrKeyProofRequired ErrorCode = "KEY_PROOF_REQUIRED"
+	// ErrKeyProofMismatch (403): the proof sent is not the proof of the
+	// vault's master key: the key given to SetRecoveryWrap or
+	// SetRecoveryCode is not the vault's.
+	ErrKeyProofMismatch ErrorCode = "KEY_PROOF_MISMATCH"
+	// ErrNoRestorableRecoveryWrap (404, service routes): the vault has
+	// no recovery wrap kept for the operator to restore.
+	ErrNoRestorableRecoveryWrap ErrorCode = "NO_RESTORABLE_RECOVERY_WRAP"
 )
 
 // APIError is a non-2xx answer of keybroker: the HTTP status and the

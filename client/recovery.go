@@ -4,6 +4,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -34,6 +35,29 @@ const (
 	// A recovery code is the secret in hex, in groups of four digits.
 	recoveryGroupSize = 4
 )
+
+// ErrNotZeroKnowledge is returned by ReplaceRecoveryCode for a vault in
+// standard mode.
+var ErrNotZeroKnowledge = errors.New("client: the vault is not in zero-knowledge mode")
+
+// keyProofLabel is the fixed message of the key possession proof.
+const keyProofLabel = "keybroker key possession proof v1"
+
+// KeyProofSize is the length in bytes of a key possession proof.
+const KeyProofSize = 32
+
+// KeyProof returns the key possession proof of the master key mk:
+// HMAC-SHA256 with mk as the key over the ASCII label
+// "keybroker key possession proof v1", 32 bytes. keybroker wants it, in
+// base64 as keyProof, to replace the recovery wrap of a zero-knowledge
+// vault: it shows that the caller holds the key without sending it. In
+// the browser: crypto.subtle.importKey("raw", mk, {name: "HMAC", hash:
+// "SHA-256"}, false, ["sign"]) and crypto.subtle.sign("HMAC", key, label).
+func KeyProof(mk []byte) []byte {
+	mac := hmac.New(sha256.New, mk)
+	mac.Write([]byte(keyProofLabel))
+	return mac.Sum(nil)
+}
 
 // ErrWrongRecoveryCode means a recovery wrap did not open with the given
 // code: the code is wrong, or the wrap was made for another code.

@@ -65,7 +65,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 // vaultColumns is the column list of every vault read and insert, in the
 // order scanVault and vaultArgs use.
 const vaultColumns = `user_id, wrapped_mk, wrap_iv, format_version, kek_id, key_check, created_at, rotated_at,
-    recovery_wrapped_mk, recovery_iv, recovery_format_version, recovery_set_at, zero_knowledge`
+    recovery_wrapped_mk, recovery_iv, recovery_format_version, recovery_set_at, zero_knowledge,
+    key_proof, restorable_recovery_wrapped_mk, restorable_recovery_iv, restorable_recovery_format_version,
+    restorable_recovery_set_at, restorable_key_check, restorable_key_proof, restorable_taken_at`
 
 // statements is the store's SQL with the schema's sanitized table names
 // spliced in once, at construction.
@@ -81,12 +83,15 @@ func newStatements(schema string) statements {
 		vaultGet:          get,
 		vaultGetForUpdate: get + ` FOR UPDATE`,
 		vaultInsert: `INSERT INTO ` + vaults + ` (` + vaultColumns + `)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
 ON CONFLICT (user_id) DO NOTHING`,
 		vaultUpdate: `UPDATE ` + vaults + ` SET
     wrapped_mk = $2, wrap_iv = $3, format_version = $4, kek_id = $5, key_check = $6,
     created_at = $7, rotated_at = $8, recovery_wrapped_mk = $9, recovery_iv = $10,
-    recovery_format_version = $11, recovery_set_at = $12, zero_knowledge = $13
+    recovery_format_version = $11, recovery_set_at = $12, zero_knowledge = $13,
+    key_proof = $14, restorable_recovery_wrapped_mk = $15, restorable_recovery_iv = $16,
+    restorable_recovery_format_version = $17, restorable_recovery_set_at = $18,
+    restorable_key_check = $19, restorable_key_proof = $20, restorable_taken_at = $21
 WHERE user_id = $1`,
 		// Empty strings are stored as NULL, as the original service left
 		// unknown request metadata.
@@ -249,20 +254,42 @@ func (t *tx) checkScope(what, userID string) error {
 }
 
 func vaultArgs(v *broker.Vault) []any {
+	var r broker.RestorableRecovery
+	var wrapped, iv *string
+	var format *int
+	var takenAt *time.Time
+	if v.Restorable != nil {
+		r = *v.Restorable
+		wrapped, iv, format, takenAt = &r.WrappedMK, &r.IV, &r.FormatVersion, &r.TakenAt
+	}
 	return []any{
 		v.UserID, v.WrappedMK, v.WrapIV, v.FormatVersion, v.KEKID, v.KeyCheck, v.CreatedAt, v.RotatedAt,
 		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoveryFormatVersion, v.RecoverySetAt, v.ZeroKnowledge,
+		v.KeyProof, wrapped, iv, format, r.SetAt, r.KeyCheck, r.KeyProof, takenAt,
 	}
 }
 
 func scanVault(row pgx.Row) (*broker.Vault, error) {
-	var v broker.Vault
+	var (
+		v       broker.Vault
+		r       broker.RestorableRecovery
+		wrapped *string
+		iv      *string
+		format  *int
+		takenAt *time.Time
+	)
 	err := row.Scan(
 		&v.UserID, &v.WrappedMK, &v.WrapIV, &v.FormatVersion, &v.KEKID, &v.KeyCheck, &v.CreatedAt, &v.RotatedAt,
 		&v.RecoveryWrappedMK, &v.RecoveryIV, &v.RecoveryFormatVersion, &v.RecoverySetAt, &v.ZeroKnowledge,
+		&v.KeyProof, &wrapped, &iv, &format, &r.SetAt, &r.KeyCheck, &r.KeyProof, &takenAt,
 	)
 	if err != nil {
 		return nil, err
+	}
+	// encryption_vaults_restorable_complete keeps these together.
+	if wrapped != nil && iv != nil && format != nil && takenAt != nil {
+		r.WrappedMK, r.IV, r.FormatVersion, r.TakenAt = *wrapped, *iv, *format, *takenAt
+		v.Restorable = &r
 	}
 	return &v, nil
 }

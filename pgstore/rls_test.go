@@ -144,6 +144,9 @@ func requireConstraintsEnforced(t *testing.T, admin *pgxpool.Pool, schema, userI
 		"encryption_vaults_zk_consistency": "INSERT INTO " + vaults + " (user_id, wrapped_mk, wrap_iv, recovery_wrapped_mk, recovery_iv, zero_knowledge)" +
 			" VALUES ($1, 'd3JhcA==', 'aXY=', 'cmVj', 'cml2', true)",
 		"encryption_vaults_format_version_known": "INSERT INTO " + vaults + " (user_id, wrapped_mk, wrap_iv, format_version) VALUES ($1, 'd3JhcA==', 'aXY=', 3)",
+		// A kept recovery wrap without the time it was kept.
+		"encryption_vaults_restorable_complete": "INSERT INTO " + vaults + " (user_id, wrapped_mk, wrap_iv, restorable_recovery_wrapped_mk, restorable_recovery_iv, restorable_recovery_format_version)" +
+			" VALUES ($1, 'd3JhcA==', 'aXY=', 'cmVj', 'cml2', 1)",
 	}
 	for constraint, insert := range cases {
 		_, err := admin.Exec(t.Context(), insert, userID)

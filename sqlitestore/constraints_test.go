@@ -53,6 +53,12 @@ VALUES ('bad', 'd3JhcA==', 'aXY=', 'cmVj', 'aXY=', 1)`,
 			update: `UPDATE encryption_vaults SET format_version = 0 WHERE user_id = 'valid'`,
 		},
 		{
+			name: "RestorableWithoutTakenAt", constraint: "encryption_vaults_restorable_complete",
+			insert: `INSERT INTO encryption_vaults (user_id, wrapped_mk, wrap_iv, restorable_recovery_wrapped_mk, restorable_recovery_iv, restorable_recovery_format_version)
+VALUES ('bad', 'd3JhcA==', 'aXY=', 'cmVj', 'aXY=', 1)`,
+			update: `UPDATE encryption_vaults SET restorable_recovery_wrapped_mk = 'cmVj' WHERE user_id = 'valid'`,
+		},
+		{
 			name: "ZeroKnowledgeNotBoolean", constraint: "zero_knowledge IN (0, 1)",
 			insert: `INSERT INTO encryption_vaults (user_id, wrapped_mk, wrap_iv, zero_knowledge) VALUES ('bad', 'd3JhcA==', 'aXY=', 2)`,
 			update: `UPDATE encryption_vaults SET zero_knowledge = 2 WHERE user_id = 'valid'`,

@@ -287,17 +287,22 @@ var _ broker.Tx = (*tx)(nil)
 // vaultColumns is the column list of every vault read and insert, in the
 // order scanVault and vaultArgs use.
 const vaultColumns = `user_id, wrapped_mk, wrap_iv, format_version, kek_id, key_check, created_at, rotated_at,
-    recovery_wrapped_mk, recovery_iv, recovery_format_version, recovery_set_at, zero_knowledge`
+    recovery_wrapped_mk, recovery_iv, recovery_format_version, recovery_set_at, zero_knowledge,
+    key_proof, restorable_recovery_wrapped_mk, restorable_recovery_iv, restorable_recovery_format_version,
+    restorable_recovery_set_at, restorable_key_check, restorable_key_proof, restorable_taken_at`
 
 const (
 	sqlVaultGet    = `SELECT ` + vaultColumns + ` FROM encryption_vaults WHERE user_id = ?1`
 	sqlVaultInsert = `INSERT INTO encryption_vaults (` + vaultColumns + `)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
 ON CONFLICT (user_id) DO NOTHING`
 	sqlVaultUpdate = `UPDATE encryption_vaults SET
     wrapped_mk = ?2, wrap_iv = ?3, format_version = ?4, kek_id = ?5, key_check = ?6,
     created_at = ?7, rotated_at = ?8, recovery_wrapped_mk = ?9, recovery_iv = ?10,
-    recovery_format_version = ?11, recovery_set_at = ?12, zero_knowledge = ?13
+    recovery_format_version = ?11, recovery_set_at = ?12, zero_knowledge = ?13,
+    key_proof = ?14, restorable_recovery_wrapped_mk = ?15, restorable_recovery_iv = ?16,
+    restorable_recovery_format_version = ?17, restorable_recovery_set_at = ?18,
+    restorable_key_check = ?19, restorable_key_proof = ?20, restorable_taken_at = ?21
 WHERE user_id = ?1`
 	// Empty strings are stored as NULL, as pgstore and the original
 	// service leave unknown request metadata.
@@ -411,10 +416,18 @@ func parseTime(column, s string) (time.Time, error) {
 }
 
 func vaultArgs(v *broker.Vault) []any {
+	var r broker.RestorableRecovery
+	var wrapped, iv, takenAt *string
+	var format *int
+	if v.Restorable != nil {
+		r = *v.Restorable
+		wrapped, iv, format, takenAt = &r.WrappedMK, &r.IV, &r.FormatVersion, formatTimePtr(&r.TakenAt)
+	}
 	return []any{
 		v.UserID, v.WrappedMK, v.WrapIV, v.FormatVersion, v.KEKID, v.KeyCheck,
 		formatTime(v.CreatedAt), formatTimePtr(v.RotatedAt),
 		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoveryFormatVersion, formatTimePtr(v.RecoverySetAt), v.ZeroKnowledge,
+		v.KeyProof, wrapped, iv, format, formatTimePtr(r.SetAt), r.KeyCheck, r.KeyProof, takenAt,
 	}
 }
 
@@ -423,13 +436,30 @@ func scanVault(row *sql.Row) (*broker.Vault, error) {
 		v                   broker.Vault
 		createdAt           string
 		rotatedAt, recovSet sql.NullString
+		r                   broker.RestorableRecovery
+		restWrapped         *string
+		restIV              *string
+		restFormat          *int
+		restSet, restTaken  sql.NullString
 	)
 	err := row.Scan(
 		&v.UserID, &v.WrappedMK, &v.WrapIV, &v.FormatVersion, &v.KEKID, &v.KeyCheck, &createdAt, &rotatedAt,
 		&v.RecoveryWrappedMK, &v.RecoveryIV, &v.RecoveryFormatVersion, &recovSet, &v.ZeroKnowledge,
+		&v.KeyProof, &restWrapped, &restIV, &restFormat, &restSet, &r.KeyCheck, &r.KeyProof, &restTaken,
 	)
 	if err != nil {
 		return nil, err
+	}
+	// encryption_vaults_restorable_complete keeps these together.
+	if restWrapped != nil && restIV != nil && restFormat != nil && restTaken.Valid {
+		if r.TakenAt, err = parseTime("restorable_taken_at", restTaken.String); err != nil {
+			return nil, err
+		}
+		if r.SetAt, err = parseNullTime("restorable_recovery_set_at", restSet); err != nil {
+			return nil, err
+		}
+		r.WrappedMK, r.IV, r.FormatVersion = *restWrapped, *restIV, *restFormat
+		v.Restorable = &r
 	}
 	if v.CreatedAt, err = parseTime("created_at", createdAt); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ package vaultapi
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -310,6 +311,10 @@ func (a *API) rotate(r *http.Request, userID string, meta broker.RequestMeta) (a
 type recoveryWrapRequest struct {
 	RecoveryWrappedMK *string `json:"recoveryWrappedMk"`
 	RecoveryIV        *string `json:"recoveryIv"`
+	// KeyProof is keybroker's addition: base64 of the 32-byte key
+	// possession proof (broker.KeyProof). Optional; required to replace
+	// a zero-knowledge recovery wrap.
+	KeyProof *string `json:"keyProof"`
 }
 
 const recoveryWrapRequired = "recoveryWrappedMk and recoveryIv are required (base64 strings)"
@@ -330,7 +335,12 @@ func (a *API) setRecoveryWrap(r *http.Request, userID string, meta broker.Reques
 	if err != nil {
 		return nil, err
 	}
-	if err := a.svc.SetRecoveryWrap(r.Context(), userID, wrapped, iv, meta); err != nil {
+	proof, err := decodeKeyProof(req.KeyProof)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(proof)
+	if err := a.svc.SetRecoveryWrap(r.Context(), userID, wrapped, iv, proof, meta); err != nil {
 		return nil, err
 	}
 	return okResponse{OK: true}, nil
@@ -346,6 +356,9 @@ func (a *API) clearRecoveryWrap(r *http.Request, userID string, meta broker.Requ
 type zeroKnowledgeRequest struct {
 	Enable    *bool   `json:"enable"`
 	MasterKey *string `json:"masterKey"`
+	// KeyProof is optional; with enable true it is checked against the
+	// vault, with enable false it must be masterKey's proof.
+	KeyProof *string `json:"keyProof"`
 }
 
 const enableRequired = "`enable: boolean` is required"
@@ -358,8 +371,13 @@ func (a *API) zeroKnowledge(r *http.Request, userID string, meta broker.RequestM
 	if req.Enable == nil {
 		return nil, badRequest(enableRequired)
 	}
+	proof, err := decodeKeyProof(req.KeyProof)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(proof)
 	if *req.Enable {
-		if err := a.svc.EnableZeroKnowledge(r.Context(), userID, meta); err != nil {
+		if err := a.svc.EnableZeroKnowledge(r.Context(), userID, proof, meta); err != nil {
 			return nil, err
 		}
 		return zkToggleResponse{OK: true, ZeroKnowledge: true}, nil
@@ -372,6 +390,16 @@ func (a *API) zeroKnowledge(r *http.Request, userID string, meta broker.RequestM
 		return nil, err
 	}
 	defer clear(mk)
+	if proof != nil {
+		// masterKey is the proof itself; a keyProof beside it that is not
+		// its proof makes the request contradict itself.
+		own := broker.KeyProof(mk)
+		same := subtle.ConstantTimeCompare(own, proof) == 1
+		clear(own)
+		if !same {
+			return nil, badRequest("keyProof is not the proof of masterKey")
+		}
+	}
 	if err := a.svc.DisableZeroKnowledge(r.Context(), userID, mk, meta); err != nil {
 		return nil, err
 	}
@@ -419,6 +447,15 @@ func decodeBase64Field(name, value string, size int) ([]byte, error) {
 		return nil, badRequest(fmt.Sprintf("%s must decode to %d bytes", name, size))
 	}
 	return b, nil
+}
+
+// decodeKeyProof decodes the optional keyProof field: absent or null is
+// nil, anything else must be base64 of broker.KeyProofSize bytes.
+func decodeKeyProof(value *string) ([]byte, error) {
+	if value == nil {
+		return nil, nil
+	}
+	return decodeBase64Field("keyProof", *value, broker.KeyProofSize)
 }
 
 // ─── middleware ─────────────────────────────────────────────────────────

@@ -52,6 +52,8 @@ type envOptions struct {
 	// configure adjusts the API's configuration before the server starts;
 	// it may use the verifier and the store the env built.
 	configure func(cfg *vaultapi.Config, verifier *jwtauth.Verifier, store broker.Store)
+	// service adjusts the broker's configuration.
+	service func(cfg *broker.Config)
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
@@ -93,7 +95,8 @@ func (e *env) withStore(t *testing.T, store broker.Store, opts envOptions) *env 
 	logs := &syncBuffer{}
 	srv := apitest.Start(t, apitest.Options{
 		Store: store, Keyring: ring, Issuer: e.issuer,
-		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
+		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
+		Service: opts.service,
 		API: func(cfg *vaultapi.Config) {
 			if opts.configure != nil {
 				opts.configure(cfg, cfg.Verifier.(*jwtauth.Verifier), store)

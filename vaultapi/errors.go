@@ -39,6 +39,10 @@ const (
 	CodeNotFound          = "NOT_FOUND"
 	CodeMethodNotAllowed  = "METHOD_NOT_ALLOWED"
 	CodeInternal          = "INTERNAL"
+
+	CodeKeyProofRequired = "KEY_PROOF_REQUIRED"
+	CodeKeyProofMismatch = "KEY_PROOF_MISMATCH"
+	CodeNoRestorableWrap = "NO_RESTORABLE_RECOVERY_WRAP"
 )
 
 // domainErrors maps the domain's sentinels to status, code and the text
@@ -54,6 +58,9 @@ var domainErrors = []struct {
 	{broker.ErrZKActive, http.StatusConflict, CodeZKActive, "cannot clear recovery wrap while zero-knowledge is active"},
 	{broker.ErrRecoveryWrapMissing, http.StatusBadRequest, CodeRecoveryWrapMissing, "set a recovery wrap before enabling zero-knowledge"},
 	{broker.ErrMasterKeyMismatch, http.StatusConflict, CodeMasterKeyMismatch, "masterKey is not this vault's master key; unlock with the recovery code and send the key it yields"},
+	{broker.ErrKeyProofRequired, http.StatusForbidden, CodeKeyProofRequired, "replacing the recovery wrap in zero-knowledge mode needs keyProof, the proof that you hold the master key; unlock with the recovery code and send it"},
+	{broker.ErrKeyProofMismatch, http.StatusForbidden, CodeKeyProofMismatch, "keyProof is not the proof of this vault's master key"},
+	{broker.ErrNoRestorableWrap, http.StatusNotFound, CodeNoRestorableWrap, "this vault has no restorable recovery wrap"},
 	{broker.ErrInvalidArgument, http.StatusBadRequest, CodeBadRequest, "invalid request"},
 	{broker.ErrUnknownKEK, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key of this vault is not available"},
 	{broker.ErrKEKDenied, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key refused the operation"},

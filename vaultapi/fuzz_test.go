@@ -233,6 +233,12 @@ func FuzzRecoveryWrapBody(f *testing.F) {
 		`{"recoveryWrappedMk":"\u0000"}`,
 		`[]`, `null`, `"x"`, `{`, `{}{}`, ``, "\xff\xfe",
 		`{"recoveryWrappedMk":"` + strings.Repeat("A", 20000) + `"}`,
+		// keyProof: base64 of 32 bytes, or refused.
+		`{"recoveryWrappedMk":"` + std.EncodeToString(make([]byte, 48)) + `","recoveryIv":"` + std.EncodeToString(make([]byte, 12)) + `","keyProof":"` + std.EncodeToString(make([]byte, 32)) + `"}`,
+		`{"recoveryWrappedMk":"` + std.EncodeToString(make([]byte, 48)) + `","recoveryIv":"` + std.EncodeToString(make([]byte, 12)) + `","keyProof":"` + raw.EncodeToString(make([]byte, 31)) + `"}`,
+		`{"recoveryWrappedMk":"` + std.EncodeToString(make([]byte, 48)) + `","recoveryIv":"` + std.EncodeToString(make([]byte, 12)) + `","keyProof":null}`,
+		`{"recoveryWrappedMk":"` + std.EncodeToString(make([]byte, 48)) + `","recoveryIv":"` + std.EncodeToString(make([]byte, 12)) + `","keyProof":""}`,
+		`{"recoveryWrappedMk":"` + std.EncodeToString(make([]byte, 48)) + `","recoveryIv":"` + std.EncodeToString(make([]byte, 12)) + `","keyProof":32}`,
 	} {
 		f.Add([]byte(s), true)
 	}
@@ -264,6 +270,9 @@ func FuzzZeroKnowledgeBody(f *testing.F) {
 		`{"enable":"true"}`, `{"enable":1}`, `{"enable":null}`, `{"masterKey":"` + mk + `"}`,
 		`{"enable":true,"enable":false}`, `{"Enable":true}`, `{"enable":false,"masterKey":"***"}`,
 		`{"enable":true} x`, `[true]`, ``, `{`,
+		`{"enable":true,"keyProof":"` + mk + `"}`, `{"enable":true,"keyProof":"x"}`, `{"enable":true,"keyProof":null}`,
+		`{"enable":false,"masterKey":"` + mk + `","keyProof":"` + mk + `"}`,
+		`{"enable":false,"masterKey":"` + mk + `","keyProof":"` + base64.StdEncoding.EncodeToString(broker.KeyProof(make([]byte, 32))) + `"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -285,18 +294,22 @@ func FuzzServiceRoutes(f *testing.F) {
 		{"fuzz%2Fuser", ""}, {"%00", ""}, {"%zz", ""}, {"..", ""}, {strings.Repeat("u", 300), ""},
 		{"名前", "limit=5&cursor="}, {"a%20b", "limit=1&limit=2"},
 	} {
-		f.Add(s.user, s.query, uint8(0))
-		f.Add(s.user, s.query, uint8(1))
-		f.Add(s.user, s.query, uint8(2))
+		for route := range uint8(5) {
+			f.Add(s.user, s.query, route)
+		}
 	}
 	f.Fuzz(func(t *testing.T, user, query string, route uint8) {
 		path := strings.Replace(vaultapi.InternalPath, "{userId}", user, 1)
 		method := http.MethodGet
-		switch route % 3 {
+		switch route % 5 {
 		case 1:
 			path += "/audit"
 		case 2:
 			method = http.MethodDelete
+		case 3:
+			method, path = http.MethodPost, path+"/recovery-wrap/restore"
+		case 4:
+			method, path = http.MethodDelete, path+"/recovery-wrap/restorable"
 		}
 		if query != "" {
 			path += "?" + query
@@ -324,14 +337,22 @@ func initVault(t *testing.T, h *fuzzAPI, user string) {
 func requireDecodes(t *testing.T, body []byte) {
 	t.Helper()
 	var req struct {
-		RecoveryWrappedMK string `json:"recoveryWrappedMk"`
-		RecoveryIV        string `json:"recoveryIv"`
+		RecoveryWrappedMK string  `json:"recoveryWrappedMk"`
+		RecoveryIV        string  `json:"recoveryIv"`
+		KeyProof          *string `json:"keyProof"`
 	}
 	require.NoError(t, json.Unmarshal(body, &req))
-	for _, c := range []struct {
+	values := []struct {
 		value string
 		size  int
-	}{{req.RecoveryWrappedMK, 48}, {req.RecoveryIV, 12}} {
+	}{{req.RecoveryWrappedMK, 48}, {req.RecoveryIV, 12}}
+	if req.KeyProof != nil {
+		values = append(values, struct {
+			value string
+			size  int
+		}{*req.KeyProof, 32})
+	}
+	for _, c := range values {
 		b, err := base64.StdEncoding.DecodeString(c.value)
 		if err != nil {
 			b, err = base64.RawStdEncoding.DecodeString(c.value)

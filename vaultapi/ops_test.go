@@ -202,6 +202,12 @@ func TestFullRun(t *testing.T) {
 	require.Equal(t, http.StatusConflict, res.StatusCode)
 	res, _ = c.request(http.MethodDelete, vault+"/recovery-wrap", bearer("alice"), "")
 	require.Equal(t, http.StatusConflict, res.StatusCode)
+	res, _ = c.request(http.MethodPost, vault+"/recovery-wrap", bearer("alice"), jsonBody(t, map[string]string{"recoveryWrappedMk": b64(48, 1), "recoveryIv": iv}))
+	require.Equal(t, http.StatusForbidden, res.StatusCode)
+	proof := base64.StdEncoding.EncodeToString(broker.KeyProof(mk))
+	secrets = append(secrets, proof)
+	res, _ = c.request(http.MethodPost, vault+"/recovery-wrap", bearer("alice"), jsonBody(t, map[string]string{"recoveryWrappedMk": wrap, "recoveryIv": iv, "keyProof": proof}))
+	require.Equal(t, http.StatusOK, res.StatusCode)
 	res, _ = c.request(http.MethodPost, vault+"/zero-knowledge", bearer("alice"), jsonBody(t, map[string]any{"enable": false, "masterKey": base64.StdEncoding.EncodeToString(mk)}))
 	require.Equal(t, http.StatusOK, res.StatusCode)
 	res, _ = c.request(http.MethodDelete, vault+"/recovery-wrap", bearer("alice"), "")
@@ -234,6 +240,26 @@ func TestFullRun(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, res.StatusCode)
 	res, _ = c.request(http.MethodGet, "/api/v1/internal/users/%00/vault", serviceHeader(), "")
 	require.Equal(t, http.StatusBadRequest, res.StatusCode)
+	// The restore slot, on a zero-knowledge row of the original service.
+	_, err := o.admin.Exec(context.Background(), `INSERT INTO keybroker.encryption_vaults
+    (user_id, wrapped_mk, wrap_iv, recovery_wrapped_mk, recovery_iv, recovery_set_at, zero_knowledge) VALUES ('adopted', NULL, NULL, $1, $2, now(), true)`,
+		b64(48, 0x5E), iv)
+	require.NoError(t, err)
+	adoptedVault := "/api/v1/internal/users/adopted/vault"
+	res, _ = c.request(http.MethodPost, adoptedVault+"/recovery-wrap/restore", serviceHeader(), "")
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	res, _ = c.request(http.MethodPost, vault+"/recovery-wrap", bearer("adopted"), jsonBody(t, map[string]string{"recoveryWrappedMk": b64(48, 2), "recoveryIv": iv}))
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	_, body = c.request(http.MethodGet, adoptedVault, serviceHeader(), "")
+	require.Equal(t, true, body["hasRestorableRecoveryWrap"])
+	res, _ = c.request(http.MethodPost, adoptedVault+"/recovery-wrap/restore", serviceHeader(), "")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	res, _ = c.request(http.MethodDelete, adoptedVault+"/recovery-wrap/restorable", serviceHeader(), "")
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	res, _ = c.request(http.MethodPost, vault+"/recovery-wrap", bearer("adopted"), jsonBody(t, map[string]string{"recoveryWrappedMk": b64(48, 3), "recoveryIv": iv}))
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	res, _ = c.request(http.MethodDelete, adoptedVault+"/recovery-wrap/restorable", serviceHeader(), "")
+	require.Equal(t, http.StatusOK, res.StatusCode)
 	_, body = c.request(http.MethodDelete, aliceVault, serviceHeader(), "")
 	require.Equal(t, true, body["vaultDeleted"])
 	_, body = c.request(http.MethodDelete, aliceVault, serviceHeader(), "")
@@ -376,7 +402,7 @@ func TestRouterAndDocumentAgree(t *testing.T) {
 		}
 	}
 	require.Equal(t, sortedKeys(documented), sortedKeys(served))
-	require.Len(t, served, 14, "7 vault, 3 service, 4 operations routes")
+	require.Len(t, served, 16, "7 vault, 5 service, 4 operations routes")
 }
 
 // buildAPI builds an API with the same options as the env's server, for

@@ -27,10 +27,13 @@ type raceOp struct {
 }
 
 var (
-	opInit      = raceOp{"init", "init", map[int]string{200: ""}}
-	opRotate    = raceOp{"rotate", "rotate", map[int]string{200: "", 409: "ZK_ROTATE_FORBIDDEN"}}
-	opKey       = raceOp{"key", "", map[int]string{200: ""}}
-	opSetWrap   = raceOp{"recovery-set", "recovery_set", map[int]string{200: ""}}
+	opInit    = raceOp{"init", "init", map[int]string{200: ""}}
+	opRotate  = raceOp{"rotate", "rotate", map[int]string{200: "", 409: "ZK_ROTATE_FORBIDDEN"}}
+	opKey     = raceOp{"key", "", map[int]string{200: ""}}
+	opSetWrap = raceOp{"recovery-set", "recovery_set", map[int]string{200: "", 403: "KEY_PROOF_REQUIRED"}}
+	// opSetProven sends the proof of the last key seen, which a rotation
+	// may have made stale.
+	opSetProven = raceOp{"recovery-set-proven", "recovery_set", map[int]string{200: "", 403: "KEY_PROOF_MISMATCH"}}
 	opClearWrap = raceOp{"recovery-clear", "recovery_clear", map[int]string{200: "", 409: "ZK_ACTIVE"}}
 	opZKOn      = raceOp{"zk-on", "zk_enable", map[int]string{200: "", 400: "RECOVERY_WRAP_MISSING"}}
 	opZKOff     = raceOp{"zk-off", "zk_disable", map[int]string{200: "", 409: "MASTER_KEY_MISMATCH"}}
@@ -60,14 +63,18 @@ func (r *raceRun) do(ctx context.Context, op raceOp) error {
 		method, path = http.MethodPost, "/rotate"
 	case "key":
 		method, path = http.MethodGet, "/key"
-	case "recovery-set":
+	case "recovery-set", "recovery-set-proven":
 		wrap := make([]byte, broker.RecoveryWrapSize)
 		rand.Read(wrap)
 		w := base64.StdEncoding.EncodeToString(wrap)
 		r.mu.Lock()
 		r.wraps[w] = true
+		fields := map[string]string{"recoveryWrappedMk": w, "recoveryIv": b64(12, 9)}
+		if op.name == "recovery-set-proven" {
+			fields["keyProof"] = base64.StdEncoding.EncodeToString(broker.KeyProof(r.latestMK))
+		}
 		r.mu.Unlock()
-		method, path, body = http.MethodPost, "/recovery-wrap", map[string]string{"recoveryWrappedMk": w, "recoveryIv": b64(12, 9)}
+		method, path, body = http.MethodPost, "/recovery-wrap", fields
 	case "recovery-clear":
 		method, path = http.MethodDelete, "/recovery-wrap"
 	case "zk-on":
@@ -167,7 +174,7 @@ func TestConcurrentOperationsOnOneUserKeepTheVaultConsistent(t *testing.T) {
 	require.Equal(t, 1, e.vaultCount("racer"))
 
 	// Phase 2: everything at once, fetches included.
-	mix := []raceOp{opKey, opRotate, opSetWrap, opZKOn, opKey, opClearWrap, opSetWrap, opZKOff, opInit, opZKOn, opKey}
+	mix := []raceOp{opKey, opRotate, opSetWrap, opZKOn, opKey, opClearWrap, opSetProven, opZKOff, opInit, opZKOn, opKey}
 	var ops []raceOp
 	for i := range 330 {
 		ops = append(ops, mix[i%len(mix)])

@@ -46,6 +46,8 @@ func (a *API) mountService(r chi.Router) {
 		r.Get(InternalPath, a.serviceHandle(a.vaultMeta))
 		r.Get(InternalPath+"/audit", a.serviceHandle(a.vaultAudit))
 		r.Delete(InternalPath, a.serviceHandle(a.vaultErase))
+		r.Post(InternalPath+"/recovery-wrap/restore", a.serviceHandle(a.restoreRecoveryWrap))
+		r.Delete(InternalPath+"/recovery-wrap/restorable", a.serviceHandle(a.discardRestorableRecoveryWrap))
 	})
 }
 
@@ -131,6 +133,10 @@ type vaultMetaResponse struct {
 	RotatedAt       *string `json:"rotatedAt"`
 	RecoverySetAt   *string `json:"recoverySetAt"`
 	AuditRowCount   int64   `json:"auditRowCount"`
+	// HasRestorableRecoveryWrap: the server kept a recovery wrap for the
+	// operator to restore, at RestorableRecoveryWrapTakenAt.
+	HasRestorableRecoveryWrap     bool    `json:"hasRestorableRecoveryWrap"`
+	RestorableRecoveryWrapTakenAt *string `json:"restorableRecoveryWrapTakenAt"`
 }
 
 func isoTimePtr(t *time.Time) *string {
@@ -150,7 +156,9 @@ func (a *API) vaultMeta(r *http.Request, userID string) (any, error) {
 		UserID: userID, VaultExists: m.Exists, ZeroKnowledge: m.ZeroKnowledge,
 		HasServerWrap: m.HasServerWrap, HasRecoveryWrap: m.HasRecoveryWrap,
 		CreatedAt: isoTimePtr(m.CreatedAt), RotatedAt: isoTimePtr(m.RotatedAt), RecoverySetAt: isoTimePtr(m.RecoverySetAt),
-		AuditRowCount: m.AuditRows,
+		AuditRowCount:                 m.AuditRows,
+		HasRestorableRecoveryWrap:     m.HasRestorableRecoveryWrap,
+		RestorableRecoveryWrapTakenAt: isoTimePtr(m.RestorableTakenAt),
 	}
 	if m.Exists {
 		resp.KEKID, resp.FormatVersion = &m.KEKID, &m.FormatVersion
@@ -236,4 +244,46 @@ func (a *API) vaultErase(r *http.Request, userID string) (any, error) {
 		slog.Bool("vault_deleted", res.VaultDeleted),
 		slog.Int64("audit_rows_deleted", res.AuditRowsDeleted))
 	return eraseResponse{OK: true, VaultDeleted: res.VaultDeleted, AuditRowsDeleted: res.AuditRowsDeleted}, nil
+}
+
+// restoreResponse reports a restore or discard of the restore slot.
+type restoreResponse struct {
+	OK                bool    `json:"ok"`
+	ZeroKnowledge     bool    `json:"zeroKnowledge"`
+	RecoverySetAt     *string `json:"recoverySetAt"`
+	TakenAt           string  `json:"takenAt"`
+	ServerWrapDropped bool    `json:"serverWrapDropped"`
+}
+
+// serviceMeta is the audit metadata of a service request: the caller is
+// the auth service, acting for the user.
+func (a *API) serviceMeta(r *http.Request) broker.RequestMeta {
+	return broker.RequestMeta{IPAddress: a.clientIP(r), UserAgent: truncate(r.UserAgent(), 512)}
+}
+
+// restoreRecoveryWrap puts back the recovery wrap the server kept before
+// an unverifiable change (see broker.Service.RestoreRecoveryWrap).
+func (a *API) restoreRecoveryWrap(r *http.Request, userID string) (any, error) {
+	res, err := a.svc.RestoreRecoveryWrap(r.Context(), userID, a.serviceMeta(r))
+	if err != nil {
+		return nil, err
+	}
+	return restoreResponse{OK: true, ZeroKnowledge: true, RecoverySetAt: isoTimePtr(res.RecoverySetAt),
+		TakenAt: isoTime(res.TakenAt), ServerWrapDropped: res.ServerWrapDropped}, nil
+}
+
+// discardRestorableRecoveryWrap empties the restore slot.
+func (a *API) discardRestorableRecoveryWrap(r *http.Request, userID string) (any, error) {
+	res, err := a.svc.DiscardRestorableRecoveryWrap(r.Context(), userID, a.serviceMeta(r))
+	if err != nil {
+		return nil, err
+	}
+	return discardResponse{OK: true, RecoverySetAt: isoTimePtr(res.RecoverySetAt), TakenAt: isoTime(res.TakenAt)}, nil
+}
+
+// discardResponse reports a discarded restore slot.
+type discardResponse struct {
+	OK            bool    `json:"ok"`
+	RecoverySetAt *string `json:"recoverySetAt"`
+	TakenAt       string  `json:"takenAt"`
 }

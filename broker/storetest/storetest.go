@@ -3,8 +3,9 @@
 // so the domain can rely on one behaviour.
 //
 // The contract, beyond the interface's doc comments:
-//   - every Vault and AuditEntry field round-trips, nil pointers included;
-//     timestamps to the microsecond;
+//   - every Vault and AuditEntry field round-trips, nil pointers included
+//     (the restore slot, Vault.Restorable, whole or nil); timestamps to
+//     the microsecond;
 //   - the three CHECK constraints of encryption_vaults (has_wrap,
 //     wrap_iv_pair, zk_consistency) and the format-version check reject a
 //     bad row with an error that names the constraint, and the stored row
@@ -55,6 +56,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"RoundTripEveryField", testRoundTripEveryField},
 		{"RoundTripNilPointers", testRoundTripNilPointers},
 		{"RoundTripZeroKnowledge", testRoundTripZeroKnowledge},
+		{"RoundTripRestorableNilFields", testRoundTripRestorableNilFields},
 		{"InsertConflictReportsFalse", testInsertConflictReportsFalse},
 		{"UpdateOverwritesEveryField", testUpdateOverwritesEveryField},
 		{"UpdateMissingIsNotFound", testUpdateMissingIsNotFound},
@@ -112,6 +114,16 @@ func fullVault(userID string) *broker.Vault {
 		RecoveryFormatVersion: 1,
 		RecoverySetAt:         ptr(at(3, 1)),
 		ZeroKnowledge:         false,
+		KeyProof:              ptr("cHJvb2YtaGFzaA==:a2V5LWNoZWNrLXZhbHVl"),
+		Restorable: &broker.RestorableRecovery{
+			WrappedMK:     "a2VwdC1yZWNvdmVyeS13cmFw",
+			IV:            "a2VwdC1pdg==",
+			FormatVersion: 1,
+			SetAt:         ptr(at(11, 222222)),
+			KeyCheck:      ptr("a2VwdC1rZXktY2hlY2s="),
+			KeyProof:      ptr("a2VwdC1wcm9vZg==:a2VwdC1rZXktY2hlY2s="),
+			TakenAt:       at(12, 333333),
+		},
 	}
 }
 
@@ -146,6 +158,14 @@ func normalized(v *broker.Vault) broker.Vault {
 	}
 	if c.RecoverySetAt != nil {
 		c.RecoverySetAt = ptr(c.RecoverySetAt.UTC())
+	}
+	if c.Restorable != nil {
+		r := *c.Restorable // a copy: callers change what normalized returns
+		r.TakenAt = r.TakenAt.UTC()
+		if r.SetAt != nil {
+			r.SetAt = ptr(r.SetAt.UTC())
+		}
+		c.Restorable = &r
 	}
 	return c
 }
@@ -227,6 +247,26 @@ func testRoundTripNilPointers(t *testing.T, h Harness) {
 	require.Nil(t, got.RecoveryWrappedMK)
 	require.Nil(t, got.RecoveryIV)
 	require.Nil(t, got.RecoverySetAt)
+	require.Nil(t, got.KeyProof)
+	require.Nil(t, got.Restorable)
+}
+
+func testRoundTripRestorableNilFields(t *testing.T, h Harness) {
+	want := zkVault(newUserID(t))
+	want.KeyCheck, want.KeyProof = nil, nil
+	want.Restorable.SetAt, want.Restorable.KeyCheck, want.Restorable.KeyProof = nil, nil, nil
+	insert(t, h, want)
+	got := get(t, h, want.UserID)
+	requireVaultEqual(t, want, got)
+	require.NotNil(t, got.Restorable)
+	require.Nil(t, got.Restorable.SetAt)
+	require.Nil(t, got.Restorable.KeyCheck)
+	require.Nil(t, got.Restorable.KeyProof)
+
+	// Emptying the slot is an update like any other.
+	want.Restorable = nil
+	require.NoError(t, update(h, t.Context(), want))
+	require.Nil(t, get(t, h, want.UserID).Restorable)
 }
 
 func testRoundTripZeroKnowledge(t *testing.T, h Harness) {

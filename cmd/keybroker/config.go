@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
@@ -38,6 +39,7 @@ type config struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
+	RecoveryProof   string       // a broker.RecoveryProofPolicy, checked by parseConfig
 	Ops             opsConfig    // serve's operations settings (ops.go)
 	Rewrap          rewrapConfig // serve's re-wrap job (rewrap.go)
 }
@@ -64,6 +66,7 @@ const (
 	envDataDir         = "KEYBROKER_DATA_DIR"
 	envEnv             = "KEYBROKER_ENV"
 	envAllowPrivileged = "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE"
+	envRecoveryProof   = "KEYBROKER_RECOVERY_PROOF"
 )
 
 // defaultDataDir holds the embedded store and dev-mode files.
@@ -124,6 +127,8 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 			return nil, fmt.Errorf("$%s: %w", envShutdownTimeout, err)
 		}
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", shutdown, "grace period for in-flight requests on SIGTERM ($"+envShutdownTimeout+")")
+		fs.StringVar(&c.RecoveryProof, "recovery-proof", env(envRecoveryProof, string(broker.RecoveryProofRequired)),
+			"required: replacing a zero-knowledge recovery wrap needs keyProof; optional: accepted without it, the replaced wrap kept restorable ($"+envRecoveryProof+")")
 		if err := c.Ops.register(fs, getenv); err != nil {
 			return nil, err
 		}
@@ -157,6 +162,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	if serve {
 		if err := c.validateTokens(); err != nil {
 			return nil, err
+		}
+		if _, err := broker.ParseRecoveryProofPolicy(c.RecoveryProof); err != nil {
+			return nil, fmt.Errorf("$%s (--recovery-proof): %w", envRecoveryProof, err)
 		}
 		if err := c.Ops.validate(); err != nil {
 			return nil, err

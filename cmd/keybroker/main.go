@@ -27,6 +27,9 @@ Usage:
   keybroker kek status          rows per KEK id and format, and the re-wrap job
   keybroker kek check           status and a wrap/unwrap round trip of each KEK
   keybroker rewrap [flags]      move rows to the active KEK now (--dry-run, --rate)
+  keybroker vault restore-recovery --user ID [--discard]
+                                put back (or forget) the recovery wrap kept
+                                before an unverifiable zero-knowledge change
   keybroker dev token --user ID print a bearer token from the dev-mode issuer
   keybroker healthcheck [--url] exit 0 when /healthz answers 200 (container health checks)
   keybroker version             print the version
@@ -69,6 +72,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdKEK(ctx, args[1:], getenv, stdout, stderr)
 	case "rewrap":
 		return cmdRewrap(ctx, args[1:], getenv, stdout, stderr)
+	case "vault":
+		return cmdVault(ctx, args[1:], getenv, stdout, stderr)
 	case "dev":
 		return cmdDev(ctx, args[1:], getenv, stdout, stderr)
 	case "healthcheck":

@@ -201,6 +201,7 @@ func TestServeRefusesBadOperationsSettings(t *testing.T) {
 		"WildcardOrigin":  {"KEYBROKER_CORS_ORIGINS", "*", "explicitly"},
 		"OriginWithPath":  {"KEYBROKER_CORS_ORIGINS", "https://app.example.com/x", "scheme://host"},
 		"BurstNotANumber": {"KEYBROKER_RATE_BURST", "lots", "KEYBROKER_RATE_BURST"},
+		"RecoveryProof":   {"KEYBROKER_RECOVERY_PROOF", "off", "KEYBROKER_RECOVERY_PROOF"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			env := map[string]string{c.key: c.value}
@@ -323,8 +324,8 @@ func TestRowsPerKEKMetric(t *testing.T) {
 		_, err := svc.Init(ctx, user, broker.RequestMeta{})
 		require.NoError(t, err)
 	}
-	require.NoError(t, svc.SetRecoveryWrap(ctx, "c", bytes.Repeat([]byte{1}, broker.RecoveryWrapSize), bytes.Repeat([]byte{2}, broker.RecoveryIVSize), broker.RequestMeta{}))
-	require.NoError(t, svc.EnableZeroKnowledge(ctx, "c", broker.RequestMeta{}))
+	require.NoError(t, svc.SetRecoveryWrap(ctx, "c", bytes.Repeat([]byte{1}, broker.RecoveryWrapSize), bytes.Repeat([]byte{2}, broker.RecoveryIVSize), nil, broker.RequestMeta{}))
+	require.NoError(t, svc.EnableZeroKnowledge(ctx, "c", nil, broker.RequestMeta{}))
 
 	c := newRowsCollector(store, slog.New(slog.DiscardHandler))
 	require.NotNil(t, c)

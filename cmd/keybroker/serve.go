@@ -72,9 +72,14 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err := checkRetiredKEKs(ctx, store, keyring, log); err != nil { // rewrap.go
 		return err
 	}
-	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log, OnGroupCommit: ops.commits.observe})
+	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log, OnGroupCommit: ops.commits.observe,
+		RecoveryProof: broker.RecoveryProofPolicy(cfg.RecoveryProof)})
 	if err != nil {
 		return err
+	}
+	if cfg.RecoveryProof == string(broker.RecoveryProofOptional) {
+		log.Warn("recovery proof optional: a bearer token alone can replace a zero-knowledge recovery wrap; the replaced wrap is kept for \"keybroker vault restore-recovery\"",
+			slog.String("setting", envRecoveryProof))
 	}
 	cfg.warnUnpinned(log)
 	verifier, err := jwtauth.New(ctx, jwtauth.Config{

@@ -39,6 +39,9 @@ type Options struct {
 	// Verifier adjusts the verifier's config (JWKSURL, Issuer and Audience
 	// are set).
 	Verifier func(*jwtauth.Config)
+	// Service adjusts the broker's config (Store, Keyring and Logger are
+	// set).
+	Service func(*broker.Config)
 	// API adjusts the vault API's config (Service, Verifier and Logger
 	// are set).
 	API func(*vaultapi.Config)
@@ -75,7 +78,11 @@ func Start(t testing.TB, opts Options) *Server {
 		must(t, err)
 		opts.Issuer = issuer
 	}
-	svc, err := broker.New(ctx, broker.Config{Store: opts.Store, Keyring: opts.Keyring, Logger: opts.Logger})
+	bcfg := broker.Config{Store: opts.Store, Keyring: opts.Keyring, Logger: opts.Logger}
+	if opts.Service != nil {
+		opts.Service(&bcfg)
+	}
+	svc, err := broker.New(ctx, bcfg)
 	must(t, err)
 
 	jwks := httptest.NewServer(opts.Issuer.JWKSHandler())

@@ -9,12 +9,14 @@ import (
 )
 
 // VaultConstraints are the original service's three CHECK constraints of
-// encryption_vaults: a user always has a wrap, wraps come with their IVs,
-// and zero-knowledge means the server holds no wrap of its own.
+// encryption_vaults — a user always has a wrap, wraps come with their
+// IVs, and zero-knowledge means the server holds no wrap of its own —
+// and keybroker's restore slot's: a kept recovery wrap is whole.
 var VaultConstraints = []string{
 	"encryption_vaults_has_wrap",
 	"encryption_vaults_wrap_iv_pair",
 	"encryption_vaults_zk_consistency",
+	"encryption_vaults_restorable_complete",
 }
 
 // Querier is what the checks need of a pgx connection or pool.

@@ -13,17 +13,20 @@ import (
 // constantTimeComparers are the functions through which keybroker compares
 // secrets; each must do it with crypto/subtle. The key check value decides
 // whether a client-sent master key is the user's (MASTER_KEY_MISMATCH), the
-// service key guards export and erasure: an early-exit comparison of
-// either would let a caller learn it byte by byte from response times.
+// key possession proof whether a client may replace a zero-knowledge
+// recovery wrap (KEY_PROOF_MISMATCH), the service key guards export and
+// erasure: an early-exit comparison of any would let a caller learn it
+// byte by byte from response times.
 var constantTimeComparers = []struct{ file, function string }{
 	{"broker/crypto.go", "keyCheckMatches"},
 	{"broker/crypto.go", "equalConstantTime"},
+	{"broker/crypto.go", "keyProofMatches"},
 	{"vaultapi/service.go", "matches"}, // (*serviceKey).matches
 }
 
 // secretIdent matches identifiers that hold secrets or values derived
 // from them.
-var secretIdent = regexp.MustCompile(`(?i)^(mk|masterkeys?|kcv|keycheck(value)?|storedkcv|digest|servicekey|secret(id)?|password|plaintext|token|mac|wrappedmk|recoverywrappedmk)$`)
+var secretIdent = regexp.MustCompile(`(?i)^(mk|masterkeys?|kcv|keycheck(value)?|storedkcv|(key)?proofs?|(stored)?hash|digest|servicekey|secret(id)?|password|plaintext|token|mac|wrappedmk|recoverywrappedmk)$`)
 
 // comparisonExempt lists non-test files that may compare such values
 // directly, with the reason.

@@ -129,15 +129,17 @@ func (o *op) audit(ctx context.Context, action Action, status int, note string) 
 	return o.tx.AuditInsert(ctx, o.s.auditEntry(o.userID, o.meta, action, status, note))
 }
 
-// auditEntry is the audit row of one request's outcome.
+// auditEntry is the audit row of one request's outcome. Its texts are
+// cleaned (AuditText): they come from request headers, or name what a
+// row holds.
 func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
 	return &AuditEntry{
 		ID:        newAuditID(),
 		UserID:    userID,
 		Action:    action,
-		IPAddress: meta.IPAddress,
-		UserAgent: meta.UserAgent,
-		Context:   note,
+		IPAddress: AuditText(meta.IPAddress),
+		UserAgent: AuditText(meta.UserAgent),
+		Context:   AuditText(note),
 		Status:    status,
 		CreatedAt: s.now(),
 	}

@@ -33,6 +33,12 @@ var (
 	// disabled or revoked key, a missing permission. Not the data's fault,
 	// and not fixed by retrying; an operator must act.
 	ErrKEKDenied = errors.New("the KEK refused the operation")
+	// ErrUnknownUser means the store's users table does not know the
+	// user: on a schema adopted from the original service
+	// (KEYBROKER_SCHEMA=auth) both tables reference auth.users, so a
+	// deleted account whose token has not expired can neither have a
+	// vault nor an audit row. Nothing was written.
+	ErrUnknownUser = errors.New("the user is not a known account")
 )
 
 // Dependencies named by UnavailableError.

@@ -152,8 +152,9 @@ func (o *op) refuse(ctx context.Context, action Action, status int, note string,
 	return o.audit(ctx, action, status, note)
 }
 
-// run executes fn in a user-scoped transaction.
-func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, fn func(o *op) error) error {
+// run executes fn in a user-scoped transaction; action is the audit
+// action of the operation, for the log when no audit row can be written.
+func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, action Action, fn func(o *op) error) error {
 	if userID == "" {
 		return fmt.Errorf("%w: empty user id", ErrInvalidArgument)
 	}
@@ -163,9 +164,23 @@ func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, fn f
 		return fn(o)
 	})
 	if err != nil {
+		s.logUnrecorded(ctx, userID, meta, action, err)
 		return err
 	}
 	return o.outcome
+}
+
+// logUnrecorded logs a request refused with ErrUnknownUser, which no
+// audit row can record: on an adopted schema the audit table references
+// the users table too. The log line stands in for the row (never a token:
+// the Service does not see one).
+func (s *Service) logUnrecorded(ctx context.Context, userID string, meta RequestMeta, action Action, err error) {
+	if !errors.Is(err, ErrUnknownUser) {
+		return
+	}
+	s.log.LogAttrs(ctx, slog.LevelWarn, "request of an unknown user refused; no audit row can name them",
+		slog.String("user_id", userID), slog.String("action", string(action)),
+		slog.String("ip_address", AuditText(meta.IPAddress)), slog.String("user_agent", AuditText(meta.UserAgent)))
 }
 
 // openOrRefuse unwraps v's master key. When that fails it records a
@@ -212,7 +227,7 @@ func zkResult(v *Vault) *KeyResult {
 // without an audit row. A user without a vault gets the same shape.
 func (s *Service) Status(ctx context.Context, userID string) (*Status, error) {
 	st := &Status{}
-	err := s.run(ctx, userID, RequestMeta{}, func(o *op) error {
+	err := s.run(ctx, userID, RequestMeta{}, "", func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
 			return nil
@@ -237,7 +252,7 @@ func (s *Service) Status(ctx context.Context, userID string) (*Status, error) {
 // loser of the insert race returns the winner's key.
 func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	var res *KeyResult
-	err := s.run(ctx, userID, meta, func(o *op) error {
+	err := s.run(ctx, userID, meta, ActionInit, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
 			var created bool
@@ -295,19 +310,25 @@ func (s *Service) create(ctx context.Context, o *op, res **KeyResult) (bool, err
 // Key returns the user's master key, or the recovery wrap in
 // zero-knowledge mode. It returns ErrNotFound when the user has no vault,
 // ErrUnknownKEK, ErrUnwrapFailed or an *UnavailableError when the wrap
-// cannot be opened; every outcome is audited.
+// cannot be opened; every outcome is audited. Like every operation that
+// writes, it returns ErrUnknownUser, logged rather than audited, when the
+// store's users table does not know the user.
 func (s *Service) Key(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	if userID == "" {
 		return nil, fmt.Errorf("%w: empty user id", ErrInvalidArgument)
 	}
 	switch {
 	case s.fetches != nil:
-		return s.fetchKey(ctx, userID, meta)
+		res, err := s.fetchKey(ctx, userID, meta)
+		s.logUnrecorded(ctx, userID, meta, ActionFetch, err)
+		return res, err
 	case s.reader != nil:
-		return s.fastKey(ctx, userID, meta)
+		res, err := s.fastKey(ctx, userID, meta)
+		s.logUnrecorded(ctx, userID, meta, ActionFetch, err)
+		return res, err
 	}
 	var res *KeyResult
-	err := s.run(ctx, userID, meta, func(o *op) error {
+	err := s.run(ctx, userID, meta, ActionFetch, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionFailedFetch, http.StatusNotFound, "not-initialised", ErrNotFound)
@@ -349,7 +370,7 @@ func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (
 		return nil, err
 	}
 	kcv := KeyCheckValue(mk)
-	err = s.run(ctx, userID, meta, func(o *op) error {
+	err = s.run(ctx, userID, meta, ActionRotate, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			fresh := &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv}
@@ -401,7 +422,7 @@ func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK,
 	if len(wrappedMK) != RecoveryWrapSize || len(iv) != RecoveryIVSize {
 		return fmt.Errorf("%w: recovery wrap must be %d bytes and its IV %d bytes", ErrInvalidArgument, RecoveryWrapSize, RecoveryIVSize)
 	}
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionRecoverySet, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionRecoverySet, http.StatusNotFound, "no-vault", ErrNotFound)
@@ -422,7 +443,7 @@ func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK,
 // ClearRecoveryWrap removes the recovery wrap. It returns ErrNotFound
 // when the user has no vault and ErrZKActive in zero-knowledge mode.
 func (s *Service) ClearRecoveryWrap(ctx context.Context, userID string, meta RequestMeta) error {
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionRecoveryClear, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionRecoveryClear, http.StatusNotFound, "no-vault", ErrNotFound)
@@ -447,7 +468,7 @@ func (s *Service) ClearRecoveryWrap(ctx context.Context, userID string, meta Req
 // original service wrote (no key check value) it first unwraps the MK to
 // record its check value, so a later disable can be verified.
 func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, meta RequestMeta) error {
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionZKEnable, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionZKEnable, http.StatusNotFound, "no-vault", ErrNotFound)
@@ -490,7 +511,7 @@ func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []
 	if len(mk) != MasterKeySize {
 		return fmt.Errorf("%w: masterKey must be %d bytes", ErrInvalidArgument, MasterKeySize)
 	}
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionZKDisable, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionZKDisable, http.StatusNotFound, "no-vault", ErrNotFound)

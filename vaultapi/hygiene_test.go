@@ -3,7 +3,9 @@ package vaultapi_test
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,6 +18,8 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/apitest"
+	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/pgstore"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 
@@ -116,5 +120,84 @@ func TestHostileHeadersReachTheAuditRowClean(t *testing.T) {
 			require.NoError(t, err)
 			require.Len(t, page.Entries, 4)
 		})
+	}
+}
+
+// adoptedEnv is a server on a schema adopted from mana-auth, whose vault
+// tables reference auth.users, with the given users in that table. wrap,
+// when set, wraps the store the server uses.
+func adoptedEnv(t *testing.T, users []string, wrap func(*pgstore.Store) broker.Store, opts apitest.Options) *env {
+	t.Helper()
+	pg, admin := newPGStore(t, "auth", pgtest.CreateManaAuthSchema)
+	for _, u := range users {
+		pgtest.Exec(t, admin, "INSERT INTO auth.users (id, email) VALUES ($1, $1 || '@example.com')", u)
+	}
+	logs := &syncBuffer{}
+	opts.Store = pg
+	if wrap != nil {
+		opts.Store = wrap(pg)
+	}
+	opts.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	srv := apitest.Start(t, opts)
+	return &env{t: t, url: srv.URL, issuer: srv.Issuer, admin: admin, logs: logs, store: opts.Store, jwksURL: srv.JWKSURL}
+}
+
+// count runs a count(*) query as the superuser.
+func (e *env) count(query string, args ...any) int {
+	e.t.Helper()
+	var n int
+	require.NoError(e.t, e.admin.QueryRow(context.Background(), query, args...).Scan(&n))
+	return n
+}
+
+// TestUnknownUserOnAdoptedSchema: on a mana-auth database a valid token
+// whose user has no row in auth.users — an account deleted while its
+// token lives on, or one that never existed — gets 403 USER_UNKNOWN from
+// every route that writes, not a 500; nothing changes, and since the
+// audit table cannot name that user either, each request is logged
+// instead (without the token).
+func TestUnknownUserOnAdoptedSchema(t *testing.T) {
+	t.Parallel()
+	e := adoptedEnv(t, []string{"alice", "gone"}, nil, apitest.Options{})
+	require.Equal(t, http.StatusOK, e.do(http.MethodPost, "/init", "alice", nil).status, "the adopted schema serves known users")
+	require.Equal(t, http.StatusOK, e.do(http.MethodPost, "/init", "gone", nil).status)
+	pgtest.Exec(t, e.admin, "DELETE FROM auth.users WHERE id = 'gone'") // cascades to its vault and audit rows
+
+	wrap := base64.StdEncoding.EncodeToString(make([]byte, broker.RecoveryWrapSize))
+	iv := base64.StdEncoding.EncodeToString(make([]byte, broker.RecoveryIVSize))
+	mk := base64.StdEncoding.EncodeToString(make([]byte, broker.MasterKeySize))
+	routes := []struct {
+		method, path string
+		body         any
+	}{
+		{http.MethodPost, "/init", nil},
+		{http.MethodGet, "/key", nil},
+		{http.MethodPost, "/rotate", nil},
+		{http.MethodPost, "/recovery-wrap", map[string]string{"recoveryWrappedMk": wrap, "recoveryIv": iv}},
+		{http.MethodDelete, "/recovery-wrap", nil},
+		{http.MethodPost, "/zero-knowledge", map[string]any{"enable": true}},
+		{http.MethodPost, "/zero-knowledge", map[string]any{"enable": false, "masterKey": mk}},
+	}
+	for _, user := range []string{"gone", "ghost"} {
+		for _, r := range routes {
+			e.do(r.method, r.path, user, r.body).requireError(t, http.StatusForbidden, vaultapi.CodeUserUnknown)
+		}
+		st := e.do(http.MethodGet, "/status", user, nil)
+		require.Equal(t, http.StatusOK, st.status, "status writes nothing, so it answers as for a user without a vault")
+		require.Equal(t, false, st.body["vaultExists"])
+
+		require.Zero(t, e.count("SELECT count(*) FROM auth.encryption_vaults WHERE user_id = $1", user), "%s: no vault was created", user)
+		require.Zero(t, e.count("SELECT count(*) FROM auth.encryption_vault_audit WHERE user_id = $1", user))
+	}
+	require.Equal(t, 1, e.count("SELECT count(*) FROM auth.encryption_vault_audit WHERE user_id = 'alice'"), "others untouched")
+	require.Equal(t, 1, e.count("SELECT count(*) FROM auth.encryption_vaults WHERE user_id = 'alice'"))
+
+	logs := e.logs.String()
+	require.Equal(t, 2*len(routes), strings.Count(logs, `"msg":"request of an unknown user refused; no audit row can name them"`),
+		"each refused request is logged in place of its audit row")
+	require.Contains(t, logs, `"user_id":"ghost","action":"fetch"`)
+	require.NotContains(t, logs, `"level":"ERROR"`, "not an internal error")
+	for _, user := range []string{"gone", "ghost"} {
+		require.NotContains(t, logs, e.token(user)[:40], "no token in the log")
 	}
 }

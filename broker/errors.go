@@ -41,6 +41,22 @@ var (
 	ErrUnknownUser = errors.New("the user is not a known account")
 )
 
+// BatchItemError is returned by a store call that carries many requests
+// (VaultFetcher.VaultFetch, AuditAppender.AuditAppend) when one item made
+// the whole call fail: nothing of the call was recorded, and the other
+// items may succeed without it. Index is the item's position in the
+// call's slice; Err is its own error.
+type BatchItemError struct {
+	Index int
+	Err   error
+}
+
+func (e *BatchItemError) Error() string {
+	return fmt.Sprintf("item %d of the batch: %v", e.Index, e.Err)
+}
+
+func (e *BatchItemError) Unwrap() error { return e.Err }
+
 // Dependencies named by UnavailableError.
 const (
 	DependencyStore = "store"

@@ -1,6 +1,8 @@
 package pgstore_test
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -170,7 +172,8 @@ WHERE contype = 'f' AND confrelid = 'auth.users'::regclass AND confdeltype = 'c'
 // reference auth.users, so a user without a row there (a deleted account
 // whose token has not expired) can be neither given a vault nor named by
 // an audit row. The foreign-key violation is broker.ErrUnknownUser, not a
-// bug, and nothing of a failed call is kept.
+// bug; in a fetch batch it names its fetch, so the others can run without
+// it; and nothing of a failed call is kept.
 func TestUnknownUserOnAdoptedSchema(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -204,11 +207,37 @@ func TestUnknownUserOnAdoptedSchema(t *testing.T) {
 			return tx.AuditInsert(ctx, entry("ghost-row", "ghost"))
 		}))
 	})
+	t.Run("VaultFetchNamesTheFetch", func(t *testing.T) {
+		outcomes := [broker.FetchDeferred]broker.FetchOutcome{
+			broker.FetchMissing: {Action: broker.ActionFailedFetch, Status: 404, Context: "not-initialised"},
+		}
+		b := &broker.FetchBatch{Outcomes: outcomes}
+		for i, user := range []string{"known-1", "ghost", "known-2"} {
+			b.Fetches = append(b.Fetches, &broker.Fetch{Audit: &broker.AuditEntry{ID: fmt.Sprintf("fetch-%d", i), UserID: user, CreatedAt: now}})
+		}
+		err := store.VaultFetch(ctx, b)
+		var item *broker.BatchItemError
+		require.ErrorAs(t, err, &item)
+		require.Equal(t, 1, item.Index)
+		requireUnknown(t, item.Err)
+		for _, user := range []string{"known-1", "known-2"} {
+			rows, err := rowsOf(ctx, user)
+			require.NoError(t, err)
+			require.Empty(t, rows, "nothing of the failed batch is kept")
+		}
+		b.Fetches = slices.Delete(b.Fetches, 1, 2)
+		require.NoError(t, store.VaultFetch(ctx, b))
+		for _, user := range []string{"known-1", "known-2"} {
+			rows, err := rowsOf(ctx, user)
+			require.NoError(t, err)
+			require.Len(t, rows, 1, "recorded once, without the unknown user's fetch")
+		}
+	})
 	t.Run("AuditAppend", func(t *testing.T) {
 		requireUnknown(t, store.AuditAppend(ctx, []*broker.AuditEntry{entry("append-1", "known-1"), entry("append-2", "ghost")}))
 		rows, err := rowsOf(ctx, "known-1")
 		require.NoError(t, err)
-		require.Empty(t, rows, "nothing of the failed call is kept")
+		require.Len(t, rows, 1, "only the fetch row above")
 	})
 }
 

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"unicode"
 	"unicode/utf8"
@@ -199,5 +201,187 @@ func TestUnknownUserOnAdoptedSchema(t *testing.T) {
 	require.NotContains(t, logs, `"level":"ERROR"`, "not an internal error")
 	for _, user := range []string{"gone", "ghost"} {
 		require.NotContains(t, logs, e.token(user)[:40], "no token in the log")
+	}
+}
+
+// fetchCall is one VaultFetch: the users it carried and its error.
+type fetchCall struct {
+	users []string
+	err   error
+}
+
+// recordingStore is the PostgreSQL store with a record of every
+// VaultFetch call.
+type recordingStore struct {
+	*pgstore.Store
+	mu    sync.Mutex
+	calls []fetchCall
+}
+
+func (s *recordingStore) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
+	err := s.Store.VaultFetch(ctx, b)
+	c := fetchCall{err: err}
+	for _, f := range b.Fetches {
+		c.users = append(c.users, f.Audit.UserID)
+	}
+	s.mu.Lock()
+	s.calls = append(s.calls, c)
+	s.mu.Unlock()
+	return err
+}
+
+// TestPoisonedFetchesFailAloneUnderLoad: fetches that fail inside a group
+// commit (here tokens of users unknown to an adopted schema's users
+// table, which no sanitising removes) mixed with many clean concurrent
+// fetches. Every clean fetch is answered 200 with its key and has exactly
+// one audit row; each poisoned one gets its own 403; and a batch holding
+// k poisoned fetches costs at most k+1 store calls — the others commit
+// together once, never one by one — which the group-commit observer
+// reports as retries.
+func TestPoisonedFetchesFailAloneUnderLoad(t *testing.T) {
+	t.Parallel()
+	const cleanUsers, fetchesPerClean, ghosts, fetchesPerGhost, maxRounds = 32, 4, 4, 2, 5
+	var users []string
+	for i := range cleanUsers {
+		users = append(users, fmt.Sprintf("user-%02d", i))
+	}
+	var observedMu sync.Mutex
+	var observed []broker.GroupCommit
+	var rec *recordingStore
+	wrap := func(pg *pgstore.Store) broker.Store {
+		rec = &recordingStore{Store: pg}
+		return rec
+	}
+	e := adoptedEnv(t, users, wrap, apitest.Options{Broker: func(cfg *broker.Config) {
+		cfg.OnGroupCommit = func(c broker.GroupCommit) {
+			if c.Kind == broker.GroupCommitFetch {
+				observedMu.Lock()
+				observed = append(observed, c)
+				observedMu.Unlock()
+			}
+		}
+	}})
+	keys := map[string]string{}
+	for _, u := range users {
+		r := e.do(http.MethodPost, "/init", u, nil)
+		require.Equal(t, http.StatusOK, r.status, r.raw)
+		keys[u] = r.body["masterKey"].(string)
+	}
+	tokens := map[string]string{}
+	for _, u := range users {
+		tokens[u] = e.token(u)
+	}
+	for i := range ghosts {
+		tokens[fmt.Sprintf("ghost-%d", i)] = e.token(fmt.Sprintf("ghost-%d", i))
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	type outcome struct {
+		user   string
+		status int
+		body   string
+	}
+	retries, rounds := 0, 0
+	for rounds < maxRounds && retries == 0 {
+		rounds++
+		var requests []string
+		for _, u := range users {
+			for range fetchesPerClean {
+				requests = append(requests, u)
+			}
+		}
+		for i := range ghosts {
+			for range fetchesPerGhost {
+				requests = append(requests, fmt.Sprintf("ghost-%d", i))
+			}
+		}
+		start := make(chan struct{})
+		outcomes := make(chan outcome, len(requests))
+		var wg sync.WaitGroup
+		for _, u := range requests {
+			wg.Go(func() {
+				<-start
+				req, err := http.NewRequest(http.MethodGet, e.url+vaultapi.BasePath+"/key", nil)
+				if err != nil {
+					outcomes <- outcome{u, 0, err.Error()}
+					return
+				}
+				req.Header.Set("Authorization", "Bearer "+tokens[u])
+				res, err := client.Do(req)
+				if err != nil {
+					outcomes <- outcome{u, 0, err.Error()}
+					return
+				}
+				defer res.Body.Close()
+				var body strings.Builder
+				_, _ = bufio.NewReader(res.Body).WriteTo(&body)
+				outcomes <- outcome{u, res.StatusCode, body.String()}
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(outcomes)
+		for o := range outcomes {
+			if strings.HasPrefix(o.user, "ghost-") {
+				require.Equal(t, http.StatusForbidden, o.status, "%s: %s", o.user, o.body)
+				require.Contains(t, o.body, `"code":"USER_UNKNOWN"`)
+				continue
+			}
+			require.Equal(t, http.StatusOK, o.status, "%s: %s", o.user, o.body)
+			require.Contains(t, o.body, `"masterKey":"`+keys[o.user]+`"`, o.user)
+		}
+		observedMu.Lock()
+		retries = 0
+		for _, c := range observed {
+			if c.Retry {
+				retries++
+			}
+		}
+		observedMu.Unlock()
+	}
+
+	// Exactly one audit row per clean fetch, none for the unknown users.
+	for _, u := range users {
+		require.Equal(t, rounds*fetchesPerClean, e.count("SELECT count(*) FROM auth.encryption_vault_audit WHERE user_id = $1 AND action = 'fetch'", u), u)
+	}
+	require.Zero(t, e.count("SELECT count(*) FROM auth.encryption_vault_audit WHERE user_id LIKE 'ghost-%'"))
+
+	// The store calls, batch by batch: each retry drops exactly the one
+	// unknown user the failed call named, so a batch holding k of them
+	// takes at most k+1 calls.
+	rec.mu.Lock()
+	calls := rec.calls
+	rec.mu.Unlock()
+	observedMu.Lock()
+	defer observedMu.Unlock()
+	require.Len(t, observed, len(calls), "the observer sees every store call")
+	require.Positive(t, retries, "in %d rounds no batch mixed poisoned and clean fetches", rounds)
+	t.Logf("%d rounds, %d store calls, %d retries", rounds, len(calls), retries)
+	for i := 0; i < len(calls); {
+		require.False(t, observed[i].Retry, "call %d opens a batch", i)
+		poisoned := 0
+		for _, u := range calls[i].users {
+			if strings.HasPrefix(u, "ghost-") {
+				poisoned++
+			}
+		}
+		end := i + 1
+		for end < len(calls) && observed[end].Retry {
+			require.Len(t, calls[end].users, len(calls[end-1].users)-1, "a retry drops one fetch: call %d", end)
+			end++
+		}
+		require.LessOrEqual(t, end-i, poisoned+1, "batch of %d fetches, %d poisoned: %d store calls", len(calls[i].users), poisoned, end-i)
+		for j := i; j < end; j++ {
+			if calls[j].err == nil {
+				require.Equal(t, end-1, j, "the batch ends with its successful call")
+				continue
+			}
+			var item *broker.BatchItemError
+			require.ErrorAs(t, calls[j].err, &item)
+			require.True(t, strings.HasPrefix(calls[j].users[item.Index], "ghost-"), "the store names an unknown user's fetch")
+			require.True(t, errors.Is(item.Err, broker.ErrUnknownUser))
+		}
+		i = end
 	}
 }

@@ -40,6 +40,9 @@ type Options struct {
 	// API adjusts the vault API's config (Service, Verifier and Logger
 	// are set).
 	API func(*vaultapi.Config)
+	// Broker adjusts the domain service's config (Store, Keyring and
+	// Logger are set), e.g. to observe group commits.
+	Broker func(*broker.Config)
 }
 
 // Server is a running vault API.
@@ -73,7 +76,11 @@ func Start(t testing.TB, opts Options) *Server {
 		must(t, err)
 		opts.Issuer = issuer
 	}
-	svc, err := broker.New(ctx, broker.Config{Store: opts.Store, Keyring: opts.Keyring, Logger: opts.Logger})
+	bcfg := broker.Config{Store: opts.Store, Keyring: opts.Keyring, Logger: opts.Logger}
+	if opts.Broker != nil {
+		opts.Broker(&bcfg)
+	}
+	svc, err := broker.New(ctx, bcfg)
 	must(t, err)
 
 	jwks := httptest.NewServer(opts.Issuer.JWKSHandler())

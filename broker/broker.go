@@ -108,7 +108,8 @@ type AuditEntry struct {
 }
 
 // RequestMeta is what the HTTP layer knows about a request that the audit
-// trail records.
+// trail records. Its fields may hold any bytes a client sent: the
+// Service cleans them (AuditText) before a store sees them.
 type RequestMeta struct {
 	IPAddress string
 	UserAgent string

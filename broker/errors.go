@@ -43,7 +43,29 @@ var (
 	// disabled or revoked key, a missing permission. Not the data's fault,
 	// and not fixed by retrying; an operator must act.
 	ErrKEKDenied = errors.New("the KEK refused the operation")
+	// ErrUnknownUser means the store's users table does not know the
+	// user: on a schema adopted from the original service
+	// (KEYBROKER_SCHEMA=auth) both tables reference auth.users, so a
+	// deleted account whose token has not expired can neither have a
+	// vault nor an audit row. Nothing was written.
+	ErrUnknownUser = errors.New("the user is not a known account")
 )
+
+// BatchItemError is returned by a store call that carries many requests
+// (VaultFetcher.VaultFetch, AuditAppender.AuditAppend) when one item made
+// the whole call fail: nothing of the call was recorded, and the other
+// items may succeed without it. Index is the item's position in the
+// call's slice; Err is its own error.
+type BatchItemError struct {
+	Index int
+	Err   error
+}
+
+func (e *BatchItemError) Error() string {
+	return fmt.Sprintf("item %d of the batch: %v", e.Index, e.Err)
+}
+
+func (e *BatchItemError) Unwrap() error { return e.Err }
 
 // Dependencies named by UnavailableError.
 const (

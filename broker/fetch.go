@@ -22,7 +22,9 @@ type VaultReader interface {
 // rows of operations that change nothing, several users' rows in one
 // commit. It returns only once the rows are durable.
 type AuditAppender interface {
-	// AuditAppend writes entries in one transaction.
+	// AuditAppend writes entries in one transaction: all or none. When
+	// one entry made it fail, the error is a *BatchItemError naming it
+	// if the store can tell (the others are then written without it).
 	AuditAppend(ctx context.Context, entries []*AuditEntry) error
 }
 
@@ -34,7 +36,9 @@ type VaultFetcher interface {
 	// VaultFetch runs every fetch of b, each under its own user's scope,
 	// and sets its Vault. It returns once the audit rows are durable. It
 	// is all or nothing: on error no fetch of b was recorded and no Vault
-	// may be used.
+	// may be used. When one fetch made it fail, the error is a
+	// *BatchItemError naming it (the others are then run again without
+	// it); outages are *UnavailableError.
 	VaultFetch(ctx context.Context, b *FetchBatch) error
 }
 
@@ -94,7 +98,6 @@ type Fetch struct {
 	Vault *Vault
 
 	kase FetchCase
-	err  error // this fetch failed alone; nothing of it was recorded
 }
 
 // fetchOutcomes are the rows a fetch records in its read's commit.
@@ -143,12 +146,17 @@ const (
 	GroupCommitAudit GroupCommitKind = "audit"
 )
 
-// GroupCommit describes one group commit, for Config.OnGroupCommit.
+// GroupCommit describes one store call of a group commit, for
+// Config.OnGroupCommit.
 type GroupCommit struct {
 	Kind  GroupCommitKind
 	Items int           // requests it carried
 	Took  time.Duration // from the start of the store call to its end
 	Err   error
+	// Retry marks a call that re-runs part of a group commit after a
+	// request failed the previous call: a split. A request that fails
+	// alone costs one retry of the others, never a call per request.
+	Retry bool
 }
 
 func newGroupCommit[T any](kind GroupCommitKind, concurrency int, observe func(GroupCommit), run func(ctx context.Context, items []T) error) *groupCommit[T] {
@@ -221,7 +229,7 @@ func (b *groupCommit[T]) flush(caller context.Context) {
 	}
 }
 
-// commit runs batch and hands each of its items the outcome; caller is
+// commit runs batch and hands each of its items its outcome; caller is
 // the context of the request whose goroutine runs it, nil on a goroutine
 // of its own.
 func (b *groupCommit[T]) commit(caller context.Context, batch []pendingItem[T]) {
@@ -230,18 +238,70 @@ func (b *groupCommit[T]) commit(caller context.Context, batch []pendingItem[T]) 
 		items[i] = p.item
 	}
 	ctx, cancel := commitContext(caller)
-	start := time.Now()
-	err := b.run(ctx, items)
-	took := time.Since(start)
+	errs := make([]error, len(items))
+	b.runSplitting(ctx, items, indexes(len(items)), errs, false)
 	cancel()
-	if b.observe != nil {
-		b.observe(GroupCommit{Kind: b.kind, Items: len(items), Took: took, Err: err})
-	}
-	for _, p := range batch {
-		p.done <- err
+	for i, p := range batch {
+		p.done <- errs[i]
 	}
 	<-b.slots
 	b.flush(nil)
+}
+
+// runSplitting runs the items of items at positions idx as one store
+// call and sets errs at those positions. An item that fails the call
+// alone (the store names it with a *BatchItemError) gets its own error,
+// and the rest run again as one call: k such items cost at most k+1
+// calls, never one per item, and every other item is committed once.
+// When the call fails and the store cannot say which item is to blame
+// (and it is no outage, which fails them all), the items are halved and
+// each half runs on the same rule, so the one at fault still fails
+// alone. retry marks calls that re-run part of the batch.
+func (b *groupCommit[T]) runSplitting(ctx context.Context, items []T, idx []int, errs []error, retry bool) {
+	for len(idx) > 0 {
+		part := make([]T, len(idx))
+		for j, i := range idx {
+			part[j] = items[i]
+		}
+		start := time.Now()
+		err := b.run(ctx, part)
+		if b.observe != nil {
+			b.observe(GroupCommit{Kind: b.kind, Items: len(part), Took: time.Since(start), Err: err, Retry: retry})
+		}
+		if err == nil {
+			return
+		}
+		retry = true
+		var one *BatchItemError
+		switch {
+		case IsUnavailable(err) || ctx.Err() != nil:
+			// An outage, or the commit's time is up: nothing is
+			// anyone's fault, and nothing would succeed now.
+			for _, i := range idx {
+				errs[i] = err
+			}
+			return
+		case errors.As(err, &one) && one.Index >= 0 && one.Index < len(idx):
+			errs[idx[one.Index]] = one.Err
+			idx = slices.Delete(slices.Clone(idx), one.Index, one.Index+1)
+		case len(idx) == 1:
+			errs[idx[0]] = err
+			return
+		default:
+			half := len(idx) / 2
+			b.runSplitting(ctx, items, idx[:half:half], errs, true)
+			idx = idx[half:]
+		}
+	}
+}
+
+// indexes returns 0, 1, …, n-1.
+func indexes(n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
 }
 
 // pastDeadline reports whether ctx has a deadline and it has passed.
@@ -270,23 +330,16 @@ func commitContext(caller context.Context) (context.Context, context.CancelFunc)
 	return context.WithDeadline(parent, deadline)
 }
 
-// fetchGroup runs fetches as one VaultFetch. When the batch fails for a
-// reason of its own (not an outage), one fetch may be to blame: each is
-// then run alone, so that it fails alone.
+// fetchGroup runs fetches as one VaultFetch. A fetch that fails it
+// alone is split off by the group commit (runSplitting), and the others
+// run again without it.
 func (s *Service) fetchGroup(ctx context.Context, fetches []*Fetch) error {
 	b := &FetchBatch{Openable: s.keyring.localIDs(), Outcomes: fetchOutcomes, Fetches: fetches}
-	err := s.fetcher.VaultFetch(ctx, b)
-	if err == nil {
-		for _, f := range fetches {
-			f.kase = b.Case(f.Vault)
-		}
-		return nil
-	}
-	if len(fetches) == 1 || IsUnavailable(err) {
+	if err := s.fetcher.VaultFetch(ctx, b); err != nil {
 		return err
 	}
 	for _, f := range fetches {
-		f.err = s.fetchGroup(ctx, []*Fetch{f})
+		f.kase = b.Case(f.Vault)
 	}
 	return nil
 }
@@ -295,11 +348,7 @@ func (s *Service) fetchGroup(ctx context.Context, fetches []*Fetch) error {
 // concurrent fetches, reads the vault and records the fetch.
 func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	f := &Fetch{Audit: s.auditEntry(userID, meta, "", 0, "")}
-	err := s.fetches.do(ctx, f)
-	if err == nil {
-		err = f.err
-	}
-	if err != nil {
+	if err := s.fetches.do(ctx, f); err != nil {
 		return nil, err
 	}
 	v := f.Vault

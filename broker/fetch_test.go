@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -150,17 +151,25 @@ func (g *gatedStore) VaultFetch(ctx context.Context, b *broker.FetchBatch) error
 
 // TestFetchFailingABatchFailsAlone: a fetch that fails the transaction of
 // its batch (here a user id PostgreSQL refuses as text) does not take the
-// others down: the batch is run again one fetch at a time, and each of
-// the others is read and recorded once.
+// others down: the store names it, it fails alone, and the others run
+// again as one batch — each read and recorded once, with one store call
+// more per failing fetch, never one call per fetch.
 func TestFetchFailingABatchFailsAlone(t *testing.T) {
 	e := newFetchEnv(t)
 	ctx := context.Background()
 	store := &gatedStore{Store: e.store, entered: make(chan struct{}), release: make(chan struct{})}
 	ring, err := broker.NewKeyring(e.kek)
 	require.NoError(t, err)
-	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, AuditCommitters: 1})
+	var mu sync.Mutex
+	var retries []bool
+	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, AuditCommitters: 1, OnGroupCommit: func(c broker.GroupCommit) {
+		mu.Lock()
+		retries = append(retries, c.Retry)
+		mu.Unlock()
+	}})
 	require.NoError(t, err)
 	const good = 5
+	bad := []string{"bad\x00one", "bad\x00two"}
 	keys := map[string][]byte{}
 	for u := range good + 1 {
 		res, err := svc.Init(ctx, fmt.Sprintf("user-%d", u), broker.RequestMeta{})
@@ -173,7 +182,7 @@ func TestFetchFailingABatchFailsAlone(t *testing.T) {
 		user string
 		err  error
 	}
-	results := make(chan result, good+1)
+	results := make(chan result, good+1+len(bad))
 	fetch := func(user string) {
 		res, err := svc.Key(ctx, user, broker.RequestMeta{})
 		if err == nil && string(res.MasterKey) != string(keys[user]) {
@@ -190,26 +199,32 @@ func TestFetchFailingABatchFailsAlone(t *testing.T) {
 	for u := 1; u <= good; u++ {
 		go fetch(fmt.Sprintf("user-%d", u))
 	}
-	go fetch("bad\x00user")
-	require.Eventually(t, func() bool { return svc.PendingFetches() == good+1 }, 10*time.Second, time.Millisecond)
+	for _, user := range bad {
+		go fetch(user)
+	}
+	require.Eventually(t, func() bool { return svc.PendingFetches() == good+len(bad) }, 10*time.Second, time.Millisecond)
 	close(store.release)
 
-	for range good + 2 {
+	for range good + 1 + len(bad) {
 		r := <-results
-		if r.user == "bad\x00user" {
+		if strings.HasPrefix(r.user, "bad") {
 			require.Error(t, r.err)
+			require.False(t, broker.IsUnavailable(r.err), "its own error, not an outage")
 			continue
 		}
 		require.NoError(t, r.err, r.user)
 		require.Equal(t, []string{"init 201 created", "fetch 200 "}, e.audits(t, r.user), "%s: recorded once", r.user)
 	}
-	require.Len(t, store.calls, 2+good+1)
-	require.Equal(t, []string{"1 fetches: ok=true", fmt.Sprintf("%d fetches: ok=false", good+1)}, store.calls[:2])
-	alone := []string{"1 fetches: ok=false"}
-	for range good {
-		alone = append(alone, "1 fetches: ok=true")
-	}
-	require.ElementsMatch(t, alone, store.calls[2:], "then each fetch alone")
+	n := good + len(bad)
+	require.Equal(t, []string{
+		"1 fetches: ok=true",
+		fmt.Sprintf("%d fetches: ok=false", n),
+		fmt.Sprintf("%d fetches: ok=false", n-1),
+		fmt.Sprintf("%d fetches: ok=true", n-2),
+	}, store.calls, "each bad fetch is split off, then the good ones commit once")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []bool{false, false, true, true}, retries, "the observer sees the splits")
 }
 
 // remoteKEK is a KEK that does not say it unwraps locally, as a remote

@@ -2,7 +2,10 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -113,4 +116,102 @@ func TestCommitOutlivesAClientThatLeft(t *testing.T) {
 	close(release)
 	require.NoError(t, <-aborted, "the commit's context was not cancelled with the request's")
 	<-returned
+}
+
+// poisonStore is a store call over ints that fails while the batch holds
+// a negative item: with a *BatchItemError naming the first one when
+// named is set, else with a plain error. It records every call and how
+// often each item was committed.
+type poisonStore struct {
+	named     bool
+	calls     [][]int
+	committed map[int]int
+}
+
+func (p *poisonStore) run(_ context.Context, items []int) error {
+	p.calls = append(p.calls, slices.Clone(items))
+	for i, item := range items {
+		if item < 0 {
+			err := fmt.Errorf("poison %d", item)
+			if p.named {
+				return &BatchItemError{Index: i, Err: err}
+			}
+			return err
+		}
+	}
+	for _, item := range items {
+		p.committed[item]++
+	}
+	return nil
+}
+
+// TestGroupCommitSplitsAroundAFailingItem: an item the store names as the
+// one that failed the call fails alone with its own error; the others run
+// again as one call, so k such items cost k+1 calls (never one per item),
+// every other item is committed exactly once, and the observer marks each
+// re-run.
+func TestGroupCommitSplitsAroundAFailingItem(t *testing.T) {
+	store := &poisonStore{named: true, committed: map[int]int{}}
+	var observed []GroupCommit
+	b := newGroupCommit(GroupCommitFetch, 1, func(c GroupCommit) { observed = append(observed, c) }, store.run)
+	items := []int{1, -1, 2, 3, -2, 4, 5}
+	errs := make([]error, len(items))
+	b.runSplitting(context.Background(), items, indexes(len(items)), errs, false)
+
+	require.Equal(t, [][]int{{1, -1, 2, 3, -2, 4, 5}, {1, 2, 3, -2, 4, 5}, {1, 2, 3, 4, 5}}, store.calls)
+	require.Equal(t, map[int]int{1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, store.committed)
+	for i, item := range items {
+		if item < 0 {
+			require.EqualError(t, errs[i], fmt.Sprintf("poison %d", item), "the item's own error, not the batch's")
+		} else {
+			require.NoError(t, errs[i])
+		}
+	}
+	require.Len(t, observed, 3)
+	for i, c := range observed {
+		require.Equal(t, i > 0, c.Retry, "call %d", i)
+		require.Equal(t, len(store.calls[i]), c.Items)
+	}
+}
+
+// TestGroupCommitHalvesWhenTheStoreCannotSay: a call that fails with no
+// item named (and no outage) is halved until the item at fault is alone;
+// the others are still committed exactly once, in far fewer calls than
+// one per item.
+func TestGroupCommitHalvesWhenTheStoreCannotSay(t *testing.T) {
+	store := &poisonStore{committed: map[int]int{}}
+	b := newGroupCommit(GroupCommitFetch, 1, nil, store.run)
+	items := make([]int, 64)
+	for i := range items {
+		items[i] = i
+	}
+	items[37] = -1
+	errs := make([]error, len(items))
+	b.runSplitting(context.Background(), items, indexes(len(items)), errs, false)
+	for i, item := range items {
+		if item < 0 {
+			require.EqualError(t, errs[i], "poison -1")
+			continue
+		}
+		require.NoError(t, errs[i])
+		require.Equal(t, 1, store.committed[item], "item %d committed once", item)
+	}
+	require.LessOrEqual(t, len(store.calls), 1+2*6, "log2(64) halvings, two calls each")
+}
+
+// TestGroupCommitOutageFailsEveryItem: an outage is nobody's fault: every
+// item gets it after one call, with no retry.
+func TestGroupCommitOutageFailsEveryItem(t *testing.T) {
+	calls := 0
+	outage := &UnavailableError{Dependency: DependencyStore, Err: errors.New("connection refused")}
+	b := newGroupCommit(GroupCommitFetch, 1, nil, func(context.Context, []int) error {
+		calls++
+		return &BatchItemError{Index: 0, Err: outage}
+	})
+	errs := make([]error, 5)
+	b.runSplitting(context.Background(), []int{1, 2, 3, 4, 5}, indexes(5), errs, false)
+	require.Equal(t, 1, calls)
+	for _, err := range errs {
+		require.True(t, IsUnavailable(err))
+	}
 }

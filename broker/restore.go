@@ -59,7 +59,7 @@ func (s *Service) DiscardRestorableRecoveryWrap(ctx context.Context, userID stri
 // then empties the slot.
 func (s *Service) changeRestorable(ctx context.Context, userID string, meta RequestMeta, action Action, change func(v *Vault)) (*RestoreResult, error) {
 	var res *RestoreResult
-	err := s.run(ctx, userID, meta, func(o *op) error {
+	err := s.run(ctx, userID, meta, action, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, action, http.StatusNotFound, "no-vault", ErrNotFound)

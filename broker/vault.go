@@ -166,15 +166,17 @@ func (o *op) audit(ctx context.Context, action Action, status int, note string) 
 	return o.tx.AuditInsert(ctx, o.s.auditEntry(o.userID, o.meta, action, status, note))
 }
 
-// auditEntry is the audit row of one request's outcome.
+// auditEntry is the audit row of one request's outcome. Its texts are
+// cleaned (AuditText): they come from request headers, or name what a
+// row holds.
 func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
 	return &AuditEntry{
 		ID:        newAuditID(),
 		UserID:    userID,
 		Action:    action,
-		IPAddress: meta.IPAddress,
-		UserAgent: meta.UserAgent,
-		Context:   note,
+		IPAddress: AuditText(meta.IPAddress),
+		UserAgent: AuditText(meta.UserAgent),
+		Context:   AuditText(note),
 		Status:    status,
 		CreatedAt: s.now(),
 	}
@@ -187,8 +189,9 @@ func (o *op) refuse(ctx context.Context, action Action, status int, note string,
 	return o.audit(ctx, action, status, note)
 }
 
-// run executes fn in a user-scoped transaction.
-func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, fn func(o *op) error) error {
+// run executes fn in a user-scoped transaction; action is the audit
+// action of the operation, for the log when no audit row can be written.
+func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, action Action, fn func(o *op) error) error {
 	if userID == "" {
 		return fmt.Errorf("%w: empty user id", ErrInvalidArgument)
 	}
@@ -198,9 +201,23 @@ func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, fn f
 		return fn(o)
 	})
 	if err != nil {
+		s.logUnrecorded(ctx, userID, meta, action, err)
 		return err
 	}
 	return o.outcome
+}
+
+// logUnrecorded logs a request refused with ErrUnknownUser, which no
+// audit row can record: on an adopted schema the audit table references
+// the users table too. The log line stands in for the row (never a token:
+// the Service does not see one).
+func (s *Service) logUnrecorded(ctx context.Context, userID string, meta RequestMeta, action Action, err error) {
+	if !errors.Is(err, ErrUnknownUser) {
+		return
+	}
+	s.log.LogAttrs(ctx, slog.LevelWarn, "request of an unknown user refused; no audit row can name them",
+		slog.String("user_id", userID), slog.String("action", string(action)),
+		slog.String("ip_address", AuditText(meta.IPAddress)), slog.String("user_agent", AuditText(meta.UserAgent)))
 }
 
 // openOrRefuse unwraps v's master key. When that fails it records a
@@ -247,7 +264,7 @@ func zkResult(v *Vault) *KeyResult {
 // without an audit row. A user without a vault gets the same shape.
 func (s *Service) Status(ctx context.Context, userID string) (*Status, error) {
 	st := &Status{}
-	err := s.run(ctx, userID, RequestMeta{}, func(o *op) error {
+	err := s.run(ctx, userID, RequestMeta{}, "", func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
 			return nil
@@ -272,7 +289,7 @@ func (s *Service) Status(ctx context.Context, userID string) (*Status, error) {
 // loser of the insert race returns the winner's key.
 func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	var res *KeyResult
-	err := s.run(ctx, userID, meta, func(o *op) error {
+	err := s.run(ctx, userID, meta, ActionInit, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
 			var created bool
@@ -331,19 +348,25 @@ func (s *Service) create(ctx context.Context, o *op, res **KeyResult) (bool, err
 // Key returns the user's master key, or the recovery wrap in
 // zero-knowledge mode. It returns ErrNotFound when the user has no vault,
 // ErrUnknownKEK, ErrUnwrapFailed or an *UnavailableError when the wrap
-// cannot be opened; every outcome is audited.
+// cannot be opened; every outcome is audited. Like every operation that
+// writes, it returns ErrUnknownUser, logged rather than audited, when the
+// store's users table does not know the user.
 func (s *Service) Key(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	if userID == "" {
 		return nil, fmt.Errorf("%w: empty user id", ErrInvalidArgument)
 	}
 	switch {
 	case s.fetches != nil:
-		return s.fetchKey(ctx, userID, meta)
+		res, err := s.fetchKey(ctx, userID, meta)
+		s.logUnrecorded(ctx, userID, meta, ActionFetch, err)
+		return res, err
 	case s.reader != nil:
-		return s.fastKey(ctx, userID, meta)
+		res, err := s.fastKey(ctx, userID, meta)
+		s.logUnrecorded(ctx, userID, meta, ActionFetch, err)
+		return res, err
 	}
 	var res *KeyResult
-	err := s.run(ctx, userID, meta, func(o *op) error {
+	err := s.run(ctx, userID, meta, ActionFetch, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionFailedFetch, http.StatusNotFound, "not-initialised", ErrNotFound)
@@ -386,7 +409,7 @@ func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (
 	}
 	kcv := KeyCheckValue(mk)
 	proof := keyProofVerifier(mk, kcv)
-	err = s.run(ctx, userID, meta, func(o *op) error {
+	err = s.run(ctx, userID, meta, ActionRotate, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			fresh := &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv, KeyProof: &proof}
@@ -463,7 +486,7 @@ func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK,
 	if keyProof != nil && len(keyProof) != KeyProofSize {
 		return fmt.Errorf("%w: keyProof must be %d bytes", ErrInvalidArgument, KeyProofSize)
 	}
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionRecoverySet, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionRecoverySet, http.StatusNotFound, "no-vault", ErrNotFound)
@@ -576,7 +599,7 @@ func recordKeyCheck(v *Vault, mk []byte) bool {
 // ClearRecoveryWrap removes the recovery wrap. It returns ErrNotFound
 // when the user has no vault and ErrZKActive in zero-knowledge mode.
 func (s *Service) ClearRecoveryWrap(ctx context.Context, userID string, meta RequestMeta) error {
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionRecoveryClear, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionRecoveryClear, http.StatusNotFound, "no-vault", ErrNotFound)
@@ -608,7 +631,7 @@ func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, keyPro
 	if keyProof != nil && len(keyProof) != KeyProofSize {
 		return fmt.Errorf("%w: keyProof must be %d bytes", ErrInvalidArgument, KeyProofSize)
 	}
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionZKEnable, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionZKEnable, http.StatusNotFound, "no-vault", ErrNotFound)
@@ -668,7 +691,7 @@ func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []
 	if len(mk) != MasterKeySize {
 		return fmt.Errorf("%w: masterKey must be %d bytes", ErrInvalidArgument, MasterKeySize)
 	}
-	return s.run(ctx, userID, meta, func(o *op) error {
+	return s.run(ctx, userID, meta, ActionZKDisable, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			return o.refuse(ctx, ActionZKDisable, http.StatusNotFound, "no-vault", ErrNotFound)

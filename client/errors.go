@@ -35,6 +35,10 @@ const (
 	// ErrMasterKeyMismatch (409): the key sent to DisableZeroKnowledge is
 	// not the vault's master key.
 	ErrMasterKeyMismatch ErrorCode = "MASTER_KEY_MISMATCH"
+	// ErrUserUnknown (403): the token is valid but its user is not a
+	// known account (a server on the original service's database, after
+	// the account was deleted); signing in again cannot help.
+	ErrUserUnknown ErrorCode = "USER_UNKNOWN"
 	// ErrPayloadTooLarge (413): the request body is over the server's limit.
 	ErrPayloadTooLarge ErrorCode = "PAYLOAD_TOO_LARGE"
 	// ErrKEKUnavailable (503): the key-encryption key cannot be reached;

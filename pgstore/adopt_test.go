@@ -1,6 +1,8 @@
 package pgstore_test
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,64 +13,6 @@ import (
 	"github.com/keybroker/keybroker/internal/pgtest"
 	"github.com/keybroker/keybroker/migrations"
 )
-
-// manaAuth002 and manaAuth003 are the original service's migrations,
-// verbatim.
-const manaAuth002 = `
-CREATE TABLE IF NOT EXISTS auth.encryption_vaults (
-    user_id         TEXT PRIMARY KEY REFERENCES auth.users(id) ON DELETE CASCADE,
-    wrapped_mk      TEXT NOT NULL,
-    wrap_iv         TEXT NOT NULL,
-    format_version  SMALLINT NOT NULL DEFAULT 1,
-    kek_id          TEXT NOT NULL DEFAULT 'env-v1',
-    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
-    rotated_at      TIMESTAMPTZ
-);
-CREATE INDEX IF NOT EXISTS encryption_vaults_user_id_idx ON auth.encryption_vaults (user_id);
-CREATE TABLE IF NOT EXISTS auth.encryption_vault_audit (
-    id              TEXT PRIMARY KEY,
-    user_id         TEXT NOT NULL REFERENCES auth.users(id) ON DELETE CASCADE,
-    action          TEXT NOT NULL,
-    ip_address      TEXT,
-    user_agent      TEXT,
-    context         TEXT,
-    status          INTEGER NOT NULL,
-    created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS encryption_vault_audit_user_id_idx ON auth.encryption_vault_audit (user_id);
-CREATE INDEX IF NOT EXISTS encryption_vault_audit_created_at_idx ON auth.encryption_vault_audit (created_at);
-ALTER TABLE auth.encryption_vaults ENABLE ROW LEVEL SECURITY;
-ALTER TABLE auth.encryption_vaults FORCE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS encryption_vaults_user_isolation ON auth.encryption_vaults;
-CREATE POLICY encryption_vaults_user_isolation ON auth.encryption_vaults
-    USING (user_id = current_setting('app.current_user_id', true))
-    WITH CHECK (user_id = current_setting('app.current_user_id', true));
-ALTER TABLE auth.encryption_vault_audit ENABLE ROW LEVEL SECURITY;
-ALTER TABLE auth.encryption_vault_audit FORCE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS encryption_vault_audit_user_isolation ON auth.encryption_vault_audit;
-CREATE POLICY encryption_vault_audit_user_isolation ON auth.encryption_vault_audit
-    USING (user_id = current_setting('app.current_user_id', true))
-    WITH CHECK (user_id = current_setting('app.current_user_id', true));
-`
-
-const manaAuth003 = `
-ALTER TABLE auth.encryption_vaults
-    ADD COLUMN IF NOT EXISTS recovery_wrapped_mk    TEXT,
-    ADD COLUMN IF NOT EXISTS recovery_iv            TEXT,
-    ADD COLUMN IF NOT EXISTS recovery_format_version SMALLINT NOT NULL DEFAULT 1,
-    ADD COLUMN IF NOT EXISTS recovery_set_at        TIMESTAMPTZ,
-    ADD COLUMN IF NOT EXISTS zero_knowledge         BOOLEAN NOT NULL DEFAULT false;
-ALTER TABLE auth.encryption_vaults ALTER COLUMN wrapped_mk DROP NOT NULL, ALTER COLUMN wrap_iv DROP NOT NULL;
-ALTER TABLE auth.encryption_vaults DROP CONSTRAINT IF EXISTS encryption_vaults_has_wrap;
-ALTER TABLE auth.encryption_vaults ADD CONSTRAINT encryption_vaults_has_wrap
-    CHECK (wrapped_mk IS NOT NULL OR recovery_wrapped_mk IS NOT NULL);
-ALTER TABLE auth.encryption_vaults DROP CONSTRAINT IF EXISTS encryption_vaults_wrap_iv_pair;
-ALTER TABLE auth.encryption_vaults ADD CONSTRAINT encryption_vaults_wrap_iv_pair
-    CHECK ((wrapped_mk IS NULL) = (wrap_iv IS NULL) AND (recovery_wrapped_mk IS NULL) = (recovery_iv IS NULL));
-ALTER TABLE auth.encryption_vaults DROP CONSTRAINT IF EXISTS encryption_vaults_zk_consistency;
-ALTER TABLE auth.encryption_vaults ADD CONSTRAINT encryption_vaults_zk_consistency
-    CHECK ((zero_knowledge = false) OR (zero_knowledge = true AND wrapped_mk IS NULL AND recovery_wrapped_mk IS NOT NULL));
-`
 
 // Rows as mana-auth wrote them. The wraps are ../testdata/legacy-vectors.json's
 // kek_wrap_v1 "dev-fallback-zero-kek/1" and recovery_wrap_v1 "recovery/1",
@@ -117,10 +61,7 @@ func TestAdoptManaAuthSchema(t *testing.T) {
 	// mana-auth's own role (here the migrator: not superuser) created the
 	// schema and owns the tables, so it is the one that adopts them.
 	mana := e.migratorPool
-	pgtest.Exec(t, mana, "CREATE SCHEMA auth")
-	pgtest.Exec(t, mana, "CREATE TABLE auth.users (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
-	pgtest.Exec(t, mana, manaAuth002)
-	pgtest.Exec(t, mana, manaAuth003)
+	pgtest.CreateManaAuthSchema(t, mana)
 
 	for _, u := range []string{legacyStandard.UserID, legacyZK.UserID, "new-user"} {
 		pgtest.Exec(t, e.admin, "INSERT INTO auth.users (id, email) VALUES ($1, $1 || '@example.com')", u)
@@ -224,6 +165,79 @@ WHERE contype = 'f' AND confrelid = 'auth.users'::regclass AND confdeltype = 'c'
 	})
 	t.Run("RowLevelSecurityKept", func(t *testing.T) {
 		requireRowLevelSecurity(t, e, "auth")
+	})
+}
+
+// TestUnknownUserOnAdoptedSchema: on a mana-auth schema both tables
+// reference auth.users, so a user without a row there (a deleted account
+// whose token has not expired) can be neither given a vault nor named by
+// an audit row. The foreign-key violation is broker.ErrUnknownUser, not a
+// bug; in a fetch batch it names its fetch, so the others can run without
+// it; and nothing of a failed call is kept.
+func TestUnknownUserOnAdoptedSchema(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	pgtest.CreateManaAuthSchema(t, e.migratorPool)
+	for _, u := range []string{"known-1", "known-2"} {
+		pgtest.Exec(t, e.admin, "INSERT INTO auth.users (id, email) VALUES ($1, $1 || '@example.com')", u)
+	}
+	e.migrate(t, "auth")
+	store := e.store(t, "auth")
+	rowsOf := auditRows(e.admin, "auth")
+	now := time.Now()
+	entry := func(id, user string) *broker.AuditEntry {
+		return &broker.AuditEntry{ID: id, UserID: user, Action: broker.ActionInit, Status: 201, CreatedAt: now}
+	}
+	requireUnknown := func(t *testing.T, err error) {
+		t.Helper()
+		require.ErrorIs(t, err, broker.ErrUnknownUser)
+		require.False(t, broker.IsUnavailable(err))
+	}
+
+	t.Run("VaultInsert", func(t *testing.T) {
+		requireUnknown(t, store.InUserTx(ctx, "ghost", func(tx broker.Tx) error {
+			_, err := tx.VaultInsert(ctx, &broker.Vault{UserID: "ghost", WrappedMK: ptr("d3JhcA=="), WrapIV: ptr(""),
+				FormatVersion: broker.FormatBound, KEKID: "k", CreatedAt: now, RecoveryFormatVersion: 1})
+			return err
+		}))
+	})
+	t.Run("AuditInsert", func(t *testing.T) {
+		requireUnknown(t, store.InUserTx(ctx, "ghost", func(tx broker.Tx) error {
+			return tx.AuditInsert(ctx, entry("ghost-row", "ghost"))
+		}))
+	})
+	t.Run("VaultFetchNamesTheFetch", func(t *testing.T) {
+		outcomes := [broker.FetchDeferred]broker.FetchOutcome{
+			broker.FetchMissing: {Action: broker.ActionFailedFetch, Status: 404, Context: "not-initialised"},
+		}
+		b := &broker.FetchBatch{Outcomes: outcomes}
+		for i, user := range []string{"known-1", "ghost", "known-2"} {
+			b.Fetches = append(b.Fetches, &broker.Fetch{Audit: &broker.AuditEntry{ID: fmt.Sprintf("fetch-%d", i), UserID: user, CreatedAt: now}})
+		}
+		err := store.VaultFetch(ctx, b)
+		var item *broker.BatchItemError
+		require.ErrorAs(t, err, &item)
+		require.Equal(t, 1, item.Index)
+		requireUnknown(t, item.Err)
+		for _, user := range []string{"known-1", "known-2"} {
+			rows, err := rowsOf(ctx, user)
+			require.NoError(t, err)
+			require.Empty(t, rows, "nothing of the failed batch is kept")
+		}
+		b.Fetches = slices.Delete(b.Fetches, 1, 2)
+		require.NoError(t, store.VaultFetch(ctx, b))
+		for _, user := range []string{"known-1", "known-2"} {
+			rows, err := rowsOf(ctx, user)
+			require.NoError(t, err)
+			require.Len(t, rows, 1, "recorded once, without the unknown user's fetch")
+		}
+	})
+	t.Run("AuditAppend", func(t *testing.T) {
+		requireUnknown(t, store.AuditAppend(ctx, []*broker.AuditEntry{entry("append-1", "known-1"), entry("append-2", "ghost")}))
+		rows, err := rowsOf(ctx, "known-1")
+		require.NoError(t, err)
+		require.Len(t, rows, 1, "only the fetch row above")
 	})
 }
 

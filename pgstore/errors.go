@@ -15,10 +15,15 @@ import (
 // interpretError translates a driver error, once, at the store's
 // boundary. Failures that mean "the database could not be reached or
 // could not serve us now" become *broker.UnavailableError (503, retry
-// later). Everything else — a CHECK or RLS violation included — is a
-// plain wrapped error: it is a bug, and retrying will not help.
+// later). A foreign-key violation on a vault table is
+// broker.ErrUnknownUser: keybroker's own tables have no foreign keys,
+// and on a schema adopted from the original service both reference the
+// users table by user_id, so it means the user has no row there (a
+// deleted account whose token has not expired). Everything else — a
+// CHECK or RLS violation included — is a plain wrapped error: it is a
+// bug, and retrying will not help.
 //
-// Classification is by type and SQLSTATE, never by error text.
+// Classification is by type, SQLSTATE and table, never by error text.
 func interpretError(err error) error {
 	if err == nil {
 		return nil
@@ -26,7 +31,24 @@ func interpretError(err error) error {
 	if isUnavailable(err) {
 		return &broker.UnavailableError{Dependency: broker.DependencyStore, Err: fmt.Errorf("pgstore: %w", err)}
 	}
+	if isUnknownUser(err) {
+		return fmt.Errorf("pgstore: %w: %w", broker.ErrUnknownUser, err)
+	}
 	return fmt.Errorf("pgstore: %w", err)
+}
+
+// isUnknownUser reports whether err is a foreign-key violation of a row
+// of one of the vault tables.
+func isUnknownUser(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23503" { // foreign_key_violation
+		return false
+	}
+	switch pgErr.TableName {
+	case "encryption_vaults", "encryption_vault_audit":
+		return true
+	}
+	return false
 }
 
 func isUnavailable(err error) bool {

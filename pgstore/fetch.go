@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/keybroker/keybroker/broker"
 )
@@ -27,6 +28,13 @@ const setScope = "SELECT set_config('app.current_user_id', $1, true)"
 // that PostgreSQL runs as one implicit transaction. Every read and insert
 // runs under its own user's scope, so row-level security applies to each
 // as in InUserTx. The Vaults are set only once the commit is durable.
+//
+// The server runs the statements in order and stops at the first that
+// fails, rolling back the implicit transaction, so a server error names
+// the fetch that caused it: it is returned as a *broker.BatchItemError
+// (an unknown user on an adopted schema is one), and the others may run
+// again without it. Outages and failures the server did not report
+// against a statement fail the whole batch.
 func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 	var actions, contexts [len(b.Outcomes)]string
 	var statuses [len(b.Outcomes)]int32
@@ -34,10 +42,10 @@ func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 		actions[i], contexts[i], statuses[i] = string(o.Action), o.Context, int32(o.Status)
 	}
 	batch := &pgx.Batch{}
-	for _, f := range b.Fetches {
+	for i, f := range b.Fetches {
 		a := f.Audit
 		if a.UserID == "" {
-			return fmt.Errorf("pgstore: vault fetch: %w: empty user id", broker.ErrInvalidArgument)
+			return &broker.BatchItemError{Index: i, Err: fmt.Errorf("pgstore: vault fetch: %w: empty user id", broker.ErrInvalidArgument)}
 		}
 		batch.Queue(setScope, a.UserID)
 		batch.Queue(s.sql.vaultFetch, a.UserID, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, b.Openable,
@@ -48,12 +56,12 @@ func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 	for i := range b.Fetches {
 		if _, err := results.Exec(); err != nil {
 			results.Close()
-			return interpretError(fmt.Errorf("vault fetch: set scope: %w", err))
+			return fetchError(i, fmt.Errorf("vault fetch: set scope: %w", err))
 		}
 		v, err := scanVault(results.QueryRow())
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			results.Close()
-			return interpretError(fmt.Errorf("vault fetch: %w", err))
+			return fetchError(i, fmt.Errorf("vault fetch: %w", err))
 		}
 		vaults[i] = v
 	}
@@ -64,6 +72,20 @@ func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 		f.Vault = vaults[i]
 	}
 	return nil
+}
+
+// fetchError is the error of VaultFetch when fetch i's statements
+// failed: a *broker.BatchItemError when the server refused one of them
+// (the implicit transaction is then rolled back: nothing was recorded),
+// else the batch's error (an outage, or a failure on the client's side,
+// after which the server may still commit).
+func fetchError(i int, err error) error {
+	interpreted := interpretError(err)
+	var pgErr *pgconn.PgError
+	if broker.IsUnavailable(interpreted) || !errors.As(err, &pgErr) {
+		return interpreted
+	}
+	return &broker.BatchItemError{Index: i, Err: interpreted}
 }
 
 // VaultRead reads the user's vault in one round trip: the scope setting

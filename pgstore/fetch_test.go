@@ -161,11 +161,22 @@ func TestVaultFetchRecordsEachCase(t *testing.T) {
 		{Audit: &broker.AuditEntry{ID: "fresh", UserID: "zk", CreatedAt: time.Now()}},
 		{Audit: &broker.AuditEntry{ID: "fetch-0", UserID: "local", CreatedAt: time.Now()}},
 	}}
-	require.Error(t, store.VaultFetch(ctx, bad))
+	err := store.VaultFetch(ctx, bad)
+	var item *broker.BatchItemError
+	require.ErrorAs(t, err, &item, "the server said which statement failed")
+	require.Equal(t, 1, item.Index, "the fetch whose audit id is taken")
 	require.Nil(t, bad.Fetches[0].Vault, "no vault of a failed batch is handed out")
 	rows, err := rowsOf(ctx, "zk")
 	require.NoError(t, err)
 	require.Len(t, rows, 1)
+
+	// Without it the others run: the batch's own transaction was rolled
+	// back, so they are recorded once.
+	bad.Fetches = bad.Fetches[:1]
+	require.NoError(t, store.VaultFetch(ctx, bad))
+	rows, err = rowsOf(ctx, "zk")
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
 
 	empty := &broker.FetchBatch{Outcomes: outcomes, Fetches: []*broker.Fetch{{Audit: &broker.AuditEntry{ID: "x", CreatedAt: time.Now()}}}}
 	require.ErrorIs(t, store.VaultFetch(ctx, empty), broker.ErrInvalidArgument)

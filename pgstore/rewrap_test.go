@@ -245,10 +245,7 @@ func TestKEKIndexOnAdoptedSchema(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	mana := e.migratorPool
-	pgtest.Exec(t, mana, "CREATE SCHEMA auth")
-	pgtest.Exec(t, mana, "CREATE TABLE auth.users (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
-	pgtest.Exec(t, mana, manaAuth002)
-	pgtest.Exec(t, mana, manaAuth003)
+	pgtest.CreateManaAuthSchema(t, mana)
 	for _, v := range []broker.Vault{legacyStandard, legacyZK} {
 		pgtest.Exec(t, e.admin, "INSERT INTO auth.users (id, email) VALUES ($1, $1 || '@example.com')", v.UserID)
 		pgtest.Exec(t, e.admin, `INSERT INTO auth.encryption_vaults

@@ -41,14 +41,16 @@ func (s *Store) VaultRead(ctx context.Context, userID string) (*broker.Vault, er
 
 // AuditAppend writes entries, possibly of many users, in one transaction.
 // It returns once the commit is durable (synchronous=FULL); an error means
-// none of the rows was kept.
+// none of the rows was kept. An entry SQLite refuses (a constraint) is
+// named by a *broker.BatchItemError, so that the others can be written
+// without it.
 func (s *Store) AuditAppend(ctx context.Context, entries []*broker.AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	for _, e := range entries {
+	for i, e := range entries {
 		if e.UserID == "" {
-			return fmt.Errorf("sqlitestore: audit append: %w: empty user id", broker.ErrInvalidArgument)
+			return &broker.BatchItemError{Index: i, Err: fmt.Errorf("sqlitestore: audit append: %w: empty user id", broker.ErrInvalidArgument)}
 		}
 	}
 	return s.inWriteTx(ctx, func(sqlTx *sql.Tx) error {
@@ -57,9 +59,14 @@ func (s *Store) AuditAppend(ctx context.Context, entries []*broker.AuditEntry) e
 			return interpretError(ctx, fmt.Errorf("audit append: %w", err))
 		}
 		defer stmt.Close()
-		for _, e := range entries {
+		for i, e := range entries {
 			if _, err := stmt.ExecContext(ctx, e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context, e.Status, formatTime(e.CreatedAt)); err != nil {
-				return interpretError(ctx, fmt.Errorf("audit append: %w", err))
+				interpreted := interpretError(ctx, fmt.Errorf("audit append: %w", err))
+				if broker.IsUnavailable(interpreted) || sqliteCode(err) == 0 {
+					return interpreted
+				}
+				// Rolled back by inWriteTx: nothing of the batch is kept.
+				return &broker.BatchItemError{Index: i, Err: interpreted}
 			}
 		}
 		return nil

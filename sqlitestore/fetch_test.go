@@ -91,10 +91,18 @@ func TestAuditAppendCommitsManyUsersAtOnce(t *testing.T) {
 		{ID: "fresh-1", UserID: "zed", Action: broker.ActionFetch, Status: 200, CreatedAt: time.Now()},
 		{ID: "id-0", UserID: "zed", Action: broker.ActionFetch, Status: 200, CreatedAt: time.Now()},
 	}
-	require.Error(t, s.AuditAppend(t.Context(), bad))
+	err := s.AuditAppend(t.Context(), bad)
+	var item *broker.BatchItemError
+	require.ErrorAs(t, err, &item, "the store names the entry, so the others can go without it")
+	require.Equal(t, 1, item.Index)
+	require.False(t, broker.IsUnavailable(err))
 	rows, err := rowsOf(t.Context(), "zed")
 	require.NoError(t, err)
 	require.Empty(t, rows)
+	require.NoError(t, s.AuditAppend(t.Context(), bad[:1]))
+	rows, err = rowsOf(t.Context(), "zed")
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
 
 	err = s.AuditAppend(t.Context(), []*broker.AuditEntry{{ID: "x", Action: broker.ActionFetch, Status: 200}})
 	require.ErrorIs(t, err, broker.ErrInvalidArgument)

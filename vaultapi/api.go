@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -204,7 +205,7 @@ func (a *API) handle(h handlerFunc) http.HandlerFunc {
 		defer cancel()
 		r = r.WithContext(ctx)
 		userID := userFrom(ctx)
-		meta := broker.RequestMeta{IPAddress: a.clientIP(r), UserAgent: truncate(r.UserAgent(), 512)}
+		meta := broker.RequestMeta{IPAddress: truncate(a.clientIP(r), broker.MaxAuditText), UserAgent: truncate(r.UserAgent(), broker.MaxAuditText)}
 		body, err := h(r, userID, meta)
 		if err != nil {
 			a.writeError(w, r, err)
@@ -571,9 +572,18 @@ func newRequestID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// truncate cuts s to at most n bytes without splitting a UTF-8
+// sequence, so that a long but valid header stays valid. It only bounds
+// what a request carries on; broker.AuditText makes it fit for the audit
+// row, whatever the bytes.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	// At most UTFMax-1 steps back: past that, the bytes are no character
+	// anyway (and a run of continuation bytes must not empty the cut).
+	for back := 0; back < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); back++ {
+		n--
 	}
 	return s[:n]
 }

@@ -58,24 +58,35 @@ type envOptions struct {
 
 func newEnv(t *testing.T, opts envOptions) *env {
 	t.Helper()
-	ctx := context.Background()
-	dbURL := pgtest.NewDatabase(t)
-	admin := pgtest.NewPool(t, dbURL)
-	// The runtime role owns the schema it migrates and is neither
-	// superuser nor BYPASSRLS, so row-level security binds it.
-	role := pgtest.NewRole(t, dbURL)
-	dbName := admin.Config().ConnConfig.Database
-	pgtest.Exec(t, admin, "GRANT CREATE ON DATABASE "+pgx.Identifier{dbName}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
-	pool := pgtest.NewPool(t, role.URL)
-	_, err := migrations.Apply(ctx, pool, schema)
-	require.NoError(t, err)
-	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: schema})
-	require.NoError(t, err)
-
+	store, admin := newPGStore(t, schema, nil)
 	issuer, err := jwtissuer.New("https://auth.test")
 	require.NoError(t, err)
 	e := &env{t: t, issuer: issuer, admin: admin, store: store}
 	return e.withStore(t, store, opts)
+}
+
+// newPGStore returns a store on a fresh database, migrated in schemaName
+// by a runtime role that owns it and is neither superuser nor BYPASSRLS
+// (so row-level security binds it), and a superuser pool that reads and
+// breaks rows behind RLS. prepare, when set, runs as the runtime role
+// before the migrations (e.g. pgtest.CreateManaAuthSchema).
+func newPGStore(t *testing.T, schemaName string, prepare func(t testing.TB, pool *pgxpool.Pool)) (*pgstore.Store, *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	dbURL := pgtest.NewDatabase(t)
+	admin := pgtest.NewPool(t, dbURL)
+	role := pgtest.NewRole(t, dbURL)
+	dbName := admin.Config().ConnConfig.Database
+	pgtest.Exec(t, admin, "GRANT CREATE ON DATABASE "+pgx.Identifier{dbName}.Sanitize()+" TO "+pgx.Identifier{role.Name}.Sanitize())
+	pool := pgtest.NewPool(t, role.URL)
+	if prepare != nil {
+		prepare(t, pool)
+	}
+	_, err := migrations.Apply(ctx, pool, schemaName)
+	require.NoError(t, err)
+	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: schemaName})
+	require.NoError(t, err)
+	return store, admin
 }
 
 // reconfigure starts another server on the same database, as a restart
@@ -96,7 +107,7 @@ func (e *env) withStore(t *testing.T, store broker.Store, opts envOptions) *env 
 	srv := apitest.Start(t, apitest.Options{
 		Store: store, Keyring: ring, Issuer: e.issuer,
 		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
-		Service: opts.service,
+		Broker: opts.service,
 		API: func(cfg *vaultapi.Config) {
 			if opts.configure != nil {
 				opts.configure(cfg, cfg.Verifier.(*jwtauth.Verifier), store)

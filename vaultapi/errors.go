@@ -33,6 +33,7 @@ const (
 
 	CodeUnauthorized      = "UNAUTHORIZED"
 	CodeMasterKeyMismatch = "MASTER_KEY_MISMATCH"
+	CodeUserUnknown       = "USER_UNKNOWN"
 	CodePayloadTooLarge   = "PAYLOAD_TOO_LARGE"
 	CodeKEKUnavailable    = "KEK_UNAVAILABLE"
 	CodeStoreUnavailable  = "STORE_UNAVAILABLE"
@@ -64,6 +65,9 @@ var domainErrors = []struct {
 	{broker.ErrInvalidArgument, http.StatusBadRequest, CodeBadRequest, "invalid request"},
 	{broker.ErrUnknownKEK, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key of this vault is not available"},
 	{broker.ErrKEKDenied, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key refused the operation"},
+	// 403, not 401: the token is valid, the account it names is gone
+	// (adopted schema); signing in again with it cannot help.
+	{broker.ErrUnknownUser, http.StatusForbidden, CodeUserUnknown, "the token's user is not a known account"},
 }
 
 type errorBody struct {

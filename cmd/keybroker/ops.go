@@ -159,17 +159,19 @@ func newOps(cfg opsConfig, log *slog.Logger) (*ops, error) {
 }
 
 // groupCommitMetrics are the fetch path's group commits: how many
-// requests each carries and how long the store takes with it.
+// requests each carries, how long the store takes with it, and how often
+// a request that failed a commit alone made it run the others again.
 type groupCommitMetrics struct {
 	size    *prometheus.HistogramVec
 	latency *prometheus.HistogramVec
+	retries *prometheus.CounterVec
 }
 
 func newGroupCommitMetrics(reg prometheus.Registerer) (*groupCommitMetrics, error) {
 	m := &groupCommitMetrics{
 		size: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "keybroker_group_commit_size",
-			Help:    "Requests carried by one group commit of the fetch path, by kind (fetch: reads with their audit rows; audit: audit rows alone).",
+			Help:    "Requests carried by one store call of a group commit of the fetch path, by kind (fetch: reads with their audit rows; audit: audit rows alone).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9), // 1 … 256, the most one commit carries
 		}, []string{"kind"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -177,9 +179,16 @@ func newGroupCommitMetrics(reg prometheus.Registerer) (*groupCommitMetrics, erro
 			Help:    "Time the store takes with one group commit of the fetch path (the round trip and the commit), by kind and outcome (ok, error).",
 			Buckets: vaultapi.LatencyBuckets,
 		}, []string{"kind", "outcome"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keybroker_group_commit_retries_total",
+			Help: "Store calls that re-ran part of a group commit after a request failed the previous call alone (splits), by kind. Each such request costs one retry of the others, never a call per request.",
+		}, []string{"kind"}),
 	}
-	if err := register(reg, m.size, m.latency); err != nil {
+	if err := register(reg, m.size, m.latency, m.retries); err != nil {
 		return nil, err
+	}
+	for _, kind := range []broker.GroupCommitKind{broker.GroupCommitFetch, broker.GroupCommitAudit} {
+		m.retries.WithLabelValues(string(kind)) // shown at 0 before the first split
 	}
 	return m, nil
 }
@@ -202,6 +211,9 @@ func (m *groupCommitMetrics) observe(c broker.GroupCommit) {
 	}
 	m.size.WithLabelValues(string(c.Kind)).Observe(float64(c.Items))
 	m.latency.WithLabelValues(string(c.Kind), outcome).Observe(c.Took.Seconds())
+	if c.Retry {
+		m.retries.WithLabelValues(string(c.Kind)).Inc()
+	}
 }
 
 // apiConfig completes the API's configuration with the operations

@@ -168,6 +168,7 @@ func TestServeOperations(t *testing.T) {
 		`keybroker_rewrap_running 0`,
 		`keybroker_group_commit_size_bucket{kind="fetch",le="1"}`,
 		`keybroker_group_commit_duration_seconds_count{kind="fetch",outcome="ok"}`,
+		`keybroker_group_commit_retries_total{kind="fetch"} 0`,
 		`go_goroutines`,
 	} {
 		require.Contains(t, metrics, want)

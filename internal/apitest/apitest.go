@@ -39,12 +39,12 @@ type Options struct {
 	// Verifier adjusts the verifier's config (JWKSURL, Issuer and Audience
 	// are set).
 	Verifier func(*jwtauth.Config)
-	// Service adjusts the broker's config (Store, Keyring and Logger are
-	// set).
-	Service func(*broker.Config)
 	// API adjusts the vault API's config (Service, Verifier and Logger
 	// are set).
 	API func(*vaultapi.Config)
+	// Broker adjusts the domain service's config (Store, Keyring and
+	// Logger are set), e.g. to observe group commits.
+	Broker func(*broker.Config)
 }
 
 // Server is a running vault API.
@@ -79,8 +79,8 @@ func Start(t testing.TB, opts Options) *Server {
 		opts.Issuer = issuer
 	}
 	bcfg := broker.Config{Store: opts.Store, Keyring: opts.Keyring, Logger: opts.Logger}
-	if opts.Service != nil {
-		opts.Service(&bcfg)
+	if opts.Broker != nil {
+		opts.Broker(&bcfg)
 	}
 	svc, err := broker.New(ctx, bcfg)
 	must(t, err)

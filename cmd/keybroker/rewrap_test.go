@@ -68,6 +68,11 @@ func newRotationDB(t *testing.T, users, legacy int) *rotationDB {
 		next:  next,
 	}
 	require.NoError(t, run(t.Context(), []string{"migrate"}, envFunc(db.env), io.Discard, io.Discard, nil))
+	if legacy > 0 {
+		// A fresh schema starts with format 1 closed: the owner reopens it
+		// to import the original service's rows (docs/rotation.md).
+		pgtest.ReopenFormat1(t, db.admin, "keybroker")
+	}
 	var rows [][]any
 	for i := range users + legacy {
 		user := fmt.Sprintf("user-%04d", i)

@@ -1,16 +1,19 @@
 package sqlitestore_test
 
 import (
+	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/sqlitestore"
 )
 
 // reopenFormat1 reopens format 1 the way docs/rotation.md tells the owner
@@ -147,4 +150,55 @@ WHERE user_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1`, user).Scan(&ac
 	require.NoError(t, err)
 	require.Equal(t, victimMK, got.MasterKey, "the victim is unaffected")
 	require.Equal(t, broker.FormatBound, got.FormatVersion)
+}
+
+// readHookStore is the embedded store that runs a hook once, right after
+// its first VaultRead.
+type readHookStore struct {
+	*sqlitestore.Store
+	once      sync.Once
+	afterRead func()
+}
+
+func (s *readHookStore) VaultRead(ctx context.Context, userID string) (*broker.Vault, error) {
+	v, err := s.Store.VaultRead(ctx, userID)
+	s.once.Do(s.afterRead)
+	return v, err
+}
+
+// TestFormat1ClosingUnderAFetchSQLite: the fetch path of the embedded
+// store (a read, then the audit commit) read the last format-1 row just
+// before the re-wrap job upgraded it and closed format 1: it reads the row
+// again and opens the format-2 wrap.
+func TestFormat1ClosingUnderAFetchSQLite(t *testing.T) {
+	t.Parallel()
+	inner := openStore(t, t.TempDir())
+	raw := rawDB(t, inner.Path())
+	ctx := t.Context()
+	reopenFormat1(t, raw)
+	kek := localKEK(t, "env-v1")
+	ring, err := broker.NewKeyring(kek)
+	require.NoError(t, err)
+	mk := make([]byte, 32)
+	rand.Read(mk)
+	wrappedMK, iv := legacyWrap(t, kek, mk)
+	_, err = raw.ExecContext(ctx, `INSERT INTO encryption_vaults (user_id, wrapped_mk, wrap_iv, format_version, kek_id) VALUES ('legacy', ?1, ?2, 1, 'env-v1')`, wrappedMK, iv)
+	require.NoError(t, err)
+
+	store := &readHookStore{Store: inner, afterRead: func() {
+		job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: inner, Keyring: ring, Logger: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		res, err := job.Run(ctx)
+		require.NoError(t, err)
+		require.True(t, res.Format1ClosedNow)
+	}}
+	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	res, err := svc.Key(ctx, "legacy", broker.RequestMeta{})
+	require.NoError(t, err)
+	require.Equal(t, mk, res.MasterKey)
+	require.Equal(t, broker.FormatBound, res.FormatVersion)
+	var failed int
+	require.NoError(t, raw.QueryRowContext(ctx, `SELECT count(*) FROM encryption_vault_audit WHERE user_id = 'legacy' AND action = 'failed_fetch'`).Scan(&failed))
+	require.Zero(t, failed)
 }

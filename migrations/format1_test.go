@@ -48,7 +48,7 @@ func TestFormat1ClosedOnAFreshInstall(t *testing.T) {
 	require.NoError(t, err)
 	st := format1State(t, pool)
 	require.NotNil(t, st.ClosedAt)
-	require.Equal(t, "migration 0006: no format-1 rows", *st.ClosedBy)
+	require.Equal(t, "keybroker migrate: no format-1 rows", *st.ClosedBy)
 }
 
 // TestFormat1OpenWhileAdoptedRowsNeedIt applies the migrations before the

@@ -10,10 +10,10 @@ import (
 	"github.com/keybroker/keybroker/broker"
 )
 
-// The format-1 closure (migration 0006): a one-row table granted to no
-// one, read and closed through two SECURITY DEFINER functions, so the
-// runtime role needs no grant on it and a role that may write vault rows
-// cannot reopen it.
+// The format-1 closure (the format1_closure migration): a one-row table
+// granted to no one, read and closed through two SECURITY DEFINER
+// functions, so the runtime role needs no grant on it and a role that may
+// write vault rows cannot reopen it.
 var _ broker.Format1Store = (*Store)(nil)
 
 // Format1State reads whether format 1 is closed: one short statement,

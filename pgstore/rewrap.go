@@ -37,7 +37,7 @@ func (s *Store) table(name string) string { return pgx.Identifier{s.schema, name
 // with q.LegacyOnly, that are in format 1), in user-id order after q.After.
 func (s *Store) RewrapCandidates(ctx context.Context, q broker.RewrapQuery) ([]string, error) {
 	// Every condition names $1, so that each statement has the same
-	// parameters; format 1's is the partial index of migration 0006.
+	// parameters; format 1's is the partial index of the format1_closure migration.
 	cond := `(kek_id <> $1 OR format_version = 1)`
 	switch {
 	case q.OnActiveKEK:

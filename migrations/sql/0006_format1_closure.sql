@@ -28,7 +28,7 @@ CREATE INDEX IF NOT EXISTS encryption_vault_kek_index_format1_idx ON encryption_
 -- The index (migration 0004) mirrors every row, adopted ones included, and
 -- has no row-level security: the owner reads it here.
 INSERT INTO encryption_vault_format1 (singleton, closed_at, closed_by)
-SELECT true, CASE WHEN legacy THEN NULL ELSE now() END, CASE WHEN legacy THEN NULL ELSE 'migration 0006: no format-1 rows' END
+SELECT true, CASE WHEN legacy THEN NULL ELSE now() END, CASE WHEN legacy THEN NULL ELSE 'keybroker migrate: no format-1 rows' END
 FROM (SELECT EXISTS (SELECT 1 FROM encryption_vault_kek_index WHERE format_version = 1 AND wrapped) AS legacy) AS found
 ON CONFLICT (singleton) DO NOTHING;
 

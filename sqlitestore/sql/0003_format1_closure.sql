@@ -1,5 +1,5 @@
--- Format 1 closes behind the re-wrap job (see the PostgreSQL migration
--- 0006_format1_closure.sql): one row, open (closed_at NULL) or closed,
+-- Format 1 closes behind the re-wrap job (see the PostgreSQL
+-- format1_closure migration): one row, open (closed_at NULL) or closed,
 -- when and by whom. Open only if this migration finds rows with a
 -- format-1 server wrap; whether it is open is this flag, never a count of
 -- rows, so format-1 rows written later do not reopen it.
@@ -18,7 +18,7 @@ CREATE TABLE encryption_vault_format1 (
 INSERT INTO encryption_vault_format1 (singleton, closed_at, closed_by)
 SELECT 1,
     CASE WHEN legacy THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') END,
-    CASE WHEN legacy THEN NULL ELSE 'migration 0003: no format-1 rows' END
+    CASE WHEN legacy THEN NULL ELSE 'keybroker migrate: no format-1 rows' END
 FROM (SELECT EXISTS (SELECT 1 FROM encryption_vaults WHERE format_version = 1 AND wrapped_mk IS NOT NULL) AS legacy);
 
 -- One way: a closed row never changes, and the row is never deleted or

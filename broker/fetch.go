@@ -312,7 +312,8 @@ func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta)
 		mk, opened, err := s.openLatest(ctx, userID, v, nil)
 		if err != nil {
 			// Recorded as a fetch, yet the key stays here: the wrap does
-			// not authenticate (tampered with, or corrupt). The audit
+			// not authenticate (tampered with, or corrupt), or is a
+			// format-1 wrap once format 1 is closed. The audit
 			// trail is append-only, so the failure is recorded after the
 			// fetch row and names it.
 			return nil, s.unwrapFailed(ctx, userID, meta, v, err, f.Audit.ID)

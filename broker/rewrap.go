@@ -353,14 +353,16 @@ type rewrapRun struct {
 }
 
 // Run moves every candidate row. It walks the candidates in user-id order,
-// and again only for rows users changed under it (at most
-// maxRewrapPasses passes); rows that cannot move — an unknown KEK id, a
-// corrupt wrap — are counted once, left as they are and listed in the
-// result. Then, for a versioned active KEK whose backend re-wraps, it
-// sweeps the rows of older key versions. It returns ErrRewrapBusy when
-// another runner holds the lock (and a nil result), ErrRewrapLockLost
-// when the lock died mid-run, and store or KEK outages as
-// *UnavailableError; the work done until then stays done, and the next
+// the format-1 rows first and alone, and again only for rows users changed
+// under it (at most maxRewrapPasses passes); rows that cannot move — an
+// unknown KEK id, a corrupt wrap, a format-1 wrap once format 1 is closed
+// — are counted once, left as they are and listed in the result. Between
+// the format-1 rows and the others it closes format 1 when none is left
+// (a dry run never does). Then, for a versioned active KEK whose backend
+// re-wraps, it sweeps the rows of older key versions. It returns
+// ErrRewrapBusy when another runner holds the lock (and a nil result),
+// ErrRewrapLockLost when the lock died mid-run, and store or KEK outages
+// as *UnavailableError; the work done until then stays done, and the next
 // Run continues from there.
 func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
 	j.running.Lock()
@@ -424,7 +426,13 @@ func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
 		}
 	}
 	if err := j.closeFormat1(ctx, r); err != nil {
-		return err
+		if IsUnavailable(err) || ctx.Err() != nil {
+			return err
+		}
+		// Not the rows' business: move them anyway. Format-1 rows are
+		// then refused (the gate cannot tell either), and the next run
+		// tries to close again.
+		j.cfg.Logger.Warn("re-wrap: cannot read or close the format-1 state", slog.String("error", err.Error()))
 	}
 	if r.p.Total > 0 {
 		if err := j.passes(ctx, r, passMove); err != nil {

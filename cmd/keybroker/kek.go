@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -96,11 +97,12 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 	}
 	var format1 *broker.Format1State
 	if f1, ok := store.(broker.Format1Store); ok {
-		st, err := f1.Format1State(ctx)
-		if err != nil {
-			return err
+		// A schema not migrated to the closure yet still has counts.
+		if st, err := f1.Format1State(ctx); err != nil {
+			log.Warn("cannot read whether format 1 is closed", slog.String("error", err.Error()))
+		} else {
+			format1 = &st
 		}
-		format1 = &st
 	}
 	roles := configuredRoles(cfg, getenv)
 	if dataKeys, ok := store.(broker.DataKeyStore); ok && len(roles) > 0 {
@@ -321,7 +323,7 @@ func printFormat1(w io.Writer, left int64, st *broker.Format1State) {
 	switch {
 	case st == nil && left == 0:
 	case st == nil:
-		fmt.Fprintf(w, "format 1: %s rows left; the re-wrap job upgrades them (this store cannot close format 1)\n", formatCount(left))
+		fmt.Fprintf(w, "format 1: %s rows left; the re-wrap job upgrades them (whether format 1 is closed is not known)\n", formatCount(left))
 	case !st.Closed && left > 0:
 		fmt.Fprintf(w, "format 1: OPEN, %s rows left; the re-wrap job upgrades them first, then closes format 1 for good\n", formatCount(left))
 	case !st.Closed:

@@ -237,7 +237,7 @@ func TestPrintFormat1(t *testing.T) {
 		want string
 	}{
 		{0, nil, ""},
-		{3, nil, "format 1: 3 rows left; the re-wrap job upgrades them (this store cannot close format 1)\n"},
+		{3, nil, "format 1: 3 rows left; the re-wrap job upgrades them (whether format 1 is closed is not known)\n"},
 		{1200, &broker.Format1State{}, "format 1: OPEN, 1,200 rows left; the re-wrap job upgrades them first, then closes format 1 for good\n"},
 		{0, &broker.Format1State{}, "format 1: open, 0 rows left; the re-wrap job closes it for good at its next run\n"},
 		{0, closed, "format 1: closed since 2026-03-01 12:00:00 by host-a pid 7: a format-1 wrap no longer opens\n"},

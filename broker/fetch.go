@@ -358,15 +358,16 @@ func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta)
 	case FetchZeroKnowledge:
 		return zkResult(v), nil
 	case FetchOpenable:
-		mk, err := s.keyring.open(ctx, userID, v)
+		mk, opened, err := s.openLatest(ctx, userID, v, nil)
 		if err != nil {
 			// Recorded as a fetch, yet the key stays here: the wrap does
-			// not authenticate (tampered with, or corrupt). The audit
+			// not authenticate (tampered with, or corrupt), or is a
+			// format-1 wrap once format 1 is closed. The audit
 			// trail is append-only, so the failure is recorded after the
 			// fetch row and names it.
 			return nil, s.unwrapFailed(ctx, userID, meta, v, err, f.Audit.ID)
 		}
-		return &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}, nil
+		return &KeyResult{MasterKey: mk, FormatVersion: opened.FormatVersion, KEKID: opened.KEKID}, nil
 	}
 	return s.openRecorded(ctx, userID, meta, v)
 }
@@ -395,7 +396,7 @@ func (s *Service) fastKey(ctx context.Context, userID string, meta RequestMeta) 
 
 // openRecorded unwraps v's master key and then records the outcome.
 func (s *Service) openRecorded(ctx context.Context, userID string, meta RequestMeta, v *Vault) (*KeyResult, error) {
-	mk, err := s.keyring.open(ctx, userID, v)
+	mk, opened, err := s.openLatest(ctx, userID, v, nil)
 	if err != nil {
 		return nil, s.unwrapFailed(ctx, userID, meta, v, err, "")
 	}
@@ -403,7 +404,7 @@ func (s *Service) openRecorded(ctx context.Context, userID string, meta RequestM
 		wipe(mk)
 		return nil, err
 	}
-	return &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}, nil
+	return &KeyResult{MasterKey: mk, FormatVersion: opened.FormatVersion, KEKID: opened.KEKID}, nil
 }
 
 // record appends the audit row of outcome o through the audit group

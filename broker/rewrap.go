@@ -20,7 +20,9 @@ import (
 // original service wrote — to the active KEK and format 2, so that the old
 // KEK can be retired. It works online, in short batches:
 //
-//  1. list a batch of candidate user ids (RewrapStore.RewrapCandidates);
+//  1. list a batch of candidate user ids (RewrapStore.RewrapCandidates),
+//     format-1 rows first: a format-1 wrap is bound to nothing, and once
+//     none is left the job closes format 1 for good (format1.go);
 //  2. read their rows (RewrapBatchStore.RewrapRead, in a transaction
 //     scoped to exactly those users; without it, one InUserTx per row);
 //  3. unwrap each with its old KEK and seal it with the active one (seal
@@ -59,6 +61,9 @@ type RewrapQuery struct {
 	// OnActiveKEK lists the other rows instead: those already under
 	// ActiveKEKID in format 2 (the key-version sweep reads them).
 	OnActiveKEK bool
+	// LegacyOnly lists only the rows in format 1, whatever their KEK id
+	// (the job moves them first). Not set with OnActiveKEK.
+	LegacyOnly bool
 	// After is the last user id of the previous page; "" starts over.
 	After string
 	// Limit caps the page.
@@ -195,6 +200,11 @@ type RewrapResult struct {
 	RewrapProgress
 	// Failures lists failed rows, at most maxReportedFailures of them.
 	Failures []RewrapFailure
+	// Format1 is the format-1 closure after the run; nil when the store
+	// has none (no Format1Store) or the run did not get that far.
+	Format1 *Format1State
+	// Format1ClosedNow says this run closed format 1.
+	Format1ClosedNow bool
 }
 
 // RewrapConfig configures a RewrapJob.
@@ -287,6 +297,7 @@ type RewrapJob struct {
 	batch   RewrapBatchStore // nil: one transaction per row
 	locker  RewrapLocker     // nil: single node
 	limiter *rate.Limiter    // nil: no limit
+	format1 *format1Gate
 	running sync.Mutex
 
 	progress atomic.Pointer[RewrapProgress]
@@ -302,7 +313,7 @@ func NewRewrapJob(cfg RewrapConfig) (*RewrapJob, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	j := &RewrapJob{cfg: cfg, store: cfg.Store.(RewrapStore)}
+	j := &RewrapJob{cfg: cfg, store: cfg.Store.(RewrapStore), format1: newFormat1Gate(cfg.Store)}
 	j.batch, _ = cfg.Store.(RewrapBatchStore)
 	j.locker, _ = cfg.Store.(RewrapLocker)
 	if cfg.RowsPerSecond > 0 {
@@ -331,24 +342,32 @@ type rewrapRun struct {
 	// failed holds the rows that failed in this run: later passes skip
 	// them rather than fail (and count) them again.
 	failed map[string]bool
+	// wouldMove holds, in a dry run, the rows counted as moved: the move
+	// passes list the format-1 rows the legacy passes counted already.
+	wouldMove map[string]bool
 	// reported is when progress was last written for status readers.
 	reported time.Time
+	// format1 is the closure state once the run has read it.
+	format1       *Format1State
+	format1Closed bool // this run closed format 1
 }
 
 // Run moves every candidate row. It walks the candidates in user-id order,
-// and again only for rows users changed under it (at most
-// maxRewrapPasses passes); rows that cannot move — an unknown KEK id, a
-// corrupt wrap — are counted once, left as they are and listed in the
-// result. Then, for a versioned active KEK whose backend re-wraps, it
-// sweeps the rows of older key versions. It returns ErrRewrapBusy when
-// another runner holds the lock (and a nil result), ErrRewrapLockLost
-// when the lock died mid-run, and store or KEK outages as
-// *UnavailableError; the work done until then stays done, and the next
+// the format-1 rows first and alone, and again only for rows users changed
+// under it (at most maxRewrapPasses passes); rows that cannot move — an
+// unknown KEK id, a corrupt wrap, a format-1 wrap once format 1 is closed
+// — are counted once, left as they are and listed in the result. Between
+// the format-1 rows and the others it closes format 1 when none is left
+// (a dry run never does). Then, for a versioned active KEK whose backend
+// re-wraps, it sweeps the rows of older key versions. It returns
+// ErrRewrapBusy when another runner holds the lock (and a nil result),
+// ErrRewrapLockLost when the lock died mid-run, and store or KEK outages
+// as *UnavailableError; the work done until then stays done, and the next
 // Run continues from there.
 func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
 	j.running.Lock()
 	defer j.running.Unlock()
-	r := &rewrapRun{active: j.cfg.Keyring.ActiveID(), failed: map[string]bool{}}
+	r := &rewrapRun{active: j.cfg.Keyring.ActiveID(), failed: map[string]bool{}, wouldMove: map[string]bool{}}
 	now := j.cfg.Now()
 	r.p = RewrapProgress{ActiveKEKID: r.active, StartedAt: now, UpdatedAt: now}
 
@@ -375,7 +394,7 @@ func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
 		}
 		cancel()
 	}
-	return &RewrapResult{RewrapProgress: r.p, Failures: r.failures}, err
+	return &RewrapResult{RewrapProgress: r.p, Failures: r.failures, Format1: r.format1, Format1ClosedNow: r.format1Closed}, err
 }
 
 func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
@@ -383,9 +402,13 @@ func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
 	if err != nil {
 		return err
 	}
+	var legacy int64
 	for _, c := range counts {
 		if c.Wrapped && !c.ZeroKnowledge && (c.KEKID != r.active || c.FormatVersion == FormatLegacy) {
 			r.p.Total += c.Rows
+		}
+		if c.Wrapped && !c.ZeroKnowledge && c.FormatVersion == FormatLegacy {
+			legacy += c.Rows
 		}
 	}
 	j.tick(r)
@@ -395,12 +418,38 @@ func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
 			return err
 		}
 	}
-	// Another pass is needed only for rows a user changed under the
-	// previous one; it lists what is still left, and each pass that
-	// follows must have moved something.
-	for pass := 0; r.p.Total > 0 && pass < maxRewrapPasses; pass++ {
+	// Format-1 rows first: until they are upgraded and format 1 closed,
+	// a pasted format-1 wrap opens.
+	if legacy > 0 {
+		if err := j.passes(ctx, r, passLegacy); err != nil {
+			return err
+		}
+	}
+	if err := j.closeFormat1(ctx, r); err != nil {
+		if IsUnavailable(err) || ctx.Err() != nil {
+			return err
+		}
+		// Not the rows' business: move them anyway. Format-1 rows are
+		// then refused (the gate cannot tell either), and the next run
+		// tries to close again.
+		j.cfg.Logger.Warn("re-wrap: cannot read or close the format-1 state", slog.String("error", err.Error()))
+	}
+	if r.p.Total > 0 {
+		if err := j.passes(ctx, r, passMove); err != nil {
+			return err
+		}
+	}
+	return j.sweep(ctx, r)
+}
+
+// passes walks the candidates of kind until none is left that it can
+// move. Another pass is needed only for rows a user changed under the
+// previous one; it lists what is still left, and each pass that follows
+// must have moved something.
+func (j *RewrapJob) passes(ctx context.Context, r *rewrapRun, kind passKind) error {
+	for range maxRewrapPasses {
 		skipped := r.p.Skipped
-		_, moved, err := j.pass(ctx, r, false)
+		_, moved, err := j.pass(ctx, r, kind)
 		if err != nil {
 			return err
 		}
@@ -408,7 +457,36 @@ func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {
 			break
 		}
 	}
-	return j.sweep(ctx, r)
+	return nil
+}
+
+// closeFormat1 closes format 1 when no row with a format-1 server wrap is
+// left. The store checks that and closes in one atomic step, so a
+// format-1 row committed before it — one this run's passes could not see
+// yet — keeps format 1 open for the next run. A dry run only reads the
+// state.
+func (j *RewrapJob) closeFormat1(ctx context.Context, r *rewrapRun) error {
+	g := j.format1
+	if g.store == nil {
+		return nil
+	}
+	st, err := g.store.Format1State(ctx)
+	if err != nil {
+		return err
+	}
+	if !st.Closed && !j.cfg.DryRun {
+		if st, err = g.store.Format1Close(ctx, j.cfg.Runner); err != nil {
+			return err
+		}
+		if st.Closed {
+			r.format1Closed = true
+			j.cfg.Logger.Info("re-wrap: no format-1 row left; format 1 is closed for good, a format-1 wrap no longer opens",
+				slog.String("runner", j.cfg.Runner))
+		}
+	}
+	r.format1 = &st
+	g.learn(st)
+	return nil
 }
 
 // sweep moves rows of the active KEK made by an older version of its
@@ -432,7 +510,7 @@ func (j *RewrapJob) sweep(ctx context.Context, r *rewrapRun) error {
 	r.latest = latest
 	// One pass: it reads every row of the active KEK. A row a user
 	// changed meanwhile got a fresh wrap, made by the newest version.
-	if _, _, err := j.pass(ctx, r, true); err != nil {
+	if _, _, err := j.pass(ctx, r, passSweep); err != nil {
 		return err
 	}
 	if !j.cfg.DryRun {
@@ -441,18 +519,31 @@ func (j *RewrapJob) sweep(ctx context.Context, r *rewrapRun) error {
 	return nil
 }
 
+// passKind is what a pass lists and moves.
+type passKind int
+
+const (
+	// passLegacy: rows in format 1, to the active KEK in format 2.
+	passLegacy passKind = iota
+	// passMove: rows not on the active KEK in format 2.
+	passMove
+	// passSweep: rows on the active KEK made by an older key version.
+	passSweep
+)
+
 // pass walks the candidates once, in user-id order. Two stages overlap:
 // a producer lists, reads and does the KEK work of the next batch while
 // this goroutine writes the current one, so the KEK's CPU (or a KMS's
 // latency) and the database's write time add up less. The batches hold
 // disjoint users, so working one ahead changes nothing a batch compares.
-func (j *RewrapJob) pass(ctx context.Context, r *rewrapRun, sweep bool) (listed, moved int64, err error) {
+func (j *RewrapJob) pass(ctx context.Context, r *rewrapRun, kind passKind) (listed, moved int64, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	batches := make(chan *preparedBatch)
 	// Rows that failed in earlier passes; the producer reads its own copy
 	// while this goroutine records new failures.
 	skip := maps.Clone(r.failed)
-	go j.produce(ctx, r, sweep, skip, batches)
+	maps.Copy(skip, r.wouldMove)
+	go j.produce(ctx, r, kind, skip, batches)
 	defer func() {
 		// Stop the producer and wait for it: nothing of this pass may
 		// outlive it.
@@ -465,7 +556,7 @@ func (j *RewrapJob) pass(ctx context.Context, r *rewrapRun, sweep bool) (listed,
 			return listed, moved, b.err
 		}
 		listed += int64(len(b.ids))
-		n, err := j.commitBatch(ctx, r, b)
+		n, err := j.commitBatch(ctx, r, b, kind)
 		moved += n
 		if err != nil {
 			return listed, moved, err
@@ -484,7 +575,7 @@ type preparedBatch struct {
 
 // produce sends the pass's batches, prepared, until the candidates run
 // out (then it closes batches) or ctx ends.
-func (j *RewrapJob) produce(ctx context.Context, r *rewrapRun, sweep bool, skip map[string]bool, batches chan<- *preparedBatch) {
+func (j *RewrapJob) produce(ctx context.Context, r *rewrapRun, kind passKind, skip map[string]bool, batches chan<- *preparedBatch) {
 	defer close(batches)
 	send := func(b *preparedBatch) bool {
 		select {
@@ -494,7 +585,7 @@ func (j *RewrapJob) produce(ctx context.Context, r *rewrapRun, sweep bool, skip 
 			return false
 		}
 	}
-	q := RewrapQuery{ActiveKEKID: r.active, OnActiveKEK: sweep, Limit: j.cfg.BatchSize}
+	q := RewrapQuery{ActiveKEKID: r.active, OnActiveKEK: kind == passSweep, LegacyOnly: kind == passLegacy, Limit: j.cfg.BatchSize}
 	for {
 		ids, err := j.store.RewrapCandidates(ctx, q)
 		if err != nil {
@@ -521,6 +612,14 @@ func (j *RewrapJob) produce(ctx context.Context, r *rewrapRun, sweep bool, skip 
 			return
 		}
 		b := &preparedBatch{ids: ids, vaults: vaults, outcomes: make([]outcome, len(vaults))}
+		// Whether format-1 wraps may open, asked once per batch.
+		var format1 error
+		if slices.ContainsFunc(vaults, needsFormat1) {
+			if format1 = j.format1.check(ctx); IsUnavailable(format1) {
+				send(&preparedBatch{err: format1})
+				return
+			}
+		}
 		sem := make(chan struct{}, j.cfg.Concurrency)
 		var wg sync.WaitGroup
 		for i, v := range vaults {
@@ -528,7 +627,7 @@ func (j *RewrapJob) produce(ctx context.Context, r *rewrapRun, sweep bool, skip 
 			wg.Add(1)
 			go func() {
 				defer func() { <-sem; wg.Done() }()
-				b.outcomes[i] = j.prepare(ctx, r, v, sweep)
+				b.outcomes[i] = j.prepare(ctx, r, v, kind, format1)
 			}()
 		}
 		wg.Wait()
@@ -547,7 +646,7 @@ type outcome struct {
 }
 
 // commitBatch writes a prepared batch and counts it.
-func (j *RewrapJob) commitBatch(ctx context.Context, r *rewrapRun, b *preparedBatch) (moved int64, err error) {
+func (j *RewrapJob) commitBatch(ctx context.Context, r *rewrapRun, b *preparedBatch, kind passKind) (moved int64, err error) {
 	if r.lease != nil {
 		if err := r.lease.Held(ctx); err != nil {
 			return 0, fmt.Errorf("%w: %w", ErrRewrapLockLost, err)
@@ -573,6 +672,9 @@ func (j *RewrapJob) commitBatch(ctx context.Context, r *rewrapRun, b *preparedBa
 	}
 	if j.cfg.DryRun {
 		for _, i := range swapOf {
+			if kind != passSweep {
+				r.wouldMove[b.vaults[i].UserID] = true
+			}
 			r.p.Done++
 			if b.outcomes[i].server {
 				r.p.ServerRewrapped++
@@ -644,20 +746,25 @@ func (j *RewrapJob) tick(r *rewrapRun) {
 }
 
 // prepare decides what to do with one row and does the KEK work. It
-// holds the plaintext master key only between unwrap and seal.
-func (j *RewrapJob) prepare(ctx context.Context, r *rewrapRun, v *Vault, sweep bool) outcome {
+// holds the plaintext master key only between unwrap and seal. format1 is
+// the answer of the format-1 gate for this batch: a format-1 row fails
+// with it.
+func (j *RewrapJob) prepare(ctx context.Context, r *rewrapRun, v *Vault, kind passKind, format1 error) outcome {
 	if v.ZeroKnowledge || v.WrappedMK == nil {
 		return outcome{skip: true} // switched to zero-knowledge since listed
 	}
 	onActive := v.KEKID == r.active && v.FormatVersion == FormatBound
-	if sweep {
-		if !onActive {
-			return outcome{skip: true}
-		}
+	switch {
+	case kind == passSweep && !onActive:
+		return outcome{skip: true}
+	case kind == passSweep:
 		return j.prepareServerRewrap(ctx, v, r.latest)
-	}
-	if onActive {
+	case onActive:
 		return outcome{skip: true} // rotated (or moved by another runner) since listed
+	case kind == passLegacy && v.FormatVersion != FormatLegacy:
+		return outcome{skip: true} // rotated since listed; a move pass takes it if it must
+	case needsFormat1(v) && format1 != nil:
+		return outcome{fail: format1}
 	}
 	mk, err := j.cfg.Keyring.open(ctx, v.UserID, v)
 	if err != nil {

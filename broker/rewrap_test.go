@@ -78,6 +78,11 @@ func keyring(t testing.TB, active broker.KEK, retired ...broker.KEK) *broker.Key
 func (e *rewrapEnv) seed(t testing.TB, kek broker.KEK, prefix string, n, format int) map[string][]byte {
 	t.Helper()
 	ctx := t.Context()
+	if format == broker.FormatLegacy {
+		// A freshly migrated schema starts with format 1 closed: the
+		// owner reopens it to import format-1 rows (docs/rotation.md).
+		pgtest.ReopenFormat1(t, e.admin, "keybroker")
+	}
 	keys := make(map[string][]byte, n)
 	rows := make([][]any, 0, n)
 	for i := range n {
@@ -326,6 +331,7 @@ func TestRewrapLegacyVectors(t *testing.T) {
 			require.NoError(t, err)
 			old, err := localkek.New(v.KEKID, raw, true)
 			require.NoError(t, err)
+			pgtest.ReopenFormat1(t, e.admin, "keybroker")
 			pgtest.Exec(t, e.admin, `INSERT INTO keybroker.encryption_vaults (user_id, wrapped_mk, wrap_iv, format_version, kek_id)
 VALUES ('legacy', $1, $2, 1, $3)`, v.WrappedMK, v.WrapIV, v.KEKID)
 			next := localKEK(t, "file-2026")

@@ -105,6 +105,12 @@ type Service struct {
 	fetcher VaultFetcher
 	fetches *groupCommit[*Fetch]
 	reader  VaultReader
+
+	// format1 says whether format-1 wraps may open (format1.go).
+	format1 *format1Gate
+	// rereader reads a fetched vault again after format 1 closed under
+	// the fetch (openLatest); nil when the store cannot.
+	rereader VaultReader
 }
 
 // New returns a Service.
@@ -112,7 +118,8 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now, recoveryProof: cfg.RecoveryProof}
+	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now, recoveryProof: cfg.RecoveryProof, format1: newFormat1Gate(cfg.Store)}
+	s.rereader, _ = cfg.Store.(VaultReader)
 	appender, canAppend := cfg.Store.(AuditAppender)
 	if !canAppend {
 		return s, nil
@@ -220,23 +227,36 @@ func (s *Service) logUnrecorded(ctx context.Context, userID string, meta Request
 		slog.String("ip_address", AuditText(meta.IPAddress)), slog.String("user_agent", AuditText(meta.UserAgent)))
 }
 
-// openOrRefuse unwraps v's master key. When that fails it records a
+// openOrRefuse unwraps v's master key and returns it with the vault it
+// opened: v, or the row as stored now when format 1 closed after v was
+// read without a lock (openLatest). When that fails it records a
 // failed_fetch audit row and sets the outcome, returning a nil key.
-func (o *op) openOrRefuse(ctx context.Context, v *Vault) ([]byte, error) {
-	mk, err := o.s.keyring.open(ctx, o.userID, v)
+func (o *op) openOrRefuse(ctx context.Context, v *Vault) ([]byte, *Vault, error) {
+	mk, opened, err := o.s.openLatest(ctx, o.userID, v, o.tx)
 	if err == nil {
-		return mk, nil
+		return mk, opened, nil
 	}
 	status, note := unwrapFailureAudit(err, v)
 	o.s.logUnwrapFailure(ctx, o.userID, v, err)
-	return nil, o.refuse(ctx, ActionFailedFetch, status, note, err)
+	return nil, v, o.refuse(ctx, ActionFailedFetch, status, note, err)
 }
 
-// unwrapFailureAudit is the audit status and note of a failed unwrap.
+// unwrapFailureAudit is the audit status and note of a failed unwrap. A
+// format-1 wrap refused because format 1 is closed is answered like a
+// wrap that does not open (500), under a note of its own: on an install
+// whose re-wrap job has upgraded every row, it is a wrap written behind
+// keybroker's back.
 func unwrapFailureAudit(err error, v *Vault) (int, string) {
+	var unavailable *UnavailableError
 	switch {
+	case errors.Is(err, ErrFormat1Closed):
+		return http.StatusInternalServerError, "format1-closed"
+	case errors.Is(err, errFormat1Unknown):
+		return http.StatusInternalServerError, "format1-state-unreadable"
 	case errors.Is(err, ErrUnknownKEK):
 		return http.StatusServiceUnavailable, "unknown-kek:" + v.KEKID
+	case errors.As(err, &unavailable) && unavailable.Dependency == DependencyStore:
+		return http.StatusServiceUnavailable, "store-unavailable"
 	case IsUnavailable(err):
 		return http.StatusServiceUnavailable, "kek-unavailable:" + v.KEKID
 	case errors.Is(err, ErrKEKDenied):
@@ -307,11 +327,11 @@ func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*K
 			res = zkResult(v)
 			return o.audit(ctx, ActionInit, http.StatusOK, "already-exists-zk")
 		}
-		mk, err := o.openOrRefuse(ctx, v)
+		mk, opened, err := o.openOrRefuse(ctx, v)
 		if mk == nil {
 			return err
 		}
-		res = &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}
+		res = &KeyResult{MasterKey: mk, FormatVersion: opened.FormatVersion, KEKID: opened.KEKID}
 		return o.audit(ctx, ActionInit, http.StatusOK, "already-exists")
 	})
 	if err != nil {
@@ -378,11 +398,11 @@ func (s *Service) Key(ctx context.Context, userID string, meta RequestMeta) (*Ke
 			res = zkResult(v)
 			return o.audit(ctx, ActionFetch, http.StatusOK, "zk-recovery-blob")
 		}
-		mk, err := o.openOrRefuse(ctx, v)
+		mk, opened, err := o.openOrRefuse(ctx, v)
 		if mk == nil {
 			return err
 		}
-		res = &KeyResult{MasterKey: mk, FormatVersion: v.FormatVersion, KEKID: v.KEKID}
+		res = &KeyResult{MasterKey: mk, FormatVersion: opened.FormatVersion, KEKID: opened.KEKID}
 		return o.audit(ctx, ActionFetch, http.StatusOK, "")
 	})
 	if err != nil {
@@ -527,7 +547,7 @@ func (o *op) admitRecoveryReplacement(ctx context.Context, v *Vault, keyProof []
 	case keyProof != nil && !v.ZeroKnowledge:
 		// A standard vault from before verifiers: the server wrap opens
 		// to the key the proof must belong to.
-		mk, err := o.openOrRefuse(ctx, v)
+		mk, _, err := o.openOrRefuse(ctx, v) // locked: v itself
 		if mk == nil {
 			return "", false, err
 		}
@@ -656,7 +676,8 @@ func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, keyPro
 			return o.refuse(ctx, ActionZKEnable, http.StatusBadRequest, "no-recovery-wrap", ErrRecoveryWrapMissing)
 		}
 		if _, ok := currentProofHash(v); !ok {
-			mk, err := o.openOrRefuse(ctx, v)
+			// The row is locked: openOrRefuse opens v itself.
+			mk, _, err := o.openOrRefuse(ctx, v)
 			if mk == nil {
 				return err
 			}
@@ -708,7 +729,7 @@ func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []
 					return mismatch()
 				}
 			} else {
-				stored, err := o.openOrRefuse(ctx, v)
+				stored, _, err := o.openOrRefuse(ctx, v) // locked: v itself
 				if stored == nil {
 					return err
 				}

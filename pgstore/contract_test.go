@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"testing"
 
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/storetest"
+	"github.com/keybroker/keybroker/internal/pgtest"
 )
 
 // TestStoreContract runs the store contract suite as the non-superuser
@@ -17,7 +19,13 @@ func TestStoreContract(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
 		schema := "kb_" + randomHex(6)
 		e.migrate(t, schema)
-		return storetest.Harness{Store: e.store(t, schema), AuditRows: auditRows(e.admin, schema)}
+		return storetest.Harness{Store: e.store(t, schema), AuditRows: auditRows(e.admin, schema),
+			Format1Open: func(t *testing.T) broker.Store {
+				schema := "kb_" + randomHex(6)
+				e.migrate(t, schema)
+				pgtest.ReopenFormat1(t, e.admin, schema)
+				return e.store(t, schema)
+			}}
 	})
 }
 

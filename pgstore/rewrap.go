@@ -33,12 +33,17 @@ var (
 func (s *Store) table(name string) string { return pgx.Identifier{s.schema, name}.Sanitize() }
 
 // RewrapCandidates lists user ids of rows with a server wrap that the job
-// must move (or, with q.OnActiveKEK, that are on the active KEK already),
-// in user-id order after q.After.
+// must move (or, with q.OnActiveKEK, that are on the active KEK already;
+// with q.LegacyOnly, that are in format 1), in user-id order after q.After.
 func (s *Store) RewrapCandidates(ctx context.Context, q broker.RewrapQuery) ([]string, error) {
+	// Every condition names $1, so that each statement has the same
+	// parameters; format 1's is the partial index of the format1_closure migration.
 	cond := `(kek_id <> $1 OR format_version = 1)`
-	if q.OnActiveKEK {
+	switch {
+	case q.OnActiveKEK:
 		cond = `kek_id = $1 AND format_version = 2`
+	case q.LegacyOnly:
+		cond = `format_version = 1 AND $1::text IS NOT NULL`
 	}
 	rows, err := s.pool.Query(ctx, `SELECT user_id FROM `+s.table("encryption_vault_kek_index")+`
 WHERE wrapped AND NOT zero_knowledge AND `+cond+` AND user_id > $2

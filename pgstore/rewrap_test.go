@@ -111,6 +111,13 @@ VALUES ('u6', 2, 'old', 'cmVj', 'aXY=', true)`)
 		onActive, err := store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", OnActiveKEK: true, Limit: 10})
 		require.NoError(t, err)
 		require.Equal(t, []string{"u2"}, onActive)
+
+		legacy, err := store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", LegacyOnly: true, Limit: 1})
+		require.NoError(t, err)
+		require.Equal(t, []string{"u3"}, legacy, "format 1 on the active KEK id too")
+		legacy, err = store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", LegacyOnly: true, After: "u3", Limit: 10})
+		require.NoError(t, err)
+		require.Equal(t, []string{"u5"}, legacy)
 	})
 	t.Run("Counts", func(t *testing.T) {
 		counts, err := store.KEKCounts(ctx)

@@ -21,7 +21,12 @@ func TestStoreContract(t *testing.T) {
 	store := openStore(t, t.TempDir())
 	raw := rawDB(t, store.Path())
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
-		return storetest.Harness{Store: store, AuditRows: auditRows(raw)}
+		return storetest.Harness{Store: store, AuditRows: auditRows(raw),
+			Format1Open: func(t *testing.T) broker.Store {
+				store := openStore(t, t.TempDir())
+				reopenFormat1(t, rawDB(t, store.Path()))
+				return store
+			}}
 	})
 }
 

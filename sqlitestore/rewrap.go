@@ -22,15 +22,18 @@ var (
 )
 
 // RewrapCandidates lists user ids of rows with a server wrap that the job
-// must move (or, with q.OnActiveKEK, that are on the active KEK already),
-// in user-id order after q.After.
+// must move (or, with q.OnActiveKEK, that are on the active KEK already;
+// with q.LegacyOnly, that are in format 1), in user-id order after q.After.
 func (s *Store) RewrapCandidates(ctx context.Context, q broker.RewrapQuery) ([]string, error) {
 	if s.closed.Load() {
 		return nil, unavailable(ErrClosed)
 	}
 	cond := `(kek_id <> ?1 OR format_version = 1)`
-	if q.OnActiveKEK {
+	switch {
+	case q.OnActiveKEK:
 		cond = `kek_id = ?1 AND format_version = 2`
+	case q.LegacyOnly:
+		cond = `format_version = 1 AND ?1 IS NOT NULL`
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT user_id FROM encryption_vaults
 WHERE wrapped_mk IS NOT NULL AND NOT zero_knowledge AND `+cond+` AND user_id > ?2

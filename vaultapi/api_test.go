@@ -502,6 +502,7 @@ func TestLegacyRowsUnwrapThroughTheAPI(t *testing.T) {
 			kek, err := localkek.New(v.KEKID, key, true)
 			require.NoError(t, err)
 			e := newEnv(t, envOptions{active: kek})
+			pgtest.ReopenFormat1(t, e.admin, schema) // a fresh schema starts closed
 			pgtest.Exec(t, e.admin, `INSERT INTO keybroker.encryption_vaults (user_id, wrapped_mk, wrap_iv, format_version, kek_id)
 				VALUES ('legacy', $1, $2, 1, $3)`, v.WrappedMK, v.WrapIV, v.KEKID)
 			r := e.do(http.MethodGet, "/key", "legacy", nil)

@@ -15,7 +15,11 @@
 //     commit, stores nothing, audit rows included;
 //   - of concurrent inserts for one user exactly one wins, and a loser
 //     reads the winner's row in the same transaction;
-//   - VaultGet(ctx, true) serialises read-modify-write cycles.
+//   - VaultGet(ctx, true) serialises read-modify-write cycles;
+//   - the store keeps the format-1 closure (broker.Format1Store): closed
+//     on a fresh store, closed by Format1Close only once no row with a
+//     format-1 server wrap is left, and never open again — writing
+//     format-1 rows afterwards changes nothing.
 package storetest
 
 import (
@@ -41,6 +45,10 @@ type Harness struct {
 	// in any order), bypassing Store: the suite checks what was really
 	// written. Implementations use their raw SQL.
 	AuditRows func(ctx context.Context, userID string) ([]broker.AuditEntry, error)
+	// Format1Open returns a fresh store of the same kind on which format 1
+	// is open, as after migrating a database that held the original
+	// service's rows (or after the owner's deliberate reopening).
+	Format1Open func(t *testing.T) broker.Store
 }
 
 // Run runs the contract suite. newHarness is called once per subtest, on
@@ -71,6 +79,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"ConcurrentInsertOneWinner", testConcurrentInsertOneWinner},
 		{"ForUpdateSerialises", testForUpdateSerialises},
 		{"AuditRoundTrip", testAuditRoundTrip},
+		{"Format1ClosedOnFreshStore", testFormat1ClosedOnFreshStore},
+		{"Format1ClosesOnlyWithoutFormat1Rows", testFormat1ClosesOnlyWithoutFormat1Rows},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -626,4 +636,63 @@ func testAuditRoundTrip(t *testing.T, h Harness) {
 		got.CreatedAt = got.CreatedAt.UTC()
 		require.Equal(t, *want, got)
 	}
+}
+
+func format1Store(t *testing.T, s broker.Store) broker.Format1Store {
+	t.Helper()
+	f, ok := s.(broker.Format1Store)
+	require.True(t, ok, "the store must implement broker.Format1Store")
+	return f
+}
+
+func testFormat1ClosedOnFreshStore(t *testing.T, h Harness) {
+	st, err := format1Store(t, h.Store).Format1State(t.Context())
+	require.NoError(t, err)
+	require.True(t, st.Closed, "a store that never held a format-1 row starts closed")
+	require.False(t, st.ClosedAt.IsZero())
+	require.NotEmpty(t, st.ClosedBy)
+}
+
+func testFormat1ClosesOnlyWithoutFormat1Rows(t *testing.T, h Harness) {
+	require.NotNil(t, h.Format1Open, "Harness.Format1Open is required")
+	ctx := t.Context()
+	store := h.Format1Open(t)
+	f1 := format1Store(t, store)
+	h = Harness{Store: store}
+	st, err := f1.Format1State(ctx)
+	require.NoError(t, err)
+	require.Equal(t, broker.Format1State{}, st)
+
+	legacy := legacyVault(newUserID(t))
+	insert(t, h, legacy)
+	zk := zkVault(newUserID(t))
+	zk.FormatVersion = broker.FormatLegacy // a zero-knowledge row the original service wrote
+	insert(t, h, zk)
+	st, err = f1.Format1Close(ctx, "runner-a")
+	require.NoError(t, err)
+	require.False(t, st.Closed, "a format-1 server wrap is left")
+
+	upgraded := *legacy
+	upgraded.FormatVersion, upgraded.WrapIV, upgraded.KEKID = broker.FormatBound, ptr(""), "kek-2024"
+	require.NoError(t, update(h, ctx, &upgraded))
+	before := time.Now().Add(-time.Minute)
+	st, err = f1.Format1Close(ctx, "runner-a")
+	require.NoError(t, err)
+	require.True(t, st.Closed, "only a zero-knowledge format-1 row is left: no server wrap to open")
+	require.Equal(t, "runner-a", st.ClosedBy)
+	require.True(t, st.ClosedAt.After(before) && st.ClosedAt.Before(time.Now().Add(time.Minute)), "closed at %s", st.ClosedAt)
+
+	again, err := f1.Format1Close(ctx, "runner-b")
+	require.NoError(t, err)
+	require.Equal(t, st.ClosedBy, again.ClosedBy, "the first closing stays recorded")
+	require.True(t, st.ClosedAt.Equal(again.ClosedAt))
+
+	// A format-1 row written afterwards does not reopen it.
+	insert(t, h, legacyVault(newUserID(t)))
+	require.NoError(t, update(h, ctx, legacyVault(legacy.UserID)))
+	read, err := f1.Format1State(ctx)
+	require.NoError(t, err)
+	require.True(t, read.Closed)
+	require.Equal(t, "runner-a", read.ClosedBy)
+	require.True(t, st.ClosedAt.Equal(read.ClosedAt))
 }

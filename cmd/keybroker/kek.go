@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -20,7 +21,8 @@ import (
 const kekUsage = `Usage:
   keybroker kek generate    print a fresh base64 KEK (32 random bytes), the
                             replacement for "openssl rand -base64 32"
-  keybroker kek status      rows per KEK id and format, and the re-wrap job
+  keybroker kek status      rows per KEK id and format, format-1 rows left and
+                            whether format 1 is closed, and the re-wrap job
   keybroker kek check       each configured KEK: status and a wrap+unwrap
                             round trip with latency; exit 1 on a failure
 
@@ -54,9 +56,12 @@ const kekStatusUsage = `Usage: keybroker kek status [flags]
 
 Rows per KEK id and wrap format, each with its share, marked with its
 role in the configured keyring when a KEK is configured (only the URIs'
-ids are read: no KEK is opened), and the re-wrap job: whether a runner
-works now, its progress and rate. A KEK can be removed from the
-configuration once it has 0 rows.
+ids are read: no KEK is opened); how many rows are left in format 1 (the
+original service's unbound wraps) and whether format 1 is closed, since
+when and by whom; and the re-wrap job: whether a runner works now, its
+progress and rate. A KEK can be removed from the configuration once it
+has 0 rows. The re-wrap job upgrades format-1 rows first and closes
+format 1 for good once none is left.
 
 Flags:
 `
@@ -90,6 +95,15 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 			return err
 		}
 	}
+	var format1 *broker.Format1State
+	if f1, ok := store.(broker.Format1Store); ok {
+		// A schema not migrated to the closure yet still has counts.
+		if st, err := f1.Format1State(ctx); err != nil {
+			log.Warn("cannot read whether format 1 is closed", slog.String("error", err.Error()))
+		} else {
+			format1 = &st
+		}
+	}
 	roles := configuredRoles(cfg, getenv)
 	if dataKeys, ok := store.(broker.DataKeyStore); ok && len(roles) > 0 {
 		// Rows of cached envelope mode name a data key: say which KEK
@@ -106,7 +120,7 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 			roles[dk.ID] = role
 		}
 	}
-	printKEKStatus(stdout, rows, roles, state, time.Now())
+	printKEKStatus(stdout, rows, roles, state, format1, time.Now())
 	return nil
 }
 
@@ -132,13 +146,16 @@ func configuredRoles(cfg *config, getenv func(string) string) map[string]string 
 	return roles
 }
 
-func printKEKStatus(w io.Writer, rows []broker.KEKCount, roles map[string]string, state *broker.RewrapState, now time.Time) {
-	var wrapped, zk int64
+func printKEKStatus(w io.Writer, rows []broker.KEKCount, roles map[string]string, state *broker.RewrapState, format1 *broker.Format1State, now time.Time) {
+	var wrapped, zk, legacy int64
 	for _, c := range rows {
 		if c.Wrapped {
 			wrapped += c.Rows
 		} else {
 			zk += c.Rows
+		}
+		if c.Wrapped && c.FormatVersion == broker.FormatLegacy {
+			legacy += c.Rows
 		}
 	}
 	share := func(n, of int64) string {
@@ -183,6 +200,7 @@ func printKEKStatus(w io.Writer, rows []broker.KEKCount, roles map[string]string
 	tw.Flush()
 	fmt.Fprintf(w, "%s rows with a server wrap; %s zero-knowledge rows (%s of all: no server wrap, nothing to move)\n",
 		formatCount(wrapped), formatCount(zk), share(zk, wrapped+zk))
+	printFormat1(w, legacy, format1)
 
 	switch {
 	case state == nil:
@@ -297,4 +315,25 @@ func latency(d time.Duration) string {
 		return "-"
 	}
 	return d.Round(time.Microsecond).String()
+}
+
+// printFormat1 is the status line of format 1: how many rows with a
+// format-1 server wrap are left and whether format 1 is closed.
+func printFormat1(w io.Writer, left int64, st *broker.Format1State) {
+	switch {
+	case st == nil && left == 0:
+	case st == nil:
+		fmt.Fprintf(w, "format 1: %s rows left; the re-wrap job upgrades them (whether format 1 is closed is not known)\n", formatCount(left))
+	case !st.Closed && left > 0:
+		fmt.Fprintf(w, "format 1: OPEN, %s rows left; the re-wrap job upgrades them first, then closes format 1 for good\n", formatCount(left))
+	case !st.Closed:
+		fmt.Fprintln(w, "format 1: open, 0 rows left; the re-wrap job closes it for good at its next run")
+	default:
+		fmt.Fprintf(w, "format 1: closed since %s by %s: a format-1 wrap no longer opens",
+			st.ClosedAt.Local().Format(time.DateTime), st.ClosedBy)
+		if left > 0 {
+			fmt.Fprintf(w, "; %s rows in format 1 written since do NOT open (see docs/rotation.md)", formatCount(left))
+		}
+		fmt.Fprintln(w)
+	}
 }

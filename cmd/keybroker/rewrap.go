@@ -172,8 +172,9 @@ func logRewrapRun(ctx context.Context, log *slog.Logger, res *broker.RewrapResul
 
 const rewrapUsage = `Usage: keybroker rewrap [flags]
 
-Moves every row off decrypt-only KEKs (and the legacy format 1) to the
-active KEK, the way serve's background job does, and exits. Safe while
+Moves every row off decrypt-only KEKs (and the legacy format 1, first)
+to the active KEK, the way serve's background job does, and exits; once
+no format-1 row is left it closes format 1 for good. Safe while
 servers run: it takes the same lock, so it waits for no one and refuses
 to run next to another runner. Kill it at any time and run it again.
 
@@ -261,6 +262,15 @@ func printRewrapResult(w io.Writer, res *broker.RewrapResult, dryRun bool) {
 	}
 	if int64(len(res.Failures)) < res.Failed {
 		fmt.Fprintf(w, "  … and %d more (see the log)\n", res.Failed-int64(len(res.Failures)))
+	}
+	switch f := res.Format1; {
+	case f == nil:
+	case res.Format1ClosedNow:
+		fmt.Fprintln(w, "no format-1 row is left: format 1 is now closed for good, a format-1 wrap no longer opens")
+	case !f.Closed && dryRun:
+		fmt.Fprintln(w, "format 1 is open; a run that leaves no format-1 row closes it for good")
+	case !f.Closed:
+		fmt.Fprintln(w, "format 1 stays open: rows with a format-1 server wrap are left (see \"keybroker kek status\")")
 	}
 }
 

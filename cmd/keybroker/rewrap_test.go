@@ -68,6 +68,11 @@ func newRotationDB(t *testing.T, users, legacy int) *rotationDB {
 		next:  next,
 	}
 	require.NoError(t, run(t.Context(), []string{"migrate"}, envFunc(db.env), io.Discard, io.Discard, nil))
+	if legacy > 0 {
+		// A fresh schema starts with format 1 closed: the owner reopens it
+		// to import the original service's rows (docs/rotation.md).
+		pgtest.ReopenFormat1(t, db.admin, "keybroker")
+	}
 	var rows [][]any
 	for i := range users + legacy {
 		user := fmt.Sprintf("user-%04d", i)
@@ -159,6 +164,33 @@ func TestRewrapCommand(t *testing.T) {
 	require.Contains(t, out.String(), "moved 0 rows")
 }
 
+// TestRewrapMovesFormat1FirstAndCloses: while format-1 rows are left,
+// kek status counts them and says format 1 is open; the job moves every
+// one of them before any other row (their user ids sort after the
+// others'), then closes format 1, and kek status says since when and by
+// whom.
+func TestRewrapMovesFormat1FirstAndCloses(t *testing.T) {
+	t.Parallel()
+	db := newRotationDB(t, 30, 10)
+	require.Contains(t, db.kekStatus(t), "format 1: OPEN, 10 rows left; the re-wrap job upgrades them first, then closes format 1 for good")
+
+	var out bytes.Buffer
+	require.NoError(t, run(t.Context(), []string{"rewrap", "--batch", "4"}, envFunc(db.env), &out, io.Discard, nil))
+	require.Contains(t, out.String(), "moved 40 rows to KEK env-v2")
+	require.Contains(t, out.String(), "no format-1 row is left: format 1 is now closed for good")
+	db.requireAllMoved(t)
+
+	// The job's audit rows carry the time each move was prepared.
+	var lastLegacy, firstOther time.Time
+	require.NoError(t, db.admin.QueryRow(t.Context(), `SELECT
+    max(created_at) FILTER (WHERE context LIKE 'env-v1/1>%'), min(created_at) FILTER (WHERE context LIKE 'env-v1/2>%')
+FROM keybroker.encryption_vault_audit WHERE action = 'kek_rewrap'`).Scan(&lastLegacy, &firstOther))
+	require.True(t, lastLegacy.Before(firstOther), "format-1 rows moved first: last at %s, first other at %s", lastLegacy, firstOther)
+
+	status := db.kekStatus(t)
+	require.Regexp(t, `format 1: closed since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d by \S+ pid \d+ \(keybroker rewrap\): a format-1 wrap no longer opens\n`, status)
+}
+
 func TestRewrapCommandReportsRowsItCannotMove(t *testing.T) {
 	t.Parallel()
 	db := newRotationDB(t, 5, 0)
@@ -184,15 +216,37 @@ func TestPrintKEKStatusWhileRunning(t *testing.T) {
 		Running: true, Runner: "host-a pid 7",
 		RewrapProgress: broker.RewrapProgress{ActiveKEKID: "kms-1", Total: 4000, Done: 3000, StartedAt: now.Add(-10 * time.Second),
 			UpdatedAt: now.Add(-time.Second), RowsPerSecond: 300},
-	}, now)
+	}, &broker.Format1State{}, now)
 	got := out.String()
 	require.Regexp(t, `env-v1\s+1\s+250\s+6\.2%\s+decrypt-only`, got)
 	require.Regexp(t, `env-v1\s+2\s+750\s+18\.8%\s+decrypt-only`, got)
 	require.Regexp(t, `dk-7\s+2\s+3,000\s+75\.0%\s+data key wrapped by kms-1`, got)
 	require.Regexp(t, `kms-1\s+-\s+0\s+0\.0%\s+active`, got)
 	require.Contains(t, got, "4,000 rows with a server wrap; 1,000 zero-knowledge rows (20.0% of all")
+	require.Contains(t, got, "format 1: OPEN, 250 rows left; the re-wrap job upgrades them first, then closes format 1 for good")
 	require.Contains(t, got, "re-wrap job: RUNNING on host-a pid 7")
 	require.Contains(t, got, "3,000/4,000 rows, 0 skipped, 0 failed, 300 rows/s, ETA 3s (reported 1s ago)")
+}
+
+func TestPrintFormat1(t *testing.T) {
+	t.Parallel()
+	closed := &broker.Format1State{Closed: true, ClosedAt: time.Date(2026, 3, 1, 12, 0, 0, 0, time.Local), ClosedBy: "host-a pid 7"}
+	for _, tc := range []struct {
+		left int64
+		st   *broker.Format1State
+		want string
+	}{
+		{0, nil, ""},
+		{3, nil, "format 1: 3 rows left; the re-wrap job upgrades them (whether format 1 is closed is not known)\n"},
+		{1200, &broker.Format1State{}, "format 1: OPEN, 1,200 rows left; the re-wrap job upgrades them first, then closes format 1 for good\n"},
+		{0, &broker.Format1State{}, "format 1: open, 0 rows left; the re-wrap job closes it for good at its next run\n"},
+		{0, closed, "format 1: closed since 2026-03-01 12:00:00 by host-a pid 7: a format-1 wrap no longer opens\n"},
+		{2, closed, "format 1: closed since 2026-03-01 12:00:00 by host-a pid 7: a format-1 wrap no longer opens; 2 rows in format 1 written since do NOT open (see docs/rotation.md)\n"},
+	} {
+		var out bytes.Buffer
+		printFormat1(&out, tc.left, tc.st)
+		require.Equal(t, tc.want, out.String())
+	}
 }
 
 func TestFormatCount(t *testing.T) {

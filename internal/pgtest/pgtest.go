@@ -193,3 +193,38 @@ func redact(databaseURL string) string {
 	}
 	return u.Redacted()
 }
+
+// ReopenFormat1 reopens format 1 in keybroker's schema the way
+// docs/rotation.md tells the owner of the schema to before importing
+// format-1 rows: a freshly migrated schema never held one and starts with
+// format 1 closed. pool must connect as that owner or a superuser. A
+// schema without the closure (migrated by an older keybroker) is left as
+// it is.
+func ReopenFormat1(t testing.TB, pool *pgxpool.Pool, schema string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	table := pgx.Identifier{schema, "encryption_vault_format1"}.Sanitize()
+	var exists bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil {
+		t.Fatalf("pgtest: reopen format 1: %v", err)
+	}
+	if !exists {
+		return
+	}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		for _, sql := range []string{
+			"ALTER TABLE " + table + " DISABLE TRIGGER encryption_vault_format1_one_way",
+			"UPDATE " + table + " SET closed_at = NULL, closed_by = NULL",
+			"ALTER TABLE " + table + " ENABLE TRIGGER encryption_vault_format1_one_way",
+		} {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("%s: %w", sql, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("pgtest: reopen format 1: %v", err)
+	}
+}

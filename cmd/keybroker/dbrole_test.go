@@ -91,11 +91,12 @@ func TestPrivilegedDatabaseRoleIsRefused(t *testing.T) {
 		require.True(t, schemaExists(t))
 
 		srv := startServe(t, map[string]string{
-			"DATABASE_URL":         superURL,
-			"MANA_AUTH_KEK":        kekText,
-			"KEYBROKER_JWKS_URL":   jwks.URL,
-			"KEYBROKER_ADDR":       "127.0.0.1:0",
-			"KEYBROKER_LOG_FORMAT": "json",
+			"DATABASE_URL":           superURL,
+			"MANA_AUTH_KEK":          kekText,
+			"KEYBROKER_JWKS_URL":     jwks.URL,
+			"KEYBROKER_JWT_UNPINNED": "true",
+			"KEYBROKER_ADDR":         "127.0.0.1:0",
+			"KEYBROKER_LOG_FORMAT":   "json",
 		}, "serve", "--allow-privileged-db-role")
 		require.NoError(t, srv.stop())
 		logs := srv.logs.String()

@@ -51,7 +51,8 @@ func TestServeProductionRefusesForeignTokens(t *testing.T) {
 	require.NoError(t, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())
 	t.Cleanup(jwks.Close)
-	dbURL := pgtest.NewDatabase(t)
+	role, _ := pgtest.NewPlainDatabase(t)
+	dbURL := role.URL
 	mint := func(c jwtissuer.Claims) string {
 		c.Subject = "mallory"
 		tok, err := issuer.Mint(c)

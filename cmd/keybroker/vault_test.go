@@ -37,7 +37,8 @@ func TestVaultRestoreRecoveryCommand(t *testing.T) {
 			return map[string]string{"KEYBROKER_DATA_DIR": dir}, s
 		},
 		"PostgreSQL": func(t *testing.T) (map[string]string, broker.Store) {
-			env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t)}
+			role, _ := pgtest.NewPlainDatabase(t)
+			env := map[string]string{"DATABASE_URL": role.URL}
 			require.NoError(t, run(t.Context(), []string{"migrate"}, envFunc(env), io.Discard, io.Discard, nil))
 			s, err := pgstore.New(t.Context(), pgstore.Config{Pool: pgtest.NewPool(t, env["DATABASE_URL"]), Schema: "keybroker"})
 			require.NoError(t, err)

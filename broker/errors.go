@@ -33,6 +33,11 @@ var (
 	// disabled or revoked key, a missing permission. Not the data's fault,
 	// and not fixed by retrying; an operator must act.
 	ErrKEKDenied = errors.New("the KEK refused the operation")
+	// ErrDataKeyDeleted is a store's refusal of a write whose row names a
+	// deleted data key as its kek_id: the writer wrapped under a data key
+	// its keyring still held after the re-wrap job deleted it. The
+	// service reloads the data keys and retries such a write once.
+	ErrDataKeyDeleted = errors.New("the row names a deleted data key")
 )
 
 // Dependencies named by UnavailableError.

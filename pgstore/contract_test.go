@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"testing"
 
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/storetest"
 )
 
@@ -25,4 +26,16 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// TestDataKeyContract runs the data-key contract as the runtime role, each
+// subtest in a schema of its own.
+func TestDataKeyContract(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	storetest.RunDataKeys(t, func(t *testing.T) broker.Store {
+		schema := "kb_" + randomHex(6)
+		e.migrate(t, schema)
+		return e.store(t, schema)
+	})
 }

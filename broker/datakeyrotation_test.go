@@ -439,3 +439,27 @@ func TestRotateDataKeyNeedsCachedMode(t *testing.T) {
 	_, _, err = ring.RotateDataKey(context.Background())
 	require.ErrorIs(t, err, broker.ErrNotCachedMode)
 }
+
+// TestKMSKeyRotationAloneKeepsTheDataKey is why a suspected memory
+// exposure calls for a data-key rotation: moving to a new KMS key (and
+// disabling the old one) re-wraps the same data key, so the plaintext
+// taken from memory still opens every row.
+func TestKMSKeyRotationAloneKeepsTheDataKey(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvelopeEnv(t)
+	oldKey := e.kms.CreateKey(t, "kb")
+	svc, ring := e.replica(t, broker.KeyringConfig{})
+	for _, user := range []string{"alice", "bob"} {
+		_, err := svc.Init(ctx, user, broker.RequestMeta{})
+		require.NoError(t, err)
+	}
+	dataKeyID := ring.ActiveID()
+	stolen := e.dataKeyPlaintext(t, dataKeyID)
+
+	newRemote := e.awsKEK(t, "aws-2", e.kms.CreateKey(t, "kb-2"))
+	oldRemote := e.awsKEK(t, "aws-1", localkms.Key{ARN: mustARN(t, e, "alias/kb")})
+	_, ring2 := e.service(t, broker.KeyringConfig{Active: newRemote, DecryptOnly: []broker.KEK{oldRemote}, Cached: []string{"aws-2", "aws-1"}})
+	require.Equal(t, dataKeyID, ring2.ActiveID(), "the new KMS key wraps the same data key")
+	e.kms.DisableKey(t, oldKey.ID)
+	require.Len(t, opensWith(t, e.stolenRows(t), dataKeyID, stolen), 2, "the stolen data key still opens every row")
+}

@@ -232,10 +232,12 @@ func (k *Keyring) RotateDataKey(ctx context.Context) (id string, minted bool, er
 }
 
 // syncDataKeys reloads the data keys when the store's newest is not the
-// one this keyring wraps under. The re-wrap job calls it before each run,
-// so that rows move to a data key minted elsewhere within a job interval
-// rather than a reload interval; when nothing changed it costs one read
-// of the data-key table and no KMS call.
+// one this keyring wraps under, or is past the maximum age (the reload
+// then mints the next one). The re-wrap job's runner calls it before each
+// run, so that rows move to a data key minted elsewhere, and a data key
+// past its age is replaced, within a job interval rather than a reload
+// interval; when nothing changed it costs one read of the data-key table
+// and no KMS call.
 func (k *Keyring) syncDataKeys(ctx context.Context) error {
 	d := k.dataKeys
 	if d == nil || !d.isCached(d.cfg.Active.ID()) {
@@ -247,7 +249,7 @@ func (k *Keyring) syncDataKeys(ctx context.Context) error {
 	}
 	for i := len(list) - 1; i >= 0; i-- {
 		if d.remotes[list[i].WrappedBy] != nil {
-			if list[i].ID == k.ActiveID() {
+			if list[i].ID == k.ActiveID() && !d.tooOld(&list[i]) {
 				return nil
 			}
 			break

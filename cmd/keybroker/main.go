@@ -25,7 +25,7 @@ Usage:
   keybroker serve [flags]       run the HTTP API (applies migrations first)
   keybroker migrate [flags]     apply database migrations and exit
   keybroker kek generate        print a fresh base64 KEK (32 random bytes)
-  keybroker kek status          rows per KEK id and format, and the re-wrap job
+  keybroker kek status          rows per KEK id, the data keys, the re-wrap job
   keybroker kek check           status and a wrap/unwrap round trip of each KEK
   keybroker kek rotate-data-key mint a new data key (cached envelope mode)
   keybroker rewrap [flags]      move rows to the active KEK now (--dry-run, --rate)

@@ -20,27 +20,73 @@ import (
 // key's id as their kek_id. A server unwraps the data keys once at start,
 // so a key fetch makes no KMS call and a KMS outage after start does not
 // stop fetches. Moving to another remote KEK re-wraps only the data-key
-// rows; rotating the data key is an ordinary row re-wrap.
+// rows.
+//
+// Data keys rotate. The store orders them (DataKeyList, oldest first) and
+// every replica wraps under the newest one it can open. A new one is
+// minted by an operator (RotateDataKey) or, with a maximum age, by the
+// first replica whose reload finds the newest too old; the store inserts
+// it only if the newest is still the one the minter saw, so replicas that
+// mint at once make one key. The re-wrap job moves rows to the newest and
+// deletes a data key no row names, once a grace period longer than the
+// replicas' reload interval has passed since a newer one was made. A
+// replica that has not reloaded since, or whose reload failed, may still
+// wrap under the deleted key: the store refuses such a write
+// (ErrDataKeyDeleted) and the service reloads and retries it, so no row is
+// ever stored under a key that no longer exists. A reload zeroes the local
+// KEK of every data key it no longer finds (KEKDestroyer).
 
 // DataKey is a data key as stored: wrapped by the remote KEK WrappedBy.
 type DataKey struct {
 	ID        string // recorded as kek_id on the rows it wraps
 	WrappedBy string // id of the remote KEK that wraps it
 	Wrapped   []byte
+	// CreatedAt is the minter's clock, which the store moves later when
+	// it is not after every other data key's.
 	CreatedAt time.Time
 }
 
 // DataKeyStore keeps the data-key table. Data keys are ciphertext under a
 // KMS and not per-user, so the table has no row-level security.
 type DataKeyStore interface {
-	// DataKeyList returns every data key, oldest first.
+	// DataKeyList returns every data key, oldest first: by CreatedAt,
+	// then by id. The last is the newest.
 	DataKeyList(ctx context.Context) ([]DataKey, error)
-	// DataKeyInsert stores a new data key.
-	DataKeyInsert(ctx context.Context, dk DataKey) error
+	// DataKeyInsert stores dk as the newest data key, provided the newest
+	// one now is still after ("" when there is none), and reports whether
+	// it did. It checks and inserts atomically: of several replicas that
+	// mint at once, one wins. It stores dk.CreatedAt (its own clock when
+	// zero) or, when that is not later than every other data key's, a
+	// moment after the newest's: the list's order is the order of the
+	// inserts.
+	DataKeyInsert(ctx context.Context, dk DataKey, after string) (bool, error)
 	// DataKeyRewrap replaces the wrap of data key id, provided it is still
 	// wrapped by fromKEK; it reports whether it did.
 	DataKeyRewrap(ctx context.Context, id, fromKEK string, wrapped []byte, toKEK string) (bool, error)
 }
+
+// DataKeyDeleter is an optional ability of a DataKeyStore: deleting a data
+// key that no row needs any more.
+type DataKeyDeleter interface {
+	// DataKeyDelete deletes data key id, provided it is not the newest and
+	// no row with a server wrap names it, and reports whether it did. It
+	// remembers the id, and from then on refuses every write of a row
+	// with a server wrap under it with ErrDataKeyDeleted. The check and the
+	// delete are atomic with respect to such writes: a concurrent one
+	// either commits first, and the key stays, or is refused.
+	DataKeyDelete(ctx context.Context, id string) (bool, error)
+}
+
+// DataKeyBinding is what the remote KEK's wrap of data key id is bound
+// to: a data key's wrap does not open as another data key, nor as a user
+// key.
+func DataKeyBinding(id, wrappedBy string) map[string]string {
+	return map[string]string{"purpose": "keybroker-data-key", "data_key_id": id, BindingKEKID: wrappedBy}
+}
+
+// ErrNotCachedMode means the active KEK is not in cached envelope mode:
+// there is no data key to rotate.
+var ErrNotCachedMode = errors.New("the active KEK is not in cached envelope mode")
 
 // KeyringConfig configures LoadKeyring.
 type KeyringConfig struct {
@@ -57,12 +103,20 @@ type KeyringConfig struct {
 	// cached mode keep opening after a KEK's URI says cache=off.
 	DataKeys DataKeyStore
 	// NewLocalKEK makes the local KEK of a data key (AES-256-GCM); required
-	// with Cached. Injected because broker imports no provider.
+	// with Cached. Injected because broker imports no provider. When the
+	// KEK it returns is a KEKDestroyer, the keyring destroys it once the
+	// data key is no longer loaded.
 	NewLocalKEK func(id string, key []byte) (KEK, error)
 	// RefreshMinInterval rate-limits reloads triggered by an unknown id;
 	// default 10s.
 	RefreshMinInterval time.Duration
-	Logger             *slog.Logger
+	// DataKeyMaxAge, when positive, makes a load that finds the newest
+	// data key this old or older mint a new one: the data key rotates by
+	// itself. Zero rotates it only on demand (RotateDataKey).
+	DataKeyMaxAge time.Duration
+	// Now is the clock DataKeyMaxAge is measured with; default time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 func (c *KeyringConfig) validate() error {
@@ -80,6 +134,12 @@ func (c *KeyringConfig) validate() error {
 	}
 	if c.RefreshMinInterval == 0 {
 		c.RefreshMinInterval = 10 * time.Second
+	}
+	if c.DataKeyMaxAge < 0 {
+		return errors.New("broker: KeyringConfig.DataKeyMaxAge must not be negative")
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -100,7 +160,7 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 	if len(cfg.Cached) == 0 && cfg.DataKeys == nil {
 		return NewKeyring(cfg.Active, cfg.DecryptOnly...)
 	}
-	src := &dataKeySource{cfg: cfg, remotes: map[string]KEK{}, cached: map[string]bool{}}
+	src := &dataKeySource{cfg: cfg, remotes: map[string]KEK{}, cached: map[string]bool{}, loaded: map[string]KEK{}}
 	for _, kek := range append([]KEK{cfg.Active}, cfg.DecryptOnly...) {
 		src.remotes[kek.ID()] = kek
 	}
@@ -142,15 +202,77 @@ func (k *Keyring) Ready() error {
 }
 
 // Refresh reloads the data keys in envelope mode: it picks up data keys
-// other replicas made and drops those the remote KEK now refuses (a
-// revoked KMS key takes effect here). A remote that cannot be reached
-// keeps the keys already loaded. Without envelope mode it does nothing.
+// other replicas made, drops those the remote KEK now refuses (a revoked
+// KMS key takes effect here) and those deleted from the store, zeroing
+// what it drops, and mints a new data key when the newest is older than
+// the maximum age. A remote that cannot be reached keeps the keys already
+// loaded. Without envelope mode it does nothing.
 func (k *Keyring) Refresh(ctx context.Context) error {
 	if k.dataKeys == nil {
 		return nil
 	}
 	err := k.dataKeys.refresh(ctx)
 	k.dataKeys.setErr(err)
+	return err
+}
+
+// RotateDataKey mints a new data key under the active remote KEK and makes
+// it the one this keyring wraps under; other replicas take it up at their
+// next reload, and the re-wrap job's runner before its next run. It
+// returns the id of the newest data key afterwards and whether this call
+// minted it: when another replica minted one at the same moment, that one
+// is the newest and no second one is made. It returns ErrNotCachedMode
+// when the active KEK is not in cached envelope mode, and the store's or
+// the KMS's errors (*UnavailableError for an outage).
+func (k *Keyring) RotateDataKey(ctx context.Context) (id string, minted bool, err error) {
+	if k.dataKeys == nil || !k.dataKeys.isCached(k.dataKeys.cfg.Active.ID()) {
+		return "", false, ErrNotCachedMode
+	}
+	return k.dataKeys.rotate(ctx)
+}
+
+// syncDataKeys reloads the data keys when the store's newest is not the
+// one this keyring wraps under, or is past the maximum age (the reload
+// then mints the next one). The re-wrap job's runner calls it before each
+// run, so that rows move to a data key minted elsewhere, and a data key
+// past its age is replaced, within a job interval rather than a reload
+// interval; when nothing changed it costs one read of the data-key table
+// and no KMS call.
+func (k *Keyring) syncDataKeys(ctx context.Context) error {
+	d := k.dataKeys
+	if d == nil || !d.isCached(d.cfg.Active.ID()) {
+		return nil
+	}
+	list, err := d.cfg.DataKeys.DataKeyList(ctx)
+	if err != nil {
+		return fmt.Errorf("data keys: %w", err)
+	}
+	for i := len(list) - 1; i >= 0; i-- {
+		if d.remotes[list[i].WrappedBy] != nil {
+			if list[i].ID == k.ActiveID() && !d.tooOld(&list[i]) {
+				return nil
+			}
+			break
+		}
+	}
+	return k.Refresh(ctx)
+}
+
+// reloadSince reloads the data keys unless they were reloaded after the
+// keyring was in state seen: of many writes refused at once for a deleted
+// data key, one reloads and the others use its result.
+func (k *Keyring) reloadSince(ctx context.Context, seen *keyringState) error {
+	d := k.dataKeys
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if k.state.Load() != seen {
+		return d.err()
+	}
+	err := d.reloadLocked(ctx)
+	d.setErr(err)
 	return err
 }
 
@@ -163,6 +285,11 @@ type dataKeySource struct {
 
 	mu          sync.Mutex // one load at a time
 	lastAttempt time.Time
+	// loaded holds the local KEK of every data key in the keyring's
+	// state. A reload keeps these objects for the keys it finds again,
+	// so no copy of a key schedule is left behind per reload, and
+	// destroys the others.
+	loaded map[string]KEK
 
 	errMu   sync.Mutex
 	lastErr error
@@ -196,10 +323,6 @@ func (d *dataKeySource) refreshOnMiss(ctx context.Context) bool {
 	return err == nil
 }
 
-func dataKeyBinding(id, wrappedBy string) map[string]string {
-	return map[string]string{"purpose": "keybroker-data-key", "data_key_id": id, BindingKEKID: wrappedBy}
-}
-
 // errRaced means another replica changed the data keys while this one
 // loaded them; loading again sees the change.
 var errRaced = errors.New("data keys: changed by another replica")
@@ -208,6 +331,10 @@ var errRaced = errors.New("data keys: changed by another replica")
 func (d *dataKeySource) refresh(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.reloadLocked(ctx)
+}
+
+func (d *dataKeySource) reloadLocked(ctx context.Context) error {
 	d.lastAttempt = time.Now()
 	var err error
 	for range 3 {
@@ -218,17 +345,62 @@ func (d *dataKeySource) refresh(ctx context.Context) error {
 	return err
 }
 
-func (d *dataKeySource) load(ctx context.Context) error {
-	old := d.keyring.state.Load()
+// rotate mints a data key after the store's newest and reloads.
+func (d *dataKeySource) rotate(ctx context.Context) (string, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	list, err := d.cfg.DataKeys.DataKeyList(ctx)
+	if err != nil {
+		return "", false, fmt.Errorf("data keys: %w", err)
+	}
+	after := ""
+	if len(list) > 0 {
+		after = list[len(list)-1].ID
+	}
+	local, minted, err := d.mint(ctx, after)
+	if err != nil {
+		return "", false, err
+	}
+	if minted {
+		// The reload finds it in the store and keeps this object.
+		d.loaded[local.ID()] = local
+	}
+	err = d.reloadLocked(ctx)
+	d.setErr(err)
+	id := d.keyring.ActiveID()
+	if minted {
+		id = local.ID()
+	}
+	return id, minted, err
+}
 
+// load lists the data keys, opens every one it can and installs a new
+// state: new wraps go under the newest data key it opened, moved under
+// the active remote KEK when another one wraps it. It makes the first
+// data key when there is none, and a new one when the newest is older
+// than DataKeyMaxAge. Keys loaded before and not found again are
+// destroyed once the new state is in place.
+func (d *dataKeySource) load(ctx context.Context) (err error) {
 	list, err := d.cfg.DataKeys.DataKeyList(ctx)
 	if err != nil {
 		return fmt.Errorf("data keys: %w", err)
 	}
 	locals := map[string]KEK{}
-	var newestByActive, newestAny *DataKey
-	var newestAnyKey []byte
-	defer func() { wipe(newestAnyKey) }()
+	installed := false
+	defer func() {
+		if !installed {
+			d.discard(locals) // objects made by this load and not kept
+		}
+	}()
+	fresh := map[string][]byte{} // plaintexts unwrapped by this load, for a move
+	defer func() {
+		for _, key := range fresh {
+			wipe(key)
+		}
+	}()
+	// newest is the newest data key a configured KEK wraps; chosen the
+	// newest one that opened, which is newest unless a KMS failed on it.
+	var newest, chosen *DataKey
 	var firstErr error
 	activeID := d.cfg.Active.ID()
 	for i := range list {
@@ -237,15 +409,14 @@ func (d *dataKeySource) load(ctx context.Context) error {
 		if remote == nil {
 			continue // wrapped by a KEK that is not configured (any more)
 		}
-		key, err := remote.Unwrap(ctx, dk.Wrapped, dataKeyBinding(dk.ID, dk.WrappedBy))
+		newest = dk
+		key, err := remote.Unwrap(ctx, dk.Wrapped, DataKeyBinding(dk.ID, dk.WrappedBy))
 		if err != nil {
 			err = classifyKEKError(ErrUnwrapFailed, err)
-			if prev, ok := old.byID[dk.ID]; ok && IsUnavailable(err) {
+			if prev, ok := d.loaded[dk.ID]; ok && IsUnavailable(err) {
 				// A KMS outage keeps what is loaded: fetches go on.
 				locals[dk.ID] = prev
-				if dk.WrappedBy == activeID {
-					newestByActive = dk
-				}
+				chosen = dk
 				continue
 			}
 			if firstErr == nil {
@@ -253,17 +424,15 @@ func (d *dataKeySource) load(ctx context.Context) error {
 			}
 			continue
 		}
-		local, err := d.cfg.NewLocalKEK(dk.ID, key)
-		if err != nil {
-			wipe(key)
-			return fmt.Errorf("data key %s: %w", dk.ID, err)
+		fresh[dk.ID] = key
+		local := d.loaded[dk.ID] // a data key's plaintext never changes
+		if local == nil {
+			if local, err = d.cfg.NewLocalKEK(dk.ID, key); err != nil {
+				return fmt.Errorf("data key %s: %w", dk.ID, err)
+			}
 		}
 		locals[dk.ID] = local
-		if dk.WrappedBy == activeID {
-			newestByActive = dk
-		}
-		wipe(newestAnyKey)
-		newestAny, newestAnyKey = dk, key
+		chosen = dk
 	}
 	if firstErr != nil {
 		d.cfg.Logger.Warn("some data keys did not load", slog.String("error", firstErr.Error()))
@@ -272,26 +441,45 @@ func (d *dataKeySource) load(ctx context.Context) error {
 	active := d.cfg.Active
 	if d.isCached(activeID) {
 		switch {
-		case newestByActive != nil:
-			active = locals[newestByActive.ID]
-		case newestAny != nil:
-			// The remote KEK changed: re-wrap the newest data key under the
-			// new one, so user rows keep their kek_id.
-			moved, err := d.moveDataKey(ctx, newestAny, newestAnyKey)
-			if err != nil {
-				return err
+		case chosen != nil:
+			if key := fresh[chosen.ID]; key != nil && chosen.WrappedBy != activeID {
+				// The remote KEK changed: re-wrap the data key under the
+				// new one, so user rows keep their kek_id.
+				moved, err := d.moveDataKey(ctx, chosen, key)
+				if err != nil {
+					return err
+				}
+				if !moved {
+					return errRaced
+				}
 			}
-			if !moved {
-				return errRaced
+			active = locals[chosen.ID]
+			if chosen == newest && newest == &list[len(list)-1] && d.tooOld(newest) {
+				local, err := d.mintAfter(ctx, newest.ID)
+				if errors.Is(err, errRaced) {
+					return err // another replica minted it: load that one
+				}
+				if err != nil {
+					// Keep wrapping under the old one; the next reload
+					// tries again.
+					d.cfg.Logger.Warn("data key older than the maximum age; minting a new one failed",
+						slog.String("data_key_id", newest.ID), slog.String("error", err.Error()))
+					break
+				}
+				locals[local.ID()] = local
+				active = local
 			}
-			active = locals[newestAny.ID]
 		case firstErr != nil:
 			// The keys exist but cannot be opened (a revoked or disabled
 			// KMS key): do not make another; new wraps fail until an
 			// operator acts, and what cannot be opened is dropped.
 			active = &unloadedKEK{id: activeID}
 		default:
-			local, err := d.createDataKey(ctx)
+			after := ""
+			if len(list) > 0 {
+				after = list[len(list)-1].ID
+			}
+			local, err := d.mintAfter(ctx, after)
 			if err != nil {
 				return err
 			}
@@ -315,34 +503,89 @@ func (d *dataKeySource) load(ctx context.Context) error {
 		return err
 	}
 	d.keyring.state.Store(st)
+	installed = true
+	// Calls already under way on the old state finish first: Destroy
+	// waits for them.
+	for id, kek := range d.loaded {
+		if locals[id] != kek {
+			destroyKEK(kek)
+			d.cfg.Logger.Info("data key unloaded and zeroed", slog.String("data_key_id", id))
+		}
+	}
+	d.loaded = locals
 	return firstErr
 }
 
-// createDataKey makes, wraps and stores a new data key for the active
-// remote KEK.
-func (d *dataKeySource) createDataKey(ctx context.Context) (KEK, error) {
+// tooOld reports whether dk is past the maximum age.
+func (d *dataKeySource) tooOld(dk *DataKey) bool {
+	return d.cfg.DataKeyMaxAge > 0 && d.cfg.Now().Sub(dk.CreatedAt) >= d.cfg.DataKeyMaxAge
+}
+
+// mintAfter mints a data key after the newest, after; errRaced when
+// another replica minted first.
+func (d *dataKeySource) mintAfter(ctx context.Context, after string) (KEK, error) {
+	local, minted, err := d.mint(ctx, after)
+	if err != nil {
+		return nil, err
+	}
+	if !minted {
+		return nil, errRaced
+	}
+	return local, nil
+}
+
+// discard destroys the local KEKs of locals that are not loaded.
+func (d *dataKeySource) discard(locals map[string]KEK) {
+	for id, kek := range locals {
+		if d.loaded[id] != kek {
+			destroyKEK(kek)
+		}
+	}
+}
+
+func destroyKEK(kek KEK) {
+	if k, ok := kek.(KEKDestroyer); ok {
+		k.Destroy()
+	}
+}
+
+// mint makes and wraps a new data key under the active remote KEK and
+// stores it as the newest, provided the newest is still after. It reports
+// false, and destroys what it made, when another data key was stored
+// first.
+func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, error) {
 	var raw [9]byte
 	rand.Read(raw[:])
 	id := "dk-" + base64.RawURLEncoding.EncodeToString(raw[:])
 	key := newMasterKey()
 	defer wipe(key)
 	remote := d.cfg.Active
-	wrapped, err := remote.Wrap(ctx, key, dataKeyBinding(id, remote.ID()))
+	wrapped, err := remote.Wrap(ctx, key, DataKeyBinding(id, remote.ID()))
 	if err != nil {
-		return nil, fmt.Errorf("data keys: wrap a new data key: %w", classifyKEKError(errors.New("wrap failed"), err))
+		return nil, false, fmt.Errorf("data keys: wrap a new data key: %w", classifyKEKError(errors.New("wrap failed"), err))
 	}
-	if err := d.cfg.DataKeys.DataKeyInsert(ctx, DataKey{ID: id, WrappedBy: remote.ID(), Wrapped: wrapped, CreatedAt: time.Now()}); err != nil {
-		return nil, fmt.Errorf("data keys: store: %w", err)
+	inserted, err := d.cfg.DataKeys.DataKeyInsert(ctx, DataKey{ID: id, WrappedBy: remote.ID(), Wrapped: wrapped, CreatedAt: d.cfg.Now()}, after)
+	if err != nil {
+		return nil, false, fmt.Errorf("data keys: store: %w", err)
 	}
-	d.cfg.Logger.Info("data key created", slog.String("data_key_id", id), slog.String("kek_id", remote.ID()))
-	return d.cfg.NewLocalKEK(id, key)
+	if !inserted {
+		d.cfg.Logger.Info("another replica minted a data key first", slog.String("after", after))
+		return nil, false, nil
+	}
+	d.cfg.Logger.Info("data key created", slog.String("data_key_id", id), slog.String("kek_id", remote.ID()),
+		slog.String("previous_data_key_id", after))
+	local, err := d.cfg.NewLocalKEK(id, key)
+	if err != nil {
+		return nil, false, err
+	}
+	return local, true, nil
 }
 
 // moveDataKey re-wraps dk (whose plaintext is key) under the active remote
 // KEK.
 func (d *dataKeySource) moveDataKey(ctx context.Context, dk *DataKey, key []byte) (bool, error) {
 	remote := d.cfg.Active
-	wrapped, err := remote.Wrap(ctx, key, dataKeyBinding(dk.ID, remote.ID()))
+	wrapped, err := remote.Wrap(ctx, key, DataKeyBinding(dk.ID, remote.ID()))
 	if err != nil {
 		return false, fmt.Errorf("data keys: re-wrap %s: %w", dk.ID, classifyKEKError(errors.New("wrap failed"), err))
 	}

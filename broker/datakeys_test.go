@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
@@ -39,6 +40,7 @@ func newLocal(id string, key []byte) (broker.KEK, error) { return localkek.New(i
 type envelopeEnv struct {
 	kms   *localkms.Server
 	store *pgstore.Store
+	admin *pgxpool.Pool // superuser: reads every row, as a database thief would
 }
 
 func newEnvelopeEnv(t *testing.T) *envelopeEnv {
@@ -50,7 +52,7 @@ func newEnvelopeEnv(t *testing.T) *envelopeEnv {
 	require.NoError(t, err)
 	store, err := pgstore.New(ctx, pgstore.Config{Pool: pool, Schema: "keybroker"})
 	require.NoError(t, err)
-	return &envelopeEnv{kms: localkms.Start(t), store: store}
+	return &envelopeEnv{kms: localkms.Start(t), store: store, admin: pool}
 }
 
 func (e *envelopeEnv) awsKEK(t *testing.T, id string, key localkms.Key) *countedKEK {

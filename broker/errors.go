@@ -49,6 +49,11 @@ var (
 	// deleted account whose token has not expired can neither have a
 	// vault nor an audit row. Nothing was written.
 	ErrUnknownUser = errors.New("the user is not a known account")
+	// ErrDataKeyDeleted is a store's refusal of a write whose row names a
+	// deleted data key as its kek_id: the writer wrapped under a data key
+	// its keyring still held after the re-wrap job deleted it. The
+	// service reloads the data keys and retries such a write once.
+	ErrDataKeyDeleted = errors.New("the row names a deleted data key")
 )
 
 // BatchItemError is returned by a store call that carries many requests

@@ -33,6 +33,15 @@ type LocalKEK interface {
 	Local() bool
 }
 
+// KEKDestroyer is an optional KEK ability: Destroy zeroes the key
+// material the KEK holds, after the calls in flight, and every later call
+// fails. It reports whether the memory was overwritten rather than only
+// dropped. The keyring destroys a data key's local KEK once the data key
+// is no longer loaded.
+type KEKDestroyer interface {
+	Destroy() bool
+}
+
 // NewKeyring builds a keyring from the active KEK and the decrypt-only
 // ones. Ids must be non-empty and unique.
 func NewKeyring(active KEK, decryptOnly ...KEK) (*Keyring, error) {
@@ -128,9 +137,20 @@ func BindingContext(userID, kekID string, format int) map[string]string {
 }
 
 // seal wraps mk for userID under the active KEK in the bound format and
-// checks that the wrap opens again before anyone stores it.
+// checks that the wrap opens again before anyone stores it. When the data
+// keys were reloaded during the call, whose KEK may then have been
+// destroyed under it, a failed seal is tried once more with the new
+// active KEK.
 func (k *Keyring) seal(ctx context.Context, userID string, mk []byte) (wrapped []byte, kekID string, err error) {
-	kek := k.state.Load().active
+	st := k.state.Load()
+	wrapped, kekID, err = sealWith(ctx, st.active, userID, mk)
+	if err != nil && k.state.Load() != st {
+		wrapped, kekID, err = sealWith(ctx, k.state.Load().active, userID, mk)
+	}
+	return wrapped, kekID, err
+}
+
+func sealWith(ctx context.Context, kek KEK, userID string, mk []byte) (wrapped []byte, kekID string, err error) {
 	binding := BindingContext(userID, kek.ID(), FormatBound)
 	wrapped, err = kek.Wrap(ctx, mk, binding)
 	if err != nil {

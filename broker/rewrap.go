@@ -205,6 +205,9 @@ type RewrapResult struct {
 	Format1 *Format1State
 	// Format1ClosedNow says this run closed format 1.
 	Format1ClosedNow bool
+	// DataKeysDeleted lists the data keys the run deleted (cached
+	// envelope mode): older ones no row needed any more.
+	DataKeysDeleted []string
 }
 
 // RewrapConfig configures a RewrapJob.
@@ -234,7 +237,18 @@ type RewrapConfig struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// DataKeyGrace is how long after a newer data key was made an old one
+	// stays, even with no row left under it; default DefaultDataKeyGrace.
+	// Replicas that have not reloaded their data keys since still wrap
+	// under the old one; past the grace they normally have. (One that has
+	// not, say because its reload failed, has its write refused by the
+	// store and retried under the newest: see DataKeyDeleter.)
+	DataKeyGrace time.Duration
 }
+
+// DefaultDataKeyGrace is three times the data-key reload interval of
+// keybroker serve (5 minutes).
+const DefaultDataKeyGrace = 15 * time.Minute
 
 // DefaultRewrapBatchSize is the batch size when none is configured: large
 // enough that per-transaction costs vanish, small enough that a batch's
@@ -285,6 +299,12 @@ func (c *RewrapConfig) validate() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.DataKeyGrace == 0 {
+		c.DataKeyGrace = DefaultDataKeyGrace
+	}
+	if c.DataKeyGrace < 0 {
+		return errors.New("broker: RewrapConfig.DataKeyGrace must not be negative")
 	}
 	return nil
 }
@@ -367,18 +387,32 @@ type rewrapRun struct {
 func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
 	j.running.Lock()
 	defer j.running.Unlock()
-	r := &rewrapRun{active: j.cfg.Keyring.ActiveID(), failed: map[string]bool{}, wouldMove: map[string]bool{}}
+	var lease RewrapLease
+	if j.locker != nil && !j.cfg.DryRun {
+		var err error
+		if lease, err = j.locker.RewrapLock(ctx, j.cfg.Runner); err != nil {
+			return nil, err
+		}
+	}
+	// In cached envelope mode the rows go to the newest data key, which
+	// another replica or an operator may have minted since this one
+	// reloaded.
+	if err := j.cfg.Keyring.syncDataKeys(ctx); err != nil {
+		j.cfg.Logger.Warn("re-wrap: reloading the data keys", slog.String("error", err.Error()))
+	}
+	r := &rewrapRun{active: j.cfg.Keyring.ActiveID(), lease: lease, failed: map[string]bool{}, wouldMove: map[string]bool{}}
 	now := j.cfg.Now()
 	r.p = RewrapProgress{ActiveKEKID: r.active, StartedAt: now, UpdatedAt: now}
 
-	if j.locker != nil && !j.cfg.DryRun {
-		lease, err := j.locker.RewrapLock(ctx, j.cfg.Runner)
-		if err != nil {
-			return nil, err
-		}
-		r.lease = lease
-	}
 	err := j.runLocked(ctx, r)
+	var deleted []string
+	if err == nil && !j.cfg.DryRun {
+		var derr error
+		if deleted, derr = j.deleteDataKeys(ctx, r); derr != nil {
+			// The rows are moved; the next run deletes what is left.
+			j.cfg.Logger.Warn("re-wrap: deleting data keys no row needs", slog.String("error", derr.Error()))
+		}
+	}
 	r.p.Finished = err == nil
 	if err != nil {
 		r.p.Error = err.Error()
@@ -394,7 +428,70 @@ func (j *RewrapJob) Run(ctx context.Context) (*RewrapResult, error) {
 		}
 		cancel()
 	}
-	return &RewrapResult{RewrapProgress: r.p, Failures: r.failures, Format1: r.format1, Format1ClosedNow: r.format1Closed}, err
+	return &RewrapResult{RewrapProgress: r.p, Failures: r.failures, Format1: r.format1, Format1ClosedNow: r.format1Closed, DataKeysDeleted: deleted}, err
+}
+
+// deleteDataKeys deletes the data keys no row needs any more: every one
+// but the newest and the active one, with no row with a server wrap under
+// it, and for which a newer data key was made at least DataKeyGrace ago.
+// The store checks again, atomically, that the key is not the newest and
+// that no row names it. This replica's keyring is reloaded afterwards,
+// which zeroes the deleted keys here; other replicas zero them at their
+// next reload.
+func (j *RewrapJob) deleteDataKeys(ctx context.Context, r *rewrapRun) ([]string, error) {
+	if j.cfg.Keyring.dataKeys == nil {
+		return nil, nil
+	}
+	deleter, ok := j.cfg.Store.(DataKeyDeleter)
+	if !ok {
+		return nil, nil
+	}
+	list, err := j.cfg.Keyring.dataKeys.cfg.DataKeys.DataKeyList(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := j.cfg.Now()
+	var candidates []int
+	for i := range len(list) - 1 {
+		if list[i].ID != r.active && now.Sub(list[i+1].CreatedAt) >= j.cfg.DataKeyGrace {
+			candidates = append(candidates, i)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, nil // the usual case: rows are counted only when a key may go
+	}
+	counts, err := j.store.KEKCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows := map[string]int64{}
+	for _, c := range counts {
+		if c.Wrapped {
+			rows[c.KEKID] += c.Rows
+		}
+	}
+	var deleted []string
+	for _, i := range candidates {
+		dk, successor := list[i], list[i+1]
+		if rows[dk.ID] > 0 {
+			continue
+		}
+		ok, err := deleter.DataKeyDelete(ctx, dk.ID)
+		if err != nil {
+			return deleted, err
+		}
+		if ok {
+			deleted = append(deleted, dk.ID)
+			j.cfg.Logger.Info("data key deleted: no row needs it", slog.String("data_key_id", dk.ID),
+				slog.String("newer_data_key_id", successor.ID), slog.Time("newer_created_at", successor.CreatedAt))
+		}
+	}
+	if len(deleted) > 0 {
+		if err := j.cfg.Keyring.Refresh(ctx); err != nil {
+			j.cfg.Logger.Warn("re-wrap: reloading the data keys after deleting some", slog.String("error", err.Error()))
+		}
+	}
+	return deleted, nil
 }
 
 func (j *RewrapJob) runLocked(ctx context.Context, r *rewrapRun) error {

@@ -309,7 +309,48 @@ func (s *Service) Status(ctx context.Context, userID string) (*Status, error) {
 // loser of the insert race returns the winner's key.
 func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	var res *KeyResult
-	err := s.run(ctx, userID, meta, ActionInit, func(o *op) error {
+	err := s.sealedWrite(ctx, func() error {
+		return s.initOnce(ctx, userID, meta, &res)
+	})
+	if err != nil {
+		if res != nil {
+			wipe(res.MasterKey)
+		}
+		return nil, err
+	}
+	return res, nil
+}
+
+// sealedWrite runs write, which seals under the keyring's active KEK and
+// stores the wrap. When the store refuses the row because that KEK is a
+// data key deleted meanwhile (ErrDataKeyDeleted: this replica had not
+// reloaded since the re-wrap job deleted it), it reloads the data keys and
+// runs write once more; refused again, the KEK counts as unavailable.
+func (s *Service) sealedWrite(ctx context.Context, write func() error) error {
+	seen := s.keyring.state.Load()
+	err := write()
+	if !errors.Is(err, ErrDataKeyDeleted) {
+		return err
+	}
+	s.log.Warn("a write named a deleted data key; reloading the data keys", slog.String("kek_id", seen.active.ID()))
+	if rerr := s.keyring.reloadSince(ctx, seen); rerr != nil {
+		s.log.Warn("reloading the data keys", slog.String("error", rerr.Error()))
+	}
+	err = write()
+	if errors.Is(err, ErrDataKeyDeleted) {
+		return &UnavailableError{Dependency: DependencyKEK, Err: err}
+	}
+	return err
+}
+
+func (s *Service) initOnce(ctx context.Context, userID string, meta RequestMeta, resp **KeyResult) error {
+	if *resp != nil {
+		wipe((*resp).MasterKey)
+		*resp = nil
+	}
+	var res *KeyResult
+	defer func() { *resp = res }()
+	return s.run(ctx, userID, meta, ActionInit, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
 			var created bool
@@ -334,13 +375,6 @@ func (s *Service) Init(ctx context.Context, userID string, meta RequestMeta) (*K
 		res = &KeyResult{MasterKey: mk, FormatVersion: opened.FormatVersion, KEKID: opened.KEKID}
 		return o.audit(ctx, ActionInit, http.StatusOK, "already-exists")
 	})
-	if err != nil {
-		if res != nil {
-			wipe(res.MasterKey)
-		}
-		return nil, err
-	}
-	return res, nil
 }
 
 // create mints, wraps and inserts a vault for o's user. It reports false
@@ -422,14 +456,26 @@ func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (
 	// Mint and wrap before taking the row lock: a remote KEK call
 	// should not hold it.
 	mk := newMasterKey()
-	wrapped, kekID, err := s.keyring.seal(ctx, userID, mk)
+	kcv := KeyCheckValue(mk)
+	proof := keyProofVerifier(mk, kcv)
+	var kekID string
+	err := s.sealedWrite(ctx, func() error {
+		var wrapped []byte
+		var err error
+		if wrapped, kekID, err = s.keyring.seal(ctx, userID, mk); err != nil {
+			return err
+		}
+		return s.rotateOnce(ctx, userID, meta, wrapped, kekID, kcv, proof)
+	})
 	if err != nil {
 		wipe(mk)
 		return nil, err
 	}
-	kcv := KeyCheckValue(mk)
-	proof := keyProofVerifier(mk, kcv)
-	err = s.run(ctx, userID, meta, ActionRotate, func(o *op) error {
+	return &KeyResult{MasterKey: mk, FormatVersion: FormatBound, KEKID: kekID}, nil
+}
+
+func (s *Service) rotateOnce(ctx context.Context, userID string, meta RequestMeta, wrapped []byte, kekID, kcv, proof string) error {
+	return s.run(ctx, userID, meta, ActionRotate, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
 			fresh := &Vault{UserID: userID, CreatedAt: s.now(), RecoveryFormatVersion: 1, KeyCheck: &kcv, KeyProof: &proof}
@@ -460,11 +506,6 @@ func (s *Service) Rotate(ctx context.Context, userID string, meta RequestMeta) (
 		}
 		return o.audit(ctx, ActionRotate, http.StatusOK, "")
 	})
-	if err != nil {
-		wipe(mk)
-		return nil, err
-	}
-	return &KeyResult{MasterKey: mk, FormatVersion: FormatBound, KEKID: kekID}, nil
 }
 
 // RecoveryWrapSize and RecoveryIVSize are the lengths the browser's
@@ -712,6 +753,10 @@ func (s *Service) DisableZeroKnowledge(ctx context.Context, userID string, mk []
 	if len(mk) != MasterKeySize {
 		return fmt.Errorf("%w: masterKey must be %d bytes", ErrInvalidArgument, MasterKeySize)
 	}
+	return s.sealedWrite(ctx, func() error { return s.disableZKOnce(ctx, userID, mk, meta) })
+}
+
+func (s *Service) disableZKOnce(ctx context.Context, userID string, mk []byte, meta RequestMeta) error {
 	return s.run(ctx, userID, meta, ActionZKDisable, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {

@@ -34,3 +34,15 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// TestDataKeyContract runs the data-key contract as the runtime role, each
+// subtest in a schema of its own.
+func TestDataKeyContract(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	storetest.RunDataKeys(t, func(t *testing.T) broker.Store {
+		schema := "kb_" + randomHex(6)
+		e.migrate(t, schema)
+		return e.store(t, schema)
+	})
+}

@@ -61,6 +61,9 @@ func grantRuntime(t *testing.T, owner *pgxpool.Pool, schema, role string) {
 	// The re-wrap job's index (read only: a trigger maintains it) and state.
 	pgtest.Exec(t, owner, "GRANT SELECT ON "+pgx.Identifier{schema, "encryption_vault_kek_index"}.Sanitize()+" TO "+ident(role))
 	pgtest.Exec(t, owner, "GRANT SELECT, INSERT, UPDATE ON "+pgx.Identifier{schema, "encryption_vault_rewrap_state"}.Sanitize()+" TO "+ident(role))
+	// Cached envelope mode's data keys, and the ids of deleted ones.
+	pgtest.Exec(t, owner, "GRANT SELECT, INSERT, UPDATE, DELETE ON "+pgx.Identifier{schema, "kek_data_keys"}.Sanitize()+" TO "+ident(role))
+	pgtest.Exec(t, owner, "GRANT SELECT, INSERT ON "+pgx.Identifier{schema, "kek_data_keys_deleted"}.Sanitize()+" TO "+ident(role))
 }
 
 // store returns a Store on the runtime role's pool.

@@ -31,6 +31,10 @@ func interpretError(err error) error {
 	if isUnavailable(err) {
 		return &broker.UnavailableError{Dependency: broker.DependencyStore, Err: fmt.Errorf("pgstore: %w", err)}
 	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23503" && pgErr.ConstraintName == dataKeyExistsConstraint {
+		return fmt.Errorf("pgstore: %w: %w", broker.ErrDataKeyDeleted, err)
+	}
 	if isUnknownUser(err) {
 		return fmt.Errorf("pgstore: %w: %w", broker.ErrUnknownUser, err)
 	}
@@ -50,6 +54,10 @@ func isUnknownUser(err error) bool {
 	}
 	return false
 }
+
+// dataKeyExistsConstraint names the refusal of a row under a deleted data
+// key (migration 0006), raised as a foreign_key_violation.
+const dataKeyExistsConstraint = "encryption_vaults_data_key_exists"
 
 func isUnavailable(err error) bool {
 	var connectErr *pgconn.ConnectError

@@ -73,3 +73,10 @@ FROM encryption_vault_audit WHERE user_id = ?1 ORDER BY created_at, rowid`, user
 		return out, rows.Err()
 	}
 }
+
+// TestDataKeyContract runs the data-key contract, each subtest on a
+// database of its own.
+func TestDataKeyContract(t *testing.T) {
+	t.Parallel()
+	storetest.RunDataKeys(t, func(t *testing.T) broker.Store { return openStore(t, t.TempDir()) })
+}

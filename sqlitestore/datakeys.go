@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,7 +13,10 @@ import (
 
 // The data keys of cached envelope mode, as on PostgreSQL: a remote KEK
 // on a single-node install keeps the KMS off the fetch path too.
-var _ broker.DataKeyStore = (*Store)(nil)
+var (
+	_ broker.DataKeyStore   = (*Store)(nil)
+	_ broker.DataKeyDeleter = (*Store)(nil)
+)
 
 // DataKeyList returns every data key, oldest first.
 func (s *Store) DataKeyList(ctx context.Context) ([]broker.DataKey, error) {
@@ -45,17 +49,92 @@ func (s *Store) DataKeyList(ctx context.Context) ([]broker.DataKey, error) {
 	return out, nil
 }
 
-// DataKeyInsert stores a new data key.
-func (s *Store) DataKeyInsert(ctx context.Context, dk broker.DataKey) error {
-	return s.inWriteTx(ctx, func(tx *sql.Tx) error {
-		now := formatTime(time.Now())
-		_, err := tx.ExecContext(ctx, `INSERT INTO kek_data_keys (id, wrapped_by, wrapped, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)`,
-			dk.ID, dk.WrappedBy, base64.StdEncoding.EncodeToString(dk.Wrapped), formatTime(dk.CreatedAt), now)
+// DataKeyInsert stores dk as the newest data key if the newest is still
+// after. Write transactions are serialised (BEGIN IMMEDIATE), so the
+// check and the insert are atomic across processes sharing the file. Its
+// created_at is dk.CreatedAt (now when zero), moved to a microsecond after
+// the newest's when it is not later.
+func (s *Store) DataKeyInsert(ctx context.Context, dk broker.DataKey, after string) (bool, error) {
+	var inserted bool
+	err := s.inWriteTx(ctx, func(tx *sql.Tx) error {
+		newest, newestAt, err := newestDataKey(ctx, tx)
+		if err != nil || newest != after {
+			return err
+		}
+		created := dk.CreatedAt
+		if created.IsZero() {
+			created = time.Now()
+		}
+		created = created.UTC().Round(time.Microsecond)
+		if newest != "" && !created.After(newestAt) {
+			created = newestAt.Add(time.Microsecond)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO kek_data_keys (id, wrapped_by, wrapped, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)`,
+			dk.ID, dk.WrappedBy, base64.StdEncoding.EncodeToString(dk.Wrapped), formatTime(created))
 		if err != nil {
 			return interpretError(ctx, fmt.Errorf("data key insert: %w", err))
 		}
+		inserted = true
 		return nil
 	})
+	if err != nil {
+		return false, err
+	}
+	return inserted, nil
+}
+
+// newestDataKey returns the newest data key's id and creation time; ""
+// when there is none.
+func newestDataKey(ctx context.Context, tx *sql.Tx) (string, time.Time, error) {
+	var id, created string
+	err := tx.QueryRowContext(ctx, `SELECT id, created_at FROM kek_data_keys ORDER BY created_at DESC, id DESC LIMIT 1`).Scan(&id, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", time.Time{}, nil
+	}
+	if err != nil {
+		return "", time.Time{}, interpretError(ctx, fmt.Errorf("data key newest: %w", err))
+	}
+	at, err := parseTime("created_at", created)
+	return id, at, err
+}
+
+// DataKeyDelete deletes data key id if it is not the newest and no row
+// with a server wrap names it, and records the id in
+// kek_data_keys_deleted, whose triggers refuse any later row under it. One
+// write transaction: no write of a row comes between the check and the
+// delete.
+func (s *Store) DataKeyDelete(ctx context.Context, id string) (bool, error) {
+	var deleted bool
+	err := s.inWriteTx(ctx, func(tx *sql.Tx) error {
+		newest, _, err := newestDataKey(ctx, tx)
+		if err != nil || newest == id {
+			return err
+		}
+		var used bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM encryption_vaults WHERE kek_id = ?1 AND wrapped_mk IS NOT NULL)`, id).Scan(&used); err != nil {
+			return interpretError(ctx, fmt.Errorf("data key delete: %w", err))
+		}
+		if used {
+			return nil
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM kek_data_keys WHERE id = ?1`, id)
+		if err != nil {
+			return interpretError(ctx, fmt.Errorf("data key delete: %w", err))
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO kek_data_keys_deleted (id, deleted_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING`,
+			id, formatTime(time.Now())); err != nil {
+			return interpretError(ctx, fmt.Errorf("data key delete: %w", err))
+		}
+		deleted = true
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return deleted, nil
 }
 
 // DataKeyRewrap replaces the wrap of data key id if fromKEK still wraps it.

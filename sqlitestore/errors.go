@@ -28,6 +28,12 @@ func interpretError(ctx context.Context, err error) error {
 	if isUnavailable(ctx, err) {
 		return unavailable(err)
 	}
+	var sqliteErr *sqlite.Error
+	if errors.As(err, &sqliteErr) && sqliteErr.Code() == sqlite3.SQLITE_CONSTRAINT_TRIGGER {
+		// The one trigger that raises (migration 0003): a row under a
+		// deleted data key.
+		return fmt.Errorf("sqlitestore: %w: %w", broker.ErrDataKeyDeleted, err)
+	}
 	return fmt.Errorf("sqlitestore: %w", err)
 }
 

@@ -39,9 +39,10 @@ type config struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
-	RecoveryProof   string       // a broker.RecoveryProofPolicy, checked by parseConfig
-	Ops             opsConfig    // serve's operations settings (ops.go)
-	Rewrap          rewrapConfig // serve's re-wrap job (rewrap.go)
+	RecoveryProof   string        // a broker.RecoveryProofPolicy, checked by parseConfig
+	DataKeyMaxAge   time.Duration // 0: data keys rotate only on demand
+	Ops             opsConfig     // serve's operations settings (ops.go)
+	Rewrap          rewrapConfig  // serve's re-wrap job (rewrap.go)
 }
 
 // env names, one place.
@@ -67,7 +68,19 @@ const (
 	envEnv             = "KEYBROKER_ENV"
 	envAllowPrivileged = "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE"
 	envRecoveryProof   = "KEYBROKER_RECOVERY_PROOF"
+	envDataKeyMaxAge   = "KEYBROKER_DATA_KEY_MAX_AGE"
 )
+
+// defaultDataKeyMaxAge is how long a data key of cached envelope mode
+// wraps new rows before a replica mints the next one. Every data key's
+// plaintext sits in every replica's memory; rotating it bounds how long a
+// key that leaked unnoticed (a core dump, a heap snapshot) opens the rows
+// stored after the leak, and the old key is deleted once the re-wrap job
+// has moved its rows. 90 days is the shortest automatic rotation period
+// AWS KMS offers for its own keys and a common cryptoperiod policy; it
+// costs one KMS call per replica and one pass of local re-wraps (about
+// 16,000 rows/s) per quarter.
+const defaultDataKeyMaxAge = 90 * 24 * time.Hour
 
 // defaultDataDir holds the embedded store and dev-mode files.
 const defaultDataDir = "./.keybroker"
@@ -129,6 +142,16 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", shutdown, "grace period for in-flight requests on SIGTERM ($"+envShutdownTimeout+")")
 		fs.StringVar(&c.RecoveryProof, "recovery-proof", env(envRecoveryProof, string(broker.RecoveryProofRequired)),
 			"required: replacing a zero-knowledge recovery wrap needs keyProof; optional: accepted without it, the replaced wrap kept restorable ($"+envRecoveryProof+")")
+		maxAge, err := parseAge(env(envDataKeyMaxAge, "90d"))
+		if err != nil {
+			return nil, fmt.Errorf("$%s: %w", envDataKeyMaxAge, err)
+		}
+		c.DataKeyMaxAge = maxAge
+		fs.Func("data-key-max-age", "cached envelope mode: mint a new data key when the newest is this old, e.g. 90d or 2160h; 0 rotates only on demand (keybroker kek rotate-data-key) ($"+envDataKeyMaxAge+", default 90d)", func(v string) error {
+			age, err := parseAge(v)
+			c.DataKeyMaxAge = age
+			return err
+		})
 		if err := c.Ops.register(fs, getenv); err != nil {
 			return nil, err
 		}
@@ -241,6 +264,28 @@ func (c *config) warnUnpinned(log *slog.Logger) {
 	if c.JWTAudience == "" {
 		log.Warn("TOKENS NOT PINNED: tokens the issuer signed for any audience are accepted; set "+envJWTAudience, slog.Bool("jwt_unpinned", c.JWTUnpinned))
 	}
+}
+
+// parseAge reads a duration: Go's syntax (2160h, 90m) or whole days (90d);
+// "0" is zero. Negative ages are refused.
+func parseAge(s string) (time.Duration, error) {
+	var d time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n > 100*366 {
+			return 0, fmt.Errorf("%q: want whole days (90d) or a Go duration (2160h)", s)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("%q: want whole days (90d) or a Go duration (2160h)", s)
+		}
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q: must not be negative", s)
+	}
+	return d, nil
 }
 
 // kekURIs returns the active KEK URI and the decrypt-only ones. With no

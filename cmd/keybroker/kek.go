@@ -19,15 +19,19 @@ import (
 )
 
 const kekUsage = `Usage:
-  keybroker kek generate    print a fresh base64 KEK (32 random bytes), the
-                            replacement for "openssl rand -base64 32"
-  keybroker kek status      rows per KEK id and format, format-1 rows left and
-                            whether format 1 is closed, and the re-wrap job
-  keybroker kek check       each configured KEK: status and a wrap+unwrap
-                            round trip with latency; exit 1 on a failure
+  keybroker kek generate         print a fresh base64 KEK (32 random bytes),
+                                 the replacement for "openssl rand -base64 32"
+  keybroker kek status           rows per KEK id and format, format-1 rows left
+                                 and whether format 1 is closed, the data keys,
+                                 and the re-wrap job
+  keybroker kek check            each configured KEK: status and a wrap+unwrap
+                                 round trip with latency; exit 1 on a failure
+  keybroker kek rotate-data-key  cached envelope mode: mint a new data key,
+                                 which new wraps use; print its id
 
-status and check read serve's store and KEK settings ($DATABASE_URL,
-$KEYBROKER_KEK, $KEYBROKER_KEK_RETIRED, …); -h lists their flags.
+status, check and rotate-data-key read serve's store and KEK settings
+($DATABASE_URL, $KEYBROKER_KEK, $KEYBROKER_KEK_RETIRED, …); -h lists their
+flags.
 `
 
 func cmdKEK(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -46,6 +50,8 @@ func cmdKEK(ctx context.Context, args []string, getenv func(string) string, stdo
 		return cmdKEKStatus(ctx, args[1:], getenv, stdout, stderr)
 	case "check":
 		return cmdKEKCheck(ctx, args[1:], getenv, stdout, stderr)
+	case "rotate-data-key":
+		return cmdKEKRotateDataKey(ctx, args[1:], getenv, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "keybroker kek: unknown command %q\n\n%s", args[0], kekUsage)
 		return errUsage
@@ -58,10 +64,12 @@ Rows per KEK id and wrap format, each with its share, marked with its
 role in the configured keyring when a KEK is configured (only the URIs'
 ids are read: no KEK is opened); how many rows are left in format 1 (the
 original service's unbound wraps) and whether format 1 is closed, since
-when and by whom; and the re-wrap job: whether a runner works now, its
-progress and rate. A KEK can be removed from the configuration once it
-has 0 rows. The re-wrap job upgrades format-1 rows first and closes
-format 1 for good once none is left.
+when and by whom; in cached envelope mode the data keys, each with the KEK
+that wraps it, when it was made and the rows under it, the newest marked;
+and the re-wrap job: whether a runner works now, its progress and rate. A
+KEK can be removed from the configuration once it has 0 rows. The re-wrap
+job upgrades format-1 rows first and closes format 1 for good once none is
+left.
 
 Flags:
 `
@@ -105,14 +113,16 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 		}
 	}
 	roles := configuredRoles(cfg, getenv)
-	if dataKeys, ok := store.(broker.DataKeyStore); ok && len(roles) > 0 {
-		// Rows of cached envelope mode name a data key: say which KEK
-		// wraps it, so the operator sees what still needs an old KEK.
-		list, err := dataKeys.DataKeyList(ctx)
-		if err != nil {
+	var dataKeys []broker.DataKey
+	if store, ok := store.(broker.DataKeyStore); ok {
+		if dataKeys, err = store.DataKeyList(ctx); err != nil {
 			return err
 		}
-		for _, dk := range list {
+	}
+	if len(roles) > 0 {
+		// Rows of cached envelope mode name a data key: say which KEK
+		// wraps it, so the operator sees what still needs an old KEK.
+		for _, dk := range dataKeys {
 			role := "data key wrapped by " + dk.WrappedBy
 			if roles[dk.WrappedBy] == "" {
 				role += " (NOT CONFIGURED: these rows do not open)"
@@ -120,7 +130,122 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 			roles[dk.ID] = role
 		}
 	}
-	printKEKStatus(stdout, rows, roles, state, format1, time.Now())
+	now := time.Now()
+	printKEKStatus(stdout, rows, roles, state, format1, now)
+	printDataKeys(stdout, dataKeys, rows, now)
+	return nil
+}
+
+// printDataKeys lists the data keys of cached envelope mode, oldest first,
+// with the rows under each; nothing when there are none.
+func printDataKeys(w io.Writer, dataKeys []broker.DataKey, rows []broker.KEKCount, now time.Time) {
+	if len(dataKeys) == 0 {
+		return
+	}
+	under := map[string]int64{}
+	for _, c := range rows {
+		if c.Wrapped {
+			under[c.KEKID] += c.Rows
+		}
+	}
+	newest := dataKeys[len(dataKeys)-1]
+	fmt.Fprintln(w, "data keys (cached envelope mode), oldest first:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  data key\twrapped by\tcreated\tage\trows\t")
+	for _, dk := range dataKeys {
+		var note string
+		switch {
+		case dk.ID == newest.ID:
+			note = "newest: new wraps use it"
+		case under[dk.ID] > 0:
+			note = "older: the re-wrap job moves its rows to the newest"
+		default:
+			note = fmt.Sprintf("older, no row needs it: the re-wrap job deletes it once %s is %s old", newest.ID, formatAge(dataKeyGrace))
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", dk.ID, dk.WrappedBy, dk.CreatedAt.Local().Format(time.DateTime),
+			formatAge(now.Sub(dk.CreatedAt)), formatCount(under[dk.ID]), note)
+	}
+	tw.Flush()
+}
+
+// formatAge writes a data key's age in days, or hours and minutes under a
+// day.
+func formatAge(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0m"
+	case d >= 24*time.Hour:
+		return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d/time.Hour), int(d%time.Hour/time.Minute))
+	default:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	}
+}
+
+const kekRotateDataKeyUsage = `Usage: keybroker kek rotate-data-key [flags]
+
+Cached envelope mode (a remote KEK, the default for awskms://, gcpkms://
+and vault-transit:// URIs): mints a new data key under the active KEK,
+stores it as the newest and prints its id on stdout. New wraps use it at
+once in servers whose re-wrap job runs next ($KEYBROKER_REWRAP_INTERVAL)
+and in every server at its next data-key reload (within 5 minutes). The
+re-wrap job then moves every row to it, and deletes the older data keys
+once no row needs them and the new one is 15 minutes old; each server
+zeroes a deleted key in its memory at its next reload. "keybroker kek
+status" shows the data keys and the rows under each.
+
+Rotate the data key after a suspected exposure of a server's memory (a
+core dump, a leaked heap snapshot): data keys are kept in memory, and
+rotating or revoking the KMS key alone only re-wraps the same data keys.
+Servers also rotate it by themselves past $KEYBROKER_DATA_KEY_MAX_AGE.
+docs/rotation.md has the runbook.
+
+Flags:
+`
+
+// cmdKEKRotateDataKey is `keybroker kek rotate-data-key`.
+func cmdKEKRotateDataKey(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseToolConfig("kek rotate-data-key", kekRotateDataKeyUsage, args, getenv, stderr, nil)
+	if err != nil {
+		return err
+	}
+	log, err := cfg.logger(stderr)
+	if err != nil {
+		return err
+	}
+	keks, err := openKEKs(ctx, cfg, getenv, log)
+	if err != nil {
+		return err
+	}
+	defer keks.close()
+	if !slices.Contains(keks.cached, keks.active.ID()) {
+		return fmt.Errorf("the active KEK %s is not in cached envelope mode (a local KEK, or a URI with cache=off): it has no data key; rotate the KEK itself (docs/rotation.md)", keks.active.ID())
+	}
+	store, closeStore, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
+	if err != nil {
+		return err
+	}
+	if err := keyring.Ready(); err != nil {
+		return fmt.Errorf("the data keys do not load, so no new one is made: %w", err)
+	}
+	previous := keyring.ActiveID()
+	id, minted, err := keyring.RotateDataKey(ctx)
+	if err != nil {
+		return fmt.Errorf("rotate the data key: %w", err)
+	}
+	fmt.Fprintln(stdout, id)
+	if !minted {
+		fmt.Fprintf(stderr, "another keybroker minted data key %s at the same moment: it is the newest, and no second one was made\n", id)
+	}
+	fmt.Fprintf(stderr, "new wraps use data key %s (wrapped by %s) instead of %s: in every server within %s.\n"+
+		"The re-wrap job then moves the rows to it and deletes %s once no row needs it; \"keybroker kek status\" shows the rows under each.\n",
+		id, keks.active.ID(), previous, formatAge(keyringRefreshInterval), previous)
 	return nil
 }
 

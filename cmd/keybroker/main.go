@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/keybroker/keybroker/broker"
 )
@@ -24,8 +25,9 @@ Usage:
   keybroker serve [flags]       run the HTTP API (applies migrations first)
   keybroker migrate [flags]     apply database migrations and exit
   keybroker kek generate        print a fresh base64 KEK (32 random bytes)
-  keybroker kek status          rows per KEK id and format, format 1, and the re-wrap job
+  keybroker kek status          rows per KEK id and format, format 1, the data keys, the re-wrap job
   keybroker kek check           status and a wrap/unwrap round trip of each KEK
+  keybroker kek rotate-data-key mint a new data key (cached envelope mode)
   keybroker rewrap [flags]      move rows to the active KEK now (--dry-run, --rate)
   keybroker vault restore-recovery --user ID [--discard]
                                 put back (or forget) the recovery wrap kept
@@ -56,6 +58,17 @@ type hooks struct {
 	listening func(addr string)
 	// rewrapRun is called after each run of the background re-wrap job.
 	rewrapRun func(res *broker.RewrapResult, err error)
+	// now, when set, is the clock of the data keys' maximum age and of
+	// the re-wrap job (its data-key grace period).
+	now func() time.Time
+}
+
+// clock is h.now, or time.Now without hooks.
+func (h *hooks) clock() func() time.Time {
+	if h == nil || h.now == nil {
+		return time.Now
+	}
+	return h.now
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, h *hooks) error {

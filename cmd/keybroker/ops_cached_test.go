@@ -60,7 +60,9 @@ type downDataKeys struct{}
 func (downDataKeys) DataKeyList(context.Context) ([]broker.DataKey, error) {
 	return nil, &broker.UnavailableError{Dependency: broker.DependencyStore, Err: errors.New("down")}
 }
-func (downDataKeys) DataKeyInsert(context.Context, broker.DataKey) error { return errors.New("down") }
+func (downDataKeys) DataKeyInsert(context.Context, broker.DataKey, string) (bool, error) {
+	return false, errors.New("down")
+}
 func (downDataKeys) DataKeyRewrap(context.Context, string, string, []byte, string) (bool, error) {
 	return false, errors.New("down")
 }

@@ -130,6 +130,13 @@ func (k *instrumentedKEK) Local() bool {
 	return ok && l.Local()
 }
 
+// Destroy passes the inner KEK's broker.KEKDestroyer ability through: the
+// keyring zeroes a data key it no longer needs through it.
+func (k *instrumentedKEK) Destroy() bool {
+	d, ok := k.inner.(broker.KEKDestroyer)
+	return ok && d.Destroy()
+}
+
 // Status calls the inner KEK's Status, if it has one, and measures it.
 func (k *instrumentedKEK) Status(ctx context.Context) error {
 	sc, ok := k.inner.(kekproviders.StatusChecker)
@@ -194,6 +201,7 @@ func (k *instrumentedVersionedRewrapKEK) LatestVersion(ctx context.Context) (int
 
 var (
 	_ kekproviders.StatusChecker = (*instrumentedKEK)(nil)
+	_ broker.KEKDestroyer        = (*instrumentedKEK)(nil)
 	_ kekRewrapper               = (*instrumentedRewrapKEK)(nil)
 	_ kekVersioner               = (*instrumentedVersionedKEK)(nil)
 	_ kekRewrapper               = (*instrumentedVersionedRewrapKEK)(nil)

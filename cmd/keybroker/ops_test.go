@@ -269,6 +269,11 @@ func TestInstrumentedKEKKeepsAbilities(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", "wrap", "ok")))
 	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", "unwrap", "invalid_ciphertext")))
 	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", "status", "ok")))
+	// A data key's local KEK is instrumented too: the keyring zeroes it
+	// through the decorator when the data key is deleted.
+	require.True(t, k.(broker.KEKDestroyer).Destroy(), "Destroy reaches the local KEK")
+	_, err = local.Unwrap(ctx, wrapped, binding)
+	require.ErrorIs(t, err, localkek.ErrDestroyed)
 
 	srv := faketransit.Start(t)
 	srv.CreateKey(t, "kb", true)

@@ -115,7 +115,8 @@ func startRewrap(ctx context.Context, cfg rewrapConfig, store broker.Store, keyr
 	}
 	host, _ := os.Hostname()
 	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: cfg.Batch,
-		RowsPerSecond: cfg.Rate, Runner: fmt.Sprintf("%s pid %d", host, os.Getpid()), Logger: log})
+		RowsPerSecond: cfg.Rate, Runner: fmt.Sprintf("%s pid %d", host, os.Getpid()), Logger: log,
+		Now: h.clock(), DataKeyGrace: dataKeyGrace})
 	if err != nil {
 		log.Error("re-wrap job not started", slog.String("error", err.Error()))
 		return func() {}
@@ -160,12 +161,15 @@ func logRewrapRun(ctx context.Context, log *slog.Logger, res *broker.RewrapResul
 	attrs := []slog.Attr{slog.String("active_kek", res.ActiveKEKID), slog.Int64("moved", res.Done),
 		slog.Int64("server_rewrapped", res.ServerRewrapped), slog.Int64("skipped", res.Skipped),
 		slog.Int64("failed", res.Failed), slog.Float64("rows_per_second", res.RowsPerSecond)}
+	if len(res.DataKeysDeleted) > 0 {
+		attrs = append(attrs, slog.Any("data_keys_deleted", res.DataKeysDeleted))
+	}
 	switch {
 	case err != nil:
 		log.LogAttrs(ctx, slog.LevelWarn, "re-wrap job stopped; it resumes at its next run", append(attrs, slog.String("error", err.Error()))...)
 	case res.Failed > 0:
 		log.LogAttrs(ctx, slog.LevelError, "re-wrap job left rows it cannot move", attrs...)
-	case res.Done > 0:
+	case res.Done > 0 || len(res.DataKeysDeleted) > 0:
 		log.LogAttrs(ctx, slog.LevelInfo, "re-wrap job finished", attrs...)
 	}
 }
@@ -211,7 +215,7 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer closeStore()
-	keyring, err := keks.keyring(ctx, store, log)
+	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
 	if err != nil {
 		return err
 	}
@@ -222,7 +226,7 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 	host, _ := os.Hostname()
 	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: batch, RowsPerSecond: rate,
 		Concurrency: concurrency, DryRun: dryRun, Runner: fmt.Sprintf("%s pid %d (keybroker rewrap)", host, os.Getpid()),
-		Progress: bar.update, Logger: log})
+		Progress: bar.update, Logger: log, DataKeyGrace: dataKeyGrace})
 	if errors.Is(err, broker.ErrRewrapUnsupported) {
 		return errors.New("this store cannot run the re-wrap job")
 	}
@@ -262,6 +266,9 @@ func printRewrapResult(w io.Writer, res *broker.RewrapResult, dryRun bool) {
 	}
 	if int64(len(res.Failures)) < res.Failed {
 		fmt.Fprintf(w, "  … and %d more (see the log)\n", res.Failed-int64(len(res.Failures)))
+	}
+	for _, id := range res.DataKeysDeleted {
+		fmt.Fprintf(w, "deleted data key %s: no row needs it any more\n", id)
 	}
 	switch f := res.Format1; {
 	case f == nil:

@@ -64,7 +64,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	defer closeStore()
 	if keyring == nil {
-		if keyring, err = keks.keyring(ctx, store, log); err != nil {
+		if keyring, err = keks.keyring(ctx, store, log, cfg.DataKeyMaxAge, h.clock()); err != nil {
 			return err
 		}
 	}
@@ -263,8 +263,10 @@ func openKEKs(ctx context.Context, cfg *config, getenv func(string) string, log 
 	return o, nil
 }
 
-// keyring builds the keyring over the store's data keys.
-func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.Logger) (*broker.Keyring, error) {
+// keyring builds the keyring over the store's data keys. serve passes a
+// maximum data-key age; the operator commands pass 0 and never rotate by
+// age.
+func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.Logger, dataKeyMaxAge time.Duration, now func() time.Time) (*broker.Keyring, error) {
 	newLocal := func(id string, key []byte) (broker.KEK, error) {
 		kek, err := localkek.New(id, key, false)
 		switch {
@@ -275,7 +277,8 @@ func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.
 		}
 		return instrumentKEK(kek, "data-key", o.metrics), nil
 	}
-	kcfg := broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log, NewLocalKEK: newLocal}
+	kcfg := broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log, NewLocalKEK: newLocal,
+		DataKeyMaxAge: dataKeyMaxAge, Now: now}
 	// Data keys are loaded whenever the store keeps them, so rows written
 	// in cached mode keep opening after a URI switches to cache=off.
 	if dataKeys, ok := store.(broker.DataKeyStore); ok {
@@ -287,9 +290,17 @@ func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.
 }
 
 // keyringRefreshInterval is how often cached data keys are reloaded: the
-// delay after which a revoked KMS key stops fetches, and after which a
-// data key another replica made is used for new wraps.
+// delay after which a revoked KMS key stops fetches, after which a data
+// key another replica made is used for new wraps, after which a replica
+// mints a data key past its maximum age, and after which a deleted data
+// key is zeroed in this replica's memory.
 const keyringRefreshInterval = 5 * time.Minute
+
+// dataKeyGrace is how long the re-wrap job keeps an old data key no row
+// needs after a newer one was made: three reload intervals, so that
+// replicas have normally moved to the newer one. One that has not has its
+// writes refused by the store and retried (broker.DataKeyDeleter).
+const dataKeyGrace = 3 * keyringRefreshInterval
 
 // refreshKeyring reloads the keyring's data keys until ctx ends. Until
 // they load it retries every few seconds, so a replica that started

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/keybroker/keybroker/kekproviders/internal/binding"
 	"github.com/keybroker/keybroker/kekproviders/kekerr"
@@ -29,10 +30,19 @@ const nonceSize = 12
 // ErrDevKey refuses the all-zero key the original service fell back to.
 var ErrDevKey = errors.New("the KEK is 32 zero bytes (the original service's dev fallback)")
 
+// ErrDestroyed is returned by every call on a KEK after Destroy.
+var ErrDestroyed = errors.New("the key was destroyed")
+
 // KEK is an AES-256-GCM key-encryption key.
 type KEK struct {
-	id   string
-	aead cipher.AEAD
+	id string
+	// mu lets Destroy wait for calls in flight: a call holds it shared,
+	// so no wrap is ever made under a key being zeroed.
+	mu sync.RWMutex
+	// block and aead hold the AES key schedule, the key itself in its
+	// first round keys; nil once destroyed.
+	block cipher.Block
+	aead  cipher.AEAD
 }
 
 // New returns a KEK with the given id over key, which must be 32 bytes.
@@ -52,7 +62,7 @@ func New(id string, key []byte, allowDevKey bool) (*KEK, error) {
 	if err != nil {
 		return nil, fmt.Errorf("localkek: %w", err)
 	}
-	return &KEK{id: id, aead: aead}, nil
+	return &KEK{id: id, block: block, aead: aead}, nil
 }
 
 // ParseKey reads a KEK from secret material: exactly 32 raw bytes, or
@@ -80,10 +90,16 @@ func ParseKey(material []byte) ([]byte, error) {
 // ID returns the KEK id.
 func (k *KEK) ID() string { return k.id }
 
-// Wrap encrypts plaintext bound to b. It fails only when ctx is done.
+// Wrap encrypts plaintext bound to b. It fails only when ctx is done or
+// the KEK was destroyed (ErrDestroyed, as a kekerr.DeniedError).
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.aead == nil {
+		return nil, kekerr.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
 	}
 	out := make([]byte, nonceSize, nonceSize+len(plaintext)+k.aead.Overhead())
 	rand.Read(out)
@@ -92,10 +108,16 @@ func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) (
 
 // Unwrap decrypts ciphertext made by Wrap with the same binding. A
 // ciphertext that does not open (corrupt, another key, another binding)
-// is reported as kekerr.ErrInvalidCiphertext; a done ctx as its error.
+// is reported as kekerr.ErrInvalidCiphertext; a done ctx as its error; a
+// destroyed KEK as ErrDestroyed (a kekerr.DeniedError).
 func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.aead == nil {
+		return nil, kekerr.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
 	}
 	if len(ciphertext) < nonceSize+k.aead.Overhead() {
 		return nil, fmt.Errorf("localkek: %w: %d bytes is too short", kekerr.ErrInvalidCiphertext, len(ciphertext))
@@ -110,8 +132,37 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string
 // Local reports that Unwrap makes no network call (broker.LocalKEK).
 func (k *KEK) Local() bool { return true }
 
-// Status reports whether the KEK can be used; a local key always can.
-func (k *KEK) Status(ctx context.Context) error { return ctx.Err() }
+// Status reports whether the KEK can be used: a local key can until it
+// is destroyed.
+func (k *KEK) Status(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.aead == nil {
+		return kekerr.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
+	}
+	return nil
+}
+
+// Destroy zeroes the key: it waits for the calls in flight, overwrites
+// the AES key schedule and the GCM state this KEK holds (the key bytes
+// New was given are the caller's to wipe), and makes every later call fail
+// with ErrDestroyed. It reports whether the memory was overwritten; false
+// only where the standard library's cipher state is not plain memory
+// (never on amd64 or arm64), and then the state is merely dropped.
+// Destroying twice does nothing more.
+func (k *KEK) Destroy() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.aead == nil {
+		return true
+	}
+	zeroed := zeroPointee(k.aead) && zeroPointee(k.block)
+	k.aead, k.block = nil, nil
+	return zeroed
+}
 
 func isZero(b []byte) bool {
 	var acc byte

@@ -68,7 +68,8 @@ VALUES ('legacy', 'd3JhcA==', 'aXY=', 1, 'env-v1'), ('bound', 'd3JhcA==', '', 2,
 VALUES ('zk', 1, 'env-v1', 'cmVj', 'aXY=', true)`)
 	applied, err := Apply(ctx, pool, "keybroker")
 	require.NoError(t, err)
-	require.Len(t, applied, 1)
+	require.NotEmpty(t, applied)
+	require.True(t, strings.HasSuffix(applied[0], "_format1_closure.sql"), "applied %v", applied)
 	require.Equal(t, format1Row{}, format1State(t, pool), "a format-1 row with a server wrap keeps format 1 open")
 
 	closeAs := func(runner string) format1Row {

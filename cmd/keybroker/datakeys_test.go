@@ -92,15 +92,23 @@ func cachedKMSEnv(t *testing.T) (map[string]string, *jwtissuer.Issuer, broker.KE
 	kek, err := awskms.New(t.Context(), awskms.Config{ID: "aws-1", KeyID: key.ARN, Endpoint: kms.URL,
 		Region: localkms.Region, Credentials: localkms.Credentials(), Timeout: 5 * time.Second})
 	require.NoError(t, err)
+	role, adminURL := pgtest.NewPlainDatabase(t)
 	return map[string]string{
-		"DATABASE_URL":              pgtest.NewDatabase(t),
+		"DATABASE_URL":              role.URL,
+		testAdminURL:                adminURL,
 		"KEYBROKER_KEK":             "awskms:///alias/kb?id=aws-1&region=" + localkms.Region + "&endpoint=" + url.QueryEscape(kms.URL),
 		"KEYBROKER_JWKS_URL":        jwks.URL,
 		"KEYBROKER_JWT_ISSUER":      "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE":    "https://auth.test",
 		"KEYBROKER_ADDR":            "127.0.0.1:0",
 		"KEYBROKER_REWRAP_INTERVAL": "1s",
 	}, issuer, kek
 }
+
+// testAdminURL is the key, in cachedKMSEnv's map, of a superuser URL of
+// the same database: the test reads every user's row, which row-level
+// security hides from keybroker's own role. keybroker ignores it.
+const testAdminURL = "TEST_ADMIN_DATABASE_URL"
 
 // TestRotateDataKeyCommand walks the runbook for a suspected exposure of a
 // server's memory, on a running server in cached envelope mode (local-kms
@@ -127,7 +135,7 @@ func TestRotateDataKeyCommand(t *testing.T) {
 	}
 	require.True(t, strings.HasPrefix(oldID, "dk-"))
 
-	pool := pgtest.NewPool(t, env["DATABASE_URL"])
+	pool := pgtest.NewPool(t, env[testAdminURL])
 	store, err := pgstore.New(t.Context(), pgstore.Config{Pool: pool, Schema: "keybroker"})
 	require.NoError(t, err)
 	list, err := store.DataKeyList(t.Context())
@@ -203,7 +211,7 @@ func TestServeRotatesTheDataKeyByAge(t *testing.T) {
 	res := runs.await(t, "on a data key minted by age", func(res *broker.RewrapResult) bool { return res.ActiveKEKID != first })
 	second := res.ActiveKEKID
 	require.True(t, strings.HasPrefix(second, "dk-"))
-	pool := pgtest.NewPool(t, env["DATABASE_URL"])
+	pool := pgtest.NewPool(t, env[testAdminURL])
 	store, err := pgstore.New(t.Context(), pgstore.Config{Pool: pool, Schema: "keybroker"})
 	require.NoError(t, err)
 	runs.await(t, "moving alice", func(*broker.RewrapResult) bool { return rowsUnder(t, store)[second] == 1 })
@@ -218,7 +226,8 @@ func TestServeRotatesTheDataKeyByAge(t *testing.T) {
 
 func TestDataKeyMaxAgeSetting(t *testing.T) {
 	t.Parallel()
-	base := map[string]string{"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks", "KEYBROKER_DATA_DIR": t.TempDir()}
+	base := map[string]string{"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks", "KEYBROKER_DATA_DIR": t.TempDir(),
+		"KEYBROKER_JWT_ISSUER": "https://auth.test", "KEYBROKER_JWT_AUDIENCE": "https://auth.test"}
 	parse := func(env map[string]string, args ...string) (*config, error) {
 		e := map[string]string{}
 		for k, v := range base {

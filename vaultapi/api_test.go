@@ -106,7 +106,7 @@ func (e *env) withStore(t *testing.T, store broker.Store, opts envOptions) *env 
 	logs := &syncBuffer{}
 	srv := apitest.Start(t, apitest.Options{
 		Store: store, Keyring: ring, Issuer: e.issuer,
-		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
+		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 		Broker: opts.service,
 		API: func(cfg *vaultapi.Config) {
 			if opts.configure != nil {

@@ -1,6 +1,7 @@
 // Package broker is the domain of keybroker: the per-user master-key
 // vault, the keyring of key-encryption keys (KEKs), the audit
-// vocabulary and the errors the HTTP layer maps to status codes.
+// vocabulary, the errors, and the outcomes (Outcome) that audit rows
+// record and the HTTP layer answers.
 //
 // It knows no HTTP, no SQL driver and no KMS SDK. It defines the small
 // interfaces it consumes — KEK, Store and Tx — and adapters implement
@@ -103,7 +104,7 @@ type AuditEntry struct {
 	IPAddress string
 	UserAgent string
 	Context   string
-	Status    int
+	Status    int // the AuditStatus of the operation's Outcome
 	CreatedAt time.Time
 }
 

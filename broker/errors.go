@@ -5,8 +5,8 @@ import (
 	"fmt"
 )
 
-// Sentinel errors of vault operations. The HTTP layer maps each to a
-// status and a machine code from one table.
+// Sentinel errors of vault operations. Each reports an Outcome
+// (OutcomeOf): the one its audit row records and the HTTP layer answers.
 var (
 	// ErrNotFound means the user has no vault.
 	ErrNotFound = errors.New("vault not initialised")

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -59,7 +58,8 @@ const (
 	FetchDeferred
 )
 
-// FetchOutcome is the action, status and context of an audit row.
+// FetchOutcome is the action, status (an Outcome's AuditStatus) and
+// context of an audit row.
 type FetchOutcome struct {
 	Action  Action
 	Status  int
@@ -102,9 +102,9 @@ type Fetch struct {
 
 // fetchOutcomes are the rows a fetch records in its read's commit.
 var fetchOutcomes = [FetchDeferred]FetchOutcome{
-	FetchMissing:       {ActionFailedFetch, http.StatusNotFound, "not-initialised"},
-	FetchZeroKnowledge: {ActionFetch, http.StatusOK, "zk-recovery-blob"},
-	FetchOpenable:      {ActionFetch, http.StatusOK, ""},
+	FetchMissing:       {ActionFailedFetch, OutcomeNotFound.AuditStatus(), "not-initialised"},
+	FetchZeroKnowledge: {ActionFetch, OutcomeOK.AuditStatus(), "zk-recovery-blob"},
+	FetchOpenable:      {ActionFetch, OutcomeOK.AuditStatus(), ""},
 }
 
 // maxGroupCommit bounds one group commit.
@@ -417,12 +417,12 @@ func (s *Service) record(ctx context.Context, userID string, meta RequestMeta, o
 // error of recording it. voids, when set, is the id of the fetch row the
 // read's commit wrote, which the failure row names.
 func (s *Service) unwrapFailed(ctx context.Context, userID string, meta RequestMeta, v *Vault, err error, voids string) error {
-	status, note := unwrapFailureAudit(err, v)
+	outcome, note := unwrapFailureAudit(err, v)
 	s.logUnwrapFailure(ctx, userID, v, err)
 	if voids != "" {
 		note += ";voids:" + voids
 	}
-	if rerr := s.record(ctx, userID, meta, FetchOutcome{ActionFailedFetch, status, note}); rerr != nil {
+	if rerr := s.record(ctx, userID, meta, FetchOutcome{ActionFailedFetch, outcome.AuditStatus(), note}); rerr != nil {
 		return rerr
 	}
 	return err

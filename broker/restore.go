@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"time"
 )
 
@@ -62,13 +61,13 @@ func (s *Service) changeRestorable(ctx context.Context, userID string, meta Requ
 	err := s.run(ctx, userID, meta, action, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
-			return o.refuse(ctx, action, http.StatusNotFound, "no-vault", ErrNotFound)
+			return o.refuse(ctx, action, "no-vault", ErrNotFound)
 		}
 		if err != nil {
 			return err
 		}
 		if v.Restorable == nil {
-			return o.refuse(ctx, action, http.StatusNotFound, "nothing-restorable", ErrNoRestorableWrap)
+			return o.refuse(ctx, action, "nothing-restorable", ErrNoRestorableWrap)
 		}
 		res = &RestoreResult{RecoverySetAt: v.Restorable.SetAt, TakenAt: v.Restorable.TakenAt}
 		hadServerWrap := v.WrappedMK != nil
@@ -81,7 +80,7 @@ func (s *Service) changeRestorable(ctx context.Context, userID string, meta Requ
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, action, http.StatusOK, note)
+		return o.audit(ctx, action, OutcomeOK, note)
 	})
 	if err != nil {
 		return nil, err

@@ -952,7 +952,7 @@ func (j *RewrapJob) swap(old, next *Vault, note string) *RewrapSwap {
 		UserID:    old.UserID,
 		Action:    ActionKEKRewrap,
 		Context:   note,
-		Status:    200,
+		Status:    OutcomeOK.AuditStatus(),
 		CreatedAt: j.cfg.Now(),
 	}}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"time"
 )
 
@@ -160,17 +159,18 @@ type Status struct {
 
 // op is the bookkeeping of one operation: the transaction commits with
 // its audit row, and a refusal is carried out of the transaction in
-// outcome so that the audit row of the refusal commits too.
+// refusal so that the audit row of the refusal commits too.
 type op struct {
 	s       *Service
 	userID  string
 	meta    RequestMeta
 	tx      Tx
-	outcome error
+	refusal error
 }
 
-func (o *op) audit(ctx context.Context, action Action, status int, note string) error {
-	return o.tx.AuditInsert(ctx, o.s.auditEntry(o.userID, o.meta, action, status, note))
+// audit writes the operation's audit row, which records outcome.
+func (o *op) audit(ctx context.Context, action Action, outcome Outcome, note string) error {
+	return o.tx.AuditInsert(ctx, o.s.auditEntry(o.userID, o.meta, action, outcome.AuditStatus(), note))
 }
 
 // auditEntry is the audit row of one request's outcome. Its texts are
@@ -189,11 +189,11 @@ func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, sta
 	}
 }
 
-// refuse records a refusal and ends the transaction with nothing changed
-// but its audit row.
-func (o *op) refuse(ctx context.Context, action Action, status int, note string, err error) error {
-	o.outcome = err
-	return o.audit(ctx, action, status, note)
+// refuse records the refusal err, under the outcome it reports, and ends
+// the transaction with nothing changed but its audit row.
+func (o *op) refuse(ctx context.Context, action Action, note string, err error) error {
+	o.refusal = err
+	return o.audit(ctx, action, OutcomeOf(err), note)
 }
 
 // run executes fn in a user-scoped transaction; action is the audit
@@ -204,14 +204,14 @@ func (s *Service) run(ctx context.Context, userID string, meta RequestMeta, acti
 	}
 	o := &op{s: s, userID: userID, meta: meta}
 	err := s.store.InUserTx(ctx, userID, func(tx Tx) error {
-		o.tx, o.outcome = tx, nil
+		o.tx, o.refusal = tx, nil
 		return fn(o)
 	})
 	if err != nil {
 		s.logUnrecorded(ctx, userID, meta, action, err)
 		return err
 	}
-	return o.outcome
+	return o.refusal
 }
 
 // logUnrecorded logs a request refused with ErrUnknownUser, which no
@@ -230,39 +230,40 @@ func (s *Service) logUnrecorded(ctx context.Context, userID string, meta Request
 // openOrRefuse unwraps v's master key and returns it with the vault it
 // opened: v, or the row as stored now when format 1 closed after v was
 // read without a lock (openLatest). When that fails it records a
-// failed_fetch audit row and sets the outcome, returning a nil key.
+// failed_fetch audit row and sets the refusal, returning a nil key.
 func (o *op) openOrRefuse(ctx context.Context, v *Vault) ([]byte, *Vault, error) {
 	mk, opened, err := o.s.openLatest(ctx, o.userID, v, o.tx)
 	if err == nil {
 		return mk, opened, nil
 	}
-	status, note := unwrapFailureAudit(err, v)
+	outcome, note := unwrapFailureAudit(err, v)
 	o.s.logUnwrapFailure(ctx, o.userID, v, err)
-	return nil, v, o.refuse(ctx, ActionFailedFetch, status, note, err)
+	o.refusal = err
+	return nil, v, o.audit(ctx, ActionFailedFetch, outcome, note)
 }
 
-// unwrapFailureAudit is the audit status and note of a failed unwrap. A
+// unwrapFailureAudit is the audit outcome and note of a failed unwrap. A
 // format-1 wrap refused because format 1 is closed is answered like a
-// wrap that does not open (500), under a note of its own: on an install
-// whose re-wrap job has upgraded every row, it is a wrap written behind
-// keybroker's back.
-func unwrapFailureAudit(err error, v *Vault) (int, string) {
+// wrap that does not open (OutcomeInternal), under a note of its own: on
+// an install whose re-wrap job has upgraded every row, it is a wrap
+// written behind keybroker's back.
+func unwrapFailureAudit(err error, v *Vault) (Outcome, string) {
 	var unavailable *UnavailableError
 	switch {
 	case errors.Is(err, ErrFormat1Closed):
-		return http.StatusInternalServerError, "format1-closed"
+		return OutcomeInternal, "format1-closed"
 	case errors.Is(err, errFormat1Unknown):
-		return http.StatusInternalServerError, "format1-state-unreadable"
+		return OutcomeInternal, "format1-state-unreadable"
 	case errors.Is(err, ErrUnknownKEK):
-		return http.StatusServiceUnavailable, "unknown-kek:" + v.KEKID
+		return OutcomeUnknownKEK, "unknown-kek:" + v.KEKID
 	case errors.As(err, &unavailable) && unavailable.Dependency == DependencyStore:
-		return http.StatusServiceUnavailable, "store-unavailable"
+		return OutcomeStoreUnavailable, "store-unavailable"
 	case IsUnavailable(err):
-		return http.StatusServiceUnavailable, "kek-unavailable:" + v.KEKID
+		return OutcomeKEKUnavailable, "kek-unavailable:" + v.KEKID
 	case errors.Is(err, ErrKEKDenied):
-		return http.StatusServiceUnavailable, "kek-denied:" + v.KEKID
+		return OutcomeKEKDenied, "kek-denied:" + v.KEKID
 	}
-	return http.StatusInternalServerError, "unwrap-failed"
+	return OutcomeInternal, "unwrap-failed"
 }
 
 func (s *Service) logUnwrapFailure(ctx context.Context, userID string, v *Vault, err error) {
@@ -366,14 +367,14 @@ func (s *Service) initOnce(ctx context.Context, userID string, meta RequestMeta,
 		}
 		if v.ZeroKnowledge {
 			res = zkResult(v)
-			return o.audit(ctx, ActionInit, http.StatusOK, "already-exists-zk")
+			return o.audit(ctx, ActionInit, OutcomeOK, "already-exists-zk")
 		}
 		mk, opened, err := o.openOrRefuse(ctx, v)
 		if mk == nil {
 			return err
 		}
 		res = &KeyResult{MasterKey: mk, FormatVersion: opened.FormatVersion, KEKID: opened.KEKID}
-		return o.audit(ctx, ActionInit, http.StatusOK, "already-exists")
+		return o.audit(ctx, ActionInit, OutcomeOK, "already-exists")
 	})
 }
 
@@ -396,7 +397,7 @@ func (s *Service) create(ctx context.Context, o *op, res **KeyResult) (bool, err
 		return false, err
 	}
 	*res = &KeyResult{MasterKey: mk, FormatVersion: FormatBound, KEKID: kekID}
-	return true, o.audit(ctx, ActionInit, http.StatusCreated, "created")
+	return true, o.audit(ctx, ActionInit, OutcomeCreated, "created")
 }
 
 // Key returns the user's master key, or the recovery wrap in
@@ -423,21 +424,21 @@ func (s *Service) Key(ctx context.Context, userID string, meta RequestMeta) (*Ke
 	err := s.run(ctx, userID, meta, ActionFetch, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, false)
 		if errors.Is(err, ErrNotFound) {
-			return o.refuse(ctx, ActionFailedFetch, http.StatusNotFound, "not-initialised", ErrNotFound)
+			return o.refuse(ctx, ActionFailedFetch, "not-initialised", ErrNotFound)
 		}
 		if err != nil {
 			return err
 		}
 		if v.ZeroKnowledge {
 			res = zkResult(v)
-			return o.audit(ctx, ActionFetch, http.StatusOK, "zk-recovery-blob")
+			return o.audit(ctx, ActionFetch, OutcomeOK, "zk-recovery-blob")
 		}
 		mk, opened, err := o.openOrRefuse(ctx, v)
 		if mk == nil {
 			return err
 		}
 		res = &KeyResult{MasterKey: mk, FormatVersion: opened.FormatVersion, KEKID: opened.KEKID}
-		return o.audit(ctx, ActionFetch, http.StatusOK, "")
+		return o.audit(ctx, ActionFetch, OutcomeOK, "")
 	})
 	if err != nil {
 		if res != nil {
@@ -485,7 +486,7 @@ func (s *Service) rotateOnce(ctx context.Context, userID string, meta RequestMet
 				return err
 			}
 			if inserted {
-				return o.audit(ctx, ActionRotate, http.StatusCreated, "init-on-rotate")
+				return o.audit(ctx, ActionRotate, OutcomeCreated, "init-on-rotate")
 			}
 			// A concurrent init won the insert; rotate its vault.
 			v, err = o.tx.VaultGet(ctx, true)
@@ -494,7 +495,7 @@ func (s *Service) rotateOnce(ctx context.Context, userID string, meta RequestMet
 			return err
 		}
 		if v.ZeroKnowledge {
-			return o.refuse(ctx, ActionRotate, http.StatusConflict, "zk-rotate-forbidden", ErrZKRotateForbidden)
+			return o.refuse(ctx, ActionRotate, "zk-rotate-forbidden", ErrZKRotateForbidden)
 		}
 		now := s.now()
 		encodeBoundWrap(v, wrapped, kekID)
@@ -504,7 +505,7 @@ func (s *Service) rotateOnce(ctx context.Context, userID string, meta RequestMet
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, ActionRotate, http.StatusOK, "")
+		return o.audit(ctx, ActionRotate, OutcomeOK, "")
 	})
 }
 
@@ -550,7 +551,7 @@ func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK,
 	return s.run(ctx, userID, meta, ActionRecoverySet, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
-			return o.refuse(ctx, ActionRecoverySet, http.StatusNotFound, "no-vault", ErrNotFound)
+			return o.refuse(ctx, ActionRecoverySet, "no-vault", ErrNotFound)
 		}
 		if err != nil {
 			return err
@@ -565,7 +566,7 @@ func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK,
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, ActionRecoverySet, http.StatusOK, note)
+		return o.audit(ctx, ActionRecoverySet, OutcomeOK, note)
 	})
 }
 
@@ -576,7 +577,7 @@ func (s *Service) SetRecoveryWrap(ctx context.Context, userID string, wrappedMK,
 // false once the refusal is recorded (err is then the transaction's).
 func (o *op) admitRecoveryReplacement(ctx context.Context, v *Vault, keyProof []byte) (note string, proceed bool, err error) {
 	refuse := func(note string, reason error) (string, bool, error) {
-		return "", false, o.refuse(ctx, ActionRecoverySet, http.StatusForbidden, note, reason)
+		return "", false, o.refuse(ctx, ActionRecoverySet, note, reason)
 	}
 	hash, verifiable := currentProofHash(v)
 	switch {
@@ -663,19 +664,19 @@ func (s *Service) ClearRecoveryWrap(ctx context.Context, userID string, meta Req
 	return s.run(ctx, userID, meta, ActionRecoveryClear, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
-			return o.refuse(ctx, ActionRecoveryClear, http.StatusNotFound, "no-vault", ErrNotFound)
+			return o.refuse(ctx, ActionRecoveryClear, "no-vault", ErrNotFound)
 		}
 		if err != nil {
 			return err
 		}
 		if v.ZeroKnowledge {
-			return o.refuse(ctx, ActionRecoveryClear, http.StatusConflict, "zk-active", ErrZKActive)
+			return o.refuse(ctx, ActionRecoveryClear, "zk-active", ErrZKActive)
 		}
 		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoverySetAt = nil, nil, nil
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, ActionRecoveryClear, http.StatusOK, "")
+		return o.audit(ctx, ActionRecoveryClear, OutcomeOK, "")
 	})
 }
 
@@ -695,7 +696,7 @@ func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, keyPro
 	return s.run(ctx, userID, meta, ActionZKEnable, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
-			return o.refuse(ctx, ActionZKEnable, http.StatusNotFound, "no-vault", ErrNotFound)
+			return o.refuse(ctx, ActionZKEnable, "no-vault", ErrNotFound)
 		}
 		if err != nil {
 			return err
@@ -705,16 +706,16 @@ func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, keyPro
 			return keyProof != nil && ok && !keyProofMatches(keyProof, hash)
 		}
 		mismatch := func() error {
-			return o.refuse(ctx, ActionZKEnable, http.StatusForbidden, "key-proof-mismatch", ErrKeyProofMismatch)
+			return o.refuse(ctx, ActionZKEnable, "key-proof-mismatch", ErrKeyProofMismatch)
 		}
 		if v.ZeroKnowledge {
 			if wrongProof() {
 				return mismatch()
 			}
-			return o.audit(ctx, ActionZKEnable, http.StatusOK, "already-enabled")
+			return o.audit(ctx, ActionZKEnable, OutcomeOK, "already-enabled")
 		}
 		if v.RecoveryWrappedMK == nil || v.RecoveryIV == nil {
-			return o.refuse(ctx, ActionZKEnable, http.StatusBadRequest, "no-recovery-wrap", ErrRecoveryWrapMissing)
+			return o.refuse(ctx, ActionZKEnable, "no-recovery-wrap", ErrRecoveryWrapMissing)
 		}
 		if _, ok := currentProofHash(v); !ok {
 			// The row is locked: openOrRefuse opens v itself.
@@ -733,7 +734,7 @@ func (s *Service) EnableZeroKnowledge(ctx context.Context, userID string, keyPro
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, ActionZKEnable, http.StatusOK, "")
+		return o.audit(ctx, ActionZKEnable, OutcomeOK, "")
 	})
 }
 
@@ -760,13 +761,13 @@ func (s *Service) disableZKOnce(ctx context.Context, userID string, mk []byte, m
 	return s.run(ctx, userID, meta, ActionZKDisable, func(o *op) error {
 		v, err := o.tx.VaultGet(ctx, true)
 		if errors.Is(err, ErrNotFound) {
-			return o.refuse(ctx, ActionZKDisable, http.StatusNotFound, "no-vault", ErrNotFound)
+			return o.refuse(ctx, ActionZKDisable, "no-vault", ErrNotFound)
 		}
 		if err != nil {
 			return err
 		}
 		mismatch := func() error {
-			return o.refuse(ctx, ActionZKDisable, http.StatusConflict, "master-key-mismatch", ErrMasterKeyMismatch)
+			return o.refuse(ctx, ActionZKDisable, "master-key-mismatch", ErrMasterKeyMismatch)
 		}
 		if !v.ZeroKnowledge {
 			if v.KeyCheck != nil {
@@ -789,7 +790,7 @@ func (s *Service) disableZKOnce(ctx context.Context, userID string, mk []byte, m
 					return err
 				}
 			}
-			return o.audit(ctx, ActionZKDisable, http.StatusOK, "already-disabled")
+			return o.audit(ctx, ActionZKDisable, OutcomeOK, "already-disabled")
 		}
 		note := ""
 		if v.KeyCheck == nil {
@@ -809,7 +810,7 @@ func (s *Service) disableZKOnce(ctx context.Context, userID string, mk []byte, m
 		if err := o.tx.VaultUpdate(ctx, v); err != nil {
 			return err
 		}
-		return o.audit(ctx, ActionZKDisable, http.StatusOK, note)
+		return o.audit(ctx, ActionZKDisable, OutcomeOK, note)
 	})
 }
 

@@ -47,6 +47,9 @@ const (
 	// ErrStoreUnavailable (503): the database cannot be reached; retry
 	// after APIError.RetryAfter.
 	ErrStoreUnavailable ErrorCode = "STORE_UNAVAILABLE"
+	// ErrRateLimited (429): the user's request budget is spent for now;
+	// retry after APIError.RetryAfter.
+	ErrRateLimited ErrorCode = "RATE_LIMITED"
 	// ErrNotFound (404): no such route (a wrong base URL, usually).
 	ErrNotFound ErrorCode = "NOT_FOUND"
 	// ErrMethodNotAllowed (405).
@@ -73,7 +76,8 @@ type APIError struct {
 	Status  int
 	Code    string
 	Message string
-	// RetryAfter is the server's Retry-After on 503 answers; 0 when absent.
+	// RetryAfter is the server's Retry-After (503 and 429 answers); 0
+	// when absent.
 	RetryAfter time.Duration
 }
 
@@ -92,5 +96,8 @@ func (e *APIError) Is(target error) bool {
 }
 
 // Temporary reports whether retrying later may succeed: the server said
-// a dependency is unavailable.
-func (e *APIError) Temporary() bool { return e.Status == http.StatusServiceUnavailable }
+// a dependency is unavailable, or that the user's request budget is spent
+// for now.
+func (e *APIError) Temporary() bool {
+	return e.Status == http.StatusServiceUnavailable || e.Status == http.StatusTooManyRequests
+}

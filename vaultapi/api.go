@@ -147,10 +147,10 @@ func New(cfg Config) (*API, error) {
 	// recoverer writes for a panic.
 	r.Use(a.accessLog, a.recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		a.writeError(w, r, &apiError{http.StatusNotFound, CodeNotFound, "no such route"})
+		a.writeError(w, r, newAPIError(CodeNotFound, "no such route"))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		a.writeError(w, r, &apiError{http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method not allowed on this route"})
+		a.writeError(w, r, newAPIError(CodeMethodNotAllowed, "method not allowed on this route"))
 	})
 	r.Get("/healthz", a.healthz)
 	r.Get("/readyz", a.readyz)
@@ -426,7 +426,7 @@ func decodeJSON(r *http.Request, dst any, message string) error {
 	}
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
-		return &apiError{http.StatusRequestEntityTooLarge, CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)}
+		return newAPIError(CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit))
 	}
 	return badRequest(message)
 }
@@ -503,7 +503,7 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 					slog.String("request_id", requestID(r.Context())), slog.String("reason", err.Error()))
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="keybroker"`)
-			a.writeError(w, r, &apiError{http.StatusUnauthorized, CodeUnauthorized, "missing or invalid bearer token"})
+			a.writeError(w, r, newAPIError(CodeUnauthorized, "missing or invalid bearer token"))
 			return
 		}
 		setAccessUser(r.Context(), sub)
@@ -534,7 +534,7 @@ func noStore(next http.Handler) http.Handler {
 func (a *API) limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > a.maxBody {
-			a.writeError(w, r, &apiError{http.StatusRequestEntityTooLarge, CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", a.maxBody)})
+			a.writeError(w, r, newAPIError(CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", a.maxBody)))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, a.maxBody)

@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/http"
 
 	"github.com/keybroker/keybroker/broker"
 )
 
-// apiError is an error the HTTP layer itself produces (bad input, auth).
+// apiError is an error answer: its status, its code and the text the
+// client sees. newAPIError builds one with the code's status.
 type apiError struct {
 	status  int
 	code    string
@@ -18,9 +20,12 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.message }
 
-func badRequest(message string) error {
-	return &apiError{status: http.StatusBadRequest, code: CodeBadRequest, message: message}
+// newAPIError is the answer code with message, sent with the code's status.
+func newAPIError(code, message string) *apiError {
+	return &apiError{status: errorStatus[code], code: code, message: message}
 }
+
+func badRequest(message string) error { return newAPIError(CodeBadRequest, message) }
 
 // Machine codes of error bodies. The first block is the original service's
 // vocabulary; the rest is keybroker's.
@@ -37,6 +42,7 @@ const (
 	CodePayloadTooLarge   = "PAYLOAD_TOO_LARGE"
 	CodeKEKUnavailable    = "KEK_UNAVAILABLE"
 	CodeStoreUnavailable  = "STORE_UNAVAILABLE"
+	CodeRateLimited       = "RATE_LIMITED"
 	CodeNotFound          = "NOT_FOUND"
 	CodeMethodNotAllowed  = "METHOD_NOT_ALLOWED"
 	CodeInternal          = "INTERNAL"
@@ -46,28 +52,54 @@ const (
 	CodeNoRestorableWrap = "NO_RESTORABLE_RECOVERY_WRAP"
 )
 
-// domainErrors maps the domain's sentinels to status, code and the text
-// the original service sent.
-var domainErrors = []struct {
-	err     error
-	status  int
-	code    string
-	message string
-}{
-	{broker.ErrNotFound, http.StatusNotFound, CodeVaultNotInitialised, "vault not initialised"},
-	{broker.ErrZKRotateForbidden, http.StatusConflict, CodeZKRotateForbidden, "cannot rotate in zero-knowledge mode"},
-	{broker.ErrZKActive, http.StatusConflict, CodeZKActive, "cannot clear recovery wrap while zero-knowledge is active"},
-	{broker.ErrRecoveryWrapMissing, http.StatusBadRequest, CodeRecoveryWrapMissing, "set a recovery wrap before enabling zero-knowledge"},
-	{broker.ErrMasterKeyMismatch, http.StatusConflict, CodeMasterKeyMismatch, "masterKey is not this vault's master key; unlock with the recovery code and send the key it yields"},
-	{broker.ErrKeyProofRequired, http.StatusForbidden, CodeKeyProofRequired, "replacing the recovery wrap in zero-knowledge mode needs keyProof, the proof that you hold the master key; unlock with the recovery code and send it"},
-	{broker.ErrKeyProofMismatch, http.StatusForbidden, CodeKeyProofMismatch, "keyProof is not the proof of this vault's master key"},
-	{broker.ErrNoRestorableWrap, http.StatusNotFound, CodeNoRestorableWrap, "this vault has no restorable recovery wrap"},
-	{broker.ErrInvalidArgument, http.StatusBadRequest, CodeBadRequest, "invalid request"},
-	{broker.ErrUnknownKEK, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key of this vault is not available"},
-	{broker.ErrKEKDenied, http.StatusServiceUnavailable, CodeKEKUnavailable, "the key-encryption key refused the operation"},
-	// 403, not 401: the token is valid, the account it names is gone
-	// (adopted schema); signing in again with it cannot help.
-	{broker.ErrUnknownUser, http.StatusForbidden, CodeUserUnknown, "the token's user is not a known account"},
+// errorStatus is the one table of the error codes: the HTTP status each
+// is sent with. Tests hold to it the OpenAPI document's codes, the Go
+// client's codes and the audit status of every outcome of the domain.
+// USER_UNKNOWN is 403, not 401: the token is valid, the account it names
+// is gone (adopted schema); signing in again with it cannot help.
+var errorStatus = map[string]int{
+	CodeVaultNotInitialised: http.StatusNotFound,
+	CodeZKRotateForbidden:   http.StatusConflict,
+	CodeZKActive:            http.StatusConflict,
+	CodeRecoveryWrapMissing: http.StatusBadRequest,
+	CodeBadRequest:          http.StatusBadRequest,
+	CodeUnauthorized:        http.StatusUnauthorized,
+	CodeMasterKeyMismatch:   http.StatusConflict,
+	CodeUserUnknown:         http.StatusForbidden,
+	CodePayloadTooLarge:     http.StatusRequestEntityTooLarge,
+	CodeKEKUnavailable:      http.StatusServiceUnavailable,
+	CodeStoreUnavailable:    http.StatusServiceUnavailable,
+	CodeRateLimited:         http.StatusTooManyRequests,
+	CodeNotFound:            http.StatusNotFound,
+	CodeMethodNotAllowed:    http.StatusMethodNotAllowed,
+	CodeInternal:            http.StatusInternalServerError,
+	CodeKeyProofRequired:    http.StatusForbidden,
+	CodeKeyProofMismatch:    http.StatusForbidden,
+	CodeNoRestorableWrap:    http.StatusNotFound,
+}
+
+// ErrorCodes returns every code an error body carries, with the HTTP
+// status it is sent with.
+func ErrorCodes() map[string]int { return maps.Clone(errorStatus) }
+
+// outcomeAnswers is the answer to each outcome of the domain but its
+// successes: the code and the text the original service sent.
+var outcomeAnswers = map[broker.Outcome]*apiError{
+	broker.OutcomeNotFound:            newAPIError(CodeVaultNotInitialised, "vault not initialised"),
+	broker.OutcomeZKRotateForbidden:   newAPIError(CodeZKRotateForbidden, "cannot rotate in zero-knowledge mode"),
+	broker.OutcomeZKActive:            newAPIError(CodeZKActive, "cannot clear recovery wrap while zero-knowledge is active"),
+	broker.OutcomeRecoveryWrapMissing: newAPIError(CodeRecoveryWrapMissing, "set a recovery wrap before enabling zero-knowledge"),
+	broker.OutcomeMasterKeyMismatch:   newAPIError(CodeMasterKeyMismatch, "masterKey is not this vault's master key; unlock with the recovery code and send the key it yields"),
+	broker.OutcomeKeyProofRequired:    newAPIError(CodeKeyProofRequired, "replacing the recovery wrap in zero-knowledge mode needs keyProof, the proof that you hold the master key; unlock with the recovery code and send it"),
+	broker.OutcomeKeyProofMismatch:    newAPIError(CodeKeyProofMismatch, "keyProof is not the proof of this vault's master key"),
+	broker.OutcomeNoRestorableWrap:    newAPIError(CodeNoRestorableWrap, "this vault has no restorable recovery wrap"),
+	broker.OutcomeInvalidArgument:     newAPIError(CodeBadRequest, "invalid request"),
+	broker.OutcomeUnknownKEK:          newAPIError(CodeKEKUnavailable, "the key-encryption key of this vault is not available"),
+	broker.OutcomeKEKDenied:           newAPIError(CodeKEKUnavailable, "the key-encryption key refused the operation"),
+	broker.OutcomeUnknownUser:         newAPIError(CodeUserUnknown, "the token's user is not a known account"),
+	broker.OutcomeStoreUnavailable:    newAPIError(CodeStoreUnavailable, "the key store is unavailable; retry later"),
+	broker.OutcomeKEKUnavailable:      newAPIError(CodeKEKUnavailable, "the key-encryption key is unavailable; retry later"),
+	broker.OutcomeInternal:            newAPIError(CodeInternal, "internal error"),
 }
 
 type errorBody struct {
@@ -75,40 +107,28 @@ type errorBody struct {
 	Code  string `json:"code"`
 }
 
-// writeError is the one error writer: it maps err to a status and code,
-// logs what the client must not see, and sends only {"error","code"}.
+// writeError is the one error writer: it answers err (an *apiError, or
+// else the domain's outcome of it), logs what the client must not see,
+// and sends only {"error","code"}.
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	status, code, message := http.StatusInternalServerError, CodeInternal, "internal error"
-	var ae *apiError
-	var ue *broker.UnavailableError
-	switch {
-	case errors.As(err, &ae):
-		status, code, message = ae.status, ae.code, ae.message
-	case errors.As(err, &ue):
-		status = http.StatusServiceUnavailable
-		code, message = CodeStoreUnavailable, "the key store is unavailable; retry later"
-		if ue.Dependency == broker.DependencyKEK {
-			code, message = CodeKEKUnavailable, "the key-encryption key is unavailable; retry later"
-		}
-		w.Header().Set("Retry-After", "5")
-	default:
-		for _, de := range domainErrors {
-			if errors.Is(err, de.err) {
-				status, code, message = de.status, de.code, de.message
-				break
-			}
+	var answer *apiError
+	if !errors.As(err, &answer) {
+		outcome := broker.OutcomeOf(err)
+		answer = outcomeAnswers[outcome]
+		if outcome == broker.OutcomeStoreUnavailable || outcome == broker.OutcomeKEKUnavailable {
+			w.Header().Set("Retry-After", "5")
 		}
 	}
-	if status >= http.StatusInternalServerError {
+	if answer.status >= http.StatusInternalServerError {
 		// Errors of the store, the KEK or the code never carry key
 		// material: wraps are ciphertext and keys are never formatted.
 		a.log.LogAttrs(r.Context(), slog.LevelError, "request failed",
 			slog.String("request_id", requestID(r.Context())),
 			slog.String("route", routePattern(r)),
-			slog.Int("status", status), slog.String("code", code),
+			slog.Int("status", answer.status), slog.String("code", answer.code),
 			slog.String("error", err.Error()))
 	}
-	writeJSON(w, status, errorBody{Error: message, Code: code})
+	writeJSON(w, answer.status, errorBody{Error: answer.message, Code: answer.code})
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {

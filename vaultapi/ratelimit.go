@@ -11,9 +11,6 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// CodeRateLimited is the code of a 429 answer.
-const CodeRateLimited = "RATE_LIMITED"
-
 // RateLimit bounds each user's requests to the vault routes with a token
 // bucket: Burst requests at once, refilled at PerSecond. A stolen token
 // then cannot turn into an unbounded stream of KMS decrypts.
@@ -126,7 +123,7 @@ func (a *API) rateLimit(next http.Handler) http.Handler {
 		ok, retry := a.limiter.allow(userFrom(r.Context()))
 		if !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
-			a.writeError(w, r, &apiError{http.StatusTooManyRequests, CodeRateLimited, "too many requests for this user; retry later"})
+			a.writeError(w, r, newAPIError(CodeRateLimited, "too many requests for this user; retry later"))
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -58,7 +58,7 @@ func (a *API) requireServiceKey(next http.Handler) http.Handler {
 		if !a.serviceKey.matches(r.Header.Get(ServiceKeyHeader)) {
 			a.log.LogAttrs(r.Context(), slog.LevelWarn, "service key rejected",
 				slog.String("request_id", requestID(r.Context())), slog.String("peer", PeerIP(r)))
-			a.writeError(w, r, &apiError{http.StatusUnauthorized, CodeUnauthorized, "missing or invalid service key"})
+			a.writeError(w, r, newAPIError(CodeUnauthorized, "missing or invalid service key"))
 			return
 		}
 		next.ServeHTTP(w, r)

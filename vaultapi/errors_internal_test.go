@@ -1,0 +1,83 @@
+package vaultapi
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/broker"
+)
+
+// TestWriteErrorAnswers pins the answer of every error the domain returns,
+// byte for byte: status, body and Retry-After. The literals are what the
+// original service and keybroker's earlier releases sent; the table they
+// now come from must not change them.
+func TestWriteErrorAnswers(t *testing.T) {
+	t.Parallel()
+	a := &API{log: slog.New(slog.DiscardHandler)}
+	for _, c := range []struct {
+		err    error
+		status int
+		body   string
+		retry  string
+	}{
+		{broker.ErrNotFound, 404, `{"error":"vault not initialised","code":"VAULT_NOT_INITIALISED"}`, ""},
+		{broker.ErrZKRotateForbidden, 409, `{"error":"cannot rotate in zero-knowledge mode","code":"ZK_ROTATE_FORBIDDEN"}`, ""},
+		{broker.ErrZKActive, 409, `{"error":"cannot clear recovery wrap while zero-knowledge is active","code":"ZK_ACTIVE"}`, ""},
+		{broker.ErrRecoveryWrapMissing, 400, `{"error":"set a recovery wrap before enabling zero-knowledge","code":"RECOVERY_WRAP_MISSING"}`, ""},
+		{broker.ErrMasterKeyMismatch, 409, `{"error":"masterKey is not this vault's master key; unlock with the recovery code and send the key it yields","code":"MASTER_KEY_MISMATCH"}`, ""},
+		{broker.ErrKeyProofRequired, 403, `{"error":"replacing the recovery wrap in zero-knowledge mode needs keyProof, the proof that you hold the master key; unlock with the recovery code and send it","code":"KEY_PROOF_REQUIRED"}`, ""},
+		{broker.ErrKeyProofMismatch, 403, `{"error":"keyProof is not the proof of this vault's master key","code":"KEY_PROOF_MISMATCH"}`, ""},
+		{broker.ErrNoRestorableWrap, 404, `{"error":"this vault has no restorable recovery wrap","code":"NO_RESTORABLE_RECOVERY_WRAP"}`, ""},
+		{fmt.Errorf("%w: empty user id", broker.ErrInvalidArgument), 400, `{"error":"invalid request","code":"BAD_REQUEST"}`, ""},
+		{broker.ErrUnknownKEK, 503, `{"error":"the key-encryption key of this vault is not available","code":"KEK_UNAVAILABLE"}`, ""},
+		{fmt.Errorf("%w: disabled", broker.ErrKEKDenied), 503, `{"error":"the key-encryption key refused the operation","code":"KEK_UNAVAILABLE"}`, ""},
+		{broker.ErrUnknownUser, 403, `{"error":"the token's user is not a known account","code":"USER_UNKNOWN"}`, ""},
+		{&broker.UnavailableError{Dependency: broker.DependencyStore, Err: errors.New("down")}, 503, `{"error":"the key store is unavailable; retry later","code":"STORE_UNAVAILABLE"}`, "5"},
+		{&broker.UnavailableError{Dependency: broker.DependencyKEK, Err: errors.New("down")}, 503, `{"error":"the key-encryption key is unavailable; retry later","code":"KEK_UNAVAILABLE"}`, "5"},
+		// An outage wins over the sentinel it wraps, as it always did.
+		{&broker.UnavailableError{Dependency: broker.DependencyKEK, Err: broker.ErrDataKeyDeleted}, 503, `{"error":"the key-encryption key is unavailable; retry later","code":"KEK_UNAVAILABLE"}`, "5"},
+		{fmt.Errorf("%w: bad tag", broker.ErrUnwrapFailed), 500, `{"error":"internal error","code":"INTERNAL"}`, ""},
+		{broker.ErrFormat1Closed, 500, `{"error":"internal error","code":"INTERNAL"}`, ""},
+		{errors.New("a bug"), 500, `{"error":"internal error","code":"INTERNAL"}`, ""},
+		{badRequest("enable is required"), 400, `{"error":"enable is required","code":"BAD_REQUEST"}`, ""},
+	} {
+		w := httptest.NewRecorder()
+		a.writeError(w, httptest.NewRequest(http.MethodGet, "/x", nil), c.err)
+		require.Equal(t, c.status, w.Code, "%v", c.err)
+		require.Equal(t, c.body+"\n", w.Body.String(), "%v", c.err)
+		require.Equal(t, c.retry, w.Header().Get("Retry-After"), "%v", c.err)
+		require.Equal(t, "application/json; charset=utf-8", w.Header().Get("Content-Type"))
+	}
+}
+
+// TestEveryOutcomeAnsweredWithItsAuditStatus enumerates the domain's
+// outcomes: each is answered with the status its audit row records, so
+// the audit trail and the client tell the same story.
+func TestEveryOutcomeAnsweredWithItsAuditStatus(t *testing.T) {
+	t.Parallel()
+	for _, o := range broker.Outcomes() {
+		switch o {
+		case broker.OutcomeOK:
+			// handle answers every success 200.
+			require.Equal(t, http.StatusOK, o.AuditStatus())
+			continue
+		case broker.OutcomeCreated:
+			// The one outcome whose audit status is not its answer: the
+			// original service recorded 201 for a created vault and
+			// answered 200, and both stay.
+			require.Equal(t, http.StatusCreated, o.AuditStatus())
+			continue
+		}
+		answer := outcomeAnswers[o]
+		require.NotNil(t, answer, "outcome %d has no answer", o)
+		require.Equal(t, errorStatus[answer.code], answer.status, answer.code)
+		require.Equal(t, o.AuditStatus(), answer.status, "%s: audited as answered", answer.code)
+	}
+	require.Len(t, outcomeAnswers, len(broker.Outcomes())-2, "an answer for no outcome")
+}

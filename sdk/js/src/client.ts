@@ -245,6 +245,7 @@ export class Keybroker {
    * RecoveryCodeFormatError or WrongRecoveryCodeError for a bad code.
    */
   async unlock<F extends KeyFormat = "cryptokey">(recoveryCode: string, options: KeyOptions<F> = {}): Promise<MasterKey<F>> {
+    checkRecoveryCode(recoveryCode);
     const key = await this.getKey(options);
     return key.requiresRecoveryCode ? key.unlock(recoveryCode) : key.masterKey;
   }
@@ -328,6 +329,7 @@ export class Keybroker {
     recoveryCode: string,
     options: KeyOptions<F> = {},
   ): Promise<MasterKey<F>> {
+    checkRecoveryCode(recoveryCode);
     const key = await this.getKey({ as: "bytes", signal: options.signal });
     let mk: Bytes;
     if (key.requiresRecoveryCode) {
@@ -356,6 +358,9 @@ export class Keybroker {
   // in errors.ts.
 
   async #masterKeyBytes(currentCode: string | undefined, signal: AbortSignal | undefined): Promise<Bytes> {
+    if (currentCode !== undefined) {
+      checkRecoveryCode(currentCode);
+    }
     const key = await this.getKey({ as: "bytes", signal });
     if (!key.requiresRecoveryCode) {
       return key.masterKey;
@@ -493,6 +498,14 @@ export class Keybroker {
       );
     }
   }
+}
+
+/**
+ * Throws RecoveryCodeFormatError for a code that cannot be one, before any
+ * request: a typo costs no round trip and no audit row.
+ */
+function checkRecoveryCode(code: string): void {
+  wipe(parseRecoveryCode(code));
 }
 
 async function errorOf(res: Response): Promise<ApiError> {

@@ -155,6 +155,14 @@ describe("keys", () => {
     assert.ok(sent.every((r) => !r.url.includes(vector.recovery_code)));
   });
 
+  test("a malformed recovery code costs no request", async () => {
+    const { kb, sent } = scripted(() => json(500, {}));
+    await assert.rejects(kb.unlock("1234-5678"), RecoveryCodeFormatError);
+    await assert.rejects(kb.disableZeroKnowledge("not a code"), RecoveryCodeFormatError);
+    await assert.rejects(kb.setRecoveryCode({ currentCode: vector.recovery_code.slice(1) }), RecoveryCodeFormatError);
+    assert.equal(sent.length, 0);
+  });
+
   test("answers that are not keybroker's are ProtocolErrors", async () => {
     const answers = [
       new Response("<html>proxy</html>", { status: 200 }),

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -197,16 +198,19 @@ func copyTree(from, to string) error {
 
 // chromiumPath finds the browser: KEYBROKER_CHROMIUM, else Debian's
 // chromium (or another Chromium build) on the PATH.
-func chromiumPath() string {
+func chromiumPath() (path, missing string) {
 	if p := os.Getenv("KEYBROKER_CHROMIUM"); p != "" {
-		return p
+		if _, err := exec.LookPath(p); err != nil {
+			return "", fmt.Sprintf("KEYBROKER_CHROMIUM=%s is not an executable", p)
+		}
+		return p, ""
 	}
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome-stable", "google-chrome"} {
 		if p, err := exec.LookPath(name); err == nil {
-			return p
+			return p, ""
 		}
 	}
-	return ""
+	return "", "Chromium is not installed (Debian: apt-get install chromium), or set KEYBROKER_CHROMIUM"
 }
 
 // browser returns the context of the package's one Chromium, started on
@@ -224,9 +228,9 @@ func browser(t testing.TB) context.Context {
 }
 
 func startBrowser() {
-	path := chromiumPath()
-	if path == "" {
-		shared.browserMissing = "Chromium is not installed (Debian: apt-get install chromium), or set KEYBROKER_CHROMIUM"
+	path, missing := chromiumPath()
+	if missing != "" {
+		shared.browserMissing = missing
 		return
 	}
 	userData, err := os.MkdirTemp("", "keybroker-chromium-")
@@ -274,7 +278,6 @@ func startBrowser() {
 
 // tab is one browser tab on the test page.
 type tab struct {
-	t       *testing.T
 	ctx     context.Context
 	console *syncBuffer
 }
@@ -291,7 +294,7 @@ func openTab(t *testing.T, pageURL string, freshProfile bool, cookie *network.Se
 	}
 	ctx, cancel := chromedp.NewContext(browser(t), opts...)
 	t.Cleanup(cancel)
-	tb := &tab{t: t, ctx: ctx, console: &syncBuffer{}}
+	tb := &tab{ctx: ctx, console: &syncBuffer{}}
 	// The first Run opens the tab, whose life is ctx's: bounded here.
 	done := make(chan error, 1)
 	go func() {
@@ -339,24 +342,24 @@ func openTab(t *testing.T, pageURL string, freshProfile bool, cookie *network.Se
 // call runs export fn of the page module module with args and decodes
 // what it resolves to into out. The page's run() catches what a step
 // throws and reports it, so a failure names the step.
-func (tb *tab) call(module, fn string, args, out any) {
-	tb.t.Helper()
+func (tb *tab) call(t *testing.T, module, fn string, args, out any) {
+	t.Helper()
 	argJSON, err := json.Marshal(args)
-	require.NoError(tb.t, err)
+	require.NoError(t, err)
 	expr := fmt.Sprintf(`import(%q).then(m => m.run(%q, %s))`, module, fn, argJSON)
 	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
 	defer cancel()
 	raw, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](expr, chromedp.EvalAwaitPromise))
-	require.NoError(tb.t, err, "%s %s", module, fn)
+	require.NoError(t, err, "%s %s", module, fn)
 	var res struct {
 		OK    bool            `json:"ok"`
 		Value json.RawMessage `json:"value"`
 		Error json.RawMessage `json:"error"`
 	}
-	require.NoError(tb.t, json.Unmarshal(raw, &res), "%s", raw)
-	require.True(tb.t, res.OK, "%s %s threw: %s", module, fn, res.Error)
+	require.NoError(t, json.Unmarshal(raw, &res), "%s", raw)
+	require.True(t, res.OK, "%s %s threw: %s", module, fn, res.Error)
 	if out != nil {
-		require.NoError(tb.t, json.Unmarshal(res.Value, out), "%s %s: %s", module, fn, res.Value)
+		require.NoError(t, json.Unmarshal(res.Value, out), "%s %s: %s", module, fn, res.Value)
 	}
 }
 
@@ -408,7 +411,9 @@ type seen struct {
 	Status             int
 	AllowOrigin        string // Access-Control-Allow-Origin of the answer
 	AllowCredentials   string
+	AllowMethods       string
 	ExposeHeaders      string
+	RetryAfter         string
 	Received, Answered time.Time
 }
 
@@ -434,7 +439,9 @@ func (rec *recorder) wrap(next http.Handler) http.Handler {
 		s.Status, s.Answered = sw.status, time.Now()
 		s.AllowOrigin = w.Header().Get("Access-Control-Allow-Origin")
 		s.AllowCredentials = w.Header().Get("Access-Control-Allow-Credentials")
+		s.AllowMethods = w.Header().Get("Access-Control-Allow-Methods")
 		s.ExposeHeaders = w.Header().Get("Access-Control-Expose-Headers")
+		s.RetryAfter = w.Header().Get("Retry-After")
 		rec.mu.Lock()
 		rec.reqs = append(rec.reqs, s)
 		rec.mu.Unlock()
@@ -483,14 +490,16 @@ var errNoPreflight = errors.New("no preflight")
 
 // requirePreflighted asserts what a browser does with the vault routes
 // cross-origin: every request it sent was preceded by a preflight of its
-// method on its path (the bearer token is not a CORS-safelisted header),
-// preflights carry neither the token nor cookies, and every real request
-// carries the page's Origin and the token, and got the CORS answer that
-// let the page read it.
+// path whose answer allowed its method (the bearer token is not a
+// CORS-safelisted header; the browser caches a preflight's answer for
+// the URL, so one preflight may serve several methods), preflights carry
+// neither the token nor cookies, and every real request carries the
+// page's Origin and the token, and got the CORS answer that let the page
+// read it.
 func requirePreflighted(t *testing.T, reqs []seen, pageOrigin string) {
 	t.Helper()
 	require.NotEmpty(t, reqs)
-	preflighted := map[string]bool{}
+	allowed := map[string][]string{} // path -> methods a preflight allowed
 	for i, r := range reqs {
 		if r.preflight() {
 			require.Empty(t, r.Authorization, "a preflight carries no token: %+v", r)
@@ -500,11 +509,14 @@ func requirePreflighted(t *testing.T, reqs []seen, pageOrigin string) {
 			require.Equal(t, http.StatusNoContent, r.Status)
 			require.Equal(t, pageOrigin, r.AllowOrigin)
 			require.Equal(t, "true", r.AllowCredentials)
-			preflighted[r.RequestMethod+" "+r.Path] = true
+			for _, m := range strings.Split(r.AllowMethods, ",") {
+				allowed[r.Path] = append(allowed[r.Path], strings.TrimSpace(m))
+			}
+			require.Contains(t, allowed[r.Path], r.RequestMethod)
 			continue
 		}
 		key := r.Method + " " + r.Path
-		if !preflighted[key] {
+		if !slices.Contains(allowed[r.Path], r.Method) {
 			require.NoError(t, fmt.Errorf("%w before request %d, %s", errNoPreflight, i, key))
 		}
 		require.Equal(t, pageOrigin, r.Origin, "%+v", r)

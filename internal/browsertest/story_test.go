@@ -139,7 +139,7 @@ func TestSDKStoryInBrowser(t *testing.T) {
 		ClearInZK      *pageError `json:"clearInZK"`
 		SetWithoutCode *pageError `json:"setWithoutCode"`
 	}
-	deviceA.call("/story.js", "deviceA", map[string]any{"api": kb.URL, "token": mint(t, kb.Issuer, user), "plaintext": plaintext}, &a)
+	deviceA.call(t, "/story.js", "deviceA", map[string]any{"api": kb.URL, "token": mint(t, kb.Issuer, user), "plaintext": plaintext}, &a)
 
 	require.Equal(t, statusBody{}, a.StatusBefore, "no vault yet")
 	requirePageError(t, a.KeyBeforeInit, "NotFoundError", vaultapi.CodeVaultNotInitialised, http.StatusNotFound)
@@ -193,7 +193,7 @@ func TestSDKStoryInBrowser(t *testing.T) {
 		Sealed2             sealed     `json:"sealed2"`
 		StatusAfterRotate   statusBody `json:"statusAfterRotate"`
 	}
-	deviceB.call("/story.js", "deviceB", map[string]any{
+	deviceB.call(t, "/story.js", "deviceB", map[string]any{
 		"api": kb.URL, "token": mint(t, kb.Issuer, user), "code": a.RecoveryCode, "wrongCode": wrongCode, "sealed": a.Sealed, "plaintext2": plaintext2,
 	}, &b)
 
@@ -222,7 +222,7 @@ func TestSDKStoryInBrowser(t *testing.T) {
 	var again struct {
 		Opened string `json:"opened"`
 	}
-	deviceA.call("/story.js", "deviceAAgain", map[string]any{"api": kb.URL, "token": mint(t, kb.Issuer, user), "sealed": b.Sealed2}, &again)
+	deviceA.call(t, "/story.js", "deviceAAgain", map[string]any{"api": kb.URL, "token": mint(t, kb.Issuer, user), "sealed": b.Sealed2}, &again)
 	require.Equal(t, plaintext2, again.Opened)
 
 	// What keybroker received: real preflights, credentials, the token.

@@ -61,6 +61,15 @@ async function unlock(keyBody, code) {
   return b64(new Uint8Array(mk));
 }
 
+/** Whether the code opens the zero-knowledge answer to the master key mk. */
+async function opensWith(keyBody, code, mk) {
+  try {
+    return (await unlock(keyBody, code)) === mk;
+  } catch {
+    return false;
+  }
+}
+
 const steps = {
   /** Every flow of the original client in standard mode, then zero-knowledge. */
   async story(a) {
@@ -88,10 +97,9 @@ const steps = {
     const third = await newRecoveryWrap(mk);
     out.replaceInZK = await call(a, "POST", "/recovery-wrap", third.body);
     out.lockedAfterReplace = await call(a, "GET", "/key");
-    out.secondCodeStillOpens = (await unlock(out.lockedAfterReplace.body, second.code)) === mk;
+    out.secondCodeStillOpens = await opensWith(out.lockedAfterReplace.body, second.code, mk);
     out.code = second.code;
     out.thirdCode = third.code;
-    out.thirdBody = third.body;
     out.masterKey = mk;
     return out;
   },
@@ -106,7 +114,7 @@ const steps = {
     out.setWrap = await call(a, "POST", "/recovery-wrap", next.body);
     out.enable = await call(a, "POST", "/zero-knowledge", { enable: true });
     const relocked = await call(a, "GET", "/key");
-    out.newCodeOpens = (await unlock(relocked.body, next.code)) === mk;
+    out.newCodeOpens = await opensWith(relocked.body, next.code, mk);
     out.code = next.code;
     return out;
   },

@@ -127,7 +127,7 @@ interface KeyBody {
   recoveryIv?: unknown;
 }
 
-interface Request {
+interface VaultRequest {
   method: "GET" | "POST" | "DELETE";
   path: string;
   body?: Record<string, unknown>;
@@ -256,7 +256,9 @@ export class Keybroker {
    * from the server in standard mode; in zero-knowledge mode pass the
    * current code (else RecoveryCodeRequiredError). The wrap is sent with
    * the key's proof (keyProof), which keybroker requires to replace the
-   * wrap of a zero-knowledge vault; the code never leaves the page.
+   * wrap of a zero-knowledge vault; the code never leaves the page. A key
+   * that changed meanwhile (a rotation on another device) makes keybroker
+   * refuse the wrap with KeyProofError, and nothing is stored: call again.
    */
   async setRecoveryCode(options: CallOptions & { currentCode?: string | undefined } = {}): Promise<string> {
     const mk = await this.#masterKeyBytes(options.currentCode, options.signal);
@@ -300,8 +302,8 @@ export class Keybroker {
    * from now on only the recovery code opens the master key, and the
    * server cannot. Set a recovery code first (else BadRequestError
    * RECOVERY_WRAP_MISSING) and make sure the user has written it down.
-   * The request carries the key's proof, so that a server that cannot
-   * check the key yet records it. Idempotent.
+   * The request carries the key's proof, which keybroker checks.
+   * Idempotent.
    */
   async enableZeroKnowledge(options: CallOptions = {}): Promise<void> {
     const key = await this.getKey({ as: "bytes", signal: options.signal });
@@ -434,7 +436,7 @@ export class Keybroker {
     }
   }
 
-  async #request(req: Request): Promise<Record<string, unknown>> {
+  async #request(req: VaultRequest): Promise<Record<string, unknown>> {
     for (let attempt = 0; ; attempt++) {
       const res = await this.#send(req);
       if (res.ok) {
@@ -464,7 +466,7 @@ export class Keybroker {
     }
   }
 
-  async #send(req: Request): Promise<Response> {
+  async #send(req: VaultRequest): Promise<Response> {
     const token = typeof this.#token === "function" ? await this.#token() : this.#token;
     const headers: Record<string, string> = {
       Authorization: `Bearer ${token}`,

@@ -249,6 +249,21 @@ describe("flows", () => {
   });
 });
 
+describe("a race", () => {
+  test("a key rotated between the fetch and the wrap: refused, nothing stored", async () => {
+    const server = memoryServer();
+    const { kb } = scripted((req) => {
+      const res = server.handler(req);
+      if (req.method === "GET") {
+        server.state.mk = new Uint8Array(32).fill(7); // another device rotates now
+      }
+      return res;
+    });
+    await assert.rejects(kb.setRecoveryCode(), (e: unknown) => e instanceof KeyProofError && e.code === "KEY_PROOF_MISMATCH");
+    assert.equal(server.state.wrap, null);
+  });
+});
+
 describe("errors", () => {
   const families: Record<string, [number, new (...args: never[]) => ApiError]> = {
     VAULT_NOT_INITIALISED: [404, NotFoundError],

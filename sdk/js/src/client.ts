@@ -356,8 +356,9 @@ export class Keybroker {
   // TODO(grant route): POST /api/v1/me/ai-mission-grant does not exist in
   // keybroker yet. When it does, add it here as one method
   // (e.g. `missionGrant(request, options)`), beside the mission data key
-  // derivation of ../../shared/testdata/grant-vectors.json, with its codes
-  // in errors.ts.
+  // derivation whose vectors are the project's
+  // shared/testdata/grant-vectors.json, with its codes in errors.ts (the
+  // Go test TestSDKKnowsEveryErrorCode fails until they are there).
 
   async #masterKeyBytes(currentCode: string | undefined, signal: AbortSignal | undefined): Promise<Bytes> {
     if (currentCode !== undefined) {

@@ -113,11 +113,13 @@ type errorBody struct {
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var answer *apiError
 	if !errors.As(err, &answer) {
-		outcome := broker.OutcomeOf(err)
-		answer = outcomeAnswers[outcome]
-		if outcome == broker.OutcomeStoreUnavailable || outcome == broker.OutcomeKEKUnavailable {
-			w.Header().Set("Retry-After", "5")
-		}
+		answer = outcomeAnswers[broker.OutcomeOf(err)]
+	}
+	if answer.status == http.StatusServiceUnavailable {
+		// Every 503 says when to come back, as the README promises: an
+		// outage, and also a KEK that is not configured or refused, which
+		// an operator may fix at any moment.
+		w.Header().Set("Retry-After", "5")
 	}
 	if answer.status >= http.StatusInternalServerError {
 		// Errors of the store, the KEK or the code never carry key

@@ -3,7 +3,6 @@ package storetest
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"testing"
 	"time"
 
@@ -47,7 +46,7 @@ func vaultWithKEK(userID, kekID string) *broker.Vault {
 }
 
 func fetchEntry(id, userID string) *broker.AuditEntry {
-	return &broker.AuditEntry{ID: id, UserID: userID, Action: broker.ActionFetch, Status: http.StatusOK, CreatedAt: time.Now()}
+	return &broker.AuditEntry{ID: id, UserID: userID, Action: broker.ActionFetch, Status: 200, CreatedAt: time.Now()}
 }
 
 func testAuditAppendManyUsers(t *testing.T, h Harness) {
@@ -105,9 +104,9 @@ func testAuditAppendAllOrNothing(t *testing.T, h Harness) {
 // fetchOutcomes are distinct rows per case, so that the suite sees which
 // case a store recorded.
 var fetchOutcomes = [broker.FetchDeferred]broker.FetchOutcome{
-	broker.FetchMissing:       {Action: broker.ActionFailedFetch, Status: http.StatusNotFound, Context: "missing"},
-	broker.FetchZeroKnowledge: {Action: broker.ActionFetch, Status: http.StatusOK, Context: "zk"},
-	broker.FetchOpenable:      {Action: broker.ActionFetch, Status: http.StatusOK},
+	broker.FetchMissing:       {Action: broker.ActionFailedFetch, Status: 404, Context: "missing"},
+	broker.FetchZeroKnowledge: {Action: broker.ActionFetch, Status: 200, Context: "zk"},
+	broker.FetchOpenable:      {Action: broker.ActionFetch, Status: 200},
 }
 
 // vaultFetcher returns the store's VaultFetcher, skipping the subtest on
@@ -155,7 +154,7 @@ func testVaultFetchRecordsEachCase(t *testing.T, h Harness) {
 	require.Len(t, recorded, 2, "one row per fetch")
 	for _, r := range recorded {
 		require.Equal(t, broker.ActionFetch, r.Action)
-		require.Equal(t, http.StatusOK, r.Status)
+		require.Equal(t, 200, r.Status)
 		require.Empty(t, r.Context)
 		require.Equal(t, "203.0.113.9", r.IPAddress)
 		require.Equal(t, "ua", r.UserAgent)
@@ -167,7 +166,7 @@ func testVaultFetchRecordsEachCase(t *testing.T, h Harness) {
 	recorded = auditRows(t, h, nobody)
 	require.Len(t, recorded, 1)
 	require.Equal(t, broker.ActionFailedFetch, recorded[0].Action)
-	require.Equal(t, http.StatusNotFound, recorded[0].Status)
+	require.Equal(t, 404, recorded[0].Status)
 	require.Equal(t, "missing", recorded[0].Context)
 }
 

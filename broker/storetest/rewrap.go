@@ -1,7 +1,6 @@
 package storetest
 
 import (
-	"net/http"
 	"testing"
 	"time"
 
@@ -96,7 +95,7 @@ func testRewrapReadAndSwap(t *testing.T, h Harness) {
 		next.WrappedMK, next.WrapIV, next.KEKID, next.KeyCheck = ptr("bmV3LXdyYXA="), ptr(""), "new", ptr("Y2hlY2s=")
 		next.RecoveryWrappedMK, next.RecoveryIV = ptr("bm90LXdyaXR0ZW4="), ptr("bm90LXdyaXR0ZW4=") // not a wrap column
 		return broker.RewrapSwap{Old: v, New: &next, Audit: &broker.AuditEntry{ID: newUserID(t), UserID: v.UserID,
-			Action: broker.ActionKEKRewrap, Context: "old/2>new/2", Status: http.StatusOK, CreatedAt: at(20, 0)}}
+			Action: broker.ActionKEKRewrap, Context: "old/2>new/2", Status: 200, CreatedAt: at(20, 0)}}
 	}
 	applied, err := h.Store.RewrapApply(ctx, []broker.RewrapSwap{swap(byUser["u1"]), swap(byUser["u4"])})
 	require.NoError(t, err)

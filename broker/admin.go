@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -13,29 +12,6 @@ import (
 // calls about one user, for the GDPR rights of access and erasure. They
 // never touch key material: metadata and audit rows are read, and erasure
 // deletes the wraps without opening them.
-
-// AdminStore is an optional Store ability: the per-user reads and the
-// erasure behind the service endpoints. A Service finds it by type
-// assertion; the vault operations never need it. Implementations scope
-// each call to userID the way InUserTx does, so row-level security still
-// applies.
-type AdminStore interface {
-	// VaultMeta returns the user's vault (nil when the user has none) and
-	// the number of the user's audit rows, read in one snapshot.
-	VaultMeta(ctx context.Context, userID string) (*Vault, int64, error)
-	// AuditPage returns up to limit of the user's audit rows in ascending
-	// (CreatedAt, ID) order, starting after the row named by after (from
-	// the first row when after is nil).
-	AuditPage(ctx context.Context, userID string, after *AuditCursor, limit int) ([]AuditEntry, error)
-	// VaultErase deletes the user's vault and every audit row of the user
-	// in one transaction and reports what it deleted. It writes nothing
-	// else: an erasure must not leave a row that names the user.
-	VaultErase(ctx context.Context, userID string) (EraseResult, error)
-}
-
-// ErrAdminUnsupported is returned by the admin operations of a Service
-// whose store does not implement AdminStore.
-var ErrAdminUnsupported = errors.New("the store does not support the service operations")
 
 // VaultMeta is what a data export reports about a user's vault: when and
 // how it is protected, never anything derived from the key (not even the
@@ -111,35 +87,22 @@ const (
 	MaxAuditPageSize     = 1000
 )
 
-func (s *Service) adminStore(userID string) (AdminStore, error) {
+func checkUserID(userID string) error {
 	if userID == "" {
-		return nil, fmt.Errorf("%w: empty user id", ErrInvalidArgument)
+		return fmt.Errorf("%w: empty user id", ErrInvalidArgument)
 	}
-	as, ok := s.store.(AdminStore)
-	if !ok {
-		return nil, ErrAdminUnsupported
-	}
-	return as, nil
-}
-
-// SupportsAdmin reports whether the store implements AdminStore, so the
-// HTTP layer can refuse to start with service endpoints it cannot serve.
-func (s *Service) SupportsAdmin() bool {
-	_, ok := s.store.(AdminStore)
-	return ok
+	return nil
 }
 
 // VaultMeta reports the user's vault metadata for a data export. A user
 // without a vault gets Exists false (and may still have audit rows). It
 // writes no audit row: the caller is a service, not the user. It returns
-// ErrInvalidArgument for an empty user id, ErrAdminUnsupported, or an
-// *UnavailableError.
+// ErrInvalidArgument for an empty user id, or an *UnavailableError.
 func (s *Service) VaultMeta(ctx context.Context, userID string) (*VaultMeta, error) {
-	as, err := s.adminStore(userID)
-	if err != nil {
+	if err := checkUserID(userID); err != nil {
 		return nil, err
 	}
-	v, auditRows, err := as.VaultMeta(ctx, userID)
+	v, auditRows, err := s.store.VaultMeta(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -168,10 +131,9 @@ func (s *Service) VaultMeta(ctx context.Context, userID string) (*VaultMeta, err
 // user's audit rows, oldest first, starting after cursor (an Encode
 // string; empty for the first page). It returns ErrInvalidArgument for an
 // empty user id, a malformed cursor or a limit outside
-// [1, MaxAuditPageSize]; ErrAdminUnsupported; or an *UnavailableError.
+// [1, MaxAuditPageSize], or an *UnavailableError.
 func (s *Service) AuditPage(ctx context.Context, userID, cursor string, limit int) (*AuditPageResult, error) {
-	as, err := s.adminStore(userID)
-	if err != nil {
+	if err := checkUserID(userID); err != nil {
 		return nil, err
 	}
 	if limit == 0 {
@@ -182,13 +144,14 @@ func (s *Service) AuditPage(ctx context.Context, userID, cursor string, limit in
 	}
 	var after *AuditCursor
 	if cursor != "" {
+		var err error
 		if after, err = ParseAuditCursor(cursor); err != nil {
 			return nil, err
 		}
 	}
 	// One row more than asked tells whether another page follows without
 	// a second query.
-	rows, err := as.AuditPage(ctx, userID, after, limit+1)
+	rows, err := s.store.AuditPage(ctx, userID, after, limit+1)
 	if err != nil {
 		return nil, err
 	}
@@ -205,12 +168,10 @@ func (s *Service) AuditPage(ctx context.Context, userID, cursor string, limit in
 // only place any wrap of the master key is kept, so the key is shredded —
 // and every audit row of the user, in one transaction. It is idempotent
 // and writes no audit row (one would name the erased user). It returns
-// ErrInvalidArgument for an empty user id, ErrAdminUnsupported, or an
-// *UnavailableError.
+// ErrInvalidArgument for an empty user id, or an *UnavailableError.
 func (s *Service) Erase(ctx context.Context, userID string) (EraseResult, error) {
-	as, err := s.adminStore(userID)
-	if err != nil {
+	if err := checkUserID(userID); err != nil {
 		return EraseResult{}, err
 	}
-	return as.VaultErase(ctx, userID)
+	return s.store.VaultErase(ctx, userID)
 }

@@ -41,7 +41,6 @@ func TestServiceAdminOperations(t *testing.T) {
 	require.NoError(t, err)
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring})
 	require.NoError(t, err)
-	require.True(t, svc.SupportsAdmin())
 
 	meta, err := svc.VaultMeta(ctx, "alice")
 	require.NoError(t, err)

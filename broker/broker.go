@@ -116,32 +116,6 @@ type RequestMeta struct {
 	UserAgent string
 }
 
-// Store runs transactions scoped to one user. Implementations set the
-// row-level-security scope (app.current_user_id) inside each transaction.
-type Store interface {
-	// InUserTx runs fn in one transaction scoped to userID and commits it
-	// when fn returns nil; any error rolls it back and is returned.
-	// Infrastructure failures are returned as *UnavailableError.
-	InUserTx(ctx context.Context, userID string, fn func(tx Tx) error) error
-}
-
-// Tx is the work a vault operation does inside one user-scoped
-// transaction.
-type Tx interface {
-	// VaultGet returns the user's vault, locking it for the rest of the
-	// transaction when forUpdate is set. It returns ErrNotFound when the
-	// user has none.
-	VaultGet(ctx context.Context, forUpdate bool) (*Vault, error)
-	// VaultInsert inserts v unless the user already has a vault; it
-	// reports whether this call inserted the row.
-	VaultInsert(ctx context.Context, v *Vault) (inserted bool, err error)
-	// VaultUpdate overwrites the user's vault with v. It returns
-	// ErrNotFound when the row is gone.
-	VaultUpdate(ctx context.Context, v *Vault) error
-	// AuditInsert appends one audit row.
-	AuditInsert(ctx context.Context, e *AuditEntry) error
-}
-
 // KEK is a key-encryption key: a provider that reports its id and wraps
 // and unwraps bytes bound to a binding context (see BindingContext).
 // An empty or nil binding means "no AAD" (the legacy format).

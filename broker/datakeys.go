@@ -46,37 +46,6 @@ type DataKey struct {
 	CreatedAt time.Time
 }
 
-// DataKeyStore keeps the data-key table. Data keys are ciphertext under a
-// KMS and not per-user, so the table has no row-level security.
-type DataKeyStore interface {
-	// DataKeyList returns every data key, oldest first: by CreatedAt,
-	// then by id. The last is the newest.
-	DataKeyList(ctx context.Context) ([]DataKey, error)
-	// DataKeyInsert stores dk as the newest data key, provided the newest
-	// one now is still after ("" when there is none), and reports whether
-	// it did. It checks and inserts atomically: of several replicas that
-	// mint at once, one wins. It stores dk.CreatedAt (its own clock when
-	// zero) or, when that is not later than every other data key's, a
-	// moment after the newest's: the list's order is the order of the
-	// inserts.
-	DataKeyInsert(ctx context.Context, dk DataKey, after string) (bool, error)
-	// DataKeyRewrap replaces the wrap of data key id, provided it is still
-	// wrapped by fromKEK; it reports whether it did.
-	DataKeyRewrap(ctx context.Context, id, fromKEK string, wrapped []byte, toKEK string) (bool, error)
-}
-
-// DataKeyDeleter is an optional ability of a DataKeyStore: deleting a data
-// key that no row needs any more.
-type DataKeyDeleter interface {
-	// DataKeyDelete deletes data key id, provided it is not the newest and
-	// no row with a server wrap names it, and reports whether it did. It
-	// remembers the id, and from then on refuses every write of a row
-	// with a server wrap under it with ErrDataKeyDeleted. The check and the
-	// delete are atomic with respect to such writes: a concurrent one
-	// either commits first, and the key stays, or is refused.
-	DataKeyDelete(ctx context.Context, id string) (bool, error)
-}
-
 // DataKeyBinding is what the remote KEK's wrap of data key id is bound
 // to: a data key's wrap does not open as another data key, nor as a user
 // key.

@@ -9,38 +9,6 @@ import (
 	"time"
 )
 
-// VaultReader is an optional Store ability: read one user's vault in a
-// single short read-only round trip, outside any explicit transaction.
-// The fetch hot path uses it with an AuditAppender.
-type VaultReader interface {
-	// VaultRead returns the user's vault or ErrNotFound.
-	VaultRead(ctx context.Context, userID string) (*Vault, error)
-}
-
-// AuditAppender is an optional Store ability: durably append the audit
-// rows of operations that change nothing, several users' rows in one
-// commit. It returns only once the rows are durable.
-type AuditAppender interface {
-	// AuditAppend writes entries in one transaction: all or none. When
-	// one entry made it fail, the error is a *BatchItemError naming it
-	// if the store can tell (the others are then written without it).
-	AuditAppend(ctx context.Context, entries []*AuditEntry) error
-}
-
-// VaultFetcher is an optional Store ability, the fetch hot path in one
-// round trip: read the vaults of several users and record the audit row
-// that each read calls for, all in one commit. The Service uses it with
-// an AuditAppender, which records what the read could not.
-type VaultFetcher interface {
-	// VaultFetch runs every fetch of b, each under its own user's scope,
-	// and sets its Vault. It returns once the audit rows are durable. It
-	// is all or nothing: on error no fetch of b was recorded and no Vault
-	// may be used. When one fetch made it fail, the error is a
-	// *BatchItemError naming it (the others are then run again without
-	// it); outages are *UnavailableError.
-	VaultFetch(ctx context.Context, b *FetchBatch) error
-}
-
 // FetchCase is what a fetch's read found, which decides its audit row.
 type FetchCase int
 
@@ -141,8 +109,8 @@ type GroupCommitKind string
 const (
 	// GroupCommitFetch: reads with their audit rows (VaultFetcher).
 	GroupCommitFetch GroupCommitKind = "fetch"
-	// GroupCommitAudit: audit rows alone (AuditAppender), for a store
-	// without VaultFetcher and for outcomes known after the read.
+	// GroupCommitAudit: audit rows alone (AuditAppender), after a
+	// VaultRead and for outcomes known after the read.
 	GroupCommitAudit GroupCommitKind = "audit"
 )
 
@@ -372,10 +340,10 @@ func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta)
 	return s.openRecorded(ctx, userID, meta, v)
 }
 
-// fastKey is Key over a VaultReader and the audit group commit: one read
-// round trip, and an audit commit shared with concurrent fetches.
+// fastKey is Key without a VaultFetcher: one read round trip
+// (VaultRead), and an audit commit shared with concurrent fetches.
 func (s *Service) fastKey(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
-	v, err := s.reader.VaultRead(ctx, userID)
+	v, err := s.store.VaultRead(ctx, userID)
 	if errors.Is(err, ErrNotFound) {
 		if err := s.record(ctx, userID, meta, fetchOutcomes[FetchMissing]); err != nil {
 			return nil, err

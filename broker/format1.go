@@ -25,20 +25,6 @@ import (
 // at its next format-1 wrap, not at some later refresh. Format-2 rows,
 // the hot path, are not asked about at all.
 
-// Format1Store is an optional Store ability: the format-1 closure flag.
-// Without it, format 1 never closes (stores of tests written before it).
-type Format1Store interface {
-	// Format1State reads whether format 1 is closed. A store whose flag is
-	// missing reports closed.
-	Format1State(ctx context.Context) (Format1State, error)
-	// Format1Close closes format 1 for good, recording runner, unless a
-	// row with a format-1 server wrap is left; the check and the closing
-	// are one atomic step. It returns the state after: still open when
-	// such rows are left, and the first closing's time and runner when it
-	// was closed already.
-	Format1Close(ctx context.Context, runner string) (Format1State, error)
-}
-
 // Format1State is the format-1 closure flag.
 type Format1State struct {
 	Closed bool
@@ -61,23 +47,18 @@ var errFormat1Unknown = errors.New("cannot read whether format 1 is closed")
 // format1Gate answers "may a format-1 wrap open now?" for one Service or
 // RewrapJob.
 type format1Gate struct {
-	store  Format1Store // nil: the store has no flag, format 1 stays open
-	closed atomic.Bool  // sticky: once closed, closed for good
+	store  Format1Store
+	closed atomic.Bool // sticky: once closed, closed for good
 }
 
-func newFormat1Gate(store Store) *format1Gate {
-	g := &format1Gate{}
-	g.store, _ = store.(Format1Store)
-	return g
+func newFormat1Gate(store Format1Store) *format1Gate {
+	return &format1Gate{store: store}
 }
 
 // check returns nil while format 1 is open; ErrFormat1Closed (wrapped
 // with ErrUnwrapFailed) once it is closed; an *UnavailableError when the
 // store cannot be asked.
 func (g *format1Gate) check(ctx context.Context) error {
-	if g.store == nil {
-		return nil
-	}
 	if g.closed.Load() {
 		return errFormat1Closed
 	}
@@ -123,8 +104,7 @@ func (s *Service) open(ctx context.Context, userID string, v *Vault) ([]byte, er
 // that is committed by now. Format 1 closes right after the re-wrap job
 // upgraded the last format-1 rows, so a fetch that read one of them just
 // before may find it closed: the row is then read once more — in tx when
-// set, else through the store's VaultReader — and what is stored now is
-// opened. A format-1 wrap is refused again, so a pasted one gains
+// set, else with VaultRead — and what is stored now is opened. A format-1 wrap is refused again, so a pasted one gains
 // nothing. It returns the vault it opened.
 func (s *Service) openLatest(ctx context.Context, userID string, v *Vault, tx Tx) ([]byte, *Vault, error) {
 	mk, err := s.open(ctx, userID, v)
@@ -133,13 +113,10 @@ func (s *Service) openLatest(ctx context.Context, userID string, v *Vault, tx Tx
 	}
 	var fresh *Vault
 	var rerr error
-	switch {
-	case tx != nil:
+	if tx != nil {
 		fresh, rerr = tx.VaultGet(ctx, false)
-	case s.rereader != nil:
-		fresh, rerr = s.rereader.VaultRead(ctx, userID)
-	default:
-		return nil, v, err
+	} else {
+		fresh, rerr = s.store.VaultRead(ctx, userID)
 	}
 	if rerr != nil || fresh.ZeroKnowledge || fresh.WrappedMK == nil || sameWrap(fresh, v) {
 		return nil, v, err

@@ -24,7 +24,7 @@ import (
 //     format-1 rows first: a format-1 wrap is bound to nothing, and once
 //     none is left the job closes format 1 for good (format1.go);
 //  2. read their rows (RewrapBatchStore.RewrapRead, in a transaction
-//     scoped to exactly those users; without it, one InUserTx per row);
+//     scoped to exactly those users);
 //  3. unwrap each with its old KEK and seal it with the active one (seal
 //     unwraps the fresh wrap again and compares) — no row lock is held
 //     while a KMS is called, and the next batch is prepared while the
@@ -40,18 +40,6 @@ import (
 // wrap under its newest key version itself (Vault Transit rewrap), rows
 // already on the active KEK but on an older key version are moved with it,
 // the plaintext never leaving the backend.
-
-// RewrapStore is the store ability the re-wrap job and `kek status` need:
-// finding rows across users, which row-level security otherwise forbids.
-// It reads a non-secret index (user id, KEK id, format, whether the server
-// holds a wrap), never key material.
-type RewrapStore interface {
-	// RewrapCandidates returns up to q.Limit user ids, in ascending order
-	// after q.After, whose rows hold a server wrap and match q.
-	RewrapCandidates(ctx context.Context, q RewrapQuery) ([]string, error)
-	// KEKCounts returns the number of rows per KEK id, format and mode.
-	KEKCounts(ctx context.Context) ([]KEKCount, error)
-}
 
 // RewrapQuery selects candidate rows of the re-wrap job.
 type RewrapQuery struct {
@@ -81,51 +69,11 @@ type KEKCount struct {
 	Rows          int64
 }
 
-// RewrapBatchStore is an optional ability of a RewrapStore: reading and
-// writing many users' rows in one transaction each, every row still in its
-// own user's scope. Without it the job uses one Store.InUserTx per row.
-type RewrapBatchStore interface {
-	// RewrapRead returns the vaults of userIDs that exist, in the order
-	// given, without locking them.
-	RewrapRead(ctx context.Context, userIDs []string) ([]*Vault, error)
-	// RewrapApply applies the swaps in one transaction and reports, per
-	// swap, whether it was applied: a swap applies only when the row's
-	// wrap columns (wrapped_mk, wrap_iv, format_version, kek_id,
-	// zero_knowledge) still equal those of Old. It then writes New's wrap
-	// columns, New's key check value where the row has none, and Audit.
-	// Nothing else of the row changes.
-	RewrapApply(ctx context.Context, swaps []RewrapSwap) (applied []bool, err error)
-}
-
 // RewrapSwap is the move of one row.
 type RewrapSwap struct {
 	Old   *Vault // the row as read
 	New   *Vault // Old with the new wrap (and key check value)
 	Audit *AuditEntry
-}
-
-// RewrapLocker is implemented by stores that several replicas share: it
-// makes one of them the job's only runner.
-type RewrapLocker interface {
-	// RewrapLock takes the job's lock for runner (a name for status). It
-	// returns ErrRewrapBusy when another runner holds it. The lock dies
-	// with the process that holds it, so a crashed runner never blocks
-	// the next one.
-	RewrapLock(ctx context.Context, runner string) (RewrapLease, error)
-	// RewrapState reports whether a runner holds the lock now and what the
-	// current or last runner reported.
-	RewrapState(ctx context.Context) (*RewrapState, error)
-}
-
-// RewrapLease is a held job lock.
-type RewrapLease interface {
-	// Held returns nil while the lock is held and an error once it is
-	// lost (the connection that held it died).
-	Held(ctx context.Context) error
-	// Report records progress for RewrapState readers.
-	Report(ctx context.Context, p RewrapProgress) error
-	// Release records the final progress and gives the lock up.
-	Release(ctx context.Context, p RewrapProgress) error
 }
 
 // RewrapState is what `kek status` shows about the job.
@@ -145,8 +93,6 @@ var (
 	// database connection was cut); the run stopped and another runner
 	// may have taken over.
 	ErrRewrapLockLost = errors.New("the re-wrap job lost its lock")
-	// ErrRewrapUnsupported means the store cannot list rows across users.
-	ErrRewrapUnsupported = errors.New("the store does not support the re-wrap job")
 )
 
 // RewrapProgress is a snapshot of a run.
@@ -200,8 +146,8 @@ type RewrapResult struct {
 	RewrapProgress
 	// Failures lists failed rows, at most maxReportedFailures of them.
 	Failures []RewrapFailure
-	// Format1 is the format-1 closure after the run; nil when the store
-	// has none (no Format1Store) or the run did not get that far.
+	// Format1 is the format-1 closure after the run; nil when the run did
+	// not get that far.
 	Format1 *Format1State
 	// Format1ClosedNow says this run closed format 1.
 	Format1ClosedNow bool
@@ -212,8 +158,8 @@ type RewrapResult struct {
 
 // RewrapConfig configures a RewrapJob.
 type RewrapConfig struct {
-	// Store must implement RewrapStore; RewrapBatchStore and RewrapLocker
-	// are used when present.
+	// Store is required; when it is a RewrapLocker, runs of different
+	// processes take turns.
 	Store   Store
 	Keyring *Keyring
 	// BatchSize is the number of rows per transaction; default
@@ -265,9 +211,6 @@ func (c *RewrapConfig) validate() error {
 	if c.Store == nil {
 		return errors.New("broker: RewrapConfig.Store is required")
 	}
-	if _, ok := c.Store.(RewrapStore); !ok {
-		return fmt.Errorf("broker: RewrapConfig.Store: %w", ErrRewrapUnsupported)
-	}
 	if c.Keyring == nil {
 		return errors.New("broker: RewrapConfig.Keyring is required")
 	}
@@ -313,10 +256,9 @@ func (c *RewrapConfig) validate() error {
 // RewrapLocker store keeps runs of different processes apart too.
 type RewrapJob struct {
 	cfg     RewrapConfig
-	store   RewrapStore
-	batch   RewrapBatchStore // nil: one transaction per row
-	locker  RewrapLocker     // nil: single node
-	limiter *rate.Limiter    // nil: no limit
+	store   Store
+	locker  RewrapLocker  // nil: single node
+	limiter *rate.Limiter // nil: no limit
 	format1 *format1Gate
 	running sync.Mutex
 
@@ -333,8 +275,7 @@ func NewRewrapJob(cfg RewrapConfig) (*RewrapJob, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	j := &RewrapJob{cfg: cfg, store: cfg.Store.(RewrapStore), format1: newFormat1Gate(cfg.Store)}
-	j.batch, _ = cfg.Store.(RewrapBatchStore)
+	j := &RewrapJob{cfg: cfg, store: cfg.Store, format1: newFormat1Gate(cfg.Store)}
 	j.locker, _ = cfg.Store.(RewrapLocker)
 	if cfg.RowsPerSecond > 0 {
 		j.limiter = rate.NewLimiter(rate.Limit(cfg.RowsPerSecond), cfg.BatchSize)
@@ -442,10 +383,6 @@ func (j *RewrapJob) deleteDataKeys(ctx context.Context, r *rewrapRun) ([]string,
 	if j.cfg.Keyring.dataKeys == nil {
 		return nil, nil
 	}
-	deleter, ok := j.cfg.Store.(DataKeyDeleter)
-	if !ok {
-		return nil, nil
-	}
 	list, err := j.cfg.Keyring.dataKeys.cfg.DataKeys.DataKeyList(ctx)
 	if err != nil {
 		return nil, err
@@ -476,7 +413,7 @@ func (j *RewrapJob) deleteDataKeys(ctx context.Context, r *rewrapRun) ([]string,
 		if rows[dk.ID] > 0 {
 			continue
 		}
-		ok, err := deleter.DataKeyDelete(ctx, dk.ID)
+		ok, err := j.store.DataKeyDelete(ctx, dk.ID)
 		if err != nil {
 			return deleted, err
 		}
@@ -563,16 +500,12 @@ func (j *RewrapJob) passes(ctx context.Context, r *rewrapRun, kind passKind) err
 // yet — keeps format 1 open for the next run. A dry run only reads the
 // state.
 func (j *RewrapJob) closeFormat1(ctx context.Context, r *rewrapRun) error {
-	g := j.format1
-	if g.store == nil {
-		return nil
-	}
-	st, err := g.store.Format1State(ctx)
+	st, err := j.store.Format1State(ctx)
 	if err != nil {
 		return err
 	}
 	if !st.Closed && !j.cfg.DryRun {
-		if st, err = g.store.Format1Close(ctx, j.cfg.Runner); err != nil {
+		if st, err = j.store.Format1Close(ctx, j.cfg.Runner); err != nil {
 			return err
 		}
 		if st.Closed {
@@ -582,7 +515,7 @@ func (j *RewrapJob) closeFormat1(ctx context.Context, r *rewrapRun) error {
 		}
 	}
 	r.format1 = &st
-	g.learn(st)
+	j.format1.learn(st)
 	return nil
 }
 
@@ -957,44 +890,26 @@ func (j *RewrapJob) swap(old, next *Vault, note string) *RewrapSwap {
 	}}
 }
 
-// read returns the rows of ids, batched when the store can.
+// read returns the rows of ids.
 func (j *RewrapJob) read(ctx context.Context, ids []string) ([]*Vault, error) {
-	if j.batch != nil {
-		return j.batch.RewrapRead(ctx, ids)
-	}
-	out := make([]*Vault, 0, len(ids))
-	for _, id := range ids {
-		err := j.cfg.Store.InUserTx(ctx, id, func(tx Tx) error {
-			v, err := tx.VaultGet(ctx, false)
-			if err == nil {
-				out = append(out, v)
-			}
-			return err
-		})
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, err
-		}
-	}
-	return out, nil
+	return j.store.RewrapRead(ctx, ids)
 }
 
-// apply writes the swaps: in one transaction when the store can batch; a
-// batch that fails for a reason other than an outage is retried one row
-// at a time, so one bad row does not hold the others back.
+// apply writes the swaps in one transaction; a batch that fails for a
+// reason other than an outage is retried one row at a time, so one bad
+// row does not hold the others back.
 func (j *RewrapJob) apply(ctx context.Context, swaps []RewrapSwap) ([]bool, error) {
 	if len(swaps) == 0 {
 		return nil, nil
 	}
-	if j.batch != nil {
-		applied, err := j.batch.RewrapApply(ctx, swaps)
-		if err == nil || IsUnavailable(err) || ctx.Err() != nil || len(swaps) == 1 {
-			return applied, err
-		}
-		j.cfg.Logger.Warn("re-wrap: batch failed, retrying row by row", slog.String("error", err.Error()))
+	applied, err := j.store.RewrapApply(ctx, swaps)
+	if err == nil || IsUnavailable(err) || ctx.Err() != nil || len(swaps) == 1 {
+		return applied, err
 	}
-	applied := make([]bool, len(swaps))
+	j.cfg.Logger.Warn("re-wrap: batch failed, retrying row by row", slog.String("error", err.Error()))
+	applied = make([]bool, len(swaps))
 	for i := range swaps {
-		ok, err := j.applyOne(ctx, &swaps[i])
+		one, err := j.store.RewrapApply(ctx, swaps[i:i+1])
 		if err != nil {
 			if IsUnavailable(err) || ctx.Err() != nil {
 				return nil, err
@@ -1003,44 +918,7 @@ func (j *RewrapJob) apply(ctx context.Context, swaps []RewrapSwap) ([]bool, erro
 			j.cfg.Logger.Error("re-wrap: row not written", slog.String("user_id", swaps[i].Old.UserID), slog.String("error", err.Error()))
 			continue
 		}
-		applied[i] = ok
-	}
-	return applied, nil
-}
-
-func (j *RewrapJob) applyOne(ctx context.Context, s *RewrapSwap) (bool, error) {
-	if j.batch != nil {
-		applied, err := j.batch.RewrapApply(ctx, []RewrapSwap{*s})
-		if err != nil {
-			return false, err
-		}
-		return applied[0], nil
-	}
-	var applied bool
-	err := j.cfg.Store.InUserTx(ctx, s.Old.UserID, func(tx Tx) error {
-		cur, err := tx.VaultGet(ctx, true)
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if !sameWrap(cur, s.Old) {
-			return nil
-		}
-		cur.WrappedMK, cur.WrapIV = s.New.WrappedMK, s.New.WrapIV
-		cur.FormatVersion, cur.KEKID = s.New.FormatVersion, s.New.KEKID
-		if cur.KeyCheck == nil {
-			cur.KeyCheck = s.New.KeyCheck
-		}
-		if err := tx.VaultUpdate(ctx, cur); err != nil {
-			return err
-		}
-		applied = true
-		return tx.AuditInsert(ctx, s.Audit)
-	})
-	if err != nil {
-		return false, err
+		applied[i] = one[0]
 	}
 	return applied, nil
 }
@@ -1094,14 +972,9 @@ func (e *RetiredKEKError) Error() string {
 // CheckKeyringCoversRows returns a *RetiredKEKError when rows hold a
 // server wrap under a KEK id the keyring cannot open — a KEK retired
 // before the re-wrap job moved its rows. Zero-knowledge rows do not
-// count: the server holds no wrap of theirs. A store that cannot count
-// rows (no RewrapStore) passes.
-func CheckKeyringCoversRows(ctx context.Context, store Store, k *Keyring) error {
-	rs, ok := store.(RewrapStore)
-	if !ok {
-		return nil
-	}
-	counts, err := rs.KEKCounts(ctx)
+// count: the server holds no wrap of theirs.
+func CheckKeyringCoversRows(ctx context.Context, store RewrapStore, k *Keyring) error {
+	counts, err := store.KEKCounts(ctx)
 	if err != nil {
 		return err
 	}

@@ -688,57 +688,6 @@ func TestRewrapLeavesBrokenRowsAndFinishes(t *testing.T) {
 	require.Equal(t, map[string]int64{"lost": 3}, retired.Rows)
 }
 
-// perRowStore hides the batch methods of the PostgreSQL store: the job
-// must then work through Store.InUserTx alone, one row per transaction,
-// as it does on a store without batches.
-type perRowStore struct {
-	broker.Store
-	broker.RewrapStore
-}
-
-func TestRewrapThroughUserTransactions(t *testing.T) {
-	t.Parallel()
-	e := newRewrapEnv(t)
-	old := localKEK(t, "env-v1")
-	keys := e.seed(t, old, "user", 30, broker.FormatBound)
-	for user, mk := range e.seed(t, old, "legacy", 10, broker.FormatLegacy) {
-		keys[user] = mk
-	}
-	e.seedZK(t, "env-v1", "zk", 3)
-
-	hooked := &hookKEK{KEK: localKEK(t, "env-v2")}
-	ring := keyring(t, hooked, old)
-	svc := e.service(t, ring)
-	var rotated []byte
-	var rotateErr error
-	var fired atomic.Bool
-	hooked.beforeWrap = func(ctx context.Context, user string) {
-		// The rotate wraps too: only the job's wrap may fire the hook.
-		if user == "user-000003" && fired.CompareAndSwap(false, true) {
-			res, err := svc.Rotate(ctx, user, broker.RequestMeta{})
-			if rotateErr = err; err == nil {
-				rotated = res.MasterKey
-			}
-		}
-	}
-	store := perRowStore{Store: e.store, RewrapStore: e.store}
-	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: ring, BatchSize: 7, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	res, err := job.Run(t.Context())
-	require.NoError(t, err)
-	require.NoError(t, rotateErr)
-	require.EqualValues(t, 39, res.Done)
-	require.EqualValues(t, 1, res.Skipped)
-	require.Zero(t, e.rewrapAudits(t)["user-000003"])
-	keys["user-000003"] = rotated
-	rows := e.rows(t)
-	for user := range keys {
-		require.Equal(t, "env-v2", rows[user].KEKID)
-	}
-	require.True(t, rows["zk-000000"].ZeroKnowledge)
-	requireKeysOpen(t, e.service(t, keyring(t, hooked.KEK)), keys)
-}
-
 func TestRewrapConfigValidation(t *testing.T) {
 	t.Parallel()
 	ring := keyring(t, localKEK(t, "a"))
@@ -748,7 +697,6 @@ func TestRewrapConfigValidation(t *testing.T) {
 		"NoKeyring":     {Store: e},
 		"BatchTooLarge": {Store: e, Keyring: ring, BatchSize: 1 << 20},
 		"NegativeRate":  {Store: e, Keyring: ring, RowsPerSecond: -1},
-		"Unsupported":   {Store: perRowStoreWithout{}, Keyring: ring},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := broker.NewRewrapJob(cfg)
@@ -756,8 +704,6 @@ func TestRewrapConfigValidation(t *testing.T) {
 		})
 	}
 }
-
-type perRowStoreWithout struct{ broker.Store }
 
 // TestRewrapVaultTransitKeyVersions rotates the Transit key: rows stay on
 // the same KEK id, and the job moves their wraps to the newest key version

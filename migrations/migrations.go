@@ -12,6 +12,11 @@
 // Applying needs no superuser: the migrating role needs CREATE on the
 // database (to create the schema) or on an existing schema, and must own
 // the tables when it adopts existing ones.
+//
+// Parse and Run serve the embedded SQLite store too: package sqlitestore
+// keeps its own numbered SQL files and bookkeeping table and implements
+// Dialect, so both stores share the parser, the checksums and the rules
+// by which files are applied and verified.
 package migrations
 
 import (
@@ -102,6 +107,97 @@ func Parse(fsys fs.FS) ([]Migration, error) {
 	return out, nil
 }
 
+// Dialect is one database engine's side of Run: a transaction that holds
+// the engine's migration lock. The engine keeps its own SQL files and
+// bookkeeping table; Run holds the rules that are the same everywhere
+// (order, verification, tolerance of newer versions).
+type Dialect interface {
+	// InLockedTx runs fn in one transaction that holds the migration
+	// lock, so that concurrent migrators of the same database apply each
+	// file once, and commits it when fn returns nil. The lock ends with
+	// the transaction: a crashed migrator never leaves it held.
+	InLockedTx(ctx context.Context, fn func(tx DialectTx) error) error
+}
+
+// DialectTx is the work of Run inside one locked transaction.
+type DialectTx interface {
+	// Recorded returns the name and checksum recorded for version; found
+	// is false when none is.
+	Recorded(ctx context.Context, version int) (name, checksum string, found bool, err error)
+	// Apply runs m's SQL and records m's version, name and checksum with
+	// the time.
+	Apply(ctx context.Context, m Migration) error
+}
+
+// RunError is Run's error: Migration failed, or is recorded differently
+// (Err is then a *ChangedError), and no later one was attempted.
+type RunError struct {
+	Migration Migration
+	Err       error
+}
+
+func (e *RunError) Error() string { return e.Migration.Name + ": " + e.Err.Error() }
+
+func (e *RunError) Unwrap() error { return e.Err }
+
+// ChangedError reports an applied migration recorded under another name
+// or checksum than its file's: another build migrated the database, or
+// the file was edited after it was applied.
+type ChangedError struct {
+	Migration                      Migration
+	RecordedName, RecordedChecksum string
+}
+
+func (e *ChangedError) Error() string {
+	if e.RecordedName != e.Migration.Name {
+		return fmt.Sprintf("version %d is recorded as %q", e.Migration.Version, e.RecordedName)
+	}
+	return fmt.Sprintf("checksum mismatch: the file changed after it was applied (recorded %s, embedded %s)", e.RecordedChecksum, e.Migration.Checksum)
+}
+
+// Run applies the migrations of all (as Parse returns them) that d has
+// not recorded, each in its own locked transaction together with its
+// record, and verifies the ones it has: the check happens under the lock,
+// so a migration another migrator applied meanwhile is seen and skipped.
+// It returns the names it applied. A recorded migration whose name or
+// checksum differs from the file, or a migration that fails, stops it with
+// a *RunError; that migration is rolled back and later ones are not
+// attempted. Versions recorded but unknown to all are tolerated, so that
+// an older binary still starts after a newer one migrated (a rolling
+// upgrade).
+func Run(ctx context.Context, d Dialect, all []Migration) (applied []string, err error) {
+	for _, m := range all {
+		done, err := runOne(ctx, d, m)
+		if err != nil {
+			return applied, &RunError{Migration: m, Err: err}
+		}
+		if done {
+			applied = append(applied, m.Name)
+		}
+	}
+	return applied, nil
+}
+
+func runOne(ctx context.Context, d Dialect, m Migration) (applied bool, err error) {
+	err = d.InLockedTx(ctx, func(tx DialectTx) error {
+		name, checksum, found, err := tx.Recorded(ctx, m.Version)
+		switch {
+		case err != nil:
+			return err
+		case found && (name != m.Name || checksum != m.Checksum):
+			return &ChangedError{Migration: m, RecordedName: name, RecordedChecksum: checksum}
+		case found:
+			return nil
+		}
+		if err := tx.Apply(ctx, m); err != nil {
+			return err
+		}
+		applied = true
+		return nil
+	})
+	return applied, err
+}
+
 // Apply brings schema up to date with the embedded migrations, creating
 // the schema when it is missing, and returns the names of the files it
 // applied (none when the schema was current). Concurrent callers — several
@@ -126,35 +222,35 @@ func apply(ctx context.Context, pool *pgxpool.Pool, schema string, all []Migrati
 	if schema == "" {
 		return nil, errors.New("migrations: schema is required")
 	}
-	m := newMigrator(schema)
-	if err := m.bootstrap(ctx, pool); err != nil {
+	m := newPostgres(pool, schema)
+	if err := m.bootstrap(ctx); err != nil {
 		return nil, err
 	}
-	for _, mig := range all {
-		done, err := m.applyOne(ctx, pool, mig)
-		if err != nil {
-			return applied, err
-		}
-		if done {
-			applied = append(applied, mig.Name)
-		}
+	applied, err = Run(ctx, m, all)
+	var failed *RunError
+	if errors.As(err, &failed) {
+		return applied, fmt.Errorf("migrations: %s in schema %q: %w", failed.Migration.Name, schema, failed.Err)
 	}
-	return applied, nil
+	return applied, err
 }
 
-type migrator struct {
+// postgres is the PostgreSQL Dialect: one schema's keybroker_migrations
+// table, under an advisory lock keyed on the schema.
+type postgres struct {
+	pool      *pgxpool.Pool
 	schema    string
 	lockKey   int64
 	schemaSQL string // sanitized schema identifier
 	tableSQL  string // sanitized schema.keybroker_migrations
 }
 
-func newMigrator(schema string) *migrator {
+func newPostgres(pool *pgxpool.Pool, schema string) *postgres {
 	// The key is derived from the schema so that migrators of different
 	// schemas in one database do not wait for each other.
 	h := fnv.New64a()
 	h.Write([]byte("keybroker/migrations\x00" + schema))
-	return &migrator{
+	return &postgres{
+		pool:      pool,
 		schema:    schema,
 		lockKey:   int64(binary.BigEndian.Uint64(h.Sum(nil))),
 		schemaSQL: pgx.Identifier{schema}.Sanitize(),
@@ -165,8 +261,8 @@ func newMigrator(schema string) *migrator {
 // locked runs fn in a transaction that holds the schema's advisory lock.
 // A transaction-scoped lock is released by commit or rollback, so a
 // crashed migrator never leaves it held on a pooled connection.
-func (m *migrator) locked(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+func (m *postgres) locked(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", m.lockKey); err != nil {
 			return fmt.Errorf("advisory lock: %w", err)
 		}
@@ -174,11 +270,18 @@ func (m *migrator) locked(ctx context.Context, pool *pgxpool.Pool, fn func(tx pg
 	})
 }
 
+// InLockedTx implements Dialect.
+func (m *postgres) InLockedTx(ctx context.Context, fn func(tx DialectTx) error) error {
+	return m.locked(ctx, func(tx pgx.Tx) error {
+		return fn(postgresTx{m, tx})
+	})
+}
+
 // bootstrap creates the schema and the bookkeeping table under the lock:
 // even with IF NOT EXISTS, concurrent CREATE SCHEMA statements can fail on
 // a unique violation in the catalog.
-func (m *migrator) bootstrap(ctx context.Context, pool *pgxpool.Pool) error {
-	err := m.locked(ctx, pool, func(tx pgx.Tx) error {
+func (m *postgres) bootstrap(ctx context.Context) error {
+	err := m.locked(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+m.schemaSQL); err != nil {
 			return err
 		}
@@ -196,39 +299,30 @@ func (m *migrator) bootstrap(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
-// applyOne applies mig unless it is recorded, and verifies the record when
-// it is. The check happens under the lock, so a migration another replica
-// applied meanwhile is seen and skipped.
-func (m *migrator) applyOne(ctx context.Context, pool *pgxpool.Pool, mig Migration) (applied bool, err error) {
-	err = m.locked(ctx, pool, func(tx pgx.Tx) error {
-		var name, checksum string
-		err := tx.QueryRow(ctx, "SELECT name, checksum FROM "+m.tableSQL+" WHERE version = $1", mig.Version).Scan(&name, &checksum)
-		switch {
-		case err == nil:
-			if name != mig.Name {
-				return fmt.Errorf("version %d is recorded as %q", mig.Version, name)
-			}
-			if checksum != mig.Checksum {
-				return fmt.Errorf("checksum mismatch: the file changed after it was applied (recorded %s, embedded %s)", checksum, mig.Checksum)
-			}
-			return nil
-		case !errors.Is(err, pgx.ErrNoRows):
-			return err
-		}
-		if _, err := tx.Exec(ctx, "SET LOCAL search_path TO "+m.schemaSQL); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, mig.SQL); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "INSERT INTO "+m.tableSQL+" (version, name, checksum) VALUES ($1, $2, $3)", mig.Version, mig.Name, mig.Checksum); err != nil {
-			return err
-		}
-		applied = true
-		return nil
-	})
-	if err != nil {
-		return false, fmt.Errorf("migrations: %s in schema %q: %w", mig.Name, m.schema, err)
+// postgresTx is the PostgreSQL DialectTx.
+type postgresTx struct {
+	m  *postgres
+	tx pgx.Tx
+}
+
+// Recorded implements DialectTx.
+func (t postgresTx) Recorded(ctx context.Context, version int) (name, checksum string, found bool, err error) {
+	err = t.tx.QueryRow(ctx, "SELECT name, checksum FROM "+t.m.tableSQL+" WHERE version = $1", version).Scan(&name, &checksum)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", false, nil
 	}
-	return applied, nil
+	return name, checksum, err == nil, err
+}
+
+// Apply implements DialectTx: the file runs with search_path set to the
+// schema, so it names its tables unqualified.
+func (t postgresTx) Apply(ctx context.Context, mig Migration) error {
+	if _, err := t.tx.Exec(ctx, "SET LOCAL search_path TO "+t.m.schemaSQL); err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(ctx, mig.SQL); err != nil {
+		return err
+	}
+	_, err := t.tx.Exec(ctx, "INSERT INTO "+t.m.tableSQL+" (version, name, checksum) VALUES ($1, $2, $3)", mig.Version, mig.Name, mig.Checksum)
+	return err
 }

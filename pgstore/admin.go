@@ -14,8 +14,6 @@ import (
 // The service operations (data export, erasure) and the pool statistics
 // operators scrape.
 
-var _ broker.AdminStore = (*Store)(nil)
-
 // adminStatements is the SQL of the admin operations.
 type adminStatements struct {
 	vaultGet, auditCount, auditFirst, auditAfter, vaultDelete, auditDelete string

@@ -6,20 +6,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/broker/admintest"
 	"github.com/keybroker/keybroker/internal/pgtest"
 )
-
-// TestAdminContract runs the admin contract as the non-superuser runtime
-// role, in a schema whose name needs quoting.
-func TestAdminContract(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	schema := `kb "admin" ` + randomHex(4)
-	e.migrate(t, schema)
-	grantErase(t, e, schema)
-	admintest.Run(t, e.store(t, schema))
-}
 
 // grantErase gives the runtime role the one privilege erasure adds to
 // the append-only audit grant: DELETE on the audit table.

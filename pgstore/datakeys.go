@@ -14,11 +14,6 @@ import (
 	"github.com/keybroker/keybroker/broker"
 )
 
-var (
-	_ broker.DataKeyStore   = (*Store)(nil)
-	_ broker.DataKeyDeleter = (*Store)(nil)
-)
-
 func (s *Store) dataKeysTable() string {
 	return pgx.Identifier{s.schema, "kek_data_keys"}.Sanitize()
 }

@@ -14,11 +14,7 @@ import (
 
 // The fetch hot path: a read in one round trip, and audit rows of many
 // fetches in one commit.
-var (
-	_ broker.VaultFetcher  = (*Store)(nil)
-	_ broker.VaultReader   = (*Store)(nil)
-	_ broker.AuditAppender = (*Store)(nil)
-)
+var _ broker.VaultFetcher = (*Store)(nil) // optional in the contract
 
 const setScope = "SELECT set_config('app.current_user_id', $1, true)"
 

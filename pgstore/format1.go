@@ -14,7 +14,6 @@ import (
 // granted to no one, read and closed through two SECURITY DEFINER
 // functions, so the runtime role needs no grant on it and a role that may
 // write vault rows cannot reopen it.
-var _ broker.Format1Store = (*Store)(nil)
 
 // Format1State reads whether format 1 is closed: one short statement,
 // asked only before a format-1 wrap is opened.

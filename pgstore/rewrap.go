@@ -24,11 +24,7 @@ import (
 // runner across replicas is a session-level advisory lock held on a
 // connection of its own.
 
-var (
-	_ broker.RewrapStore      = (*Store)(nil)
-	_ broker.RewrapBatchStore = (*Store)(nil)
-	_ broker.RewrapLocker     = (*Store)(nil)
-)
+var _ broker.RewrapLocker = (*Store)(nil) // optional in the contract
 
 func (s *Store) table(name string) string { return pgx.Identifier{s.schema, name}.Sanitize() }
 

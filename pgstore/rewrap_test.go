@@ -74,146 +74,37 @@ func TestBatchScope(t *testing.T) {
 	})
 }
 
-// TestRewrapStoreAsRuntimeRole drives the re-wrap store methods as a
-// runtime role that owns nothing and holds only the grants the docs list.
-func TestRewrapStoreAsRuntimeRole(t *testing.T) {
+// TestRewrapBatchesNeedDistinctUsers: a batch scope names each user once
+// (the store contract asks only for non-empty ids).
+func TestRewrapBatchesNeedDistinctUsers(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	const schema = "keybroker"
-	e.migrate(t, schema)
-	store := e.store(t, schema)
-	ctx := t.Context()
-	vaults := pgx.Identifier{schema, "encryption_vaults"}.Sanitize()
-	for _, row := range []struct {
-		user, kek string
-		format    int
-	}{{"u1", "old", 2}, {"u2", "new", 2}, {"u3", "new", 1}, {"u4", "old", 2}, {"u5", "old", 1}} {
-		pgtest.Exec(t, e.admin, "INSERT INTO "+vaults+" (user_id, wrapped_mk, wrap_iv, format_version, kek_id) VALUES ($1, $2, '', $3, $4)",
-			row.user, "d3JhcC0"+row.user, row.format, row.kek)
+	e.migrate(t, "keybroker")
+	store := e.store(t, "keybroker")
+	_, err := store.RewrapRead(t.Context(), []string{"u1", "u1"})
+	require.ErrorIs(t, err, broker.ErrInvalidArgument)
+	v := &broker.Vault{UserID: "u1", KEKID: "old"}
+	audit := func() *broker.AuditEntry {
+		return &broker.AuditEntry{ID: randomHex(4), UserID: "u1", Action: broker.ActionKEKRewrap}
 	}
-	pgtest.Exec(t, e.admin, "INSERT INTO "+vaults+` (user_id, format_version, kek_id, recovery_wrapped_mk, recovery_iv, zero_knowledge)
-VALUES ('u6', 2, 'old', 'cmVj', 'aXY=', true)`)
-
-	t.Run("CandidatesPageInUserOrder", func(t *testing.T) {
-		q := broker.RewrapQuery{ActiveKEKID: "new", Limit: 2}
-		page, err := store.RewrapCandidates(ctx, q)
-		require.NoError(t, err)
-		require.Equal(t, []string{"u1", "u3"}, page)
-		q.After = page[1]
-		page, err = store.RewrapCandidates(ctx, q)
-		require.NoError(t, err)
-		require.Equal(t, []string{"u4", "u5"}, page, "zero-knowledge u6 is never a candidate")
-		q.After = page[1]
-		page, err = store.RewrapCandidates(ctx, q)
-		require.NoError(t, err)
-		require.Empty(t, page)
-
-		onActive, err := store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", OnActiveKEK: true, Limit: 10})
-		require.NoError(t, err)
-		require.Equal(t, []string{"u2"}, onActive)
-
-		legacy, err := store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", LegacyOnly: true, Limit: 1})
-		require.NoError(t, err)
-		require.Equal(t, []string{"u3"}, legacy, "format 1 on the active KEK id too")
-		legacy, err = store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", LegacyOnly: true, After: "u3", Limit: 10})
-		require.NoError(t, err)
-		require.Equal(t, []string{"u5"}, legacy)
-	})
-	t.Run("Counts", func(t *testing.T) {
-		counts, err := store.KEKCounts(ctx)
-		require.NoError(t, err)
-		require.Equal(t, []broker.KEKCount{
-			{KEKID: "new", FormatVersion: 1, Wrapped: true, Rows: 1},
-			{KEKID: "new", FormatVersion: 2, Wrapped: true, Rows: 1},
-			{KEKID: "old", FormatVersion: 1, Wrapped: true, Rows: 1},
-			{KEKID: "old", FormatVersion: 2, Wrapped: false, ZeroKnowledge: true, Rows: 1},
-			{KEKID: "old", FormatVersion: 2, Wrapped: true, Rows: 2},
-		}, counts)
-	})
-	t.Run("ReadAndCompareAndSwap", func(t *testing.T) {
-		read, err := store.RewrapRead(ctx, []string{"u1", "u4", "nobody"})
-		require.NoError(t, err)
-		require.Len(t, read, 2)
-		byUser := map[string]*broker.Vault{}
-		for _, v := range read {
-			byUser[v.UserID] = v
-		}
-		// A user request changes u4's wrap after the read.
-		pgtest.Exec(t, e.admin, "UPDATE "+vaults+" SET wrapped_mk = 'cm90YXRlZA==', kek_id = 'new' WHERE user_id = 'u4'")
-
-		swap := func(v *broker.Vault) broker.RewrapSwap {
-			next := *v
-			wrapped, empty, check := "bmV3LXdyYXA=", "", "Y2hlY2s="
-			next.WrappedMK, next.WrapIV, next.KEKID, next.KeyCheck = &wrapped, &empty, "new", &check
-			return broker.RewrapSwap{Old: v, New: &next, Audit: &broker.AuditEntry{ID: "rewrap-" + v.UserID, UserID: v.UserID,
-				Action: broker.ActionKEKRewrap, Context: "old/2>new/2", Status: 200, CreatedAt: time.Now()}}
-		}
-		applied, err := store.RewrapApply(ctx, []broker.RewrapSwap{swap(byUser["u1"]), swap(byUser["u4"])})
-		require.NoError(t, err)
-		require.Equal(t, []bool{true, false}, applied)
-
-		var wrapped, kek, check string
-		require.NoError(t, e.admin.QueryRow(ctx, "SELECT wrapped_mk, kek_id, key_check FROM "+vaults+" WHERE user_id = 'u1'").Scan(&wrapped, &kek, &check))
-		require.Equal(t, []string{"bmV3LXdyYXA=", "new", "Y2hlY2s="}, []string{wrapped, kek, check})
-		require.NoError(t, e.admin.QueryRow(ctx, "SELECT wrapped_mk FROM "+vaults+" WHERE user_id = 'u4'").Scan(&wrapped))
-		require.Equal(t, "cm90YXRlZA==", wrapped, "the user's change wins")
-		audit := auditRows(e.admin, schema)
-		rows, err := audit(ctx, "u1")
-		require.NoError(t, err)
-		require.Len(t, rows, 1)
-		require.Equal(t, broker.ActionKEKRewrap, rows[0].Action)
-		require.Equal(t, "old/2>new/2", rows[0].Context)
-		rows, err = audit(ctx, "u4")
-		require.NoError(t, err)
-		require.Empty(t, rows, "no audit row for a swap that missed")
-
-		// The index followed, in the same transactions.
-		counts, err := store.KEKCounts(ctx)
-		require.NoError(t, err)
-		var onOld int64
-		for _, c := range counts {
-			if c.KEKID == "old" && c.Wrapped {
-				onOld += c.Rows
-			}
-		}
-		require.EqualValues(t, 1, onOld, "only u5 is left on the old KEK")
-	})
-	t.Run("BatchesNeedDistinctUsers", func(t *testing.T) {
-		_, err := store.RewrapRead(ctx, []string{"u1", "u1"})
-		require.ErrorIs(t, err, broker.ErrInvalidArgument)
-		_, err = store.RewrapRead(ctx, []string{""})
-		require.ErrorIs(t, err, broker.ErrInvalidArgument)
-	})
+	_, err = store.RewrapApply(t.Context(), []broker.RewrapSwap{{Old: v, New: v, Audit: audit()}, {Old: v, New: v, Audit: audit()}})
+	require.ErrorIs(t, err, broker.ErrInvalidArgument)
 }
 
-// TestRewrapLock takes the job's lock as two replicas would.
-func TestRewrapLock(t *testing.T) {
+// TestRewrapLockDiesWithItsConnection: the job's lock (whose protocol is
+// the store contract's) is one per schema, and goes with the connection
+// that holds it, so a crashed runner never blocks the next.
+func TestRewrapLockDiesWithItsConnection(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.migrate(t, "keybroker")
 	store := e.store(t, "keybroker")
 	ctx := t.Context()
 
-	state, err := store.RewrapState(ctx)
-	require.NoError(t, err)
-	require.Equal(t, broker.RewrapState{}, *state, "never ran")
-
 	lease, err := store.RewrapLock(ctx, "replica-a")
 	require.NoError(t, err)
-	_, err = store.RewrapLock(ctx, "replica-b")
-	require.ErrorIs(t, err, broker.ErrRewrapBusy)
-
 	started := time.Now().UTC().Truncate(time.Microsecond)
-	require.NoError(t, lease.Report(ctx, broker.RewrapProgress{ActiveKEKID: "new", Total: 10, Done: 4, StartedAt: started,
-		UpdatedAt: started.Add(time.Second), RowsPerSecond: 4}))
-	state, err = store.RewrapState(ctx)
-	require.NoError(t, err)
-	require.True(t, state.Running)
-	require.Equal(t, "replica-a", state.Runner)
-	require.EqualValues(t, 10, state.Total)
-	require.EqualValues(t, 4, state.Done)
-	require.InDelta(t, 4, state.RowsPerSecond, 0.001)
-	require.False(t, state.Finished)
+	require.NoError(t, lease.Report(ctx, broker.RewrapProgress{ActiveKEKID: "new", Total: 10, Done: 4, StartedAt: started, UpdatedAt: started}))
 
 	// A schema of its own has a lock of its own.
 	e.migrate(t, "other")
@@ -225,24 +116,16 @@ func TestRewrapLock(t *testing.T) {
 	pgtest.Exec(t, e.admin, `SELECT pg_terminate_backend(pid, 5000) FROM pg_locks
 WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
 	require.Error(t, lease.Held(ctx))
-	state, err = store.RewrapState(ctx)
+	state, err := store.RewrapState(ctx)
 	require.NoError(t, err)
 	require.False(t, state.Running)
+	require.Equal(t, "replica-a", state.Runner, "what the dead runner reported stays")
+	require.EqualValues(t, 4, state.Done)
 
 	next, err := store.RewrapLock(ctx, "replica-b")
 	require.NoError(t, err)
 	require.NoError(t, next.Held(ctx))
-	require.NoError(t, next.Release(ctx, broker.RewrapProgress{ActiveKEKID: "new", Total: 10, Done: 10, Finished: true,
-		StartedAt: started, UpdatedAt: started.Add(2 * time.Second)}))
-	state, err = store.RewrapState(ctx)
-	require.NoError(t, err)
-	require.False(t, state.Running)
-	require.True(t, state.Finished)
-	require.Equal(t, "replica-b", state.Runner)
-	require.Error(t, next.Held(ctx), "a released lease is not held")
-	again, err := store.RewrapLock(ctx, "replica-a")
-	require.NoError(t, err, "released explicitly, the lock is free at once")
-	require.NoError(t, again.Release(ctx, broker.RewrapProgress{}))
+	require.NoError(t, next.Release(ctx, broker.RewrapProgress{}))
 }
 
 // TestKEKIndexOnAdoptedSchema adopts a mana-auth schema with rows: the

@@ -11,8 +11,6 @@ import (
 
 // The service operations behind the export and erasure endpoints.
 
-var _ broker.AdminStore = (*Store)(nil)
-
 const (
 	sqlAuditColumns = `id, user_id, action, COALESCE(ip_address, ''), COALESCE(user_agent, ''), COALESCE(context, ''), status, created_at`
 	sqlAuditCount   = `SELECT count(*) FROM encryption_vault_audit WHERE user_id = ?1`

@@ -13,21 +13,32 @@ import (
 	"github.com/keybroker/keybroker/sqlitestore"
 )
 
-// TestStoreContract runs the store contract suite on one SQLite store that
-// every subtest shares: the subtests run in parallel, so the store's
+// TestStoreContract runs the store contract suite. The subtests that need
+// no store of their own share one, in parallel, so the store's
 // serialisation of writers is exercised too.
 func TestStoreContract(t *testing.T) {
 	t.Parallel()
-	store := openStore(t, t.TempDir())
-	raw := rawDB(t, store.Path())
-	storetest.Run(t, func(t *testing.T) storetest.Harness {
-		return storetest.Harness{Store: store, AuditRows: auditRows(raw),
-			Format1Open: func(t *testing.T) broker.Store {
-				store := openStore(t, t.TempDir())
-				reopenFormat1(t, rawDB(t, store.Path()))
-				return store
-			}}
+	shared := harness(t, openStore(t, t.TempDir()))
+	storetest.Run(t, func(t *testing.T, empty bool) storetest.Harness {
+		if empty {
+			return harness(t, openStore(t, t.TempDir()))
+		}
+		return shared
 	})
+}
+
+// TestDataKeyContract runs the data-key part of the contract, each
+// subtest on a database of its own.
+func TestDataKeyContract(t *testing.T) {
+	t.Parallel()
+	storetest.RunDataKeys(t, func(t *testing.T, _ bool) storetest.Harness { return harness(t, openStore(t, t.TempDir())) })
+}
+
+// harness is the suite's view of store: its raw SQL reads what was
+// really written and reopens format 1.
+func harness(t *testing.T, store *sqlitestore.Store) storetest.Harness {
+	raw := rawDB(t, store.Path())
+	return storetest.Harness{Store: store, AuditRows: auditRows(raw), ReopenFormat1: func(t *testing.T) { reopenFormat1(t, raw) }}
 }
 
 // openStore opens a store in dir and closes it when the test ends.
@@ -72,11 +83,4 @@ FROM encryption_vault_audit WHERE user_id = ?1 ORDER BY created_at, rowid`, user
 		}
 		return out, rows.Err()
 	}
-}
-
-// TestDataKeyContract runs the data-key contract, each subtest on a
-// database of its own.
-func TestDataKeyContract(t *testing.T) {
-	t.Parallel()
-	storetest.RunDataKeys(t, func(t *testing.T) broker.Store { return openStore(t, t.TempDir()) })
 }

@@ -13,10 +13,6 @@ import (
 
 // The data keys of cached envelope mode, as on PostgreSQL: a remote KEK
 // on a single-node install keeps the KMS off the fetch path too.
-var (
-	_ broker.DataKeyStore   = (*Store)(nil)
-	_ broker.DataKeyDeleter = (*Store)(nil)
-)
 
 // DataKeyList returns every data key, oldest first.
 func (s *Store) DataKeyList(ctx context.Context) ([]broker.DataKey, error) {

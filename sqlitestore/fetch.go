@@ -12,10 +12,6 @@ import (
 // The fetch hot path: a read that never waits for the writer, and the
 // audit rows of many fetches in one commit, so that a login storm costs
 // one fsync per batch instead of one per fetch.
-var (
-	_ broker.VaultReader   = (*Store)(nil)
-	_ broker.AuditAppender = (*Store)(nil)
-)
 
 // VaultRead reads the user's vault outside any explicit transaction. In
 // WAL mode the single statement reads a consistent snapshot and does not

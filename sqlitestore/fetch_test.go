@@ -21,23 +21,6 @@ func insertVault(t *testing.T, s *sqlitestore.Store, user string) {
 	}))
 }
 
-func TestVaultReadIsScopedToItsUser(t *testing.T) {
-	t.Parallel()
-	s := openStore(t, t.TempDir())
-	insertVault(t, s, "alice")
-	insertVault(t, s, "bob")
-	for i := range 20 {
-		user := []string{"alice", "bob"}[i%2]
-		v, err := s.VaultRead(t.Context(), user)
-		require.NoError(t, err)
-		require.Equal(t, user, v.UserID)
-	}
-	_, err := s.VaultRead(t.Context(), "carol")
-	require.ErrorIs(t, err, broker.ErrNotFound)
-	_, err = s.VaultRead(t.Context(), "")
-	require.ErrorIs(t, err, broker.ErrInvalidArgument)
-}
-
 // TestVaultReadDoesNotWaitForWriters: the hot path's read runs while
 // another process holds the write lock (WAL), where a transaction would
 // wait for it.
@@ -64,48 +47,6 @@ func TestVaultReadDoesNotWaitForWriters(t *testing.T) {
 	})), "a write does wait, and gives up after the busy timeout")
 	_, err = holder.ExecContext(t.Context(), `ROLLBACK`)
 	require.NoError(t, err)
-}
-
-func TestAuditAppendCommitsManyUsersAtOnce(t *testing.T) {
-	t.Parallel()
-	s := openStore(t, t.TempDir())
-	rowsOf := auditRows(rawDB(t, s.Path()))
-	var entries []*broker.AuditEntry
-	for i := range 50 {
-		entries = append(entries, &broker.AuditEntry{ID: fmt.Sprintf("id-%d", i), UserID: fmt.Sprintf("user-%d", i%7),
-			Action: broker.ActionFetch, Status: 200, CreatedAt: time.Now()})
-	}
-	require.NoError(t, s.AuditAppend(t.Context(), entries))
-	for u := range 7 {
-		rows, err := rowsOf(t.Context(), fmt.Sprintf("user-%d", u))
-		require.NoError(t, err)
-		want := 50 / 7
-		if u < 50%7 {
-			want++
-		}
-		require.Len(t, rows, want)
-	}
-
-	// A duplicate id fails the batch: none of its rows is kept.
-	bad := []*broker.AuditEntry{
-		{ID: "fresh-1", UserID: "zed", Action: broker.ActionFetch, Status: 200, CreatedAt: time.Now()},
-		{ID: "id-0", UserID: "zed", Action: broker.ActionFetch, Status: 200, CreatedAt: time.Now()},
-	}
-	err := s.AuditAppend(t.Context(), bad)
-	var item *broker.BatchItemError
-	require.ErrorAs(t, err, &item, "the store names the entry, so the others can go without it")
-	require.Equal(t, 1, item.Index)
-	require.False(t, broker.IsUnavailable(err))
-	rows, err := rowsOf(t.Context(), "zed")
-	require.NoError(t, err)
-	require.Empty(t, rows)
-	require.NoError(t, s.AuditAppend(t.Context(), bad[:1]))
-	rows, err = rowsOf(t.Context(), "zed")
-	require.NoError(t, err)
-	require.Len(t, rows, 1)
-
-	err = s.AuditAppend(t.Context(), []*broker.AuditEntry{{ID: "x", Action: broker.ActionFetch, Status: 200}})
-	require.ErrorIs(t, err, broker.ErrInvalidArgument)
 }
 
 // TestFetchStormThroughService: many concurrent fetches through the

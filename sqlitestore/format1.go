@@ -12,7 +12,6 @@ import (
 
 // The format-1 closure (the format1_closure migration): a one-row table
 // whose triggers refuse to reopen it.
-var _ broker.Format1Store = (*Store)(nil)
 
 const sqlFormat1State = `SELECT closed_at, closed_by FROM encryption_vault_format1`
 

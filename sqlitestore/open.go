@@ -249,63 +249,55 @@ func listNames(names []string) string {
 	return strings.Join(quoted, ", ")
 }
 
-// migrate applies the embedded migrations that are not recorded yet, each
-// in its own transaction together with its record, and verifies the ones
-// that are. It returns the names it applied. A recorded migration whose
-// name or checksum differs from the embedded file is an error and nothing
-// later is attempted. Versions recorded but unknown to this binary are
-// tolerated, as on PostgreSQL, so that an older binary still starts after
-// a newer one migrated.
+// migrate applies the embedded migrations that are not recorded yet and
+// verifies the ones that are (migrations.Run), each in its own BEGIN
+// IMMEDIATE transaction, which holds the database's write lock. It
+// returns the names it applied.
 func (s *Store) migrate(ctx context.Context) ([]string, error) {
 	all, err := embeddedMigrations()
 	if err != nil {
 		return nil, err
 	}
-	var applied []string
-	for _, m := range all {
-		done, err := s.applyOne(ctx, m)
-		if err != nil {
-			return applied, err
-		}
-		if done {
-			applied = append(applied, m.Name)
-		}
+	applied, err := migrations.Run(ctx, migrator{s}, all)
+	var failed *migrations.RunError
+	if !errors.As(err, &failed) {
+		return applied, err
 	}
-	return applied, nil
+	var changed *migrations.ChangedError
+	if errors.As(failed.Err, &changed) {
+		return applied, fmt.Errorf("sqlitestore: migration %s in %s: %w: this database was migrated by another keybroker build; run that build or restore a backup", failed.Migration.Name, s.path, changed)
+	}
+	return applied, s.openError(ctx, "migration "+failed.Migration.Name+" on", failed.Err)
 }
 
-func (s *Store) applyOne(ctx context.Context, m migrations.Migration) (applied bool, err error) {
-	var mismatch error
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		var name, checksum string
-		err := tx.QueryRowContext(ctx, `SELECT name, checksum FROM keybroker_migrations WHERE version = ?1`, m.Version).Scan(&name, &checksum)
-		switch {
-		case err == nil:
-			if name != m.Name {
-				mismatch = fmt.Errorf("version %d is recorded as %q", m.Version, name)
-			} else if checksum != m.Checksum {
-				mismatch = fmt.Errorf("checksum mismatch: the file changed after it was applied (recorded %s, embedded %s)", checksum, m.Checksum)
-			}
-			return mismatch
-		case !errors.Is(err, sql.ErrNoRows):
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx,
-			`INSERT INTO keybroker_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'))`,
-			m.Version, m.Name, m.Checksum); err != nil {
-			return err
-		}
-		applied = true
-		return nil
-	})
-	if mismatch != nil {
-		return false, fmt.Errorf("sqlitestore: migration %s in %s: %w: this database was migrated by another keybroker build; run that build or restore a backup", m.Name, s.path, mismatch)
+// migrator is the SQLite migrations.Dialect.
+type migrator struct{ s *Store }
+
+// InLockedTx implements migrations.Dialect: BEGIN IMMEDIATE takes the
+// database's write lock, which serialises migrators of the same file.
+func (m migrator) InLockedTx(ctx context.Context, fn func(tx migrations.DialectTx) error) error {
+	return m.s.inTx(ctx, func(tx *sql.Tx) error { return fn(migrationTx{tx}) })
+}
+
+// migrationTx is the SQLite migrations.DialectTx.
+type migrationTx struct{ tx *sql.Tx }
+
+// Recorded implements migrations.DialectTx.
+func (t migrationTx) Recorded(ctx context.Context, version int) (name, checksum string, found bool, err error) {
+	err = t.tx.QueryRowContext(ctx, `SELECT name, checksum FROM keybroker_migrations WHERE version = ?1`, version).Scan(&name, &checksum)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", false, nil
 	}
-	if err != nil {
-		return false, s.openError(ctx, "migration "+m.Name+" on", err)
+	return name, checksum, err == nil, err
+}
+
+// Apply implements migrations.DialectTx.
+func (t migrationTx) Apply(ctx context.Context, m migrations.Migration) error {
+	if _, err := t.tx.ExecContext(ctx, m.SQL); err != nil {
+		return err
 	}
-	return applied, nil
+	_, err := t.tx.ExecContext(ctx,
+		`INSERT INTO keybroker_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'))`,
+		m.Version, m.Name, m.Checksum)
+	return err
 }

@@ -16,10 +16,6 @@ import (
 // lock (no broker.RewrapLocker): two runners at once — the server's job
 // and `keybroker rewrap` on the same file — only take turns on the write
 // lock, and the compare-and-swap keeps each row moved once.
-var (
-	_ broker.RewrapStore      = (*Store)(nil)
-	_ broker.RewrapBatchStore = (*Store)(nil)
-)
 
 // RewrapCandidates lists user ids of rows with a server wrap that the job
 // must move (or, with q.OnActiveKEK, that are on the active KEK already;

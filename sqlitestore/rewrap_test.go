@@ -134,30 +134,3 @@ VALUES ('zk', 2, 'env-v1', 'cmVj', 'aXY=', 1, ?1)`, now.Format(time.RFC3339Nano)
 	require.NoError(t, raw.QueryRowContext(ctx, `SELECT wrapped_mk FROM encryption_vaults WHERE user_id = 'zk'`).Scan(&wrapped))
 	require.Nil(t, wrapped, "the zero-knowledge row is untouched")
 }
-
-// TestRewrapLegacyOnlyCandidatesSQLite lists format-1 rows alone, in
-// user-id order, whatever their KEK id.
-func TestRewrapLegacyOnlyCandidatesSQLite(t *testing.T) {
-	t.Parallel()
-	store := openStore(t, t.TempDir())
-	raw := rawDB(t, store.Path())
-	ctx := t.Context()
-	reopenFormat1(t, raw)
-	for _, row := range []struct {
-		user, kek string
-		format    int
-	}{{"u1", "old", 2}, {"u2", "new", 1}, {"u3", "new", 2}, {"u4", "old", 1}} {
-		_, err := raw.ExecContext(ctx, `INSERT INTO encryption_vaults (user_id, wrapped_mk, wrap_iv, format_version, kek_id) VALUES (?1, 'd3JhcA==', 'aXY=', ?2, ?3)`,
-			row.user, row.format, row.kek)
-		require.NoError(t, err)
-	}
-	_, err := raw.ExecContext(ctx, `INSERT INTO encryption_vaults (user_id, format_version, kek_id, recovery_wrapped_mk, recovery_iv, zero_knowledge)
-VALUES ('u0', 1, 'old', 'cmVj', 'aXY=', 1)`)
-	require.NoError(t, err)
-	page, err := store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", LegacyOnly: true, Limit: 1})
-	require.NoError(t, err)
-	require.Equal(t, []string{"u2"}, page, "zero-knowledge u0 has no server wrap")
-	page, err = store.RewrapCandidates(ctx, broker.RewrapQuery{ActiveKEKID: "new", LegacyOnly: true, After: "u2", Limit: 10})
-	require.NoError(t, err)
-	require.Equal(t, []string{"u4"}, page)
-}

@@ -98,9 +98,6 @@ func (c *Config) validate() error {
 	if err := c.RateLimit.validate(); err != nil {
 		return err
 	}
-	if c.ServiceKey != "" && !c.Service.SupportsAdmin() {
-		return errors.New("vaultapi: Config.ServiceKey is set but the store does not implement broker.AdminStore")
-	}
 	return nil
 }
 

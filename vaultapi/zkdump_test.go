@@ -50,7 +50,7 @@ func TestZeroKnowledgeSurvivesDatabaseDumpAndKEK(t *testing.T) {
 	cached := e.reconfigure(t, envOptions{active: direct, configure: func(cfg *vaultapi.Config, _ *jwtauth.Verifier, store broker.Store) {
 		ring, err := broker.LoadKeyring(ctx, broker.KeyringConfig{
 			Active: remote, DecryptOnly: []broker.KEK{direct}, Cached: []string{remote.ID()},
-			DataKeys:    store.(broker.DataKeyStore),
+			DataKeys:    store,
 			NewLocalKEK: func(id string, key []byte) (broker.KEK, error) { return localkek.New(id, key, false) },
 			Logger:      quiet,
 		})

@@ -11,52 +11,30 @@ import (
 	"github.com/keybroker/keybroker/broker"
 )
 
-// RunDataKeys runs the data-key contract of cached envelope mode: the
-// order of data keys is the store's, a data key is inserted only after the
-// newest its minter saw (so replicas minting at once make one), and a
-// deleted data key is never named by a row with a server wrap again.
-// newStore is called once per subtest and must return a fresh, empty
-// store (the subtests change which data key is newest) that implements
-// broker.DataKeyStore and broker.DataKeyDeleter.
-func RunDataKeys(t *testing.T, newStore func(t *testing.T) broker.Store) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s dataKeyStore)
-	}{
-		{"InsertOnlyAfterTheNewest", testDataKeyInsertOnlyAfterNewest},
-		{"ConcurrentMintsMakeOneKey", testDataKeyConcurrentMintsMakeOne},
-		{"InsertOrderIsTheListOrder", testDataKeyInsertOrderIsListOrder},
-		{"DeleteOnlyUnneededKeys", testDataKeyDeleteOnlyUnneeded},
-		{"DeletedKeyRefusesWrites", testDataKeyDeletedRefusesWrites},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			store := newStore(t)
-			s := dataKeyStore{Store: store}
-			var ok bool
-			s.keys, ok = store.(broker.DataKeyStore)
-			require.True(t, ok, "the store keeps data keys")
-			s.deleter, ok = store.(broker.DataKeyDeleter)
-			require.True(t, ok, "the store deletes data keys")
-			tc.fn(t, s)
-		})
-	}
-}
-
-type dataKeyStore struct {
-	broker.Store
-	keys    broker.DataKeyStore
-	deleter broker.DataKeyDeleter
+// RunDataKeys runs the data-key part of the contract (cached envelope
+// mode) on stores of newHarness, each subtest on an empty one: the order
+// of data keys is the store's, a data key is inserted only after the
+// newest its minter saw (so replicas minting at once make one), a re-wrap
+// is compare-and-swap, and a deleted data key is never named by a row with
+// a server wrap again.
+func RunDataKeys(t *testing.T, newHarness NewHarness) {
+	run(t, newHarness, []subtest{
+		{"InsertOnlyAfterTheNewest", true, testDataKeyInsertOnlyAfterNewest},
+		{"ConcurrentMintsMakeOneKey", true, testDataKeyConcurrentMintsMakeOne},
+		{"InsertOrderIsTheListOrder", true, testDataKeyInsertOrderIsListOrder},
+		{"RewrapOnlyFromTheWrapper", true, testDataKeyRewrapOnlyFromWrapper},
+		{"DeleteOnlyUnneededKeys", true, testDataKeyDeleteOnlyUnneeded},
+		{"DeletedKeyRefusesWrites", true, testDataKeyDeletedRefusesWrites},
+	})
 }
 
 func dataKey(id string) broker.DataKey {
 	return broker.DataKey{ID: id, WrappedBy: "kms-1", Wrapped: []byte("wrapped " + id)}
 }
 
-func (s dataKeyStore) ids(t *testing.T) []string {
+func dataKeyIDs(t *testing.T, h Harness) []string {
 	t.Helper()
-	list, err := s.keys.DataKeyList(t.Context())
+	list, err := h.Store.DataKeyList(t.Context())
 	require.NoError(t, err)
 	ids := make([]string, len(list))
 	for i, dk := range list {
@@ -65,28 +43,28 @@ func (s dataKeyStore) ids(t *testing.T) []string {
 	return ids
 }
 
-func (s dataKeyStore) mint(t *testing.T, id, after string) bool {
+func mint(t *testing.T, h Harness, id, after string) bool {
 	t.Helper()
-	ok, err := s.keys.DataKeyInsert(t.Context(), dataKey(id), after)
+	ok, err := h.Store.DataKeyInsert(t.Context(), dataKey(id), after)
 	require.NoError(t, err)
 	return ok
 }
 
-func testDataKeyInsertOnlyAfterNewest(t *testing.T, s dataKeyStore) {
-	require.False(t, s.mint(t, "dk-a", "dk-none"), "an empty table has no newest dk-none")
-	require.True(t, s.mint(t, "dk-a", ""))
-	require.False(t, s.mint(t, "dk-b", ""), "the table is not empty any more")
-	require.True(t, s.mint(t, "dk-b", "dk-a"))
-	require.False(t, s.mint(t, "dk-c", "dk-a"), "dk-a is not the newest any more")
-	require.Equal(t, []string{"dk-a", "dk-b"}, s.ids(t))
-	list, err := s.keys.DataKeyList(t.Context())
+func testDataKeyInsertOnlyAfterNewest(t *testing.T, h Harness) {
+	require.False(t, mint(t, h, "dk-a", "dk-none"), "an empty table has no newest dk-none")
+	require.True(t, mint(t, h, "dk-a", ""))
+	require.False(t, mint(t, h, "dk-b", ""), "the table is not empty any more")
+	require.True(t, mint(t, h, "dk-b", "dk-a"))
+	require.False(t, mint(t, h, "dk-c", "dk-a"), "dk-a is not the newest any more")
+	require.Equal(t, []string{"dk-a", "dk-b"}, dataKeyIDs(t, h))
+	list, err := h.Store.DataKeyList(t.Context())
 	require.NoError(t, err)
 	require.Equal(t, []byte("wrapped dk-b"), list[1].Wrapped)
 	require.Equal(t, "kms-1", list[1].WrappedBy)
 }
 
-func testDataKeyConcurrentMintsMakeOne(t *testing.T, s dataKeyStore) {
-	require.True(t, s.mint(t, "dk-first", ""))
+func testDataKeyConcurrentMintsMakeOne(t *testing.T, h Harness) {
+	require.True(t, mint(t, h, "dk-first", ""))
 	const minters = 8
 	var wg sync.WaitGroup
 	won := make(chan string, minters)
@@ -97,7 +75,7 @@ func testDataKeyConcurrentMintsMakeOne(t *testing.T, s dataKeyStore) {
 			defer wg.Done()
 			<-start
 			id := "dk-" + string(rune('a'+i))
-			ok, err := s.keys.DataKeyInsert(context.Background(), dataKey(id), "dk-first")
+			ok, err := h.Store.DataKeyInsert(context.Background(), dataKey(id), "dk-first")
 			if err == nil && ok {
 				won <- id
 			}
@@ -114,30 +92,48 @@ func testDataKeyConcurrentMintsMakeOne(t *testing.T, s dataKeyStore) {
 		winners = append(winners, id)
 	}
 	require.Len(t, winners, 1, "of minters that saw the same newest, exactly one inserts")
-	require.Equal(t, []string{"dk-first", winners[0]}, s.ids(t))
+	require.Equal(t, []string{"dk-first", winners[0]}, dataKeyIDs(t, h))
 }
 
-func testDataKeyInsertOrderIsListOrder(t *testing.T, s dataKeyStore) {
+func testDataKeyInsertOrderIsListOrder(t *testing.T, h Harness) {
 	// The first minter's clock is far ahead; the next ones' are behind it,
 	// or not given: each key still sorts after the one before.
 	future := dataKey("dk-future")
 	future.CreatedAt = time.Now().Add(100 * 24 * time.Hour)
-	ok, err := s.keys.DataKeyInsert(t.Context(), future, "")
+	ok, err := h.Store.DataKeyInsert(t.Context(), future, "")
 	require.NoError(t, err)
 	require.True(t, ok)
 	behind := dataKey("dk-behind")
 	behind.CreatedAt = time.Now().Add(-time.Hour)
-	ok, err = s.keys.DataKeyInsert(t.Context(), behind, "dk-future")
+	ok, err = h.Store.DataKeyInsert(t.Context(), behind, "dk-future")
 	require.NoError(t, err)
 	require.True(t, ok)
-	require.True(t, s.mint(t, "dk-unset", "dk-behind"))
-	list, err := s.keys.DataKeyList(t.Context())
+	require.True(t, mint(t, h, "dk-unset", "dk-behind"))
+	list, err := h.Store.DataKeyList(t.Context())
 	require.NoError(t, err)
-	require.Equal(t, []string{"dk-future", "dk-behind", "dk-unset"}, s.ids(t))
+	require.Equal(t, []string{"dk-future", "dk-behind", "dk-unset"}, dataKeyIDs(t, h))
 	require.WithinDuration(t, future.CreatedAt, list[0].CreatedAt, time.Millisecond, "the minter's clock is kept when it is later")
 	for i := 1; i < len(list); i++ {
 		require.True(t, list[i].CreatedAt.After(list[i-1].CreatedAt), "strictly later than the one before")
 	}
+}
+
+func testDataKeyRewrapOnlyFromWrapper(t *testing.T, h Harness) {
+	ctx := t.Context()
+	require.True(t, mint(t, h, "dk-a", ""))
+	moved, err := h.Store.DataKeyRewrap(ctx, "dk-a", "not-the-wrapper", []byte("rewrapped"), "kms-2")
+	require.NoError(t, err)
+	require.False(t, moved, "the compare-and-swap refuses a stale wrapper")
+	moved, err = h.Store.DataKeyRewrap(ctx, "dk-unknown", "kms-1", []byte("rewrapped"), "kms-2")
+	require.NoError(t, err)
+	require.False(t, moved)
+	moved, err = h.Store.DataKeyRewrap(ctx, "dk-a", "kms-1", []byte("rewrapped"), "kms-2")
+	require.NoError(t, err)
+	require.True(t, moved)
+	list, err := h.Store.DataKeyList(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	require.Equal(t, []string{"dk-a", "kms-2", "rewrapped"}, []string{list[0].ID, list[0].WrappedBy, string(list[0].Wrapped)})
 }
 
 func vaultUnder(userID, kekID string) *broker.Vault {
@@ -146,47 +142,45 @@ func vaultUnder(userID, kekID string) *broker.Vault {
 	return v
 }
 
-func testDataKeyDeleteOnlyUnneeded(t *testing.T, s dataKeyStore) {
+func testDataKeyDeleteOnlyUnneeded(t *testing.T, h Harness) {
 	ctx := t.Context()
-	require.True(t, s.mint(t, "dk-old", ""))
-	require.True(t, s.mint(t, "dk-used", "dk-old"))
-	require.True(t, s.mint(t, "dk-new", "dk-used"))
-	h := Harness{Store: s.Store}
+	require.True(t, mint(t, h, "dk-old", ""))
+	require.True(t, mint(t, h, "dk-used", "dk-old"))
+	require.True(t, mint(t, h, "dk-new", "dk-used"))
 	insert(t, h, vaultUnder(newUserID(t), "dk-used"))
 	// A zero-knowledge row keeps the kek_id it had; it holds no server
 	// wrap and needs no key.
 	insert(t, h, func() *broker.Vault { v := zkVault(newUserID(t)); v.KEKID = "dk-old"; return v }())
 
-	deleted, err := s.deleter.DataKeyDelete(ctx, "dk-new")
+	deleted, err := h.Store.DataKeyDelete(ctx, "dk-new")
 	require.NoError(t, err)
 	require.False(t, deleted, "the newest is never deleted")
-	deleted, err = s.deleter.DataKeyDelete(ctx, "dk-used")
+	deleted, err = h.Store.DataKeyDelete(ctx, "dk-used")
 	require.NoError(t, err)
 	require.False(t, deleted, "a key a row needs is never deleted")
-	deleted, err = s.deleter.DataKeyDelete(ctx, "dk-old")
+	deleted, err = h.Store.DataKeyDelete(ctx, "dk-old")
 	require.NoError(t, err)
 	require.True(t, deleted)
-	deleted, err = s.deleter.DataKeyDelete(ctx, "dk-old")
+	deleted, err = h.Store.DataKeyDelete(ctx, "dk-old")
 	require.NoError(t, err)
 	require.False(t, deleted, "already gone")
-	deleted, err = s.deleter.DataKeyDelete(ctx, "dk-unknown")
+	deleted, err = h.Store.DataKeyDelete(ctx, "dk-unknown")
 	require.NoError(t, err)
 	require.False(t, deleted)
-	require.Equal(t, []string{"dk-used", "dk-new"}, s.ids(t))
+	require.Equal(t, []string{"dk-used", "dk-new"}, dataKeyIDs(t, h))
 }
 
-func testDataKeyDeletedRefusesWrites(t *testing.T, s dataKeyStore) {
+func testDataKeyDeletedRefusesWrites(t *testing.T, h Harness) {
 	ctx := t.Context()
-	require.True(t, s.mint(t, "dk-gone", ""))
-	require.True(t, s.mint(t, "dk-new", "dk-gone"))
-	deleted, err := s.deleter.DataKeyDelete(ctx, "dk-gone")
+	require.True(t, mint(t, h, "dk-gone", ""))
+	require.True(t, mint(t, h, "dk-new", "dk-gone"))
+	deleted, err := h.Store.DataKeyDelete(ctx, "dk-gone")
 	require.NoError(t, err)
 	require.True(t, deleted)
-	h := Harness{Store: s.Store}
 
 	// A stale writer inserts a row under the deleted key: refused.
 	stale := vaultUnder(newUserID(t), "dk-gone")
-	err = s.InUserTx(ctx, stale.UserID, func(tx broker.Tx) error {
+	err = h.Store.InUserTx(ctx, stale.UserID, func(tx broker.Tx) error {
 		_, err := tx.VaultInsert(ctx, stale)
 		return err
 	})

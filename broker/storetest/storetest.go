@@ -1,8 +1,8 @@
 // Package storetest is the contract every broker.Store implementation
-// passes: the PostgreSQL store and any embedded store run the same suite,
-// so the domain can rely on one behaviour.
+// passes: the PostgreSQL store and the embedded SQLite store run the same
+// suite (Run and RunDataKeys), so the domain can rely on one behaviour.
 //
-// The contract, beyond the interface's doc comments:
+// The contract, beyond the interfaces' doc comments:
 //   - every Vault and AuditEntry field round-trips, nil pointers included
 //     (the restore slot, Vault.Restorable, whole or nil); timestamps to
 //     the microsecond;
@@ -16,10 +16,27 @@
 //   - of concurrent inserts for one user exactly one wins, and a loser
 //     reads the winner's row in the same transaction;
 //   - VaultGet(ctx, true) serialises read-modify-write cycles;
+//   - the fetch path: VaultRead sees its own user's row only, AuditAppend
+//     and VaultFetch (where the store has it) commit the rows of many
+//     users at once, all or nothing, naming the item that failed a batch
+//     when the store can tell, and VaultFetch records the row of each case
+//     as broker.FetchBatch.Case decides;
+//   - the re-wrap index lists candidates in user-id order, page by page,
+//     never zero-knowledge rows, and counts rows per KEK id, format and
+//     mode; a batch swap writes only rows still on the wrap read, with its
+//     audit row, and nothing else of the row; the job's lock (where the
+//     store has one) admits one runner;
 //   - the store keeps the format-1 closure (broker.Format1Store): closed
 //     on a fresh store, closed by Format1Close only once no row with a
 //     format-1 server wrap is left, and never open again — writing
-//     format-1 rows afterwards changes nothing.
+//     format-1 rows afterwards changes nothing;
+//   - the admin reads report the vault exactly as stored and count only
+//     the user's own audit rows, pages walk every row of the user once in
+//     (CreatedAt, ID) order, and erasure deletes the user's vault and
+//     audit rows and nothing of any other user, idempotently;
+//   - data keys (RunDataKeys): the list's order is the order of the
+//     inserts, one of several minters wins, a re-wrap is compare-and-swap,
+//     and a deleted data key is never named by a server wrap again.
 package storetest
 
 import (
@@ -37,7 +54,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 )
 
-// Harness is what the suite needs from a store implementation's test.
+// Harness is a store under test.
 type Harness struct {
 	// Store is the implementation under test.
 	Store broker.Store
@@ -45,49 +62,80 @@ type Harness struct {
 	// in any order), bypassing Store: the suite checks what was really
 	// written. Implementations use their raw SQL.
 	AuditRows func(ctx context.Context, userID string) ([]broker.AuditEntry, error)
-	// Format1Open returns a fresh store of the same kind on which format 1
-	// is open, as after migrating a database that held the original
-	// service's rows (or after the owner's deliberate reopening).
-	Format1Open func(t *testing.T) broker.Store
+	// ReopenFormat1 opens format 1 on Store again, as the owner of a
+	// database that held the original service's rows does (a fresh store
+	// starts closed).
+	ReopenFormat1 func(t *testing.T)
 }
 
-// Run runs the contract suite. newHarness is called once per subtest, on
-// that subtest's t, so that it may give each subtest a fresh store; the
-// subtests run in parallel and use distinct user ids, so a shared store
-// works too.
-func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, h Harness)
-	}{
-		{"GetMissingIsNotFound", testGetMissingIsNotFound},
-		{"RoundTripEveryField", testRoundTripEveryField},
-		{"RoundTripNilPointers", testRoundTripNilPointers},
-		{"RoundTripZeroKnowledge", testRoundTripZeroKnowledge},
-		{"RoundTripRestorableNilFields", testRoundTripRestorableNilFields},
-		{"InsertConflictReportsFalse", testInsertConflictReportsFalse},
-		{"UpdateOverwritesEveryField", testUpdateOverwritesEveryField},
-		{"UpdateMissingIsNotFound", testUpdateMissingIsNotFound},
-		{"RollbackOnError", testRollbackOnError},
-		{"CancelledBeforeCommitStoresNothing", testCancelledBeforeCommitStoresNothing},
-		{"EmptyUserRefused", testEmptyUserRefused},
-		{"ConstraintZKWithServerWrapRejected", testConstraintZKWithServerWrapRejected},
-		{"ConstraintWrapIVPair", testConstraintWrapIVPair},
-		{"ConstraintHasWrap", testConstraintHasWrap},
-		{"ConstraintFormatVersionKnown", testConstraintFormatVersionKnown},
-		{"ScopedToUser", testScopedToUser},
-		{"ConcurrentInsertOneWinner", testConcurrentInsertOneWinner},
-		{"ForUpdateSerialises", testForUpdateSerialises},
-		{"AuditRoundTrip", testAuditRoundTrip},
-		{"Format1ClosedOnFreshStore", testFormat1ClosedOnFreshStore},
-		{"Format1ClosesOnlyWithoutFormat1Rows", testFormat1ClosesOnlyWithoutFormat1Rows},
-	}
+// NewHarness returns the store of one subtest, on that subtest's t. With
+// empty set it is a new, empty store: the subtest reads across users (the
+// re-wrap index, the data keys, the format-1 closure). Otherwise it may be
+// shared with other subtests, which run in parallel on distinct user ids.
+type NewHarness func(t *testing.T, empty bool) Harness
+
+type subtest struct {
+	name  string
+	empty bool // needs a store of its own
+	fn    func(t *testing.T, h Harness)
+}
+
+// run runs each test in parallel on a store of newHarness.
+func run(t *testing.T, newHarness NewHarness, tests []subtest) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tc.fn(t, newHarness(t))
+			tc.fn(t, newHarness(t, tc.empty))
 		})
 	}
+}
+
+// Run runs the whole contract but its data-key part, which RunDataKeys
+// runs.
+func Run(t *testing.T, newHarness NewHarness) {
+	run(t, newHarness, []subtest{
+		{"GetMissingIsNotFound", false, testGetMissingIsNotFound},
+		{"RoundTripEveryField", false, testRoundTripEveryField},
+		{"RoundTripNilPointers", false, testRoundTripNilPointers},
+		{"RoundTripZeroKnowledge", false, testRoundTripZeroKnowledge},
+		{"RoundTripRestorableNilFields", false, testRoundTripRestorableNilFields},
+		{"InsertConflictReportsFalse", false, testInsertConflictReportsFalse},
+		{"UpdateOverwritesEveryField", false, testUpdateOverwritesEveryField},
+		{"UpdateMissingIsNotFound", false, testUpdateMissingIsNotFound},
+		{"RollbackOnError", false, testRollbackOnError},
+		{"CancelledBeforeCommitStoresNothing", false, testCancelledBeforeCommitStoresNothing},
+		{"EmptyUserRefused", false, testEmptyUserRefused},
+		{"ConstraintZKWithServerWrapRejected", false, testConstraintZKWithServerWrapRejected},
+		{"ConstraintWrapIVPair", false, testConstraintWrapIVPair},
+		{"ConstraintHasWrap", false, testConstraintHasWrap},
+		{"ConstraintFormatVersionKnown", false, testConstraintFormatVersionKnown},
+		{"ScopedToUser", false, testScopedToUser},
+		{"ConcurrentInsertOneWinner", false, testConcurrentInsertOneWinner},
+		{"ForUpdateSerialises", false, testForUpdateSerialises},
+		{"AuditRoundTrip", false, testAuditRoundTrip},
+
+		{"VaultReadSeesOnlyItsUser", false, testVaultReadSeesOnlyItsUser},
+		{"AuditAppendCommitsManyUsersAtOnce", false, testAuditAppendManyUsers},
+		{"AuditAppendIsAllOrNothing", false, testAuditAppendAllOrNothing},
+		{"VaultFetchRecordsEachCase", false, testVaultFetchRecordsEachCase},
+		{"VaultFetchIsAllOrNothing", false, testVaultFetchAllOrNothing},
+
+		{"RewrapCandidatesPageInUserOrder", true, testRewrapCandidates},
+		{"RewrapKEKCounts", true, testRewrapKEKCounts},
+		{"RewrapReadAndCompareAndSwap", true, testRewrapReadAndSwap},
+		{"RewrapBatchesRefuseEmptyUserIDs", false, testRewrapBatchesRefuseEmptyUserIDs},
+		{"RewrapLockAdmitsOneRunner", true, testRewrapLock},
+
+		{"Format1ClosedOnFreshStore", false, testFormat1ClosedOnFreshStore},
+		{"Format1ClosesOnlyWithoutFormat1Rows", true, testFormat1ClosesOnlyWithoutFormat1Rows},
+
+		{"AdminMetaOfUnknownUserIsNil", false, testMetaOfUnknownUser},
+		{"AdminMetaReportsVaultAndOwnAuditRows", false, testMetaReportsVault},
+		{"AdminAuditPagesWalkEveryRowOnce", false, testAuditPages},
+		{"AdminEraseDeletesOnlyThatUser", false, testEraseDeletesOnlyThatUser},
+		{"AdminEraseIsIdempotent", false, testEraseIsIdempotent},
+		{"AdminEmptyUserIDIsRefused", false, testAdminEmptyUserID},
+	})
 }
 
 var errAbort = errors.New("storetest: abort the transaction")
@@ -638,15 +686,8 @@ func testAuditRoundTrip(t *testing.T, h Harness) {
 	}
 }
 
-func format1Store(t *testing.T, s broker.Store) broker.Format1Store {
-	t.Helper()
-	f, ok := s.(broker.Format1Store)
-	require.True(t, ok, "the store must implement broker.Format1Store")
-	return f
-}
-
 func testFormat1ClosedOnFreshStore(t *testing.T, h Harness) {
-	st, err := format1Store(t, h.Store).Format1State(t.Context())
+	st, err := h.Store.Format1State(t.Context())
 	require.NoError(t, err)
 	require.True(t, st.Closed, "a store that never held a format-1 row starts closed")
 	require.False(t, st.ClosedAt.IsZero())
@@ -654,11 +695,10 @@ func testFormat1ClosedOnFreshStore(t *testing.T, h Harness) {
 }
 
 func testFormat1ClosesOnlyWithoutFormat1Rows(t *testing.T, h Harness) {
-	require.NotNil(t, h.Format1Open, "Harness.Format1Open is required")
+	require.NotNil(t, h.ReopenFormat1, "Harness.ReopenFormat1 is required")
 	ctx := t.Context()
-	store := h.Format1Open(t)
-	f1 := format1Store(t, store)
-	h = Harness{Store: store}
+	h.ReopenFormat1(t)
+	f1 := h.Store
 	st, err := f1.Format1State(ctx)
 	require.NoError(t, err)
 	require.Equal(t, broker.Format1State{}, st)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -89,11 +88,7 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 		return err
 	}
 	defer closeStore()
-	counts, ok := store.(broker.RewrapStore)
-	if !ok {
-		return errors.New("this store cannot count rows per KEK")
-	}
-	rows, err := counts.KEKCounts(ctx)
+	rows, err := store.KEKCounts(ctx)
 	if err != nil {
 		return err
 	}
@@ -104,20 +99,16 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 		}
 	}
 	var format1 *broker.Format1State
-	if f1, ok := store.(broker.Format1Store); ok {
-		// A schema not migrated to the closure yet still has counts.
-		if st, err := f1.Format1State(ctx); err != nil {
-			log.Warn("cannot read whether format 1 is closed", slog.String("error", err.Error()))
-		} else {
-			format1 = &st
-		}
+	// A schema not migrated to the closure yet still has counts.
+	if st, err := store.Format1State(ctx); err != nil {
+		log.Warn("cannot read whether format 1 is closed", slog.String("error", err.Error()))
+	} else {
+		format1 = &st
 	}
 	roles := configuredRoles(cfg, getenv)
-	var dataKeys []broker.DataKey
-	if store, ok := store.(broker.DataKeyStore); ok {
-		if dataKeys, err = store.DataKeyList(ctx); err != nil {
-			return err
-		}
+	dataKeys, err := store.DataKeyList(ctx)
+	if err != nil {
+		return err
 	}
 	if len(roles) > 0 {
 		// Rows of cached envelope mode name a data key: say which KEK

@@ -129,7 +129,7 @@ type ops struct {
 	kek       *kekMetrics
 	commits   *groupCommitMetrics
 	readiness *vaultapi.Readiness
-	rows      *rowsCollector // nil when the store cannot count rows per KEK
+	rows      *rowsCollector // nil until apiConfig
 	metricsLn net.Listener   // the separate metrics listener, if configured
 }
 
@@ -277,10 +277,9 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 			return cfg, err
 		}
 	}
-	if o.rows = newRowsCollector(store, o.log); o.rows != nil {
-		if err := o.registry.Register(o.rows); err != nil {
-			return cfg, err
-		}
+	o.rows = newRowsCollector(store, o.log)
+	if err := o.registry.Register(o.rows); err != nil {
+		return cfg, err
 	}
 	return cfg, nil
 }

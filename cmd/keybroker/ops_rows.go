@@ -22,7 +22,7 @@ const rowsInterval = time.Minute
 // refreshed in the background.
 type rowsCollector struct {
 	counts broker.RewrapStore
-	locker broker.RewrapLocker // nil when the store has no job lock
+	locker broker.RewrapLocker // nil when the store has no job lock (SQLite)
 	log    *slog.Logger
 
 	mu       sync.Mutex
@@ -48,14 +48,9 @@ var (
 		"1 when the last re-wrap run finished its rows.", []string{"active_kek_id"}, nil)
 )
 
-// newRowsCollector returns nil when the store cannot count rows per KEK
-// (the embedded store can; a store without the re-wrap ability cannot).
+// newRowsCollector returns the collector of store's rows.
 func newRowsCollector(store broker.Store, log *slog.Logger) *rowsCollector {
-	counts, ok := store.(broker.RewrapStore)
-	if !ok {
-		return nil
-	}
-	c := &rowsCollector{counts: counts, log: log}
+	c := &rowsCollector{counts: store, log: log}
 	c.locker, _ = store.(broker.RewrapLocker)
 	return c
 }

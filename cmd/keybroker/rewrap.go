@@ -109,10 +109,6 @@ func startRewrap(ctx context.Context, cfg rewrapConfig, store broker.Store, keyr
 		log.Info("re-wrap job disabled")
 		return func() {}
 	}
-	if _, ok := store.(broker.RewrapStore); !ok {
-		log.Info("re-wrap job not available on this store")
-		return func() {}
-	}
 	host, _ := os.Hostname()
 	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: cfg.Batch,
 		RowsPerSecond: cfg.Rate, Runner: fmt.Sprintf("%s pid %d", host, os.Getpid()), Logger: log,
@@ -227,9 +223,6 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: batch, RowsPerSecond: rate,
 		Concurrency: concurrency, DryRun: dryRun, Runner: fmt.Sprintf("%s pid %d (keybroker rewrap)", host, os.Getpid()),
 		Progress: bar.update, Logger: log, DataKeyGrace: dataKeyGrace})
-	if errors.Is(err, broker.ErrRewrapUnsupported) {
-		return errors.New("this store cannot run the re-wrap job")
-	}
 	if err != nil {
 		return err
 	}

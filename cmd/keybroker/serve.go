@@ -277,16 +277,10 @@ func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.
 		}
 		return instrumentKEK(kek, "data-key", o.metrics), nil
 	}
-	kcfg := broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log, NewLocalKEK: newLocal,
-		DataKeyMaxAge: dataKeyMaxAge, Now: now}
-	// Data keys are loaded whenever the store keeps them, so rows written
-	// in cached mode keep opening after a URI switches to cache=off.
-	if dataKeys, ok := store.(broker.DataKeyStore); ok {
-		kcfg.DataKeys = dataKeys
-	} else if len(o.cached) > 0 {
-		return nil, fmt.Errorf("cached envelope mode (KEKs %v) needs a store that keeps data keys (PostgreSQL); set $%s or add cache=off to the KEK URIs", o.cached, envDatabaseURL)
-	}
-	return broker.LoadKeyring(ctx, kcfg)
+	// Data keys are loaded even when no KEK is cached, so rows written in
+	// cached mode keep opening after a URI switches to cache=off.
+	return broker.LoadKeyring(ctx, broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log,
+		NewLocalKEK: newLocal, DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now})
 }
 
 // keyringRefreshInterval is how often cached data keys are reloaded: the

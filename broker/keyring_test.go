@@ -143,6 +143,8 @@ func TestKEKErrorClassification(t *testing.T) {
 	require.False(t, IsUnavailable(denied), "a refusal is not an outage: cached keys must not survive it")
 	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, unavailableErr{})))
 	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, context.DeadlineExceeded)))
+	notLoaded := &UnavailableError{Dependency: DependencyKEK, Err: errors.New("data keys not loaded yet")}
+	require.Same(t, notLoaded, classifyKEKError(ErrUnwrapFailed, notLoaded), "the domain's own outage is kept as it is")
 	err := classifyKEKError(ErrUnwrapFailed, errors.New("cipher: message authentication failed"))
 	require.False(t, IsUnavailable(err))
 	require.ErrorIs(t, err, ErrUnwrapFailed)

@@ -24,6 +24,7 @@ import (
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 )
 
@@ -148,7 +149,7 @@ func TestAWSKMSPolicy(t *testing.T) {
 			continue
 		}
 		// Every statement that encrypts or decrypts pins this KEK id.
-		require.Equal(t, stringOrList{p.ID}, st.Condition["StringEquals"]["kms:EncryptionContext:"+broker.BindingKEKID], st.Sid)
+		require.Equal(t, stringOrList{p.ID}, st.Condition["StringEquals"]["kms:EncryptionContext:"+kek.BindingKEKID], st.Sid)
 		require.NotEmpty(t, st.Condition["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"], st.Sid)
 	}
 	for _, a := range []string{"kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"} {

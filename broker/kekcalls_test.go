@@ -11,8 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
 	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
+	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/kek"
+	"github.com/keybroker/keybroker/kekproviders/awskms"
+	"github.com/keybroker/keybroker/kekproviders/gcpkms"
 	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
 )
 
@@ -115,4 +119,62 @@ func TestKeyringReportsEveryKEKCall(t *testing.T) {
 			"transit-1 rewrap ok", "transit-1 unwrap ok",
 		}, log.ops())
 	})
+}
+
+// TestKeyVersionRotationPerProvider: what the re-wrap job does when a KMS
+// key gets a new version, for each provider with versions. Vault Transit
+// moves every wrap to the newest version with transit/rewrap
+// (TestRewrapVaultTransitKeyVersions). Cloud KMS and AWS KMS decrypt with
+// whichever version made a wrap and name it to no caller, so the job
+// leaves the rows as they are, without a single KMS call, and they keep
+// opening.
+func TestKeyVersionRotationPerProvider(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, p := range []struct {
+		name string
+		// open returns the provider's KEK over a fresh key, a function
+		// that adds a key version where the test can, and one that counts
+		// the backend's calls.
+		open func(t *testing.T) (k broker.KEK, rotate func(), calls func() int)
+	}{
+		{"GCPKMS", func(t *testing.T) (broker.KEK, func(), func() int) {
+			srv := fakegcpkms.Start(t)
+			name := srv.CreateKey(t, "keybroker")
+			k, err := gcpkms.New(ctx, gcpkms.Config{ID: "gcp-1", KeyName: name, Timeout: 10 * time.Second, ClientOptions: srv.ClientOptions()})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = k.Close() })
+			calls := func() int { return srv.Calls("Encrypt") + srv.Calls("Decrypt") + srv.Calls("GetCryptoKey") }
+			return k, func() { srv.Rotate(t, name) }, calls
+		}},
+		{"AWSKMS", func(t *testing.T) (broker.KEK, func(), func() int) {
+			srv := localkms.Start(t)
+			k, err := awskms.New(ctx, awskms.Config{ID: "aws-1", KeyID: srv.CreateKey(t, "").ARN, Endpoint: srv.URL,
+				Region: localkms.Region, Credentials: localkms.Credentials(), Timeout: 10 * time.Second})
+			require.NoError(t, err)
+			// AWS rotates the backing key invisibly (local-kms cannot:
+			// RotateKeyOnDemand answers 501); no caller sees a version.
+			return k, func() {}, func() int { return int(srv.Requests()) }
+		}},
+	} {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			e := newRewrapEnv(t)
+			k, rotate, calls := p.open(t)
+			_, versions := k.(kek.Versioner)
+			require.False(t, versions, "a %s ciphertext names no key version to the caller", p.name)
+			keys := e.seed(t, k, "user", 5, broker.FormatBound)
+			before := e.rows(t)
+			rotate()
+
+			made := calls()
+			res, err := e.job(t, keyring(t, k)).Run(ctx)
+			require.NoError(t, err)
+			require.Zero(t, res.Done)
+			require.Zero(t, res.ServerRewrapped)
+			require.Equal(t, made, calls(), "the job makes no KMS call for rows already on the active KEK")
+			require.Equal(t, before, e.rows(t), "no row changes")
+			requireKeysOpen(t, e.service(t, keyring(t, k)), keys)
+		})
+	}
 }

@@ -41,8 +41,7 @@ type (
 	}
 
 	// Rewrapper re-encrypts a wrap under the key's newest version
-	// without the plaintext leaving the backend (Vault Transit rewrap,
-	// AWS KMS ReEncrypt).
+	// without the plaintext leaving the backend (Vault Transit rewrap).
 	// The binding and the KEK id stay the same. The re-wrap job uses it
 	// together with Versioner.
 	Rewrapper interface {

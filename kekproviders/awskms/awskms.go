@@ -11,7 +11,7 @@
 // each Wrap, Unwrap or Status is bounded by a per-call timeout that covers
 // all its attempts.
 //
-// At most Config.MaxInFlight Encrypt, Decrypt and ReEncrypt calls of one
+// At most Config.MaxInFlight Encrypt and Decrypt calls of one
 // KEK are in flight at once, over as many HTTP connections open at once at
 // most (counted from a dial until its Close has returned); further
 // callers wait for a slot within their timeout and their context's
@@ -68,7 +68,7 @@ type Config struct {
 	// MaxAttempts is the standard retryer's attempt limit (first try
 	// included); zero keeps the SDK default (3).
 	MaxAttempts int
-	// MaxInFlight bounds the Encrypt, Decrypt and ReEncrypt calls in
+	// MaxInFlight bounds the Encrypt and Decrypt calls in
 	// flight at once, and the HTTP connections to the KMS endpoint; zero
 	// means DefaultMaxInFlight. Status probes are not counted, so that
 	// readiness reports the KMS itself, not this queue.
@@ -110,11 +110,13 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// The abilities an AWS KMS KEK claims.
+// The abilities an AWS KMS KEK claims. It has no Rewrapper: AWS keeps
+// every backing key of a rotated KMS key and decrypts with the one that
+// made the ciphertext, which no ciphertext names to the caller, so there
+// is nothing to sweep (docs/rotation.md).
 var (
 	_ kek.KEK           = (*KEK)(nil)
 	_ kek.StatusChecker = (*KEK)(nil)
-	_ kek.Rewrapper     = (*KEK)(nil)
 )
 
 // KEK is a key-encryption key in AWS KMS. It is safe for concurrent use.
@@ -232,30 +234,6 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, binding map[string]
 		return nil, err
 	}
 	return out.Plaintext, nil
-}
-
-// Rewrap re-encrypts ciphertext under the key's current backing key with
-// KMS ReEncrypt, the plaintext never leaving KMS. The key and the binding
-// stay the same. It implements kek.Rewrapper; the caller needs
-// kms:ReEncryptFrom and kms:ReEncryptTo.
-func (k *KEK) Rewrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error) {
-	if len(ciphertext) == 0 {
-		return nil, fmt.Errorf("awskms: re-encrypt: %w: empty", kek.ErrInvalidCiphertext)
-	}
-	ec := encryptionContext(binding)
-	out, err := call(ctx, k, "re-encrypt", func(callCtx context.Context) (*kms.ReEncryptOutput, error) {
-		return k.client.ReEncrypt(callCtx, &kms.ReEncryptInput{
-			CiphertextBlob:               ciphertext,
-			SourceKeyId:                  aws.String(k.keyID),
-			SourceEncryptionContext:      ec,
-			DestinationKeyId:             aws.String(k.keyID),
-			DestinationEncryptionContext: ec,
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out.CiphertextBlob, nil
 }
 
 // Status describes the key (kms:DescribeKey) and reports an error unless

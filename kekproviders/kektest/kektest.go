@@ -46,6 +46,11 @@ type Subject struct {
 	// while being opened — a backend of its own made to hang once the
 	// KEK is open. Nil for providers without a backend.
 	Stalled func(t *testing.T, addr string, timeout time.Duration) kek.KEK
+	// Rotate adds a version to KEK's backend key, which new wraps then
+	// use (Vault Transit's rotate, a new Cloud KMS primary version). Nil
+	// for a key without versions (a local key) and for AWS KMS, whose
+	// backing keys no ciphertext names and local-kms cannot rotate.
+	Rotate func(t *testing.T)
 }
 
 // opTimeout bounds every call the suite expects to succeed.
@@ -78,6 +83,8 @@ func Run(t *testing.T, newSubject func(t *testing.T) Subject) {
 	t.Run("PerCallTimeoutOnStalledBackend", func(t *testing.T) { testPerCallTimeout(t, s) })
 	t.Run("OutageIsUnavailable", func(t *testing.T) { testOutage(t, s) })
 	t.Run("RefusalIsDenied", func(t *testing.T) { testDenied(t, s) })
+	t.Run("RewrapNeedsVersions", func(t *testing.T) { testRewrapNeedsVersions(t, s) })
+	t.Run("KeyRotation", func(t *testing.T) { testKeyRotation(t, s) })
 }
 
 // Binding returns a format-2 style binding context, as the broker binds a
@@ -386,6 +393,68 @@ func testDenied(t *testing.T, s Subject) {
 	}
 }
 
+// testRewrapNeedsVersions: the re-wrap job moves a wrap with Rewrap only
+// when Versioner says it was made by an older key version; a Rewrapper
+// without it would never be called.
+func testRewrapNeedsVersions(t *testing.T, s Subject) {
+	_, rewraps := s.KEK.(kek.Rewrapper)
+	_, versions := s.KEK.(kek.Versioner)
+	require.False(t, rewraps && !versions, "%T has Rewrap but no KeyVersion and LatestVersion: nothing would call it", s.KEK)
+}
+
+// testKeyRotation: after a new key version, old wraps still open and new
+// ones are made by it; where the provider reports versions, the old wrap
+// is due and Rewrap moves it to the newest version under the same
+// binding, which it still authenticates.
+func testKeyRotation(t *testing.T, s Subject) {
+	if s.Rotate == nil {
+		t.Skip("SKIP: no key version this suite can add for this provider (a local key, or AWS KMS on local-kms)")
+	}
+	ctx := Context(t, opTimeout)
+	b := Binding("alice", s.KEK.ID())
+	plaintext := randomBytes(32)
+	old, err := s.KEK.Wrap(ctx, plaintext, b)
+	require.NoError(t, err)
+	s.Rotate(t)
+	fresh, err := s.KEK.Wrap(ctx, plaintext, b)
+	require.NoError(t, err)
+	for _, wrapped := range [][]byte{old, fresh} {
+		back, err := s.KEK.Unwrap(ctx, wrapped, b)
+		require.NoError(t, err, "a new key version must leave old wraps opening")
+		require.Equal(t, plaintext, back)
+	}
+
+	v, ok := s.KEK.(kek.Versioner)
+	if !ok {
+		return // the backend picks the version itself; nothing is due
+	}
+	latest, err := v.LatestVersion(ctx)
+	require.NoError(t, err)
+	oldVersion, err := v.KeyVersion(old)
+	require.NoError(t, err)
+	freshVersion, err := v.KeyVersion(fresh)
+	require.NoError(t, err)
+	require.Less(t, oldVersion, latest, "the old wrap is due")
+	require.Equal(t, latest, freshVersion, "new wraps use the newest version")
+
+	rw, ok := s.KEK.(kek.Rewrapper)
+	if !ok {
+		return
+	}
+	moved, err := rw.Rewrap(ctx, old, b)
+	require.NoError(t, err)
+	movedVersion, err := v.KeyVersion(moved)
+	require.NoError(t, err)
+	require.Equal(t, latest, movedVersion)
+	back, err := s.KEK.Unwrap(ctx, moved, b)
+	require.NoError(t, err)
+	require.Equal(t, plaintext, back)
+	_, err = s.KEK.Unwrap(ctx, moved, Binding("mallory", s.KEK.ID()))
+	RequireBadData(t, err)
+	_, err = rw.Rewrap(ctx, old, Binding("mallory", s.KEK.ID()))
+	RequireBadData(t, err)
+}
+
 // calls lists one call of each kind against k, with a ciphertext that
 // does not matter because the backend never answers.
 func calls(k kek.KEK) map[string]func(ctx context.Context) error {
@@ -405,6 +474,18 @@ func callsWith(k kek.KEK, wrapped []byte, b map[string]string) map[string]func(c
 	}
 	if sc, ok := k.(kek.StatusChecker); ok {
 		m["Status"] = sc.Status
+	}
+	if rw, ok := k.(kek.Rewrapper); ok {
+		m["Rewrap"] = func(ctx context.Context) error {
+			_, err := rw.Rewrap(ctx, wrapped, b)
+			return err
+		}
+	}
+	if v, ok := k.(kek.Versioner); ok {
+		m["LatestVersion"] = func(ctx context.Context) error {
+			_, err := v.LatestVersion(ctx)
+			return err
+		}
 	}
 	return m
 }

@@ -144,9 +144,10 @@ type Tx interface {
 	AuditInsert(ctx context.Context, e *AuditEntry) error
 }
 
-// KEK is a key-encryption key, wrapping bound to a binding context (see
-// BindingContext): kek.KEK itself, not a copy, so any provider is one and
-// its optional abilities (kek.StatusChecker, kek.Rewrapper, …) are found
-// on it by type assertion. The alias spares the domain's code, where
-// "kek" is the natural name of a variable, from naming the package.
+// KEK is a key-encryption key: a provider that reports its id and wraps
+// and unwraps bytes bound to a binding context (see BindingContext).
+// It is kek.KEK itself, not a copy: any provider is one, and its optional
+// abilities (kek.StatusChecker, kek.Rewrapper, …) are found on it by type
+// assertion. The alias spares the domain's code, where "kek" is the
+// natural name of a variable, from naming the package.
 type KEK = kek.KEK

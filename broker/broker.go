@@ -4,13 +4,15 @@
 // record and the HTTP layer answers.
 //
 // It knows no HTTP, no SQL driver and no KMS SDK. It defines the small
-// interfaces it consumes — KEK, Store and Tx — and adapters implement
-// them.
+// interfaces it consumes — Store and Tx — and adapters implement them;
+// the KEK it consumes is the contract of package kek, which providers
+// implement without importing the domain.
 package broker
 
 import (
-	"context"
 	"time"
+
+	"github.com/keybroker/keybroker/kek"
 )
 
 // MasterKeySize is the length in bytes of every user master key.
@@ -118,13 +120,8 @@ type RequestMeta struct {
 
 // KEK is a key-encryption key: a provider that reports its id and wraps
 // and unwraps bytes bound to a binding context (see BindingContext).
-// An empty or nil binding means "no AAD" (the legacy format).
-type KEK interface {
-	// ID is the stable id recorded on every row this KEK wraps.
-	ID() string
-	// Wrap encrypts plaintext bound to binding.
-	Wrap(ctx context.Context, plaintext []byte, binding map[string]string) ([]byte, error)
-	// Unwrap decrypts ciphertext; it fails when binding differs from the
-	// one used to wrap.
-	Unwrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error)
-}
+// It is kek.KEK itself, not a copy: any provider is one, and its optional
+// abilities (kek.StatusChecker, kek.Rewrapper, …) are found on it by type
+// assertion. The alias spares the domain's code, where "kek" is the
+// natural name of a variable, from naming the package.
+type KEK = kek.KEK

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/keybroker/keybroker/kek"
 )
 
 // Cached envelope mode
@@ -34,7 +36,7 @@ import (
 // wrap under the deleted key: the store refuses such a write
 // (ErrDataKeyDeleted) and the service reloads and retries it, so no row is
 // ever stored under a key that no longer exists. A reload zeroes the local
-// KEK of every data key it no longer finds (KEKDestroyer).
+// KEK of every data key it no longer finds (kek.Destroyer).
 
 // DataKey is a data key as stored: wrapped by the remote KEK WrappedBy.
 type DataKey struct {
@@ -50,7 +52,7 @@ type DataKey struct {
 // to: a data key's wrap does not open as another data key, nor as a user
 // key.
 func DataKeyBinding(id, wrappedBy string) map[string]string {
-	return map[string]string{"purpose": "keybroker-data-key", "data_key_id": id, BindingKEKID: wrappedBy}
+	return map[string]string{kek.BindingPurpose: "keybroker-data-key", kek.BindingDataKeyID: id, kek.BindingKEKID: wrappedBy}
 }
 
 // ErrNotCachedMode means the active KEK is not in cached envelope mode:
@@ -73,9 +75,16 @@ type KeyringConfig struct {
 	DataKeys DataKeyStore
 	// NewLocalKEK makes the local KEK of a data key (AES-256-GCM); required
 	// with Cached. Injected because broker imports no provider. When the
-	// KEK it returns is a KEKDestroyer, the keyring destroys it once the
+	// KEK it returns is a kek.Destroyer, the keyring destroys it once the
 	// data key is no longer loaded.
 	NewLocalKEK func(id string, key []byte) (KEK, error)
+	// OnKEKCall, when set, is told of every call the keyring makes to a
+	// KEK — the data keys' local KEKs and the remote KEKs that wrap them
+	// included — and of those the re-wrap job makes through it (Rewrap,
+	// LatestVersion), with its duration and error: the KEK metrics. It
+	// must be quick and safe for concurrent use. Others that call a KEK
+	// of the keyring report through Keyring.CallObserver.
+	OnKEKCall func(kek.Call)
 	// RefreshMinInterval rate-limits reloads triggered by an unknown id;
 	// default 10s.
 	RefreshMinInterval time.Duration
@@ -127,7 +136,12 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 		return nil, err
 	}
 	if len(cfg.Cached) == 0 && cfg.DataKeys == nil {
-		return NewKeyring(cfg.Active, cfg.DecryptOnly...)
+		k, err := NewKeyring(cfg.Active, cfg.DecryptOnly...)
+		if err != nil {
+			return nil, err
+		}
+		k.onCall = cfg.OnKEKCall
+		return k, nil
 	}
 	src := &dataKeySource{cfg: cfg, remotes: map[string]KEK{}, cached: map[string]bool{}, loaded: map[string]KEK{}}
 	for _, kek := range append([]KEK{cfg.Active}, cfg.DecryptOnly...) {
@@ -139,7 +153,7 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 		}
 		src.cached[id] = true
 	}
-	k := &Keyring{dataKeys: src}
+	k := &Keyring{dataKeys: src, onCall: cfg.OnKEKCall}
 	src.keyring = k
 	// Until the data keys load, the configured KEKs still open the rows
 	// they wrapped directly; new wraps fail as unavailable.
@@ -379,7 +393,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 			continue // wrapped by a KEK that is not configured (any more)
 		}
 		newest = dk
-		key, err := remote.Unwrap(ctx, dk.Wrapped, DataKeyBinding(dk.ID, dk.WrappedBy))
+		key, err := d.keyring.unwrap(ctx, remote, dk.Wrapped, DataKeyBinding(dk.ID, dk.WrappedBy))
 		if err != nil {
 			err = classifyKEKError(ErrUnwrapFailed, err)
 			if prev, ok := d.loaded[dk.ID]; ok && IsUnavailable(err) {
@@ -512,9 +526,9 @@ func (d *dataKeySource) discard(locals map[string]KEK) {
 	}
 }
 
-func destroyKEK(kek KEK) {
-	if k, ok := kek.(KEKDestroyer); ok {
-		k.Destroy()
+func destroyKEK(k KEK) {
+	if d, ok := k.(kek.Destroyer); ok {
+		d.Destroy()
 	}
 }
 
@@ -529,7 +543,7 @@ func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, erro
 	key := newMasterKey()
 	defer wipe(key)
 	remote := d.cfg.Active
-	wrapped, err := remote.Wrap(ctx, key, DataKeyBinding(id, remote.ID()))
+	wrapped, err := d.keyring.wrap(ctx, remote, key, DataKeyBinding(id, remote.ID()))
 	if err != nil {
 		return nil, false, fmt.Errorf("data keys: wrap a new data key: %w", classifyKEKError(errors.New("wrap failed"), err))
 	}
@@ -554,7 +568,7 @@ func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, erro
 // KEK.
 func (d *dataKeySource) moveDataKey(ctx context.Context, dk *DataKey, key []byte) (bool, error) {
 	remote := d.cfg.Active
-	wrapped, err := remote.Wrap(ctx, key, DataKeyBinding(dk.ID, remote.ID()))
+	wrapped, err := d.keyring.wrap(ctx, remote, key, DataKeyBinding(dk.ID, remote.ID()))
 	if err != nil {
 		return false, fmt.Errorf("data keys: re-wrap %s: %w", dk.ID, classifyKEKError(errors.New("wrap failed"), err))
 	}

@@ -3,6 +3,8 @@ package broker
 import (
 	"errors"
 	"fmt"
+
+	"github.com/keybroker/keybroker/kek"
 )
 
 // Sentinel errors of vault operations. Each reports an Outcome
@@ -92,39 +94,32 @@ func (e *UnavailableError) Error() string {
 
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
+// Unavailable reports true: kek.Classify, which readiness and the KEK
+// checks ask, counts this error as an outage too.
+func (e *UnavailableError) Unavailable() bool { return true }
+
 // IsUnavailable reports whether err says a dependency is unreachable.
 func IsUnavailable(err error) bool {
 	var u *UnavailableError
 	return errors.As(err, &u)
 }
 
-// kekUnavailable is implemented by provider errors that mean "the KEK
-// backend could not be reached" rather than "the ciphertext is bad";
-// kekDenied by those that mean "the backend refused". Providers cannot
-// import broker, so the classification is by behaviour.
-type (
-	kekUnavailable interface{ Unavailable() bool }
-	kekDenied      interface{ Denied() bool }
-)
-
-// classifyKEKError turns a provider error into a domain error: backend
-// outages become *UnavailableError, everything else ErrUnwrapFailed-like
-// failures are returned wrapped in base.
+// classifyKEKError turns a KEK error into a domain error by its
+// kek.Classify class: an outage (unavailable, a timeout, a cancelled
+// call) becomes *UnavailableError, a refusal ErrKEKDenied, and anything
+// else is returned wrapped in base. An *UnavailableError the domain made
+// itself (a data key not loaded yet) is returned as it is.
 func classifyKEKError(base error, err error) error {
-	var u kekUnavailable
-	if errors.As(err, &u) && u.Unavailable() {
-		return &UnavailableError{Dependency: DependencyKEK, Err: err}
-	}
-	var d kekDenied
-	if errors.As(err, &d) && d.Denied() {
-		return fmt.Errorf("%w: %w", ErrKEKDenied, err)
-	}
 	var ue *UnavailableError
 	if errors.As(err, &ue) {
 		return err
 	}
-	if isContextError(err) {
+	switch c := kek.Classify(err); {
+	case c.Outage():
 		return &UnavailableError{Dependency: DependencyKEK, Err: err}
+	case c == kek.ClassDenied:
+		return fmt.Errorf("%w: %w", ErrKEKDenied, err)
+	default:
+		return fmt.Errorf("%w: %w", base, err)
 	}
-	return fmt.Errorf("%w: %w", base, err)
 }

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"time"
+
+	"github.com/keybroker/keybroker/kek"
 )
 
 // Keyring holds the active KEK, which makes every new wrap, and any
@@ -18,28 +21,14 @@ type Keyring struct {
 	state atomic.Pointer[keyringState]
 	// dataKeys is non-nil in cached envelope mode.
 	dataKeys *dataKeySource
+	// onCall is KeyringConfig.OnKEKCall; nil when no one observes.
+	onCall func(kek.Call)
 }
 
 type keyringState struct {
 	active KEK
 	byID   map[string]KEK
-	local  []string // ids of the LocalKEKs
-}
-
-// LocalKEK is an optional KEK ability: Local reports that Unwrap makes no
-// network call, so it fails only for a wrap that does not authenticate.
-// The fetch path records such a fetch in the commit of its read.
-type LocalKEK interface {
-	Local() bool
-}
-
-// KEKDestroyer is an optional KEK ability: Destroy zeroes the key
-// material the KEK holds, after the calls in flight, and every later call
-// fails. It reports whether the memory was overwritten rather than only
-// dropped. The keyring destroys a data key's local KEK once the data key
-// is no longer loaded.
-type KEKDestroyer interface {
-	Destroy() bool
+	local  []string // ids of the KEKs that unwrap locally (kek.LocalUnwrapper)
 }
 
 // NewKeyring builds a keyring from the active KEK and the decrypt-only
@@ -59,20 +48,56 @@ func newKeyringState(active KEK, decryptOnly []KEK) (*keyringState, error) {
 		return nil, errors.New("broker: keyring: no active KEK")
 	}
 	st := &keyringState{active: active, byID: map[string]KEK{}}
-	for _, kek := range append([]KEK{active}, decryptOnly...) {
-		id := kek.ID()
+	for _, k := range append([]KEK{active}, decryptOnly...) {
+		id := k.ID()
 		if id == "" {
 			return nil, errors.New("broker: keyring: a KEK has an empty id")
 		}
 		if _, dup := st.byID[id]; dup {
 			return nil, fmt.Errorf("broker: keyring: KEK id %q configured twice", id)
 		}
-		st.byID[id] = kek
-		if l, ok := kek.(LocalKEK); ok && l.Local() {
+		st.byID[id] = k
+		if l, ok := k.(kek.LocalUnwrapper); ok && l.Local() {
 			st.local = append(st.local, id)
 		}
 	}
 	return st, nil
+}
+
+// CallObserver returns the keyring's KeyringConfig.OnKEKCall for the
+// calls others make on of, a KEK of this keyring or one it was configured
+// with (readiness probes, the start-up check), so that they are measured
+// like the keyring's own. It returns nil when nothing observes, and for
+// the stand-in of a data key not loaded yet, which calls no KEK.
+func (k *Keyring) CallObserver(of KEK) func(kek.Call) {
+	if _, standIn := of.(*unloadedKEK); standIn || k.onCall == nil {
+		return nil
+	}
+	return k.onCall
+}
+
+// observed runs call, one call of op on the KEK of, and reports it to
+// OnKEKCall. Every KEK call the keyring and the re-wrap job make goes
+// through it.
+func observed[T any](k *Keyring, of KEK, op string, call func() (T, error)) (T, error) {
+	onCall := k.CallObserver(of)
+	if onCall == nil {
+		return call()
+	}
+	start := time.Now()
+	out, err := call()
+	onCall(kek.Call{KEKID: of.ID(), Op: op, Took: time.Since(start), Err: err})
+	return out, err
+}
+
+// wrap is of.Wrap, observed.
+func (k *Keyring) wrap(ctx context.Context, of KEK, plaintext []byte, binding map[string]string) ([]byte, error) {
+	return observed(k, of, kek.OpWrap, func() ([]byte, error) { return of.Wrap(ctx, plaintext, binding) })
+}
+
+// unwrap is of.Unwrap, observed.
+func (k *Keyring) unwrap(ctx context.Context, of KEK, ciphertext []byte, binding map[string]string) ([]byte, error) {
+	return observed(k, of, kek.OpUnwrap, func() ([]byte, error) { return of.Unwrap(ctx, ciphertext, binding) })
 }
 
 // ActiveID is the id of the KEK that makes new wraps.
@@ -117,22 +142,14 @@ func (k *Keyring) lookup(ctx context.Context, id string) (KEK, error) {
 	return nil, err
 }
 
-// Binding keys of the format-2 binding context. Local providers encode the
-// map canonically as AES-GCM AAD; AWS KMS sends it as EncryptionContext.
-const (
-	BindingUserID = "user_id"
-	BindingKEKID  = "kek_id"
-	BindingFormat = "format"
-)
-
 // BindingContext is what a format-2 wrap of userID's master key under
 // kekID is bound to. A wrap copied into another user's row, or relabelled
 // with another KEK id or format, does not unwrap.
 func BindingContext(userID, kekID string, format int) map[string]string {
 	return map[string]string{
-		BindingUserID: userID,
-		BindingKEKID:  kekID,
-		BindingFormat: strconv.Itoa(format),
+		kek.BindingUserID: userID,
+		kek.BindingKEKID:  kekID,
+		kek.BindingFormat: strconv.Itoa(format),
 	}
 }
 
@@ -143,20 +160,20 @@ func BindingContext(userID, kekID string, format int) map[string]string {
 // active KEK.
 func (k *Keyring) seal(ctx context.Context, userID string, mk []byte) (wrapped []byte, kekID string, err error) {
 	st := k.state.Load()
-	wrapped, kekID, err = sealWith(ctx, st.active, userID, mk)
+	wrapped, kekID, err = k.sealWith(ctx, st.active, userID, mk)
 	if err != nil && k.state.Load() != st {
-		wrapped, kekID, err = sealWith(ctx, k.state.Load().active, userID, mk)
+		wrapped, kekID, err = k.sealWith(ctx, k.state.Load().active, userID, mk)
 	}
 	return wrapped, kekID, err
 }
 
-func sealWith(ctx context.Context, kek KEK, userID string, mk []byte) (wrapped []byte, kekID string, err error) {
-	binding := BindingContext(userID, kek.ID(), FormatBound)
-	wrapped, err = kek.Wrap(ctx, mk, binding)
+func (k *Keyring) sealWith(ctx context.Context, active KEK, userID string, mk []byte) (wrapped []byte, kekID string, err error) {
+	binding := BindingContext(userID, active.ID(), FormatBound)
+	wrapped, err = k.wrap(ctx, active, mk, binding)
 	if err != nil {
 		return nil, "", classifyKEKError(errors.New("wrap failed"), err)
 	}
-	back, err := kek.Unwrap(ctx, wrapped, binding)
+	back, err := k.unwrap(ctx, active, wrapped, binding)
 	if err != nil {
 		return nil, "", classifyKEKError(errors.New("fresh wrap does not unwrap"), err)
 	}
@@ -164,7 +181,7 @@ func sealWith(ctx context.Context, kek KEK, userID string, mk []byte) (wrapped [
 	if !equalConstantTime(back, mk) {
 		return nil, "", errors.New("broker: fresh wrap unwraps to a different key")
 	}
-	return wrapped, kek.ID(), nil
+	return wrapped, active.ID(), nil
 }
 
 // open unwraps a stored wrap of userID's master key.
@@ -172,7 +189,7 @@ func (k *Keyring) open(ctx context.Context, userID string, v *Vault) ([]byte, er
 	if v.WrappedMK == nil {
 		return nil, fmt.Errorf("%w: no server wrap", ErrUnwrapFailed)
 	}
-	kek, err := k.lookup(ctx, v.KEKID)
+	opener, err := k.lookup(ctx, v.KEKID)
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +206,7 @@ func (k *Keyring) open(ctx context.Context, userID string, v *Vault) ([]byte, er
 	default:
 		return nil, fmt.Errorf("%w: unknown format_version %d", ErrUnwrapFailed, v.FormatVersion)
 	}
-	mk, err := kek.Unwrap(ctx, ciphertext, binding)
+	mk, err := k.unwrap(ctx, opener, ciphertext, binding)
 	if err != nil {
 		return nil, classifyKEKError(ErrUnwrapFailed, err)
 	}

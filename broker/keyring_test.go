@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/testvectors"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
@@ -124,25 +125,15 @@ func TestKeyCheckValue(t *testing.T) {
 	require.NotContains(t, kcv, base64.StdEncoding.EncodeToString(mk))
 }
 
-// unavailableErr mimics a provider's "backend unreachable" error.
-type unavailableErr struct{}
-
-func (unavailableErr) Error() string     { return "connection refused" }
-func (unavailableErr) Unavailable() bool { return true }
-
-// deniedErr mimics a provider's "the backend refused" error.
-type deniedErr struct{}
-
-func (deniedErr) Error() string { return "AccessDeniedException" }
-func (deniedErr) Denied() bool  { return true }
-
 func TestKEKErrorClassification(t *testing.T) {
-	denied := classifyKEKError(ErrUnwrapFailed, deniedErr{})
+	denied := classifyKEKError(ErrUnwrapFailed, kek.Denied(errors.New("AccessDeniedException")))
 	require.ErrorIs(t, denied, ErrKEKDenied)
 	require.NotErrorIs(t, denied, ErrUnwrapFailed, "a refusal is not corrupt data")
 	require.False(t, IsUnavailable(denied), "a refusal is not an outage: cached keys must not survive it")
-	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, unavailableErr{})))
+	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, kek.Unavailable(errors.New("connection refused")))))
 	require.True(t, IsUnavailable(classifyKEKError(ErrUnwrapFailed, context.DeadlineExceeded)))
+	notLoaded := &UnavailableError{Dependency: DependencyKEK, Err: errors.New("data keys not loaded yet")}
+	require.Same(t, notLoaded, classifyKEKError(ErrUnwrapFailed, notLoaded), "the domain's own outage is kept as it is")
 	err := classifyKEKError(ErrUnwrapFailed, errors.New("cipher: message authentication failed"))
 	require.False(t, IsUnavailable(err))
 	require.ErrorIs(t, err, ErrUnwrapFailed)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/keybroker/keybroker/kek"
 )
 
 // The re-wrap job moves every row that is not wrapped by the active KEK in
@@ -36,10 +38,12 @@ import (
 //
 // Every step leaves each row either with its old wrap, which its old KEK
 // still opens, or with a verified new one, so the job may be killed at any
-// point and started again. Where the active KEK's backend can re-encrypt a
-// wrap under its newest key version itself (Vault Transit rewrap), rows
-// already on the active KEK but on an older key version are moved with it,
-// the plaintext never leaving the backend.
+// point and started again. Where the active KEK tells which key version
+// made a wrap and can re-encrypt it under the newest version itself
+// (kek.Versioner and kek.Rewrapper: Vault Transit's rewrap), rows already
+// on the active KEK but on an older key version are moved with it, the
+// plaintext never leaving the backend. No other provider needs it: AWS KMS
+// and Cloud KMS decrypt with whichever key version made a wrap.
 
 // RewrapQuery selects candidate rows of the re-wrap job.
 type RewrapQuery struct {
@@ -522,15 +526,15 @@ func (j *RewrapJob) closeFormat1(ctx context.Context, r *rewrapRun) error {
 // sweep moves rows of the active KEK made by an older version of its
 // backend key, when the backend can re-encrypt server-side.
 func (j *RewrapJob) sweep(ctx context.Context, r *rewrapRun) error {
-	kek, err := j.cfg.Keyring.Lookup(r.active)
+	active, err := j.cfg.Keyring.Lookup(r.active)
 	if err != nil {
 		return err
 	}
-	versioner, ok := kek.(KEKVersioner)
-	if _, canRewrap := kek.(KEKRewrapper); !ok || !canRewrap {
+	versioner, ok := active.(kek.Versioner)
+	if _, canRewrap := active.(kek.Rewrapper); !ok || !canRewrap {
 		return nil
 	}
-	latest, err := versioner.LatestVersion(ctx)
+	latest, err := observed(j.cfg.Keyring, active, kek.OpLatestVersion, func() (int, error) { return versioner.LatestVersion(ctx) })
 	if err != nil {
 		return classifyKEKError(errors.New("latest key version"), err)
 	}
@@ -826,11 +830,12 @@ func (j *RewrapJob) prepare(ctx context.Context, r *rewrapRun, v *Vault, kind pa
 // compared with the row's key check value before anyone stores it, as
 // seal does for a fresh wrap.
 func (j *RewrapJob) prepareServerRewrap(ctx context.Context, v *Vault, latest int) outcome {
-	kek, err := j.cfg.Keyring.Lookup(v.KEKID)
+	ring := j.cfg.Keyring
+	versioned, err := ring.Lookup(v.KEKID)
 	if err != nil {
 		return outcome{fail: err}
 	}
-	versioner := kek.(KEKVersioner)
+	versioner := versioned.(kek.Versioner)
 	ciphertext, err := decodeStoredWrap(v)
 	if err != nil {
 		return outcome{fail: fmt.Errorf("%w: %w", ErrUnwrapFailed, err)}
@@ -846,11 +851,12 @@ func (j *RewrapJob) prepareServerRewrap(ctx context.Context, v *Vault, latest in
 		return outcome{swap: &RewrapSwap{Old: v}, server: true}
 	}
 	binding := BindingContext(v.UserID, v.KEKID, FormatBound)
-	rewrapped, err := kek.(KEKRewrapper).Rewrap(ctx, ciphertext, binding)
+	rewrapper := versioned.(kek.Rewrapper)
+	rewrapped, err := observed(ring, versioned, kek.OpRewrap, func() ([]byte, error) { return rewrapper.Rewrap(ctx, ciphertext, binding) })
 	if err != nil {
 		return outcome{fail: classifyKEKError(errors.New("server-side rewrap failed"), err)}
 	}
-	mk, err := kek.Unwrap(ctx, rewrapped, binding)
+	mk, err := ring.unwrap(ctx, versioned, rewrapped, binding)
 	if err != nil {
 		return outcome{fail: classifyKEKError(errors.New("server-side rewrap does not unwrap"), err)}
 	}
@@ -860,7 +866,7 @@ func (j *RewrapJob) prepareServerRewrap(ctx context.Context, v *Vault, latest in
 	if v.KeyCheck == nil {
 		// Compare with the old wrap instead: one more decrypt, only on
 		// rows without a check value.
-		old, err := j.cfg.Keyring.open(ctx, v.UserID, v)
+		old, err := ring.open(ctx, v.UserID, v)
 		if err != nil {
 			return outcome{fail: err}
 		}
@@ -935,23 +941,6 @@ func equalPtr(a, b *string) bool {
 		return a == b
 	}
 	return *a == *b
-}
-
-// KEKVersioner is implemented by KEKs whose ciphertexts record the
-// version of the backend key that made them (Vault Transit's vault:vN:).
-type KEKVersioner interface {
-	// KeyVersion returns the key version that made ciphertext.
-	KeyVersion(ciphertext []byte) (int, error)
-	// LatestVersion returns the backend key's newest version, which new
-	// wraps use.
-	LatestVersion(ctx context.Context) (int, error)
-}
-
-// KEKRewrapper is implemented by KEKs whose backend re-encrypts a wrap
-// under the key's newest version without the plaintext leaving it (Vault
-// Transit rewrap, AWS KMS ReEncrypt). The binding and the KEK id stay.
-type KEKRewrapper interface {
-	Rewrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error)
 }
 
 // RetiredKEKError refuses a start-up whose keyring no longer has a KEK

@@ -22,6 +22,7 @@ import (
 	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/awskms"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
@@ -386,7 +387,7 @@ type hookKEK struct {
 
 func (h *hookKEK) Wrap(ctx context.Context, pt []byte, b map[string]string) ([]byte, error) {
 	if h.beforeWrap != nil {
-		h.beforeWrap(ctx, b[broker.BindingUserID])
+		h.beforeWrap(ctx, b[kek.BindingUserID])
 	}
 	return h.KEK.Wrap(ctx, pt, b)
 }

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
 )
 
 // CheckBinding is the binding context of the probe wrap made by Check. Its
@@ -16,14 +16,14 @@ import (
 // probe wrap is never stored.
 func CheckBinding(kekID string) map[string]string {
 	return map[string]string{
-		"user_id": "keybroker:kek-check",
-		"kek_id":  kekID,
-		"format":  "2",
+		kek.BindingUserID: "keybroker:kek-check",
+		kek.BindingKEKID:  kekID,
+		kek.BindingFormat: "2",
 	}
 }
 
-// CheckResult is the outcome of Check for one KEK. Errors are classified
-// as in package kekerr, so a caller can print "unavailable" or "denied".
+// CheckResult is the outcome of Check for one KEK. Errors keep their
+// class (kek.Classify), so a caller can print "unavailable" or "denied".
 type CheckResult struct {
 	// ID is the KEK id.
 	ID string
@@ -50,54 +50,64 @@ func (r CheckResult) Err() error {
 	return errors.Join(r.StatusErr, r.RoundTripErr)
 }
 
-// Class names the kind of failure for a human: "ok", "unavailable",
+// Class names the kind of failure for a human, from kek.Classify: "ok",
+// "unavailable" (an outage: unavailable, a timeout or a cancelled call),
 // "denied", "invalid ciphertext" or "failed".
 func (r CheckResult) Class() string {
-	err := r.Err()
-	switch {
-	case err == nil:
+	switch c := kek.Classify(r.Err()); {
+	case c == kek.ClassOK:
 		return "ok"
-	case kekerr.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+	case c.Outage():
 		return "unavailable"
-	case kekerr.IsDenied(err):
+	case c == kek.ClassDenied:
 		return "denied"
-	case errors.Is(err, kekerr.ErrInvalidCiphertext):
+	case c == kek.ClassInvalidCiphertext:
 		return "invalid ciphertext"
 	default:
 		return "failed"
 	}
 }
 
-// Check probes kek the way `keybroker kek check` reports it: Status when
+// Check probes k the way `keybroker kek check` reports it: Status when
 // the provider has one, then a wrap and unwrap of 32 random bytes under
 // CheckBinding, timing each step. It runs the round trip even when Status
 // failed, so the operator sees both answers. ctx bounds the whole check.
-func Check(ctx context.Context, kek KEK) CheckResult {
-	res := CheckResult{ID: kek.ID()}
-	if sc, ok := kek.(StatusChecker); ok {
+// Each call is reported to onCall when it is not nil (the KEK metrics).
+func Check(ctx context.Context, k kek.KEK, onCall func(kek.Call)) CheckResult {
+	res := CheckResult{ID: k.ID()}
+	report := func(op string, took time.Duration, err error) {
+		if onCall != nil {
+			onCall(kek.Call{KEKID: res.ID, Op: op, Took: took, Err: err})
+		}
+	}
+	if sc, ok := k.(kek.StatusChecker); ok {
 		res.StatusChecked = true
 		start := time.Now()
-		if err := sc.Status(ctx); err != nil {
+		err := sc.Status(ctx)
+		res.StatusLatency = time.Since(start)
+		report(kek.OpStatus, res.StatusLatency, err)
+		if err != nil {
 			res.StatusErr = fmt.Errorf("status: %w", err)
 		}
-		res.StatusLatency = time.Since(start)
 	}
 
 	probe := make([]byte, 32)
 	rand.Read(probe)
 	defer clear(probe)
-	binding := CheckBinding(kek.ID())
+	binding := CheckBinding(k.ID())
 
 	start := time.Now()
-	wrapped, err := kek.Wrap(ctx, probe, binding)
+	wrapped, err := k.Wrap(ctx, probe, binding)
 	res.WrapLatency = time.Since(start)
+	report(kek.OpWrap, res.WrapLatency, err)
 	if err != nil {
 		res.RoundTripErr = fmt.Errorf("wrap: %w", err)
 		return res
 	}
 	start = time.Now()
-	back, err := kek.Unwrap(ctx, wrapped, binding)
+	back, err := k.Unwrap(ctx, wrapped, binding)
 	res.UnwrapLatency = time.Since(start)
+	report(kek.OpUnwrap, res.UnwrapLatency, err)
 	defer clear(back)
 	switch {
 	case err != nil:

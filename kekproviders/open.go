@@ -1,7 +1,7 @@
 // Package kekproviders opens a KEK from a URI. Each provider lives in its
-// own package; this one holds the single factory that picks one by
-// scheme, the optional interfaces providers implement, and Check, the
-// probe behind `keybroker kek check`.
+// own package and implements the contract of package kek; this one holds
+// the single factory that picks one by scheme, and Check, the probe
+// behind `keybroker kek check`.
 //
 // URI forms (docs/providers.md has the full table):
 //
@@ -34,6 +34,7 @@ import (
 
 	"google.golang.org/api/option"
 
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/awskms"
 	"github.com/keybroker/keybroker/kekproviders/docker"
 	"github.com/keybroker/keybroker/kekproviders/env"
@@ -78,7 +79,7 @@ type Opener struct {
 }
 
 // Open opens the KEK named by uri with default options.
-func Open(ctx context.Context, uri string) (KEK, error) {
+func Open(ctx context.Context, uri string) (kek.KEK, error) {
 	return Opener{}.Open(ctx, uri)
 }
 
@@ -154,7 +155,7 @@ func ParseURI(uri string) (*ParsedURI, error) {
 // Open opens the KEK named by uri. Remote providers authenticate and may
 // probe their backend here, bounded by ctx; a KEK that holds resources
 // (connections, a token renewer) implements io.Closer.
-func (o Opener) Open(ctx context.Context, uri string) (KEK, error) {
+func (o Opener) Open(ctx context.Context, uri string) (kek.KEK, error) {
 	p, err := ParseURI(uri)
 	if err != nil {
 		return nil, err

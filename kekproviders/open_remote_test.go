@@ -15,6 +15,7 @@ import (
 	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
 	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 )
 
@@ -90,12 +91,12 @@ func TestOpenVaultTransit(t *testing.T) {
 		"vault-transit://keybroker?id=vault-1&address=" + srv.URL + "&token_file=" + tokenFile,
 		"vault-transit://keybroker?id=vault-1&mount=transit&address=" + srv.URL + "&auth=approle&role_id=role-1&secret_id_file=" + secretIDFile + "&timeout=5s&max_retries=0",
 	} {
-		kek, err := kekproviders.Open(t.Context(), uri)
+		k, err := kekproviders.Open(t.Context(), uri)
 		require.NoError(t, err, uri)
-		roundTrip(t, kek, "vault-1", false)
-		_, ok := kek.(kekproviders.Rewrapper)
+		roundTrip(t, k, "vault-1", false)
+		_, ok := k.(kek.Rewrapper)
 		require.True(t, ok, "vault-transit offers server-side rewrap")
-		require.NoError(t, kek.(io.Closer).Close())
+		require.NoError(t, k.(io.Closer).Close())
 	}
 
 	_, err := kekproviders.Open(t.Context(), "vault-transit://keybroker?id=vault-1&address="+srv.URL+"&token="+"hvs.secret")

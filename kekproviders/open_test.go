@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/file"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
@@ -27,15 +27,15 @@ func mapEnv(m map[string]string) func(string) string {
 }
 
 // roundTrip proves an opened KEK is usable and carries the expected id,
-// and that it says it unwraps locally (broker.LocalKEK) exactly when it
+// and that it says it unwraps locally (kek.LocalUnwrapper) exactly when it
 // is a local key, not a network KMS: the fetch path records a local KEK's
 // fetch in the commit of its read.
-func roundTrip(t *testing.T, kek kekproviders.KEK, wantID string, wantLocal bool) {
+func roundTrip(t *testing.T, k kek.KEK, wantID string, wantLocal bool) {
 	t.Helper()
-	require.Equal(t, wantID, kek.ID())
-	local, ok := kek.(broker.LocalKEK)
+	require.Equal(t, wantID, k.ID())
+	local, ok := k.(kek.LocalUnwrapper)
 	require.Equal(t, wantLocal, ok && local.Local(), "%s: unwraps locally", wantID)
-	res := kekproviders.Check(kektest.Context(t, 10*time.Second), kek)
+	res := kekproviders.Check(kektest.Context(t, 10*time.Second), k, nil)
 	require.NoError(t, res.Err())
 }
 

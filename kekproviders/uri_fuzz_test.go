@@ -182,6 +182,6 @@ func FuzzOpenLocal(f *testing.F) {
 			return
 		}
 		require.Equal(t, p.ID, kek.ID())
-		require.NoError(t, kekproviders.Check(ctx, kek).Err())
+		require.NoError(t, kekproviders.Check(ctx, kek, nil).Err())
 	})
 }

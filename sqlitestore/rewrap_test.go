@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
@@ -35,7 +36,7 @@ type rotatingKEK struct {
 }
 
 func (r *rotatingKEK) Wrap(ctx context.Context, pt []byte, b map[string]string) ([]byte, error) {
-	if b[broker.BindingUserID] == r.user && r.fired.CompareAndSwap(false, true) {
+	if b[kek.BindingUserID] == r.user && r.fired.CompareAndSwap(false, true) {
 		r.rotate(ctx)
 	}
 	return r.KEK.Wrap(ctx, pt, b)

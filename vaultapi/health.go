@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kek"
 )
 
 // Check statuses reported by /readyz.
@@ -44,9 +43,10 @@ type Check struct {
 	// ID tells checks of one kind apart (the KEK id); may be empty.
 	ID string
 	// Probe reports the dependency's state: nil when usable. Errors are
-	// classified as unreachable when they say so (an Unavailable() bool
-	// method returning true, *broker.UnavailableError, a timeout or a
-	// network error) and as failing otherwise.
+	// classified as unreachable when kek.Classify calls them an outage
+	// (an Unavailable() bool method returning true, as
+	// *broker.UnavailableError has, a timeout or a network error) and as
+	// failing otherwise.
 	Probe func(ctx context.Context) error
 }
 
@@ -177,19 +177,16 @@ func (r *Readiness) record(i int, err error) {
 	r.log.LogAttrs(context.Background(), level, "readiness check changed", attrs...)
 }
 
-// classifyProbe maps a probe's error to a check status.
+// classifyProbe maps a probe's error to a check status: an outage by
+// kek.Classify (which *broker.UnavailableError counts as one) is
+// unreachable, any other error failing.
 func classifyProbe(err error) string {
-	var unavailable interface{ Unavailable() bool }
-	var netErr net.Error
 	switch {
 	case err == nil:
 		return CheckOK
 	case errors.Is(err, ErrPending):
 		return CheckPending
-	case errors.As(err, &unavailable) && unavailable.Unavailable(),
-		broker.IsUnavailable(err),
-		errors.Is(err, context.DeadlineExceeded),
-		errors.As(err, &netErr):
+	case kek.Classify(err).Outage():
 		return CheckUnreachable
 	default:
 		return CheckFailing

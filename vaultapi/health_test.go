@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/sqlitestore"
 	"github.com/keybroker/keybroker/vaultapi"
 )
@@ -104,7 +104,7 @@ func TestReadinessReportsEachClass(t *testing.T) {
 	require.Equal(t, map[string]string{"store": "ok", "kek:aws-1": "ok", "jwks": "ok"}, checkStatuses(body))
 
 	storeErr = &broker.UnavailableError{Dependency: broker.DependencyStore, Err: errors.New("dial tcp 10.0.0.5:5432: connection refused")}
-	kekErr = fmt.Errorf("awskms: key arn:aws:kms:eu-west-1:111122223333:key/x: %w", kekerr.Denied(errors.New("key state is Disabled")))
+	kekErr = fmt.Errorf("awskms: key arn:aws:kms:eu-west-1:111122223333:key/x: %w", kek.Denied(errors.New("key state is Disabled")))
 	hang = true
 	start := time.Now()
 	readiness.Poll(context.Background())
@@ -121,7 +121,7 @@ func TestReadinessReportsEachClass(t *testing.T) {
 	require.Equal(t, "unreachable", readiness.Results()[2].Status)
 	require.False(t, readiness.Ready())
 
-	kekErr = fmt.Errorf("gcpkms: %w", kekerr.Unavailable(errors.New("rpc error: code = Unavailable")))
+	kekErr = fmt.Errorf("gcpkms: %w", kek.Unavailable(errors.New("rpc error: code = Unavailable")))
 	readiness.Poll(context.Background())
 	require.Equal(t, "unreachable", readiness.Results()[1].Status)
 	require.Equal(t, "pending", classifyOnly(t, vaultapi.ErrPending))

@@ -195,8 +195,7 @@ func openEverything(t *testing.T, ctx context.Context, dump string, e *env, keks
 	}
 	for _, d := range dataKeyIDs {
 		for _, k := range kekIDs {
-			// The binding of a data key's wrap (broker's dataKeyBinding).
-			bindings = append(bindings, map[string]string{"purpose": "keybroker-data-key", "data_key_id": d, broker.BindingKEKID: k})
+			bindings = append(bindings, broker.DataKeyBinding(d, k))
 		}
 	}
 

@@ -414,7 +414,7 @@ func checkOne(ctx context.Context, opener kekproviders.Opener, uri string, timeo
 	if c, ok := kek.(io.Closer); ok {
 		defer c.Close()
 	}
-	return kekproviders.Check(ctx, kek), nil
+	return kekproviders.Check(ctx, kek, nil), nil
 }
 
 // kekIDOf is the id in a KEK URI, or the URI's scheme when it has none.

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/vaultapi"
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
@@ -252,13 +253,13 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 			cached[id] = true
 		}
 	}
-	for _, kek := range o.checkedKEKs(keyring, keks) {
-		if sc, ok := kek.(interface{ Status(context.Context) error }); ok {
-			probe := sc.Status
-			if cached[kek.ID()] {
-				probe = cachedKEKProbe(throttleProbe(sc.Status, cachedKEKStatusEvery, time.Now), keyring)
+	for _, k := range o.checkedKEKs(keyring, keks) {
+		if sc, ok := k.(kek.StatusChecker); ok {
+			probe := observedStatus(sc, k.ID(), keyring.CallObserver(k))
+			if cached[k.ID()] {
+				probe = cachedKEKProbe(throttleProbe(probe, cachedKEKStatusEvery, time.Now), keyring)
 			}
-			checks = append(checks, vaultapi.Check{Name: "kek", ID: kek.ID(), Probe: probe})
+			checks = append(checks, vaultapi.Check{Name: "kek", ID: k.ID(), Probe: probe})
 		}
 	}
 	checks = append(checks,
@@ -282,6 +283,20 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// observedStatus is sc.Status, each call reported to onCall (the KEK
+// metrics) when it is not nil.
+func observedStatus(sc kek.StatusChecker, id string, onCall func(kek.Call)) func(context.Context) error {
+	if onCall == nil {
+		return sc.Status
+	}
+	return func(ctx context.Context) error {
+		start := time.Now()
+		err := sc.Status(ctx)
+		onCall(kek.Call{KEKID: id, Op: kek.OpStatus, Took: time.Since(start), Err: err})
+		return err
+	}
 }
 
 // cachedKEKStatusEvery spaces the status calls of a cached remote KEK. In
@@ -319,11 +334,7 @@ func throttleProbe(probe func(context.Context) error, every time.Duration, now f
 func cachedKEKProbe(status func(context.Context) error, keyring *broker.Keyring) func(context.Context) error {
 	return func(ctx context.Context) error {
 		err := status(ctx)
-		var unavailable interface{ Unavailable() bool }
-		var netErr net.Error
-		unreachable := (errors.As(err, &unavailable) && unavailable.Unavailable()) ||
-			errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr)
-		if err != nil && unreachable && keyring.Ready() == nil {
+		if kek.Classify(err).Outage() && keyring.Ready() == nil {
 			return nil
 		}
 		return err

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
@@ -18,18 +18,18 @@ import (
 // internal/faults runs the whole story against a stopped KMS.
 func TestCachedKEKProbe(t *testing.T) {
 	t.Parallel()
-	kek, err := localkek.New("k", make([]byte, 32), true)
+	k, err := localkek.New("k", make([]byte, 32), true)
 	require.NoError(t, err)
-	loaded, err := broker.NewKeyring(kek)
+	loaded, err := broker.NewKeyring(k)
 	require.NoError(t, err)
 	for name, c := range map[string]struct {
 		status error
 		ok     bool
 	}{
 		"Reachable":   {nil, true},
-		"Unreachable": {kekerr.Unavailable(errors.New("connection refused")), true},
+		"Unreachable": {kek.Unavailable(errors.New("connection refused")), true},
 		"TimedOut":    {context.DeadlineExceeded, true},
-		"Denied":      {kekerr.Denied(errors.New("key disabled")), false},
+		"Denied":      {kek.Denied(errors.New("key disabled")), false},
 		"OtherError":  {errors.New("wrong key purpose"), false},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -44,12 +44,12 @@ func TestCachedKEKProbe(t *testing.T) {
 	}
 	t.Run("UnreachableBeforeTheDataKeysLoad", func(t *testing.T) {
 		unloaded, err := broker.LoadKeyring(context.Background(), broker.KeyringConfig{
-			Active: kek, Cached: []string{"k"}, DataKeys: downDataKeys{}, Logger: discardLogger(),
+			Active: k, Cached: []string{"k"}, DataKeys: downDataKeys{}, Logger: discardLogger(),
 			NewLocalKEK: func(id string, key []byte) (broker.KEK, error) { return localkek.New(id, key, false) },
 		})
 		require.NoError(t, err)
 		require.Error(t, unloaded.Ready())
-		probe := cachedKEKProbe(func(context.Context) error { return kekerr.Unavailable(errors.New("connection refused")) }, unloaded)
+		probe := cachedKEKProbe(func(context.Context) error { return kek.Unavailable(errors.New("connection refused")) }, unloaded)
 		require.Error(t, probe(context.Background()))
 	})
 }

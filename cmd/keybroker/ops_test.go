@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -22,7 +23,8 @@ import (
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
 	"github.com/keybroker/keybroker/internal/pgtest"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
+	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
 	"github.com/keybroker/keybroker/migrations"
@@ -243,71 +245,61 @@ func TestLoggerFormat(t *testing.T) {
 	require.Error(t, err)
 }
 
-// TestInstrumentedKEKKeepsAbilities: the decorator counts and times every
-// call and keeps exactly the optional abilities of the KEK it wraps — the
-// re-wrap job looks for Rewrap and KeyVersion by type assertion.
-func TestInstrumentedKEKKeepsAbilities(t *testing.T) {
+// TestKEKCallsAreMeasured: serve's keyring hands out the KEKs themselves
+// — the abilities the fetch path and the re-wrap job look for (Local,
+// Rewrap, KeyVersion) are the provider's own, with no wrapper to keep
+// them — and its observer counts and times the calls made through it,
+// labelled with the URI's scheme (data-key for a data key's local KEK)
+// and the call's class. (broker.TestKeyringReportsEveryKEKCall covers the
+// keyring's own calls.)
+func TestKEKCallsAreMeasured(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	reg := prometheus.NewRegistry()
-	m, err := newKEKMetrics(reg)
+	m, err := newKEKMetrics(prometheus.NewRegistry())
 	require.NoError(t, err)
-
 	local, err := localkek.New("local-1", bytes.Repeat([]byte{9}, 32), false)
 	require.NoError(t, err)
-	k := instrumentKEK(local, "file", m)
-	_, rewraps := k.(kekRewrapper)
-	_, versions := k.(kekVersioner)
-	require.False(t, rewraps || versions, "a local KEK gains no ability")
-	require.True(t, k.(broker.LocalKEK).Local(), "a local KEK stays local: its fetches are recorded in the read's commit")
-	binding := broker.BindingContext("alice", "local-1", broker.FormatBound)
-	wrapped, err := k.Wrap(ctx, bytes.Repeat([]byte{1}, 32), binding)
-	require.NoError(t, err)
-	_, err = k.Unwrap(ctx, wrapped, broker.BindingContext("mallory", "local-1", broker.FormatBound))
-	require.ErrorIs(t, err, kekerr.ErrInvalidCiphertext)
-	require.NoError(t, k.(interface{ Status(context.Context) error }).Status(ctx))
-	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", "wrap", "ok")))
-	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", "unwrap", "invalid_ciphertext")))
-	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", "status", "ok")))
-	// A data key's local KEK is instrumented too: the keyring zeroes it
-	// through the decorator when the data key is deleted.
-	require.True(t, k.(broker.KEKDestroyer).Destroy(), "Destroy reaches the local KEK")
-	_, err = local.Unwrap(ctx, wrapped, binding)
-	require.ErrorIs(t, err, localkek.ErrDestroyed)
-
 	srv := faketransit.Start(t)
 	srv.CreateKey(t, "kb", true)
 	transit, err := vaulttransit.New(ctx, vaulttransit.Config{ID: "transit-1", Key: "kb", Address: srv.URL, Timeout: 10 * time.Second,
 		Auth: vaulttransit.Auth{Token: srv.Token(faketransit.TokenOptions{})}})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = transit.Close() })
-	tk := instrumentKEK(transit, "vault-transit", m)
-	require.False(t, tk.(broker.LocalKEK).Local(), "a remote KEK is not local")
-	rw, ok := tk.(kekRewrapper)
-	require.True(t, ok, "Rewrap is kept")
-	ver, ok := tk.(kekVersioner)
-	require.True(t, ok, "KeyVersion and LatestVersion are kept")
-	binding = broker.BindingContext("alice", "transit-1", broker.FormatBound)
-	wrapped, err = tk.Wrap(ctx, bytes.Repeat([]byte{2}, 32), binding)
+	keks := &openedKEKs{active: local, retired: []broker.KEK{transit}, metrics: m,
+		schemes: map[string]string{"local-1": "file", "transit-1": "vault-transit"}}
+	ring, err := keks.keyring(ctx, nil, discardLogger(), 0, time.Now)
 	require.NoError(t, err)
-	srv.RotateKey(t, "kb")
-	latest, err := ver.LatestVersion(ctx)
+
+	got, err := ring.Lookup("local-1")
 	require.NoError(t, err)
-	require.Equal(t, 2, latest)
-	rewrapped, err := rw.Rewrap(ctx, wrapped, binding)
+	require.Equal(t, broker.KEK(local), got, "the keyring holds the provider's KEK itself")
+	require.True(t, got.(kek.LocalUnwrapper).Local(), "a local KEK stays local: its fetches are recorded in the read's commit")
+	got, err = ring.Lookup("transit-1")
 	require.NoError(t, err)
-	v, err := ver.KeyVersion(rewrapped)
-	require.NoError(t, err)
-	require.Equal(t, 2, v)
-	for _, op := range []string{"wrap", "rewrap", "latest_version"} {
-		require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("vault-transit", "transit-1", op, "ok")), op)
+	_, rewraps := got.(kek.Rewrapper)
+	_, versions := got.(kek.Versioner)
+	require.True(t, rewraps && versions, "the re-wrap job finds Rewrap and KeyVersion on the KEK")
+
+	res := kekproviders.Check(ctx, local, ring.CallObserver(local)) // the start-up check
+	require.True(t, res.OK(), "%v", res.Err())
+	for _, op := range []string{"status", "wrap", "unwrap"} {
+		require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", op, "ok")), op)
 	}
+	probe := observedStatus(transit, "transit-1", ring.CallObserver(transit)) // readiness
+	require.NoError(t, probe(ctx))
 	srv.Seal(true)
-	_, err = tk.Unwrap(ctx, rewrapped, binding)
-	require.Error(t, err)
-	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("vault-transit", "transit-1", "unwrap", kekOutcome(err))))
-	require.NotEqual(t, "ok", kekOutcome(err))
+	require.Error(t, probe(ctx))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("vault-transit", "transit-1", "status", "ok")))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("vault-transit", "transit-1", "status", "unavailable")))
+
+	// Any id that is not configured is a data key's local KEK.
+	keks.observeKEKCall(kek.Call{KEKID: "dk-1", Op: kek.OpUnwrap, Took: time.Millisecond, Err: fmt.Errorf("localkek: %w", kek.ErrInvalidCiphertext)})
+	require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("data-key", "dk-1", "unwrap", "invalid_ciphertext")))
 	require.Positive(t, testutil.CollectAndCount(m.latency), "latencies are observed")
+
+	dev, err := broker.NewKeyring(local)
+	require.NoError(t, err)
+	require.Nil(t, dev.CallObserver(local), "no observer, no metrics (dev mode)")
 }
 
 // TestRowsPerKEKMetric: the rows collector reports the store's rows per

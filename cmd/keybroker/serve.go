@@ -54,9 +54,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	if keks != nil {
-		if err := keks.instrument(ops.kek, cfg, getenv); err != nil {
-			return err
-		}
+		keks.metrics = ops.kek // the keyring reports its KEK calls to it
 	}
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
@@ -203,15 +201,15 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, grac
 type openedKEKs struct {
 	active  broker.KEK
 	retired []broker.KEK
-	cached  []string // ids in cached envelope mode
-	all     []kekproviders.KEK
-	metrics *kekMetrics // set by instrument; data keys are measured too
+	cached  []string          // ids in cached envelope mode
+	schemes map[string]string // each id's URI scheme: its provider in the metrics
+	metrics *kekMetrics       // set by serve: the keyring measures every KEK call
 }
 
 // close closes KEKs that hold resources (connections, token renewers).
 func (o *openedKEKs) close() {
-	for _, kek := range o.all {
-		if c, ok := kek.(io.Closer); ok {
+	for _, k := range append([]broker.KEK{o.active}, o.retired...) {
+		if c, ok := k.(io.Closer); ok {
 			_ = c.Close()
 		}
 	}
@@ -226,7 +224,7 @@ func openKEKs(ctx context.Context, cfg *config, getenv func(string) string, log 
 	if err != nil {
 		return nil, err
 	}
-	o := &openedKEKs{}
+	o := &openedKEKs{schemes: map[string]string{}}
 	open := func(uri string) (broker.KEK, error) {
 		parsed, err := kekproviders.ParseURI(uri)
 		if err != nil {
@@ -242,7 +240,7 @@ func openKEKs(ctx context.Context, cfg *config, getenv func(string) string, log 
 		if cfg.Dev {
 			log.Warn("DEV MODE: insecure KEKs (the all-zero key) are accepted")
 		}
-		o.all = append(o.all, kek)
+		o.schemes[parsed.ID] = parsed.Scheme
 		if parsed.Cached {
 			o.cached = append(o.cached, parsed.ID)
 		}
@@ -268,19 +266,20 @@ func openKEKs(ctx context.Context, cfg *config, getenv func(string) string, log 
 // age.
 func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.Logger, dataKeyMaxAge time.Duration, now func() time.Time) (*broker.Keyring, error) {
 	newLocal := func(id string, key []byte) (broker.KEK, error) {
-		kek, err := localkek.New(id, key, false)
-		switch {
-		case err != nil:
+		local, err := localkek.New(id, key, false)
+		if err != nil {
 			return nil, err
-		case o.metrics == nil:
-			return kek, nil
 		}
-		return instrumentKEK(kek, "data-key", o.metrics), nil
+		return local, nil
+	}
+	kcfg := broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log, NewLocalKEK: newLocal,
+		DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now}
+	if o.metrics != nil {
+		kcfg.OnKEKCall = o.observeKEKCall
 	}
 	// Data keys are loaded even when no KEK is cached, so rows written in
 	// cached mode keep opening after a URI switches to cache=off.
-	return broker.LoadKeyring(ctx, broker.KeyringConfig{Active: o.active, DecryptOnly: o.retired, Cached: o.cached, Logger: log,
-		NewLocalKEK: newLocal, DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now})
+	return broker.LoadKeyring(ctx, kcfg)
 }
 
 // keyringRefreshInterval is how often cached data keys are reloaded: the

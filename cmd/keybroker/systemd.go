@@ -25,6 +25,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 )
 
@@ -96,15 +97,15 @@ var errKEKUnavailable = errors.New("KEK unavailable")
 
 // checkKEKOnce runs one round trip with the active KEK.
 func checkKEKOnce(ctx context.Context, keyring *broker.Keyring, log *slog.Logger) error {
-	kek, err := keyring.Lookup(keyring.ActiveID())
+	active, err := keyring.Lookup(keyring.ActiveID())
 	if err != nil {
 		return fmt.Errorf("KEK check: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, kekCheckTimeout)
 	defer cancel()
-	res := kekproviders.Check(ctx, kek)
+	res := kekproviders.Check(ctx, active, keyring.CallObserver(active))
 	if err := res.RoundTripErr; err != nil {
-		if res.Class() == "unavailable" || broker.IsUnavailable(err) {
+		if kek.Classify(err).Outage() {
 			return fmt.Errorf("KEK check: the active KEK %q: %w: %w", res.ID, errKEKUnavailable, err)
 		}
 		return fmt.Errorf("KEK check: the active KEK %q cannot wrap and unwrap (%s): %w", res.ID, res.Class(), err)

@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
@@ -265,7 +265,7 @@ type unreachableKEK struct {
 
 func (k *unreachableKEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
 	if !k.up.Load() {
-		return nil, kekerr.Unavailable(errors.New("dial tcp: connection refused"))
+		return nil, kek.Unavailable(errors.New("dial tcp: connection refused"))
 	}
 	return k.KEK.Wrap(ctx, plaintext, b)
 }

@@ -14,7 +14,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/apitest"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/vaultapi"
 )
@@ -124,7 +124,7 @@ func TestSDKErrorsInBrowser(t *testing.T) {
 
 // outageKEK is a local KEK whose backend can be made to stop answering:
 // while down, every call fails as a provider reports an unreachable
-// backend (kekerr.UnavailableError).
+// backend (kek.UnavailableError).
 type outageKEK struct {
 	broker.KEK
 	down atomic.Bool
@@ -132,14 +132,14 @@ type outageKEK struct {
 
 func (k *outageKEK) Wrap(ctx context.Context, plaintext []byte, binding map[string]string) ([]byte, error) {
 	if k.down.Load() {
-		return nil, &kekerr.UnavailableError{Err: errors.New("test: the KEK backend is down")}
+		return nil, &kek.UnavailableError{Err: errors.New("test: the KEK backend is down")}
 	}
 	return k.KEK.Wrap(ctx, plaintext, binding)
 }
 
 func (k *outageKEK) Unwrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error) {
 	if k.down.Load() {
-		return nil, &kekerr.UnavailableError{Err: errors.New("test: the KEK backend is down")}
+		return nil, &kek.UnavailableError{Err: errors.New("test: the KEK backend is down")}
 	}
 	return k.KEK.Unwrap(ctx, ciphertext, binding)
 }

@@ -11,7 +11,7 @@
 // each Wrap, Unwrap or Status is bounded by a per-call timeout that covers
 // all its attempts.
 //
-// At most Config.MaxInFlight Encrypt, Decrypt and ReEncrypt calls of one
+// At most Config.MaxInFlight Encrypt and Decrypt calls of one
 // KEK are in flight at once, over as many HTTP connections open at once at
 // most (counted from a dial until its Close has returned); further
 // callers wait for a slot within their timeout and their context's
@@ -38,8 +38,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/internal/inflight"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
 )
 
 // DefaultTimeout bounds one call, retries included, when Config.Timeout is
@@ -68,7 +68,7 @@ type Config struct {
 	// MaxAttempts is the standard retryer's attempt limit (first try
 	// included); zero keeps the SDK default (3).
 	MaxAttempts int
-	// MaxInFlight bounds the Encrypt, Decrypt and ReEncrypt calls in
+	// MaxInFlight bounds the Encrypt and Decrypt calls in
 	// flight at once, and the HTTP connections to the KMS endpoint; zero
 	// means DefaultMaxInFlight. Status probes are not counted, so that
 	// readiness reports the KMS itself, not this queue.
@@ -109,6 +109,15 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// The abilities an AWS KMS KEK claims. It has no Rewrapper: AWS keeps
+// every backing key of a rotated KMS key and decrypts with the one that
+// made the ciphertext, which no ciphertext names to the caller, so there
+// is nothing to sweep (docs/rotation.md).
+var (
+	_ kek.KEK           = (*KEK)(nil)
+	_ kek.StatusChecker = (*KEK)(nil)
+)
 
 // KEK is a key-encryption key in AWS KMS. It is safe for concurrent use.
 type KEK struct {
@@ -191,7 +200,7 @@ func regionOfARN(keyID string) string {
 func (k *KEK) ID() string { return k.id }
 
 // Wrap encrypts plaintext under the key with binding as the encryption
-// context. Errors are classified as in package kekerr.
+// context. Errors are classified as in package kek (see kek.Classify).
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, binding map[string]string) ([]byte, error) {
 	out, err := call(ctx, k, "encrypt", func(callCtx context.Context) (*kms.EncryptOutput, error) {
 		return k.client.Encrypt(callCtx, &kms.EncryptInput{
@@ -209,10 +218,10 @@ func (k *KEK) Wrap(ctx context.Context, plaintext []byte, binding map[string]str
 // Unwrap decrypts ciphertext with binding as the encryption context. The
 // key is pinned (KeyId is sent), so a ciphertext of another key is
 // refused rather than decrypted under whatever key it names. A ciphertext
-// that does not open is kekerr.ErrInvalidCiphertext.
+// that does not open is kek.ErrInvalidCiphertext.
 func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error) {
 	if len(ciphertext) == 0 {
-		return nil, fmt.Errorf("awskms: decrypt: %w: empty", kekerr.ErrInvalidCiphertext)
+		return nil, fmt.Errorf("awskms: decrypt: %w: empty", kek.ErrInvalidCiphertext)
 	}
 	out, err := call(ctx, k, "decrypt", func(callCtx context.Context) (*kms.DecryptOutput, error) {
 		return k.client.Decrypt(callCtx, &kms.DecryptInput{
@@ -227,33 +236,9 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, binding map[string]
 	return out.Plaintext, nil
 }
 
-// Rewrap re-encrypts ciphertext under the key's current backing key with
-// KMS ReEncrypt, the plaintext never leaving KMS. The key and the binding
-// stay the same. It implements kekproviders.Rewrapper; the caller needs
-// kms:ReEncryptFrom and kms:ReEncryptTo.
-func (k *KEK) Rewrap(ctx context.Context, ciphertext []byte, binding map[string]string) ([]byte, error) {
-	if len(ciphertext) == 0 {
-		return nil, fmt.Errorf("awskms: re-encrypt: %w: empty", kekerr.ErrInvalidCiphertext)
-	}
-	ec := encryptionContext(binding)
-	out, err := call(ctx, k, "re-encrypt", func(callCtx context.Context) (*kms.ReEncryptOutput, error) {
-		return k.client.ReEncrypt(callCtx, &kms.ReEncryptInput{
-			CiphertextBlob:               ciphertext,
-			SourceKeyId:                  aws.String(k.keyID),
-			SourceEncryptionContext:      ec,
-			DestinationKeyId:             aws.String(k.keyID),
-			DestinationEncryptionContext: ec,
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out.CiphertextBlob, nil
-}
-
 // Status describes the key (kms:DescribeKey) and reports an error unless
 // it is an enabled symmetric encryption key: a disabled or deleted key is
-// kekerr denied, a key in an unreachable custom key store unavailable.
+// denied, a key in an unreachable custom key store unavailable.
 func (k *KEK) Status(ctx context.Context) error {
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
@@ -263,20 +248,20 @@ func (k *KEK) Status(ctx context.Context) error {
 	}
 	md := out.KeyMetadata
 	if md == nil {
-		return kekerr.Unavailable(errors.New("awskms: describe key: no key metadata in the answer"))
+		return kek.Unavailable(errors.New("awskms: describe key: no key metadata in the answer"))
 	}
 	switch md.KeyState {
 	case types.KeyStateEnabled:
 	case types.KeyStateUnavailable, types.KeyStateCreating, types.KeyStateUpdating:
-		return fmt.Errorf("awskms: key %s: %w", k.keyID, kekerr.Unavailable(fmt.Errorf("key state is %s", md.KeyState)))
+		return fmt.Errorf("awskms: key %s: %w", k.keyID, kek.Unavailable(fmt.Errorf("key state is %s", md.KeyState)))
 	default:
-		return fmt.Errorf("awskms: key %s: %w", k.keyID, kekerr.Denied(fmt.Errorf("key state is %s", md.KeyState)))
+		return fmt.Errorf("awskms: key %s: %w", k.keyID, kek.Denied(fmt.Errorf("key state is %s", md.KeyState)))
 	}
 	if md.KeyUsage != "" && md.KeyUsage != types.KeyUsageTypeEncryptDecrypt {
-		return fmt.Errorf("awskms: key %s: %w", k.keyID, kekerr.Denied(fmt.Errorf("key usage is %s, want ENCRYPT_DECRYPT", md.KeyUsage)))
+		return fmt.Errorf("awskms: key %s: %w", k.keyID, kek.Denied(fmt.Errorf("key usage is %s, want ENCRYPT_DECRYPT", md.KeyUsage)))
 	}
 	if md.KeySpec != "" && md.KeySpec != types.KeySpecSymmetricDefault {
-		return fmt.Errorf("awskms: key %s: %w", k.keyID, kekerr.Denied(fmt.Errorf("key spec is %s, want SYMMETRIC_DEFAULT", md.KeySpec)))
+		return fmt.Errorf("awskms: key %s: %w", k.keyID, kek.Denied(fmt.Errorf("key spec is %s, want SYMMETRIC_DEFAULT", md.KeySpec)))
 	}
 	return nil
 }
@@ -313,16 +298,16 @@ func call[T any](ctx context.Context, k *KEK, op string, fn func(callCtx context
 
 func (k *KEK) fail(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		return fmt.Errorf("awskms: %s: %w", op, kekerr.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
+		return fmt.Errorf("awskms: %s: %w", op, kek.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		// Our per-call timeout, not the caller's deadline, ran out.
-		return fmt.Errorf("awskms: %s: %w", op, kekerr.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
+		return fmt.Errorf("awskms: %s: %w", op, kek.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
 	}
 	return fmt.Errorf("awskms: %s: %w", op, classify(err))
 }
 
-// classify translates an SDK error into a kekerr class, once, by the
+// classify translates an SDK error into a kek error class, once, by the
 // service's error code (never its message).
 func classify(err error) error {
 	var invalidParams smithy.InvalidParamsError
@@ -334,25 +319,25 @@ func classify(err error) error {
 	if !errors.As(err, &apiErr) {
 		// No answer from KMS: connection refused, DNS, our own per-call
 		// timeout, or no credentials could be fetched (IMDS unreachable).
-		return kekerr.Unavailable(err)
+		return kek.Unavailable(err)
 	}
 	switch apiErr.ErrorCode() {
 	case "InvalidCiphertextException", "IncorrectKeyException":
-		return fmt.Errorf("%w: %w", kekerr.ErrInvalidCiphertext, err)
+		return fmt.Errorf("%w: %w", kek.ErrInvalidCiphertext, err)
 	case "AccessDeniedException", "DisabledException", "KMSInvalidStateException", "NotFoundException",
 		"InvalidKeyUsageException", "InvalidGrantTokenException", "UnrecognizedClientException",
 		"InvalidSignatureException", "IncompleteSignature", "ExpiredTokenException",
 		"InvalidClientTokenId", "MissingAuthenticationToken", "SignatureDoesNotMatch":
-		return kekerr.Denied(err)
+		return kek.Denied(err)
 	case "KMSInternalException", "DependencyTimeoutException", "KeyUnavailableException",
 		"ThrottlingException", "LimitExceededException", "RequestLimitExceeded",
 		"ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "RequestTimeout",
 		"RequestTimeoutException":
-		return kekerr.Unavailable(err)
+		return kek.Unavailable(err)
 	}
 	var respErr *awshttp.ResponseError
 	if apiErr.ErrorFault() == smithy.FaultServer || (errors.As(err, &respErr) && respErr.HTTPStatusCode() >= 500) {
-		return kekerr.Unavailable(err)
+		return kek.Unavailable(err)
 	}
 	// A client-side fault with no class (a validation error): a bug or a
 	// misconfiguration, reported as it is.

@@ -10,15 +10,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/awskms"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
-)
-
-var (
-	_ kekproviders.KEK           = (*awskms.KEK)(nil)
-	_ kekproviders.StatusChecker = (*awskms.KEK)(nil)
-	_ kekproviders.Rewrapper     = (*awskms.KEK)(nil)
 )
 
 // newKEK opens a KEK on srvURL with static credentials, so the default
@@ -52,16 +47,16 @@ func TestConformance(t *testing.T) {
 		return kektest.Subject{
 			KEK:   newKEK(t, srv.URL, main.Alias, "aws-1"),
 			Other: newKEK(t, srv.URL, other.ARN, "aws-2"),
-			Outage: func(t *testing.T) (kekproviders.KEK, func()) {
+			Outage: func(t *testing.T) (kek.KEK, func()) {
 				own := localkms.Start(t)
 				key := own.CreateKey(t, "")
 				return newKEK(t, own.URL, key.ID, "aws-outage", oneAttempt), own.Close
 			},
-			Deny: func(t *testing.T) (kekproviders.KEK, func()) {
+			Deny: func(t *testing.T) (kek.KEK, func()) {
 				key := srv.CreateKey(t, "")
 				return newKEK(t, srv.URL, key.ID, "aws-denied"), func() { srv.DisableKey(t, key.ID) }
 			},
-			Stalled: func(t *testing.T, addr string, timeout time.Duration) kekproviders.KEK {
+			Stalled: func(t *testing.T, addr string, timeout time.Duration) kek.KEK {
 				// The SDK's default retryer stays on: the per-call
 				// timeout must bound all attempts together.
 				return newKEK(t, "http://"+addr, "alias/keybroker", "aws-stalled", func(c *awskms.Config) { c.Timeout = timeout })
@@ -115,27 +110,20 @@ func TestBindingIsTheEncryptionContext(t *testing.T) {
 	require.Equal(t, plaintext, out.Plaintext)
 }
 
-func TestRewrap(t *testing.T) {
+// TestKeyRotationNeedsNoRewrap: AWS keeps every backing key of a rotated
+// KMS key and decrypts with the one that made a ciphertext, which no
+// ciphertext names to the caller. An AWS KEK so offers the re-wrap job no
+// key version to sweep, and no Rewrap: rows stay as they are, and keep
+// opening (broker.TestKeyVersionRotationPerProvider runs the job).
+// local-kms cannot rotate a key (RotateKeyOnDemand answers 501).
+func TestKeyRotationNeedsNoRewrap(t *testing.T) {
 	t.Parallel()
 	srv := localkms.Start(t)
-	key := srv.CreateKey(t, "")
-	kek := newKEK(t, srv.URL, key.ARN, "aws-1")
-	ctx := kektest.Context(t, 30*time.Second)
-	binding := kektest.Binding("alice", "aws-1")
-	plaintext := make([]byte, 32)
-	rand.Read(plaintext)
-
-	wrapped, err := kek.Wrap(ctx, plaintext, binding)
-	require.NoError(t, err)
-	rewrapped, err := kek.Rewrap(ctx, wrapped, binding)
-	require.NoError(t, err)
-	require.NotEqual(t, wrapped, rewrapped)
-	back, err := kek.Unwrap(ctx, rewrapped, binding)
-	require.NoError(t, err)
-	require.Equal(t, plaintext, back)
-
-	_, err = kek.Rewrap(ctx, wrapped, kektest.Binding("mallory", "aws-1"))
-	kektest.RequireBadData(t, err)
+	var k kek.KEK = newKEK(t, srv.URL, srv.CreateKey(t, "").ARN, "aws-1")
+	_, versions := k.(kek.Versioner)
+	_, rewraps := k.(kek.Rewrapper)
+	require.False(t, versions, "an AWS ciphertext names no backing key version")
+	require.False(t, rewraps, "nothing would call Rewrap")
 }
 
 func TestRegionFromKeyARN(t *testing.T) {
@@ -152,7 +140,7 @@ func TestRegionFromKeyARN(t *testing.T) {
 	require.ErrorContains(t, err, "no AWS region")
 
 	kek := newKEK(t, srv.URL, key.ARN, "aws-1", func(c *awskms.Config) { c.Region = "" })
-	res := kekproviders.Check(kektest.Context(t, 30*time.Second), kek)
+	res := kekproviders.Check(kektest.Context(t, 30*time.Second), kek, nil)
 	require.NoError(t, res.Err())
 }
 

@@ -15,8 +15,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/awskms"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
 )
 
 // slowKMS is a local KMS peer that answers Decrypt after holding each
@@ -143,10 +143,10 @@ func TestNoMoreThanMaxInFlightDecryptsReachTheKMS(t *testing.T) {
 func TestAWaitingCallerKeepsItsDeadline(t *testing.T) {
 	t.Parallel()
 	peer := startSlowKMS(t)
-	kek := newKEK(t, peer.srv.URL, "alias/slow", "aws-1", oneAttempt, func(c *awskms.Config) { c.MaxInFlight = 1 })
+	k := newKEK(t, peer.srv.URL, "alias/slow", "aws-1", oneAttempt, func(c *awskms.Config) { c.MaxInFlight = 1 })
 	held := make(chan error, 1)
 	go func() {
-		_, err := kek.Unwrap(t.Context(), []byte("wrapped"), nil)
+		_, err := k.Unwrap(t.Context(), []byte("wrapped"), nil)
 		held <- err
 	}()
 	waitFor(t, "the one slot to be taken", func() bool { return peer.now.Load() == 1 })
@@ -155,10 +155,10 @@ func TestAWaitingCallerKeepsItsDeadline(t *testing.T) {
 	defer cancel()
 	// The held call never ends until release is closed: returning at
 	// all means the waiter gave up at its own deadline.
-	_, err := kek.Unwrap(ctx, []byte("wrapped"), nil)
+	_, err := k.Unwrap(ctx, []byte("wrapped"), nil)
 	require.Error(t, err)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	var unavailable *kekerr.UnavailableError
+	var unavailable *kek.UnavailableError
 	require.ErrorAs(t, err, &unavailable)
 	require.ErrorContains(t, err, "slots")
 	require.EqualValues(t, 1, peer.req.Load(), "the waiting call never reached the KMS")

@@ -9,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/docker"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
 )
@@ -31,7 +30,6 @@ func TestConformance(t *testing.T) {
 		require.NoError(t, err)
 		other, err := docker.Open(docker.Config{ID: "docker-0", Name: "old_kek", Directory: dir})
 		require.NoError(t, err)
-		var _ kekproviders.KEK = kek
 		return kektest.Subject{KEK: kek, Other: other}
 	})
 }

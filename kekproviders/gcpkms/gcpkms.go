@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"regexp"
 	"strings"
 	"time"
@@ -38,8 +39,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/internal/binding"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
 )
 
 // DefaultTimeout bounds one call, the library's retries included, when
@@ -99,6 +100,15 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// The abilities a Cloud KMS KEK claims. It has no Versioner: a Cloud KMS
+// ciphertext names its key version to the service only, which decrypts
+// with any enabled version (docs/rotation.md).
+var (
+	_ kek.KEK           = (*KEK)(nil)
+	_ kek.StatusChecker = (*KEK)(nil)
+	_ io.Closer         = (*KEK)(nil)
+)
+
 // KEK is a key-encryption key in Cloud KMS. It is safe for concurrent use;
 // Close releases its connection.
 type KEK struct {
@@ -134,7 +144,7 @@ func (k *KEK) ID() string { return k.id }
 
 // Wrap encrypts plaintext under the key's primary version with the
 // binding as additional authenticated data. Errors are classified as in
-// package kekerr; a persistent checksum failure is unavailable and wraps
+// package kek; a persistent checksum failure is unavailable and wraps
 // ErrIntegrity.
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
@@ -161,7 +171,7 @@ func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) (
 			return resp.GetCiphertext(), nil
 		}
 	}
-	return nil, fmt.Errorf("gcpkms: encrypt: %w", kekerr.Unavailable(integrityErr))
+	return nil, fmt.Errorf("gcpkms: encrypt: %w", kek.Unavailable(integrityErr))
 }
 
 func checkEncryptResponse(resp *kmspb.EncryptResponse) error {
@@ -180,10 +190,10 @@ func checkEncryptResponse(resp *kmspb.EncryptResponse) error {
 
 // Unwrap decrypts ciphertext with the binding as additional authenticated
 // data. A ciphertext that does not open (Cloud KMS answers
-// InvalidArgument) is kekerr.ErrInvalidCiphertext.
+// InvalidArgument) is kek.ErrInvalidCiphertext.
 func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
 	if len(ciphertext) == 0 {
-		return nil, fmt.Errorf("gcpkms: decrypt: %w: empty", kekerr.ErrInvalidCiphertext)
+		return nil, fmt.Errorf("gcpkms: decrypt: %w: empty", kek.ErrInvalidCiphertext)
 	}
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
@@ -212,7 +222,7 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string
 		}
 		clear(plaintext)
 	}
-	return nil, fmt.Errorf("gcpkms: decrypt: %w", kekerr.Unavailable(integrityErr))
+	return nil, fmt.Errorf("gcpkms: decrypt: %w", kek.Unavailable(integrityErr))
 }
 
 // Status reads the key (cloudkms.cryptoKeys.get, which the
@@ -228,11 +238,11 @@ func (k *KEK) Status(ctx context.Context) error {
 	}
 	switch {
 	case key.GetPurpose() != kmspb.CryptoKey_ENCRYPT_DECRYPT:
-		return fmt.Errorf("gcpkms: key %s: %w", k.keyName, kekerr.Denied(fmt.Errorf("purpose is %s, want ENCRYPT_DECRYPT", key.GetPurpose())))
+		return fmt.Errorf("gcpkms: key %s: %w", k.keyName, kek.Denied(fmt.Errorf("purpose is %s, want ENCRYPT_DECRYPT", key.GetPurpose())))
 	case key.GetPrimary() == nil:
-		return fmt.Errorf("gcpkms: key %s: %w", k.keyName, kekerr.Denied(errors.New("no primary version")))
+		return fmt.Errorf("gcpkms: key %s: %w", k.keyName, kek.Denied(errors.New("no primary version")))
 	case key.GetPrimary().GetState() != kmspb.CryptoKeyVersion_ENABLED:
-		return fmt.Errorf("gcpkms: key %s: %w", k.keyName, kekerr.Denied(fmt.Errorf("primary version %s is %s", key.GetPrimary().GetName(), key.GetPrimary().GetState())))
+		return fmt.Errorf("gcpkms: key %s: %w", k.keyName, kek.Denied(fmt.Errorf("primary version %s is %s", key.GetPrimary().GetName(), key.GetPrimary().GetState())))
 	}
 	return nil
 }
@@ -241,20 +251,20 @@ func (k *KEK) Status(ctx context.Context) error {
 // done the error says so (errors.Is finds its ctx error).
 func (k *KEK) fail(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		return fmt.Errorf("gcpkms: %s: %w", op, kekerr.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
+		return fmt.Errorf("gcpkms: %s: %w", op, kek.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		// Our per-call timeout, not the caller's deadline, ran out.
-		return fmt.Errorf("gcpkms: %s: %w", op, kekerr.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
+		return fmt.Errorf("gcpkms: %s: %w", op, kek.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
 	}
 	return fmt.Errorf("gcpkms: %s: %w", op, classify(op, err))
 }
 
-// classify translates a gRPC status into a kekerr class, once, by code.
+// classify translates a gRPC status into a kek error class, once, by code.
 func classify(op string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
-		return kekerr.Unavailable(err) // no answer: dialling, credentials
+		return kek.Unavailable(err) // no answer: dialling, credentials
 	}
 	switch st.Code() {
 	case codes.InvalidArgument:
@@ -262,14 +272,14 @@ func classify(op string, err error) error {
 			// Cloud KMS says "Decryption failed: the ciphertext is
 			// invalid." for a wrong AAD, another key's ciphertext or
 			// corrupt bytes alike.
-			return fmt.Errorf("%w: %w", kekerr.ErrInvalidCiphertext, err)
+			return fmt.Errorf("%w: %w", kek.ErrInvalidCiphertext, err)
 		}
 		return err
 	case codes.PermissionDenied, codes.Unauthenticated, codes.NotFound, codes.FailedPrecondition:
-		return kekerr.Denied(err)
+		return kek.Denied(err)
 	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted,
 		codes.Internal, codes.Unknown, codes.Canceled:
-		return kekerr.Unavailable(err)
+		return kek.Unavailable(err)
 	}
 	return err
 }

@@ -1,7 +1,6 @@
 package gcpkms_test
 
 import (
-	"crypto/rand"
 	"testing"
 	"time"
 
@@ -13,18 +12,12 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
-	"github.com/keybroker/keybroker/kekproviders"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/gcpkms"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-)
-
-var (
-	_ kekproviders.KEK           = (*gcpkms.KEK)(nil)
-	_ kekproviders.StatusChecker = (*gcpkms.KEK)(nil)
 )
 
 // noADC makes a test that forgot WithoutAuthentication fail at once
@@ -63,53 +56,46 @@ func TestConformance(t *testing.T) {
 		return kektest.Subject{
 			KEK:   newKEK(t, srv.ClientOptions(), main, "gcp-1"),
 			Other: newKEK(t, srv.ClientOptions(), other, "gcp-2"),
-			Outage: func(t *testing.T) (kekproviders.KEK, func()) {
+			Outage: func(t *testing.T) (kek.KEK, func()) {
 				own := fakegcpkms.Start(t)
 				key := own.CreateKey(t, "outage")
 				// The library retries Unavailable until the deadline;
 				// a short timeout keeps the test quick.
 				return newKEK(t, own.ClientOptions(), key, "gcp-outage", func(c *gcpkms.Config) { c.Timeout = time.Second }), own.Stop
 			},
-			Deny: func(t *testing.T) (kekproviders.KEK, func()) {
+			Deny: func(t *testing.T) (kek.KEK, func()) {
 				key := srv.CreateKey(t, "denied")
 				return newKEK(t, srv.ClientOptions(), key, "gcp-denied"), func() { srv.Deny(t, key) }
 			},
-			Stalled: func(t *testing.T, addr string, timeout time.Duration) kekproviders.KEK {
+			Stalled: func(t *testing.T, addr string, timeout time.Duration) kek.KEK {
 				return newKEK(t, insecureAt(addr), fakegcpkms.KeyRing+"/cryptoKeys/stalled", "gcp-stalled", func(c *gcpkms.Config) { c.Timeout = timeout })
 			},
+			Rotate: func(t *testing.T) { srv.Rotate(t, main) },
 		}
 	})
 }
 
-func TestRotatedKeyStillOpensOldWraps(t *testing.T) {
+// TestDisabledVersionIsDenied: a wrap made by a disabled key version is
+// a refusal, not bad data: re-enabling the version brings the row back.
+// (The conformance suite's KeyRotation checks that old wraps open after a
+// new primary version.)
+func TestDisabledVersionIsDenied(t *testing.T) {
 	noADC(t)
 	srv := fakegcpkms.Start(t)
 	name := srv.CreateKey(t, "rotating")
-	kek := newKEK(t, srv.ClientOptions(), name, "gcp-1")
+	k := newKEK(t, srv.ClientOptions(), name, "gcp-1")
 	ctx := kektest.Context(t, 30*time.Second)
 	b := kektest.Binding("alice", "gcp-1")
-	plaintext := make([]byte, 32)
-	rand.Read(plaintext)
-
-	old, err := kek.Wrap(ctx, plaintext, b)
+	old, err := k.Wrap(ctx, make([]byte, 32), b)
 	require.NoError(t, err)
 	srv.Rotate(t, name)
-	fresh, err := kek.Wrap(ctx, plaintext, b)
-	require.NoError(t, err)
-	for _, wrapped := range [][]byte{old, fresh} {
-		back, err := kek.Unwrap(ctx, wrapped, b)
-		require.NoError(t, err)
-		require.Equal(t, plaintext, back)
-	}
 
-	// Disabling the version that made the old wrap is a refusal, not bad
-	// data: re-enabling it would bring the row back.
 	srv.DisableVersion(t, name, 1)
-	_, err = kek.Unwrap(ctx, old, b)
+	_, err = k.Unwrap(ctx, old, b)
 	kektest.RequireDenied(t, err)
-	require.NoError(t, kek.Status(ctx), "the primary (version 2) is still enabled")
+	require.NoError(t, k.Status(ctx), "the primary (version 2) is still enabled")
 	srv.DisableVersion(t, name, 2)
-	kektest.RequireDenied(t, kek.Status(ctx))
+	kektest.RequireDenied(t, k.Status(ctx))
 }
 
 // The client library does not check integrity; these faults prove the
@@ -200,5 +186,4 @@ func TestMissingKeyIsDenied(t *testing.T) {
 	_, err := kek.Wrap(ctx, make([]byte, 32), nil)
 	kektest.RequireDenied(t, err)
 	kektest.RequireDenied(t, kek.Status(ctx))
-	require.False(t, kekerr.IsUnavailable(err))
 }

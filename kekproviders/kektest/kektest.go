@@ -5,7 +5,7 @@
 // The suite checks what the broker relies on: a wrap opens only under the
 // same key and the same binding; a done or stalled context returns
 // promptly; an unreachable backend is reported as unavailable and a
-// refusal as denied (see package kekerr), never as corrupt data.
+// refusal as denied (see kek.Classify), never as corrupt data.
 package kektest
 
 import (
@@ -22,31 +22,35 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/kekproviders"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
 )
 
 // Subject is one provider under test.
 type Subject struct {
 	// KEK is the provider under test, ready to use.
-	KEK kekproviders.KEK
+	KEK kek.KEK
 	// Other is a KEK of the same provider over a different key; what it
 	// wraps must not open under KEK.
-	Other kekproviders.KEK
+	Other kek.KEK
 	// Outage returns a working KEK over a backend of its own and a
 	// function that takes that backend down (closes its listener). Nil
 	// for providers without a backend: those subtests are skipped.
-	Outage func(t *testing.T) (kek kekproviders.KEK, down func())
+	Outage func(t *testing.T) (k kek.KEK, down func())
 	// Deny returns a working KEK and a function that makes its backend
 	// refuse it (disables the key, revokes the credential). Nil for
 	// providers without a backend.
-	Deny func(t *testing.T) (kek kekproviders.KEK, deny func())
+	Deny func(t *testing.T) (k kek.KEK, deny func())
 	// Stalled returns a KEK with the given per-call timeout whose backend
 	// accepts connections and never answers: the one at addr (a
 	// BlackHole), or — for a provider that must talk to its backend
 	// while being opened — a backend of its own made to hang once the
 	// KEK is open. Nil for providers without a backend.
-	Stalled func(t *testing.T, addr string, timeout time.Duration) kekproviders.KEK
+	Stalled func(t *testing.T, addr string, timeout time.Duration) kek.KEK
+	// Rotate adds a version to KEK's backend key, which new wraps then
+	// use (Vault Transit's rotate, a new Cloud KMS primary version). Nil
+	// for a key without versions (a local key) and for AWS KMS, whose
+	// backing keys no ciphertext names and local-kms cannot rotate.
+	Rotate func(t *testing.T)
 }
 
 // opTimeout bounds every call the suite expects to succeed.
@@ -79,12 +83,14 @@ func Run(t *testing.T, newSubject func(t *testing.T) Subject) {
 	t.Run("PerCallTimeoutOnStalledBackend", func(t *testing.T) { testPerCallTimeout(t, s) })
 	t.Run("OutageIsUnavailable", func(t *testing.T) { testOutage(t, s) })
 	t.Run("RefusalIsDenied", func(t *testing.T) { testDenied(t, s) })
+	t.Run("RewrapNeedsVersions", func(t *testing.T) { testRewrapNeedsVersions(t, s) })
+	t.Run("KeyRotation", func(t *testing.T) { testKeyRotation(t, s) })
 }
 
-// Binding returns a format-2 style binding context, spelled out here
-// because providers (and so their tests) must not import broker.
+// Binding returns a format-2 style binding context, as the broker binds a
+// user's wrap (providers, and so their tests, do not import broker).
 func Binding(userID, kekID string) map[string]string {
-	return map[string]string{"user_id": userID, "kek_id": kekID, "format": "2"}
+	return map[string]string{kek.BindingUserID: userID, kek.BindingKEKID: kekID, kek.BindingFormat: "2"}
 }
 
 // Context returns a context bounded by d and by the test.
@@ -163,23 +169,23 @@ func testInputsUntouched(t *testing.T, s Subject) {
 }
 
 // RequireBadData asserts that err is a refusal to open a ciphertext —
-// kekerr.ErrInvalidCiphertext — and neither an outage nor a denial.
+// kek.ErrInvalidCiphertext — and neither an outage nor a denial.
 func RequireBadData(t *testing.T, err error) {
 	t.Helper()
 	require.Error(t, err)
-	require.ErrorIs(t, err, kekerr.ErrInvalidCiphertext, "a ciphertext that does not open must be kekerr.ErrInvalidCiphertext")
-	require.False(t, kekerr.IsUnavailable(err), "bad data classified as unavailable: %v", err)
-	require.False(t, kekerr.IsDenied(err), "bad data classified as denied: %v", err)
+	require.ErrorIs(t, err, kek.ErrInvalidCiphertext, "a ciphertext that does not open must be kek.ErrInvalidCiphertext")
+	require.Equal(t, kek.ClassInvalidCiphertext, kek.Classify(err), "bad data classified otherwise: %v", err)
 }
 
 // RequireUnavailable asserts that err says the backend is unreachable and
-// not that it refused or that the data is bad.
+// not that it refused or that the data is bad: the provider classified it
+// itself (a *kek.UnavailableError), and it is an outage.
 func RequireUnavailable(t *testing.T, err error) {
 	t.Helper()
 	require.Error(t, err)
-	require.True(t, kekerr.IsUnavailable(err), "want an Unavailable() error, got %T: %v", err, err)
-	require.False(t, kekerr.IsDenied(err), "an outage classified as denied: %v", err)
-	require.NotErrorIs(t, err, kekerr.ErrInvalidCiphertext, "an outage classified as bad data")
+	var unavailable *kek.UnavailableError
+	require.ErrorAs(t, err, &unavailable, "want a *kek.UnavailableError, got %T: %v", err, err)
+	require.True(t, kek.Classify(err).Outage(), "an outage classified as %s: %v", kek.Classify(err), err)
 }
 
 // RequireDenied asserts that err says the backend refused and not that it
@@ -187,9 +193,7 @@ func RequireUnavailable(t *testing.T, err error) {
 func RequireDenied(t *testing.T, err error) {
 	t.Helper()
 	require.Error(t, err)
-	require.True(t, kekerr.IsDenied(err), "want a Denied() error, got %T: %v", err, err)
-	require.False(t, kekerr.IsUnavailable(err), "a refusal classified as unavailable: %v", err)
-	require.NotErrorIs(t, err, kekerr.ErrInvalidCiphertext, "a refusal classified as bad data")
+	require.Equal(t, kek.ClassDenied, kek.Classify(err), "want a denial, got %T: %v", err, err)
 }
 
 func testDifferentBinding(t *testing.T, s Subject) {
@@ -199,13 +203,13 @@ func testDifferentBinding(t *testing.T, s Subject) {
 	require.NoError(t, err)
 
 	variants := map[string]func(b map[string]string){
-		"OtherUser":     func(b map[string]string) { b["user_id"] = "mallory" },
-		"UserPrefix":    func(b map[string]string) { b["user_id"] = "alic" },
-		"OtherKEKID":    func(b map[string]string) { b["kek_id"] = "other-kek" },
-		"OtherFormat":   func(b map[string]string) { b["format"] = "1" },
+		"OtherUser":     func(b map[string]string) { b[kek.BindingUserID] = "mallory" },
+		"UserPrefix":    func(b map[string]string) { b[kek.BindingUserID] = "alic" },
+		"OtherKEKID":    func(b map[string]string) { b[kek.BindingKEKID] = "other-kek" },
+		"OtherFormat":   func(b map[string]string) { b[kek.BindingFormat] = "1" },
 		"ExtraKey":      func(b map[string]string) { b["tenant"] = "x" },
-		"MissingKey":    func(b map[string]string) { delete(b, "format") },
-		"MovedBoundary": func(b map[string]string) { b["user_id"] = "alice2"; b["format"] = "" },
+		"MissingKey":    func(b map[string]string) { delete(b, kek.BindingFormat) },
+		"MovedBoundary": func(b map[string]string) { b[kek.BindingUserID] = "alice2"; b[kek.BindingFormat] = "" },
 	}
 	for name, mutate := range variants {
 		t.Run(name, func(t *testing.T) {
@@ -281,14 +285,14 @@ func testCancelled(t *testing.T, s Subject) {
 	require.ErrorIs(t, err, context.Canceled)
 	_, err = s.KEK.Unwrap(ctx, wrapped, nil)
 	require.ErrorIs(t, err, context.Canceled)
-	if sc, ok := s.KEK.(kekproviders.StatusChecker); ok {
+	if sc, ok := s.KEK.(kek.StatusChecker); ok {
 		require.ErrorIs(t, sc.Status(ctx), context.Canceled)
 	}
 	require.Less(t, time.Since(start), prompt, "calls with a cancelled context must return at once")
 }
 
 func testStatus(t *testing.T, s Subject) {
-	sc, ok := s.KEK.(kekproviders.StatusChecker)
+	sc, ok := s.KEK.(kek.StatusChecker)
 	require.True(t, ok, "%T has no Status(ctx) error method", s.KEK)
 	require.NoError(t, sc.Status(Context(t, opTimeout)))
 }
@@ -330,8 +334,8 @@ func testCallerDeadline(t *testing.T, s Subject) {
 	if s.Stalled == nil {
 		t.Skip("SKIP: this provider has no backend to stall (a local key)")
 	}
-	kek := s.Stalled(t, BlackHole(t), time.Minute)
-	for name, call := range calls(kek) {
+	k := s.Stalled(t, BlackHole(t), time.Minute)
+	for name, call := range calls(k) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 			defer cancel()
@@ -339,8 +343,7 @@ func testCallerDeadline(t *testing.T, s Subject) {
 			err := call(ctx)
 			require.Less(t, time.Since(start), prompt, "the caller's deadline was not honoured")
 			require.ErrorIs(t, err, context.DeadlineExceeded)
-			require.False(t, kekerr.IsDenied(err), "a timeout classified as denied: %v", err)
-			require.NotErrorIs(t, err, kekerr.ErrInvalidCiphertext, "a timeout classified as bad data")
+			require.Equal(t, kek.ClassTimeout, kek.Classify(err), "a timeout classified otherwise: %v", err)
 		})
 	}
 }
@@ -349,8 +352,8 @@ func testPerCallTimeout(t *testing.T, s Subject) {
 	if s.Stalled == nil {
 		t.Skip("SKIP: this provider has no backend to stall (a local key)")
 	}
-	kek := s.Stalled(t, BlackHole(t), 300*time.Millisecond)
-	for name, call := range calls(kek) {
+	k := s.Stalled(t, BlackHole(t), 300*time.Millisecond)
+	for name, call := range calls(k) {
 		t.Run(name, func(t *testing.T) {
 			start := time.Now()
 			err := call(Context(t, time.Minute))
@@ -364,13 +367,13 @@ func testOutage(t *testing.T, s Subject) {
 	if s.Outage == nil {
 		t.Skip("SKIP: this provider has no backend that could go down (a local key)")
 	}
-	kek, down := s.Outage(t)
+	k, down := s.Outage(t)
 	ctx := Context(t, opTimeout)
-	b := Binding("alice", kek.ID())
-	wrapped, err := kek.Wrap(ctx, randomBytes(32), b)
+	b := Binding("alice", k.ID())
+	wrapped, err := k.Wrap(ctx, randomBytes(32), b)
 	require.NoError(t, err)
 	down()
-	for name, call := range callsWith(kek, wrapped, b) {
+	for name, call := range callsWith(k, wrapped, b) {
 		t.Run(name, func(t *testing.T) { RequireUnavailable(t, call(ctx)) })
 	}
 }
@@ -379,36 +382,110 @@ func testDenied(t *testing.T, s Subject) {
 	if s.Deny == nil {
 		t.Skip("SKIP: this provider has no backend that could refuse (a local key)")
 	}
-	kek, deny := s.Deny(t)
+	k, deny := s.Deny(t)
 	ctx := Context(t, opTimeout)
-	b := Binding("alice", kek.ID())
-	wrapped, err := kek.Wrap(ctx, randomBytes(32), b)
+	b := Binding("alice", k.ID())
+	wrapped, err := k.Wrap(ctx, randomBytes(32), b)
 	require.NoError(t, err)
 	deny()
-	for name, call := range callsWith(kek, wrapped, b) {
+	for name, call := range callsWith(k, wrapped, b) {
 		t.Run(name, func(t *testing.T) { RequireDenied(t, call(ctx)) })
 	}
 }
 
-// calls lists one call of each kind against kek, with a ciphertext that
-// does not matter because the backend never answers.
-func calls(kek kekproviders.KEK) map[string]func(ctx context.Context) error {
-	return callsWith(kek, []byte("vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), Binding("alice", kek.ID()))
+// testRewrapNeedsVersions: the re-wrap job moves a wrap with Rewrap only
+// when Versioner says it was made by an older key version; a Rewrapper
+// without it would never be called.
+func testRewrapNeedsVersions(t *testing.T, s Subject) {
+	_, rewraps := s.KEK.(kek.Rewrapper)
+	_, versions := s.KEK.(kek.Versioner)
+	require.False(t, rewraps && !versions, "%T has Rewrap but no KeyVersion and LatestVersion: nothing would call it", s.KEK)
 }
 
-func callsWith(kek kekproviders.KEK, wrapped []byte, b map[string]string) map[string]func(ctx context.Context) error {
+// testKeyRotation: after a new key version, old wraps still open and new
+// ones are made by it; where the provider reports versions, the old wrap
+// is due and Rewrap moves it to the newest version under the same
+// binding, which it still authenticates.
+func testKeyRotation(t *testing.T, s Subject) {
+	if s.Rotate == nil {
+		t.Skip("SKIP: no key version this suite can add for this provider (a local key, or AWS KMS on local-kms)")
+	}
+	ctx := Context(t, opTimeout)
+	b := Binding("alice", s.KEK.ID())
+	plaintext := randomBytes(32)
+	old, err := s.KEK.Wrap(ctx, plaintext, b)
+	require.NoError(t, err)
+	s.Rotate(t)
+	fresh, err := s.KEK.Wrap(ctx, plaintext, b)
+	require.NoError(t, err)
+	for _, wrapped := range [][]byte{old, fresh} {
+		back, err := s.KEK.Unwrap(ctx, wrapped, b)
+		require.NoError(t, err, "a new key version must leave old wraps opening")
+		require.Equal(t, plaintext, back)
+	}
+
+	v, ok := s.KEK.(kek.Versioner)
+	if !ok {
+		return // the backend picks the version itself; nothing is due
+	}
+	latest, err := v.LatestVersion(ctx)
+	require.NoError(t, err)
+	oldVersion, err := v.KeyVersion(old)
+	require.NoError(t, err)
+	freshVersion, err := v.KeyVersion(fresh)
+	require.NoError(t, err)
+	require.Less(t, oldVersion, latest, "the old wrap is due")
+	require.Equal(t, latest, freshVersion, "new wraps use the newest version")
+
+	rw, ok := s.KEK.(kek.Rewrapper)
+	if !ok {
+		return
+	}
+	moved, err := rw.Rewrap(ctx, old, b)
+	require.NoError(t, err)
+	movedVersion, err := v.KeyVersion(moved)
+	require.NoError(t, err)
+	require.Equal(t, latest, movedVersion)
+	back, err := s.KEK.Unwrap(ctx, moved, b)
+	require.NoError(t, err)
+	require.Equal(t, plaintext, back)
+	_, err = s.KEK.Unwrap(ctx, moved, Binding("mallory", s.KEK.ID()))
+	RequireBadData(t, err)
+	_, err = rw.Rewrap(ctx, old, Binding("mallory", s.KEK.ID()))
+	RequireBadData(t, err)
+}
+
+// calls lists one call of each kind against k, with a ciphertext that
+// does not matter because the backend never answers.
+func calls(k kek.KEK) map[string]func(ctx context.Context) error {
+	return callsWith(k, []byte("vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), Binding("alice", k.ID()))
+}
+
+func callsWith(k kek.KEK, wrapped []byte, b map[string]string) map[string]func(ctx context.Context) error {
 	m := map[string]func(ctx context.Context) error{
 		"Wrap": func(ctx context.Context) error {
-			_, err := kek.Wrap(ctx, randomBytes(32), b)
+			_, err := k.Wrap(ctx, randomBytes(32), b)
 			return err
 		},
 		"Unwrap": func(ctx context.Context) error {
-			_, err := kek.Unwrap(ctx, wrapped, b)
+			_, err := k.Unwrap(ctx, wrapped, b)
 			return err
 		},
 	}
-	if sc, ok := kek.(kekproviders.StatusChecker); ok {
+	if sc, ok := k.(kek.StatusChecker); ok {
 		m["Status"] = sc.Status
+	}
+	if rw, ok := k.(kek.Rewrapper); ok {
+		m["Rewrap"] = func(ctx context.Context) error {
+			_, err := rw.Rewrap(ctx, wrapped, b)
+			return err
+		}
+	}
+	if v, ok := k.(kek.Versioner); ok {
+		m["LatestVersion"] = func(ctx context.Context) error {
+			_, err := v.LatestVersion(ctx)
+			return err
+		}
 	}
 	return m
 }

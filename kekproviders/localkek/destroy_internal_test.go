@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
+	"github.com/keybroker/keybroker/kek"
 )
 
 // memoryOf returns a copy of the bytes v points to.
@@ -59,7 +59,7 @@ func TestDestroyZeroesTheKeySchedule(t *testing.T) {
 
 	_, err = k.Unwrap(ctx, wrapped, nil)
 	require.ErrorIs(t, err, ErrDestroyed)
-	require.True(t, kekerr.IsDenied(err))
+	require.Equal(t, kek.ClassDenied, kek.Classify(err))
 	_, err = k.Wrap(ctx, key, nil)
 	require.ErrorIs(t, err, ErrDestroyed)
 	require.ErrorIs(t, k.Status(ctx), ErrDestroyed)

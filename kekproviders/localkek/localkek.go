@@ -18,8 +18,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/internal/binding"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
 )
 
 // KeySize is the length of a KEK in bytes.
@@ -32,6 +32,14 @@ var ErrDevKey = errors.New("the KEK is 32 zero bytes (the original service's dev
 
 // ErrDestroyed is returned by every call on a KEK after Destroy.
 var ErrDestroyed = errors.New("the key was destroyed")
+
+// The abilities a local KEK claims.
+var (
+	_ kek.KEK            = (*KEK)(nil)
+	_ kek.StatusChecker  = (*KEK)(nil)
+	_ kek.LocalUnwrapper = (*KEK)(nil)
+	_ kek.Destroyer      = (*KEK)(nil)
+)
 
 // KEK is an AES-256-GCM key-encryption key.
 type KEK struct {
@@ -91,7 +99,7 @@ func ParseKey(material []byte) ([]byte, error) {
 func (k *KEK) ID() string { return k.id }
 
 // Wrap encrypts plaintext bound to b. It fails only when ctx is done or
-// the KEK was destroyed (ErrDestroyed, as a kekerr.DeniedError).
+// the KEK was destroyed (ErrDestroyed, as a kek.DeniedError).
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -99,7 +107,7 @@ func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) (
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.aead == nil {
-		return nil, kekerr.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
+		return nil, kek.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
 	}
 	out := make([]byte, nonceSize, nonceSize+len(plaintext)+k.aead.Overhead())
 	rand.Read(out)
@@ -108,8 +116,8 @@ func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) (
 
 // Unwrap decrypts ciphertext made by Wrap with the same binding. A
 // ciphertext that does not open (corrupt, another key, another binding)
-// is reported as kekerr.ErrInvalidCiphertext; a done ctx as its error; a
-// destroyed KEK as ErrDestroyed (a kekerr.DeniedError).
+// is reported as kek.ErrInvalidCiphertext; a done ctx as its error; a
+// destroyed KEK as ErrDestroyed (a kek.DeniedError).
 func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -117,19 +125,19 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.aead == nil {
-		return nil, kekerr.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
+		return nil, kek.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
 	}
 	if len(ciphertext) < nonceSize+k.aead.Overhead() {
-		return nil, fmt.Errorf("localkek: %w: %d bytes is too short", kekerr.ErrInvalidCiphertext, len(ciphertext))
+		return nil, fmt.Errorf("localkek: %w: %d bytes is too short", kek.ErrInvalidCiphertext, len(ciphertext))
 	}
 	pt, err := k.aead.Open(nil, ciphertext[:nonceSize], ciphertext[nonceSize:], binding.AAD(b))
 	if err != nil {
-		return nil, fmt.Errorf("localkek: %w: %v", kekerr.ErrInvalidCiphertext, err)
+		return nil, fmt.Errorf("localkek: %w: %v", kek.ErrInvalidCiphertext, err)
 	}
 	return pt, nil
 }
 
-// Local reports that Unwrap makes no network call (broker.LocalKEK).
+// Local reports that Unwrap makes no network call (kek.LocalUnwrapper).
 func (k *KEK) Local() bool { return true }
 
 // Status reports whether the KEK can be used: a local key can until it
@@ -141,7 +149,7 @@ func (k *KEK) Status(ctx context.Context) error {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.aead == nil {
-		return kekerr.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
+		return kek.Denied(fmt.Errorf("localkek %s: %w", k.id, ErrDestroyed))
 	}
 	return nil
 }

@@ -4,15 +4,9 @@ import (
 	"crypto/rand"
 	"testing"
 
-	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/stretchr/testify/require"
-)
-
-var (
-	_ kekproviders.KEK           = (*localkek.KEK)(nil)
-	_ kekproviders.StatusChecker = (*localkek.KEK)(nil)
 )
 
 func newKEK(t *testing.T, id string) *localkek.KEK {

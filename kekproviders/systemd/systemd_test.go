@@ -9,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
 	"github.com/keybroker/keybroker/kekproviders/systemd"
 )
@@ -36,7 +35,6 @@ func TestConformance(t *testing.T) {
 		require.NoError(t, err)
 		other, err := systemd.Open(systemd.Config{ID: "sd-2", Name: "other-kek", Directory: dir})
 		require.NoError(t, err)
-		var _ kekproviders.KEK = kek
 		return kektest.Subject{KEK: kek, Other: other}
 	})
 }

@@ -53,8 +53,8 @@ import (
 
 	hcvault "github.com/hashicorp/vault/api"
 
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/internal/binding"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
 )
 
 // DefaultTimeout bounds one call, the client's retries included, when
@@ -182,6 +182,16 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// The abilities a Vault Transit KEK claims: the re-wrap job moves wraps
+// of older key versions with Rewrap.
+var (
+	_ kek.KEK           = (*KEK)(nil)
+	_ kek.StatusChecker = (*KEK)(nil)
+	_ kek.Rewrapper     = (*KEK)(nil)
+	_ kek.Versioner     = (*KEK)(nil)
+	_ io.Closer         = (*KEK)(nil)
+)
+
 // KEK is a key-encryption key in Vault Transit. It is safe for concurrent
 // use; Close stops its token renewal.
 type KEK struct {
@@ -201,7 +211,7 @@ type KEK struct {
 
 // New configures the client, logs in, checks that the transit key exists
 // and is derived, and starts keeping the token alive. Errors are
-// classified as in package kekerr (an unreachable Vault is unavailable, a
+// classified as in package kek (see kek.Classify) (an unreachable Vault is unavailable, a
 // refused login or a missing key denied).
 func New(ctx context.Context, cfg Config) (*KEK, error) {
 	if err := cfg.validate(); err != nil {
@@ -272,7 +282,7 @@ func derivationContext(b map[string]string) string {
 
 // Wrap encrypts plaintext with transit/encrypt under the derivation
 // context of binding. The result is Vault's ciphertext text,
-// vault:vN:…, as bytes. Errors are classified as in package kekerr.
+// vault:vN:…, as bytes. Errors are classified as in package kek (see kek.Classify).
 func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
@@ -292,7 +302,7 @@ func (k *KEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) (
 
 // Unwrap decrypts a vault:vN: ciphertext with transit/decrypt under the
 // derivation context of binding. A ciphertext that does not open (Vault
-// answers 400) is kekerr.ErrInvalidCiphertext.
+// answers 400) is kek.ErrInvalidCiphertext.
 func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
 	if _, err := KeyVersion(ciphertext); err != nil {
 		return nil, fmt.Errorf("vaulttransit: decrypt: %w", err)
@@ -319,8 +329,7 @@ func (k *KEK) Unwrap(ctx context.Context, ciphertext []byte, b map[string]string
 
 // Rewrap moves ciphertext to the key's newest version with
 // transit/rewrap, under the same derivation context: the plaintext never
-// leaves Vault and the binding stays the same. It implements
-// kekproviders.Rewrapper.
+// leaves Vault and the binding stays the same (kek.Rewrapper).
 func (k *KEK) Rewrap(ctx context.Context, ciphertext []byte, b map[string]string) ([]byte, error) {
 	if _, err := KeyVersion(ciphertext); err != nil {
 		return nil, fmt.Errorf("vaulttransit: rewrap: %w", err)
@@ -342,16 +351,16 @@ func (k *KEK) Rewrap(ctx context.Context, ciphertext []byte, b map[string]string
 }
 
 // KeyVersion returns N of a vault:vN: ciphertext, or an error wrapping
-// kekerr.ErrInvalidCiphertext when ciphertext has no such prefix.
+// kek.ErrInvalidCiphertext when ciphertext has no such prefix.
 func KeyVersion(ciphertext []byte) (int, error) {
 	rest, ok := strings.CutPrefix(string(ciphertext), "vault:v")
 	if !ok {
-		return 0, fmt.Errorf("%w: no vault:v prefix", kekerr.ErrInvalidCiphertext)
+		return 0, fmt.Errorf("%w: no vault:v prefix", kek.ErrInvalidCiphertext)
 	}
 	digits, body, ok := strings.Cut(rest, ":")
 	n, err := strconv.Atoi(digits)
 	if !ok || err != nil || n < 1 || body == "" {
-		return 0, fmt.Errorf("%w: malformed vault:vN: prefix", kekerr.ErrInvalidCiphertext)
+		return 0, fmt.Errorf("%w: malformed vault:vN: prefix", kek.ErrInvalidCiphertext)
 	}
 	return n, nil
 }
@@ -375,17 +384,17 @@ func (k *KEK) readKey(ctx context.Context) (keyInfo, error) {
 		return keyInfo{}, k.fail(ctx, "read key", err)
 	}
 	if secret == nil || secret.Data == nil {
-		return keyInfo{}, fmt.Errorf("vaulttransit: %w", kekerr.Denied(fmt.Errorf("no transit key %q at %s/keys", k.key, k.mount)))
+		return keyInfo{}, fmt.Errorf("vaulttransit: %w", kek.Denied(fmt.Errorf("no transit key %q at %s/keys", k.key, k.mount)))
 	}
 	info := keyInfo{}
 	info.derived, _ = secret.Data["derived"].(bool)
 	info.latest, _ = intField(secret.Data["latest_version"])
 	info.minDecryption, _ = intField(secret.Data["min_decryption_version"])
 	if enc, ok := secret.Data["supports_encryption"].(bool); ok && !enc {
-		return info, fmt.Errorf("vaulttransit: %w", kekerr.Denied(fmt.Errorf("transit key %q does not support encryption", k.key)))
+		return info, fmt.Errorf("vaulttransit: %w", kek.Denied(fmt.Errorf("transit key %q does not support encryption", k.key)))
 	}
 	if !info.derived {
-		return info, fmt.Errorf("vaulttransit: %w", kekerr.Denied(fmt.Errorf(
+		return info, fmt.Errorf("vaulttransit: %w", kek.Denied(fmt.Errorf(
 			"transit key %q is not derived: create it with derived=true (the binding travels as the derivation context, which Vault ignores on other keys)", k.key)))
 	}
 	return info, nil
@@ -410,11 +419,11 @@ func (k *KEK) LatestVersion(ctx context.Context) (int, error) {
 
 func stringField(secret *hcvault.Secret, field string) (string, error) {
 	if secret == nil || secret.Data == nil {
-		return "", kekerr.Unavailable(errors.New("Vault answered without data"))
+		return "", kek.Unavailable(errors.New("Vault answered without data"))
 	}
 	s, ok := secret.Data[field].(string)
 	if !ok || s == "" {
-		return "", kekerr.Unavailable(fmt.Errorf("Vault answered without %s", field))
+		return "", kek.Unavailable(fmt.Errorf("Vault answered without %s", field))
 	}
 	return s, nil
 }
@@ -436,16 +445,16 @@ func intField(v any) (int, bool) {
 // done the error says so (errors.Is finds its ctx error).
 func (k *KEK) fail(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		return fmt.Errorf("vaulttransit: %s: %w", op, kekerr.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
+		return fmt.Errorf("vaulttransit: %s: %w", op, kek.Unavailable(fmt.Errorf("%w: %w", ctxErr, err)))
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		// Our per-call timeout, not the caller's deadline, ran out.
-		return fmt.Errorf("vaulttransit: %s: %w", op, kekerr.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
+		return fmt.Errorf("vaulttransit: %s: %w", op, kek.Unavailable(fmt.Errorf("no answer within %s: %w", k.timeout, err)))
 	}
 	return fmt.Errorf("vaulttransit: %s: %w", op, classify(op, err))
 }
 
-// classify translates a client error into a kekerr class, once, by HTTP
+// classify translates a client error into a kek error class, once, by HTTP
 // status (never by Vault's message).
 func classify(op string, err error) error {
 	var respErr *hcvault.ResponseError
@@ -454,21 +463,21 @@ func classify(op string, err error) error {
 		if errors.As(err, &local) {
 			return err // our own file reading, already classified
 		}
-		return kekerr.Unavailable(err) // no answer: connection, TLS, DNS
+		return kek.Unavailable(err) // no answer: connection, TLS, DNS
 	}
 	switch code := respErr.StatusCode; {
 	case code == 400 && (op == "decrypt" || op == "rewrap"):
 		// Vault's answer to a wrong context, another key's ciphertext,
 		// corrupt bytes, and a version below min_decryption_version.
-		return fmt.Errorf("%w: %w", kekerr.ErrInvalidCiphertext, err)
+		return fmt.Errorf("%w: %w", kek.ErrInvalidCiphertext, err)
 	case code == 400 && op == "login":
-		return kekerr.Denied(err) // "invalid role ID", "invalid secret id"
+		return kek.Denied(err) // "invalid role ID", "invalid secret id"
 	case code == 401 || code == 403 || code == 404:
-		return kekerr.Denied(err)
+		return kek.Denied(err)
 	case code == 412 || code == 429 || code >= 500:
 		// 412: a performance standby not yet consistent; 429: rate
 		// limited; 503: sealed or in standby.
-		return kekerr.Unavailable(err)
+		return kek.Unavailable(err)
 	}
 	return err
 }

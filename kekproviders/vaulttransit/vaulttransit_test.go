@@ -3,7 +3,6 @@ package vaulttransit_test
 import (
 	"crypto/rand"
 	"encoding/base64"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,17 +12,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
-	"github.com/keybroker/keybroker/kekproviders/kekerr"
 	"github.com/keybroker/keybroker/kekproviders/kektest"
 	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
-)
-
-var (
-	_ kekproviders.KEK           = (*vaulttransit.KEK)(nil)
-	_ kekproviders.StatusChecker = (*vaulttransit.KEK)(nil)
-	_ kekproviders.Rewrapper     = (*vaulttransit.KEK)(nil)
-	_ io.Closer                  = (*vaulttransit.KEK)(nil)
 )
 
 func noRetries() *int { n := 0; return &n }
@@ -56,28 +48,29 @@ func TestConformance(t *testing.T) {
 		return kektest.Subject{
 			KEK:   open(t, config(srv, "keybroker", "vault-1")),
 			Other: open(t, config(srv, "other", "vault-2")),
-			Outage: func(t *testing.T) (kekproviders.KEK, func()) {
+			Outage: func(t *testing.T) (kek.KEK, func()) {
 				own := faketransit.Start(t)
 				own.CreateKey(t, "keybroker", true)
 				cfg := config(own, "keybroker", "vault-outage")
 				cfg.MaxRetries = noRetries() // the client's retries wait a second each
 				return open(t, cfg), own.Close
 			},
-			Deny: func(t *testing.T) (kekproviders.KEK, func()) {
+			Deny: func(t *testing.T) (kek.KEK, func()) {
 				cfg := config(srv, "keybroker", "vault-denied")
 				return open(t, cfg), func() { srv.RevokeToken(cfg.Auth.Token) }
 			},
-			Stalled: func(t *testing.T, _ string, timeout time.Duration) kekproviders.KEK {
+			Stalled: func(t *testing.T, _ string, timeout time.Duration) kek.KEK {
 				// New logs in and reads the key, so the backend must
 				// answer until the KEK is open.
 				own := faketransit.Start(t)
 				own.CreateKey(t, "keybroker", true)
 				cfg := config(own, "keybroker", "vault-stalled")
 				cfg.Timeout = timeout
-				kek := open(t, cfg)
+				k := open(t, cfg)
 				own.Stall()
-				return kek
+				return k
 			},
+			Rotate: func(t *testing.T) { srv.RotateKey(t, "keybroker") },
 		}
 	})
 }
@@ -88,43 +81,32 @@ func randomKey() []byte {
 	return b
 }
 
+// TestRewrapMovesToTheLatestVersion: once min_decryption_version passes
+// a wrap's version, only its rewrapped copy opens. (The conformance
+// suite's KeyRotation checks KeyVersion, LatestVersion and Rewrap.)
 func TestRewrapMovesToTheLatestVersion(t *testing.T) {
 	t.Parallel()
 	srv := faketransit.Start(t)
 	srv.CreateKey(t, "keybroker", true)
-	kek := open(t, config(srv, "keybroker", "vault-1"))
+	k := open(t, config(srv, "keybroker", "vault-1"))
 	ctx := kektest.Context(t, 30*time.Second)
 	b := kektest.Binding("alice", "vault-1")
 	plaintext := randomKey()
 
-	wrapped, err := kek.Wrap(ctx, plaintext, b)
+	wrapped, err := k.Wrap(ctx, plaintext, b)
 	require.NoError(t, err)
 	require.Regexp(t, `^vault:v1:`, string(wrapped))
 	srv.RotateKey(t, "keybroker")
-
-	v, err := kek.KeyVersion(wrapped)
+	rewrapped, err := k.Rewrap(ctx, wrapped, b)
 	require.NoError(t, err)
-	require.Equal(t, 1, v)
-	latest, err := kek.LatestVersion(ctx)
-	require.NoError(t, err)
-	require.Equal(t, 2, latest)
+	require.Regexp(t, `^vault:v2:`, string(rewrapped))
 
-	rewrapped, err := kek.Rewrap(ctx, wrapped, b)
-	require.NoError(t, err)
-	v, err = vaulttransit.KeyVersion(rewrapped)
-	require.NoError(t, err)
-	require.Equal(t, 2, v)
-
-	_, err = kek.Rewrap(ctx, wrapped, kektest.Binding("mallory", "vault-1"))
-	kektest.RequireBadData(t, err)
-
-	// Once old versions are retired, only the rewrapped copy opens.
 	srv.SetMinDecryptionVersion(t, "keybroker", 2)
-	back, err := kek.Unwrap(ctx, rewrapped, b)
+	back, err := k.Unwrap(ctx, rewrapped, b)
 	require.NoError(t, err)
 	require.Equal(t, plaintext, back)
-	_, err = kek.Unwrap(ctx, wrapped, b)
-	require.ErrorIs(t, err, kekerr.ErrInvalidCiphertext)
+	_, err = k.Unwrap(ctx, wrapped, b)
+	require.ErrorIs(t, err, kek.ErrInvalidCiphertext)
 }
 
 // TestAssociatedDataCannotBeRewrapped shows why the binding travels as a
@@ -222,7 +204,7 @@ func TestTokenFileIsRenewed(t *testing.T) {
 	// the third renewal the first one-second lease has run out, so the
 	// token only still works because it was renewed.
 	waitFor(t, srv, "renew-self", 3)
-	res := kekproviders.Check(kektest.Context(t, 30*time.Second), kek)
+	res := kekproviders.Check(kektest.Context(t, 30*time.Second), kek, nil)
 	require.NoError(t, res.Err())
 }
 
@@ -238,7 +220,7 @@ func TestAppRoleLogsInAgainWhenTheTokenRunsOut(t *testing.T) {
 	// The first login is New's; each token lives one second and cannot
 	// be renewed, so by the third login the first token has expired.
 	waitFor(t, srv, "login approle", 3)
-	res := kekproviders.Check(kektest.Context(t, 30*time.Second), kek)
+	res := kekproviders.Check(kektest.Context(t, 30*time.Second), kek, nil)
 	require.NoError(t, res.Err())
 
 	cfg.Auth.SecretIDFile = writeFile(t, "secret-id", "wrong")
@@ -253,8 +235,8 @@ func TestKubernetesLogin(t *testing.T) {
 	srv.AddKubernetesRole("keybroker", "eyJhbGciOiJSUzI1NiJ9.pod.sig", 0, false)
 	cfg := config(srv, "keybroker", "vault-1")
 	cfg.Auth = vaulttransit.Auth{Method: vaulttransit.AuthKubernetes, Role: "keybroker", JWTFile: writeFile(t, "jwt", "eyJhbGciOiJSUzI1NiJ9.pod.sig")}
-	kek := open(t, cfg)
-	require.NoError(t, kekproviders.Check(kektest.Context(t, 30*time.Second), kek).Err())
+	k := open(t, cfg)
+	require.NoError(t, kekproviders.Check(kektest.Context(t, 30*time.Second), k, nil).Err())
 
 	cfg.Auth.JWTFile = writeFile(t, "jwt", "eyJhbGciOiJSUzI1NiJ9.other.sig")
 	_, err := vaulttransit.New(kektest.Context(t, 30*time.Second), cfg)
@@ -263,7 +245,7 @@ func TestKubernetesLogin(t *testing.T) {
 	cfg.Auth.JWTFile = filepath.Join(t.TempDir(), "absent")
 	_, err = vaulttransit.New(kektest.Context(t, 30*time.Second), cfg)
 	require.ErrorContains(t, err, "service account token file")
-	require.False(t, kekerr.IsUnavailable(err), "a missing local file is not an outage")
+	require.False(t, kek.Classify(err).Outage(), "a missing local file is not an outage: %v", err)
 }
 
 func TestNamespace(t *testing.T) {
@@ -277,7 +259,7 @@ func TestNamespace(t *testing.T) {
 
 	cfg.Namespace = "team-a"
 	kek := open(t, cfg)
-	require.NoError(t, kekproviders.Check(kektest.Context(t, 30*time.Second), kek).Err())
+	require.NoError(t, kekproviders.Check(kektest.Context(t, 30*time.Second), kek, nil).Err())
 }
 
 func TestNoToken(t *testing.T) {
@@ -302,7 +284,7 @@ func TestKeyVersion(t *testing.T) {
 	}
 	for _, text := range []string{"", "vault:", "vault:v:abc", "vault:v0:abc", "vault:v1:", "vault:vx:abc", "v1:abc"} {
 		_, err := vaulttransit.KeyVersion([]byte(text))
-		require.ErrorIs(t, err, kekerr.ErrInvalidCiphertext, text)
+		require.ErrorIs(t, err, kek.ErrInvalidCiphertext, text)
 	}
 }
 

@@ -187,6 +187,7 @@ func testSBOM(t *testing.T, root, goCmd, bin, bomPath string, src Source) {
 	again, err := sbom(bin, src.Version, src.Time)
 	require.NoError(t, err)
 	require.Equal(t, string(raw), string(again), "the same binary gives the same SBOM")
+	require.Contains(t, string(raw), `?goarch=amd64&goos=linux"`, "no HTML escaping in purls")
 
 	binRaw, err := os.ReadFile(bin)
 	require.NoError(t, err)

@@ -150,11 +150,14 @@ func sbom(path, version string, created time.Time) ([]byte, error) {
 		},
 		Components: components,
 	}
-	out, err := json.MarshalIndent(bom, "", "  ")
-	if err != nil {
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false) // purls keep their "&" readable
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(bom); err != nil {
 		return nil, err
 	}
-	return append(out, '\n'), nil
+	return out.Bytes(), nil
 }
 
 // moduleComponent is a linked module as a CycloneDX library; a replaced

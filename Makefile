@@ -1,15 +1,33 @@
 # keybroker — build, run and test. `make test` is the test command CI runs.
 GO      ?= go
 BIN     ?= bin/keybroker
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+# VERSION: the vX.Y.Z tag at HEAD, else a Go pseudo-version (v0.0.0-<UTC
+# commit time>-<12 hex digits of the commit>, or vX.Y.(Z+1)-0.<time>-<hash>
+# after the newest tag vX.Y.Z), "+dirty" with uncommitted changes; "dev"
+# outside a git checkout. internal/cmd/release names it. Both variables are
+# computed once, and only by the targets that use them.
+VERSION ?= $(eval VERSION := $(shell $(GO) run ./internal/cmd/release version 2>/dev/null || echo dev))$(VERSION)
+COMMIT  ?= $(eval COMMIT := $(shell git rev-parse HEAD 2>/dev/null))$(COMMIT)
+# The release binaries' linker flags (internal/cmd/release checks that they agree).
+LDFLAGS  = -s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
+.PHONY: all build version release test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
 
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keybroker
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keybroker
+
+## version: print the version `make build` and `make release` stamp.
+version:
+	@echo $(VERSION)
+
+## release: reproducible static binaries for linux and darwin on amd64 and
+## arm64 in dist/ (keybroker_<version>_<os>_<arch>), a CycloneDX SBOM of
+## each (.cdx.json) and SHA256SUMS. Refuses a checkout with uncommitted
+## changes unless ALLOW_DIRTY=1. See "Releases" in the README.
+release:
+	$(GO) run ./internal/cmd/release dist -go $(GO) -out dist $(if $(ALLOW_DIRTY),-allow-dirty)
 
 ## test: gofmt, vet and every test, on the PostgreSQL at
 ## $$KEYBROKER_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).
@@ -80,4 +98,4 @@ demo: build
 	$(GO) run ./cmd/keybroker-demo --binary $(BIN)
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -19,6 +19,7 @@ type instruction struct {
 // stage is the instructions from one FROM to the next.
 type stage struct {
 	from, name   string
+	platform     string // FROM --platform=…, "" for the target platform
 	instructions []instruction
 }
 
@@ -34,7 +35,7 @@ func (s stage) all(keyword string) []instruction {
 
 // parseDockerfile splits a Dockerfile into stages. It understands what
 // this repository's Dockerfile uses: comments, parser directives,
-// backslash continuations, FROM … AS name.
+// backslash continuations, FROM [--platform=…] … AS name.
 func parseDockerfile(t *testing.T, path string) []stage {
 	t.Helper()
 	raw, err := os.ReadFile(path)
@@ -58,7 +59,15 @@ func parseDockerfile(t *testing.T, path string) []stage {
 		switch {
 		case in.keyword == "FROM":
 			f := strings.Fields(in.args)
-			s := stage{from: f[0]}
+			var s stage
+			for len(f) > 0 && strings.HasPrefix(f[0], "--") {
+				flag, value, _ := strings.Cut(f[0], "=")
+				require.Equal(t, "--platform", flag, "%s: FROM flag %s", path, f[0])
+				s.platform = value
+				f = f[1:]
+			}
+			require.NotEmpty(t, f, "%s: FROM without an image", path)
+			s.from = f[0]
 			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
 				s.name = f[2]
 			}
@@ -100,6 +109,35 @@ func TestDockerfile(t *testing.T) {
 		require.Contains(t, goBuild, "CGO_ENABLED=0", "a static binary for a libc-less image")
 		require.Contains(t, goBuild, "-trimpath")
 		require.Contains(t, goBuild, "./cmd/keybroker")
+	})
+
+	// docker buildx build --platform linux/amd64,linux/arm64: the build
+	// stage runs natively on the builder and cross-compiles for each
+	// target (emulating arm64 to compile would take many times as long);
+	// the runtime stage is the target's own (multi-arch) base image.
+	t.Run("MultiArch", func(t *testing.T) {
+		require.Equal(t, "$BUILDPLATFORM", build.platform, "FROM --platform=$BUILDPLATFORM golang… AS build")
+		var args []string
+		for _, a := range build.all("ARG") {
+			args = append(args, strings.Fields(a.args)...)
+		}
+		require.Contains(t, args, "TARGETOS", "the build stage declares the target platform buildx passes")
+		require.Contains(t, args, "TARGETARCH")
+		var goBuild string
+		for _, run := range build.all("RUN") {
+			if strings.Contains(run.args, "go build") {
+				goBuild = run.args
+			}
+		}
+		require.Contains(t, goBuild, "GOOS=${TARGETOS}")
+		require.Contains(t, goBuild, "GOARCH=${TARGETARCH}")
+		require.Contains(t, goBuild, "-buildid=", "the release's reproducible flags (internal/cmd/release)")
+		require.Empty(t, final.platform, "the runtime stage is the target platform's image")
+		for _, s := range stages {
+			if s.platform != "" {
+				require.Equal(t, "build", s.name, "only the build stage runs on the build platform")
+			}
+		}
 	})
 
 	t.Run("FinalStageIsMinimalAndNonRoot", func(t *testing.T) {

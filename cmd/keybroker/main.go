@@ -10,14 +10,60 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// version and commit are set at build time by `make build` and `make
+// release` (-ldflags "-X main.version=… -X main.commit=…"); see
+// internal/cmd/release for how the version is named. A plain go build or
+// go install fills in what it can from the build information (main).
+var (
+	version = "dev"
+	commit  = ""
+)
+
+// resolveVersion fills in what -ldflags did not set from the build
+// information Go records: `go install …/cmd/keybroker@v1.2.3` knows its
+// module version, a build in a git checkout its revision.
+func resolveVersion(version, commit string, info *debug.BuildInfo, ok bool) (string, string) {
+	if !ok {
+		return version, commit
+	}
+	if version == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		version = info.Main.Version
+	}
+	if commit != "" {
+		return version, commit
+	}
+	var modified bool
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			commit = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
+		}
+	}
+	if commit != "" && modified {
+		commit += "+dirty"
+	}
+	return version, commit
+}
+
+// printVersion is `keybroker version`: the version on the first line (as
+// before), then the commit when known and the Go release and platform.
+func printVersion(w io.Writer) {
+	fmt.Fprintln(w, "keybroker", version)
+	if commit != "" {
+		fmt.Fprintln(w, "commit", commit)
+	}
+	fmt.Fprintln(w, runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH)
+}
 
 const usage = `keybroker — custody of per-user master keys, wrapped by a KEK
 
@@ -34,13 +80,15 @@ Usage:
                                 before an unverifiable zero-knowledge change
   keybroker dev token --user ID print a bearer token from the dev-mode issuer
   keybroker healthcheck [--url] exit 0 when /healthz answers 200 (container health checks)
-  keybroker version             print the version
+  keybroker version             print the version, commit and Go release
 
 Run "keybroker serve -h" for the flags; every flag has an environment
 variable, listed in the README.
 `
 
 func main() {
+	info, ok := debug.ReadBuildInfo()
+	version, commit = resolveVersion(version, commit, info, ok)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, nil); err != nil {
@@ -92,7 +140,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "healthcheck":
 		return cmdHealthcheck(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
-		fmt.Fprintln(stdout, "keybroker", version)
+		printVersion(stdout)
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

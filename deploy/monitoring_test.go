@@ -331,8 +331,7 @@ func loadDashboard(t *testing.T) grafanaDashboard {
 	raw, err := os.ReadFile(dashboardFile)
 	require.NoError(t, err)
 	var d grafanaDashboard
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
-	require.NoError(t, dec.Decode(&d), dashboardFile)
+	require.NoError(t, json.Unmarshal(raw, &d), dashboardFile)
 	return d
 }
 
@@ -391,7 +390,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	d := loadDashboard(t)
 	require.Equal(t, "keybroker", d.UID)
 	require.NotEmpty(t, d.Title)
-	require.GreaterOrEqual(t, d.SchemaVersion, 39, "schemaVersion: Grafana 10.4 or newer")
+	require.GreaterOrEqual(t, d.SchemaVersion, 39, "schemaVersion: a dashboard of a current Grafana")
 
 	var dsVar bool
 	for _, v := range d.Templating.List {

@@ -4,12 +4,22 @@ BIN     ?= bin/keybroker
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
+.PHONY: all build build-pkcs11 test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
 
 all: build
 
+## build: a static binary (CGO_ENABLED=0) with every KEK provider but
+## PKCS#11: a pkcs11: KEK URI is refused with a message naming build-pkcs11.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keybroker
+
+## build-pkcs11: the same binary with the PKCS#11 KEK provider for HSMs
+## (docs/providers.md#pkcs11-hardware-security-modules). It needs cgo and
+## a C compiler; the binary links the C library dynamically and loads the
+## HSM vendor's module (module-path= in the URI) at run time. The container
+## equivalent: docker build --target pkcs11 -t keybroker:pkcs11 .
+build-pkcs11:
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keybroker
 
 ## test: gofmt, vet and every test, on the PostgreSQL at
 ## $$KEYBROKER_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).

@@ -19,5 +19,5 @@ func Open(_ context.Context, cfg Config) (kek.KEK, error) {
 	if _, err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return nil, fmt.Errorf("pkcs11 %s: %w", cfg.Selector, ErrNotCompiled)
+	return nil, fmt.Errorf("pkcs11 %s: open %s: %w", cfg.ID, cfg.Selector, ErrNotCompiled)
 }

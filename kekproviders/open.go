@@ -333,8 +333,9 @@ func hostAndPath(u *url.URL) string {
 	return strings.TrimPrefix(u.Host+u.Path, "/")
 }
 
-// redact drops user info and query values from a URI before it goes into
-// an error message: a careless operator may have put a token there.
+// redact drops user info, the query and the fragment from a URI before it
+// goes into an error message: a careless operator may have put a token
+// there.
 func redact(uri string) string {
 	u, err := url.Parse(uri)
 	if err != nil {
@@ -342,5 +343,6 @@ func redact(uri string) string {
 	}
 	u.User = nil
 	u.RawQuery = ""
+	u.Fragment, u.RawFragment = "", ""
 	return u.String()
 }

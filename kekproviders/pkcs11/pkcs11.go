@@ -268,14 +268,14 @@ func (k *KEK) checkKey(s cryptoki.SessionHandle, key cryptoki.ObjectHandle) erro
 		return err
 	}
 	if keyType != cryptoki.CKK_AES {
-		return fmt.Errorf("%s is not an AES key (CKA_KEY_TYPE 0x%X)", k.sel, keyType)
+		return fmt.Errorf("the key is not an AES key (CKA_KEY_TYPE 0x%X)", keyType)
 	}
 	size, err := k.ulongAttr(s, key, cryptoki.CKA_VALUE_LEN)
 	if err != nil {
 		return err
 	}
 	if size != keyBytes {
-		return fmt.Errorf("%s is AES-%d: keybroker's KEKs are AES-256 (CKA_VALUE_LEN 32)", k.sel, size*8)
+		return fmt.Errorf("the key is AES-%d: keybroker's KEKs are AES-256 (CKA_VALUE_LEN 32)", size*8)
 	}
 	flags := map[uint]bool{}
 	for _, typ := range []uint{cryptoki.CKA_TOKEN, cryptoki.CKA_SENSITIVE, cryptoki.CKA_EXTRACTABLE, cryptoki.CKA_ENCRYPT, cryptoki.CKA_DECRYPT} {
@@ -284,14 +284,14 @@ func (k *KEK) checkKey(s cryptoki.SessionHandle, key cryptoki.ObjectHandle) erro
 		}
 	}
 	if !flags[cryptoki.CKA_TOKEN] {
-		return fmt.Errorf("%s is a session object, gone with its session: generate the key with CKA_TOKEN=true", k.sel)
+		return fmt.Errorf("the key is a session object, gone with its session: generate it with CKA_TOKEN=true")
 	}
 	if flags[cryptoki.CKA_EXTRACTABLE] || !flags[cryptoki.CKA_SENSITIVE] {
-		return fmt.Errorf("%s can leave the token (CKA_EXTRACTABLE=%t, CKA_SENSITIVE=%t): a KEK must be generated inside the token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false, so that no one can read it out; generate a new key that way (docs/providers.md#pkcs11-hardware-security-modules)",
-			k.sel, flags[cryptoki.CKA_EXTRACTABLE], flags[cryptoki.CKA_SENSITIVE])
+		return fmt.Errorf("the key can leave the token (CKA_EXTRACTABLE=%t, CKA_SENSITIVE=%t): a KEK must be generated inside the token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false, so that no one can read it out; generate a new key that way (docs/providers.md#pkcs11-hardware-security-modules)",
+			flags[cryptoki.CKA_EXTRACTABLE], flags[cryptoki.CKA_SENSITIVE])
 	}
 	if !flags[cryptoki.CKA_ENCRYPT] || !flags[cryptoki.CKA_DECRYPT] {
-		return kek.Denied(fmt.Errorf("%s may not encrypt and decrypt (CKA_ENCRYPT=%t, CKA_DECRYPT=%t)", k.sel, flags[cryptoki.CKA_ENCRYPT], flags[cryptoki.CKA_DECRYPT]))
+		return kek.Denied(fmt.Errorf("the key may not encrypt and decrypt (CKA_ENCRYPT=%t, CKA_DECRYPT=%t)", flags[cryptoki.CKA_ENCRYPT], flags[cryptoki.CKA_DECRYPT]))
 	}
 	return nil
 }
@@ -348,6 +348,9 @@ func (k *KEK) selfTest(s cryptoki.SessionHandle, key cryptoki.ObjectHandle) erro
 	rand.Read(plaintext)
 	aad := k.selfTestBinding("keybroker:pkcs11-self-test")
 	wrapped, err := k.encrypt(s, key, plaintext, aad)
+	if rv, ok := rvOf(err); ok && rv == cryptoki.CKR_MECHANISM_INVALID {
+		return fmt.Errorf("self-test: the token does not offer CKM_AES_GCM, which keybroker needs (pkcs11-tool --list-mechanisms shows a token's mechanisms): %w", err)
+	}
 	if err != nil {
 		return classify(errorf("self-test: wrap", err))
 	}
@@ -507,7 +510,7 @@ func (k *KEK) Status(ctx context.Context) error {
 				return err
 			}
 			if len(v[0].Value) != 1 || v[0].Value[0] == 0 {
-				return kek.Denied(fmt.Errorf("%s may no longer encrypt and decrypt (CKA_ENCRYPT or CKA_DECRYPT is false)", k.sel))
+				return kek.Denied(fmt.Errorf("the key %s may no longer encrypt and decrypt (CKA_ENCRYPT or CKA_DECRYPT is false)", k.sel))
 			}
 		}
 		return nil

@@ -790,10 +790,13 @@ func errorf(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// Close waits for the calls in flight (at most one timeout: a token that
-// hangs keeps its sessions), closes the sessions, forgets the PIN and
-// releases the module, which the last KEK over it finalizes. Later calls
-// fail with ErrClosed.
+// closeWait is the least time Close waits for the calls in flight.
+const closeWait = 5 * time.Second
+
+// Close waits for the calls in flight (at most one timeout, and at least
+// closeWait: a token that hangs keeps its sessions), closes the sessions,
+// forgets the PIN and releases the module, which the last KEK over it
+// finalizes. Later calls fail with ErrClosed.
 func (k *KEK) Close() error {
 	k.mu.Lock()
 	if k.closed {
@@ -809,8 +812,8 @@ func (k *KEK) Close() error {
 	}()
 	select {
 	case <-finished:
-	case <-time.After(k.timeout):
-		return fmt.Errorf("pkcs11 %s: close: calls are still in the token after %s; its sessions and the module stay open", k.id, k.timeout)
+	case <-time.After(max(k.timeout, closeWait)):
+		return fmt.Errorf("pkcs11 %s: close: calls are still in the token after %s; its sessions and the module stay open", k.id, max(k.timeout, closeWait))
 	}
 	k.closeNow()
 	return nil

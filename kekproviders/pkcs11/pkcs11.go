@@ -108,8 +108,13 @@ func Open(ctx context.Context, cfg Config) (kek.KEK, error) {
 // extractable and allowed to encrypt and decrypt. It then runs a
 // self-test inside the token: a wrap opens under its binding and not
 // under another. Opening is bounded by ctx and by three times
-// Config.Timeout. A wrong PIN is reported as denied (kek.Classify).
+// Config.Timeout. A wrong PIN, a key that is missing or may not encrypt
+// and decrypt are reported as denied, a token that does not answer as
+// unavailable (kek.Classify); an unfit key or URI as a plain error.
 func New(ctx context.Context, cfg Config) (*KEK, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("pkcs11 %s: open: %w", cfg.ID, err)
+	}
 	src, err := cfg.validate()
 	if err != nil {
 		return nil, err

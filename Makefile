@@ -11,10 +11,12 @@ COMMIT  ?= $(eval COMMIT := $(shell git rev-parse HEAD 2>/dev/null))$(COMMIT)
 # The release binaries' linker flags (internal/cmd/release checks that they agree).
 LDFLAGS  = -s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build version release test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
+.PHONY: all build build-pkcs11 version release test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
 
 all: build
 
+## build: a static binary (CGO_ENABLED=0) with every KEK provider but
+## PKCS#11: a pkcs11: KEK URI is refused with a message naming build-pkcs11.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keybroker
 
@@ -28,6 +30,14 @@ version:
 ## changes unless ALLOW_DIRTY=1. See "Releases" in the README.
 release:
 	$(GO) run ./internal/cmd/release dist -go $(GO) -out dist $(if $(ALLOW_DIRTY),-allow-dirty)
+
+## build-pkcs11: the same binary with the PKCS#11 KEK provider for HSMs
+## (docs/providers.md#pkcs11-hardware-security-modules). It needs cgo and
+## a C compiler; the binary links the C library dynamically and loads the
+## HSM vendor's module (module-path= in the URI) at run time. The container
+## equivalent: docker build --target pkcs11 -t keybroker:pkcs11 .
+build-pkcs11:
+	CGO_ENABLED=1 $(GO) build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keybroker
 
 ## test: gofmt, vet and every test, on the PostgreSQL at
 ## $$KEYBROKER_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).

@@ -1,11 +1,15 @@
 package deploy
 
 import (
+	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -153,7 +157,53 @@ func TestDockerfile(t *testing.T) {
 			require.True(t, ok, "shell-form RUN in the final stage: %s", run.args)
 		}
 		for _, c := range final.all("COPY") {
-			require.Contains(t, c.args, "--from=build", "the final stage takes only the binary: %s", c.args)
+			require.Contains(t, strings.Fields(c.args), "--from=build", "the final stage takes only the static binary: %s", c.args)
+		}
+	})
+
+	// The PKCS#11 image (docker build --target pkcs11): the same binary
+	// built with cgo, on Debian slim (a libc to load the HSM vendor's
+	// module, and a package manager to add it), otherwise run like the
+	// default image. The default image stays the static one.
+	t.Run("PKCS11Target", func(t *testing.T) {
+		byName := map[string]stage{}
+		for _, s := range stages {
+			byName[s.name] = s
+		}
+		buildCgo, ok := byName["build-pkcs11"]
+		require.True(t, ok, "a stage FROM … AS build-pkcs11")
+		image, ok := byName["pkcs11"]
+		require.True(t, ok, "a stage FROM … AS pkcs11 (docker build --target pkcs11)")
+		require.NotEqual(t, "pkcs11", final.name, "the default image (the last stage) is the static one")
+
+		require.Equal(t, "golang:${GO_VERSION}-${DEBIAN_RELEASE}", buildCgo.from)
+		require.Equal(t, "debian:${DEBIAN_RELEASE}-slim", image.from, "built on the Debian release it runs on, so the binary finds its libc")
+		var goBuild string
+		for _, run := range buildCgo.all("RUN") {
+			if strings.Contains(run.args, "go build") {
+				goBuild = run.args
+			}
+		}
+		require.Contains(t, goBuild, "CGO_ENABLED=1")
+		require.Contains(t, goBuild, "-trimpath")
+		require.Contains(t, goBuild, "./cmd/keybroker")
+		raw, err := os.ReadFile("../Dockerfile")
+		require.NoError(t, err)
+		require.Regexp(t, `(?m)^ARG DEBIAN_RELEASE=\S+$`, string(raw))
+
+		copies := image.all("COPY")
+		require.Len(t, copies, 1)
+		require.Equal(t, "--from=build-pkcs11 /out/keybroker "+imageBinary, copies[0].args)
+		var installs string
+		for _, run := range image.all("RUN") {
+			installs += run.args
+		}
+		require.Contains(t, installs, "ca-certificates", "CA roots for the JWKS and the KMS endpoints")
+		users := image.all("USER")
+		require.NotEmpty(t, users)
+		require.Equal(t, "65532:65532", users[len(users)-1].args, "non-root and numeric, as the default image")
+		for _, keyword := range []string{"ENV", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT", "CMD"} {
+			require.Equal(t, final.all(keyword), image.all(keyword), "%s as in the default image", keyword)
 		}
 	})
 
@@ -202,4 +252,25 @@ func TestDockerfile(t *testing.T) {
 			require.Contains(t, patterns, p)
 		}
 	})
+}
+
+// TestStaticBinaryRefusesPKCS11: the binary of the default image (static,
+// no cgo) cannot load an HSM's module; a pkcs11: KEK makes it say so and
+// name the build that can.
+func TestStaticBinaryRefusesPKCS11(t *testing.T) {
+	t.Parallel()
+	pinFile := filepath.Join(t.TempDir(), "hsm-pin")
+	require.NoError(t, os.WriteFile(pinFile, []byte("1234\n"), 0o600))
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, keybrokerBinary(t), "kek", "check")
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"KEYBROKER_KEK=pkcs11:token=keybroker;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:" + pinFile + "&id=hsm-1",
+	}
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "kek check passed with a pkcs11: KEK in the static binary:\n%s", out)
+	require.Equal(t, 1, exit.ExitCode(), "%s", out)
+	require.Contains(t, string(out), "this keybroker was built without PKCS#11 support; build with `make build-pkcs11` (cgo) or use the keybroker:pkcs11 image")
 }

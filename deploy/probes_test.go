@@ -138,7 +138,8 @@ func TestProbesAnswer(t *testing.T) {
 	_, dep := one[deployment](t, loadManifests(t), "Deployment")
 	c := dep.Spec.Template.Spec.Containers[0]
 	var imageCheck []string
-	for _, hc := range parseDockerfile(t, "../Dockerfile")[1].all("HEALTHCHECK") {
+	stages := parseDockerfile(t, "../Dockerfile")
+	for _, hc := range stages[len(stages)-1].all("HEALTHCHECK") { // the default image
 		_, cmd, _ := strings.Cut(hc.args, "CMD ")
 		imageCheck, _ = execForm(strings.TrimSpace(cmd))
 	}

@@ -16,6 +16,8 @@
 //	    [&auth=token][&token_file=PATH]                      token: token_file or VAULT_TOKEN
 //	    &auth=approle&role_id=R|role_id_file=PATH[&secret_id_file=PATH][&auth_mount=approle]
 //	    &auth=kubernetes&role=R[&jwt_file=PATH][&auth_mount=kubernetes]
+//	pkcs11:token=LABEL;object=KEY?module-path=/path/module.so&pin-source=file:/path/pin&id=ID[&timeout=D][&max_sessions=N]
+//	                                       RFC 7512; pin-source=systemd-credential:NAME too; needs cgo
 //
 // Every KEK has a stable id, recorded on each row it wraps. It comes from
 // the URI's id parameter; env://MANA_AUTH_KEK defaults to "env-v1", the
@@ -41,6 +43,7 @@ import (
 	"github.com/keybroker/keybroker/kekproviders/file"
 	"github.com/keybroker/keybroker/kekproviders/gcpkms"
 	"github.com/keybroker/keybroker/kekproviders/internal/uriparam"
+	"github.com/keybroker/keybroker/kekproviders/pkcs11"
 	"github.com/keybroker/keybroker/kekproviders/systemd"
 	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
 )
@@ -61,7 +64,13 @@ const (
 	SchemeAWSKMS       = "awskms"
 	SchemeGCPKMS       = "gcpkms"
 	SchemeVaultTransit = "vault-transit"
+	SchemePKCS11       = "pkcs11"
 )
+
+// PKCS11Supported reports whether this binary can open pkcs11: KEKs: it
+// was built with cgo (`make build-pkcs11`, the keybroker:pkcs11 image).
+// The static default build parses pkcs11: URIs and refuses to open them.
+const PKCS11Supported = pkcs11.Supported
 
 // Opener opens KEKs from URIs. The zero value is ready to use.
 type Opener struct {
@@ -257,12 +266,53 @@ func (o Opener) Open(ctx context.Context, uri string) (kek.KEK, error) {
 			return nil, err
 		}
 		return vaulttransit.New(ctx, cfg)
+	case SchemePKCS11:
+		return o.openPKCS11(ctx, p, params, getenv)
 	default:
 		return nil, fmt.Errorf("kekproviders: unknown scheme %q (known: %s)", p.Scheme, strings.Join(knownSchemes, ", "))
 	}
 }
 
-var knownSchemes = []string{SchemeEnv, SchemeFile, SchemeSystemd, SchemeDockerSecret, SchemeAWSKMS, SchemeGCPKMS, SchemeVaultTransit}
+var knownSchemes = []string{SchemeEnv, SchemeFile, SchemeSystemd, SchemeDockerSecret, SchemeAWSKMS, SchemeGCPKMS, SchemeVaultTransit, SchemePKCS11}
+
+// openPKCS11 opens a pkcs11: URI (RFC 7512): the token and the key in the
+// path attributes, the module, the PIN's source and keybroker's own
+// parameters in the query. A PIN in the URI is refused, and never
+// repeated in the error.
+func (o Opener) openPKCS11(ctx context.Context, p *ParsedURI, params *uriparam.Params, getenv func(string) string) (kek.KEK, error) {
+	if p.URL.Opaque == "" {
+		return nil, errors.New("kekproviders: pkcs11: write the URI without //, as RFC 7512 does: pkcs11:token=LABEL;object=KEY?module-path=…&pin-source=file:…&id=ID")
+	}
+	q := p.URL.Query()
+	if q.Has("pin-value") {
+		return nil, errors.New("kekproviders: pkcs11: pin-value= puts the PIN in the URI, where logs, process listings and the environment show it: refused. Put the PIN in a file readable by keybroker only and use pin-source=file:/path/to/pin (or pin-source=systemd-credential:NAME)")
+	}
+	if q.Has("module-name") {
+		return nil, errors.New("kekproviders: pkcs11: module-name= is not supported: name the module by its absolute path with module-path=")
+	}
+	sel, err := pkcs11.ParsePath(p.URL.Opaque)
+	if err != nil {
+		return nil, fmt.Errorf("kekproviders: %w", err)
+	}
+	cfg := pkcs11.Config{
+		ID:                   p.ID,
+		ModulePath:           params.String("module-path"),
+		Selector:             sel,
+		PINSource:            params.String("pin-source"),
+		CredentialsDirectory: getenv(pkcs11.CredentialsDirectoryVariable),
+		Timeout:              params.Duration("timeout"),
+	}
+	if n, ok := params.Int("max_sessions"); ok {
+		if n == 0 {
+			return nil, errors.New("kekproviders: pkcs11: URI parameter max_sessions=0: want at least 1 (leave it out for the default)")
+		}
+		cfg.MaxSessions = n
+	}
+	if err := params.Done(); err != nil {
+		return nil, err
+	}
+	return pkcs11.Open(ctx, cfg)
+}
 
 // envVariable is the variable of env://VAR (or env:VAR).
 func envVariable(u *url.URL) string {
@@ -283,8 +333,9 @@ func hostAndPath(u *url.URL) string {
 	return strings.TrimPrefix(u.Host+u.Path, "/")
 }
 
-// redact drops user info and query values from a URI before it goes into
-// an error message: a careless operator may have put a token there.
+// redact drops user info, the query and the fragment from a URI before it
+// goes into an error message: a careless operator may have put a token
+// there.
 func redact(uri string) string {
 	u, err := url.Parse(uri)
 	if err != nil {
@@ -292,5 +343,6 @@ func redact(uri string) string {
 	}
 	u.User = nil
 	u.RawQuery = ""
+	u.Fragment, u.RawFragment = "", ""
 	return u.String()
 }

@@ -54,6 +54,10 @@ var uriSeeds = []string{
 	" env://MANA_AUTH_KEK ",
 	"vault-transit://k?id=x&token=SUPERSECRET\x01",
 	"vault-transit://us%zzer:SUPERSECRET@k?id=x",
+	"pkcs11:token=kb;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/keybroker/hsm-pin&id=hsm-1",
+	"pkcs11:token=kb;object=kek;id=%01%a2?module-path=/m.so&pin-value=s3cr3t-PIN&id=hsm-1",
+	"pkcs11:token=kb;object=kek?id=hsm-1&cache=on",
+	"pkcs11://token=kb;object=kek?id=hsm-1",
 }
 
 // FuzzParseURI: ParseURI never panics; what it accepts has an id of the

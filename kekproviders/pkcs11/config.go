@@ -60,8 +60,8 @@ const CredentialsDirectoryVariable = "CREDENTIALS_DIRECTORY"
 // Selector is the path part of a PKCS#11 URI: which token, and which key
 // object on it. Empty fields match anything.
 type Selector struct {
-	// Token is the token label (RFC 7512 "token").
-	Token string
+	// TokenLabel is the token label (RFC 7512 "token").
+	TokenLabel string
 	// Manufacturer, Model and Serial are the token's manufacturer id,
 	// model and serial number ("manufacturer", "model", "serial").
 	Manufacturer string
@@ -122,7 +122,7 @@ func ParsePath(path string) (Selector, error) {
 		}
 		switch name {
 		case attrToken:
-			sel.Token, err = fixedField(name, value, 32)
+			sel.TokenLabel, err = fixedField(name, value, 32)
 		case attrManufacturer:
 			sel.Manufacturer, err = fixedField(name, value, 32)
 		case attrModel:
@@ -155,7 +155,7 @@ func ParsePath(path string) (Selector, error) {
 			return Selector{}, err
 		}
 	}
-	if sel.Token == "" && sel.Serial == "" && sel.SlotID == nil {
+	if sel.TokenLabel == "" && sel.Serial == "" && sel.SlotID == nil {
 		return Selector{}, errors.New("pkcs11: the URI names no token: add token=LABEL (or serial=…, slot-id=…), e.g. pkcs11:token=keybroker;object=kek")
 	}
 	if sel.Object == "" && sel.ObjectID == nil {
@@ -181,7 +181,7 @@ func (s Selector) String() string {
 			parts = append(parts, name+"="+url.PathEscape(value))
 		}
 	}
-	add(attrToken, s.Token)
+	add(attrToken, s.TokenLabel)
 	add(attrManufacturer, s.Manufacturer)
 	add(attrModel, s.Model)
 	add(attrSerial, s.Serial)
@@ -241,7 +241,7 @@ func (c *Config) validate() (pinSource, error) {
 	if !filepath.IsAbs(c.ModulePath) {
 		return pinSource{}, fmt.Errorf("pkcs11: module-path %q is not an absolute path", c.ModulePath)
 	}
-	if c.Selector.Token == "" && c.Selector.Serial == "" && c.Selector.SlotID == nil {
+	if c.Selector.TokenLabel == "" && c.Selector.Serial == "" && c.Selector.SlotID == nil {
 		return pinSource{}, errors.New("pkcs11: Config.Selector names no token (Token, Serial or SlotID)")
 	}
 	if c.Selector.Object == "" && c.Selector.ObjectID == nil {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -229,7 +230,7 @@ func (k *KEK) findToken() (uint, cryptoki.TokenInfo, error) {
 
 func (s Selector) matches(slot uint, info cryptoki.TokenInfo) bool {
 	return (s.SlotID == nil || *s.SlotID == slot) &&
-		(s.Token == "" || s.Token == info.Label) &&
+		(s.TokenLabel == "" || s.TokenLabel == info.Label) &&
 		(s.Manufacturer == "" || s.Manufacturer == info.ManufacturerID) &&
 		(s.Model == "" || s.Model == info.Model) &&
 		(s.Serial == "" || s.Serial == info.SerialNumber)
@@ -363,7 +364,7 @@ func (k *KEK) selfTest(s cryptoki.SessionHandle, key cryptoki.ObjectHandle) erro
 	if err != nil {
 		return classify(errorf("self-test: unwrap", err))
 	}
-	if !bytes.Equal(back, plaintext) {
+	if subtle.ConstantTimeCompare(back, plaintext) != 1 {
 		return fmt.Errorf("self-test: the token's AES-GCM decrypt returned other bytes than it encrypted")
 	}
 	_, err = k.decrypt(s, key, wrapped, k.selfTestBinding("keybroker:pkcs11-self-test-other"))

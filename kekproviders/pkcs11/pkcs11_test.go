@@ -50,7 +50,7 @@ func config(tok *softhsmtest.Token, object, id string) pkcs11.Config {
 	return pkcs11.Config{
 		ID:         id,
 		ModulePath: tok.ModulePath,
-		Selector:   pkcs11.Selector{Token: tok.Label, Object: object},
+		Selector:   pkcs11.Selector{TokenLabel: tok.Label, Object: object},
 		PINSource:  "file:" + tok.PINFile,
 	}
 }

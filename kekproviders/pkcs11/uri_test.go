@@ -88,7 +88,7 @@ func TestParsePath(t *testing.T) {
 	t.Parallel()
 	sel, err := pkcs11.ParsePath("token=My%20Token;manufacturer=SoftHSM%20project;model=SoftHSM%20v2;serial=0a1b;slot-id=7;object=kek%3b2025;id=%01%A2;type=secret-key")
 	require.NoError(t, err)
-	require.Equal(t, "My Token", sel.Token)
+	require.Equal(t, "My Token", sel.TokenLabel)
 	require.Equal(t, "SoftHSM project", sel.Manufacturer)
 	require.Equal(t, "SoftHSM v2", sel.Model)
 	require.Equal(t, "0a1b", sel.Serial)

@@ -196,9 +196,9 @@ type RewrapConfig struct {
 	DataKeyGrace time.Duration
 }
 
-// DefaultDataKeyGrace is three times the data-key reload interval of
-// keybroker serve (5 minutes).
-const DefaultDataKeyGrace = 15 * time.Minute
+// DefaultDataKeyGrace is three times KeyringRefreshInterval: replicas
+// have normally reloaded their data keys by then.
+const DefaultDataKeyGrace = 3 * KeyringRefreshInterval
 
 // DefaultRewrapBatchSize is the batch size when none is configured: large
 // enough that per-transaction costs vanish, small enough that a batch's

@@ -227,6 +227,16 @@ func (r *Runtime) KEKChecked() <-chan struct{} { return r.kekOK }
 func (r *Runtime) Start(ctx context.Context) {
 	r.startOnce.Do(func() {
 		ctx, r.cancel = context.WithCancel(ctx)
+		if r.counts != nil {
+			// Counted before the re-wrap job starts, the first count
+			// shows the state the server started with.
+			r.counts.refresh(ctx)
+			r.goLoop(func() {
+				for r.cfg.Wait(ctx, r.cfg.CountRowsEvery) {
+					r.counts.refresh(ctx)
+				}
+			})
+		}
 		if r.retry {
 			r.goLoop(func() { r.retryKEKCheck(ctx) })
 		}
@@ -235,14 +245,6 @@ func (r *Runtime) Start(ctx context.Context) {
 			r.goLoop(func() { r.runRewrap(ctx) })
 		} else {
 			r.cfg.Logger.Info("re-wrap job disabled")
-		}
-		if r.counts != nil {
-			r.counts.refresh(ctx)
-			r.goLoop(func() {
-				for r.cfg.Wait(ctx, r.cfg.CountRowsEvery) {
-					r.counts.refresh(ctx)
-				}
-			})
 		}
 	})
 }

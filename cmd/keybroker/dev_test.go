@@ -146,3 +146,30 @@ func TestDevModeOpensAnOwnerOnlyKEK(t *testing.T) {
 	require.Equal(t, http.StatusOK, status)
 	require.Equal(t, config.DevKEKID, body["kekId"])
 }
+
+// TestOperatorCommandsFindTheDevKEK: with a dev server's data directory,
+// the operator commands take --dev to mean its generated KEK, the way
+// serve --dev opens it.
+func TestOperatorCommandsFindTheDevKEK(t *testing.T) {
+	dataDir := t.TempDir()
+	env := map[string]string{"KEYBROKER_DATA_DIR": dataDir, "PORT": "0"}
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"kek", "check", "--dev"}, envFunc(env), &out, io.Discard, nil)
+	require.ErrorContains(t, err, "1 of 1 KEKs failed the check")
+	require.Contains(t, out.String(), "open: dev KEK: ")
+	require.Contains(t, out.String(), `"keybroker serve --dev" makes it`)
+
+	srv := startServe(t, env, "serve", "--dev")
+	status, _ := fetch(t, srv.addr, http.MethodPost, "/init", devToken(t, dataDir, "alice"))
+	require.Equal(t, http.StatusOK, status)
+	require.NoError(t, srv.stop())
+
+	out.Reset()
+	require.NoError(t, run(t.Context(), []string{"kek", "check", "--dev"}, envFunc(env), &out, io.Discard, nil))
+	require.Regexp(t, config.DevKEKID+`\s+active\s+ok`, out.String())
+	out.Reset()
+	require.NoError(t, run(t.Context(), []string{"kek", "status", "--dev"}, envFunc(env), &out, io.Discard, nil))
+	require.Regexp(t, config.DevKEKID+`\s+2\s+1\s+100.0%\s+active`, out.String())
+	err = run(t.Context(), []string{"kek", "check"}, envFunc(env), &out, io.Discard, nil)
+	require.ErrorIs(t, err, config.ErrNoKEK, "without --dev the dev KEK is not taken")
+}

@@ -137,10 +137,10 @@ var (
 		}}
 	databaseURL = &setting{env: "DATABASE_URL", flag: "database-url", cmds: storeCmds,
 		usage: "PostgreSQL URL; without one the embedded SQLite store in --data-dir is used",
-		apply: func(c *Config, v string) error { c.Store.DatabaseURL = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Store.DatabaseURL })}
 	dataDir = &setting{env: "KEYBROKER_DATA_DIR", flag: "data-dir", def: DefaultDataDir, cmds: storeCmds | DevToken,
 		usage: "directory of the embedded store and of dev-mode files",
-		apply: func(c *Config, v string) error { c.Store.DataDir = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Store.DataDir })}
 	schema = &setting{env: "KEYBROKER_SCHEMA", flag: "schema", def: "keybroker", cmds: storeCmds,
 		usage: "database schema; \"auth\" adopts the original service's tables",
 		apply: func(c *Config, v string) error {
@@ -152,10 +152,10 @@ var (
 		}}
 	migrate = &setting{env: "KEYBROKER_MIGRATE", flag: "migrate", def: "true", isBool: true, cmds: Serve,
 		usage: "apply migrations at start",
-		apply: func(c *Config, v string) (err error) { c.Store.Migrate, err = parseBool(v); return err }}
+		apply: boolean(func(c *Config) *bool { return &c.Store.Migrate })}
 	allowPrivileged = &setting{env: "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE", flag: "allow-privileged-db-role", def: "false", isBool: true, cmds: storeCmds,
 		usage: "TESTS ONLY: connect even as a superuser or a BYPASSRLS role, with which row-level security is not enforced",
-		apply: func(c *Config, v string) (err error) { c.Store.AllowPrivileged, err = parseBool(v); return err }}
+		apply: boolean(func(c *Config) *bool { return &c.Store.AllowPrivileged })}
 	logLevel = &setting{env: "KEYBROKER_LOG_LEVEL", flag: "log-level", def: "info", toolDef: "warn", cmds: storeCmds,
 		usage: "debug, info, warn or error",
 		apply: func(c *Config, v string) error {
@@ -189,34 +189,25 @@ var (
 		}}
 	jwksURL = &setting{env: "KEYBROKER_JWKS_URL", flag: "jwks-url", cmds: Serve,
 		usage: "JWKS URL of the token issuer",
-		apply: func(c *Config, v string) error { c.Tokens.JWKSURL = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Tokens.JWKSURL })}
 	jwtIssuer = &setting{env: "KEYBROKER_JWT_ISSUER", flag: "jwt-issuer", cmds: Serve,
 		usage: "required iss claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com",
-		apply: func(c *Config, v string) error { c.Tokens.Issuer = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Tokens.Issuer })}
 	jwtAudience = &setting{env: "KEYBROKER_JWT_AUDIENCE", flag: "jwt-audience", cmds: Serve,
 		usage: "required aud claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com",
-		apply: func(c *Config, v string) error { c.Tokens.Audience = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Tokens.Audience })}
 	jwtUnpinned = &setting{env: "KEYBROKER_JWT_UNPINNED", flag: "jwt-unpinned", def: "false", isBool: true, cmds: Serve,
 		usage: "start without --jwt-issuer and --jwt-audience, for an issuer that sets neither: any token it signs is accepted",
-		apply: func(c *Config, v string) (err error) { c.Tokens.Unpinned, err = parseBool(v); return err }}
+		apply: boolean(func(c *Config) *bool { return &c.Tokens.Unpinned })}
 	jwtMaxLifetime = &setting{env: "KEYBROKER_JWT_MAX_LIFETIME", flag: "jwt-max-lifetime", def: jwtauth.DefaultMaxLifetime.String(), cmds: Serve,
 		usage: "tokens whose exp is further than this from their iat or from now are refused",
-		apply: func(c *Config, v string) (err error) {
-			c.Tokens.MaxLifetime, err = parseDuration(v, jwtauth.MinMaxLifetime, 0)
-			return err
-		}}
+		apply: duration(func(c *Config) *time.Duration { return &c.Tokens.MaxLifetime }, jwtauth.MinMaxLifetime, 0)}
 	jwtLeeway = &setting{env: "KEYBROKER_JWT_LEEWAY", flag: "jwt-leeway", def: jwtauth.DefaultLeeway.String(), cmds: Serve,
 		usage: "clock skew tolerated on a token's exp, nbf and iat and on its lifetime",
-		apply: func(c *Config, v string) (err error) {
-			c.Tokens.Leeway, err = parseDuration(v, time.Second, jwtauth.MaxLeeway)
-			return err
-		}}
+		apply: duration(func(c *Config) *time.Duration { return &c.Tokens.Leeway }, time.Second, jwtauth.MaxLeeway)}
 	shutdownTimeout = &setting{env: "KEYBROKER_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "20s", cmds: Serve,
 		usage: "grace period for in-flight requests on SIGTERM",
-		apply: func(c *Config, v string) (err error) {
-			c.Server.ShutdownTimeout, err = parseDuration(v, 0, 0)
-			return err
-		}}
+		apply: duration(func(c *Config) *time.Duration { return &c.Server.ShutdownTimeout }, 0, 0)}
 	recoveryProof = &setting{env: "KEYBROKER_RECOVERY_PROOF", flag: "recovery-proof", def: string(broker.RecoveryProofRequired), cmds: Serve,
 		usage: "required: replacing a zero-knowledge recovery wrap needs keyProof; optional: accepted without it, the replaced wrap kept restorable",
 		apply: func(c *Config, v string) (err error) {
@@ -228,13 +219,10 @@ var (
 		apply: func(c *Config, v string) (err error) { c.DataKeyMaxAge, err = parseAge(v); return err }}
 	rewrap = &setting{env: "KEYBROKER_REWRAP", flag: "rewrap", def: "true", isBool: true, cmds: Serve,
 		usage: "run the re-wrap job in the background: moves rows off decrypt-only KEKs and format 1",
-		apply: func(c *Config, v string) (err error) { c.Rewrap.Enabled, err = parseBool(v); return err }}
+		apply: boolean(func(c *Config) *bool { return &c.Rewrap.Enabled })}
 	rewrapInterval = &setting{env: "KEYBROKER_REWRAP_INTERVAL", flag: "rewrap-interval", def: "1m", cmds: Serve,
 		usage: "how often a replica looks for rows to re-wrap, or takes over from a runner that died",
-		apply: func(c *Config, v string) (err error) {
-			c.Rewrap.Interval, err = parseDuration(v, broker.MinRewrapInterval, 0)
-			return err
-		}}
+		apply: duration(func(c *Config) *time.Duration { return &c.Rewrap.Interval }, broker.MinRewrapInterval, 0)}
 	rewrapBatch = &setting{env: "KEYBROKER_REWRAP_BATCH", flag: "rewrap-batch", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Serve,
 		usage: "rows per re-wrap transaction",
 		apply: func(c *Config, v string) (err error) { c.Rewrap.Batch, err = parseBatch(v); return err }}
@@ -246,7 +234,7 @@ var (
 		}}
 	metricsAddr = &setting{env: "KEYBROKER_METRICS_ADDR", flag: "metrics-addr", cmds: Serve,
 		usage: "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on --addr",
-		apply: func(c *Config, v string) error { c.Ops.MetricsAddr = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Ops.MetricsAddr })}
 	corsOrigins = &setting{env: "KEYBROKER_CORS_ORIGINS", flag: "cors-origins", cmds: Serve,
 		usage: "browser origins allowed to call the vault routes, e.g. https://app.example.com, separated by spaces or commas",
 		apply: func(c *Config, v string) error { c.Ops.CORSOrigins = SplitList(v); return nil }}
@@ -273,24 +261,21 @@ var (
 		}}
 	serviceKey = &setting{env: "KEYBROKER_SERVICE_KEY", altEnv: "MANA_SERVICE_KEY", flag: "service-key", secret: true, cmds: Serve,
 		usage: "key the auth service sends as X-Service-Key; enables the service routes. Prefer the variable: flags show in ps",
-		apply: func(c *Config, v string) error { c.Ops.ServiceKey = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Ops.ServiceKey })}
 	tlsCert = &setting{env: "KEYBROKER_TLS_CERT", flag: "tls-cert", cmds: Serve,
 		usage: "PEM certificate chain; with --tls-key serves HTTPS, reloaded on SIGHUP",
-		apply: func(c *Config, v string) error { c.Ops.TLSCert = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Ops.TLSCert })}
 	tlsKey = &setting{env: "KEYBROKER_TLS_KEY", flag: "tls-key", cmds: Serve,
 		usage: "PEM private key of --tls-cert",
-		apply: func(c *Config, v string) error { c.Ops.TLSKey = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Ops.TLSKey })}
 	readyInterval = &setting{env: "KEYBROKER_READY_INTERVAL", flag: "ready-interval", def: DefaultReadyInterval.String(), cmds: Serve,
 		usage: "how often /readyz's checks poll the store, the KEKs and the JWKS",
-		apply: func(c *Config, v string) (err error) {
-			c.Ops.ReadyInterval, err = parseDuration(v, MinReadyInterval, 0)
-			return err
-		}}
+		apply: duration(func(c *Config) *time.Duration { return &c.Ops.ReadyInterval }, MinReadyInterval, 0)}
 
 	// The operator commands' own flags.
 	toolDryRun = &setting{flag: "dry-run", def: "false", isBool: true, cmds: Rewrap,
 		usage: "unwrap every row that would move, write nothing, report what would move and fail",
-		apply: func(c *Config, v string) (err error) { c.Tool.DryRun, err = parseBool(v); return err }}
+		apply: boolean(func(c *Config) *bool { return &c.Tool.DryRun })}
 	toolBatch = &setting{flag: "batch", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Rewrap,
 		usage: "rows per transaction",
 		apply: func(c *Config, v string) (err error) { c.Tool.Batch, err = parseBatch(v); return err }}
@@ -308,25 +293,25 @@ var (
 		}}
 	toolProgressEvery = &setting{flag: "progress-every", def: "5s", cmds: Rewrap,
 		usage: "when stderr is not a terminal: a progress line at most this often (0: every batch)",
-		apply: func(c *Config, v string) (err error) { c.Tool.ProgressEvery, err = parseDuration(v, 0, 0); return err }}
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.ProgressEvery }, 0, 0)}
 	toolCheckTimeout = &setting{flag: "timeout", def: "30s", cmds: KEKCheck,
 		usage: "bound on each KEK's check",
-		apply: func(c *Config, v string) (err error) { c.Tool.Timeout, err = parseDuration(v, 0, 0); return err }}
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, 0, 0)}
 	toolUser = &setting{flag: "user", cmds: VaultRestoreRecovery | DevToken,
 		usage: "the user id (a token's subject)",
-		apply: func(c *Config, v string) error { c.Tool.User = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Tool.User })}
 	toolDiscard = &setting{flag: "discard", def: "false", isBool: true, cmds: VaultRestoreRecovery,
 		usage: "forget the kept recovery wrap instead of restoring it",
-		apply: func(c *Config, v string) (err error) { c.Tool.Discard, err = parseBool(v); return err }}
+		apply: boolean(func(c *Config) *bool { return &c.Tool.Discard })}
 	toolTTL = &setting{flag: "ttl", def: "1h", cmds: DevToken,
 		usage: "token lifetime",
-		apply: func(c *Config, v string) (err error) { c.Tool.TTL, err = parseDuration(v, 0, 0); return err }}
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.TTL }, 0, 0)}
 	toolURL = &setting{flag: "url", cmds: Healthcheck,
 		usage: "URL to GET (default http://<serve address>/healthz)",
-		apply: func(c *Config, v string) error { c.Tool.URL = v; return nil }}
+		apply: text(func(c *Config) *string { return &c.Tool.URL })}
 	toolHealthTimeout = &setting{flag: "timeout", def: "3s", cmds: Healthcheck,
 		usage: "give up after this long",
-		apply: func(c *Config, v string) (err error) { c.Tool.Timeout, err = parseDuration(v, 0, 0); return err }}
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, 0, 0)}
 )
 
 // settings is the table. Order matters where a setting reads another's
@@ -366,6 +351,29 @@ func Settings() []Setting {
 // SplitList splits a list given in one variable by spaces or commas.
 func SplitList(s string) []string {
 	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' })
+}
+
+// text, boolean and duration make the apply of a setting that stores its
+// value, parsed, in the field the function returns.
+func text(field func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		*field(c) = v
+		return nil
+	}
+}
+
+func boolean(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) (err error) {
+		*field(c), err = parseBool(v)
+		return err
+	}
+}
+
+func duration(field func(*Config) *time.Duration, least, most time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) (err error) {
+		*field(c), err = parseDuration(v, least, most)
+		return err
+	}
 }
 
 func parseBool(v string) (bool, error) {

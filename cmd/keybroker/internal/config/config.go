@@ -202,8 +202,8 @@ func Resolve(cmd Command, args []string, getenv func(string) string, stderr io.W
 	for _, s := range settings {
 		if s.in(cmd) && s.flag != "" && s.flagIn(cmd) {
 			v := &flagValue{isBool: s.isBool, def: s.defaultFor(cmd)}
-			if s.secret {
-				v.def = ""
+			if s.secret || (s.isBool && v.def == "false") {
+				v.def = "" // -h shows no default for these
 			}
 			fs.Var(v, s.flag, s.usageText())
 			given[s] = v

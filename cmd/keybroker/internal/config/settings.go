@@ -165,7 +165,7 @@ var (
 			return nil
 		}}
 	logFormat = &setting{env: "KEYBROKER_LOG_FORMAT", flag: "log-format", toolDef: "text", cmds: storeCmds,
-		usage: "json or text; default text on a terminal, json otherwise",
+		usage: "json or text; by default serve writes text on a terminal, json otherwise",
 		apply: func(c *Config, v string) error {
 			if v != "" && v != "json" && v != "text" {
 				return fmt.Errorf("%q: use json or text", v)

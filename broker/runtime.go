@@ -341,10 +341,12 @@ type KEKCheckError struct {
 	Err   error
 }
 
+// Error names the KEK, the class of its failure and the provider's error.
 func (e *KEKCheckError) Error() string {
 	return fmt.Sprintf("KEK check: the active KEK %q cannot wrap and unwrap (%s): %v", e.ID, e.Class, e.Err)
 }
 
+// Unwrap returns the provider's error.
 func (e *KEKCheckError) Unwrap() error { return e.Err }
 
 // checkKEK wraps and unwraps a random key with the active KEK (kek.Check).

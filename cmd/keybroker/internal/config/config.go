@@ -55,6 +55,7 @@ var commandNames = map[Command]string{
 	Healthcheck: "healthcheck",
 }
 
+// String is the command line that runs the command: "keybroker kek check".
 func (c Command) String() string { return "keybroker " + commandNames[c] }
 
 // Config is the resolved configuration of one command. Sections a
@@ -172,6 +173,7 @@ var ErrUsage = errors.New("usage")
 // Problems is every problem of a configuration, each naming its setting.
 type Problems []error
 
+// Error lists the problems, one a line.
 func (p Problems) Error() string {
 	lines := make([]string, len(p))
 	for i, err := range p {

@@ -8,16 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"golang.org/x/term"
-
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -54,9 +50,6 @@ func main() {
 		os.Exit(1)
 	}
 }
-
-// errUsage is a command line that did not parse; the usage is printed.
-var errUsage = config.ErrUsage
 
 // hooks lets tests observe the server; nil in production.
 type hooks struct {
@@ -106,22 +99,4 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintf(stderr, "keybroker: unknown command %q\n\n%s", args[0], usage)
 		return errUsage
 	}
-}
-
-// newLogger is the command's logger: in the configured format, or text
-// on a terminal and JSON otherwise.
-func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.Level}
-	// People read a terminal; log pipelines and journald parse JSON.
-	if cfg.Format == "text" || (cfg.Format == "" && isTerminal(w)) {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
-}
-
-// isTerminal reports whether w is a terminal, where logs are read by a
-// person rather than parsed.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(interface{ Fd() uintptr })
-	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -153,7 +153,7 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 		}
 		src.cached[id] = true
 	}
-	k := &Keyring{dataKeys: src, onCall: cfg.OnKEKCall}
+	k := &Keyring{dataKeys: src, onCall: cfg.OnKEKCall, configured: append([]KEK{cfg.Active}, cfg.DecryptOnly...)}
 	src.keyring = k
 	// Until the data keys load, the configured KEKs still open the rows
 	// they wrapped directly; new wraps fail as unavailable.

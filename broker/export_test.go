@@ -6,3 +6,9 @@ func (s *Service) PendingFetches() int {
 	defer s.fetches.mu.Unlock()
 	return len(s.fetches.pending)
 }
+
+// The readiness rules of a KEK in cached envelope mode, for their tests.
+var (
+	CachedKEKProbe = cachedKEKProbe
+	ThrottleProbe  = throttleProbe
+)

@@ -23,6 +23,9 @@ type Keyring struct {
 	dataKeys *dataKeySource
 	// onCall is KeyringConfig.OnKEKCall; nil when no one observes.
 	onCall func(kek.Call)
+	// configured is the active KEK and the decrypt-only ones the keyring
+	// was made with: not the data keys.
+	configured []KEK
 }
 
 type keyringState struct {
@@ -38,9 +41,19 @@ func NewKeyring(active KEK, decryptOnly ...KEK) (*Keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Keyring{}
+	k := &Keyring{configured: append([]KEK{active}, decryptOnly...)}
 	k.state.Store(st)
 	return k, nil
+}
+
+// Configured lists the KEKs the keyring was made with, the active one
+// first: in cached envelope mode the remote KEKs, not their data keys.
+func (k *Keyring) Configured() []KEK { return k.configured }
+
+// IsCached reports whether the configured KEK id is in cached envelope
+// mode (KeyringConfig.Cached).
+func (k *Keyring) IsCached(id string) bool {
+	return k.dataKeys != nil && k.dataKeys.isCached(id)
 }
 
 func newKeyringState(active KEK, decryptOnly []KEK) (*keyringState, error) {

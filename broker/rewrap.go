@@ -196,17 +196,20 @@ type RewrapConfig struct {
 	DataKeyGrace time.Duration
 }
 
-// DefaultDataKeyGrace is three times the data-key reload interval of
-// keybroker serve (5 minutes).
-const DefaultDataKeyGrace = 15 * time.Minute
+// DefaultDataKeyGrace is three times KeyringRefreshInterval: replicas
+// have normally reloaded their data keys by then.
+const DefaultDataKeyGrace = 3 * KeyringRefreshInterval
 
 // DefaultRewrapBatchSize is the batch size when none is configured: large
 // enough that per-transaction costs vanish, small enough that a batch's
 // transaction is short.
 const DefaultRewrapBatchSize = 1000
 
+// MaxRewrapBatchSize is the largest RewrapConfig.BatchSize: a batch is
+// one transaction, and a larger one holds its row locks for too long.
+const MaxRewrapBatchSize = 10000
+
 const (
-	maxRewrapBatchSize  = 10000
 	maxRewrapPasses     = 8
 	maxReportedFailures = 100
 )
@@ -221,8 +224,8 @@ func (c *RewrapConfig) validate() error {
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultRewrapBatchSize
 	}
-	if c.BatchSize < 1 || c.BatchSize > maxRewrapBatchSize {
-		return fmt.Errorf("broker: RewrapConfig.BatchSize must be between 1 and %d", maxRewrapBatchSize)
+	if c.BatchSize < 1 || c.BatchSize > MaxRewrapBatchSize {
+		return fmt.Errorf("broker: RewrapConfig.BatchSize must be between 1 and %d", MaxRewrapBatchSize)
 	}
 	if c.RowsPerSecond < 0 || math.IsNaN(c.RowsPerSecond) || math.IsInf(c.RowsPerSecond, 0) {
 		return errors.New("broker: RewrapConfig.RowsPerSecond must be a positive number, or zero for no limit")

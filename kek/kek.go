@@ -1,8 +1,8 @@
 // Package kek is the contract between keybroker's domain and its KEK
 // providers: the KEK interface and its optional abilities, the error
 // classes a provider reports with Classify to tell them apart, the keys
-// of the binding context a wrap is bound to, and the names of the calls
-// an observer (metrics) is told about.
+// of the binding context a wrap is bound to, the names of the calls an
+// observer (metrics) is told about, and Check, the probe of one KEK.
 //
 // It imports the standard library only, so that the domain (broker) and
 // every provider (kekproviders/…) can import it without importing each

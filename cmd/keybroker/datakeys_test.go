@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/internal/pgtest"
@@ -172,7 +173,7 @@ func TestRotateDataKeyCommand(t *testing.T) {
 	require.Regexp(t, newID+`\s+aws-1\s+\S+ \S+\s+\S+\s+4\s+newest: new wraps use it`, st)
 
 	// Past the grace period the job deletes the old data key.
-	clock.Advance(dataKeyGrace + time.Minute)
+	clock.Advance(broker.DefaultDataKeyGrace + time.Minute)
 	runs.await(t, "deleting the old data key", func(res *broker.RewrapResult) bool {
 		return len(res.DataKeysDeleted) == 1 && res.DataKeysDeleted[0] == oldID
 	})
@@ -226,9 +227,9 @@ func TestServeRotatesTheDataKeyByAge(t *testing.T) {
 
 func TestDataKeyMaxAgeSetting(t *testing.T) {
 	t.Parallel()
-	base := map[string]string{"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks", "KEYBROKER_DATA_DIR": t.TempDir(),
+	base := map[string]string{"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks", "KEYBROKER_DATA_DIR": t.TempDir(), "KEYBROKER_KEK": "env://K?id=k",
 		"KEYBROKER_JWT_ISSUER": "https://auth.test", "KEYBROKER_JWT_AUDIENCE": "https://auth.test"}
-	parse := func(env map[string]string, args ...string) (*config, error) {
+	parse := func(env map[string]string, args ...string) (*config.Config, error) {
 		e := map[string]string{}
 		for k, v := range base {
 			e[k] = v
@@ -236,7 +237,7 @@ func TestDataKeyMaxAgeSetting(t *testing.T) {
 		for k, v := range env {
 			e[k] = v
 		}
-		return parseConfig("serve", args, envFunc(e), io.Discard, true)
+		return config.Resolve(config.Serve, args, envFunc(e), io.Discard, "")
 	}
 	cfg, err := parse(nil)
 	require.NoError(t, err)

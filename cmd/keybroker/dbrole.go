@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/pgstore"
 )
 
@@ -20,7 +21,7 @@ import (
 // would expose everyone. Every command that opens the PostgreSQL store
 // (serve, migrate, rewrap, kek status) calls it. With
 // --allow-privileged-db-role it logs a warning instead.
-func checkDBRole(ctx context.Context, pool *pgxpool.Pool, cfg *config, log *slog.Logger) error {
+func checkDBRole(ctx context.Context, pool *pgxpool.Pool, cfg config.Store, log *slog.Logger) error {
 	err := pgstore.CheckRole(ctx, pool)
 	var privileged *pgstore.PrivilegedRoleError
 	if !errors.As(err, &privileged) {
@@ -28,7 +29,7 @@ func checkDBRole(ctx context.Context, pool *pgxpool.Pool, cfg *config, log *slog
 	}
 	if cfg.AllowPrivileged {
 		log.Warn("ROW-LEVEL SECURITY IS NOT ENFORCED: "+privileged.Error()+
-			"; every query may read and write every user's rows. $"+envAllowPrivileged+" allows it: for tests only, never in production",
+			"; every query may read and write every user's rows. "+config.Name("allow-privileged-db-role")+" allows it: for tests only, never in production",
 			slog.String("db_role", privileged.Role), slog.Bool("superuser", privileged.Superuser),
 			slog.Bool("bypassrls", privileged.BypassRLS))
 		return nil
@@ -53,12 +54,12 @@ func privilegedRoleRefusal(e *pgstore.PrivilegedRoleError) error {
 
 %s
 
-  then set $%s to connect as %s (keep the password in a passfile).
+  then set %s to connect as %s (keep the password in a passfile).
   Tables a privileged role already made must change owner first:
   see "Moving to a plain database role" in deploy/README.md.
   For tests only, $%s=true (--allow-privileged-db-role) starts anyway
   and logs that row-level security is not enforced`,
-		e, indent(sql, "    "), envDatabaseURL, role, envAllowPrivileged)
+		e, indent(sql, "    "), config.Name("database-url"), role, config.Env("allow-privileged-db-role"))
 }
 
 func indent(text, prefix string) string {

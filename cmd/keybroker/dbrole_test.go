@@ -66,7 +66,7 @@ func TestPrivilegedDatabaseRoleIsRefused(t *testing.T) {
 				require.Contains(t, out, role.says)
 				require.Contains(t, out, `CREATE ROLE "keybroker" LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD`)
 				require.Contains(t, out, `GRANT CREATE ON DATABASE `+ident(db)+` TO "keybroker";`)
-				require.Contains(t, out, envAllowPrivileged)
+				require.Contains(t, out, "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE")
 				require.NotContains(t, out, "keybroker serving")
 				require.False(t, schemaExists(t), "it migrated before refusing")
 			})
@@ -85,7 +85,7 @@ func TestPrivilegedDatabaseRoleIsRefused(t *testing.T) {
 	t.Run("OverrideStartsAndWarns", func(t *testing.T) {
 		// After the refusals, which check that nothing was migrated. The
 		// environment variable on the binary's migrate, the flag on serve.
-		c := startChild(t, []string{r.bin, "migrate"}, append(r.env(kek), "DATABASE_URL="+bypass.URL, envAllowPrivileged+"=true"))
+		c := startChild(t, []string{r.bin, "migrate"}, append(r.env(kek), "DATABASE_URL="+bypass.URL, "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE"+"=true"))
 		require.Equal(t, 0, c.wait(t), c.stderr.String())
 		require.Contains(t, c.stderr.String(), "ROW-LEVEL SECURITY IS NOT ENFORCED")
 		require.True(t, schemaExists(t))

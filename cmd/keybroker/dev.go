@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -16,17 +15,14 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/kekproviders/file"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
 
-// Dev mode files in the data directory.
+// The built-in issuer of dev mode, in the data directory.
 const (
-	devKEKFile    = "dev-kek"
-	devKEKID      = "dev-v1"
 	devIssuerFile = "dev-issuer.json"
 	devIssuerName = "keybroker-dev"
 )
@@ -39,31 +35,22 @@ const devBanner = `
   └──────────────────────────────────────────────────────────────────┘
 `
 
-// devKEK loads the dev KEK from the data directory, generating it on the
-// first run. It is random (never the all-zero key) and only its owner may
-// access it, as for any file:// KEK; a file with looser permissions or the
-// wrong length is refused rather than replaced, since keys wrapped by it
-// would be lost.
-func devKEK(dataDir string) (*localkek.KEK, error) {
-	path := filepath.Join(dataDir, devKEKFile)
-	kek, err := file.Open(devKEKID, path, false)
-	var modeErr *file.ModeError
-	switch {
-	case err == nil:
-		return kek, nil
-	case errors.Is(err, fs.ErrNotExist):
-		key := make([]byte, localkek.KeySize)
-		rand.Read(key)
-		err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("dev KEK: %w (is %s writable? set --data-dir)", err, dataDir)
-		}
-		return localkek.New(devKEKID, key, false)
-	case errors.As(err, &modeErr), errors.Is(err, fs.ErrPermission):
-		return nil, fmt.Errorf("dev KEK: %w", err)
-	default:
-		return nil, fmt.Errorf("dev KEK: %w; restore it from a backup, or remove it to start over (keys it wrapped will not open)", err)
+// ensureDevKEK generates the dev KEK the first time: random (never the
+// all-zero key) and readable by its owner only, as any file:// KEK must
+// be. An existing file is left as it is — opening it refuses looser
+// permissions or the wrong length rather than replacing it, since keys
+// wrapped by it would be lost.
+func ensureDevKEK(path, dataDir string) error {
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		return nil // there, or unreadable: opening it says which
 	}
+	key := make([]byte, localkek.KeySize)
+	rand.Read(key)
+	defer clear(key)
+	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("dev KEK: %w (is %s writable? set --data-dir)", err, dataDir)
+	}
+	return nil
 }
 
 // writeFileAtomic writes data to a temporary file, syncs it and renames
@@ -117,44 +104,29 @@ func devIssuer(ctx context.Context, dataDir string, log *slog.Logger) (jwksURL s
 	return url, nil
 }
 
-// prepareDev applies dev mode to cfg: refuses production, picks the
-// loopback address, the generated KEK and the built-in issuer.
-func prepareDev(ctx context.Context, cfg *config, getenv func(string) string, stderr io.Writer, log *slog.Logger) (*broker.Keyring, error) {
-	if getenv(envEnv) == "production" {
-		return nil, fmt.Errorf("--dev refused: $%s is production", envEnv)
-	}
+// prepareDev generates dev mode's inputs: the data directory, the
+// built-in issuer (unless a JWKS URL is configured), whose values become
+// the configured token settings, and the dev KEK (unless a KEK is
+// configured), which then opens as any file:// KEK does.
+func prepareDev(ctx context.Context, cfg *config.Config, stderr io.Writer, log *slog.Logger) error {
 	fmt.Fprint(stderr, devBanner)
 	log.Warn("DEV MODE: generated KEK, built-in token issuer; never use it for real user keys")
-	if !cfg.addrSet {
-		cfg.Addr = "127.0.0.1:" + orDefault(getenv(envPort), "3001")
+	if err := os.MkdirAll(cfg.Store.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
-	}
-	if cfg.JWKSURL == "" {
-		url, err := devIssuer(ctx, cfg.DataDir, log)
+	if cfg.Tokens.JWKSURL == "" {
+		url, err := devIssuer(ctx, cfg.Store.DataDir, log)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		// The built-in issuer's tokens carry its name in iss and aud (as
 		// Better Auth's carry its base URL): pin both, as production must.
-		cfg.JWKSURL, cfg.JWTIssuer, cfg.JWTAudience = url, devIssuerName, devIssuerName
+		cfg.Tokens.UseIssuer(url, devIssuerName)
 	}
-	if _, _, err := cfg.kekURIs(getenv); errors.Is(err, errNoKEK) {
-		kek, err := devKEK(cfg.DataDir)
-		if err != nil {
-			return nil, err
-		}
-		return broker.NewKeyring(kek)
+	if cfg.KEKs.Active.Dev {
+		return ensureDevKEK(cfg.DevKEKPath(), cfg.Store.DataDir)
 	}
-	return nil, nil // an explicitly configured KEK; openKeyring opens it
-}
-
-func orDefault(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
+	return nil
 }
 
 const devUsage = `Usage:
@@ -167,30 +139,23 @@ func cmdDev(_ context.Context, args []string, getenv func(string) string, stdout
 		fmt.Fprint(stderr, devUsage)
 		return errUsage
 	}
-	fs := flag.NewFlagSet("keybroker dev token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	user := fs.String("user", "", "user id (the token's sub)")
-	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
-	dataDir := fs.String("data-dir", orDefault(getenv(envDataDir), defaultDataDir), "data directory of the dev server ($"+envDataDir+")")
-	if err := fs.Parse(args[1:]); err != nil {
-		return errUsage
+	cfg, err := config.Resolve(config.DevToken, args[1:], getenv, stderr, devUsage)
+	if err != nil {
+		return err
 	}
-	if *user == "" {
+	if cfg.Tool.User == "" {
 		fmt.Fprint(stderr, devUsage)
 		return errUsage
 	}
-	if getenv(envEnv) == "production" {
-		return fmt.Errorf("dev token refused: $%s is production", envEnv)
-	}
-	issuer, err := jwtissuer.LoadOrCreate(filepath.Join(*dataDir, devIssuerFile), devIssuerName)
+	issuer, err := jwtissuer.LoadOrCreate(filepath.Join(cfg.Store.DataDir, devIssuerFile), devIssuerName)
 	if err != nil {
 		return fmt.Errorf("dev issuer: %w", err)
 	}
-	if *ttl > jwtauth.DefaultMaxLifetime {
-		fmt.Fprintf(stderr, "note: a server refuses tokens that live longer than its $%s (default %s)\n", envJWTMaxLifetime, jwtauth.DefaultMaxLifetime)
+	if cfg.Tool.TTL > jwtauth.DefaultMaxLifetime {
+		fmt.Fprintf(stderr, "note: a server refuses tokens that live longer than its %s (default %s)\n", config.Name("jwt-max-lifetime"), jwtauth.DefaultMaxLifetime)
 	}
 	now := time.Now()
-	tok, err := issuer.Mint(jwtissuer.Claims{Subject: *user, IssuedAt: now, Expiry: now.Add(*ttl)})
+	tok, err := issuer.Mint(jwtissuer.Claims{Subject: cfg.Tool.User, IssuedAt: now, Expiry: now.Add(cfg.Tool.TTL)})
 	if err != nil {
 		return err
 	}

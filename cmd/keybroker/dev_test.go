@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/pgtest"
 	"github.com/keybroker/keybroker/vaultapi"
 )
@@ -57,7 +58,7 @@ func testDevMode(t *testing.T, databaseURL string) {
 	require.True(t, strings.HasPrefix(srv.addr, "127.0.0.1:"), "dev mode listens on loopback only, got %s", srv.addr)
 	require.Contains(t, srv.logs.String(), "DEV MODE")
 
-	kekPath := filepath.Join(dataDir, devKEKFile)
+	kekPath := filepath.Join(dataDir, config.DevKEKFile)
 	info, err := os.Stat(kekPath)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
@@ -71,7 +72,7 @@ func testDevMode(t *testing.T, databaseURL string) {
 	tok := devToken(t, dataDir, "alice")
 	status, body := fetch(t, srv.addr, http.MethodPost, "/init", tok)
 	require.Equal(t, http.StatusOK, status)
-	require.Equal(t, devKEKID, body["kekId"])
+	require.Equal(t, config.DevKEKID, body["kekId"])
 	require.NoError(t, srv.stop())
 
 	// A restart reuses the KEK file and the issuer key: the old token and
@@ -107,7 +108,7 @@ func TestDevModeRefusals(t *testing.T) {
 	for name, mode := range map[string]os.FileMode{"WorldReadable": 0o644, "GroupWritable": 0o620, "OtherReadable": 0o604} {
 		t.Run("LooseKEKPermissions"+name, func(t *testing.T) {
 			env, dir := base(t)
-			path := filepath.Join(dir, devKEKFile)
+			path := filepath.Join(dir, config.DevKEKFile)
 			content := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
 			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
 			require.NoError(t, os.Chmod(path, mode))
@@ -122,7 +123,7 @@ func TestDevModeRefusals(t *testing.T) {
 	}
 	t.Run("WrongKEKLength", func(t *testing.T) {
 		env, dir := base(t)
-		path := filepath.Join(dir, devKEKFile)
+		path := filepath.Join(dir, config.DevKEKFile)
 		require.NoError(t, os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(make([]byte, 16))), 0o600))
 		err := run(context.Background(), []string{"serve", "--dev"}, envFunc(env), io.Discard, io.Discard, nil)
 		require.ErrorContains(t, err, "16 bytes")
@@ -138,10 +139,37 @@ func TestDevModeRefusals(t *testing.T) {
 // (0400) opens, as 0600 does.
 func TestDevModeOpensAnOwnerOnlyKEK(t *testing.T) {
 	dataDir := t.TempDir()
-	path := filepath.Join(dataDir, devKEKFile)
+	path := filepath.Join(dataDir, config.DevKEKFile)
 	require.NoError(t, os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), 0o400))
 	srv := startServe(t, map[string]string{"KEYBROKER_DATA_DIR": dataDir, "PORT": "0"}, "serve", "--dev")
 	status, body := fetch(t, srv.addr, http.MethodPost, "/init", devToken(t, dataDir, "alice"))
 	require.Equal(t, http.StatusOK, status)
-	require.Equal(t, devKEKID, body["kekId"])
+	require.Equal(t, config.DevKEKID, body["kekId"])
+}
+
+// TestOperatorCommandsFindTheDevKEK: with a dev server's data directory,
+// the operator commands take --dev to mean its generated KEK, the way
+// serve --dev opens it.
+func TestOperatorCommandsFindTheDevKEK(t *testing.T) {
+	dataDir := t.TempDir()
+	env := map[string]string{"KEYBROKER_DATA_DIR": dataDir, "PORT": "0"}
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"kek", "check", "--dev"}, envFunc(env), &out, io.Discard, nil)
+	require.ErrorContains(t, err, "1 of 1 KEKs failed the check")
+	require.Contains(t, out.String(), "open: dev KEK: ")
+	require.Contains(t, out.String(), `"keybroker serve --dev" makes it`)
+
+	srv := startServe(t, env, "serve", "--dev")
+	status, _ := fetch(t, srv.addr, http.MethodPost, "/init", devToken(t, dataDir, "alice"))
+	require.Equal(t, http.StatusOK, status)
+	require.NoError(t, srv.stop())
+
+	out.Reset()
+	require.NoError(t, run(t.Context(), []string{"kek", "check", "--dev"}, envFunc(env), &out, io.Discard, nil))
+	require.Regexp(t, config.DevKEKID+`\s+active\s+ok`, out.String())
+	out.Reset()
+	require.NoError(t, run(t.Context(), []string{"kek", "status", "--dev"}, envFunc(env), &out, io.Discard, nil))
+	require.Regexp(t, config.DevKEKID+`\s+2\s+1\s+100.0%\s+active`, out.String())
+	err = run(t.Context(), []string{"kek", "check"}, envFunc(env), &out, io.Discard, nil)
+	require.ErrorIs(t, err, config.ErrNoKEK, "without --dev the dev KEK is not taken")
 }

@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"time"
+
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
 // healthPath is the liveness endpoint the container health checks and
@@ -25,32 +25,25 @@ const healthcheckUsage = `Usage:
 // shell or curl, so the binary checks itself. It reads the same $PORT and
 // $KEYBROKER_ADDR as serve, so the default URL follows the server.
 func cmdHealthcheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("keybroker healthcheck", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, healthcheckUsage) }
-	target := fs.String("url", "", "URL to GET (default http://<serve address>"+healthPath+")")
-	timeout := fs.Duration("timeout", 3*time.Second, "give up after this long")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	cfg, err := config.Resolve(config.Healthcheck, args, getenv, stderr, healthcheckUsage)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("healthcheck: unexpected argument %q", fs.Arg(0))
-	}
-	if *target == "" {
-		addr := orDefault(getenv(envAddr), ":"+orDefault(getenv(envPort), "3001"))
-		u, err := localURL(addr, healthPath)
+	target := cfg.Tool.URL
+	if target == "" {
+		u, err := localURL(cfg.Server.Addr, healthPath)
 		if err != nil {
 			return fmt.Errorf("healthcheck: %w", err)
 		}
-		*target = u
+		target = u
 	}
-	if u, err := url.Parse(*target); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("healthcheck: --url %q: want http://host:port/path", *target)
+	if u, err := url.Parse(target); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("healthcheck: --url %q: want http://host:port/path", target)
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, cfg.Tool.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, *target, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return fmt.Errorf("healthcheck: %w", err)
 	}
@@ -64,7 +57,7 @@ func cmdHealthcheck(ctx context.Context, args []string, getenv func(string) stri
 	defer res.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 1<<16))
 	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("healthcheck: GET %s: %s", *target, res.Status)
+		return fmt.Errorf("healthcheck: GET %s: %s", target, res.Status)
 	}
 	fmt.Fprintln(stdout, "ok")
 	return nil

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
 // HTTP server limits. A slow client cannot hold a connection open by
@@ -105,7 +107,7 @@ func (r *certReloader) reloadOn(ctx context.Context, sig <-chan os.Signal, log *
 // serveTLS, when TLS is configured, loads the certificate, starts the
 // SIGHUP reloader and returns ln wrapped in TLS; otherwise ln as is. On
 // error it closes ln.
-func serveTLS(ctx context.Context, cfg opsConfig, srv *http.Server, ln net.Listener, log *slog.Logger) (net.Listener, error) {
+func serveTLS(ctx context.Context, cfg config.Ops, srv *http.Server, ln net.Listener, log *slog.Logger) (net.Listener, error) {
 	if cfg.TLSCert == "" {
 		return ln, nil
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
+	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
@@ -75,14 +76,11 @@ Flags:
 
 // cmdKEKStatus is `keybroker kek status`.
 func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseToolConfig("kek status", kekStatusUsage, args, getenv, stderr, nil)
+	cfg, err := config.Resolve(config.KEKStatus, args, getenv, stderr, kekStatusUsage)
 	if err != nil {
 		return err
 	}
-	log, err := cfg.logger(stderr)
-	if err != nil {
-		return err
-	}
+	log := newLogger(cfg.Log, stderr)
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -105,7 +103,10 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 	} else {
 		format1 = &st
 	}
-	roles := configuredRoles(cfg, getenv)
+	roles := map[string]string{}
+	for id, role := range cfg.KEKs.Roles() {
+		roles[id] = string(role)
+	}
 	dataKeys, err := store.DataKeyList(ctx)
 	if err != nil {
 		return err
@@ -151,7 +152,7 @@ func printDataKeys(w io.Writer, dataKeys []broker.DataKey, rows []broker.KEKCoun
 		case under[dk.ID] > 0:
 			note = "older: the re-wrap job moves its rows to the newest"
 		default:
-			note = fmt.Sprintf("older, no row needs it: the re-wrap job deletes it once %s is %s old", newest.ID, formatAge(dataKeyGrace))
+			note = fmt.Sprintf("older, no row needs it: the re-wrap job deletes it once %s is %s old", newest.ID, formatAge(broker.DefaultDataKeyGrace))
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", dk.ID, dk.WrappedBy, dk.CreatedAt.Local().Format(time.DateTime),
 			formatAge(now.Sub(dk.CreatedAt)), formatCount(under[dk.ID]), note)
@@ -197,22 +198,19 @@ Flags:
 
 // cmdKEKRotateDataKey is `keybroker kek rotate-data-key`.
 func cmdKEKRotateDataKey(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseToolConfig("kek rotate-data-key", kekRotateDataKeyUsage, args, getenv, stderr, nil)
+	cfg, err := config.Resolve(config.KEKRotateDataKey, args, getenv, stderr, kekRotateDataKeyUsage)
 	if err != nil {
 		return err
 	}
-	log, err := cfg.logger(stderr)
-	if err != nil {
-		return err
+	log := newLogger(cfg.Log, stderr)
+	if active := cfg.KEKs.Active; !active.Cached {
+		return fmt.Errorf("the active KEK %s is not in cached envelope mode (a local KEK, or a URI with cache=off): it has no data key; rotate the KEK itself (docs/rotation.md)", active.ID)
 	}
-	keks, err := openKEKs(ctx, cfg, getenv, log)
+	keks, err := openKEKs(ctx, cfg.KEKs, getenv, log)
 	if err != nil {
 		return err
 	}
 	defer keks.close()
-	if !slices.Contains(keks.cached, keks.active.ID()) {
-		return fmt.Errorf("the active KEK %s is not in cached envelope mode (a local KEK, or a URI with cache=off): it has no data key; rotate the KEK itself (docs/rotation.md)", keks.active.ID())
-	}
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -236,30 +234,8 @@ func cmdKEKRotateDataKey(ctx context.Context, args []string, getenv func(string)
 	}
 	fmt.Fprintf(stderr, "new wraps use data key %s (wrapped by %s) instead of %s: in every server within %s.\n"+
 		"The re-wrap job then moves the rows to it and deletes %s once no row needs it; \"keybroker kek status\" shows the rows under each.\n",
-		id, keks.active.ID(), previous, formatAge(keyringRefreshInterval), previous)
+		id, keks.active().ID(), previous, formatAge(broker.KeyringRefreshInterval), previous)
 	return nil
-}
-
-// configuredRoles maps the configured KEK ids to "active" or
-// "decrypt-only"; empty when no KEK is configured. Only the URIs are
-// parsed: status must work where the KEKs cannot be reached.
-func configuredRoles(cfg *config, getenv func(string) string) map[string]string {
-	roles := map[string]string{}
-	active, retired, err := cfg.kekURIs(getenv)
-	if err != nil {
-		return roles
-	}
-	for i, uri := range append([]string{active}, retired...) {
-		p, err := kekproviders.ParseURI(uri)
-		if err != nil {
-			continue
-		}
-		roles[p.ID] = "decrypt-only"
-		if i == 0 {
-			roles[p.ID] = "active"
-		}
-	}
-	return roles
 }
 
 func printKEKStatus(w io.Writer, rows []broker.KEKCount, roles map[string]string, state *broker.RewrapState, format1 *broker.Format1State, now time.Time) {
@@ -357,30 +333,20 @@ Flags:
 
 // cmdKEKCheck is `keybroker kek check`.
 func cmdKEKCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var timeout time.Duration
-	cfg, err := parseToolConfig("kek check", kekCheckUsage, args, getenv, stderr, func(fs *flag.FlagSet) {
-		fs.DurationVar(&timeout, "timeout", 30*time.Second, "bound on each KEK's check")
-	})
+	cfg, err := config.Resolve(config.KEKCheck, args, getenv, stderr, kekCheckUsage)
 	if err != nil {
 		return err
 	}
-	active, retired, err := cfg.kekURIs(getenv)
-	if err != nil {
-		return err
-	}
-	opener := kekproviders.Opener{AllowDevKeys: cfg.Dev, Getenv: getenv}
+	opener := kekproviders.Opener{AllowDevKeys: cfg.KEKs.AllowDevKeys, Getenv: getenv}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "KEK id\trole\tresult\tstatus\twrap\tunwrap\tdetail")
+	specs := cfg.KEKs.All()
 	failed := 0
-	for i, uri := range append([]string{active}, retired...) {
-		role := "decrypt-only"
-		if i == 0 {
-			role = "active"
-		}
-		res, err := checkOne(ctx, opener, uri, timeout)
+	for _, spec := range specs {
+		res, err := checkOne(ctx, opener, spec, cfg.Tool.Timeout)
 		if err != nil {
 			failed++
-			fmt.Fprintf(tw, "%s\t%s\tFAILED\t-\t-\t-\topen: %v\n", kekIDOf(uri), role, err)
+			fmt.Fprintf(tw, "%s\t%s\tFAILED\t-\t-\t-\topen: %v\n", spec.ID, spec.Role, err)
 			continue
 		}
 		class, detail := res.Class(), ""
@@ -393,37 +359,28 @@ func cmdKEKCheck(ctx context.Context, args []string, getenv func(string) string,
 		if res.StatusChecked {
 			status = latency(res.StatusLatency)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", res.ID, role, class, status,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", res.ID, spec.Role, class, status,
 			latency(res.WrapLatency), latency(res.UnwrapLatency), detail)
 	}
 	tw.Flush()
 	if failed > 0 {
-		return fmt.Errorf("%d of %d KEKs failed the check", failed, 1+len(retired))
+		return fmt.Errorf("%d of %d KEKs failed the check", failed, len(specs))
 	}
 	return nil
 }
 
 // checkOne opens one KEK and probes it, both within timeout.
-func checkOne(ctx context.Context, opener kekproviders.Opener, uri string, timeout time.Duration) (kekproviders.CheckResult, error) {
+func checkOne(ctx context.Context, opener kekproviders.Opener, spec config.KEKSpec, timeout time.Duration) (kek.CheckResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	kek, err := opener.Open(ctx, uri)
+	k, err := openKEK(ctx, opener, spec)
 	if err != nil {
-		return kekproviders.CheckResult{}, err
+		return kek.CheckResult{}, err
 	}
-	if c, ok := kek.(io.Closer); ok {
+	if c, ok := k.(io.Closer); ok {
 		defer c.Close()
 	}
-	return kekproviders.Check(ctx, kek, nil), nil
-}
-
-// kekIDOf is the id in a KEK URI, or the URI's scheme when it has none.
-func kekIDOf(uri string) string {
-	p, err := kekproviders.ParseURI(uri)
-	if err != nil {
-		return "?"
-	}
-	return p.ID
+	return kek.Check(ctx, k, nil), nil
 }
 
 func latency(d time.Duration) string {

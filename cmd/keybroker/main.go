@@ -99,8 +99,6 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage")
-
 // hooks lets tests observe the server; nil in production.
 type hooks struct {
 	listening func(addr string)

@@ -5,18 +5,19 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/migrations"
 	"github.com/keybroker/keybroker/pgstore"
 	"github.com/keybroker/keybroker/sqlitestore"
 )
 
 func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseConfig("migrate", args, getenv, stderr, false)
+	cfg, err := config.Resolve(config.Migrate, args, getenv, stderr, "")
 	if err != nil {
 		return err
 	}
-	if cfg.DatabaseURL == "" {
-		store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: cfg.DataDir})
+	if cfg.Store.DatabaseURL == "" {
+		store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: cfg.Store.DataDir})
 		if err != nil {
 			return err
 		}
@@ -29,27 +30,24 @@ func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		}
 		return nil
 	}
-	log, err := cfg.logger(stderr)
-	if err != nil {
-		return err
-	}
-	pool, err := pgstore.OpenPool(ctx, cfg.DatabaseURL)
+	log := newLogger(cfg.Log, stderr)
+	pool, err := pgstore.OpenPool(ctx, cfg.Store.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := checkDBRole(ctx, pool, cfg, log); err != nil {
+	if err := checkDBRole(ctx, pool, cfg.Store, log); err != nil {
 		return err
 	}
-	applied, err := migrations.Apply(ctx, pool, cfg.Schema)
+	applied, err := migrations.Apply(ctx, pool, cfg.Store.Schema)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	if len(applied) == 0 {
-		fmt.Fprintf(stdout, "schema %s is up to date\n", cfg.Schema)
+		fmt.Fprintf(stdout, "schema %s is up to date\n", cfg.Store.Schema)
 	}
 	for _, name := range applied {
-		fmt.Fprintf(stdout, "applied %s to schema %s\n", name, cfg.Schema)
+		fmt.Fprintf(stdout, "applied %s to schema %s\n", name, cfg.Store.Schema)
 	}
 	return nil
 }

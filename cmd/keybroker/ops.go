@@ -3,24 +3,18 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/term"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/kek"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/vaultapi"
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
@@ -29,115 +23,21 @@ import (
 // rate limit, the service key and TLS — configured here, wired by
 // cmdServe.
 
-// opsConfig is the operations part of serve's configuration.
-type opsConfig struct {
-	MetricsAddr    string
-	CORSOrigins    string
-	TrustedProxies string
-	RateLimit      float64
-	RateBurst      int
-	ServiceKey     string
-	TLSCert        string
-	TLSKey         string
-	ReadyInterval  time.Duration
-}
-
-const (
-	envMetricsAddr    = "KEYBROKER_METRICS_ADDR"
-	envCORSOrigins    = "KEYBROKER_CORS_ORIGINS"
-	envTrustedProxies = "KEYBROKER_TRUSTED_PROXIES"
-	envRateLimit      = "KEYBROKER_RATE_LIMIT"
-	envRateBurst      = "KEYBROKER_RATE_BURST"
-	envServiceKey     = "KEYBROKER_SERVICE_KEY"
-	envManaServiceKey = "MANA_SERVICE_KEY" // the original service's name for it
-	envTLSCert        = "KEYBROKER_TLS_CERT"
-	envTLSKey         = "KEYBROKER_TLS_KEY"
-	envReadyInterval  = "KEYBROKER_READY_INTERVAL"
-)
-
-// Defaults of the operations settings. The rate limit is generous for a
-// browser (a sign-in makes a handful of vault calls) and still caps what a
-// stolen token can make the KMS do.
-const (
-	defaultRateLimit     = 10
-	defaultRateBurst     = 50
-	defaultReadyInterval = 10 * time.Second
-)
-
-// register adds the operations flags to fs, each defaulting to its
-// environment variable.
-func (o *opsConfig) register(fs *flag.FlagSet, getenv func(string) string) error {
-	env := func(k, def string) string {
-		if v := getenv(k); v != "" {
-			return v
-		}
-		return def
-	}
-	rate, err := strconv.ParseFloat(env(envRateLimit, strconv.Itoa(defaultRateLimit)), 64)
-	if err != nil {
-		return fmt.Errorf("$%s: want requests per second, e.g. 10 or 0.5 (0 disables): %w", envRateLimit, err)
-	}
-	burst, err := strconv.Atoi(env(envRateBurst, strconv.Itoa(defaultRateBurst)))
-	if err != nil {
-		return fmt.Errorf("$%s: want a whole number of requests: %w", envRateBurst, err)
-	}
-	interval, err := time.ParseDuration(env(envReadyInterval, defaultReadyInterval.String()))
-	if err != nil {
-		return fmt.Errorf("$%s: %w", envReadyInterval, err)
-	}
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", env(envMetricsAddr, ""), "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on --addr ($"+envMetricsAddr+")")
-	fs.StringVar(&o.CORSOrigins, "cors-origins", env(envCORSOrigins, ""), "browser origins allowed to call the vault routes, e.g. https://app.example.com, separated by spaces or commas ($"+envCORSOrigins+")")
-	fs.StringVar(&o.TrustedProxies, "trusted-proxies", env(envTrustedProxies, ""), "CIDRs of reverse proxies whose X-Forwarded-For is believed, separated by spaces or commas ($"+envTrustedProxies+")")
-	fs.Float64Var(&o.RateLimit, "rate-limit", rate, "vault requests per second per user; 0 disables ($"+envRateLimit+")")
-	fs.IntVar(&o.RateBurst, "rate-burst", burst, "vault requests a user may make at once ($"+envRateBurst+")")
-	fs.StringVar(&o.ServiceKey, "service-key", env(envServiceKey, env(envManaServiceKey, "")), "key the auth service sends as X-Service-Key; enables the service routes. Prefer the variable: flags show in ps ($"+envServiceKey+" or $"+envManaServiceKey+")")
-	fs.StringVar(&o.TLSCert, "tls-cert", env(envTLSCert, ""), "PEM certificate chain; with --tls-key serves HTTPS, reloaded on SIGHUP ($"+envTLSCert+")")
-	fs.StringVar(&o.TLSKey, "tls-key", env(envTLSKey, ""), "PEM private key of --tls-cert ($"+envTLSKey+")")
-	fs.DurationVar(&o.ReadyInterval, "ready-interval", interval, "how often /readyz's checks poll the store, the KEKs and the JWKS ($"+envReadyInterval+")")
-	return nil
-}
-
-// validate checks what can be checked without opening anything.
-func (o *opsConfig) validate() error {
-	if (o.TLSCert == "") != (o.TLSKey == "") {
-		return fmt.Errorf("TLS needs both $%s and $%s (or --tls-cert and --tls-key)", envTLSCert, envTLSKey)
-	}
-	if o.RateLimit < 0 {
-		return fmt.Errorf("$%s must not be negative (0 disables the rate limit)", envRateLimit)
-	}
-	if o.RateLimit > 0 && o.RateBurst < 1 {
-		return fmt.Errorf("$%s must be at least 1", envRateBurst)
-	}
-	if o.ReadyInterval < 100*time.Millisecond {
-		return fmt.Errorf("$%s must be at least 100ms", envReadyInterval)
-	}
-	if _, err := vaultapi.ParseTrustedProxies(splitList(o.TrustedProxies)); err != nil {
-		return err
-	}
-	return nil
-}
-
-// splitList splits a list given in one variable by spaces or commas.
-func splitList(s string) []string {
-	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' })
-}
-
 // ops holds what serve's operations surface shares between its parts.
 type ops struct {
-	cfg       opsConfig
+	cfg       config.Ops
 	log       *slog.Logger
 	registry  *prometheus.Registry
 	kek       *kekMetrics
 	commits   *groupCommitMetrics
 	readiness *vaultapi.Readiness
-	rows      *rowsCollector // nil until apiConfig
-	metricsLn net.Listener   // the separate metrics listener, if configured
+	metricsLn net.Listener // the separate metrics listener, if configured
 }
 
 // newOps creates the metrics registry with the process's own collectors
 // and the KEK metrics, before the KEKs are opened so that they can be
 // instrumented.
-func newOps(cfg opsConfig, log *slog.Logger) (*ops, error) {
+func newOps(cfg config.Ops, log *slog.Logger) (*ops, error) {
 	reg := prometheus.NewRegistry()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "keybroker_build_info", Help: "Always 1; the version label is the running build.",
@@ -218,10 +118,8 @@ func (m *groupCommitMetrics) observe(c broker.GroupCommit) {
 }
 
 // apiConfig completes the API's configuration with the operations
-// settings and builds the readiness checks over the store, the KEKs, the
-// keyring and the JWKS. keks is nil in dev mode, where the keyring's own
-// KEKs are checked.
-func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.Keyring, keks *openedKEKs, verifier *jwtauth.Verifier) (vaultapi.Config, error) {
+// settings and the readiness checks: the runtime's, and the JWKS.
+func (o *ops) apiConfig(base vaultapi.Config, store broker.Store, rt *broker.Runtime, verifier *jwtauth.Verifier) (vaultapi.Config, error) {
 	cfg := base
 	metrics, err := vaultapi.NewMetrics(o.registry)
 	if err != nil {
@@ -232,13 +130,9 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 	if o.cfg.MetricsAddr == "" {
 		cfg.MetricsHandler = o.metricsHandler()
 	}
-	cfg.CORSOrigins = splitList(o.cfg.CORSOrigins)
-	if o.cfg.TrustedProxies != "" {
-		trusted, err := vaultapi.ParseTrustedProxies(splitList(o.cfg.TrustedProxies))
-		if err != nil {
-			return cfg, err
-		}
-		cfg.ClientIP = vaultapi.TrustedProxyClientIP(trusted)
+	cfg.CORSOrigins = o.cfg.CORSOrigins
+	if len(o.cfg.TrustedProxies) > 0 {
+		cfg.ClientIP = vaultapi.TrustedProxyClientIP(o.cfg.TrustedProxies)
 	}
 	cfg.RateLimit = vaultapi.RateLimit{PerSecond: o.cfg.RateLimit, Burst: o.cfg.RateBurst}
 	cfg.ServiceKey = o.cfg.ServiceKey
@@ -246,26 +140,11 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 		o.log.Warn("the service key is shorter than 16 characters: anyone who guesses it can erase every vault; generate one with: keybroker kek generate")
 	}
 
-	checks := []vaultapi.Check{{Name: "store", Probe: store.Ping}}
-	cached := map[string]bool{}
-	if keks != nil {
-		for _, id := range keks.cached {
-			cached[id] = true
-		}
+	var checks []vaultapi.Check
+	for _, c := range rt.Checks() {
+		checks = append(checks, vaultapi.Check{Name: c.Name, ID: c.ID, Probe: c.Probe})
 	}
-	for _, k := range o.checkedKEKs(keyring, keks) {
-		if sc, ok := k.(kek.StatusChecker); ok {
-			probe := observedStatus(sc, k.ID(), keyring.CallObserver(k))
-			if cached[k.ID()] {
-				probe = cachedKEKProbe(throttleProbe(probe, cachedKEKStatusEvery, time.Now), keyring)
-			}
-			checks = append(checks, vaultapi.Check{Name: "kek", ID: k.ID(), Probe: probe})
-		}
-	}
-	checks = append(checks,
-		vaultapi.Check{Name: "keyring", Probe: func(context.Context) error { return keyring.Ready() }},
-		vaultapi.Check{Name: "jwks", Probe: jwksProbe(verifier)},
-	)
+	checks = append(checks, vaultapi.Check{Name: "jwks", Probe: jwksProbe(verifier)})
 	if o.readiness, err = vaultapi.NewReadiness(vaultapi.ReadinessConfig{Checks: checks, Logger: o.log}); err != nil {
 		return cfg, err
 	}
@@ -278,83 +157,10 @@ func (o *ops) apiConfig(base vaultapi.Config, store readyStore, keyring *broker.
 			return cfg, err
 		}
 	}
-	o.rows = newRowsCollector(store, o.log)
-	if err := o.registry.Register(o.rows); err != nil {
+	if err := o.registry.Register(rowsCollector{rt}); err != nil {
 		return cfg, err
 	}
 	return cfg, nil
-}
-
-// observedStatus is sc.Status, each call reported to onCall (the KEK
-// metrics) when it is not nil.
-func observedStatus(sc kek.StatusChecker, id string, onCall func(kek.Call)) func(context.Context) error {
-	if onCall == nil {
-		return sc.Status
-	}
-	return func(ctx context.Context) error {
-		start := time.Now()
-		err := sc.Status(ctx)
-		onCall(kek.Call{KEKID: id, Op: kek.OpStatus, Took: time.Since(start), Err: err})
-		return err
-	}
-}
-
-// cachedKEKStatusEvery spaces the status calls of a cached remote KEK. In
-// cached mode no fetch calls the KMS; polling its metadata at the
-// readiness interval would be the only KMS traffic of a busy server (and
-// a cost on a metered KMS), while a refusal is still seen within a minute.
-const cachedKEKStatusEvery = time.Minute
-
-// throttleProbe calls probe at most once per every and answers with the
-// last result in between.
-func throttleProbe(probe func(context.Context) error, every time.Duration, now func() time.Time) func(context.Context) error {
-	var mu sync.Mutex
-	var last time.Time
-	var lastErr error
-	return func(ctx context.Context) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if !last.IsZero() && now().Sub(last) < every {
-			return lastErr
-		}
-		lastErr = probe(ctx)
-		last = now()
-		return lastErr
-	}
-}
-
-// cachedKEKProbe is the readiness probe of a remote KEK in cached
-// envelope mode. With its data keys loaded a replica serves fetches and
-// new vaults without the KMS, so a KMS it cannot reach does not make it
-// unready: every replica shares that KMS, and taking them all out of the
-// load balancer would turn a KMS outage into a login outage. Until the
-// data keys load (the keyring check), and when the KMS answers and refuses
-// (a disabled or revoked key: an operator must act), the check fails as
-// for any KEK. The outage still shows in the KEK call metrics.
-func cachedKEKProbe(status func(context.Context) error, keyring *broker.Keyring) func(context.Context) error {
-	return func(ctx context.Context) error {
-		err := status(ctx)
-		if kek.Classify(err).Outage() && keyring.Ready() == nil {
-			return nil
-		}
-		return err
-	}
-}
-
-// checkedKEKs are the KEKs readiness probes: the configured ones (remote
-// KEKs in cached mode included, through cachedKEKProbe), or in dev mode
-// the keyring's.
-func (o *ops) checkedKEKs(keyring *broker.Keyring, keks *openedKEKs) []broker.KEK {
-	if keks != nil {
-		return append([]broker.KEK{keks.active}, keks.retired...)
-	}
-	var out []broker.KEK
-	for _, id := range keyring.IDs() {
-		if kek, err := keyring.Lookup(id); err == nil {
-			out = append(out, kek)
-		}
-	}
-	return out
 }
 
 // jwksProbe reports the verifier's key set: pending until it first loads,
@@ -402,10 +208,6 @@ func (o *ops) listenMetrics() error {
 func (o *ops) start(ctx context.Context) {
 	o.readiness.Poll(ctx)
 	go o.run(ctx)
-	if o.rows != nil {
-		o.rows.refresh(ctx)
-		go o.rows.run(ctx, rowsInterval)
-	}
 }
 
 // run polls readiness every ReadyInterval and serves the separate metrics
@@ -453,11 +255,4 @@ func (c readinessCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, v, res.Name, res.ID, res.Status)
 	}
-}
-
-// isTerminal reports whether w is a terminal, where logs are read by a
-// person rather than parsed.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(interface{ Fd() uintptr })
-	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -4,84 +4,75 @@ import (
 	"context"
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
+	"github.com/keybroker/keybroker/sqlitestore"
 )
 
-// TestCachedKEKProbe: with the data keys loaded, an unreachable KMS keeps
-// a cached-mode replica ready; a KMS that refuses does not.
+// kmsKEK is a KMS key whose status probe answers status; it wraps and
+// unwraps locally.
+type kmsKEK struct {
+	broker.KEK
+	status error
+}
+
+func (k *kmsKEK) Status(context.Context) error { return k.status }
+
+// TestCachedKEKProbe: serve's readiness of a KEK its URI puts in cached
+// envelope mode follows the cached rule — with the data keys loaded, a
+// KMS that cannot be reached keeps the replica ready, and one that
+// answers and refuses does not — while a KEK with cache=off is unready
+// in either case. broker.TestCachedKEKProbe holds the rule itself, and
 // internal/faults runs the whole story against a stopped KMS.
 func TestCachedKEKProbe(t *testing.T) {
 	t.Parallel()
-	k, err := localkek.New("k", make([]byte, 32), true)
-	require.NoError(t, err)
-	loaded, err := broker.NewKeyring(k)
-	require.NoError(t, err)
 	for name, c := range map[string]struct {
+		cached bool
 		status error
-		ok     bool
+		ready  bool
 	}{
-		"Reachable":   {nil, true},
-		"Unreachable": {kek.Unavailable(errors.New("connection refused")), true},
-		"TimedOut":    {context.DeadlineExceeded, true},
-		"Denied":      {kek.Denied(errors.New("key disabled")), false},
-		"OtherError":  {errors.New("wrong key purpose"), false},
+		"CachedUnreachable": {true, kek.Unavailable(errors.New("connection refused")), true},
+		"CachedTimedOut":    {true, context.DeadlineExceeded, true},
+		"CachedDenied":      {true, kek.Denied(errors.New("key disabled")), false},
+		"CachedReachable":   {true, nil, true},
+		"DirectUnreachable": {false, kek.Unavailable(errors.New("connection refused")), false},
+		"DirectReachable":   {false, nil, true},
 	} {
 		t.Run(name, func(t *testing.T) {
-			probe := cachedKEKProbe(func(context.Context) error { return c.status }, loaded)
-			err := probe(context.Background())
-			if c.ok {
-				require.NoError(t, err)
+			t.Parallel()
+			ctx := t.Context()
+			local, err := localkek.New("kms-1", make([]byte, 32), true)
+			require.NoError(t, err)
+			kms := &kmsKEK{KEK: local}
+			keks := &openedKEKs{keks: []broker.KEK{kms}, schemes: map[string]string{"kms-1": "awskms"},
+				specs: []config.KEKSpec{{Role: config.RoleActive, ID: "kms-1", Scheme: "awskms", Cached: c.cached}}}
+			store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: t.TempDir()})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = store.Close() })
+			ring, err := keks.keyring(ctx, store, discardLogger(), 0, nil)
+			require.NoError(t, err)
+			require.NoError(t, ring.Ready(), "the data keys loaded")
+			rt, err := broker.NewRuntime(ctx, broker.RuntimeConfig{Store: store, Keyring: ring, Logger: discardLogger()})
+			require.NoError(t, err)
+			t.Cleanup(rt.Close)
+			kms.status = c.status // the KMS goes away after the start
+			var probe func(context.Context) error
+			for _, check := range rt.Checks() {
+				if check.Name == "kek" && check.ID == "kms-1" {
+					probe = check.Probe
+				}
+			}
+			require.NotNil(t, probe)
+			if c.ready {
+				require.NoError(t, probe(ctx))
 			} else {
-				require.Error(t, err)
+				require.Error(t, probe(ctx))
 			}
 		})
 	}
-	t.Run("UnreachableBeforeTheDataKeysLoad", func(t *testing.T) {
-		unloaded, err := broker.LoadKeyring(context.Background(), broker.KeyringConfig{
-			Active: k, Cached: []string{"k"}, DataKeys: downDataKeys{}, Logger: discardLogger(),
-			NewLocalKEK: func(id string, key []byte) (broker.KEK, error) { return localkek.New(id, key, false) },
-		})
-		require.NoError(t, err)
-		require.Error(t, unloaded.Ready())
-		probe := cachedKEKProbe(func(context.Context) error { return kek.Unavailable(errors.New("connection refused")) }, unloaded)
-		require.Error(t, probe(context.Background()))
-	})
-}
-
-// downDataKeys is a data-key table that cannot be read.
-type downDataKeys struct{}
-
-func (downDataKeys) DataKeyList(context.Context) ([]broker.DataKey, error) {
-	return nil, &broker.UnavailableError{Dependency: broker.DependencyStore, Err: errors.New("down")}
-}
-func (downDataKeys) DataKeyInsert(context.Context, broker.DataKey, string) (bool, error) {
-	return false, errors.New("down")
-}
-func (downDataKeys) DataKeyRewrap(context.Context, string, string, []byte, string) (bool, error) {
-	return false, errors.New("down")
-}
-
-// TestThrottleProbeSpacesCalls: a cached KEK's status is asked of the KMS
-// at most once per interval; in between the last answer stands.
-func TestThrottleProbeSpacesCalls(t *testing.T) {
-	now := time.Unix(1_000_000, 0)
-	calls := 0
-	answer := error(nil)
-	probe := throttleProbe(func(context.Context) error { calls++; return answer }, time.Minute, func() time.Time { return now })
-	require.NoError(t, probe(context.Background()))
-	answer = errors.New("refused")
-	for range 5 {
-		now = now.Add(10 * time.Second)
-		require.NoError(t, probe(context.Background()), "within the interval the last answer stands")
-	}
-	require.Equal(t, 1, calls)
-	now = now.Add(15 * time.Second)
-	require.Error(t, probe(context.Background()), "after the interval the KMS is asked again")
-	require.Equal(t, 2, calls)
 }

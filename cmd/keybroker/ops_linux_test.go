@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
 // openPTY opens a pseudo-terminal pair: writes to the returned tty come
@@ -34,8 +37,7 @@ func openPTY(t *testing.T) (master, tty *os.File) {
 func TestLogsAreTextOnATerminal(t *testing.T) {
 	t.Parallel()
 	master, tty := openPTY(t)
-	log, err := (&config{LogLevel: "info"}).logger(tty)
-	require.NoError(t, err)
+	log := newLogger(config.Log{Level: slog.LevelInfo}, tty)
 	log.Info("hello")
 	buf := make([]byte, 256)
 	n, err := master.Read(buf)
@@ -45,8 +47,7 @@ func TestLogsAreTextOnATerminal(t *testing.T) {
 	f, err := os.CreateTemp(t.TempDir(), "log")
 	require.NoError(t, err)
 	defer f.Close()
-	log, err = (&config{LogLevel: "info"}).logger(f)
-	require.NoError(t, err)
+	log = newLogger(config.Log{Level: slog.LevelInfo}, f)
 	log.Info("hello")
 	_, err = f.Seek(0, io.SeekStart)
 	require.NoError(t, err)

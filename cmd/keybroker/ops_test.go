@@ -20,15 +20,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
 	"github.com/keybroker/keybroker/internal/pgtest"
 	"github.com/keybroker/keybroker/kek"
-	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/kekproviders/vaulttransit"
 	"github.com/keybroker/keybroker/migrations"
 	"github.com/keybroker/keybroker/pgstore"
+	"github.com/keybroker/keybroker/sqlitestore"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 
@@ -236,13 +237,11 @@ func TestLoggerFormat(t *testing.T) {
 	t.Parallel()
 	for format, want := range map[string]string{"": `{"time":`, "json": `{"time":`, "text": `time=`} {
 		var buf bytes.Buffer
-		log, err := (&config{LogLevel: "info", LogFormat: format}).logger(&buf)
-		require.NoError(t, err)
-		log.Info("hello")
+		newLogger(config.Log{Level: slog.LevelInfo, Format: format}, &buf).Info("hello")
 		require.True(t, strings.HasPrefix(buf.String(), want), "format %q wrote %q", format, buf.String())
 	}
-	_, err := (&config{LogLevel: "info", LogFormat: "xml"}).logger(io.Discard)
-	require.Error(t, err)
+	_, err := config.Resolve(config.Migrate, nil, envFunc(map[string]string{"KEYBROKER_LOG_FORMAT": "xml"}), io.Discard, "")
+	require.ErrorContains(t, err, `$KEYBROKER_LOG_FORMAT (--log-format): "xml": use json or text`)
 }
 
 // TestKEKCallsAreMeasured: serve's keyring hands out the KEKs themselves
@@ -265,7 +264,11 @@ func TestKEKCallsAreMeasured(t *testing.T) {
 		Auth: vaulttransit.Auth{Token: srv.Token(faketransit.TokenOptions{})}})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = transit.Close() })
-	keks := &openedKEKs{active: local, retired: []broker.KEK{transit}, metrics: m,
+	keks := &openedKEKs{keks: []broker.KEK{local, transit}, metrics: m,
+		specs: []config.KEKSpec{
+			{Role: config.RoleActive, ID: "local-1", Scheme: "file"},
+			{Role: config.RoleDecryptOnly, ID: "transit-1", Scheme: "vault-transit", Cached: false},
+		},
 		schemes: map[string]string{"local-1": "file", "transit-1": "vault-transit"}}
 	ring, err := keks.keyring(ctx, nil, discardLogger(), 0, time.Now)
 	require.NoError(t, err)
@@ -280,12 +283,22 @@ func TestKEKCallsAreMeasured(t *testing.T) {
 	_, versions := got.(kek.Versioner)
 	require.True(t, rewraps && versions, "the re-wrap job finds Rewrap and KeyVersion on the KEK")
 
-	res := kekproviders.Check(ctx, local, ring.CallObserver(local)) // the start-up check
-	require.True(t, res.OK(), "%v", res.Err())
+	store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	rt, err := broker.NewRuntime(ctx, broker.RuntimeConfig{Store: store, Keyring: ring, Logger: discardLogger()}) // the start-up check
+	require.NoError(t, err)
+	t.Cleanup(rt.Close)
 	for _, op := range []string{"status", "wrap", "unwrap"} {
 		require.Equal(t, 1.0, testutil.ToFloat64(m.ops.WithLabelValues("file", "local-1", op, "ok")), op)
 	}
-	probe := observedStatus(transit, "transit-1", ring.CallObserver(transit)) // readiness
+	var probe func(context.Context) error // readiness
+	for _, c := range rt.Checks() {
+		if c.Name == "kek" && c.ID == "transit-1" {
+			probe = c.Probe
+		}
+	}
+	require.NotNil(t, probe)
 	require.NoError(t, probe(ctx))
 	srv.Seal(true)
 	require.Error(t, probe(ctx))
@@ -325,10 +338,13 @@ func TestRowsPerKEKMetric(t *testing.T) {
 	require.NoError(t, svc.SetRecoveryWrap(ctx, "c", bytes.Repeat([]byte{1}, broker.RecoveryWrapSize), bytes.Repeat([]byte{2}, broker.RecoveryIVSize), nil, broker.RequestMeta{}))
 	require.NoError(t, svc.EnableZeroKnowledge(ctx, "c", nil, broker.RequestMeta{}))
 
-	c := newRowsCollector(store, slog.New(slog.DiscardHandler))
-	require.NotNil(t, c)
-	require.Zero(t, testutil.CollectAndCount(c), "nothing before the first refresh")
-	c.refresh(ctx)
+	rt, err := broker.NewRuntime(ctx, broker.RuntimeConfig{Store: store, Keyring: ring, Logger: slog.New(slog.DiscardHandler),
+		CountRowsEvery: time.Hour})
+	require.NoError(t, err)
+	defer rt.Close()
+	c := rowsCollector{rt}
+	require.Zero(t, testutil.CollectAndCount(c), "nothing before the first count")
+	rt.Start(ctx) // counts once before it returns
 	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
 # HELP keybroker_vault_rows Vault rows by KEK id, wrap format and mode (server: the server holds a wrap; zero_knowledge: only the recovery wrap).
 # TYPE keybroker_vault_rows gauge

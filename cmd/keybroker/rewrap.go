@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -14,161 +12,10 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
-// The re-wrap job's wiring: its serve settings, the background loop in
-// serve, the start-up check that no retired KEK still wraps rows, and the
-// `keybroker rewrap` command.
-
-// Environment of the re-wrap job in serve.
-const (
-	envRewrap         = "KEYBROKER_REWRAP"
-	envRewrapInterval = "KEYBROKER_REWRAP_INTERVAL"
-	envRewrapBatch    = "KEYBROKER_REWRAP_BATCH"
-	envRewrapRate     = "KEYBROKER_REWRAP_RATE"
-)
-
-// rewrapConfig is serve's re-wrap settings.
-type rewrapConfig struct {
-	Enabled  bool
-	Interval time.Duration
-	Batch    int
-	Rate     float64
-}
-
-// register adds serve's re-wrap flags, each defaulting to its variable.
-func (r *rewrapConfig) register(fs *flag.FlagSet, getenv func(string) string) error {
-	env := func(k, def string) string {
-		if v := getenv(k); v != "" {
-			return v
-		}
-		return def
-	}
-	enabled, err := strconv.ParseBool(env(envRewrap, "true"))
-	if err != nil {
-		return fmt.Errorf("$%s: %w", envRewrap, err)
-	}
-	interval, err := time.ParseDuration(env(envRewrapInterval, "1m"))
-	if err != nil {
-		return fmt.Errorf("$%s: %w", envRewrapInterval, err)
-	}
-	batch, err := strconv.Atoi(env(envRewrapBatch, strconv.Itoa(broker.DefaultRewrapBatchSize)))
-	if err != nil {
-		return fmt.Errorf("$%s: %w", envRewrapBatch, err)
-	}
-	rate, err := strconv.ParseFloat(env(envRewrapRate, "1000"), 64)
-	if err != nil {
-		return fmt.Errorf("$%s: %w", envRewrapRate, err)
-	}
-	fs.BoolVar(&r.Enabled, "rewrap", enabled, "run the re-wrap job in the background: moves rows off decrypt-only KEKs and format 1 ($"+envRewrap+")")
-	fs.DurationVar(&r.Interval, "rewrap-interval", interval, "how often a replica looks for rows to re-wrap, or takes over from a runner that died ($"+envRewrapInterval+")")
-	fs.IntVar(&r.Batch, "rewrap-batch", batch, "rows per re-wrap transaction ($"+envRewrapBatch+")")
-	fs.Float64Var(&r.Rate, "rewrap-rate", rate, "re-wrap rows per second at most, 0 for no limit ($"+envRewrapRate+")")
-	return nil
-}
-
-func (r *rewrapConfig) validate() error {
-	switch {
-	case r.Interval < time.Second:
-		return fmt.Errorf("--rewrap-interval ($%s) must be at least 1s", envRewrapInterval)
-	case r.Batch < 1:
-		return fmt.Errorf("--rewrap-batch ($%s) must be at least 1", envRewrapBatch)
-	case r.Rate < 0:
-		return fmt.Errorf("--rewrap-rate ($%s) must not be negative", envRewrapRate)
-	}
-	return nil
-}
-
-// checkRetiredKEKs refuses to start when rows are still wrapped by a KEK
-// that is no longer configured: they would not open. A keyring whose data
-// keys are not loaded yet (a KMS outage at start) cannot tell a data key
-// from a retired KEK, so the check waits for the next start then.
-func checkRetiredKEKs(ctx context.Context, store broker.Store, keyring *broker.Keyring, log *slog.Logger) error {
-	if err := keyring.Ready(); err != nil {
-		log.Warn("not checking for rows of retired KEKs: the keyring is not ready", slog.String("error", err.Error()))
-		return nil
-	}
-	err := broker.CheckKeyringCoversRows(ctx, store, keyring)
-	var retired *broker.RetiredKEKError
-	if errors.As(err, &retired) {
-		return fmt.Errorf("%w.\n  Keep each as a decrypt-only KEK ($%s) until the re-wrap job has moved its rows:\n  \"keybroker kek status\" shows 0 rows for it when it can go",
-			retired, envKEKRetired)
-	}
-	if err != nil {
-		return fmt.Errorf("checking for rows of retired KEKs: %w", err)
-	}
-	return nil
-}
-
-// startRewrap runs the re-wrap job in the background until ctx ends or
-// the returned stop is called (which waits for it). Every replica runs the
-// loop; the store's lock lets one of them work at a time, and another
-// takes over within an interval when that one dies.
-func startRewrap(ctx context.Context, cfg rewrapConfig, store broker.Store, keyring *broker.Keyring, log *slog.Logger, h *hooks) (stop func()) {
-	if !cfg.Enabled {
-		log.Info("re-wrap job disabled")
-		return func() {}
-	}
-	host, _ := os.Hostname()
-	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: cfg.Batch,
-		RowsPerSecond: cfg.Rate, Runner: fmt.Sprintf("%s pid %d", host, os.Getpid()), Logger: log,
-		Now: h.clock(), DataKeyGrace: dataKeyGrace})
-	if err != nil {
-		log.Error("re-wrap job not started", slog.String("error", err.Error()))
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		timer := time.NewTimer(0)
-		defer timer.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-timer.C:
-			}
-			res, err := job.Run(ctx)
-			logRewrapRun(ctx, log, res, err)
-			if h != nil && h.rewrapRun != nil {
-				h.rewrapRun(res, err)
-			}
-			timer.Reset(cfg.Interval)
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
-}
-
-func logRewrapRun(ctx context.Context, log *slog.Logger, res *broker.RewrapResult, err error) {
-	switch {
-	case errors.Is(err, broker.ErrRewrapBusy):
-		log.Debug("re-wrap job runs on another replica")
-		return
-	case ctx.Err() != nil:
-		return
-	case res == nil:
-		log.Warn("re-wrap job failed", slog.String("error", err.Error()))
-		return
-	}
-	attrs := []slog.Attr{slog.String("active_kek", res.ActiveKEKID), slog.Int64("moved", res.Done),
-		slog.Int64("server_rewrapped", res.ServerRewrapped), slog.Int64("skipped", res.Skipped),
-		slog.Int64("failed", res.Failed), slog.Float64("rows_per_second", res.RowsPerSecond)}
-	if len(res.DataKeysDeleted) > 0 {
-		attrs = append(attrs, slog.Any("data_keys_deleted", res.DataKeysDeleted))
-	}
-	switch {
-	case err != nil:
-		log.LogAttrs(ctx, slog.LevelWarn, "re-wrap job stopped; it resumes at its next run", append(attrs, slog.String("error", err.Error()))...)
-	case res.Failed > 0:
-		log.LogAttrs(ctx, slog.LevelError, "re-wrap job left rows it cannot move", attrs...)
-	case res.Done > 0 || len(res.DataKeysDeleted) > 0:
-		log.LogAttrs(ctx, slog.LevelInfo, "re-wrap job finished", attrs...)
-	}
-}
+// `keybroker rewrap`: the re-wrap job run once, with a progress bar.
 
 const rewrapUsage = `Usage: keybroker rewrap [flags]
 
@@ -183,25 +30,12 @@ Flags (each also read from the environment variable serve uses):
 
 // cmdRewrap is `keybroker rewrap`.
 func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var dryRun bool
-	var batch, concurrency int
-	var rate float64
-	var every time.Duration
-	cfg, err := parseToolConfig("rewrap", rewrapUsage, args, getenv, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&dryRun, "dry-run", false, "unwrap every row that would move, write nothing, report what would move and fail")
-		fs.IntVar(&batch, "batch", broker.DefaultRewrapBatchSize, "rows per transaction")
-		fs.Float64Var(&rate, "rate", 0, "rows per second at most; 0 for no limit")
-		fs.IntVar(&concurrency, "concurrency", 8, "rows whose KEK calls run at once (helps remote KEKs)")
-		fs.DurationVar(&every, "progress-every", 5*time.Second, "when stderr is not a terminal: a progress line at most this often (0: every batch)")
-	})
+	cfg, err := config.Resolve(config.Rewrap, args, getenv, stderr, rewrapUsage)
 	if err != nil {
 		return err
 	}
-	log, err := cfg.logger(stderr)
-	if err != nil {
-		return err
-	}
-	keks, err := openKEKs(ctx, cfg, getenv, log)
+	log := newLogger(cfg.Log, stderr)
+	keks, err := openKEKs(ctx, cfg.KEKs, getenv, log)
 	if err != nil {
 		return err
 	}
@@ -218,11 +52,12 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 	if err := keyring.Ready(); err != nil {
 		return fmt.Errorf("the keyring is not ready: %w", err)
 	}
-	bar := newProgressPrinter(stderr, isTerminal(stderr), every, dryRun)
+	opts := cfg.Tool
+	bar := newProgressPrinter(stderr, isTerminal(stderr), opts.ProgressEvery, opts.DryRun)
 	host, _ := os.Hostname()
-	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: batch, RowsPerSecond: rate,
-		Concurrency: concurrency, DryRun: dryRun, Runner: fmt.Sprintf("%s pid %d (keybroker rewrap)", host, os.Getpid()),
-		Progress: bar.update, Logger: log, DataKeyGrace: dataKeyGrace})
+	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: opts.Batch, RowsPerSecond: opts.Rate,
+		Concurrency: opts.Concurrency, DryRun: opts.DryRun, Runner: fmt.Sprintf("%s pid %d (keybroker rewrap)", host, os.Getpid()),
+		Progress: bar.update, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -232,7 +67,7 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return fmt.Errorf("%w; see \"keybroker kek status\"", err)
 	}
 	if res != nil {
-		printRewrapResult(stdout, res, dryRun)
+		printRewrapResult(stdout, res, opts.DryRun)
 	}
 	if err != nil {
 		return fmt.Errorf("stopped, run it again to resume: %w", err)
@@ -371,50 +206,4 @@ func formatCount(n int64) string {
 		return "-" + b.String()
 	}
 	return b.String()
-}
-
-// parseToolConfig parses the flags of the operator commands that reach the
-// store and the KEKs (rewrap, kek status, kek check): serve's store, KEK and
-// log settings, from the same environment variables, plus the command's
-// own flags. It never migrates: an operator command does not change the
-// schema behind the servers' backs.
-func parseToolConfig(name, usage string, args []string, getenv func(string) string, stderr io.Writer, own func(*flag.FlagSet)) (*config, error) {
-	c := &config{}
-	fs := flag.NewFlagSet("keybroker "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
-	env := func(k, def string) string {
-		if v := getenv(k); v != "" {
-			return v
-		}
-		return def
-	}
-	fs.StringVar(&c.DatabaseURL, "database-url", env(envDatabaseURL, ""), "PostgreSQL URL ($"+envDatabaseURL+")")
-	fs.StringVar(&c.DataDir, "data-dir", env(envDataDir, defaultDataDir), "directory of the embedded store ($"+envDataDir+")")
-	fs.StringVar(&c.Schema, "schema", env(envSchema, "keybroker"), "database schema ($"+envSchema+")")
-	fs.StringVar(&c.KEK, "kek", env(envKEK, ""), "active KEK URI ($"+envKEK+")")
-	fs.StringVar(&c.KEKID, "kek-id", env(envKEKID, ""), "id of the active KEK, if not in its URI ($"+envKEKID+")")
-	fs.StringVar(&c.KEKRetired, "kek-retired", env(envKEKRetired, ""), "decrypt-only KEK URIs ($"+envKEKRetired+")")
-	fs.BoolVar(&c.Dev, "dev", false, "accept the all-zero dev KEK")
-	fs.StringVar(&c.LogLevel, "log-level", env(envLogLevel, "warn"), "debug, info, warn or error ($"+envLogLevel+")")
-	fs.StringVar(&c.LogFormat, "log-format", env(envLogFormat, "text"), "json or text ($"+envLogFormat+")")
-	if err := c.registerAllowPrivileged(fs, getenv); err != nil {
-		return nil, err
-	}
-	if own != nil {
-		own(fs)
-	}
-	if err := fs.Parse(args); err != nil {
-		return nil, errUsage
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if c.Schema == "" {
-		return nil, fmt.Errorf("$%s must not be empty", envSchema)
-	}
-	return c, nil
 }

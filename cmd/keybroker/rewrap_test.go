@@ -446,3 +446,18 @@ func TestKEKCheck(t *testing.T) {
 	require.ErrorContains(t, err, "1 of 3 KEKs failed the check")
 	require.Regexp(t, `aws-bad\s+decrypt-only\s+FAILED \(denied\)`, out.String())
 }
+
+// TestServeRefusesARewrapJobThatCannotRun: a re-wrap batch beyond the
+// job's own limit used to pass serve's check and fail the job's, and
+// serve kept running without its job, logging one line. Now it does not
+// start, and says which setting and what range.
+func TestServeRefusesARewrapJobThatCannotRun(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"KEYBROKER_DATA_DIR": t.TempDir(), "MANA_AUTH_KEK": base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)),
+		"KEYBROKER_JWKS_URL": "http://127.0.0.1:1/jwks", "KEYBROKER_JWT_ISSUER": "https://auth.test", "KEYBROKER_JWT_AUDIENCE": "https://auth.test",
+		"KEYBROKER_ADDR": "127.0.0.1:0", "KEYBROKER_REWRAP_BATCH": "20000"}
+	_, err := launchServe(t, env, &hooks{}, "serve")
+	require.ErrorContains(t, err, `$KEYBROKER_REWRAP_BATCH (--rewrap-batch): "20000": want a whole number of rows between 1 and 10000`)
+	_, err = launchServe(t, env, &hooks{}, "serve", "--rewrap-batch", "10001")
+	require.ErrorContains(t, err, `$KEYBROKER_REWRAP_BATCH (--rewrap-batch): "10001"`)
+}

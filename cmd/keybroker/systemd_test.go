@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,10 +14,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/kek"
-	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
 // events records, in order, what the watchdog did: store pings and
@@ -247,93 +242,6 @@ func TestListenReportsBusyAddress(t *testing.T) {
 	defer busy.Close()
 	_, err := listen(busy.Addr().String(), discardLogger())
 	require.ErrorContains(t, err, "listen "+busy.Addr().String())
-}
-
-// failingKEK wraps but cannot unwrap, like a KMS key whose decrypt grant
-// is missing.
-type failingKEK struct{ broker.KEK }
-
-func (failingKEK) Unwrap(context.Context, []byte, map[string]string) ([]byte, error) {
-	return nil, errors.New("AccessDeniedException: not authorized to perform kms:Decrypt")
-}
-
-// unreachableKEK is a KMS key behind an outage until up is set.
-type unreachableKEK struct {
-	broker.KEK
-	up atomic.Bool
-}
-
-func (k *unreachableKEK) Wrap(ctx context.Context, plaintext []byte, b map[string]string) ([]byte, error) {
-	if !k.up.Load() {
-		return nil, kek.Unavailable(errors.New("dial tcp: connection refused"))
-	}
-	return k.KEK.Wrap(ctx, plaintext, b)
-}
-
-func isClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}
-
-func TestCheckActiveKEK(t *testing.T) {
-	t.Parallel()
-	key := make([]byte, localkek.KeySize)
-	rand.Read(key)
-	good, err := localkek.New("local-1", key, false)
-	require.NoError(t, err)
-	other, err := localkek.New("local-0", key, false)
-	require.NoError(t, err)
-
-	t.Run("Passes", func(t *testing.T) {
-		var logs syncBuffer
-		ring, err := broker.NewKeyring(good)
-		require.NoError(t, err)
-		ok, err := checkActiveKEK(context.Background(), ring, slog.New(slog.NewTextHandler(&logs, nil)))
-		require.NoError(t, err)
-		require.True(t, isClosed(ok))
-		require.Contains(t, logs.String(), "KEK check passed")
-	})
-
-	t.Run("OnlyTheActiveKEKCounts", func(t *testing.T) {
-		// A decrypt-only KEK that fails does not stop the start (the
-		// re-wrap job reports it).
-		ring, err := broker.NewKeyring(good, failingKEK{other})
-		require.NoError(t, err)
-		ok, err := checkActiveKEK(context.Background(), ring, discardLogger())
-		require.NoError(t, err)
-		require.True(t, isClosed(ok))
-	})
-
-	t.Run("MisconfiguredKEKRefusesTheStart", func(t *testing.T) {
-		ring, err := broker.NewKeyring(failingKEK{other}, good)
-		require.NoError(t, err)
-		_, err = checkActiveKEK(context.Background(), ring, discardLogger())
-		require.ErrorContains(t, err, `the active KEK "local-0" cannot wrap and unwrap`)
-		require.ErrorContains(t, err, "kms:Decrypt")
-	})
-
-	t.Run("UnavailableKEKIsRetriedUntilItAnswers", func(t *testing.T) {
-		kms := &unreachableKEK{KEK: other}
-		ring, err := broker.NewKeyring(kms)
-		require.NoError(t, err)
-		var logs syncBuffer
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		ok, err := checkKEKWithRetry(ctx, ring, slog.New(slog.NewTextHandler(&logs, nil)), 10*time.Millisecond)
-		require.NoError(t, err, "an outage does not stop the start")
-		require.False(t, isClosed(ok))
-		require.Contains(t, logs.String(), "KEK unavailable at start")
-		kms.up.Store(true)
-		select {
-		case <-ok:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("the KEK check did not pass after the KEK came back\n%s", logs.String())
-		}
-	})
 }
 
 // notifySocket is a unix datagram socket standing in for systemd's.

@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
 // The operator's vault commands: the restore slot of zero-knowledge
@@ -61,22 +61,15 @@ Flags:
 
 // cmdVaultRestoreRecovery is `keybroker vault restore-recovery`.
 func cmdVaultRestoreRecovery(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var userID string
-	var discard bool
-	cfg, err := parseToolConfig("vault restore-recovery", restoreRecoveryUsage, args, getenv, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&userID, "user", "", "the user id (the token subject)")
-		fs.BoolVar(&discard, "discard", false, "forget the kept recovery wrap instead of restoring it")
-	})
+	cfg, err := config.Resolve(config.VaultRestoreRecovery, args, getenv, stderr, restoreRecoveryUsage)
 	if err != nil {
 		return err
 	}
+	userID, discard := cfg.Tool.User, cfg.Tool.Discard
 	if userID == "" {
 		return errors.New("--user is required")
 	}
-	log, err := cfg.logger(stderr)
-	if err != nil {
-		return err
-	}
+	log := newLogger(cfg.Log, stderr)
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err

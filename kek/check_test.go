@@ -1,4 +1,4 @@
-package kekproviders_test
+package kek_test
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/kek"
-	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
@@ -21,7 +20,7 @@ func TestCheckPassesForAWorkingKEK(t *testing.T) {
 	k, err := localkek.New("local-1", key, false)
 	require.NoError(t, err)
 	var calls []kek.Call
-	res := kekproviders.Check(t.Context(), k, func(c kek.Call) { calls = append(calls, c) })
+	res := kek.Check(t.Context(), k, func(c kek.Call) { calls = append(calls, c) })
 	require.True(t, res.OK(), "%v", res.Err())
 	require.Equal(t, "ok", res.Class())
 	require.Equal(t, "local-1", res.ID)
@@ -39,7 +38,7 @@ func TestCheckReportsEachFailure(t *testing.T) {
 	t.Parallel()
 	down := kek.Unavailable(errors.New("connection refused"))
 	var outcomes []string
-	res := kekproviders.Check(t.Context(), brokenKEK{statusErr: down, wrapErr: down}, func(c kek.Call) {
+	res := kek.Check(t.Context(), brokenKEK{statusErr: down, wrapErr: down}, func(c kek.Call) {
 		outcomes = append(outcomes, c.Op+"="+kek.Classify(c.Err).String())
 	})
 	require.False(t, res.OK())
@@ -48,16 +47,16 @@ func TestCheckReportsEachFailure(t *testing.T) {
 	require.ErrorIs(t, res.RoundTripErr, down)
 	require.Equal(t, []string{"status=unavailable", "wrap=unavailable"}, outcomes, "no unwrap after a failed wrap")
 
-	res = kekproviders.Check(t.Context(), brokenKEK{unwrapErr: kek.Denied(errors.New("AccessDeniedException"))}, nil)
+	res = kek.Check(t.Context(), brokenKEK{unwrapErr: kek.Denied(errors.New("AccessDeniedException"))}, nil)
 	require.NoError(t, res.StatusErr)
 	require.ErrorContains(t, res.RoundTripErr, "unwrap of a fresh wrap")
 	require.Equal(t, "denied", res.Class())
 
-	res = kekproviders.Check(t.Context(), brokenKEK{garble: true}, nil)
+	res = kek.Check(t.Context(), brokenKEK{garble: true}, nil)
 	require.ErrorContains(t, res.RoundTripErr, "different bytes")
 	require.Equal(t, "failed", res.Class())
 
-	res = kekproviders.Check(t.Context(), brokenKEK{unwrapErr: fmt.Errorf("probe: %w", context.DeadlineExceeded)}, nil)
+	res = kek.Check(t.Context(), brokenKEK{unwrapErr: fmt.Errorf("probe: %w", context.DeadlineExceeded)}, nil)
 	require.Equal(t, "unavailable", res.Class(), "a timeout is an outage")
 }
 

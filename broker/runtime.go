@@ -1,0 +1,541 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/keybroker/keybroker/kek"
+)
+
+// The runtime: the domain's background work in a server, and the rules
+// that decide whether the server is ready.
+
+// KeyringRefreshInterval is how often a server reloads its data keys: the
+// delay after which a revoked KMS key stops fetches, after which a data
+// key another replica made is used for new wraps, after which a replica
+// mints a data key past its maximum age, and after which a deleted data
+// key is zeroed in this replica's memory.
+const KeyringRefreshInterval = 5 * time.Minute
+
+// MinRewrapInterval is the shortest RewrapSchedule.Interval.
+const MinRewrapInterval = time.Second
+
+// Pauses of the runtime's loops that are not configuration.
+const (
+	// keyringRetryInterval replaces KeyringRefreshInterval until the
+	// data keys load, so a replica that started during a KMS outage
+	// becomes ready by itself.
+	keyringRetryInterval = 5 * time.Second
+	// kekRetryFirst and kekRetryMax bound the backoff of the start-up
+	// KEK check while the KEK is unavailable.
+	kekRetryFirst = time.Second
+	kekRetryMax   = 30 * time.Second
+	// DefaultKEKCheckTimeout bounds one start-up KEK check. Remote
+	// providers bound each call themselves (10 s by default); this
+	// covers a Status call plus a wrap and an unwrap.
+	DefaultKEKCheckTimeout = 45 * time.Second
+	// cachedKEKStatusEvery spaces the status calls of a KEK in cached
+	// envelope mode. In cached mode no fetch calls the KMS; polling its
+	// metadata at the readiness interval would be the only KMS traffic
+	// of a busy server (and a cost on a metered KMS), while a refusal is
+	// still seen within a minute.
+	cachedKEKStatusEvery = time.Minute
+	// rowCountTimeout bounds one refresh of the row counts.
+	rowCountTimeout = 30 * time.Second
+)
+
+// RuntimeConfig configures a Runtime.
+type RuntimeConfig struct {
+	// Store is required. When it is a Pinger, readiness checks it.
+	Store Store
+	// Keyring is required: the runtime refreshes its data keys, checks
+	// its active KEK at start and its configured KEKs for readiness.
+	Keyring *Keyring
+	// Rewrap is the schedule of the background re-wrap job.
+	Rewrap RewrapSchedule
+	// OnRewrapRun, when set, is called after each background re-wrap run.
+	OnRewrapRun func(*RewrapResult, error)
+	// CountRowsEvery, when positive, makes the runtime count the rows
+	// per KEK and read the re-wrap state at Start and then this often
+	// (RowCounts): counting groups the whole KEK index, so it runs on
+	// this clock, not on every scrape of every replica.
+	CountRowsEvery time.Duration
+	// KEKCheckTimeout bounds one start-up KEK check; default
+	// DefaultKEKCheckTimeout.
+	KEKCheckTimeout time.Duration
+	// Logger receives the runtime's events; default slog.Default().
+	Logger *slog.Logger
+	// Now is the re-wrap job's clock (its data-key grace); default
+	// time.Now.
+	Now func() time.Time
+	// Wait pauses a loop for d and reports false when ctx ended first;
+	// default a timer. Tests step the loops with it.
+	Wait func(ctx context.Context, d time.Duration) bool
+}
+
+// RewrapSchedule is the background re-wrap job of a server. Every
+// replica runs it; the store's lock (RewrapLocker) lets one of them work
+// at a time, and another takes over within an interval when that one
+// dies.
+type RewrapSchedule struct {
+	Enabled bool
+	// Interval is the pause between runs; at least MinRewrapInterval.
+	Interval time.Duration
+	// BatchSize and RowsPerSecond are RewrapConfig's.
+	BatchSize     int
+	RowsPerSecond float64
+	// Runner names this replica in the job's state; default the host
+	// name and process id.
+	Runner string
+}
+
+func (c *RuntimeConfig) validate() error {
+	if c.Store == nil {
+		return errors.New("broker: RuntimeConfig.Store is required")
+	}
+	if c.Keyring == nil {
+		return errors.New("broker: RuntimeConfig.Keyring is required")
+	}
+	if c.Rewrap.Enabled && c.Rewrap.Interval < MinRewrapInterval {
+		return fmt.Errorf("broker: RuntimeConfig.Rewrap.Interval must be at least %s", MinRewrapInterval)
+	}
+	if c.CountRowsEvery < 0 {
+		return errors.New("broker: RuntimeConfig.CountRowsEvery must not be negative")
+	}
+	if c.KEKCheckTimeout == 0 {
+		c.KEKCheckTimeout = DefaultKEKCheckTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Wait == nil {
+		c.Wait = wait
+	}
+	if c.Rewrap.Runner == "" {
+		host, _ := os.Hostname()
+		c.Rewrap.Runner = fmt.Sprintf("%s pid %d", host, os.Getpid())
+	}
+	return nil
+}
+
+// wait is RuntimeConfig.Wait's default.
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Runtime owns a server's background work: the keyring's data-key
+// refresh (and with it the data keys' rotation by age), the re-wrap
+// schedule, the start-up KEK check and its retries, and the row counts;
+// and it holds the readiness rules (Checks). New refuses what must stop
+// a start; Start runs the rest until Close.
+type Runtime struct {
+	cfg    RuntimeConfig
+	job    *RewrapJob // nil when the schedule is off
+	kekOK  chan struct{}
+	retry  bool // the start-up KEK check failed with an outage: Start retries it
+	counts *rowCounter
+
+	startOnce, closeOnce sync.Once
+	cancel               context.CancelFunc
+	wg                   sync.WaitGroup
+}
+
+// NewRuntime checks what must hold before a server starts, and returns
+// the runtime that Start runs. It returns a *RetiredKEKError when rows
+// are wrapped by a KEK the keyring no longer has (they would not open),
+// the error of a re-wrap schedule the job refuses, and a *KEKCheckError
+// when the active KEK answers but cannot wrap and unwrap — a
+// configuration error, since a broker that cannot wrap would accept
+// traffic only to fail every /init. An active KEK that is merely
+// unavailable (a KMS outage, data keys not loaded yet) does not stop the
+// start: KEKChecked stays open and Start retries the check with backoff.
+func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	r := &Runtime{cfg: cfg, kekOK: make(chan struct{})}
+	if err := r.checkRetiredKEKs(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.Rewrap.Enabled {
+		job, err := NewRewrapJob(RewrapConfig{Store: cfg.Store, Keyring: cfg.Keyring, BatchSize: cfg.Rewrap.BatchSize,
+			RowsPerSecond: cfg.Rewrap.RowsPerSecond, Runner: cfg.Rewrap.Runner, Logger: cfg.Logger, Now: cfg.Now})
+		if err != nil {
+			return nil, fmt.Errorf("the re-wrap job cannot run: %w", err)
+		}
+		r.job = job
+	}
+	if cfg.CountRowsEvery > 0 {
+		r.counts = &rowCounter{store: cfg.Store, log: cfg.Logger}
+		r.counts.locker, _ = cfg.Store.(RewrapLocker)
+	}
+	switch err := r.checkKEK(ctx); {
+	case err == nil:
+		close(r.kekOK)
+	case errors.Is(err, errKEKUnavailable):
+		cfg.Logger.Error("KEK unavailable at start: serving not-ready, READY=1 withheld until the KEK check passes",
+			slog.String("error", err.Error()))
+		r.retry = true
+	default:
+		return nil, err
+	}
+	return r, nil
+}
+
+// checkRetiredKEKs returns a *RetiredKEKError when rows are still wrapped
+// by a KEK that is no longer configured. A keyring whose data keys are
+// not loaded yet (a KMS outage at start) cannot tell a data key from a
+// retired KEK, so the check waits for the next start then.
+func (r *Runtime) checkRetiredKEKs(ctx context.Context) error {
+	if err := r.cfg.Keyring.Ready(); err != nil {
+		r.cfg.Logger.Warn("not checking for rows of retired KEKs: the keyring is not ready", slog.String("error", err.Error()))
+		return nil
+	}
+	err := CheckKeyringCoversRows(ctx, r.cfg.Store, r.cfg.Keyring)
+	var retired *RetiredKEKError
+	if err != nil && !errors.As(err, &retired) {
+		return fmt.Errorf("checking for rows of retired KEKs: %w", err)
+	}
+	return err
+}
+
+// KEKChecked is closed once the active KEK has wrapped and unwrapped a
+// random key: a server withholds "ready" from its supervisor (systemd's
+// READY=1) until then.
+func (r *Runtime) KEKChecked() <-chan struct{} { return r.kekOK }
+
+// Start runs the background work until ctx ends or Close is called: the
+// retries of a start-up KEK check that found the KEK unavailable, the
+// keyring's refresh, the re-wrap schedule and the row counts (the first
+// count before it returns, so that metrics have numbers from the start).
+// Only the first call starts anything.
+func (r *Runtime) Start(ctx context.Context) {
+	r.startOnce.Do(func() {
+		ctx, r.cancel = context.WithCancel(ctx)
+		if r.counts != nil {
+			// Counted before the re-wrap job starts, the first count
+			// shows the state the server started with.
+			r.counts.refresh(ctx)
+			r.goLoop(func() {
+				for r.cfg.Wait(ctx, r.cfg.CountRowsEvery) {
+					r.counts.refresh(ctx)
+				}
+			})
+		}
+		if r.retry {
+			r.goLoop(func() { r.retryKEKCheck(ctx) })
+		}
+		r.goLoop(func() { r.refreshKeyring(ctx) })
+		if r.job != nil {
+			r.goLoop(func() { r.runRewrap(ctx) })
+		} else {
+			r.cfg.Logger.Info("re-wrap job disabled")
+		}
+	})
+}
+
+func (r *Runtime) goLoop(loop func()) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		loop()
+	}()
+}
+
+// Close stops the background work and waits for it: a re-wrap run in
+// progress stops at its next batch and resumes at the next start.
+func (r *Runtime) Close() {
+	r.closeOnce.Do(func() {
+		r.startOnce.Do(func() {}) // a runtime closed before Start never starts
+		if r.cancel != nil {
+			r.cancel()
+		}
+		r.wg.Wait()
+	})
+}
+
+// refreshKeyring reloads the keyring's data keys until ctx ends; until
+// they load it retries every few seconds.
+func (r *Runtime) refreshKeyring(ctx context.Context) {
+	for {
+		pause := KeyringRefreshInterval
+		if r.cfg.Keyring.Ready() != nil {
+			pause = keyringRetryInterval
+		}
+		if !r.cfg.Wait(ctx, pause) {
+			return
+		}
+		if err := r.cfg.Keyring.Refresh(ctx); err != nil {
+			r.cfg.Logger.Warn("keyring refresh failed", slog.String("error", err.Error()))
+		}
+	}
+}
+
+// runRewrap runs the re-wrap job at once, then every interval, until ctx
+// ends.
+func (r *Runtime) runRewrap(ctx context.Context) {
+	for {
+		res, err := r.job.Run(ctx)
+		r.logRewrapRun(ctx, res, err)
+		if r.cfg.OnRewrapRun != nil {
+			r.cfg.OnRewrapRun(res, err)
+		}
+		if !r.cfg.Wait(ctx, r.cfg.Rewrap.Interval) {
+			return
+		}
+	}
+}
+
+func (r *Runtime) logRewrapRun(ctx context.Context, res *RewrapResult, err error) {
+	log := r.cfg.Logger
+	switch {
+	case errors.Is(err, ErrRewrapBusy):
+		log.Debug("re-wrap job runs on another replica")
+		return
+	case ctx.Err() != nil:
+		return
+	case res == nil:
+		log.Warn("re-wrap job failed", slog.String("error", err.Error()))
+		return
+	}
+	attrs := []slog.Attr{slog.String("active_kek", res.ActiveKEKID), slog.Int64("moved", res.Done),
+		slog.Int64("server_rewrapped", res.ServerRewrapped), slog.Int64("skipped", res.Skipped),
+		slog.Int64("failed", res.Failed), slog.Float64("rows_per_second", res.RowsPerSecond)}
+	if len(res.DataKeysDeleted) > 0 {
+		attrs = append(attrs, slog.Any("data_keys_deleted", res.DataKeysDeleted))
+	}
+	switch {
+	case err != nil:
+		log.LogAttrs(ctx, slog.LevelWarn, "re-wrap job stopped; it resumes at its next run", append(attrs, slog.String("error", err.Error()))...)
+	case res.Failed > 0:
+		log.LogAttrs(ctx, slog.LevelError, "re-wrap job left rows it cannot move", attrs...)
+	case res.Done > 0 || len(res.DataKeysDeleted) > 0:
+		log.LogAttrs(ctx, slog.LevelInfo, "re-wrap job finished", attrs...)
+	}
+}
+
+// errKEKUnavailable marks a KEK check that failed for a reason that may
+// pass by itself.
+var errKEKUnavailable = errors.New("KEK unavailable")
+
+// KEKCheckError is a start-up KEK check whose KEK answered and refused,
+// or answered wrongly (a key that does not open its own wrap).
+type KEKCheckError struct {
+	ID    string
+	Class string // kek.CheckResult.Class: "denied", "invalid ciphertext", "failed"
+	Err   error
+}
+
+// Error names the KEK, the class of its failure and the provider's error.
+func (e *KEKCheckError) Error() string {
+	return fmt.Sprintf("KEK check: the active KEK %q cannot wrap and unwrap (%s): %v", e.ID, e.Class, e.Err)
+}
+
+// Unwrap returns the provider's error.
+func (e *KEKCheckError) Unwrap() error { return e.Err }
+
+// checkKEK wraps and unwraps a random key with the active KEK (kek.Check).
+// A failing status probe (e.g. a missing kms:DescribeKey or
+// cloudkms.cryptoKeys.get grant) is only logged, since the round trip is
+// what requests need.
+func (r *Runtime) checkKEK(ctx context.Context) error {
+	keyring, log := r.cfg.Keyring, r.cfg.Logger
+	active, err := keyring.Lookup(keyring.ActiveID())
+	if err != nil {
+		return fmt.Errorf("KEK check: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.KEKCheckTimeout)
+	defer cancel()
+	res := kek.Check(ctx, active, keyring.CallObserver(active))
+	if err := res.RoundTripErr; err != nil {
+		if kek.Classify(err).Outage() {
+			return fmt.Errorf("KEK check: the active KEK %q: %w: %w", res.ID, errKEKUnavailable, err)
+		}
+		return &KEKCheckError{ID: res.ID, Class: res.Class(), Err: err}
+	}
+	if res.StatusErr != nil {
+		log.Warn("KEK status probe failed; wrap and unwrap work", slog.String("kek_id", res.ID), slog.String("error", res.StatusErr.Error()))
+	}
+	log.Info("KEK check passed", slog.String("kek_id", res.ID),
+		slog.Duration("wrap", res.WrapLatency), slog.Duration("unwrap", res.UnwrapLatency))
+	return nil
+}
+
+// retryKEKCheck repeats the start-up KEK check with backoff until it
+// passes, then closes KEKChecked. A KEK that is refused meanwhile is
+// retried too: the server is already serving (not-ready), and readiness
+// says why.
+func (r *Runtime) retryKEKCheck(ctx context.Context) {
+	pause := kekRetryFirst
+	for r.cfg.Wait(ctx, pause) {
+		err := r.checkKEK(ctx)
+		if err == nil {
+			close(r.kekOK)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		pause = min(2*pause, kekRetryMax)
+		r.cfg.Logger.Warn("KEK check failed; retrying", slog.Duration("in", pause), slog.String("error", err.Error()))
+	}
+}
+
+// Pinger is a store that can tell whether it answers; readiness checks
+// it (Runtime.Checks).
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// ReadinessCheck is one dependency a server needs to answer: its name,
+// the id of the instance (a KEK id), and the probe that polls it.
+type ReadinessCheck struct {
+	Name  string
+	ID    string
+	Probe func(context.Context) error
+}
+
+// Checks are the readiness rules: the store when it is a Pinger, the
+// status of each configured KEK that has one, and the keyring's data
+// keys. A KEK in cached envelope mode is asked at most once a minute, and
+// while its data keys are loaded a KMS that cannot be reached does not
+// make the server unready (cachedKEKProbe).
+func (r *Runtime) Checks() []ReadinessCheck {
+	keyring := r.cfg.Keyring
+	var checks []ReadinessCheck
+	if p, ok := r.cfg.Store.(Pinger); ok {
+		checks = append(checks, ReadinessCheck{Name: "store", Probe: p.Ping})
+	}
+	for _, k := range keyring.Configured() {
+		sc, ok := k.(kek.StatusChecker)
+		if !ok {
+			continue
+		}
+		probe := observedStatus(sc, k.ID(), keyring.CallObserver(k))
+		if keyring.IsCached(k.ID()) {
+			probe = cachedKEKProbe(throttleProbe(probe, cachedKEKStatusEvery, time.Now), keyring)
+		}
+		checks = append(checks, ReadinessCheck{Name: "kek", ID: k.ID(), Probe: probe})
+	}
+	return append(checks, ReadinessCheck{Name: "keyring", Probe: func(context.Context) error { return keyring.Ready() }})
+}
+
+// observedStatus is sc.Status, each call reported to onCall (the KEK
+// metrics) when it is not nil.
+func observedStatus(sc kek.StatusChecker, id string, onCall func(kek.Call)) func(context.Context) error {
+	if onCall == nil {
+		return sc.Status
+	}
+	return func(ctx context.Context) error {
+		start := time.Now()
+		err := sc.Status(ctx)
+		onCall(kek.Call{KEKID: id, Op: kek.OpStatus, Took: time.Since(start), Err: err})
+		return err
+	}
+}
+
+// throttleProbe calls probe at most once per every and answers with the
+// last result in between.
+func throttleProbe(probe func(context.Context) error, every time.Duration, now func() time.Time) func(context.Context) error {
+	var mu sync.Mutex
+	var last time.Time
+	var lastErr error
+	return func(ctx context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !last.IsZero() && now().Sub(last) < every {
+			return lastErr
+		}
+		lastErr = probe(ctx)
+		last = now()
+		return lastErr
+	}
+}
+
+// cachedKEKProbe is the readiness probe of a remote KEK in cached
+// envelope mode. With its data keys loaded a replica serves fetches and
+// new vaults without the KMS, so a KMS it cannot reach does not make it
+// unready: every replica shares that KMS, and taking them all out of the
+// load balancer would turn a KMS outage into a login outage. Until the
+// data keys load (the keyring check), and when the KMS answers and refuses
+// (a disabled or revoked key: an operator must act), the check fails as
+// for any KEK. The outage still shows in the KEK call metrics.
+func cachedKEKProbe(status func(context.Context) error, keyring *Keyring) func(context.Context) error {
+	return func(ctx context.Context) error {
+		err := status(ctx)
+		if kek.Classify(err).Outage() && keyring.Ready() == nil {
+			return nil
+		}
+		return err
+	}
+}
+
+// RowCounts is the last count of the rows per KEK id and format, with the
+// re-wrap job's state, for metrics.
+type RowCounts struct {
+	Rows []KEKCount
+	// Rewrap is nil when the store has no job lock, or its state could
+	// not be read.
+	Rewrap *RewrapState
+	// At is when the rows were counted; zero before the first count.
+	At time.Time
+}
+
+// RowCounts returns the last count (RuntimeConfig.CountRowsEvery); the
+// zero value before the first, and without counting.
+func (r *Runtime) RowCounts() RowCounts {
+	if r.counts == nil {
+		return RowCounts{}
+	}
+	r.counts.mu.Lock()
+	defer r.counts.mu.Unlock()
+	return r.counts.last
+}
+
+// rowCounter keeps the last RowCounts.
+type rowCounter struct {
+	store  RewrapStore
+	locker RewrapLocker // nil when the store has no job lock (SQLite)
+	log    *slog.Logger
+
+	mu   sync.Mutex
+	last RowCounts
+}
+
+// refresh counts again; on error the previous count stays and the error
+// is logged.
+func (c *rowCounter) refresh(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, rowCountTimeout)
+	defer cancel()
+	rows, err := c.store.KEKCounts(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("metrics: counting rows per KEK failed", slog.String("error", err.Error()))
+		}
+		return
+	}
+	var state *RewrapState
+	if c.locker != nil {
+		if state, err = c.locker.RewrapState(ctx); err != nil {
+			c.log.Warn("metrics: reading the re-wrap state failed", slog.String("error", err.Error()))
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.last = RowCounts{Rows: rows, Rewrap: state, At: time.Now()}
+}

@@ -1,0 +1,394 @@
+// Package config is keybroker's configuration: every setting of every
+// command in one table (settings.go) — its environment variable, its
+// flag, its default, its parser and its check — and Resolve, which reads
+// the environment and one command's flags once into a typed Config.
+//
+// A problem with a setting names its variable and its flag, and Resolve
+// reports every problem at once, so an operator fixes a configuration in
+// one go; a configuration that would leave a background job of serve
+// unable to run is one of them. Only cmd/keybroker reads flags and the
+// environment, and it does so through this package.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/keybroker/keybroker/broker"
+)
+
+// Command is one command of keybroker, or a set of them.
+type Command uint
+
+// The commands that read settings.
+const (
+	Serve Command = 1 << iota
+	Migrate
+	Rewrap
+	KEKStatus
+	KEKCheck
+	KEKRotateDataKey
+	VaultRestoreRecovery
+	DevToken
+	Healthcheck
+)
+
+// Sets of commands that share settings.
+const (
+	// Tools are the operator commands that reach the store and the KEKs.
+	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery
+	// needKEK are the commands that cannot run without a KEK.
+	needKEK = Serve | Rewrap | KEKCheck | KEKRotateDataKey
+)
+
+var commandNames = map[Command]string{
+	Serve: "serve", Migrate: "migrate", Rewrap: "rewrap", KEKStatus: "kek status", KEKCheck: "kek check",
+	KEKRotateDataKey: "kek rotate-data-key", VaultRestoreRecovery: "vault restore-recovery", DevToken: "dev token",
+	Healthcheck: "healthcheck",
+}
+
+// String is the command line that runs the command: "keybroker kek check".
+func (c Command) String() string { return "keybroker " + commandNames[c] }
+
+// Config is the resolved configuration of one command. Sections a
+// command does not read keep their zero value.
+type Config struct {
+	Command Command
+	Store   Store
+	Log     Log
+	KEKs    KEKs
+	// Dev is --dev: for serve, dev mode; for the operator commands, the
+	// dev KEK of the data directory (and the all-zero KEK) is accepted.
+	Dev    bool
+	Server Server
+	Tokens Tokens
+	Ops    Ops
+	Rewrap RewrapSchedule
+	// DataKeyMaxAge is how old the newest data key of cached envelope
+	// mode gets before serve mints the next; 0: only on demand.
+	DataKeyMaxAge time.Duration
+	RecoveryProof broker.RecoveryProofPolicy
+	// Tool holds the operator commands' own flags.
+	Tool Tool
+
+	values []Value
+	raw    map[*setting]string
+}
+
+// Store is where the vaults are.
+type Store struct {
+	// DatabaseURL is a PostgreSQL URL; empty: the embedded store in
+	// DataDir. It may hold a password: print it with Values.
+	DatabaseURL string
+	DataDir     string
+	Schema      string
+	// Migrate applies migrations when serve starts.
+	Migrate bool
+	// AllowPrivileged connects even as a role row-level security does not
+	// bind (tests only).
+	AllowPrivileged bool
+}
+
+// Log is where and how the command logs.
+type Log struct {
+	Level slog.Level
+	// Format is "json", "text", or "" for text on a terminal, else JSON.
+	Format string
+}
+
+// Server is serve's listener.
+type Server struct {
+	Addr            string
+	ShutdownTimeout time.Duration
+}
+
+// Tokens is how serve checks bearer tokens. In dev mode without a JWKS
+// URL the built-in issuer's values are filled in by serve (UseIssuer).
+type Tokens struct {
+	JWKSURL  string
+	Issuer   string
+	Audience string
+	// Unpinned is the documented opt-out of pinning iss and aud.
+	Unpinned    bool
+	MaxLifetime time.Duration
+	Leeway      time.Duration
+}
+
+// UseIssuer pins tokens to an issuer serve runs itself (dev mode).
+func (t *Tokens) UseIssuer(jwksURL, name string) {
+	t.JWKSURL, t.Issuer, t.Audience = jwksURL, name, name
+}
+
+// Ops is serve's operations surface.
+type Ops struct {
+	MetricsAddr    string
+	CORSOrigins    []string
+	TrustedProxies []netip.Prefix
+	RateLimit      float64
+	RateBurst      int
+	ServiceKey     string
+	TLSCert        string
+	TLSKey         string
+	ReadyInterval  time.Duration
+}
+
+// RewrapSchedule is serve's background re-wrap job.
+type RewrapSchedule struct {
+	Enabled  bool
+	Interval time.Duration
+	Batch    int
+	Rate     float64
+}
+
+// Tool is the operator commands' own flags.
+type Tool struct {
+	// rewrap
+	DryRun        bool
+	Batch         int
+	Rate          float64
+	Concurrency   int
+	ProgressEvery time.Duration
+	// kek check; healthcheck
+	Timeout time.Duration
+	// vault restore-recovery; dev token
+	User    string
+	Discard bool
+	TTL     time.Duration
+	// healthcheck
+	URL string
+}
+
+// ErrUsage is a command line that did not parse: the flag package has
+// printed why, or the usage asked for.
+var ErrUsage = errors.New("usage")
+
+// Problems is every problem of a configuration, each naming its setting.
+type Problems []error
+
+// Error lists the problems, one a line.
+func (p Problems) Error() string {
+	lines := make([]string, len(p))
+	for i, err := range p {
+		lines[i] = err.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap lets errors.Is and errors.As look at each problem.
+func (p Problems) Unwrap() []error { return p }
+
+// Resolve reads the settings of cmd from the environment (getenv) and
+// from args, which are cmd's flags; flag parse errors and the usage go to
+// stderr, with usage (when not empty) above the flags. It returns
+// ErrUsage for a command line that does not parse, and otherwise either
+// the configuration or Problems, every problem at once.
+func Resolve(cmd Command, args []string, getenv func(string) string, stderr io.Writer, usage string) (*Config, error) {
+	c := &Config{Command: cmd, raw: map[*setting]string{}}
+	fs := flag.NewFlagSet(cmd.String(), flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if usage != "" {
+		fs.Usage = func() {
+			fmt.Fprint(stderr, usage)
+			fs.PrintDefaults()
+		}
+	}
+	given := map[*setting]*flagValue{}
+	for _, s := range settings {
+		if s.in(cmd) && s.flag != "" && s.flagIn(cmd) {
+			v := &flagValue{isBool: s.isBool, def: s.defaultFor(cmd)}
+			if s.secret || (s.isBool && v.def == "false") {
+				v.def = "" // -h shows no default for these
+			}
+			fs.Var(v, s.flag, s.usageText())
+			given[s] = v
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, ErrUsage
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var problems Problems
+	for _, s := range settings {
+		if !s.in(cmd) {
+			continue
+		}
+		value, source := s.defaultFor(cmd), SourceDefault
+		switch v := given[s]; {
+		case v != nil && v.set:
+			value, source = v.value, SourceFlag
+		case s.env != "" && getenv(s.env) != "":
+			value, source = getenv(s.env), SourceEnv
+		case s.altEnv != "" && getenv(s.altEnv) != "":
+			value, source = getenv(s.altEnv), SourceEnv
+		}
+		c.raw[s] = value
+		c.values = append(c.values, Value{Env: s.env, Flag: s.flag, Value: s.shown(value), Source: source})
+		if s.apply == nil {
+			continue
+		}
+		if err := s.apply(c, value); err != nil {
+			problems = append(problems, fmt.Errorf("%s: %w", s.name(), err))
+		}
+	}
+	problems = append(problems, c.check(getenv)...)
+	if len(problems) > 0 {
+		return nil, problems
+	}
+	return c, nil
+}
+
+// check is what no single setting can check: settings that go together,
+// the KEKs, dev mode, and what serve's background jobs need.
+func (c *Config) check(getenv func(string) string) Problems {
+	var problems Problems
+	cmd := c.Command
+	if cmd&(Serve|Migrate|Tools) != 0 && c.Store.DatabaseURL == "" && c.Store.DataDir == "" {
+		problems = append(problems, fmt.Errorf("no store: set %s to a PostgreSQL URL, or %s to a directory for the embedded store",
+			databaseURL.name(), dataDir.name()))
+	}
+	production := getenv(EnvEnv) == "production"
+	switch {
+	case cmd == Serve && c.Dev && production:
+		problems = append(problems, fmt.Errorf("--dev refused: $%s is production", EnvEnv))
+	case cmd == DevToken && production:
+		problems = append(problems, fmt.Errorf("dev token refused: $%s is production", EnvEnv))
+	}
+	if cmd == Serve {
+		if c.Dev && !c.set(addr) {
+			c.Server.Addr = "127.0.0.1:" + c.raw[port]
+		}
+		if c.Tokens.JWKSURL == "" && !c.Dev {
+			problems = append(problems, fmt.Errorf("no token issuer: set %s to the issuer's JWKS URL (or run --dev for a built-in issuer)", jwksURL.name()))
+		} else if !c.Dev && !c.Tokens.Unpinned && (c.Tokens.Issuer == "" || c.Tokens.Audience == "") {
+			problems = append(problems, c.errUnpinned())
+		}
+		if (c.Ops.TLSCert == "") != (c.Ops.TLSKey == "") {
+			problems = append(problems, fmt.Errorf("TLS needs both %s and %s", tlsCert.name(), tlsKey.name()))
+		}
+		if c.Ops.RateLimit > 0 && c.Ops.RateBurst < 1 {
+			problems = append(problems, fmt.Errorf("%s: must be at least 1 while %s is on", rateBurst.name(), rateLimit.name()))
+		}
+	}
+	if cmd&(Serve|Tools) != 0 {
+		kekProblems := c.resolveKEKs(getenv)
+		if cmd&needKEK != 0 {
+			problems = append(problems, kekProblems...)
+		}
+	}
+	return problems
+}
+
+// set reports whether s was given, by its flag or its variables.
+func (c *Config) set(s *setting) bool {
+	for _, v := range c.values {
+		if v.Env == s.env && v.Flag == s.flag {
+			return v.Source != SourceDefault
+		}
+	}
+	return false
+}
+
+// errUnpinned says which claims to pin and what Better Auth's JWT plugin
+// puts there: the origin of its base URL in both iss and aud, unless its
+// jwt.issuer and jwt.audience options say otherwise.
+func (c *Config) errUnpinned() error {
+	var missing []string
+	if c.Tokens.Issuer == "" {
+		missing = append(missing, jwtIssuer.name())
+	}
+	if c.Tokens.Audience == "" {
+		missing = append(missing, jwtAudience.name())
+	}
+	guess := "https://auth.example.com"
+	if u, err := url.Parse(c.Tokens.JWKSURL); err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "" {
+		guess = u.Scheme + "://" + u.Host // the JWKS is served under Better Auth's base URL
+	}
+	return fmt.Errorf(`tokens are not pinned to this deployment: set %s.
+  Without them keybroker would accept any token the issuer signs, for any other service, and hand it a master key.
+  Better Auth's JWT plugin puts the origin of its base URL ($BETTER_AUTH_URL, or baseURL in its config)
+  in both iss and aud unless jwt({ jwt: { issuer, audience } }) sets them; for this JWKS most likely:
+    %s=%s
+    %s=%s
+  If your issuer truly sets neither, start with %s=true (--jwt-unpinned) and accept that risk`,
+		strings.Join(missing, " and "), jwtIssuer.env, orDefault(c.Tokens.Issuer, guess), jwtAudience.env,
+		orDefault(c.Tokens.Audience, guess), jwtUnpinned.env)
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// Source is where a setting's value came from.
+type Source string
+
+// The sources of a value, the first that has one winning.
+const (
+	SourceFlag    Source = "flag"
+	SourceEnv     Source = "environment"
+	SourceDefault Source = "default"
+)
+
+// Value is the effective value of one setting, as an operator would check
+// it: secrets redacted, passwords out of URLs.
+type Value struct {
+	Env, Flag string
+	Value     string
+	Source    Source
+}
+
+// Values lists the effective value of every setting the command read, in
+// the table's order.
+func (c *Config) Values() []Value { return c.values }
+
+// DevKEKFile and DevKEKID are the dev KEK that serve --dev generates in
+// the data directory when no KEK is configured.
+const (
+	DevKEKFile = "dev-kek"
+	DevKEKID   = "dev-v1"
+)
+
+// DevKEKPath is where the dev KEK of the data directory is.
+func (c *Config) DevKEKPath() string {
+	dir, err := filepath.Abs(c.Store.DataDir)
+	if err != nil {
+		dir = c.Store.DataDir
+	}
+	return filepath.Join(dir, DevKEKFile)
+}
+
+// flagValue is a flag's value as given on the command line; the settings
+// parse it once, together with the environment.
+type flagValue struct {
+	isBool bool
+	def    string // shown by -h
+	set    bool
+	value  string
+}
+
+func (v *flagValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return v.def
+}
+
+func (v *flagValue) Set(s string) error {
+	v.set, v.value = true, s
+	return nil
+}
+
+// IsBoolFlag lets a boolean flag stand alone (--dev).
+func (v *flagValue) IsBoolFlag() bool { return v.isBool }

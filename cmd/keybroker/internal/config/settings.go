@@ -1,0 +1,476 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/vaultapi"
+	"github.com/keybroker/keybroker/vaultapi/jwtauth"
+)
+
+// setting is one row of the table: a value keybroker reads, from its
+// flag, else its variable, else its default.
+type setting struct {
+	env    string // "" for a flag alone
+	altEnv string // read when env is unset: the original service's name
+	flag   string // "" for a variable alone
+	def    string
+	// toolDef is the default in the operator commands, when it differs.
+	toolDef string
+	usage   string
+	isBool  bool // a boolean flag: --dev alone means true
+	secret  bool // never printed
+	cmds    Command
+	// flagCmds are the commands that take the flag; default cmds. The
+	// others read the variable alone (healthcheck reads serve's address).
+	flagCmds Command
+	// apply parses and checks the value into the configuration. Its error
+	// says what is wrong; Resolve adds the setting's name.
+	apply func(c *Config, v string) error
+}
+
+func (s *setting) in(cmd Command) bool { return s.cmds&cmd != 0 }
+
+func (s *setting) flagIn(cmd Command) bool { return s.flagCmds == 0 || s.flagCmds&cmd != 0 }
+
+func (s *setting) defaultFor(cmd Command) string {
+	if s.toolDef != "" && cmd&Tools != 0 {
+		return s.toolDef
+	}
+	return s.def
+}
+
+// name is how messages name the setting: "$KEYBROKER_REWRAP_BATCH
+// (--rewrap-batch)", "$PORT" or "--batch".
+func (s *setting) name() string {
+	switch {
+	case s.env == "":
+		return "--" + s.flag
+	case s.flag == "":
+		return "$" + s.env
+	case s.altEnv != "":
+		return fmt.Sprintf("$%s or $%s (--%s)", s.env, s.altEnv, s.flag)
+	default:
+		return fmt.Sprintf("$%s (--%s)", s.env, s.flag)
+	}
+}
+
+func (s *setting) usageText() string {
+	switch {
+	case s.env == "":
+		return s.usage
+	case s.altEnv != "":
+		return fmt.Sprintf("%s ($%s or $%s)", s.usage, s.env, s.altEnv)
+	default:
+		return fmt.Sprintf("%s ($%s)", s.usage, s.env)
+	}
+}
+
+// shown is v as Values prints it.
+func (s *setting) shown(v string) string {
+	switch {
+	case v == "":
+		return ""
+	case s.secret:
+		return "REDACTED"
+	case s == databaseURL:
+		if u, err := url.Parse(v); err == nil {
+			return u.Redacted()
+		}
+		return "REDACTED (not a URL)"
+	}
+	return v
+}
+
+// Environment variables that are not settings of their own.
+const (
+	// EnvEnv=production makes --dev and dev token refuse to run.
+	EnvEnv = "KEYBROKER_ENV"
+	// EnvLegacyKEK is the original service's KEK, read by the env://
+	// provider; it is the active KEK when none is configured.
+	EnvLegacyKEK = "MANA_AUTH_KEK"
+)
+
+// Defaults that other code shows or uses.
+const (
+	DefaultDataDir = "./.keybroker"
+	DefaultPort    = "3001"
+	// DefaultDataKeyMaxAge is how long a data key of cached envelope mode
+	// wraps new rows before a replica mints the next one. Every data
+	// key's plaintext sits in every replica's memory; rotating it bounds
+	// how long a key that leaked unnoticed (a core dump, a heap
+	// snapshot) opens the rows stored after the leak, and the old key is
+	// deleted once the re-wrap job has moved its rows. 90 days is the
+	// shortest automatic rotation period AWS KMS offers for its own keys
+	// and a common cryptoperiod policy; it costs one KMS call per replica
+	// and one pass of local re-wraps (about 16,000 rows/s) per quarter.
+	DefaultDataKeyMaxAge = 90 * 24 * time.Hour
+	// Defaults of the operations settings. The rate limit is generous for
+	// a browser (a sign-in makes a handful of vault calls) and still caps
+	// what a stolen token can make the KMS do.
+	DefaultRateLimit     = 10
+	DefaultRateBurst     = 50
+	DefaultReadyInterval = 10 * time.Second
+	// MinReadyInterval is the shortest readiness poll.
+	MinReadyInterval = 100 * time.Millisecond
+)
+
+const storeCmds = Serve | Migrate | Tools
+
+// The settings, in the order -h lists them and Values prints them.
+var (
+	port = &setting{env: "PORT", def: DefaultPort, cmds: Serve | Healthcheck,
+		apply: func(c *Config, v string) error { c.Server.Addr = ":" + v; return nil }}
+	addr = &setting{env: "KEYBROKER_ADDR", flag: "addr", cmds: Serve | Healthcheck, flagCmds: Serve,
+		usage: "listen address (default :$PORT)",
+		apply: func(c *Config, v string) error {
+			if v != "" {
+				c.Server.Addr = v
+			}
+			return nil
+		}}
+	databaseURL = &setting{env: "DATABASE_URL", flag: "database-url", cmds: storeCmds,
+		usage: "PostgreSQL URL; without one the embedded SQLite store in --data-dir is used",
+		apply: text(func(c *Config) *string { return &c.Store.DatabaseURL })}
+	dataDir = &setting{env: "KEYBROKER_DATA_DIR", flag: "data-dir", def: DefaultDataDir, cmds: storeCmds | DevToken,
+		usage: "directory of the embedded store and of dev-mode files",
+		apply: text(func(c *Config) *string { return &c.Store.DataDir })}
+	schema = &setting{env: "KEYBROKER_SCHEMA", flag: "schema", def: "keybroker", cmds: storeCmds,
+		usage: "database schema; \"auth\" adopts the original service's tables",
+		apply: func(c *Config, v string) error {
+			if v == "" {
+				return errors.New("must not be empty")
+			}
+			c.Store.Schema = v
+			return nil
+		}}
+	migrate = &setting{env: "KEYBROKER_MIGRATE", flag: "migrate", def: "true", isBool: true, cmds: Serve,
+		usage: "apply migrations at start",
+		apply: boolean(func(c *Config) *bool { return &c.Store.Migrate })}
+	allowPrivileged = &setting{env: "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE", flag: "allow-privileged-db-role", def: "false", isBool: true, cmds: storeCmds,
+		usage: "TESTS ONLY: connect even as a superuser or a BYPASSRLS role, with which row-level security is not enforced",
+		apply: boolean(func(c *Config) *bool { return &c.Store.AllowPrivileged })}
+	logLevel = &setting{env: "KEYBROKER_LOG_LEVEL", flag: "log-level", def: "info", toolDef: "warn", cmds: storeCmds,
+		usage: "debug, info, warn or error",
+		apply: func(c *Config, v string) error {
+			if err := c.Log.Level.UnmarshalText([]byte(v)); err != nil {
+				return fmt.Errorf("%q: use debug, info, warn or error", v)
+			}
+			return nil
+		}}
+	logFormat = &setting{env: "KEYBROKER_LOG_FORMAT", flag: "log-format", toolDef: "text", cmds: storeCmds,
+		usage: "json or text; by default serve writes text on a terminal, json otherwise",
+		apply: func(c *Config, v string) error {
+			if v != "" && v != "json" && v != "text" {
+				return fmt.Errorf("%q: use json or text", v)
+			}
+			c.Log.Format = v
+			return nil
+		}}
+	kekURI = &setting{env: "KEYBROKER_KEK", flag: "kek", cmds: Serve | Tools,
+		usage: "active KEK URI, e.g. env://MANA_AUTH_KEK or file:///etc/keybroker/kek?id=file-2026"}
+	kekID = &setting{env: "KEYBROKER_KEK_ID", flag: "kek-id", cmds: Serve | Tools,
+		usage: "id of the active KEK, if not in its URI"}
+	kekRetired = &setting{env: "KEYBROKER_KEK_RETIRED", flag: "kek-retired", cmds: Serve | Tools,
+		usage: "decrypt-only KEK URIs, separated by spaces or commas"}
+	dev = &setting{flag: "dev", def: "false", isBool: true, cmds: Serve | Tools,
+		usage: "dev mode: 127.0.0.1, a generated KEK (<data dir>/dev-kek), a built-in token issuer (refused when $" + EnvEnv + "=production); " +
+			"operator commands: the dev KEK, and the all-zero KEK, are accepted",
+		apply: func(c *Config, v string) (err error) {
+			c.Dev, err = parseBool(v)
+			c.KEKs.AllowDevKeys = c.Dev
+			return err
+		}}
+	jwksURL = &setting{env: "KEYBROKER_JWKS_URL", flag: "jwks-url", cmds: Serve,
+		usage: "JWKS URL of the token issuer",
+		apply: text(func(c *Config) *string { return &c.Tokens.JWKSURL })}
+	jwtIssuer = &setting{env: "KEYBROKER_JWT_ISSUER", flag: "jwt-issuer", cmds: Serve,
+		usage: "required iss claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com",
+		apply: text(func(c *Config) *string { return &c.Tokens.Issuer })}
+	jwtAudience = &setting{env: "KEYBROKER_JWT_AUDIENCE", flag: "jwt-audience", cmds: Serve,
+		usage: "required aud claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com",
+		apply: text(func(c *Config) *string { return &c.Tokens.Audience })}
+	jwtUnpinned = &setting{env: "KEYBROKER_JWT_UNPINNED", flag: "jwt-unpinned", def: "false", isBool: true, cmds: Serve,
+		usage: "start without --jwt-issuer and --jwt-audience, for an issuer that sets neither: any token it signs is accepted",
+		apply: boolean(func(c *Config) *bool { return &c.Tokens.Unpinned })}
+	jwtMaxLifetime = &setting{env: "KEYBROKER_JWT_MAX_LIFETIME", flag: "jwt-max-lifetime", def: jwtauth.DefaultMaxLifetime.String(), cmds: Serve,
+		usage: "tokens whose exp is further than this from their iat or from now are refused",
+		apply: duration(func(c *Config) *time.Duration { return &c.Tokens.MaxLifetime }, jwtauth.MinMaxLifetime, 0)}
+	jwtLeeway = &setting{env: "KEYBROKER_JWT_LEEWAY", flag: "jwt-leeway", def: jwtauth.DefaultLeeway.String(), cmds: Serve,
+		usage: "clock skew tolerated on a token's exp, nbf and iat and on its lifetime",
+		apply: duration(func(c *Config) *time.Duration { return &c.Tokens.Leeway }, time.Second, jwtauth.MaxLeeway)}
+	shutdownTimeout = &setting{env: "KEYBROKER_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "20s", cmds: Serve,
+		usage: "grace period for in-flight requests on SIGTERM",
+		apply: duration(func(c *Config) *time.Duration { return &c.Server.ShutdownTimeout }, 0, 0)}
+	recoveryProof = &setting{env: "KEYBROKER_RECOVERY_PROOF", flag: "recovery-proof", def: string(broker.RecoveryProofRequired), cmds: Serve,
+		usage: "required: replacing a zero-knowledge recovery wrap needs keyProof; optional: accepted without it, the replaced wrap kept restorable",
+		apply: func(c *Config, v string) (err error) {
+			c.RecoveryProof, err = broker.ParseRecoveryProofPolicy(v)
+			return err
+		}}
+	dataKeyMaxAge = &setting{env: "KEYBROKER_DATA_KEY_MAX_AGE", flag: "data-key-max-age", def: "90d", cmds: Serve,
+		usage: "cached envelope mode: mint a new data key when the newest is this old, e.g. 90d or 2160h; 0 rotates only on demand (keybroker kek rotate-data-key)",
+		apply: func(c *Config, v string) (err error) { c.DataKeyMaxAge, err = parseAge(v); return err }}
+	rewrap = &setting{env: "KEYBROKER_REWRAP", flag: "rewrap", def: "true", isBool: true, cmds: Serve,
+		usage: "run the re-wrap job in the background: moves rows off decrypt-only KEKs and format 1",
+		apply: boolean(func(c *Config) *bool { return &c.Rewrap.Enabled })}
+	rewrapInterval = &setting{env: "KEYBROKER_REWRAP_INTERVAL", flag: "rewrap-interval", def: "1m", cmds: Serve,
+		usage: "how often a replica looks for rows to re-wrap, or takes over from a runner that died",
+		apply: duration(func(c *Config) *time.Duration { return &c.Rewrap.Interval }, broker.MinRewrapInterval, 0)}
+	rewrapBatch = &setting{env: "KEYBROKER_REWRAP_BATCH", flag: "rewrap-batch", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Serve,
+		usage: "rows per re-wrap transaction",
+		apply: func(c *Config, v string) (err error) { c.Rewrap.Batch, err = parseBatch(v); return err }}
+	rewrapRate = &setting{env: "KEYBROKER_REWRAP_RATE", flag: "rewrap-rate", def: "1000", cmds: Serve,
+		usage: "re-wrap rows per second at most, 0 for no limit",
+		apply: func(c *Config, v string) (err error) {
+			c.Rewrap.Rate, err = parseRate(v, "rows per second")
+			return err
+		}}
+	metricsAddr = &setting{env: "KEYBROKER_METRICS_ADDR", flag: "metrics-addr", cmds: Serve,
+		usage: "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on --addr",
+		apply: text(func(c *Config) *string { return &c.Ops.MetricsAddr })}
+	corsOrigins = &setting{env: "KEYBROKER_CORS_ORIGINS", flag: "cors-origins", cmds: Serve,
+		usage: "browser origins allowed to call the vault routes, e.g. https://app.example.com, separated by spaces or commas",
+		apply: func(c *Config, v string) error { c.Ops.CORSOrigins = SplitList(v); return nil }}
+	trustedProxies = &setting{env: "KEYBROKER_TRUSTED_PROXIES", flag: "trusted-proxies", cmds: Serve,
+		usage: "CIDRs of reverse proxies whose X-Forwarded-For is believed, separated by spaces or commas",
+		apply: func(c *Config, v string) (err error) {
+			c.Ops.TrustedProxies, err = vaultapi.ParseTrustedProxies(SplitList(v))
+			return err
+		}}
+	rateLimit = &setting{env: "KEYBROKER_RATE_LIMIT", flag: "rate-limit", def: strconv.Itoa(DefaultRateLimit), cmds: Serve,
+		usage: "vault requests per second per user; 0 disables",
+		apply: func(c *Config, v string) (err error) {
+			c.Ops.RateLimit, err = parseRate(v, "requests per second, e.g. 10 or 0.5 (0 disables)")
+			return err
+		}}
+	rateBurst = &setting{env: "KEYBROKER_RATE_BURST", flag: "rate-burst", def: strconv.Itoa(DefaultRateBurst), cmds: Serve,
+		usage: "vault requests a user may make at once",
+		apply: func(c *Config, v string) (err error) {
+			c.Ops.RateBurst, err = strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("%q: want a whole number of requests", v)
+			}
+			return nil
+		}}
+	serviceKey = &setting{env: "KEYBROKER_SERVICE_KEY", altEnv: "MANA_SERVICE_KEY", flag: "service-key", secret: true, cmds: Serve,
+		usage: "key the auth service sends as X-Service-Key; enables the service routes. Prefer the variable: flags show in ps",
+		apply: text(func(c *Config) *string { return &c.Ops.ServiceKey })}
+	tlsCert = &setting{env: "KEYBROKER_TLS_CERT", flag: "tls-cert", cmds: Serve,
+		usage: "PEM certificate chain; with --tls-key serves HTTPS, reloaded on SIGHUP",
+		apply: text(func(c *Config) *string { return &c.Ops.TLSCert })}
+	tlsKey = &setting{env: "KEYBROKER_TLS_KEY", flag: "tls-key", cmds: Serve,
+		usage: "PEM private key of --tls-cert",
+		apply: text(func(c *Config) *string { return &c.Ops.TLSKey })}
+	readyInterval = &setting{env: "KEYBROKER_READY_INTERVAL", flag: "ready-interval", def: DefaultReadyInterval.String(), cmds: Serve,
+		usage: "how often /readyz's checks poll the store, the KEKs and the JWKS",
+		apply: duration(func(c *Config) *time.Duration { return &c.Ops.ReadyInterval }, MinReadyInterval, 0)}
+
+	// The operator commands' own flags.
+	toolDryRun = &setting{flag: "dry-run", def: "false", isBool: true, cmds: Rewrap,
+		usage: "unwrap every row that would move, write nothing, report what would move and fail",
+		apply: boolean(func(c *Config) *bool { return &c.Tool.DryRun })}
+	toolBatch = &setting{flag: "batch", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Rewrap,
+		usage: "rows per transaction",
+		apply: func(c *Config, v string) (err error) { c.Tool.Batch, err = parseBatch(v); return err }}
+	toolRate = &setting{flag: "rate", def: "0", cmds: Rewrap,
+		usage: "rows per second at most; 0 for no limit",
+		apply: func(c *Config, v string) (err error) { c.Tool.Rate, err = parseRate(v, "rows per second"); return err }}
+	toolConcurrency = &setting{flag: "concurrency", def: "8", cmds: Rewrap,
+		usage: "rows whose KEK calls run at once (helps remote KEKs)",
+		apply: func(c *Config, v string) (err error) {
+			c.Tool.Concurrency, err = strconv.Atoi(v)
+			if err != nil || c.Tool.Concurrency < 1 {
+				return fmt.Errorf("%q: want a whole number, at least 1", v)
+			}
+			return nil
+		}}
+	toolProgressEvery = &setting{flag: "progress-every", def: "5s", cmds: Rewrap,
+		usage: "when stderr is not a terminal: a progress line at most this often (0: every batch)",
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.ProgressEvery }, 0, 0)}
+	toolCheckTimeout = &setting{flag: "timeout", def: "30s", cmds: KEKCheck,
+		usage: "bound on each KEK's check",
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, 0, 0)}
+	toolUser = &setting{flag: "user", cmds: VaultRestoreRecovery | DevToken,
+		usage: "the user id (a token's subject)",
+		apply: text(func(c *Config) *string { return &c.Tool.User })}
+	toolDiscard = &setting{flag: "discard", def: "false", isBool: true, cmds: VaultRestoreRecovery,
+		usage: "forget the kept recovery wrap instead of restoring it",
+		apply: boolean(func(c *Config) *bool { return &c.Tool.Discard })}
+	toolTTL = &setting{flag: "ttl", def: "1h", cmds: DevToken,
+		usage: "token lifetime",
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.TTL }, 0, 0)}
+	toolURL = &setting{flag: "url", cmds: Healthcheck,
+		usage: "URL to GET (default http://<serve address>/healthz)",
+		apply: text(func(c *Config) *string { return &c.Tool.URL })}
+	toolHealthTimeout = &setting{flag: "timeout", def: "3s", cmds: Healthcheck,
+		usage: "give up after this long",
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, 0, 0)}
+)
+
+// settings is the table. Order matters where a setting reads another's
+// result: the address after the port, --dev before nothing it depends on.
+var settings = []*setting{
+	port, addr, databaseURL, dataDir, schema, migrate, allowPrivileged, logLevel, logFormat,
+	kekURI, kekID, kekRetired, dev,
+	jwksURL, jwtIssuer, jwtAudience, jwtUnpinned, jwtMaxLifetime, jwtLeeway,
+	shutdownTimeout, recoveryProof, dataKeyMaxAge,
+	rewrap, rewrapInterval, rewrapBatch, rewrapRate,
+	metricsAddr, corsOrigins, trustedProxies, rateLimit, rateBurst, serviceKey, tlsCert, tlsKey, readyInterval,
+	toolDryRun, toolBatch, toolRate, toolConcurrency, toolProgressEvery, toolCheckTimeout, toolUser, toolDiscard, toolTTL,
+	toolURL, toolHealthTimeout,
+}
+
+// Setting describes one setting for documentation and its tests.
+type Setting struct {
+	Env, AltEnv, Flag, Default string
+	// Commands are the commands that read it; FlagCommands those that
+	// take its flag.
+	Commands, FlagCommands Command
+}
+
+// Settings lists the table.
+func Settings() []Setting {
+	out := make([]Setting, len(settings))
+	for i, s := range settings {
+		flagCmds := s.flagCmds
+		if flagCmds == 0 && s.flag != "" {
+			flagCmds = s.cmds
+		}
+		out[i] = Setting{Env: s.env, AltEnv: s.altEnv, Flag: s.flag, Default: s.def, Commands: s.cmds, FlagCommands: flagCmds}
+	}
+	return out
+}
+
+// SplitList splits a list given in one variable by spaces or commas.
+func SplitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' })
+}
+
+// text, boolean and duration make the apply of a setting that stores its
+// value, parsed, in the field the function returns.
+func text(field func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		*field(c) = v
+		return nil
+	}
+}
+
+func boolean(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) (err error) {
+		*field(c), err = parseBool(v)
+		return err
+	}
+}
+
+func duration(field func(*Config) *time.Duration, least, most time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) (err error) {
+		*field(c), err = parseDuration(v, least, most)
+		return err
+	}
+}
+
+func parseBool(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%q: want true or false", v)
+	}
+	return b, nil
+}
+
+// parseDuration reads a Go duration of at least least and, when most is
+// positive, at most most.
+func parseDuration(v string, least, most time.Duration) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%q: want a duration such as 30s, 5m or 1h", v)
+	case most > 0 && (d < least || d > most):
+		return 0, fmt.Errorf("must be between %s and %s, not %s", least, most, v)
+	case d < least:
+		return 0, fmt.Errorf("must be at least %s, not %s", fmtDuration(least), v)
+	}
+	return d, nil
+}
+
+// fmtDuration drops the zero units Go writes: 1m, not 1m0s.
+func fmtDuration(d time.Duration) string {
+	s := d.String()
+	s, _ = strings.CutSuffix(s, "m0s")
+	if s != d.String() {
+		return s + "m"
+	}
+	return s
+}
+
+// parseBatch reads a re-wrap batch size, within the job's own limits.
+func parseBatch(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > broker.MaxRewrapBatchSize {
+		return 0, fmt.Errorf("%q: want a whole number of rows between 1 and %d", v, broker.MaxRewrapBatchSize)
+	}
+	return n, nil
+}
+
+// parseRate reads a rate: a number, not negative, 0 for no limit.
+func parseRate(v, unit string) (float64, error) {
+	r, err := strconv.ParseFloat(v, 64)
+	switch {
+	case err != nil || math.IsNaN(r) || math.IsInf(r, 0):
+		return 0, fmt.Errorf("%q: want %s", v, unit)
+	case r < 0:
+		return 0, fmt.Errorf("must not be negative, not %s (0 disables the limit)", v)
+	}
+	return r, nil
+}
+
+// parseAge reads a duration: Go's syntax (2160h, 90m) or whole days (90d);
+// "0" is zero. Negative ages are refused.
+func parseAge(s string) (time.Duration, error) {
+	var d time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n > 100*366 {
+			return 0, fmt.Errorf("%q: want whole days (90d) or a Go duration (2160h)", s)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("%q: want whole days (90d) or a Go duration (2160h)", s)
+		}
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q: must not be negative", s)
+	}
+	return d, nil
+}
+
+// Name is how a message names the setting whose flag is flag, or, for a
+// setting without one, whose variable is flag: "$KEYBROKER_KEK_RETIRED
+// (--kek-retired)". It panics on a name the table does not have.
+func Name(flag string) string {
+	for _, s := range settings {
+		if s.flag == flag || (s.flag == "" && s.env == flag) {
+			return s.name()
+		}
+	}
+	panic("config: no setting " + flag)
+}
+
+// Env is the environment variable of the setting whose flag is flag. It
+// panics on a flag the table does not have, or one without a variable.
+func Env(flag string) string {
+	for _, s := range settings {
+		if s.flag == flag && s.env != "" {
+			return s.env
+		}
+	}
+	panic("config: no variable for --" + flag)
+}

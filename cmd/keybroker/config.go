@@ -43,6 +43,7 @@ type config struct {
 	DataKeyMaxAge   time.Duration // 0: data keys rotate only on demand
 	Ops             opsConfig     // serve's operations settings (ops.go)
 	Rewrap          rewrapConfig  // serve's re-wrap job (rewrap.go)
+	Grants          grantConfig   // serve's mission grant recipients (grants.go)
 }
 
 // env names, one place.
@@ -158,6 +159,7 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		if err := c.Rewrap.register(fs, getenv); err != nil {
 			return nil, err
 		}
+		c.Grants.register(fs, getenv)
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, errUsage

@@ -56,6 +56,10 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if keks != nil {
 		keks.metrics = ops.kek // the keyring reports its KEK calls to it
 	}
+	grants, err := openGrants(cfg.Grants, getenv, ops.registry, log) // a bad recipient key refuses the start: grants.go
+	if err != nil {
+		return err
+	}
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -71,7 +75,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log, OnGroupCommit: ops.commits.observe,
-		RecoveryProof: broker.RecoveryProofPolicy(cfg.RecoveryProof)})
+		RecoveryProof: broker.RecoveryProofPolicy(cfg.RecoveryProof), GrantRecipients: grants.recipients, OnGrant: grants.observe})
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,7 @@
 // another copy.
 
 import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 
 export interface RecoveryVector {
   name: string;
@@ -51,8 +51,10 @@ export interface RecordVector {
   plaintext: string;
 }
 
+/** A file of the repository's testdata: beside KEYBROKER_LEGACY_VECTORS when that names a copy. */
 function testdata(name: string): string {
-  return resolve(process.cwd(), "../../testdata", name);
+  const legacy = process.env.KEYBROKER_LEGACY_VECTORS;
+  return legacy ? resolve(dirname(legacy), name) : resolve(process.cwd(), "../../testdata", name);
 }
 
 /** testdata/grant-vectors.json: the upstream's mission key derivation, computed with WebCrypto. */

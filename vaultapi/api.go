@@ -169,7 +169,10 @@ func New(cfg Config) (*API, error) {
 	if cfg.MetricsHandler != nil {
 		r.Method(http.MethodGet, "/metrics", cfg.MetricsHandler)
 	}
-	// The signed-in user's routes: the vault's and the mission grant.
+	// The signed-in user's routes, the vault's and the mission grant, in
+	// one subrouter: one mount level, as the vault routes alone had, so
+	// the hot path allocates no more than it did. (Unmatched paths below
+	// mePath are counted under the route "/api/v1/me/*".)
 	r.Route(mePath, func(r chi.Router) {
 		if a.cors != nil {
 			// Before routing and authentication: a preflight is an
@@ -179,20 +182,19 @@ func New(cfg Config) (*API, error) {
 		r.Use(noStore)
 		// The rest runs once a route matched, so that its 401 and 429
 		// are counted and logged under the route's own pattern.
-		r.Route(strings.TrimPrefix(BasePath, mePath), func(r chi.Router) {
-			r.Group(func(r chi.Router) {
-				r.Use(a.limitBody(a.maxBody), a.authenticate)
-				if a.limiter != nil {
-					r.Use(a.rateLimit)
-				}
-				r.Get("/status", a.handle(a.status))
-				r.Post("/init", a.handle(a.init))
-				r.Get("/key", a.handle(a.key))
-				r.Post("/rotate", a.handle(a.rotate))
-				r.Post("/recovery-wrap", a.handle(a.setRecoveryWrap))
-				r.Delete("/recovery-wrap", a.handle(a.clearRecoveryWrap))
-				r.Post("/zero-knowledge", a.handle(a.zeroKnowledge))
-			})
+		vault := strings.TrimPrefix(BasePath, mePath)
+		r.Group(func(r chi.Router) {
+			r.Use(a.limitBody(a.maxBody), a.authenticate)
+			if a.limiter != nil {
+				r.Use(a.rateLimit)
+			}
+			r.Get(vault+"/status", a.handle(a.status))
+			r.Post(vault+"/init", a.handle(a.init))
+			r.Get(vault+"/key", a.handle(a.key))
+			r.Post(vault+"/rotate", a.handle(a.rotate))
+			r.Post(vault+"/recovery-wrap", a.handle(a.setRecoveryWrap))
+			r.Delete(vault+"/recovery-wrap", a.handle(a.clearRecoveryWrap))
+			r.Post(vault+"/zero-knowledge", a.handle(a.zeroKnowledge))
 		})
 		r.Group(func(r chi.Router) {
 			r.Use(a.limitBody(a.maxGrant), a.authenticate)

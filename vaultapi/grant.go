@@ -119,7 +119,7 @@ type strictField struct {
 // another case ("MissionId"), and a field given twice (of which
 // encoding/json keeps the last silently). A body over the limit is 413;
 // every other refusal is 400 with a message that names the field, never
-// its value.
+// its value nor an unknown field's name.
 func decodeStrictObject(r *http.Request, fields []strictField, message string) error {
 	dec := json.NewDecoder(r.Body)
 	fail := func(err error, text string) error {

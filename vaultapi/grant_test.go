@@ -29,7 +29,7 @@ type grantWorkers struct {
 	recipients *grant.Recipients
 }
 
-func newGrantWorkers(t *testing.T) *grantWorkers {
+func newGrantWorkers(t testing.TB) *grantWorkers {
 	t.Helper()
 	v := testvectors.LoadGrant(t)
 	upstream, err := grant.ParsePrivateKey([]byte(v.RSAOAEP.PrivateKeyPEM))

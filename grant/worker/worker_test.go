@@ -48,7 +48,7 @@ func b64(t *testing.T, s string) []byte {
 // upstreamGrantJSON is a grant as the upstream issued it for vector
 // fixed/basic: the WebCrypto RSA-OAEP wrap of its key, in the
 // upstream's response shape.
-func upstreamGrantJSON(t *testing.T, issued time.Time) []byte {
+func upstreamGrantJSON(t testing.TB, issued time.Time) []byte {
 	t.Helper()
 	v := testvectors.LoadGrant(t)
 	basic := v.Grant(t, v.RSAOAEP.Of)

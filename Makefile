@@ -86,7 +86,8 @@ bench-micro:
 FUZZTIME ?= 20s
 FUZZ_TARGETS := \
 	./vaultapi:FuzzRequest ./vaultapi:FuzzRecoveryWrapBody ./vaultapi:FuzzZeroKnowledgeBody \
-	./vaultapi:FuzzServiceRoutes ./vaultapi:FuzzDecodeBase64Field ./vaultapi/jwtauth:FuzzVerify \
+	./vaultapi:FuzzServiceRoutes ./vaultapi:FuzzDecodeBase64Field ./vaultapi:FuzzMissionGrantBody \
+	./grant:FuzzCompareUTF16 ./grant/worker:FuzzParseGrant ./vaultapi/jwtauth:FuzzVerify \
 	./kekproviders:FuzzParseURI ./kekproviders:FuzzOpenLocal ./migrations:FuzzParse \
 	./client:FuzzParseRecoveryCode
 fuzz:

@@ -32,6 +32,19 @@ type VaultMeta struct {
 	// RestorableTakenAt.
 	HasRestorableRecoveryWrap bool
 	RestorableTakenAt         *time.Time
+	// Grants are the mission grants issued to the user's workers, newest
+	// first, at most MaxExportedGrants; GrantsTruncated reports older
+	// ones left out (the audit rows hold them all).
+	Grants          []GrantRecord
+	GrantsTruncated bool
+}
+
+// AuditQuery selects audit rows of one action and status
+// (AdminStore.AuditByAction).
+type AuditQuery struct {
+	Action Action
+	Status int
+	Limit  int
 }
 
 // AuditCursor names the last row of an audit page; the next page starts
@@ -94,8 +107,9 @@ func checkUserID(userID string) error {
 	return nil
 }
 
-// VaultMeta reports the user's vault metadata for a data export. A user
-// without a vault gets Exists false (and may still have audit rows). It
+// VaultMeta reports the user's vault metadata for a data export, with
+// the mission grants issued (read from their audit rows). A user without
+// a vault gets Exists false (and may still have audit rows). It
 // writes no audit row: the caller is a service, not the user. It returns
 // ErrInvalidArgument for an empty user id, or an *UnavailableError.
 func (s *Service) VaultMeta(ctx context.Context, userID string) (*VaultMeta, error) {
@@ -107,6 +121,9 @@ func (s *Service) VaultMeta(ctx context.Context, userID string) (*VaultMeta, err
 		return nil, err
 	}
 	meta := &VaultMeta{AuditRows: auditRows}
+	if meta.Grants, meta.GrantsTruncated, err = s.grantRecords(ctx, userID); err != nil {
+		return nil, err
+	}
 	if v != nil {
 		created := v.CreatedAt
 		meta.Exists = true

@@ -94,6 +94,10 @@ const (
 	// slot; ActionRecoveryDiscard empties the slot.
 	ActionRecoveryRestore Action = "recovery_restore"
 	ActionRecoveryDiscard Action = "recovery_discard"
+	// ActionMissionGrant is a mission grant: a mission data key derived
+	// and wrapped to a worker (Service.Grant). Its context names the
+	// mission, the recipient and a digest of the scope, never the key.
+	ActionMissionGrant Action = "mission_grant"
 )
 
 // AuditEntry is one row of encryption_vault_audit. Context is a short

@@ -51,6 +51,16 @@ var (
 	// deleted account whose token has not expired can neither have a
 	// vault nor an audit row. Nothing was written.
 	ErrUnknownUser = errors.New("the user is not a known account")
+	// ErrGrantNotConfigured refuses a mission grant for a recipient that
+	// is not configured: the default one (a request that names none)
+	// without MANA_AI_PUBLIC_KEY_PEM.
+	ErrGrantNotConfigured = errors.New("mission grants are not configured: no recipient public key")
+	// ErrGrantRecipientUnknown refuses a mission grant naming a
+	// recipient that is not configured.
+	ErrGrantRecipientUnknown = errors.New("no such mission grant recipient")
+	// ErrGrantZeroKnowledge refuses a mission grant in zero-knowledge
+	// mode: the server holds no master key to derive from.
+	ErrGrantZeroKnowledge = errors.New("zero-knowledge mode is active: the server holds no key to derive a mission key from")
 	// ErrDataKeyDeleted is a store's refusal of a write whose row names a
 	// deleted data key as its kek_id: the writer wrapped under a data key
 	// its keyring still held after the re-wrap job deleted it. The

@@ -29,6 +29,9 @@ const (
 	OutcomeInvalidArgument     // ErrInvalidArgument
 	OutcomeUnknownKEK          // ErrUnknownKEK
 	OutcomeKEKDenied           // ErrKEKDenied
+	OutcomeGrantNotConfigured  // ErrGrantNotConfigured
+	OutcomeGrantRecipient      // ErrGrantRecipientUnknown
+	OutcomeGrantZeroKnowledge  // ErrGrantZeroKnowledge
 	// OutcomeUnknownUser (ErrUnknownUser) is never audited: no audit row
 	// can name a user the users table does not know.
 	OutcomeUnknownUser
@@ -66,6 +69,9 @@ var outcomes = [numOutcomes]struct {
 	OutcomeInvalidArgument:     {400, ErrInvalidArgument},
 	OutcomeUnknownKEK:          {503, ErrUnknownKEK},
 	OutcomeKEKDenied:           {503, ErrKEKDenied},
+	OutcomeGrantNotConfigured:  {503, ErrGrantNotConfigured},
+	OutcomeGrantRecipient:      {400, ErrGrantRecipientUnknown},
+	OutcomeGrantZeroKnowledge:  {409, ErrGrantZeroKnowledge},
 	OutcomeUnknownUser:         {403, ErrUnknownUser},
 	OutcomeStoreUnavailable:    {503, nil},
 	OutcomeKEKUnavailable:      {503, nil},

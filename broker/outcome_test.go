@@ -23,7 +23,7 @@ func TestOutcomeOfEverySentinel(t *testing.T) {
 			require.Equal(t, o, OutcomeOf(fmt.Errorf("broker: op: %w", err)))
 		}
 	}
-	require.Len(t, seen, 12, "every sentinel a client may be answered with")
+	require.Len(t, seen, 15, "every sentinel a client may be answered with")
 	require.Equal(t, OutcomeStoreUnavailable, OutcomeOf(&UnavailableError{Dependency: DependencyStore, Err: ErrNotFound}),
 		"an outage wins over the sentinel it wraps")
 	require.Equal(t, OutcomeKEKUnavailable, OutcomeOf(fmt.Errorf("seal: %w", &UnavailableError{Dependency: DependencyKEK, Err: ErrDataKeyDeleted})))

@@ -35,6 +35,13 @@ type proofEnv struct {
 // Service of the given recovery proof policy.
 func eachStore(t *testing.T, policy broker.RecoveryProofPolicy, fn func(t *testing.T, e *proofEnv)) {
 	t.Helper()
+	eachStoreConfig(t, func(cfg *broker.Config) { cfg.RecoveryProof = policy }, fn)
+}
+
+// eachStoreConfig runs fn on the embedded store and on PostgreSQL, with
+// a Service whose configuration configure adjusts.
+func eachStoreConfig(t *testing.T, configure func(cfg *broker.Config), fn func(t *testing.T, e *proofEnv)) {
+	t.Helper()
 	stores := map[string]func(t *testing.T) broker.Store{
 		"SQLite": func(t *testing.T) broker.Store {
 			s, err := sqlitestore.Open(t.Context(), sqlitestore.Config{Dir: t.TempDir()})
@@ -61,7 +68,9 @@ func eachStore(t *testing.T, policy broker.RecoveryProofPolicy, fn func(t *testi
 			require.NoError(t, err)
 			ring, err := broker.NewKeyring(kek)
 			require.NoError(t, err)
-			svc, err := broker.New(t.Context(), broker.Config{Store: store, Keyring: ring, RecoveryProof: policy})
+			cfg := broker.Config{Store: store, Keyring: ring}
+			configure(&cfg)
+			svc, err := broker.New(t.Context(), cfg)
 			require.NoError(t, err)
 			fn(t, &proofEnv{store: store, svc: svc})
 		})

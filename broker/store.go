@@ -210,6 +210,11 @@ type AdminStore interface {
 	// the first row when after is nil). It returns ErrInvalidArgument for
 	// a limit below 1.
 	AuditPage(ctx context.Context, userID string, after *AuditCursor, limit int) ([]AuditEntry, error)
+	// AuditByAction returns up to q.Limit of the user's audit rows whose
+	// action is q.Action and status q.Status, newest first: in
+	// descending (CreatedAt, ID) order. It returns ErrInvalidArgument for
+	// a limit below 1.
+	AuditByAction(ctx context.Context, userID string, q AuditQuery) ([]AuditEntry, error)
 	// VaultErase deletes the user's vault and every audit row of the user
 	// in one transaction and reports what it deleted. It writes nothing
 	// else: an erasure must not leave a row that names the user.

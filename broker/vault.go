@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/keybroker/keybroker/grant"
 )
 
 // Config configures a Service.
@@ -31,6 +33,13 @@ type Config struct {
 	// zero-knowledge vault needs a key possession proof. Default
 	// RecoveryProofRequired.
 	RecoveryProof RecoveryProofPolicy
+	// GrantRecipients are the workers mission grants may be wrapped to
+	// (Grant). nil or empty: every grant is refused with
+	// ErrGrantNotConfigured.
+	GrantRecipients *grant.Recipients
+	// OnGrant, when set, is told the outcome of every Grant (for
+	// metrics). It must not block.
+	OnGrant func(GrantEvent)
 }
 
 // RecoveryProofPolicy is whether a zero-knowledge recovery wrap may be
@@ -95,6 +104,8 @@ type Service struct {
 	log           *slog.Logger
 	now           func() time.Time
 	recoveryProof RecoveryProofPolicy
+	grants        *grant.Recipients
+	onGrant       func(GrantEvent)
 
 	// The fetch hot path: with fetches when the store is a VaultFetcher
 	// (one round trip per fetch), else a VaultRead and then the audit
@@ -112,7 +123,8 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now, recoveryProof: cfg.RecoveryProof, format1: newFormat1Gate(cfg.Store)}
+	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now, recoveryProof: cfg.RecoveryProof, format1: newFormat1Gate(cfg.Store),
+		grants: cfg.GrantRecipients, onGrant: cfg.OnGrant}
 	s.audits = newGroupCommit(GroupCommitAudit, cfg.AuditCommitters, cfg.OnGroupCommit, cfg.Store.AuditAppend)
 	if fetcher, ok := cfg.Store.(VaultFetcher); ok {
 		s.fetcher = fetcher

@@ -89,6 +89,7 @@ func (c *Config) validate() (*url.URL, error) {
 // safe for concurrent use.
 type Client struct {
 	base      string // BaseURL + BasePath, no trailing slash
+	root      string // BaseURL, no trailing slash
 	http      *http.Client
 	token     func(ctx context.Context) (string, error)
 	userAgent string
@@ -107,6 +108,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	return &Client{
 		base:      strings.TrimSuffix(u.String(), "/") + BasePath,
+		root:      strings.TrimSuffix(u.String(), "/"),
 		http:      cfg.HTTPClient,
 		token:     token,
 		userAgent: cfg.UserAgent,
@@ -317,9 +319,15 @@ func (c *Client) key(ctx context.Context, method, path string) (*Key, error) {
 	return k, nil
 }
 
-// do sends one request and decodes a 200 answer into out (unless nil);
-// any other status is an *APIError.
+// do sends one request to a vault route (path below BasePath) and
+// decodes a 200 answer into out (unless nil); any other status is an
+// *APIError.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.send(ctx, method, c.base+path, path, in, out)
+}
+
+// send is do for the URL url; path names the route in errors.
+func (c *Client) send(ctx context.Context, method, url, path string, in, out any) error {
 	var payload []byte
 	if in != nil {
 		var err error
@@ -329,7 +337,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		// The payload may carry a master key; it is wiped once sent.
 		defer clear(payload)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(payload))
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(payload))
 	if err != nil {
 		return fmt.Errorf("client: %s %s: %w", method, path, err)
 	}

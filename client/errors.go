@@ -22,7 +22,8 @@ const (
 	// server cannot re-wrap a key it cannot read.
 	ErrZKRotateForbidden ErrorCode = "ZK_ROTATE_FORBIDDEN"
 	// ErrZKActive (409): ClearRecoveryWrap in zero-knowledge mode, where
-	// the recovery wrap is the only wrap of the master key.
+	// the recovery wrap is the only wrap of the master key; MissionGrant
+	// in zero-knowledge mode, where the server has no key to derive from.
 	ErrZKActive ErrorCode = "ZK_ACTIVE"
 	// ErrRecoveryWrapMissing (400): EnableZeroKnowledge before
 	// SetRecoveryWrap.
@@ -67,6 +68,13 @@ const (
 	// ErrNoRestorableRecoveryWrap (404, service routes): the vault has
 	// no recovery wrap kept for the operator to restore.
 	ErrNoRestorableRecoveryWrap ErrorCode = "NO_RESTORABLE_RECOVERY_WRAP"
+	// ErrGrantNotConfigured (503): MissionGrant without a recipient, on a
+	// server that has no default recipient's public key
+	// (MANA_AI_PUBLIC_KEY_PEM).
+	ErrGrantNotConfigured ErrorCode = "GRANT_NOT_CONFIGURED"
+	// ErrGrantRecipientUnknown (400): MissionGrant named a recipient the
+	// server does not have.
+	ErrGrantRecipientUnknown ErrorCode = "GRANT_RECIPIENT_UNKNOWN"
 )
 
 // APIError is a non-2xx answer of keybroker: the HTTP status and the

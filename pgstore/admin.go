@@ -16,7 +16,7 @@ import (
 
 // adminStatements is the SQL of the admin operations.
 type adminStatements struct {
-	vaultGet, auditCount, auditFirst, auditAfter, vaultDelete, auditDelete string
+	vaultGet, auditCount, auditFirst, auditAfter, auditByAction, vaultDelete, auditDelete string
 }
 
 // adminSQL builds the admin statements. They are rare (a service call
@@ -27,12 +27,13 @@ func (s *Store) adminSQL() *adminStatements {
 	audit := pgx.Identifier{s.schema, "encryption_vault_audit"}.Sanitize()
 	const auditColumns = `id, user_id, action, COALESCE(ip_address, ''), COALESCE(user_agent, ''), COALESCE(context, ''), status, created_at`
 	return &adminStatements{
-		vaultGet:    s.sql.vaultGet,
-		auditCount:  `SELECT count(*) FROM ` + audit + ` WHERE user_id = $1`,
-		auditFirst:  `SELECT ` + auditColumns + ` FROM ` + audit + ` WHERE user_id = $1 ORDER BY created_at, id LIMIT $2`,
-		auditAfter:  `SELECT ` + auditColumns + ` FROM ` + audit + ` WHERE user_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4`,
-		vaultDelete: `DELETE FROM ` + vaults + ` WHERE user_id = $1`,
-		auditDelete: `DELETE FROM ` + audit + ` WHERE user_id = $1`,
+		vaultGet:      s.sql.vaultGet,
+		auditCount:    `SELECT count(*) FROM ` + audit + ` WHERE user_id = $1`,
+		auditFirst:    `SELECT ` + auditColumns + ` FROM ` + audit + ` WHERE user_id = $1 ORDER BY created_at, id LIMIT $2`,
+		auditAfter:    `SELECT ` + auditColumns + ` FROM ` + audit + ` WHERE user_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4`,
+		auditByAction: `SELECT ` + auditColumns + ` FROM ` + audit + ` WHERE user_id = $1 AND action = $2 AND status = $3 ORDER BY created_at DESC, id DESC LIMIT $4`,
+		vaultDelete:   `DELETE FROM ` + vaults + ` WHERE user_id = $1`,
+		auditDelete:   `DELETE FROM ` + audit + ` WHERE user_id = $1`,
 	}
 }
 
@@ -105,15 +106,41 @@ func (s *Store) AuditPage(ctx context.Context, userID string, after *broker.Audi
 		if err != nil {
 			return interpretError(fmt.Errorf("audit page: %w", err))
 		}
-		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (broker.AuditEntry, error) {
-			var e broker.AuditEntry
-			var action string
-			err := row.Scan(&e.ID, &e.UserID, &action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &e.CreatedAt)
-			e.Action = broker.Action(action)
-			return e, err
-		})
+		out, err = pgx.CollectRows(rows, scanAuditEntry)
 		if err != nil {
 			return interpretError(fmt.Errorf("audit page: %w", err))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// scanAuditEntry reads one row of the admin statements' audit columns.
+func scanAuditEntry(row pgx.CollectableRow) (broker.AuditEntry, error) {
+	var e broker.AuditEntry
+	var action string
+	err := row.Scan(&e.ID, &e.UserID, &action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &e.CreatedAt)
+	e.Action = broker.Action(action)
+	return e, err
+}
+
+// AuditByAction returns up to q.Limit of the user's audit rows of one
+// action and status, newest first, under the user's row-level scope.
+func (s *Store) AuditByAction(ctx context.Context, userID string, q broker.AuditQuery) ([]broker.AuditEntry, error) {
+	if q.Limit < 1 {
+		return nil, fmt.Errorf("pgstore: %w: limit %d", broker.ErrInvalidArgument, q.Limit)
+	}
+	var out []broker.AuditEntry
+	err := s.inScope(ctx, userID, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx, sql *adminStatements) error {
+		rows, err := tx.Query(ctx, sql.auditByAction, userID, string(q.Action), q.Status, q.Limit)
+		if err != nil {
+			return interpretError(fmt.Errorf("audit by action: %w", err))
+		}
+		if out, err = pgx.CollectRows(rows, scanAuditEntry); err != nil {
+			return interpretError(fmt.Errorf("audit by action: %w", err))
 		}
 		return nil
 	})

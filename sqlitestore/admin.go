@@ -18,6 +18,8 @@ const (
 	// Timestamps are fixed-width UTC text, so text order is time order.
 	sqlAuditAfter = `SELECT ` + sqlAuditColumns + ` FROM encryption_vault_audit
 WHERE user_id = ?1 AND (created_at > ?2 OR (created_at = ?2 AND id > ?3)) ORDER BY created_at, id LIMIT ?4`
+	sqlAuditByAction = `SELECT ` + sqlAuditColumns + ` FROM encryption_vault_audit
+WHERE user_id = ?1 AND action = ?2 AND status = ?3 ORDER BY created_at DESC, id DESC LIMIT ?4`
 	sqlVaultDelete = `DELETE FROM encryption_vaults WHERE user_id = ?1`
 	sqlAuditDelete = `DELETE FROM encryption_vault_audit WHERE user_id = ?1`
 )
@@ -75,26 +77,56 @@ func (s *Store) AuditPage(ctx context.Context, userID string, after *broker.Audi
 		if err != nil {
 			return interpretError(ctx, fmt.Errorf("audit page: %w", err))
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var e broker.AuditEntry
-			var action, createdAt string
-			if err := rows.Scan(&e.ID, &e.UserID, &action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &createdAt); err != nil {
-				return interpretError(ctx, fmt.Errorf("audit page: %w", err))
-			}
-			e.Action = broker.Action(action)
-			if e.CreatedAt, err = parseTime("created_at", createdAt); err != nil {
-				return fmt.Errorf("sqlitestore: audit page: %w", err)
-			}
-			out = append(out, e)
-		}
-		if err := rows.Err(); err != nil {
-			return interpretError(ctx, fmt.Errorf("audit page: %w", err))
-		}
-		return nil
+		out, err = scanAuditRows(ctx, rows, "audit page")
+		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// AuditByAction returns up to q.Limit of the user's audit rows of one
+// action and status, newest first.
+func (s *Store) AuditByAction(ctx context.Context, userID string, q broker.AuditQuery) ([]broker.AuditEntry, error) {
+	if q.Limit < 1 {
+		return nil, fmt.Errorf("sqlitestore: %w: limit %d", broker.ErrInvalidArgument, q.Limit)
+	}
+	var out []broker.AuditEntry
+	err := s.inAdminTx(ctx, userID, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, sqlAuditByAction, userID, string(q.Action), q.Status, q.Limit)
+		if err != nil {
+			return interpretError(ctx, fmt.Errorf("audit by action: %w", err))
+		}
+		out, err = scanAuditRows(ctx, rows, "audit by action")
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// scanAuditRows reads rows of sqlAuditColumns and closes them; what
+// names the query in errors.
+func scanAuditRows(ctx context.Context, rows *sql.Rows, what string) ([]broker.AuditEntry, error) {
+	defer rows.Close()
+	var out []broker.AuditEntry
+	for rows.Next() {
+		var e broker.AuditEntry
+		var action, createdAt string
+		if err := rows.Scan(&e.ID, &e.UserID, &action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &createdAt); err != nil {
+			return nil, interpretError(ctx, fmt.Errorf("%s: %w", what, err))
+		}
+		e.Action = broker.Action(action)
+		var err error
+		if e.CreatedAt, err = parseTime("created_at", createdAt); err != nil {
+			return nil, fmt.Errorf("sqlitestore: %s: %w", what, err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, interpretError(ctx, fmt.Errorf("%s: %w", what, err))
 	}
 	return out, nil
 }

@@ -145,6 +145,12 @@ type response struct {
 
 func (e *env) do(method, path, user string, body any) response {
 	e.t.Helper()
+	return e.doAt(method, vaultapi.BasePath+path, user, body)
+}
+
+// doAt is do with the full path of the route.
+func (e *env) doAt(method, path, user string, body any) response {
+	e.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -155,7 +161,7 @@ func (e *env) do(method, path, user string, body any) response {
 		require.NoError(e.t, err)
 		rd = bytes.NewReader(raw)
 	}
-	req, err := http.NewRequest(method, e.url+vaultapi.BasePath+path, rd)
+	req, err := http.NewRequest(method, e.url+path, rd)
 	require.NoError(e.t, err)
 	if user != "" {
 		req.Header.Set("Authorization", "Bearer "+e.token(user))

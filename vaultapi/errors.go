@@ -50,6 +50,9 @@ const (
 	CodeKeyProofRequired = "KEY_PROOF_REQUIRED"
 	CodeKeyProofMismatch = "KEY_PROOF_MISMATCH"
 	CodeNoRestorableWrap = "NO_RESTORABLE_RECOVERY_WRAP"
+
+	CodeGrantNotConfigured    = "GRANT_NOT_CONFIGURED"
+	CodeGrantRecipientUnknown = "GRANT_RECIPIENT_UNKNOWN"
 )
 
 // errorStatus is the one table of the error codes: the HTTP status each
@@ -76,6 +79,10 @@ var errorStatus = map[string]int{
 	CodeKeyProofRequired:    http.StatusForbidden,
 	CodeKeyProofMismatch:    http.StatusForbidden,
 	CodeNoRestorableWrap:    http.StatusNotFound,
+	// The upstream answered a grant without a worker key 503: an
+	// operator fixes it, as with a KEK that is not there.
+	CodeGrantNotConfigured:    http.StatusServiceUnavailable,
+	CodeGrantRecipientUnknown: http.StatusBadRequest,
 }
 
 // ErrorCodes returns every code an error body carries, with the HTTP
@@ -100,6 +107,9 @@ var outcomeAnswers = map[broker.Outcome]*apiError{
 	broker.OutcomeStoreUnavailable:    newAPIError(CodeStoreUnavailable, "the key store is unavailable; retry later"),
 	broker.OutcomeKEKUnavailable:      newAPIError(CodeKEKUnavailable, "the key-encryption key is unavailable; retry later"),
 	broker.OutcomeInternal:            newAPIError(CodeInternal, "internal error"),
+	broker.OutcomeGrantNotConfigured:  newAPIError(CodeGrantNotConfigured, "mission grants are not configured: the server has no public key of the worker"),
+	broker.OutcomeGrantRecipient:      newAPIError(CodeGrantRecipientUnknown, "no grant recipient of that name is configured"),
+	broker.OutcomeGrantZeroKnowledge:  newAPIError(CodeZKActive, "zero-knowledge mode is active: the server holds no key to derive a mission key from"),
 }
 
 type errorBody struct {

@@ -46,6 +46,9 @@ func TestWriteErrorAnswers(t *testing.T) {
 		{broker.ErrFormat1Closed, 500, `{"error":"internal error","code":"INTERNAL"}`, ""},
 		{errors.New("a bug"), 500, `{"error":"internal error","code":"INTERNAL"}`, ""},
 		{badRequest("enable is required"), 400, `{"error":"enable is required","code":"BAD_REQUEST"}`, ""},
+		{broker.ErrGrantNotConfigured, 503, `{"error":"mission grants are not configured: the server has no public key of the worker","code":"GRANT_NOT_CONFIGURED"}`, "5"},
+		{broker.ErrGrantRecipientUnknown, 400, `{"error":"no grant recipient of that name is configured","code":"GRANT_RECIPIENT_UNKNOWN"}`, ""},
+		{broker.ErrGrantZeroKnowledge, 409, `{"error":"zero-knowledge mode is active: the server holds no key to derive a mission key from","code":"ZK_ACTIVE"}`, ""},
 	} {
 		w := httptest.NewRecorder()
 		a.writeError(w, httptest.NewRequest(http.MethodGet, "/x", nil), c.err)

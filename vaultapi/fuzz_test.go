@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/grant"
 	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
@@ -55,9 +56,11 @@ func newFuzzAPI(f *testing.F) *fuzzAPI {
 	require.NoError(f, err)
 	issuer, err := jwtissuer.New("https://auth.fuzz")
 	require.NoError(f, err)
+	workers := newGrantWorkers(f)
 	srv := apitest.Start(f, apitest.Options{
 		Keyring: ring,
 		Issuer:  issuer,
+		Broker:  workers.service,
 		Verifier: func(c *jwtauth.Config) {
 			// Fuzzed kids must not become one JWKS refetch per input.
 			c.MinRefreshInterval, c.RefreshInterval = time.Hour, 2*time.Hour
@@ -184,6 +187,10 @@ func FuzzRequest(f *testing.F) {
 		{0, "/../../etc/passwd", authNone, "", ""},
 		{0, "/api/v1/me/encryption-vault/../encryption-vault/key", authValid, "", ""},
 		{0, "/api/v1/me/encryption-vault//key", authValid, "", ""},
+		{1, "/api/v1/me/ai-mission-grant", authValid, "", `{"missionId":"m","tables":["notes"],"recordIds":["notes:1"]}`},
+		{1, "/api/v1/me/ai-mission-grant", authValid, "", `{"missionId":"m","tables":["notes"],"recordIds":["notes:1"],"recipient":"worker-x","ttlMs":1}`},
+		{0, "/api/v1/me/ai-mission-grant", authValid, "", ""},
+		{5, "/api/v1/me/ai-mission-grant", authNone, "", ""},
 	} {
 		f.Add(s.method, s.path, s.auth, s.raw, "application/json", "", []byte(s.body))
 	}
@@ -199,6 +206,66 @@ func FuzzRequest(f *testing.F) {
 		setIfValid(req.Header, "Content-Type", contentType)
 		setIfValid(req.Header, "Origin", origin)
 		h.serve(t, req)
+	})
+}
+
+// FuzzMissionGrantBody fuzzes the body of POST /api/v1/me/ai-mission-grant:
+// the strict decoder (exact names, no repeats, types), the scope's rules
+// (lengths, separators, "<table>:<id>", U+FFFD), the lifetime's clamp and
+// the recipient. A grant issued states the scope the body asked for, in
+// the canonical order.
+func FuzzMissionGrantBody(f *testing.F) {
+	h := newFuzzAPI(f)
+	for _, s := range []string{
+		`{"missionId":"mission-abc","tables":["tasks","notes"],"recordIds":["tasks:t1","notes:n1"]}`,
+		`{"missionId":"m","tables":["notes"],"recordIds":["notes:\ud83d\ude00","notes:\uff46"],"ttlMs":1e15}`,
+		`{"missionId":"m","tables":["notes"],"recordIds":["notes:1"],"recipient":"worker-x","ttlMs":-1}`,
+		`{"missionId":"m","tables":["notes"],"recordIds":["notes:1"],"recipient":"default"}`,
+		`{"missionId":"m","tables":["notes"],"recordIds":["notes:1"],"recipient":"nobody"}`,
+		`{"missionId":"m","tables":["notes"],"recordIds":["notes:1"],"recipient":""}`,
+		`{"missionId":"m\ud800","tables":["no,tes"],"recordIds":["journal:1"]}`,
+		`{"missionId":"m","missionId":"m","tables":[],"recordIds":null}`,
+		`{"MissionId":"m","tables":["notes"],"recordIds":["notes:1"],"extra":{}}`,
+		`{"missionId":1,"tables":"notes","recordIds":[1],"ttlMs":"1"}`,
+		`{"missionId":"m","tables":["notes"],"recordIds":["notes:1"],"ttlMs":1e400}`,
+		`[]`, `null`, `{`, `{}{}`, ``, "ÿþ", `{"missionId":"` + strings.Repeat("m", 300) + `"}`,
+	} {
+		f.Add([]byte(s), true)
+	}
+	f.Add([]byte(`{"missionId":"m","tables":["notes"],"recordIds":["notes:1"]}`), false)
+	f.Fuzz(func(t *testing.T, body []byte, initialised bool) {
+		user := "fuzz-grant-empty"
+		if initialised {
+			user = "fuzz-grant"
+			initVault(t, h, user)
+		}
+		req := httptest.NewRequest(http.MethodPost, vaultapi.MissionGrantPath, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+h.mint(t, user))
+		rec := h.serve(t, req)
+		require.Equal(t, "no-store", rec.Header().Get("Cache-Control"))
+		if rec.Code != http.StatusOK {
+			return
+		}
+		var sent struct {
+			MissionID string   `json:"missionId"`
+			Tables    []string `json:"tables"`
+			RecordIDs []string `json:"recordIds"`
+		}
+		require.NoError(t, json.Unmarshal(body, &sent))
+		want, err := grant.NewDerivation(sent.MissionID, sent.Tables, sent.RecordIDs)
+		require.NoError(t, err, "a grant was issued for a scope the contract refuses")
+		var got struct {
+			WrappedKey string `json:"wrappedKey"`
+			Derivation struct {
+				Version   string   `json:"version"`
+				MissionID string   `json:"missionId"`
+				Tables    []string `json:"tables"`
+				RecordIDs []string `json:"recordIds"`
+			} `json:"derivation"`
+		}
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &got))
+		require.Equal(t, want, grant.Derivation{Version: got.Derivation.Version, MissionID: got.Derivation.MissionID, Tables: got.Derivation.Tables, RecordIDs: got.Derivation.RecordIDs})
+		require.NotEmpty(t, got.WrappedKey)
 	})
 }
 

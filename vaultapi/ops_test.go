@@ -45,7 +45,7 @@ type opsEnv struct {
 func newOpsEnv(t *testing.T, tweak func(*vaultapi.Config)) *opsEnv {
 	t.Helper()
 	o := &opsEnv{registry: prometheus.NewRegistry()}
-	o.env = newEnv(t, envOptions{configure: func(cfg *vaultapi.Config, verifier *jwtauth.Verifier, store broker.Store) {
+	o.env = newEnv(t, envOptions{service: newGrantWorkers(t).service, configure: func(cfg *vaultapi.Config, verifier *jwtauth.Verifier, store broker.Store) {
 		metrics, err := vaultapi.NewMetrics(o.registry)
 		require.NoError(t, err)
 		kek := cfg.Service.Keyring()
@@ -226,6 +226,26 @@ func TestFullRun(t *testing.T) {
 	res, _ = c.request(http.MethodPut, vault+"/key", bearer("alice"), "")
 	require.Equal(t, http.StatusMethodNotAllowed, res.StatusCode)
 
+	// Mission grants, of grace (her own rate budget): the upstream's
+	// shape, a named recipient's, and the refusals.
+	_, body = c.request(http.MethodPost, vault+"/init", bearer("grace"), "")
+	addKey(body)
+	grantJSON := jsonBody(t, grantBody())
+	res, body = c.request(http.MethodPost, vaultapi.MissionGrantPath, bearer("grace"), grantJSON)
+	require.Equal(t, http.StatusOK, res.StatusCode, "%v", body)
+	secrets = append(secrets, body["wrappedKey"].(string))
+	res, body = c.request(http.MethodPost, vaultapi.MissionGrantPath, bearer("grace"), strings.Replace(grantJSON, "{", `{"recipient":"worker-x",`, 1))
+	require.Equal(t, http.StatusOK, res.StatusCode, "%v", body)
+	secrets = append(secrets, body["wrappedKey"].(string))
+	res, _ = c.request(http.MethodPost, vaultapi.MissionGrantPath, bearer("grace"), strings.Replace(grantJSON, "{", `{"recipient":"nobody",`, 1))
+	require.Equal(t, http.StatusBadRequest, res.StatusCode)
+	res, _ = c.request(http.MethodPost, vaultapi.MissionGrantPath, bearer("grace"), `{"missionId":1}`)
+	require.Equal(t, http.StatusBadRequest, res.StatusCode)
+	res, _ = c.request(http.MethodPost, vaultapi.MissionGrantPath, bearer("no-vault"), grantJSON)
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	_, body = c.request(http.MethodGet, "/api/v1/internal/users/grace/vault", serviceHeader(), "")
+	require.Len(t, body["missionGrants"], 2)
+
 	// Service routes.
 	secrets = append(secrets, testServiceKey)
 	aliceVault := "/api/v1/internal/users/alice/vault"
@@ -348,7 +368,8 @@ func TestFullRun(t *testing.T) {
 
 	t.Run("MetricsCountedRoutes", func(t *testing.T) {
 		text := string(metrics)
-		require.Contains(t, text, `keybroker_http_requests_total{method="POST",route="/api/v1/me/encryption-vault/init",status="200"} 1`)
+		require.Contains(t, text, `keybroker_http_requests_total{method="POST",route="/api/v1/me/encryption-vault/init",status="200"} 2`, "alice and grace")
+		require.Contains(t, text, `keybroker_http_requests_total{method="POST",route="/api/v1/me/ai-mission-grant",status="200"} 2`)
 		require.Contains(t, text, `keybroker_http_requests_total{method="GET",route="unmatched",status="404"} 1`)
 		require.Contains(t, text, `keybroker_http_requests_total{method="GET",route="/api/v1/me/encryption-vault/key",status="401"} 1`, "a refusal counts under its route")
 		require.Contains(t, text, `keybroker_http_request_duration_seconds_bucket{method="GET",route="/api/v1/me/encryption-vault/key"`)
@@ -402,7 +423,7 @@ func TestRouterAndDocumentAgree(t *testing.T) {
 		}
 	}
 	require.Equal(t, sortedKeys(documented), sortedKeys(served))
-	require.Len(t, served, 16, "7 vault, 5 service, 4 operations routes")
+	require.Len(t, served, 17, "7 vault, 1 mission grant, 5 service, 4 operations routes")
 }
 
 // buildAPI builds an API with the same options as the env's server, for

@@ -137,6 +137,24 @@ type vaultMetaResponse struct {
 	// operator to restore, at RestorableRecoveryWrapTakenAt.
 	HasRestorableRecoveryWrap     bool    `json:"hasRestorableRecoveryWrap"`
 	RestorableRecoveryWrapTakenAt *string `json:"restorableRecoveryWrapTakenAt"`
+	// MissionGrants are the mission grants issued to the user's workers,
+	// newest first; MissionGrantsTruncated reports older ones left out.
+	MissionGrants          []missionGrantRecord `json:"missionGrants"`
+	MissionGrantsTruncated bool                 `json:"missionGrantsTruncated"`
+}
+
+// missionGrantRecord is one issued grant in a data export: what was
+// granted to whom and until when, never a key; scopeDigest names the
+// scope (docs/grants.md).
+type missionGrantRecord struct {
+	MissionID   string `json:"missionId"`
+	Recipient   string `json:"recipient"`
+	Algorithm   string `json:"algorithm"`
+	ScopeDigest string `json:"scopeDigest"`
+	TableCount  int    `json:"tableCount"`
+	RecordCount int    `json:"recordCount"`
+	IssuedAt    string `json:"issuedAt"`
+	ExpiresAt   string `json:"expiresAt"`
 }
 
 func isoTimePtr(t *time.Time) *string {
@@ -159,6 +177,14 @@ func (a *API) vaultMeta(r *http.Request, userID string) (any, error) {
 		AuditRowCount:                 m.AuditRows,
 		HasRestorableRecoveryWrap:     m.HasRestorableRecoveryWrap,
 		RestorableRecoveryWrapTakenAt: isoTimePtr(m.RestorableTakenAt),
+		MissionGrants:                 make([]missionGrantRecord, 0, len(m.Grants)),
+		MissionGrantsTruncated:        m.GrantsTruncated,
+	}
+	for _, g := range m.Grants {
+		resp.MissionGrants = append(resp.MissionGrants, missionGrantRecord{
+			MissionID: g.MissionID, Recipient: g.Recipient, Algorithm: string(g.Algorithm), ScopeDigest: g.ScopeDigest,
+			TableCount: g.Tables, RecordCount: g.Records, IssuedAt: isoTime(g.IssuedAt), ExpiresAt: isoTime(g.ExpiresAt),
+		})
 	}
 	if m.Exists {
 		resp.KEKID, resp.FormatVersion = &m.KEKID, &m.FormatVersion

@@ -110,6 +110,54 @@ func testAuditPages(t *testing.T, h Harness) {
 	require.True(t, sawEmpty && sawFull, "optional fields round-trip, absent ones as empty strings")
 }
 
+func testAuditByAction(t *testing.T, h Harness) {
+	user, other := newUserID(t), newUserID(t)
+	seedAudit(t, h, user, 4) // fetch rows: not selected
+	write := func(userID, id string, action broker.Action, status int, at time.Time) {
+		t.Helper()
+		err := h.Store.InUserTx(t.Context(), userID, func(tx broker.Tx) error {
+			return tx.AuditInsert(t.Context(), &broker.AuditEntry{ID: id, UserID: userID, Action: action, Status: status, Context: "c-" + id, CreatedAt: at})
+		})
+		require.NoError(t, err)
+	}
+	write(user, user+"-g1", broker.ActionMissionGrant, 200, adminAt.Add(time.Minute))
+	write(user, user+"-g3", broker.ActionMissionGrant, 200, adminAt.Add(2*time.Minute))
+	write(user, user+"-g2", broker.ActionMissionGrant, 200, adminAt.Add(2*time.Minute)) // a tie: ordered by id
+	write(user, user+"-r1", broker.ActionMissionGrant, 409, adminAt.Add(3*time.Minute))
+	write(other, other+"-g1", broker.ActionMissionGrant, 200, adminAt.Add(4*time.Minute))
+
+	q := broker.AuditQuery{Action: broker.ActionMissionGrant, Status: 200, Limit: 10}
+	got, err := h.Store.AuditByAction(t.Context(), user, q)
+	require.NoError(t, err)
+	var ids []string
+	for _, e := range got {
+		require.Equal(t, user, e.UserID)
+		require.Equal(t, "c-"+e.ID, e.Context)
+		require.True(t, e.CreatedAt.Equal(adminAt.Add(time.Minute)) || e.CreatedAt.Equal(adminAt.Add(2*time.Minute)), "%v", e.CreatedAt)
+		ids = append(ids, e.ID)
+	}
+	require.Equal(t, []string{user + "-g3", user + "-g2", user + "-g1"}, ids, "newest first, of this action and status and user only")
+
+	q.Limit = 2
+	got, err = h.Store.AuditByAction(t.Context(), user, q)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.Equal(t, user+"-g3", got[0].ID)
+
+	q.Status = 409
+	got, err = h.Store.AuditByAction(t.Context(), user, q)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	require.Equal(t, user+"-r1", got[0].ID)
+
+	got, err = h.Store.AuditByAction(t.Context(), newUserID(t), q)
+	require.NoError(t, err)
+	require.Empty(t, got)
+	q.Limit = 0
+	_, err = h.Store.AuditByAction(t.Context(), user, q)
+	require.ErrorIs(t, err, broker.ErrInvalidArgument)
+}
+
 func testEraseDeletesOnlyThatUser(t *testing.T, h Harness) {
 	user, other := newUserID(t), newUserID(t)
 	seedVault(t, h, user)
@@ -155,6 +203,8 @@ func testAdminEmptyUserID(t *testing.T, h Harness) {
 	_, _, err := h.Store.VaultMeta(ctx, "")
 	require.ErrorIs(t, err, broker.ErrInvalidArgument)
 	_, err = h.Store.AuditPage(ctx, "", nil, 10)
+	require.ErrorIs(t, err, broker.ErrInvalidArgument)
+	_, err = h.Store.AuditByAction(ctx, "", broker.AuditQuery{Action: broker.ActionMissionGrant, Status: 200, Limit: 1})
 	require.ErrorIs(t, err, broker.ErrInvalidArgument)
 	_, err = h.Store.VaultErase(ctx, "")
 	require.ErrorIs(t, err, broker.ErrInvalidArgument)

@@ -132,6 +132,7 @@ func Run(t *testing.T, newHarness NewHarness) {
 		{"AdminMetaOfUnknownUserIsNil", false, testMetaOfUnknownUser},
 		{"AdminMetaReportsVaultAndOwnAuditRows", false, testMetaReportsVault},
 		{"AdminAuditPagesWalkEveryRowOnce", false, testAuditPages},
+		{"AdminAuditByActionNewestFirstOfItsUser", false, testAuditByAction},
 		{"AdminEraseDeletesOnlyThatUser", false, testEraseDeletesOnlyThatUser},
 		{"AdminEraseIsIdempotent", false, testEraseIsIdempotent},
 		{"AdminEmptyUserIDIsRefused", false, testAdminEmptyUserID},

@@ -75,6 +75,8 @@ Usage:
   keybroker kek check           status and a wrap/unwrap round trip of each KEK
   keybroker kek rotate-data-key mint a new data key (cached envelope mode)
   keybroker rewrap [flags]      move rows to the active KEK now (--dry-run, --rate)
+  keybroker grant check         check the mission grant recipients' keys
+  keybroker grant keygen        make a worker's key pair (--algorithm, --private-key)
   keybroker vault restore-recovery --user ID [--discard]
                                 put back (or forget) the recovery wrap kept
                                 before an unverifiable zero-knowledge change
@@ -133,6 +135,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdRewrap(ctx, args[1:], getenv, stdout, stderr)
 	case "vault":
 		return cmdVault(ctx, args[1:], getenv, stdout, stderr)
+	case "grant":
+		return cmdGrant(args[1:], getenv, stdout, stderr)
 	case "dev":
 		return cmdDev(ctx, args[1:], getenv, stdout, stderr)
 	case "healthcheck":

@@ -49,6 +49,10 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	keks.metrics = ops.kek // the keyring reports its KEK calls to it
+	grants, err := openGrants(cfg.Grants, ops.registry, log) // a bad recipient key refuses the start: grants.go
+	if err != nil {
+		return err
+	}
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -64,7 +68,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	defer rt.Close() // before the store closes: a re-wrap run stops first
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log, OnGroupCommit: ops.commits.observe,
-		RecoveryProof: cfg.RecoveryProof})
+		RecoveryProof: cfg.RecoveryProof, GrantRecipients: grants.recipients, OnGrant: grants.observe})
 	if err != nil {
 		return err
 	}

@@ -7,10 +7,18 @@ import { type Bytes, fromBase64, toBase64, wipe } from "./bytes.js";
 import {
   ApiError,
   apiErrorFor,
+  ErrorCode,
   NetworkError,
   ProtocolError,
   RecoveryCodeRequiredError,
 } from "./errors.js";
+import {
+  deriveMissionKey,
+  MISSION_GRANT_PATH,
+  type MissionDerivation,
+  type MissionGrant,
+  type MissionGrantRequest,
+} from "./grant.js";
 import {
   DEFAULT_KEY_USAGES,
   generateRecoveryCode,
@@ -129,7 +137,9 @@ interface KeyBody {
 
 interface VaultRequest {
   method: "GET" | "POST" | "DELETE";
+  /** Below BASE_PATH, or below baseUrl when root is set. */
   path: string;
+  root?: boolean;
   body?: Record<string, unknown>;
   signal?: AbortSignal | undefined;
 }
@@ -150,6 +160,7 @@ const DEFAULT_MAX_RETRY_DELAY_MS = 10_000;
  */
 export class Keybroker {
   readonly #base: string;
+  readonly #root: string;
   readonly #token: TokenSource;
   readonly #credentials: RequestCredentials;
   readonly #maxRetries: number;
@@ -167,7 +178,8 @@ export class Keybroker {
     if (options.token === undefined || options.token === "") {
       throw new TypeError("keybroker: token is required");
     }
-    this.#base = url.href.replace(/\/+$/, "") + BASE_PATH;
+    this.#root = url.href.replace(/\/+$/, "");
+    this.#base = this.#root + BASE_PATH;
     this.#token = options.token;
     this.#credentials = options.credentials ?? "same-origin";
     this.#maxRetries = Math.max(0, Math.floor(options.retry?.maxRetries ?? DEFAULT_MAX_RETRIES));
@@ -353,12 +365,48 @@ export class Keybroker {
     return this.#handOut(mk, options);
   }
 
-  // TODO(grant route): POST /api/v1/me/ai-mission-grant does not exist in
-  // keybroker yet. When it does, add it here as one method
-  // (e.g. `missionGrant(request, options)`), beside the mission data key
-  // derivation whose vectors are the project's
-  // shared/testdata/grant-vectors.json, with its codes in errors.ts (the
-  // Go test TestSDKKnowsEveryErrorCode fails until they are there).
+  /**
+   * POST /api/v1/me/ai-mission-grant: lets a background worker decrypt the listed records while
+   * the user is away. keybroker derives the mission data key from the master key and wraps it to
+   * the worker; forward `grant.json` to the worker, and encrypt the mission's records under
+   * missionKey(grant.derivation). Throws BadRequestError (BAD_REQUEST: the message names the
+   * field; GRANT_RECIPIENT_UNKNOWN), NotFoundError before init(), ConflictError (ZK_ACTIVE) in
+   * zero-knowledge mode, UnavailableError (GRANT_NOT_CONFIGURED: the server has no worker key;
+   * not retried).
+   */
+  async missionGrant(request: MissionGrantRequest, options: CallOptions = {}): Promise<MissionGrant> {
+    const body: Record<string, unknown> = {
+      missionId: request.missionId,
+      tables: [...request.tables],
+      recordIds: [...request.recordIds],
+    };
+    if (request.ttlMs !== undefined) {
+      body.ttlMs = request.ttlMs;
+    }
+    if (request.recipient !== undefined) {
+      body.recipient = request.recipient;
+    }
+    const answer = await this.#request({ method: "POST", path: MISSION_GRANT_PATH, root: true, body, signal: options.signal });
+    return readGrant(answer);
+  }
+
+  /**
+   * The mission data key of a grant's scope, derived here from the master key (fetched as bytes
+   * and wiped): an AES-256-GCM CryptoKey, non-extractable, to encrypt the mission's records for
+   * the worker. In zero-knowledge mode pass the recovery code (else RecoveryCodeRequiredError) —
+   * though keybroker issues no grant in that mode.
+   */
+  async missionKey(
+    derivation: Pick<MissionDerivation, "missionId" | "tables" | "recordIds"> & { version?: string },
+    options: CallOptions & { currentCode?: string | undefined; usages?: readonly KeyUsage[] | undefined } = {},
+  ): Promise<CryptoKey> {
+    const mk = await this.#masterKeyBytes(options.currentCode, options.signal);
+    try {
+      return await deriveMissionKey(mk, derivation, options.usages ? { usages: options.usages } : {});
+    } finally {
+      wipe(mk);
+    }
+  }
 
   async #masterKeyBytes(currentCode: string | undefined, signal: AbortSignal | undefined): Promise<Bytes> {
     if (currentCode !== undefined) {
@@ -456,6 +504,7 @@ export class Keybroker {
       const err = await errorOf(res);
       if (
         (res.status === 429 || res.status === 503) &&
+        err.code !== ErrorCode.GRANT_NOT_CONFIGURED && // a setting, not an outage
         attempt < this.#maxRetries &&
         err.retryAfterMs !== undefined &&
         err.retryAfterMs <= this.#maxRetryDelayMs
@@ -490,7 +539,7 @@ export class Keybroker {
       init.signal = req.signal;
     }
     try {
-      return await this.#fetch(this.#base + req.path, init);
+      return await this.#fetch((req.root ? this.#root : this.#base) + req.path, init);
     } catch (e) {
       if (req.signal?.aborted) {
         throw req.signal.reason ?? e;
@@ -501,6 +550,44 @@ export class Keybroker {
       );
     }
   }
+}
+
+/** Reads a mission grant answer, strictly. */
+function readGrant(answer: Record<string, unknown>): MissionGrant {
+  const bad = (what: string) => new ProtocolError(`keybroker: ${MISSION_GRANT_PATH}: ${what}`);
+  const wrappedKey = typeof answer.wrappedKey === "string" ? fromBase64(answer.wrappedKey) : null;
+  if (wrappedKey === null || wrappedKey.length === 0) {
+    throw bad("wrappedKey is not base64");
+  }
+  const d = answer.derivation as Record<string, unknown> | null | undefined;
+  const strings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");
+  if (
+    typeof d !== "object" ||
+    d === null ||
+    typeof d.version !== "string" ||
+    typeof d.missionId !== "string" ||
+    !strings(d.tables) ||
+    !strings(d.recordIds)
+  ) {
+    throw bad("the answer has no derivation");
+  }
+  const issuedAt = new Date(typeof answer.issuedAt === "string" ? answer.issuedAt : NaN);
+  const expiresAt = new Date(typeof answer.expiresAt === "string" ? answer.expiresAt : NaN);
+  if (Number.isNaN(issuedAt.getTime()) || Number.isNaN(expiresAt.getTime())) {
+    throw bad("issuedAt or expiresAt is not an ISO 8601 time");
+  }
+  const grant: MissionGrant = {
+    wrappedKey,
+    derivation: { version: d.version, missionId: d.missionId, tables: d.tables, recordIds: d.recordIds },
+    issuedAt,
+    expiresAt,
+    json: JSON.stringify(answer),
+  };
+  if (typeof answer.recipient === "string" && typeof answer.algorithm === "string") {
+    grant.recipient = answer.recipient;
+    grant.algorithm = answer.algorithm;
+  }
+  return grant;
 }
 
 /**

@@ -45,6 +45,10 @@ export const ErrorCode = {
   KEY_PROOF_MISMATCH: "KEY_PROOF_MISMATCH",
   /** 404 (service routes): no recovery wrap is kept for the operator to restore. */
   NO_RESTORABLE_RECOVERY_WRAP: "NO_RESTORABLE_RECOVERY_WRAP",
+  /** 503: missionGrant() naming no recipient, on a server without the default worker's key. Not retried. */
+  GRANT_NOT_CONFIGURED: "GRANT_NOT_CONFIGURED",
+  /** 400: missionGrant() named a recipient the server does not have. */
+  GRANT_RECIPIENT_UNKNOWN: "GRANT_RECIPIENT_UNKNOWN",
 } as const;
 
 /** One of keybroker's error codes (ErrorCode), or a code this SDK does not know yet. */
@@ -133,7 +137,8 @@ export class NotFoundError extends ApiError {
  * 409: the request does not fit the vault's mode. ZK_ROTATE_FORBIDDEN:
  * leave zero-knowledge mode (disableZeroKnowledge) before rotate().
  * ZK_ACTIVE: the recovery wrap is the only wrap in zero-knowledge mode and
- * cannot be cleared. MASTER_KEY_MISMATCH: the key sent to leave
+ * cannot be cleared, and the server holds no key to derive a mission key
+ * from. MASTER_KEY_MISMATCH: the key sent to leave
  * zero-knowledge mode is not this vault's (nothing changed). Never retry
  * these as they are.
  */
@@ -154,7 +159,9 @@ export class RateLimitedError extends ApiError {
  * 503 KEK_UNAVAILABLE / STORE_UNAVAILABLE: a dependency of the server is
  * down. Nothing changed. The SDK has already waited Retry-After and
  * retried as configured; retryAfterMs says how long to wait now. Keep
- * working with a key you already hold.
+ * working with a key you already hold. GRANT_NOT_CONFIGURED: the server
+ * has no key of the default mission worker, which only its operator can
+ * fix (not retried).
  */
 export class UnavailableError extends ApiError {
   override name = "UnavailableError";
@@ -230,6 +237,8 @@ const familyByCode: Record<ErrorCode, ApiErrorClass> = {
   RATE_LIMITED: RateLimitedError,
   KEK_UNAVAILABLE: UnavailableError,
   STORE_UNAVAILABLE: UnavailableError,
+  GRANT_NOT_CONFIGURED: UnavailableError,
+  GRANT_RECIPIENT_UNKNOWN: BadRequestError,
   INTERNAL: ServerError,
 };
 

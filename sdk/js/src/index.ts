@@ -56,4 +56,13 @@ export {
   wrapWithRecovery,
   type RecoveryWrap,
 } from "./recovery.js";
+export {
+  MISSION_GRANT_PATH,
+  MISSION_GRANT_VERSION,
+  deriveMissionKey,
+  missionGrantInfo,
+  type MissionDerivation,
+  type MissionGrant,
+  type MissionGrantRequest,
+} from "./grant.js";
 export { fromBase64, toBase64, type Bytes } from "./bytes.js";

@@ -283,6 +283,8 @@ describe("errors", () => {
     RATE_LIMITED: [429, RateLimitedError],
     KEK_UNAVAILABLE: [503, UnavailableError],
     STORE_UNAVAILABLE: [503, UnavailableError],
+    GRANT_NOT_CONFIGURED: [503, UnavailableError],
+    GRANT_RECIPIENT_UNKNOWN: [400, BadRequestError],
     INTERNAL: [500, ServerError],
   };
 

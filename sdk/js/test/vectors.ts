@@ -5,7 +5,7 @@
 // another copy.
 
 import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 
 export interface RecoveryVector {
   name: string;
@@ -33,4 +33,40 @@ export function b64(s: string): Uint8Array<ArrayBuffer> {
 
 export function hex(s: string): Uint8Array<ArrayBuffer> {
   return new Uint8Array(Buffer.from(s, "hex"));
+}
+
+export interface GrantVector {
+  name: string;
+  master_key_base64: string;
+  derivation: { version: string; missionId: string; tables: string[]; recordIds: string[] };
+  info: string;
+  mdk_base64: string;
+}
+
+export interface RecordVector {
+  recordId: string;
+  iv_base64: string;
+  additional_data: string | null;
+  ciphertext_base64: string;
+  plaintext: string;
+}
+
+/** A file of the repository's testdata: beside KEYBROKER_LEGACY_VECTORS when that names a copy. */
+function testdata(name: string): string {
+  const legacy = process.env.KEYBROKER_LEGACY_VECTORS;
+  return legacy ? resolve(dirname(legacy), name) : resolve(process.cwd(), "../../testdata", name);
+}
+
+/** testdata/grant-vectors.json: the upstream's mission key derivation, computed with WebCrypto. */
+export function grantVectors(): GrantVector[] {
+  const doc = JSON.parse(readFileSync(testdata("grant-vectors.json"), "utf8")) as { vectors: GrantVector[] };
+  if (!Array.isArray(doc.vectors) || doc.vectors.length === 0) {
+    throw new Error("grant-vectors.json: no vectors");
+  }
+  return doc.vectors;
+}
+
+/** testdata/grant-record-vectors.json: records encrypted under a grant vector's mission key. */
+export function recordVectors(): { of: string; records: RecordVector[] } {
+  return JSON.parse(readFileSync(testdata("grant-record-vectors.json"), "utf8")) as { of: string; records: RecordVector[] };
 }

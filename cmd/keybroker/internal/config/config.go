@@ -39,6 +39,7 @@ const (
 	VaultRestoreRecovery
 	DevToken
 	Healthcheck
+	GrantCheck
 )
 
 // Sets of commands that share settings.
@@ -52,7 +53,7 @@ const (
 var commandNames = map[Command]string{
 	Serve: "serve", Migrate: "migrate", Rewrap: "rewrap", KEKStatus: "kek status", KEKCheck: "kek check",
 	KEKRotateDataKey: "kek rotate-data-key", VaultRestoreRecovery: "vault restore-recovery", DevToken: "dev token",
-	Healthcheck: "healthcheck",
+	Healthcheck: "healthcheck", GrantCheck: "grant check",
 }
 
 // String is the command line that runs the command: "keybroker kek check".
@@ -76,11 +77,24 @@ type Config struct {
 	// mode gets before serve mints the next; 0: only on demand.
 	DataKeyMaxAge time.Duration
 	RecoveryProof broker.RecoveryProofPolicy
+	// Grants are the mission grants' recipients.
+	Grants Grants
 	// Tool holds the operator commands' own flags.
 	Tool Tool
 
 	values []Value
 	raw    map[*setting]string
+}
+
+// Grants names the workers mission grants are wrapped to. Their keys are
+// read and checked when serve starts (cmd/keybroker/grants.go).
+type Grants struct {
+	// DefaultPEM is the upstream's default recipient: an RSA public key,
+	// the PEM text itself (literal "\n" read as newlines).
+	DefaultPEM string
+	// Recipients lists the named recipients: name=path entries, each
+	// path a PEM public key, separated by spaces, commas or newlines.
+	Recipients string
 }
 
 // Store is where the vaults are.

@@ -80,6 +80,8 @@ var samples = map[*setting]struct{ good, other, bad, says string }{
 	jwtLeeway:       {"10s", "1m", "10m", "must be between 1s and 5m0s"},
 	shutdownTimeout: {"5s", "1m", "soon", "want a duration"},
 	recoveryProof:   {"optional", "required", "off", "required"},
+	grantDefaultKey: {"-----BEGIN PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----\\n", "", ""},
+	grantRecipients: {"a=/keys/a.pem", "a=/keys/a.pem b=/keys/b.pem", "", ""},
 	dataKeyMaxAge:   {"30d", "2160h", "-1d", "must not be negative"},
 	rewrap:          {"false", "true", "often", "want true or false"},
 	rewrapInterval:  {"10s", "5m", "500ms", "must be at least 1s"},

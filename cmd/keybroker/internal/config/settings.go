@@ -214,6 +214,12 @@ var (
 			c.RecoveryProof, err = broker.ParseRecoveryProofPolicy(v)
 			return err
 		}}
+	grantDefaultKey = &setting{env: "MANA_AI_PUBLIC_KEY_PEM", cmds: Serve | GrantCheck,
+		usage: "mission grants: the default recipient's RSA public key, the PEM text (\\n for newlines on one line)",
+		apply: text(func(c *Config) *string { return &c.Grants.DefaultPEM })}
+	grantRecipients = &setting{env: "KEYBROKER_GRANT_RECIPIENTS", flag: "grant-recipients", cmds: Serve | GrantCheck,
+		usage: "mission grant recipients: name=/path/to/public-key.pem entries, separated by spaces or commas; the default recipient is $MANA_AI_PUBLIC_KEY_PEM",
+		apply: text(func(c *Config) *string { return &c.Grants.Recipients })}
 	dataKeyMaxAge = &setting{env: "KEYBROKER_DATA_KEY_MAX_AGE", flag: "data-key-max-age", def: "90d", cmds: Serve,
 		usage: "cached envelope mode: mint a new data key when the newest is this old, e.g. 90d or 2160h; 0 rotates only on demand (keybroker kek rotate-data-key)",
 		apply: func(c *Config, v string) (err error) { c.DataKeyMaxAge, err = parseAge(v); return err }}
@@ -320,7 +326,7 @@ var settings = []*setting{
 	port, addr, databaseURL, dataDir, schema, migrate, allowPrivileged, logLevel, logFormat,
 	kekURI, kekID, kekRetired, dev,
 	jwksURL, jwtIssuer, jwtAudience, jwtUnpinned, jwtMaxLifetime, jwtLeeway,
-	shutdownTimeout, recoveryProof, dataKeyMaxAge,
+	shutdownTimeout, recoveryProof, grantDefaultKey, grantRecipients, dataKeyMaxAge,
 	rewrap, rewrapInterval, rewrapBatch, rewrapRate,
 	metricsAddr, corsOrigins, trustedProxies, rateLimit, rateBurst, serviceKey, tlsCert, tlsKey, readyInterval,
 	toolDryRun, toolBatch, toolRate, toolConcurrency, toolProgressEvery, toolCheckTimeout, toolUser, toolDiscard, toolTTL,

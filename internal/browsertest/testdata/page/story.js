@@ -187,6 +187,35 @@ const steps = {
     };
   },
 
+  /**
+   * A mission grant: the page asks keybroker for grants to a named worker
+   * and to the default one, and encrypts a record for the mission under
+   * the mission key it derives itself (WebCrypto HKDF, then AES-GCM with
+   * the record id as additional data).
+   */
+  async missionGrant(a) {
+    const c = client(a);
+    await c.init();
+    const scope = { missionId: a.missionId, tables: a.tables, recordIds: a.recordIds };
+    const named = await c.missionGrant({ ...scope, recipient: a.recipient, ttlMs: 3600000 });
+    const upstream = await c.missionGrant(scope);
+    const missionKey = await c.missionKey(named.derivation);
+    const iv = crypto.getRandomValues(new Uint8Array(12));
+    const ct = await crypto.subtle.encrypt(
+      { name: "AES-GCM", iv, additionalData: new TextEncoder().encode(a.recordId) },
+      missionKey,
+      new TextEncoder().encode(a.plaintext),
+    );
+    return {
+      named: named.json,
+      upstream: upstream.json,
+      key: await keyFacts(missionKey),
+      sealed: { iv: kb.toBase64(iv), ct: kb.toBase64(new Uint8Array(ct)) },
+      unknownRecipient: await caught(() => c.missionGrant({ ...scope, recipient: "nobody" })),
+      badScope: await caught(() => c.missionGrant({ ...scope, recordIds: ["journal:1"] })),
+    };
+  },
+
   /** A page whose origin keybroker does not list. */
   async foreignOrigin(a) {
     return { refused: await caught(() => status(client(a))) };

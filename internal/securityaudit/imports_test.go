@@ -57,7 +57,10 @@ var importRules = []importRule{
 		"a store may use broker's types, and nothing else of ours but migrations"},
 	{"migrations", []string{"broker", "vaultapi", "pgstore", "sqlitestore", "kekproviders", "client", "cmd"},
 		"migrations are SQL and their runner"},
-	{"client", []string{""}, "the Go client is for other programs: it imports none of the server"},
+	{"client", []string{"broker", "kek", "kekproviders", "vaultapi", "pgstore", "sqlitestore", "migrations", "cmd", "internal"},
+		"the Go client is for other programs: it imports none of the server (the grant format is shared, not the server's)"},
+	{"grant", []string{"broker", "kek", "kekproviders", "vaultapi", "pgstore", "sqlitestore", "migrations", "client", "cmd", "internal"},
+		"the grant format is read by workers: it imports none of the server"},
 }
 
 // importViolation returns why pkg (a path inside the module) may not
@@ -153,6 +156,9 @@ func TestImportRulesCatchWhatTheyMust(t *testing.T) {
 		{"client", module + "vaultapi", false, true},
 		{"client", module + "kek", false, true},
 		{"client", "net/http", false, false},
+		{"client", module + "grant", false, false},
+		{"grant/worker", module + "grant", false, false},
+		{"grant/worker", module + "broker", false, true},
 		{"vaultapi", module + "cmd/keybroker", true, true},
 		{"cmd/keybroker", module + "pgstore", false, false},
 		{"internal/apitest", module + "internal/pgtest", false, false},

@@ -32,6 +32,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 
 	"google.golang.org/api/option"
@@ -153,6 +154,17 @@ func ParseURI(uri string) (*ParsedURI, error) {
 		p.ID = LegacyID
 	}
 	if p.ID == "" {
+		// A misspelt id (?idd=x) is the likely reason there is none.
+		var misspelt []string
+		for name := range q {
+			if uriparam.Suggest(name, []string{"id"}) != "" {
+				misspelt = append(misspelt, name)
+			}
+		}
+		if len(misspelt) > 0 {
+			slices.Sort(misspelt)
+			return nil, fmt.Errorf("kekproviders: %s in %s", uriparam.Unknown(misspelt, []string{"id"}), redact(uri))
+		}
 		return nil, fmt.Errorf("kekproviders: %s: add ?id=<stable id> to the URI (the id is recorded on every row the KEK wraps)", redact(uri))
 	}
 	if !idPattern.MatchString(p.ID) {
@@ -173,7 +185,7 @@ func (o Opener) Open(ctx context.Context, uri string) (kek.KEK, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	params := uriparam.New(p.Scheme, p.URL)
+	params := uriparam.New(p.Scheme, p.URL, uri)
 	switch p.Scheme {
 	case SchemeEnv:
 		if err := params.Done(); err != nil {
@@ -333,16 +345,13 @@ func hostAndPath(u *url.URL) string {
 	return strings.TrimPrefix(u.Host+u.Path, "/")
 }
 
-// redact drops user info, the query and the fragment from a URI before it
-// goes into an error message: a careless operator may have put a token
-// there.
-func redact(uri string) string {
-	u, err := url.Parse(uri)
-	if err != nil {
-		return "<unparseable URI>"
-	}
-	u.User = nil
-	u.RawQuery = ""
-	u.Fragment, u.RawFragment = "", ""
-	return u.String()
-}
+// RedactURI is uri as keybroker shows it — in messages and in "keybroker
+// config show": the query kept, the values of parameters that may be
+// secrets (any but the known public ones) and a password replaced by
+// REDACTED.
+func RedactURI(uri string) string { return uriparam.Redact(uri) }
+
+// redact is uri for an error message: the query kept, so that a misspelt
+// parameter shows, with every value that may be a secret (a careless
+// operator may have put a token there) redacted (uriparam.Redact).
+func redact(uri string) string { return uriparam.Redact(uri) }

@@ -100,6 +100,6 @@ func TestOpenVaultTransit(t *testing.T) {
 	}
 
 	_, err := kekproviders.Open(t.Context(), "vault-transit://keybroker?id=vault-1&address="+srv.URL+"&token="+"hvs.secret")
-	require.ErrorContains(t, err, "unknown URI parameter(s) token")
+	require.ErrorContains(t, err, "unknown parameter token")
 	require.NotContains(t, err.Error(), "hvs.secret")
 }

@@ -204,3 +204,28 @@ func TestOpenRefusesLooseKEKFiles(t *testing.T) {
 		}
 	})
 }
+
+// TestMisspeltParameterIsNamed: a misspelt parameter is named with the
+// one it most likely misspells, and the URI is echoed with its query —
+// values that may be secrets redacted, names and paths shown.
+func TestMisspeltParameterIsNamed(t *testing.T) {
+	t.Parallel()
+	opener := kekproviders.Opener{Getenv: mapEnv(map[string]string{"OTHER_KEK": newKeyText()})}
+	for name, c := range map[string]struct{ uri, says, hidden string }{
+		"MisspeltID":      {"file:///etc/keybroker/kek?idd=kek-2026", "unknown parameter idd (did you mean id?) in file:///etc/keybroker/kek?idd=kek-2026", ""},
+		"MisspeltTimeout": {"env://OTHER_KEK?id=a&timout=5s", "unknown parameter timout in env://OTHER_KEK?id=a&timout=5s", ""},
+		"AWSRegion":       {"awskms:///alias/kb?id=a&regoin=eu-central-1", "unknown parameter regoin (did you mean region?) in awskms:///alias/kb?id=a&regoin=eu-central-1", ""},
+		"TokenInURI":      {"vault-transit://kb?id=a&token=hvs.s3cr3t&address=https://vault.test", "unknown parameter token in vault-transit://kb?id=a&token=REDACTED&address=https://vault.test", "s3cr3t"},
+		"PINMisspelt":     {"pkcs11:token=t;object=k?id=a&module-path=/m.so&pin_value=1234", "pin_value", "1234"},
+		"Password":        {"vault-transit://user:s3cr3t@kb?idd=a", "unknown parameter idd (did you mean id?) in vault-transit://user:REDACTED@kb?idd=a", "s3cr3t"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			_, err := opener.Open(t.Context(), c.uri)
+			require.ErrorContains(t, err, c.says)
+			if c.hidden != "" {
+				require.NotContains(t, err.Error(), c.hidden)
+			}
+		})
+	}
+}

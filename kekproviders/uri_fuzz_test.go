@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/kekproviders"
+	"github.com/keybroker/keybroker/kekproviders/internal/uriparam"
 )
 
 // kekIDPattern is the documented shape of a KEK id.
@@ -112,7 +113,10 @@ func uriSecrets(uri string) []string {
 		candidates = append(candidates, pw)
 	}
 	for name, values := range u.Query() {
-		if name != "id" && name != "cache" {
+		// Errors echo the URI with the values of the known public
+		// parameters (names, paths, addresses) and of their likely
+		// misspellings; every other value is a secret.
+		if !uriparam.Shown(name) {
 			candidates = append(candidates, values...)
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -300,28 +299,53 @@ const (
 	defaultApplication    = "keybroker"
 )
 
-// DefaultPoolSize is the most connections OpenPool's pool opens when the
-// URL does not set pool_max_conns: 4 per CPU, at least 8.
+// DefaultPoolSize is the most connections OpenPool's pool opens when
+// neither the URL (pool_max_conns) nor PoolConfig.MaxConns sets it: 4
+// per CPU, at least 8. Commits wait on the disk, so a pool larger than
+// the CPUs keeps them busy; every replica opens this many at most, and
+// ReadConnectionBudget says how many replicas the server has room for.
 func DefaultPoolSize() int { return max(8, 4*runtime.NumCPU()) }
 
-// OpenPool parses a PostgreSQL URL (or keyword/value DSN) and returns a
+// PoolConfig configures NewPool.
+type PoolConfig struct {
+	// URL is a PostgreSQL URL or keyword/value string; required.
+	URL string
+	// MaxConns is the pool's size; 0: DefaultPoolSize. A pool_max_conns in
+	// the URL wins (callers refuse the two when they disagree).
+	MaxConns int
+}
+
+// OpenPool is NewPool with the pool size of the URL, else the default.
+func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	return NewPool(ctx, PoolConfig{URL: url})
+}
+
+// NewPool parses a PostgreSQL URL (or keyword/value DSN) and returns a
 // pool with keybroker's defaults for what the URL leaves unset: a connect
 // timeout so that an unreachable server fails requests quickly instead of
 // hanging them, a pool sized for many short transactions waiting on commit
-// (4 per CPU, at least 8), and application_name=keybroker. Parameters in
-// the URL (connect_timeout, pool_max_conns, application_name) win. It does
-// not connect; use Store.Ping.
-func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+// (MaxConns, else 4 per CPU, at least 8), and application_name=keybroker.
+// Parameters in the URL (connect_timeout, pool_max_conns,
+// application_name) win. It does not connect; use Store.Ping. A URL that
+// does not parse is a *URLError, which says which part is wrong and
+// never holds the password.
+func NewPool(ctx context.Context, pc PoolConfig) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(pc.URL)
 	if err != nil {
 		// The parse error may quote the URL, password included.
+		if uerr := CheckURL(pc.URL); uerr != nil {
+			return nil, uerr
+		}
 		return nil, errors.New("pgstore: cannot parse the database URL")
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
 	}
-	if !strings.Contains(url, "pool_max_conns") {
+	if _, set := URLPoolSize(pc.URL); !set {
 		cfg.MaxConns = int32(DefaultPoolSize())
+		if pc.MaxConns > 0 {
+			cfg.MaxConns = int32(pc.MaxConns)
+		}
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = defaultApplication

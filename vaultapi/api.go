@@ -161,6 +161,11 @@ func New(cfg Config) (*API, error) {
 		a.writeError(w, r, newAPIError(CodeNotFound, "no such route"))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		// RFC 9110: a 405 lists the methods the route has.
+		allowed := a.allowedMethods(r.URL.Path)
+		if len(allowed) > 0 {
+			w.Header().Set("Allow", strings.Join(allowed, ", "))
+		}
 		a.writeError(w, r, newAPIError(CodeMethodNotAllowed, "method not allowed on this route"))
 	})
 	r.Get("/healthz", a.healthz)
@@ -209,6 +214,20 @@ func New(cfg Config) (*API, error) {
 	}
 	a.router = r
 	return a, nil
+}
+
+// routeMethods are the methods a route may have.
+var routeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+
+// allowedMethods are the methods the router serves on path.
+func (a *API) allowedMethods(path string) []string {
+	var allowed []string
+	for _, m := range routeMethods {
+		if a.router.Match(chi.NewRouteContext(), m, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	return allowed
 }
 
 // Router returns the chi router so that the server can mount more routes
@@ -433,23 +452,43 @@ func (a *API) zeroKnowledge(r *http.Request, userID string, meta broker.RequestM
 // ─── decoding ───────────────────────────────────────────────────────────
 
 // decodeJSON reads one JSON object from the (size-limited) body. A body
-// over the limit is 413; anything else that is not one JSON object is 400
-// with the route's own message.
+// over the limit is 413; a body that is not one JSON object is 400 with
+// what is wrong with it ("request body is not valid JSON: …"), and a
+// field of the wrong type 400 with the route's own message (the fields it
+// needs). No message quotes the body: it may hold key material.
 func decodeJSON(r *http.Request, dst any, message string) error {
 	dec := json.NewDecoder(r.Body)
 	err := dec.Decode(dst)
 	if err == nil {
 		// One object and nothing after it but white space.
 		if _, err2 := dec.Token(); err2 != io.EOF {
-			err = errors.New("trailing data after the JSON object")
+			var tooLarge *http.MaxBytesError
+			if errors.As(err2, &tooLarge) {
+				err = err2
+			} else {
+				return badRequest("request body is not valid JSON: more data after the JSON object")
+			}
 		}
 	}
 	if err == nil {
 		return nil
 	}
 	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
+	var syntaxErr *json.SyntaxError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooLarge):
 		return newAPIError(CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit))
+	case errors.Is(err, io.EOF):
+		return badRequest("request body is empty: send a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest("request body is not valid JSON: it ends before the JSON object does")
+	case errors.As(err, &syntaxErr):
+		// The offset, never the offending character: the body may be a
+		// key.
+		return badRequest(fmt.Sprintf("request body is not valid JSON: syntax error at byte %d", syntaxErr.Offset))
+	case errors.As(err, &typeErr) && typeErr.Field == "":
+		return badRequest("request body is not a JSON object")
 	}
 	return badRequest(message)
 }

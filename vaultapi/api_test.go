@@ -596,3 +596,41 @@ func TestLogsNeverContainKeysOrTokens(t *testing.T) {
 		require.NotContains(t, logs, secret)
 	}
 }
+
+// TestMalformedJSONHasItsOwnMessage: a body that is not JSON is told so
+// (where it breaks, never what it holds), apart from a JSON object that
+// lacks the fields a route needs.
+func TestMalformedJSONHasItsOwnMessage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	e.do(http.MethodPost, "/init", "alice", nil)
+	for name, c := range map[string]struct{ path, body, says string }{
+		"Truncated":   {"/recovery-wrap", `{"recoveryWrappedMk":"c2VjcmV0`, "request body is not valid JSON: it ends before the JSON object does"},
+		"Syntax":      {"/recovery-wrap", `{"recoveryWrappedMk": s3cr3tkey}`, "request body is not valid JSON: syntax error at byte 23"},
+		"Empty":       {"/zero-knowledge", ``, "request body is empty: send a JSON object"},
+		"NotAnObject": {"/zero-knowledge", `[true]`, "request body is not a JSON object"},
+		"Trailing":    {"/zero-knowledge", `{"enable":true} x`, "request body is not valid JSON: more data after the JSON object"},
+		"Missing":     {"/recovery-wrap", `{}`, "recoveryWrappedMk and recoveryIv are required (base64 strings)"},
+		"WrongType":   {"/zero-knowledge", `{"enable":"yes"}`, "`enable: boolean` is required"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := e.do(http.MethodPost, c.path, "alice", c.body)
+			r.requireError(t, http.StatusBadRequest, "BAD_REQUEST")
+			require.Equal(t, c.says, r.body["error"])
+			require.NotContains(t, r.raw, "s3cr3t")
+			require.NotContains(t, r.raw, "c2VjcmV0")
+		})
+	}
+}
+
+// TestMethodNotAllowedSaysWhatIs: a 405 carries Allow with the route's
+// methods (RFC 9110 §15.5.6).
+func TestMethodNotAllowedSaysWhatIs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	for path, want := range map[string]string{"/key": "GET", "/recovery-wrap": "POST, DELETE", "/init": "POST"} {
+		r := e.do(http.MethodPut, path, "alice", nil)
+		r.requireError(t, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED")
+		require.Equal(t, want, r.header.Get("Allow"), path)
+	}
+}

@@ -129,22 +129,24 @@ func prepareDev(ctx context.Context, cfg *config.Config, stderr io.Writer, log *
 	return nil
 }
 
-const devUsage = `Usage:
-  keybroker dev token --user ID [--ttl 1h] [--data-dir DIR]
-      print a bearer token for ID from the dev-mode issuer
+const devTokenUsage = `Usage: keybroker dev token --user ID [--ttl 1h] [--data-dir DIR]
+
+Prints a bearer token for ID from the issuer of dev mode (serve --dev,
+make run), whose key is in the data directory. Refused when
+$KEYBROKER_ENV=production.
+
+Flags:
 `
 
-func cmdDev(_ context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "token" {
-		fmt.Fprint(stderr, devUsage)
-		return errUsage
-	}
-	cfg, err := config.Resolve(config.DevToken, args[1:], getenv, stderr, devUsage)
+// cmdDevToken is "keybroker dev token".
+func cmdDevToken(_ context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := config.Resolve(config.DevToken, args, getenv, stderr, devTokenUsage)
 	if err != nil {
 		return err
 	}
 	if cfg.Tool.User == "" {
-		fmt.Fprint(stderr, devUsage)
+		fmt.Fprint(stderr, "keybroker dev token: --user is required\n\n"+devTokenUsage)
+		config.PrintFlags(stderr, config.DevToken)
 		return errUsage
 	}
 	issuer, err := jwtissuer.LoadOrCreate(filepath.Join(cfg.Store.DataDir, devIssuerFile), devIssuerName)

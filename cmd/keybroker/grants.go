@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -227,17 +226,13 @@ func grantRefusalReason(o broker.Outcome) string {
 	return "internal"
 }
 
-const grantUsage = `Usage:
-  keybroker grant check    each configured mission grant recipient: its key
-                           parses and can be wrapped to; exit 1 on a failure
-  keybroker grant keygen --algorithm ALG --private-key PATH [--public-key PATH]
-                           make a worker's key pair: the private key in PATH
-                           (0600, never overwritten), the public key on
-                           stdout or in --public-key
+const grantKeygenUsage = `Usage: keybroker grant keygen --private-key PATH [flags]
 
-check reads serve's settings: $MANA_AI_PUBLIC_KEY_PEM (the default
-recipient) and $KEYBROKER_GRANT_RECIPIENTS or --grant-recipients.
-Algorithms: rsa-oaep-256, hpke-x25519, hpke-mlkem768-x25519.
+Makes a worker's key pair for mission grants: the private key in a new
+0600 file (never overwritten), the public key, for
+$KEYBROKER_GRANT_RECIPIENTS, on stdout or in --public-key.
+
+Flags:
 `
 
 const grantCheckUsage = `Usage: keybroker grant check [flags]
@@ -249,23 +244,6 @@ Exit status 1 when one fails.
 
 Flags:
 `
-
-// cmdGrant is `keybroker grant`.
-func cmdGrant(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, grantUsage)
-		return errUsage
-	}
-	switch args[0] {
-	case "check":
-		return cmdGrantCheck(args[1:], getenv, stdout, stderr)
-	case "keygen":
-		return cmdGrantKeygen(args[1:], stdout, stderr)
-	default:
-		fmt.Fprintf(stderr, "keybroker grant: unknown command %q\n\n%s", args[0], grantUsage)
-		return errUsage
-	}
-}
 
 // cmdGrantCheck is `keybroker grant check`: serve's start-up checks of
 // the recipients, one line each.
@@ -306,18 +284,12 @@ func cmdGrantCheck(args []string, getenv func(string) string, stdout, stderr io.
 }
 
 // cmdGrantKeygen is `keybroker grant keygen`.
-func cmdGrantKeygen(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("keybroker grant keygen", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	alg := fs.String("algorithm", string(grant.HPKEMLKEM768X25519), "rsa-oaep-256, hpke-x25519 or hpke-mlkem768-x25519")
-	privatePath := fs.String("private-key", "", "file to write the private key to (0600; must not exist)")
-	publicPath := fs.String("public-key", "", "file to write the public key to (default: stdout)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+func cmdGrantKeygen(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := config.Resolve(config.GrantKeygen, args, getenv, stderr, grantKeygenUsage)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
+	alg, privatePath, publicPath := &cfg.Tool.Algorithm, &cfg.Tool.PrivateKey, &cfg.Tool.PublicKey
 	if *privatePath == "" {
 		return errors.New("--private-key is required: the worker's private key goes to a file, never to the terminal")
 	}

@@ -80,10 +80,10 @@ func TestLocalURL(t *testing.T) {
 		"[::1]:8080":     "http://[::1]:8080/healthz",
 		"broker:3001":    "http://broker:3001/healthz",
 	} {
-		got, err := localURL(addr, healthPath)
+		got, err := localURL(addr, "http", healthPath)
 		require.NoError(t, err, addr)
 		require.Equal(t, want, got, addr)
 	}
-	_, err := localURL("3001", healthPath)
+	_, err := localURL("3001", "http", healthPath)
 	require.Error(t, err)
 }

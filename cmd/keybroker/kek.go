@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,44 +19,26 @@ import (
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
-const kekUsage = `Usage:
-  keybroker kek generate         print a fresh base64 KEK (32 random bytes),
-                                 the replacement for "openssl rand -base64 32"
-  keybroker kek status           rows per KEK id and format, format-1 rows left
-                                 and whether format 1 is closed, the data keys,
-                                 and the re-wrap job
-  keybroker kek check            each configured KEK: status and a wrap+unwrap
-                                 round trip with latency; exit 1 on a failure
-  keybroker kek rotate-data-key  cached envelope mode: mint a new data key,
-                                 which new wraps use; print its id
-
-status, check and rotate-data-key read serve's store and KEK settings
-($DATABASE_URL, $KEYBROKER_KEK, $KEYBROKER_KEK_RETIRED, …); -h lists their
-flags.
+// kekUsage introduces the kek commands.
+const kekUsage = `status, check and rotate-data-key read serve's store and KEK settings
+($DATABASE_URL, $KEYBROKER_KEK, $KEYBROKER_KEK_RETIRED, …); "keybroker kek
+COMMAND -h" lists their flags. Run them where serve's KEK is: beside
+"make run" with --dev; in the Compose service (docker compose run --rm
+keybroker kek check); in the pod (kubectl exec deploy/keybroker --
+/usr/local/bin/keybroker kek check); on a systemd host with the unit's
+credential and settings (deploy/README.md, "Operator commands"):
+  sudo systemd-run --pipe --wait --collect --quiet -p DynamicUser=yes -p User=keybroker \
+    -p LoadCredential=keybroker-kek:/etc/keybroker/kek -p EnvironmentFile=/etc/keybroker/keybroker.env \
+    /usr/local/bin/keybroker kek check
 `
 
-func cmdKEK(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, kekUsage)
-		return errUsage
-	}
-	switch args[0] {
-	case "generate":
-		key := make([]byte, localkek.KeySize)
-		rand.Read(key)
-		fmt.Fprintln(stdout, base64.StdEncoding.EncodeToString(key))
-		clear(key)
-		return nil
-	case "status":
-		return cmdKEKStatus(ctx, args[1:], getenv, stdout, stderr)
-	case "check":
-		return cmdKEKCheck(ctx, args[1:], getenv, stdout, stderr)
-	case "rotate-data-key":
-		return cmdKEKRotateDataKey(ctx, args[1:], getenv, stdout, stderr)
-	default:
-		fmt.Fprintf(stderr, "keybroker kek: unknown command %q\n\n%s", args[0], kekUsage)
-		return errUsage
-	}
+// cmdKEKGenerate is "keybroker kek generate".
+func cmdKEKGenerate(stdout io.Writer) error {
+	key := make([]byte, localkek.KeySize)
+	rand.Read(key)
+	defer clear(key)
+	fmt.Fprintln(stdout, base64.StdEncoding.EncodeToString(key))
+	return nil
 }
 
 const kekStatusUsage = `Usage: keybroker kek status [flags]
@@ -81,7 +64,7 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 		return err
 	}
 	log := newLogger(cfg.Log, stderr)
-	store, closeStore, err := openStore(ctx, cfg, log)
+	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
 	if err != nil {
 		return err
 	}
@@ -211,7 +194,7 @@ func cmdKEKRotateDataKey(ctx context.Context, args []string, getenv func(string)
 		return err
 	}
 	defer keks.close()
-	store, closeStore, err := openStore(ctx, cfg, log)
+	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
 	if err != nil {
 		return err
 	}
@@ -342,11 +325,16 @@ func cmdKEKCheck(ctx context.Context, args []string, getenv func(string) string,
 	fmt.Fprintln(tw, "KEK id\trole\tresult\tstatus\twrap\tunwrap\tdetail")
 	specs := cfg.KEKs.All()
 	failed := 0
+	var explained []string // what does not fit on a line of the table
 	for _, spec := range specs {
 		res, err := checkOne(ctx, opener, spec, cfg.Tool.Timeout)
 		if err != nil {
 			failed++
-			fmt.Fprintf(tw, "%s\t%s\tFAILED\t-\t-\t-\topen: %v\n", spec.ID, spec.Role, err)
+			first, rest, more := strings.Cut(err.Error(), "\n")
+			fmt.Fprintf(tw, "%s\t%s\tFAILED\t-\t-\t-\topen: %s\n", spec.ID, spec.Role, first)
+			if more {
+				explained = append(explained, rest)
+			}
 			continue
 		}
 		class, detail := res.Class(), ""
@@ -363,6 +351,9 @@ func cmdKEKCheck(ctx context.Context, args []string, getenv func(string) string,
 			latency(res.WrapLatency), latency(res.UnwrapLatency), detail)
 	}
 	tw.Flush()
+	for _, text := range explained {
+		fmt.Fprintln(stdout, text)
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d KEKs failed the check", failed, len(specs))
 	}

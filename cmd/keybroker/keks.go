@@ -7,6 +7,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
@@ -14,6 +16,7 @@ import (
 	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/file"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
+	"github.com/keybroker/keybroker/kekproviders/systemd"
 )
 
 // openedKEKs are the configured KEKs, opened.
@@ -72,11 +75,38 @@ func openKEK(ctx context.Context, opener kekproviders.Opener, spec config.KEKSpe
 		return nil, fmt.Errorf("dev KEK: %w", err)
 	case spec.Dev:
 		return nil, fmt.Errorf("dev KEK: %w; restore it from a backup, or remove it to start over (keys it wrapped will not open)", err)
+	case spec.Scheme == kekproviders.SchemeSystemd && getenvOf(opener)(systemd.DirectoryVariable) == "":
+		// An operator command run from a shell, outside the unit that
+		// holds the credential.
+		return nil, fmt.Errorf("%s KEK, %s: %w.\n  Outside the unit, run the command with the unit's credential and settings, e.g.:\n"+
+			"    sudo systemd-run --pipe --wait --collect -p DynamicUser=yes -p User=keybroker \\\n"+
+			"      -p LoadCredential=%s:/etc/keybroker/kek -p EnvironmentFile=/etc/keybroker/keybroker.env \\\n"+
+			"      /usr/local/bin/keybroker kek check\n"+
+			"  (LoadCredentialEncrypted= for an encrypted credential; deploy/README.md, \"Operator commands\")",
+			spec.Role, spec.Setting, err, systemdCredentialName(spec.URI))
 	case errors.Is(err, localkek.ErrDevKey):
-		return nil, fmt.Errorf("%s KEK: %w.\n  Generate a real one with: keybroker kek generate\n  (or pass --dev for a throwaway local run)", spec.Role, err)
+		return nil, fmt.Errorf("%s KEK, %s: %w.\n  Generate a real one with: keybroker kek generate\n  (or pass --dev for a throwaway local run)", spec.Role, spec.Setting, err)
 	default:
-		return nil, fmt.Errorf("%s KEK: %w", spec.Role, err)
+		return nil, fmt.Errorf("%s KEK, %s: %w", spec.Role, spec.Setting, err)
 	}
+}
+
+// getenvOf is the opener's environment.
+func getenvOf(o kekproviders.Opener) func(string) string {
+	if o.Getenv == nil {
+		return os.Getenv
+	}
+	return o.Getenv
+}
+
+// systemdCredentialName is the credential a systemd-credential:// URI
+// names.
+func systemdCredentialName(uri string) string {
+	p, err := kekproviders.ParseURI(uri)
+	if err != nil {
+		return "NAME"
+	}
+	return strings.TrimPrefix(p.URL.Host+p.URL.Path, "/")
 }
 
 // keyring builds the keyring over the store's data keys; the configured

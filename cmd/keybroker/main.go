@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
 // version and commit are set at build time by `make build` and `make
@@ -65,29 +66,6 @@ func printVersion(w io.Writer) {
 	fmt.Fprintln(w, runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH)
 }
 
-const usage = `keybroker — custody of per-user master keys, wrapped by a KEK
-
-Usage:
-  keybroker serve [flags]       run the HTTP API (applies migrations first)
-  keybroker migrate [flags]     apply database migrations and exit
-  keybroker kek generate        print a fresh base64 KEK (32 random bytes)
-  keybroker kek status          rows per KEK id and format, format 1, the data keys, the re-wrap job
-  keybroker kek check           status and a wrap/unwrap round trip of each KEK
-  keybroker kek rotate-data-key mint a new data key (cached envelope mode)
-  keybroker rewrap [flags]      move rows to the active KEK now (--dry-run, --rate)
-  keybroker grant check         check the mission grant recipients' keys
-  keybroker grant keygen        make a worker's key pair (--algorithm, --private-key)
-  keybroker vault restore-recovery --user ID [--discard]
-                                put back (or forget) the recovery wrap kept
-                                before an unverifiable zero-knowledge change
-  keybroker dev token --user ID print a bearer token from the dev-mode issuer
-  keybroker healthcheck [--url] exit 0 when /healthz answers 200 (container health checks)
-  keybroker version             print the version, commit and Go release
-
-Run "keybroker serve -h" for the flags; every flag has an environment
-variable, listed in the README.
-`
-
 func main() {
 	info, ok := debug.ReadBuildInfo()
 	version, commit = resolveVersion(version, commit, info, ok)
@@ -120,35 +98,12 @@ func (h *hooks) clock() func() time.Time {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, h *hooks) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return errUsage
-	}
-	switch args[0] {
-	case "serve":
-		return cmdServe(ctx, args[1:], getenv, stderr, h)
-	case "migrate":
-		return cmdMigrate(ctx, args[1:], getenv, stdout, stderr)
-	case "kek":
-		return cmdKEK(ctx, args[1:], getenv, stdout, stderr)
-	case "rewrap":
-		return cmdRewrap(ctx, args[1:], getenv, stdout, stderr)
-	case "vault":
-		return cmdVault(ctx, args[1:], getenv, stdout, stderr)
-	case "grant":
-		return cmdGrant(args[1:], getenv, stdout, stderr)
-	case "dev":
-		return cmdDev(ctx, args[1:], getenv, stdout, stderr)
-	case "healthcheck":
-		return cmdHealthcheck(ctx, args[1:], getenv, stdout, stderr)
-	case "version", "--version", "-v":
-		printVersion(stdout)
+	err := dispatch(ctx, root, nil, args, &cli{getenv: getenv, stdout: stdout, stderr: stderr, hooks: h})
+	var help *config.HelpError
+	if errors.As(err, &help) {
+		// -h and --help print the help on stdout and succeed.
+		fmt.Fprint(stdout, help.Text)
 		return nil
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	default:
-		fmt.Fprintf(stderr, "keybroker: unknown command %q\n\n%s", args[0], usage)
-		return errUsage
 	}
+	return err
 }

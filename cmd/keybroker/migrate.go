@@ -16,6 +16,14 @@ func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	if err != nil {
 		return err
 	}
+	// migrate creates the embedded store only where it is told to: an
+	// explicit data directory. Otherwise it migrates the one that exists.
+	if cfg.Store.DatabaseURL == "" && !cfg.Set("data-dir") {
+		if err := storeExists(cfg); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(stderr, "store:", storeName(cfg))
 	if cfg.Store.DatabaseURL == "" {
 		store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: cfg.Store.DataDir})
 		if err != nil {
@@ -33,7 +41,7 @@ func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	log := newLogger(cfg.Log, stderr)
 	pool, err := pgstore.OpenPool(ctx, cfg.Store.DatabaseURL)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", config.Name("database-url"), err)
 	}
 	defer pool.Close()
 	if err := checkDBRole(ctx, pool, cfg.Store, log); err != nil {
@@ -41,7 +49,7 @@ func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	applied, err := migrations.Apply(ctx, pool, cfg.Store.Schema)
 	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return fmt.Errorf("migrate: %w", pgstore.ExplainMigrateError(ctx, pool, cfg.Store.Schema, err))
 	}
 	if len(applied) == 0 {
 		fmt.Fprintf(stdout, "schema %s is up to date\n", cfg.Store.Schema)

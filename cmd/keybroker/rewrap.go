@@ -25,7 +25,7 @@ no format-1 row is left it closes format 1 for good. Safe while
 servers run: it takes the same lock, so it waits for no one and refuses
 to run next to another runner. Kill it at any time and run it again.
 
-Flags (each also read from the environment variable serve uses):
+Flags (those that serve's environment variables also set name them):
 `
 
 // cmdRewrap is `keybroker rewrap`.
@@ -40,7 +40,7 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer keks.close()
-	store, closeStore, err := openStore(ctx, cfg, log)
+	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
 	if err != nil {
 		return err
 	}

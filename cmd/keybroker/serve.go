@@ -48,7 +48,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	keks.metrics = ops.kek // the keyring reports its KEK calls to it
+	keks.metrics = ops.kek                                   // the keyring reports its KEK calls to it
 	grants, err := openGrants(cfg.Grants, ops.registry, log) // a bad recipient key refuses the start: grants.go
 	if err != nil {
 		return err
@@ -81,6 +81,11 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		JWKSURL: cfg.Tokens.JWKSURL, Issuer: cfg.Tokens.Issuer, Audience: cfg.Tokens.Audience,
 		MaxLifetime: cfg.Tokens.MaxLifetime, Leeway: cfg.Tokens.Leeway,
 	})
+	var jwksErr *jwtauth.JWKSError
+	if errors.As(err, &jwksErr) {
+		// A 404 or a web page: a mistake in the URL, not an outage.
+		return fmt.Errorf("%s: %w", config.Name("jwks-url"), err)
+	}
 	if err != nil {
 		return err
 	}
@@ -163,7 +168,14 @@ type readyStore interface {
 // refusing a role that row-level security does not bind (checkDBRole) and
 // applying migrations first unless disabled, and otherwise the embedded
 // SQLite store in the data directory (which migrates itself on open).
+// Only serve creates an embedded store: the operator commands refuse a
+// data directory without one (errNoStore).
 func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (readyStore, func(), error) {
+	if cfg.Command != config.Serve {
+		if err := storeExists(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
 	if cfg.Store.DatabaseURL == "" {
 		store, err := sqlitestore.Open(ctx, sqlitestore.Config{Dir: cfg.Store.DataDir})
 		if err != nil {
@@ -175,19 +187,22 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (ready
 		log.Info("embedded store", slog.String("path", store.Path()))
 		return store, func() { _ = store.Close() }, nil
 	}
-	pool, err := pgstore.OpenPool(ctx, cfg.Store.DatabaseURL)
+	pool, err := pgstore.NewPool(ctx, pgstore.PoolConfig{URL: cfg.Store.DatabaseURL, MaxConns: cfg.Store.PoolSize})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%s: %w", config.Name("database-url"), err)
 	}
 	if err := checkDBRole(ctx, pool, cfg.Store, log); err != nil {
 		pool.Close()
 		return nil, nil, err
 	}
+	if cfg.Command == config.Serve {
+		logConnectionBudget(ctx, pool, log)
+	}
 	if cfg.Store.Migrate {
 		applied, err := migrations.Apply(ctx, pool, cfg.Store.Schema)
 		if err != nil {
 			pool.Close()
-			return nil, nil, fmt.Errorf("migrate: %w", err)
+			return nil, nil, fmt.Errorf("migrate: %w", pgstore.ExplainMigrateError(ctx, pool, cfg.Store.Schema, err))
 		}
 		for _, name := range applied {
 			log.Info("migration applied", slog.String("migration", name), slog.String("schema", cfg.Store.Schema))

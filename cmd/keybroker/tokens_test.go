@@ -279,7 +279,7 @@ func TestServeRefusesLooseKEKFiles(t *testing.T) {
 			srv, err := serveOrRefuse(t, env(path))
 			if mode&0o077 != 0 {
 				require.Error(t, err, "a KEK file with mode %04o must be refused", mode)
-				require.ErrorContains(t, err, "active KEK: file: "+path+" has mode")
+				require.ErrorContains(t, err, "active KEK, $KEYBROKER_KEK (--kek): file: "+path+" has mode")
 				require.ErrorContains(t, err, "chmod 600 "+path)
 				return
 			}

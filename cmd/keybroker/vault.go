@@ -15,29 +15,10 @@ import (
 // The operator's vault commands: the restore slot of zero-knowledge
 // recovery wraps (broker/restore.go).
 
-const vaultUsage = `Usage:
-  keybroker vault restore-recovery --user ID [--discard]
-                            put back the recovery wrap the server kept before
-                            an unverifiable change (zero-knowledge mode again,
-                            a server wrap dropped), or with --discard forget it
-
-It reads serve's store settings ($DATABASE_URL, $KEYBROKER_DATA_DIR,
+// vaultUsage introduces the vault commands.
+const vaultUsage = `They read serve's store settings ($DATABASE_URL, $KEYBROKER_DATA_DIR,
 $KEYBROKER_SCHEMA); no KEK is needed. -h lists the flags.
 `
-
-func cmdVault(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, vaultUsage)
-		return errUsage
-	}
-	switch args[0] {
-	case "restore-recovery":
-		return cmdVaultRestoreRecovery(ctx, args[1:], getenv, stdout, stderr)
-	default:
-		fmt.Fprintf(stderr, "keybroker vault: unknown command %q\n\n%s", args[0], vaultUsage)
-		return errUsage
-	}
-}
 
 const restoreRecoveryUsage = `Usage: keybroker vault restore-recovery --user ID [--discard] [flags]
 
@@ -70,7 +51,7 @@ func cmdVaultRestoreRecovery(ctx context.Context, args []string, getenv func(str
 		return errors.New("--user is required")
 	}
 	log := newLogger(cfg.Log, stderr)
-	store, closeStore, err := openStore(ctx, cfg, log)
+	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -66,8 +67,8 @@ func (p *Process) ServerLatencies() []time.Duration {
 	return out
 }
 
-// accessLatency reads the "latency" of an access log line: nanoseconds, as
-// slog's JSON handler writes a time.Duration.
+// accessLatency reads the "latency" of an access log line: seconds, as a
+// number, as keybroker's JSON logs write every duration.
 func accessLatency(line []byte) (time.Duration, bool) {
 	const key = `"latency":`
 	i := bytes.Index(line, []byte(key))
@@ -75,12 +76,17 @@ func accessLatency(line []byte) (time.Duration, bool) {
 		return 0, false
 	}
 	rest := line[i+len(key):]
-	end := bytes.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
-	if end <= 0 {
+	end := bytes.IndexFunc(rest, func(r rune) bool {
+		return (r < '0' || r > '9') && r != '.' && r != 'e' && r != 'E' && r != '-' && r != '+'
+	})
+	if end < 0 {
+		end = len(rest)
+	}
+	if end == 0 {
 		return 0, false
 	}
-	ns, err := strconv.ParseInt(string(rest[:end]), 10, 64)
-	return time.Duration(ns), err == nil
+	seconds, err := strconv.ParseFloat(string(rest[:end]), 64)
+	return time.Duration(math.Round(seconds * float64(time.Second))), err == nil
 }
 
 // readyMessage is the log line keybroker serve writes once it listens.

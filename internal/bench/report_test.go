@@ -67,9 +67,12 @@ func TestParseBenchLine(t *testing.T) {
 }
 
 func TestAccessLatency(t *testing.T) {
-	d, ok := accessLatency([]byte(`{"time":"x","level":"INFO","msg":"request","status":200,"latency":1234567,"user_id":"u"}`))
+	d, ok := accessLatency([]byte(`{"time":"x","level":"INFO","msg":"request","status":200,"latency":0.001234567,"user_id":"u"}`))
 	require.True(t, ok)
 	require.Equal(t, 1234567*time.Nanosecond, d)
+	d, ok = accessLatency([]byte(`{"latency":2e-05}`))
+	require.True(t, ok)
+	require.Equal(t, 20*time.Microsecond, d)
 	_, ok = accessLatency([]byte(`{"msg":"keybroker serving","addr":"127.0.0.1:1"}`))
 	require.False(t, ok)
 }

@@ -134,12 +134,16 @@ type Verifier struct {
 // New applies defaults to cfg, validates it, starts the JWKS cache and
 // waits for the first fetch of the key set.
 //
-// An unreachable JWKS endpoint does not make New fail: the issuer may simply
-// be starting at the same time as we are. New then returns a Verifier whose
-// Ready reports false and whose Verify fails with ErrUnauthorized ("signing
-// keys not loaded") until a later fetch succeeds; fetches are retried every
-// MinRefreshInterval and whenever a token arrives. New fails only on an
-// invalid Config or a ctx that ends before the first fetch does.
+// An unreachable JWKS endpoint, or one that answers 5xx (or 408, 429),
+// does not make New fail: the issuer may simply be starting at the same
+// time as we are. New then returns a Verifier whose Ready reports false
+// and whose Verify fails with ErrUnauthorized ("signing keys not loaded")
+// until a later fetch succeeds; fetches are retried every
+// MinRefreshInterval and whenever a token arrives. An endpoint that
+// answers the first fetch with any other 4xx, or with a body that is not
+// a JWK set, is a mistake in the URL that no wait fixes: New fails with a
+// *JWKSError. New fails otherwise only on an invalid Config or a ctx that
+// ends before the first fetch does.
 //
 // ctx also bounds the Verifier's lifetime: background refresh stops when ctx
 // is cancelled or Close is called, whichever comes first. Pass a context
@@ -150,6 +154,16 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
+
+	// The status of each answer, which httprc keeps to its error text:
+	// New tells a mistake (404) from an outage (503) by it.
+	statuses := &statusRecorder{base: cfg.HTTPClient.Transport}
+	if statuses.base == nil {
+		statuses.base = http.DefaultTransport
+	}
+	recorded := *cfg.HTTPClient
+	recorded.Transport = statuses
+	cfg.HTTPClient = &recorded
 
 	v := &Verifier{
 		cfg:        cfg,
@@ -217,6 +231,10 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	case <-ready:
 		v.recordFetch(nil)
 	case <-firstFailure:
+		if err := v.mistake(statuses.last.Load()); err != nil {
+			v.Close()
+			return nil, err
+		}
 	case <-timer.C:
 	case <-ctx.Done():
 		v.Close()
@@ -226,6 +244,70 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	v.background.Add(1)
 	go v.retryUntilLoaded()
 	return v, nil
+}
+
+// JWKSError is a JWKS URL whose server answers, but not with a key set:
+// a 4xx status (a typo in the path, a route that needs credentials) or a
+// body that is not a JWK set (a web page). Waiting does not fix it, so New
+// refuses to start on it; an unreachable endpoint or a 5xx is an outage,
+// which New starts through, not ready.
+type JWKSError struct {
+	// URL is the JWKS URL, without user information.
+	URL string
+	// Status is the HTTP status; 200 for a body that is not a key set.
+	Status int
+	// Err is the fetch's error.
+	Err error
+}
+
+func (e *JWKSError) Error() string {
+	if e.Status == http.StatusOK {
+		return fmt.Sprintf("jwtauth: the JWKS URL %s answered 200 OK with something that is not a JWK set (a JSON object with a \"keys\" array): %v; "+
+			"is it the issuer's JWKS (Better Auth: <its base URL>/api/auth/jwks)?", e.URL, e.Err)
+	}
+	return fmt.Sprintf("jwtauth: the JWKS URL %s answered %d %s: it is not the issuer's key set; check the URL "+
+		"(Better Auth: <its base URL>/api/auth/jwks)", e.URL, e.Status, http.StatusText(e.Status))
+}
+
+// Unwrap is the fetch's error.
+func (e *JWKSError) Unwrap() error { return e.Err }
+
+// mistake is the first fetch's failure as a *JWKSError when it is a
+// mistake rather than an outage; status is the last answer's.
+func (v *Verifier) mistake(status int64) error {
+	f := v.lastFailure.Load()
+	if f == nil {
+		return nil
+	}
+	shown := v.cfg.JWKSURL
+	if u, err := url.Parse(shown); err == nil {
+		u.User = nil
+		shown = u.String()
+	}
+	switch {
+	case errors.Is(f.err, httprc.ErrTransformerFailed()):
+		return &JWKSError{URL: shown, Status: http.StatusOK, Err: f.err}
+	case errors.Is(f.err, httprc.ErrUnexpectedStatusCode()) && status >= 400 && status < 500 &&
+		status != http.StatusRequestTimeout && status != http.StatusTooManyRequests:
+		return &JWKSError{URL: shown, Status: int(status), Err: f.err}
+	}
+	return nil
+}
+
+// statusRecorder keeps the status of the last answer to a fetch.
+type statusRecorder struct {
+	base http.RoundTripper
+	last atomic.Int64
+}
+
+func (s *statusRecorder) RoundTrip(r *http.Request) (*http.Response, error) {
+	res, err := s.base.RoundTrip(r)
+	if err != nil {
+		s.last.Store(0)
+		return nil, err
+	}
+	s.last.Store(int64(res.StatusCode))
+	return res, nil
 }
 
 func (cfg *Config) setDefaults() {

@@ -657,3 +657,47 @@ func TestNewValidatesConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestJWKSMistakeRefusesToStart: a JWKS URL whose server answers 4xx (a
+// typo in the path, a route behind a login) or with something that is
+// not a key set (the issuer's web page) is a mistake no wait fixes: New
+// refuses, naming the URL and the status, instead of starting a server
+// that answers 401 to everyone. An outage (5xx, 429, nothing listening)
+// starts not ready, as before.
+func TestJWKSMistakeRefusesToStart(t *testing.T) {
+	t.Parallel()
+	for name, c := range map[string]struct {
+		status int
+		body   string
+		says   string
+	}{
+		"NotFound":     {http.StatusNotFound, "not found", "answered 404 Not Found"},
+		"Unauthorized": {http.StatusUnauthorized, "login first", "answered 401 Unauthorized"},
+		"WebPage":      {http.StatusOK, "<html>welcome</html>", "answered 200 OK with something that is not a JWK set"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := startJWKS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(c.status)
+				_, _ = w.Write([]byte(c.body))
+			}))
+			_, err := jwtauth.New(t.Context(), jwtauth.Config{JWKSURL: srv.URL + "/api/auth/jwk", MinRefreshInterval: time.Millisecond})
+			var jwksErr *jwtauth.JWKSError
+			require.ErrorAs(t, err, &jwksErr)
+			require.ErrorContains(t, err, c.says)
+			require.ErrorContains(t, err, srv.URL+"/api/auth/jwk", "the message names the URL")
+			require.Equal(t, c.status, jwksErr.Status)
+		})
+	}
+	for name, status := range map[string]int{"Unavailable": http.StatusServiceUnavailable, "BadGateway": http.StatusBadGateway,
+		"TooManyRequests": http.StatusTooManyRequests} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := startJWKS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) }))
+			v, err := jwtauth.New(t.Context(), jwtauth.Config{JWKSURL: srv.URL, MinRefreshInterval: time.Millisecond})
+			require.NoError(t, err, "an outage starts not ready")
+			t.Cleanup(v.Close)
+			require.False(t, v.Ready())
+		})
+	}
+}

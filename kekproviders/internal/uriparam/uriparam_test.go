@@ -12,7 +12,7 @@ func parse(t *testing.T, raw string) *Params {
 	t.Helper()
 	u, err := url.Parse(raw)
 	require.NoError(t, err)
-	return New("test", u)
+	return New("test", u, raw)
 }
 
 func TestKnownParametersAreRead(t *testing.T) {
@@ -42,5 +42,27 @@ func TestBadValuesAreErrors(t *testing.T) {
 		p.Int("max_attempts")
 		p.String("region")
 		require.Error(t, p.Done(), raw)
+	}
+}
+
+func TestSuggest(t *testing.T) {
+	known := []string{"id", "region", "timeout", "token_file"}
+	for name, want := range map[string]string{
+		"idd": "id", "ID": "id", "kid": "id", "regoin": "region", "timout": "timeout", "tokenfile": "token_file",
+		"pin": "", "token": "", "secret": "", "region": "",
+	} {
+		require.Equal(t, want, Suggest(name, known), name)
+	}
+}
+
+func TestRedactKeepsTheQueryHidesSecrets(t *testing.T) {
+	for raw, want := range map[string]string{
+		"file:///k?idd=kek-1":                             "file:///k?idd=kek-1",
+		"vault-transit://k?id=a&token=hvs.x":              "vault-transit://k?id=a&token=REDACTED",
+		"vault-transit://u:pw@k?id=a&role_id=r1":          "vault-transit://u:REDACTED@k?id=a&role_id=REDACTED",
+		"awskms:///alias/k?id=a&region=eu-central-1#frag": "awskms:///alias/k?id=a&region=eu-central-1",
+		"pkcs11:token=t;object=k?pin-value=1234&id=h":     "pkcs11:token=t;object=k?pin-value=REDACTED&id=h",
+	} {
+		require.Equal(t, want, Redact(raw), raw)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/pgstore"
 )
 
 // Command is one command of keybroker, or a set of them.
@@ -40,6 +41,10 @@ const (
 	DevToken
 	Healthcheck
 	GrantCheck
+	GrantKeygen
+	// ConfigCheck and ConfigShow read what serve reads.
+	ConfigCheck
+	ConfigShow
 )
 
 // Sets of commands that share settings.
@@ -48,12 +53,14 @@ const (
 	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery
 	// needKEK are the commands that cannot run without a KEK.
 	needKEK = Serve | Rewrap | KEKCheck | KEKRotateDataKey
+	// configCmds resolve serve's configuration.
+	configCmds = ConfigCheck | ConfigShow
 )
 
 var commandNames = map[Command]string{
 	Serve: "serve", Migrate: "migrate", Rewrap: "rewrap", KEKStatus: "kek status", KEKCheck: "kek check",
 	KEKRotateDataKey: "kek rotate-data-key", VaultRestoreRecovery: "vault restore-recovery", DevToken: "dev token",
-	Healthcheck: "healthcheck", GrantCheck: "grant check",
+	Healthcheck: "healthcheck", GrantCheck: "grant check", GrantKeygen: "grant keygen", ConfigCheck: "config check", ConfigShow: "config show",
 }
 
 // String is the command line that runs the command: "keybroker kek check".
@@ -109,6 +116,9 @@ type Store struct {
 	// AllowPrivileged connects even as a role row-level security does not
 	// bind (tests only).
 	AllowPrivileged bool
+	// PoolSize is the most connections of the PostgreSQL pool; the URL's
+	// pool_max_conns says the same, and the two must agree.
+	PoolSize int
 }
 
 // Log is where and how the command logs.
@@ -176,13 +186,31 @@ type Tool struct {
 	User    string
 	Discard bool
 	TTL     time.Duration
-	// healthcheck
-	URL string
+	// healthcheck: the URL, and the certificates it trusts for https
+	URL    string
+	CAFile string
+	// grant keygen: the algorithm and where the key pair goes
+	Algorithm  string
+	PrivateKey string
+	PublicKey  string
 }
 
 // ErrUsage is a command line that did not parse: the flag package has
 // printed why, or the usage asked for.
 var ErrUsage = errors.New("usage")
+
+// ErrHelp is -h or --help: the help was asked for. A *HelpError carries
+// its text.
+var ErrHelp = flag.ErrHelp
+
+// HelpError is the help of a command, asked for with -h or --help: the
+// caller prints Text to stdout and exits 0.
+type HelpError struct{ Text string }
+
+func (e *HelpError) Error() string { return "help requested" }
+
+// Is makes errors.Is(err, ErrHelp) true.
+func (e *HelpError) Is(target error) bool { return target == ErrHelp }
 
 // Problems is every problem of a configuration, each naming its setting.
 type Problems []error
@@ -202,17 +230,23 @@ func (p Problems) Unwrap() []error { return p }
 // Resolve reads the settings of cmd from the environment (getenv) and
 // from args, which are cmd's flags; flag parse errors and the usage go to
 // stderr, with usage (when not empty) above the flags. It returns
-// ErrUsage for a command line that does not parse, and otherwise either
-// the configuration or Problems, every problem at once.
+// ErrUsage for a command line that does not parse, a *HelpError (usage
+// and flags, for stdout) for -h or --help, and otherwise either the
+// configuration or Problems, every problem at once.
 func Resolve(cmd Command, args []string, getenv func(string) string, stderr io.Writer, usage string) (*Config, error) {
 	c := &Config{Command: cmd, raw: map[*setting]string{}}
 	fs := flag.NewFlagSet(cmd.String(), flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	if usage != "" {
-		fs.Usage = func() {
-			fmt.Fprint(stderr, usage)
-			fs.PrintDefaults()
+	// What the flag package prints goes to stderr for a mistake, and is
+	// the help itself (for stdout) when asked for with -h or --help.
+	var printed strings.Builder
+	fs.SetOutput(&printed)
+	fs.Usage = func() {
+		if usage != "" {
+			fmt.Fprint(&printed, usage)
+		} else {
+			fmt.Fprintf(&printed, "Usage: %s [flags]\n\nFlags:\n", cmd)
 		}
+		PrintFlags(&printed, cmd)
 	}
 	given := map[*setting]*flagValue{}
 	for _, s := range settings {
@@ -226,6 +260,10 @@ func Resolve(cmd Command, args []string, getenv func(string) string, stderr io.W
 		}
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, &HelpError{Text: printed.String()}
+		}
+		fmt.Fprint(stderr, printed.String())
 		return nil, ErrUsage
 	}
 	if fs.NArg() > 0 {
@@ -256,7 +294,9 @@ func Resolve(cmd Command, args []string, getenv func(string) string, stderr io.W
 	}
 	problems = append(problems, c.check(getenv)...)
 	if len(problems) > 0 {
-		return nil, problems
+		// The configuration comes along for "config check", which shows
+		// what was read beside what is wrong; it is not to be run.
+		return c, problems
 	}
 	return c, nil
 }
@@ -266,6 +306,9 @@ func Resolve(cmd Command, args []string, getenv func(string) string, stderr io.W
 func (c *Config) check(getenv func(string) string) Problems {
 	var problems Problems
 	cmd := c.Command
+	if cmd&configCmds != 0 {
+		cmd = Serve // they check what serve would
+	}
 	if cmd&(Serve|Migrate|Tools) != 0 && c.Store.DatabaseURL == "" && c.Store.DataDir == "" {
 		problems = append(problems, fmt.Errorf("no store: set %s to a PostgreSQL URL, or %s to a directory for the embedded store",
 			databaseURL.name(), dataDir.name()))
@@ -276,6 +319,14 @@ func (c *Config) check(getenv func(string) string) Problems {
 		problems = append(problems, fmt.Errorf("--dev refused: $%s is production", EnvEnv))
 	case cmd == DevToken && production:
 		problems = append(problems, fmt.Errorf("dev token refused: $%s is production", EnvEnv))
+	}
+	if n, ok := pgstore.URLPoolSize(c.Store.DatabaseURL); ok && cmd == Serve {
+		// The URL's pool_max_conns is the older way to say it.
+		if c.set(dbPoolSize) && n != c.Store.PoolSize {
+			problems = append(problems, fmt.Errorf("the pool size is given twice, differently: %s=%d and pool_max_conns=%d in %s; keep one",
+				dbPoolSize.name(), c.Store.PoolSize, n, databaseURL.name()))
+		}
+		c.Store.PoolSize = n
 	}
 	if cmd == Serve {
 		if c.Dev && !c.set(addr) {
@@ -300,6 +351,17 @@ func (c *Config) check(getenv func(string) string) Problems {
 		}
 	}
 	return problems
+}
+
+// Set reports whether the setting whose flag is flag was given, by its
+// flag or its variables, rather than left at its default.
+func (c *Config) Set(flag string) bool {
+	for _, s := range settings {
+		if s.flag == flag && s.in(c.Command) {
+			return c.set(s)
+		}
+	}
+	return false
 }
 
 // set reports whether s was given, by its flag or its variables.
@@ -381,6 +443,26 @@ func (c *Config) DevKEKPath() string {
 		dir = c.Store.DataDir
 	}
 	return filepath.Join(dir, DevKEKFile)
+}
+
+// PrintFlags lists the flags of cmd, in the table's order: each with
+// what it means, the environment variable it also reads (only those that
+// read one say so) and its default.
+func PrintFlags(w io.Writer, cmd Command) {
+	for _, s := range settings {
+		if !s.in(cmd) || s.flag == "" || !s.flagIn(cmd) {
+			continue
+		}
+		name := "--" + s.flag
+		if !s.isBool {
+			name += " " + s.metavar()
+		}
+		fmt.Fprintf(w, "  %s\n    \t%s", name, s.usageText())
+		if def := s.defaultFor(cmd); def != "" && !s.secret && !(s.isBool && def == "false") {
+			fmt.Fprintf(w, " (default %s)", def)
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // flagValue is a flag's value as given on the command line; the settings

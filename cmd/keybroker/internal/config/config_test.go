@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/pgstore"
 )
 
 // base is what each command needs to resolve at all.
@@ -36,7 +37,7 @@ func resolve(cmd Command, env map[string]string, args ...string) (*Config, error
 
 // firstCommand is a command that reads s.
 func firstCommand(s *setting) Command {
-	for cmd := Serve; cmd <= Healthcheck; cmd <<= 1 {
+	for cmd := Serve; cmd <= lastCommand; cmd <<= 1 {
 		if s.in(cmd) && (s.flag == "" || s.flagIn(cmd)) {
 			return cmd
 		}
@@ -59,9 +60,10 @@ func value(t *testing.T, c *Config, s *setting) Value {
 // samples are, for each setting, two good values and a bad one with what
 // its refusal says (bad is empty for settings that take any text).
 var samples = map[*setting]struct{ good, other, bad, says string }{
-	port:            {"8080", "9090", "", ""},
-	addr:            {"127.0.0.1:1", "127.0.0.1:2", "", ""},
-	databaseURL:     {"postgres://a@h/db", "postgres://b@h/db", "", ""},
+	port:            {"8080", "9090", "http", "want a port number"},
+	addr:            {"127.0.0.1:1", "127.0.0.1:2", "localhost", "want host:port"},
+	databaseURL:     {"postgres://a@h/db", "postgres://b@h/db", "postgres://a:pw@h:x/db", `invalid port ":x" after host`},
+	dbPoolSize:      {"4", "100", "0", "want a whole number of connections between 1 and 10000"},
 	dataDir:         {"/tmp/a", "/tmp/b", "", ""},
 	schema:          {"auth", "other", "", ""},
 	migrate:         {"false", "true", "maybe", `"maybe": want true or false`},
@@ -72,7 +74,7 @@ var samples = map[*setting]struct{ good, other, bad, says string }{
 	kekID:           {"a1", "a2", "", ""},
 	kekRetired:      {"env://A?id=a", "env://B?id=b env://C?id=c", "ftp", "no scheme"},
 	dev:             {"true", "false", "sure", "want true or false"},
-	jwksURL:         {"https://a/jwks", "https://b/jwks", "", ""},
+	jwksURL:         {"https://a/jwks", "https://b/jwks", "auth.example.com/api/auth/jwks", "want an absolute http or https URL"},
 	jwtIssuer:       {"https://a", "https://b", "", ""},
 	jwtAudience:     {"https://a", "https://b", "", ""},
 	jwtUnpinned:     {"true", "false", "perhaps", "want true or false"},
@@ -91,7 +93,7 @@ var samples = map[*setting]struct{ good, other, bad, says string }{
 	corsOrigins:     {"https://a.test", "https://b.test", "", ""},
 	trustedProxies:  {"10.0.0.0/8", "192.168.0.1", "proxy.internal", "proxy.internal"},
 	rateLimit:       {"0.5", "100", "fast", "want requests per second"},
-	rateBurst:       {"5", "100", "lots", "want a whole number of requests"},
+	rateBurst:       {"5", "100", "-1", "want a whole number of requests, not negative"},
 	serviceKey:      {"service-key-0123456789", "service-key-abcdefghij", "", ""},
 	tlsCert:         {"/c.pem", "/d.pem", "", ""},
 	tlsKey:          {"/k.pem", "/l.pem", "", ""},
@@ -102,11 +104,15 @@ var samples = map[*setting]struct{ good, other, bad, says string }{
 	toolRate:          {"100", "0", "-5", "must not be negative"},
 	toolConcurrency:   {"2", "16", "0", "at least 1"},
 	toolProgressEvery: {"1s", "0s", "often", "want a duration"},
-	toolCheckTimeout:  {"5s", "1m", "never", "want a duration"},
+	toolCheckTimeout:  {"5s", "1m", "0s", "must be at least 1s"},
 	toolUser:          {"alice", "bob", "", ""},
 	toolDiscard:       {"true", "false", "dunno", "want true or false"},
-	toolTTL:           {"10m", "2h", "forever", "want a duration"},
-	toolURL:           {"http://a/healthz", "http://b/healthz", "", ""},
+	toolTTL:           {"10m", "2h", "0s", "must be at least 1s"},
+	toolAlgorithm:     {"rsa-oaep-256", "hpke-x25519", "", ""},
+	toolPrivateKey:    {"/keys/w.key", "/keys/v.key", "", ""},
+	toolPublicKey:     {"/keys/w.pem", "/keys/v.pem", "", ""},
+	toolURL:           {"http://a/healthz", "https://b/healthz", "localhost:3001/healthz", "want http://host:port/path"},
+	toolCAFile:        {"/ca.pem", "/other-ca.pem", "", ""},
 	toolHealthTimeout: {"1s", "10s", "soon", "want a duration"},
 }
 
@@ -261,7 +267,7 @@ func TestTypedValues(t *testing.T) {
 	require.Equal(t, broker.RecoveryProofRequired, c.RecoveryProof)
 	require.Equal(t, Log{Level: slog.LevelInfo}, c.Log)
 	require.True(t, c.Store.Migrate)
-	require.Equal(t, Store{DataDir: DefaultDataDir, Schema: "keybroker", Migrate: true}, c.Store)
+	require.Equal(t, Store{DataDir: DefaultDataDir, Schema: "keybroker", Migrate: true, PoolSize: pgstore.DefaultPoolSize()}, c.Store)
 
 	c, err = resolve(Serve, map[string]string{"PORT": "4000", "KEYBROKER_ADDR": "0.0.0.0:5000"})
 	require.NoError(t, err)
@@ -284,10 +290,11 @@ func TestKEKSpecs(t *testing.T) {
 	c, err := resolve(Serve, map[string]string{"KEYBROKER_KEK": "awskms:///alias/kb?region=eu-west-1", "KEYBROKER_KEK_ID": "aws-2",
 		"KEYBROKER_KEK_RETIRED": "env://MANA_AUTH_KEK, vault-transit://kb?id=vt-1&cache=off"})
 	require.NoError(t, err)
-	require.Equal(t, &KEKSpec{Role: RoleActive, URI: "awskms:///alias/kb?id=aws-2&region=eu-west-1", ID: "aws-2", Scheme: "awskms", Cached: true}, c.KEKs.Active)
+	require.Equal(t, &KEKSpec{Role: RoleActive, URI: "awskms:///alias/kb?id=aws-2&region=eu-west-1", ID: "aws-2", Scheme: "awskms", Cached: true,
+		Setting: "$KEYBROKER_KEK (--kek)"}, c.KEKs.Active)
 	require.Equal(t, []KEKSpec{
-		{Role: RoleDecryptOnly, URI: "env://MANA_AUTH_KEK", ID: "env-v1", Scheme: "env"},
-		{Role: RoleDecryptOnly, URI: "vault-transit://kb?id=vt-1&cache=off", ID: "vt-1", Scheme: "vault-transit"},
+		{Role: RoleDecryptOnly, URI: "env://MANA_AUTH_KEK", ID: "env-v1", Scheme: "env", Setting: "$KEYBROKER_KEK_RETIRED (--kek-retired)"},
+		{Role: RoleDecryptOnly, URI: "vault-transit://kb?id=vt-1&cache=off", ID: "vt-1", Scheme: "vault-transit", Setting: "$KEYBROKER_KEK_RETIRED (--kek-retired)"},
 	}, c.KEKs.Retired)
 	require.Equal(t, map[string]Role{"aws-2": RoleActive, "env-v1": RoleDecryptOnly, "vt-1": RoleDecryptOnly}, c.KEKs.Roles())
 
@@ -299,7 +306,7 @@ func TestKEKSpecs(t *testing.T) {
 	dev, err := resolve(KEKCheck, map[string]string{"KEYBROKER_KEK": "", "KEYBROKER_DATA_DIR": dir}, "--dev")
 	require.NoError(t, err)
 	require.Equal(t, &KEKSpec{Role: RoleActive, URI: "file://" + filepath.Join(dir, DevKEKFile) + "?id=" + DevKEKID, ID: DevKEKID,
-		Scheme: "file", Dev: true}, dev.KEKs.Active, "operator commands with --dev find the dev KEK")
+		Scheme: "file", Dev: true, Setting: "the dev KEK"}, dev.KEKs.Active, "operator commands with --dev find the dev KEK")
 	require.True(t, dev.KEKs.AllowDevKeys)
 
 	// kek status and vault restore-recovery need no KEK: a bad URI leaves
@@ -330,7 +337,9 @@ func TestMalformedKEKURIIsNotRepeated(t *testing.T) {
 // TestValuesRedactSecrets: the effective configuration can be printed.
 func TestValuesRedactSecrets(t *testing.T) {
 	t.Parallel()
-	c, err := resolve(Serve, map[string]string{"KEYBROKER_SERVICE_KEY": "s3cret-service-key", "DATABASE_URL": "postgres://kb:pa55word@db/kb"})
+	c, err := resolve(Serve, map[string]string{"KEYBROKER_SERVICE_KEY": "s3cret-service-key", "DATABASE_URL": "postgres://kb:pa55word@db/kb",
+		"KEYBROKER_KEK":         "vault-transit://kb?id=v1&address=https://vault.test&role_id=s3cret-role",
+		"KEYBROKER_KEK_RETIRED": "vault-transit://u:s3cretpw@kb?id=v0, env://OLD?id=e0"})
 	require.NoError(t, err)
 	var printed strings.Builder
 	for _, v := range c.Values() {
@@ -340,6 +349,8 @@ func TestValuesRedactSecrets(t *testing.T) {
 	require.NotContains(t, printed.String(), "pa55word")
 	require.Contains(t, printed.String(), "KEYBROKER_SERVICE_KEY=REDACTED\n")
 	require.Contains(t, printed.String(), "DATABASE_URL=postgres://kb:xxxxx@db/kb\n")
+	require.Contains(t, printed.String(), "KEYBROKER_KEK=vault-transit://kb?id=v1&address=https://vault.test&role_id=REDACTED\n")
+	require.Contains(t, printed.String(), "KEYBROKER_KEK_RETIRED=vault-transit://u:REDACTED@kb?id=v0 env://OLD?id=e0\n")
 }
 
 // TestDevMode: loopback unless an address is given; no issuer needed.
@@ -383,4 +394,54 @@ func TestNames(t *testing.T) {
 	require.Equal(t, "KEYBROKER_RECOVERY_PROOF", Env("recovery-proof"))
 	require.Panics(t, func() { Name("no-such-setting") })
 	require.True(t, errors.Is(Problems{ErrNoKEK}, ErrNoKEK))
+}
+
+// TestHelpIsNotAMistake: -h and --help return the help for stdout, and
+// each flag's line names its variable only when it has one.
+func TestHelpIsNotAMistake(t *testing.T) {
+	t.Parallel()
+	for _, arg := range []string{"-h", "--help", "-help"} {
+		var stderr strings.Builder
+		_, err := Resolve(Rewrap, []string{arg}, func(string) string { return "" }, &stderr, "Usage: keybroker rewrap [flags]\n\nFlags:\n")
+		require.ErrorIs(t, err, ErrHelp, arg)
+		var help *HelpError
+		require.ErrorAs(t, err, &help)
+		require.Empty(t, stderr.String(), "help is not an error message")
+		require.Contains(t, help.Text, "Usage: keybroker rewrap [flags]")
+		require.Regexp(t, `--batch ROWS\n\s+rows per transaction \(default 1000\)\n`, help.Text, "a flag alone names no variable")
+		require.Contains(t, help.Text, "($KEYBROKER_KEK)")
+		require.Contains(t, help.Text, "($DATABASE_URL)")
+	}
+	var stderr strings.Builder
+	_, err := Resolve(Rewrap, []string{"--batch"}, func(string) string { return "" }, &stderr, "")
+	require.ErrorIs(t, err, ErrUsage)
+	require.Contains(t, stderr.String(), "flag needs an argument")
+}
+
+// TestPoolSize: the pool size is a setting, or the URL's pool_max_conns;
+// both at once must agree.
+func TestPoolSize(t *testing.T) {
+	t.Parallel()
+	c, err := resolve(Serve, map[string]string{"DATABASE_URL": "postgres://kb@db/kb?pool_max_conns=12"})
+	require.NoError(t, err)
+	require.Equal(t, 12, c.Store.PoolSize, "the URL's pool_max_conns")
+	c, err = resolve(Serve, map[string]string{"KEYBROKER_DB_POOL_SIZE": "6"})
+	require.NoError(t, err)
+	require.Equal(t, 6, c.Store.PoolSize)
+	_, err = resolve(Serve, map[string]string{"DATABASE_URL": "postgres://kb@db/kb?pool_max_conns=12", "KEYBROKER_DB_POOL_SIZE": "6"})
+	require.ErrorContains(t, err, "the pool size is given twice, differently: $KEYBROKER_DB_POOL_SIZE (--db-pool-size)=6 and pool_max_conns=12 in $DATABASE_URL (--database-url)")
+}
+
+// TestConfigCommandsReadServe: config check and show read what serve
+// reads, and hand the configuration back beside its problems.
+func TestConfigCommandsReadServe(t *testing.T) {
+	t.Parallel()
+	c, err := resolve(ConfigCheck, map[string]string{"KEYBROKER_JWKS_URL": "https://auth.test/jwks", "KEYBROKER_JWT_ISSUER": "https://auth.test",
+		"KEYBROKER_JWT_AUDIENCE": "https://auth.test", "KEYBROKER_REWRAP_BATCH": "0"}, "--timeout", "5s")
+	require.ErrorContains(t, err, "$KEYBROKER_REWRAP_BATCH (--rewrap-batch)")
+	require.NotNil(t, c, "the configuration comes with its problems")
+	require.Equal(t, "https://auth.test/jwks", c.Tokens.JWKSURL)
+	require.Equal(t, 5*time.Second, c.Tool.Timeout)
+	_, err = resolve(ConfigShow, nil, "--timeout", "5s")
+	require.ErrorIs(t, err, ErrUsage, "show probes nothing: no timeout")
 }

@@ -41,6 +41,9 @@ type KEKSpec struct {
 	// Dev is the dev KEK of the data directory, which serve --dev
 	// generates when it is missing.
 	Dev bool
+	// Setting names where it is configured, for messages:
+	// "$KEYBROKER_KEK (--kek)", "$MANA_AUTH_KEK", "the dev KEK".
+	Setting string
 }
 
 // All lists the active KEK, then the decrypt-only ones.
@@ -95,6 +98,7 @@ func (c *Config) resolveKEKs(getenv func(string) string) Problems {
 			problems = append(problems, fmt.Errorf("%s: %w", setting, err))
 		} else {
 			c.KEKs.Active.Dev = setting == "the dev KEK"
+			c.KEKs.Active.Setting = setting
 		}
 	}
 	for _, uri := range SplitList(c.raw[kekRetired]) {
@@ -103,6 +107,7 @@ func (c *Config) resolveKEKs(getenv func(string) string) Problems {
 			problems = append(problems, fmt.Errorf("%s: %w", kekRetired.name(), err))
 			continue
 		}
+		spec.Setting = kekRetired.name()
 		c.KEKs.Retired = append(c.KEKs.Retired, *spec)
 	}
 	return problems

@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/kekproviders"
+	"github.com/keybroker/keybroker/pgstore"
 	"github.com/keybroker/keybroker/vaultapi"
 	"github.com/keybroker/keybroker/vaultapi/jwtauth"
 )
@@ -24,9 +27,12 @@ type setting struct {
 	// toolDef is the default in the operator commands, when it differs.
 	toolDef string
 	usage   string
-	isBool  bool // a boolean flag: --dev alone means true
-	secret  bool // never printed
-	cmds    Command
+	// value names the flag's value in the help (URL, DURATION, N); VALUE
+	// when empty.
+	value  string
+	isBool bool // a boolean flag: --dev alone means true
+	secret bool // never printed
+	cmds   Command
 	// flagCmds are the commands that take the flag; default cmds. The
 	// others read the variable alone (healthcheck reads serve's address).
 	flagCmds Command
@@ -35,9 +41,18 @@ type setting struct {
 	apply func(c *Config, v string) error
 }
 
-func (s *setting) in(cmd Command) bool { return s.cmds&cmd != 0 }
+// in reports whether cmd reads s. The config commands read what serve
+// reads, and their own flags.
+func (s *setting) in(cmd Command) bool {
+	return s.cmds&cmd != 0 || (cmd&configCmds != 0 && s.cmds&Serve != 0)
+}
 
-func (s *setting) flagIn(cmd Command) bool { return s.flagCmds == 0 || s.flagCmds&cmd != 0 }
+func (s *setting) flagIn(cmd Command) bool {
+	if cmd&configCmds != 0 && s.cmds&cmd == 0 {
+		cmd = Serve
+	}
+	return s.flagCmds == 0 || s.flagCmds&cmd != 0
+}
 
 func (s *setting) defaultFor(cmd Command) string {
 	if s.toolDef != "" && cmd&Tools != 0 {
@@ -72,6 +87,15 @@ func (s *setting) usageText() string {
 	}
 }
 
+// metavar names a flag's value in the help: the word in `backquotes` of
+// its usage, or VALUE.
+func (s *setting) metavar() string {
+	if s.value != "" {
+		return s.value
+	}
+	return "VALUE"
+}
+
 // shown is v as Values prints it.
 func (s *setting) shown(v string) string {
 	switch {
@@ -80,10 +104,14 @@ func (s *setting) shown(v string) string {
 	case s.secret:
 		return "REDACTED"
 	case s == databaseURL:
-		if u, err := url.Parse(v); err == nil {
-			return u.Redacted()
+		return pgstore.RedactURL(v)
+	case s == kekURI || s == kekRetired:
+		// A careless URI may carry a token.
+		uris := SplitList(v)
+		for i, uri := range uris {
+			uris[i] = kekproviders.RedactURI(uri)
 		}
-		return "REDACTED (not a URL)"
+		return strings.Join(uris, " ")
 	}
 	return v
 }
@@ -126,22 +154,46 @@ const storeCmds = Serve | Migrate | Tools
 // The settings, in the order -h lists them and Values prints them.
 var (
 	port = &setting{env: "PORT", def: DefaultPort, cmds: Serve | Healthcheck,
-		apply: func(c *Config, v string) error { c.Server.Addr = ":" + v; return nil }}
-	addr = &setting{env: "KEYBROKER_ADDR", flag: "addr", cmds: Serve | Healthcheck, flagCmds: Serve,
-		usage: "listen address (default :$PORT)",
 		apply: func(c *Config, v string) error {
-			if v != "" {
-				c.Server.Addr = v
+			if n, err := strconv.Atoi(v); err != nil || n < 0 || n > 65535 {
+				return fmt.Errorf("%q: want a port number, 0 to 65535", v)
 			}
+			c.Server.Addr = ":" + v
 			return nil
 		}}
-	databaseURL = &setting{env: "DATABASE_URL", flag: "database-url", cmds: storeCmds,
+	addr = &setting{env: "KEYBROKER_ADDR", flag: "addr", value: "HOST:PORT", cmds: Serve | Healthcheck, flagCmds: Serve,
+		usage: "listen address (default :$PORT)",
+		apply: func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
+				return fmt.Errorf("%q: want host:port, e.g. 127.0.0.1:3001 or :3001", v)
+			}
+			c.Server.Addr = v
+			return nil
+		}}
+	databaseURL = &setting{env: "DATABASE_URL", flag: "database-url", value: "URL", cmds: storeCmds,
 		usage: "PostgreSQL URL; without one the embedded SQLite store in --data-dir is used",
-		apply: text(func(c *Config) *string { return &c.Store.DatabaseURL })}
-	dataDir = &setting{env: "KEYBROKER_DATA_DIR", flag: "data-dir", def: DefaultDataDir, cmds: storeCmds | DevToken,
+		apply: func(c *Config, v string) error {
+			// A URL that does not parse is a mistake to report now, with the
+			// part that is wrong, not when the first connection is made.
+			if err := pgstore.CheckURL(v); v != "" && err != nil {
+				return err
+			}
+			c.Store.DatabaseURL = v
+			return nil
+		}}
+	dbPoolSize = &setting{env: "KEYBROKER_DB_POOL_SIZE", flag: "db-pool-size", value: "N", def: strconv.Itoa(pgstore.DefaultPoolSize()), cmds: Serve,
+		usage: "most PostgreSQL connections of this process; default max(8, 4 per CPU). Each replica opens up to this many: keep replicas × this under the server's max_connections",
+		apply: func(c *Config, v string) (err error) {
+			c.Store.PoolSize, err = parseCount(v, 1, 10000, "connections")
+			return err
+		}}
+	dataDir = &setting{env: "KEYBROKER_DATA_DIR", flag: "data-dir", value: "DIR", def: DefaultDataDir, cmds: storeCmds | DevToken,
 		usage: "directory of the embedded store and of dev-mode files",
 		apply: text(func(c *Config) *string { return &c.Store.DataDir })}
-	schema = &setting{env: "KEYBROKER_SCHEMA", flag: "schema", def: "keybroker", cmds: storeCmds,
+	schema = &setting{env: "KEYBROKER_SCHEMA", flag: "schema", value: "NAME", def: "keybroker", cmds: storeCmds,
 		usage: "database schema; \"auth\" adopts the original service's tables",
 		apply: func(c *Config, v string) error {
 			if v == "" {
@@ -156,7 +208,7 @@ var (
 	allowPrivileged = &setting{env: "KEYBROKER_ALLOW_PRIVILEGED_DB_ROLE", flag: "allow-privileged-db-role", def: "false", isBool: true, cmds: storeCmds,
 		usage: "TESTS ONLY: connect even as a superuser or a BYPASSRLS role, with which row-level security is not enforced",
 		apply: boolean(func(c *Config) *bool { return &c.Store.AllowPrivileged })}
-	logLevel = &setting{env: "KEYBROKER_LOG_LEVEL", flag: "log-level", def: "info", toolDef: "warn", cmds: storeCmds,
+	logLevel = &setting{env: "KEYBROKER_LOG_LEVEL", flag: "log-level", value: "LEVEL", def: "info", toolDef: "warn", cmds: storeCmds,
 		usage: "debug, info, warn or error",
 		apply: func(c *Config, v string) error {
 			if err := c.Log.Level.UnmarshalText([]byte(v)); err != nil {
@@ -164,7 +216,7 @@ var (
 			}
 			return nil
 		}}
-	logFormat = &setting{env: "KEYBROKER_LOG_FORMAT", flag: "log-format", toolDef: "text", cmds: storeCmds,
+	logFormat = &setting{env: "KEYBROKER_LOG_FORMAT", flag: "log-format", value: "FORMAT", toolDef: "text", cmds: storeCmds,
 		usage: "json or text; by default serve writes text on a terminal, json otherwise",
 		apply: func(c *Config, v string) error {
 			if v != "" && v != "json" && v != "text" {
@@ -173,11 +225,11 @@ var (
 			c.Log.Format = v
 			return nil
 		}}
-	kekURI = &setting{env: "KEYBROKER_KEK", flag: "kek", cmds: Serve | Tools,
+	kekURI = &setting{env: "KEYBROKER_KEK", flag: "kek", value: "URI", cmds: Serve | Tools,
 		usage: "active KEK URI, e.g. env://MANA_AUTH_KEK or file:///etc/keybroker/kek?id=file-2026"}
-	kekID = &setting{env: "KEYBROKER_KEK_ID", flag: "kek-id", cmds: Serve | Tools,
+	kekID = &setting{env: "KEYBROKER_KEK_ID", flag: "kek-id", value: "ID", cmds: Serve | Tools,
 		usage: "id of the active KEK, if not in its URI"}
-	kekRetired = &setting{env: "KEYBROKER_KEK_RETIRED", flag: "kek-retired", cmds: Serve | Tools,
+	kekRetired = &setting{env: "KEYBROKER_KEK_RETIRED", flag: "kek-retired", value: "URIS", cmds: Serve | Tools,
 		usage: "decrypt-only KEK URIs, separated by spaces or commas"}
 	dev = &setting{flag: "dev", def: "false", isBool: true, cmds: Serve | Tools,
 		usage: "dev mode: 127.0.0.1, a generated KEK (<data dir>/dev-kek), a built-in token issuer (refused when $" + EnvEnv + "=production); " +
@@ -187,28 +239,34 @@ var (
 			c.KEKs.AllowDevKeys = c.Dev
 			return err
 		}}
-	jwksURL = &setting{env: "KEYBROKER_JWKS_URL", flag: "jwks-url", cmds: Serve,
+	jwksURL = &setting{env: "KEYBROKER_JWKS_URL", flag: "jwks-url", value: "URL", cmds: Serve,
 		usage: "JWKS URL of the token issuer",
-		apply: text(func(c *Config) *string { return &c.Tokens.JWKSURL })}
-	jwtIssuer = &setting{env: "KEYBROKER_JWT_ISSUER", flag: "jwt-issuer", cmds: Serve,
+		apply: func(c *Config, v string) error {
+			if u, err := url.Parse(v); v != "" && (err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "") {
+				return fmt.Errorf("%q: want an absolute http or https URL, e.g. https://auth.example.com/api/auth/jwks", v)
+			}
+			c.Tokens.JWKSURL = v
+			return nil
+		}}
+	jwtIssuer = &setting{env: "KEYBROKER_JWT_ISSUER", flag: "jwt-issuer", value: "ISS", cmds: Serve,
 		usage: "required iss claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com",
 		apply: text(func(c *Config) *string { return &c.Tokens.Issuer })}
-	jwtAudience = &setting{env: "KEYBROKER_JWT_AUDIENCE", flag: "jwt-audience", cmds: Serve,
+	jwtAudience = &setting{env: "KEYBROKER_JWT_AUDIENCE", flag: "jwt-audience", value: "AUD", cmds: Serve,
 		usage: "required aud claim; Better Auth: the origin of its base URL, e.g. https://auth.example.com",
 		apply: text(func(c *Config) *string { return &c.Tokens.Audience })}
 	jwtUnpinned = &setting{env: "KEYBROKER_JWT_UNPINNED", flag: "jwt-unpinned", def: "false", isBool: true, cmds: Serve,
 		usage: "start without --jwt-issuer and --jwt-audience, for an issuer that sets neither: any token it signs is accepted",
 		apply: boolean(func(c *Config) *bool { return &c.Tokens.Unpinned })}
-	jwtMaxLifetime = &setting{env: "KEYBROKER_JWT_MAX_LIFETIME", flag: "jwt-max-lifetime", def: jwtauth.DefaultMaxLifetime.String(), cmds: Serve,
+	jwtMaxLifetime = &setting{env: "KEYBROKER_JWT_MAX_LIFETIME", flag: "jwt-max-lifetime", value: "DURATION", def: jwtauth.DefaultMaxLifetime.String(), cmds: Serve,
 		usage: "tokens whose exp is further than this from their iat or from now are refused",
 		apply: duration(func(c *Config) *time.Duration { return &c.Tokens.MaxLifetime }, jwtauth.MinMaxLifetime, 0)}
-	jwtLeeway = &setting{env: "KEYBROKER_JWT_LEEWAY", flag: "jwt-leeway", def: jwtauth.DefaultLeeway.String(), cmds: Serve,
+	jwtLeeway = &setting{env: "KEYBROKER_JWT_LEEWAY", flag: "jwt-leeway", value: "DURATION", def: jwtauth.DefaultLeeway.String(), cmds: Serve,
 		usage: "clock skew tolerated on a token's exp, nbf and iat and on its lifetime",
 		apply: duration(func(c *Config) *time.Duration { return &c.Tokens.Leeway }, time.Second, jwtauth.MaxLeeway)}
-	shutdownTimeout = &setting{env: "KEYBROKER_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "20s", cmds: Serve,
+	shutdownTimeout = &setting{env: "KEYBROKER_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", value: "DURATION", def: "20s", cmds: Serve,
 		usage: "grace period for in-flight requests on SIGTERM",
 		apply: duration(func(c *Config) *time.Duration { return &c.Server.ShutdownTimeout }, 0, 0)}
-	recoveryProof = &setting{env: "KEYBROKER_RECOVERY_PROOF", flag: "recovery-proof", def: string(broker.RecoveryProofRequired), cmds: Serve,
+	recoveryProof = &setting{env: "KEYBROKER_RECOVERY_PROOF", flag: "recovery-proof", value: "POLICY", def: string(broker.RecoveryProofRequired), cmds: Serve,
 		usage: "required: replacing a zero-knowledge recovery wrap needs keyProof; optional: accepted without it, the replaced wrap kept restorable",
 		apply: func(c *Config, v string) (err error) {
 			c.RecoveryProof, err = broker.ParseRecoveryProofPolicy(v)
@@ -220,61 +278,61 @@ var (
 	grantRecipients = &setting{env: "KEYBROKER_GRANT_RECIPIENTS", flag: "grant-recipients", cmds: Serve | GrantCheck,
 		usage: "mission grant recipients: name=/path/to/public-key.pem entries, separated by spaces or commas; the default recipient is $MANA_AI_PUBLIC_KEY_PEM",
 		apply: text(func(c *Config) *string { return &c.Grants.Recipients })}
-	dataKeyMaxAge = &setting{env: "KEYBROKER_DATA_KEY_MAX_AGE", flag: "data-key-max-age", def: "90d", cmds: Serve,
+	dataKeyMaxAge = &setting{env: "KEYBROKER_DATA_KEY_MAX_AGE", flag: "data-key-max-age", value: "AGE", def: "90d", cmds: Serve,
 		usage: "cached envelope mode: mint a new data key when the newest is this old, e.g. 90d or 2160h; 0 rotates only on demand (keybroker kek rotate-data-key)",
 		apply: func(c *Config, v string) (err error) { c.DataKeyMaxAge, err = parseAge(v); return err }}
 	rewrap = &setting{env: "KEYBROKER_REWRAP", flag: "rewrap", def: "true", isBool: true, cmds: Serve,
 		usage: "run the re-wrap job in the background: moves rows off decrypt-only KEKs and format 1",
 		apply: boolean(func(c *Config) *bool { return &c.Rewrap.Enabled })}
-	rewrapInterval = &setting{env: "KEYBROKER_REWRAP_INTERVAL", flag: "rewrap-interval", def: "1m", cmds: Serve,
+	rewrapInterval = &setting{env: "KEYBROKER_REWRAP_INTERVAL", flag: "rewrap-interval", value: "DURATION", def: "1m", cmds: Serve,
 		usage: "how often a replica looks for rows to re-wrap, or takes over from a runner that died",
 		apply: duration(func(c *Config) *time.Duration { return &c.Rewrap.Interval }, broker.MinRewrapInterval, 0)}
-	rewrapBatch = &setting{env: "KEYBROKER_REWRAP_BATCH", flag: "rewrap-batch", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Serve,
+	rewrapBatch = &setting{env: "KEYBROKER_REWRAP_BATCH", flag: "rewrap-batch", value: "ROWS", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Serve,
 		usage: "rows per re-wrap transaction",
 		apply: func(c *Config, v string) (err error) { c.Rewrap.Batch, err = parseBatch(v); return err }}
-	rewrapRate = &setting{env: "KEYBROKER_REWRAP_RATE", flag: "rewrap-rate", def: "1000", cmds: Serve,
+	rewrapRate = &setting{env: "KEYBROKER_REWRAP_RATE", flag: "rewrap-rate", value: "ROWS_PER_S", def: "1000", cmds: Serve,
 		usage: "re-wrap rows per second at most, 0 for no limit",
 		apply: func(c *Config, v string) (err error) {
 			c.Rewrap.Rate, err = parseRate(v, "rows per second")
 			return err
 		}}
-	metricsAddr = &setting{env: "KEYBROKER_METRICS_ADDR", flag: "metrics-addr", cmds: Serve,
+	metricsAddr = &setting{env: "KEYBROKER_METRICS_ADDR", flag: "metrics-addr", value: "HOST:PORT", cmds: Serve,
 		usage: "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on --addr",
 		apply: text(func(c *Config) *string { return &c.Ops.MetricsAddr })}
-	corsOrigins = &setting{env: "KEYBROKER_CORS_ORIGINS", flag: "cors-origins", cmds: Serve,
+	corsOrigins = &setting{env: "KEYBROKER_CORS_ORIGINS", flag: "cors-origins", value: "ORIGINS", cmds: Serve,
 		usage: "browser origins allowed to call the vault routes, e.g. https://app.example.com, separated by spaces or commas",
 		apply: func(c *Config, v string) error { c.Ops.CORSOrigins = SplitList(v); return nil }}
-	trustedProxies = &setting{env: "KEYBROKER_TRUSTED_PROXIES", flag: "trusted-proxies", cmds: Serve,
+	trustedProxies = &setting{env: "KEYBROKER_TRUSTED_PROXIES", flag: "trusted-proxies", value: "CIDRS", cmds: Serve,
 		usage: "CIDRs of reverse proxies whose X-Forwarded-For is believed, separated by spaces or commas",
 		apply: func(c *Config, v string) (err error) {
 			c.Ops.TrustedProxies, err = vaultapi.ParseTrustedProxies(SplitList(v))
 			return err
 		}}
-	rateLimit = &setting{env: "KEYBROKER_RATE_LIMIT", flag: "rate-limit", def: strconv.Itoa(DefaultRateLimit), cmds: Serve,
+	rateLimit = &setting{env: "KEYBROKER_RATE_LIMIT", flag: "rate-limit", value: "PER_S", def: strconv.Itoa(DefaultRateLimit), cmds: Serve,
 		usage: "vault requests per second per user; 0 disables",
 		apply: func(c *Config, v string) (err error) {
 			c.Ops.RateLimit, err = parseRate(v, "requests per second, e.g. 10 or 0.5 (0 disables)")
 			return err
 		}}
-	rateBurst = &setting{env: "KEYBROKER_RATE_BURST", flag: "rate-burst", def: strconv.Itoa(DefaultRateBurst), cmds: Serve,
+	rateBurst = &setting{env: "KEYBROKER_RATE_BURST", flag: "rate-burst", value: "N", def: strconv.Itoa(DefaultRateBurst), cmds: Serve,
 		usage: "vault requests a user may make at once",
 		apply: func(c *Config, v string) (err error) {
 			c.Ops.RateBurst, err = strconv.Atoi(v)
-			if err != nil {
-				return fmt.Errorf("%q: want a whole number of requests", v)
+			if err != nil || c.Ops.RateBurst < 0 {
+				return fmt.Errorf("%q: want a whole number of requests, not negative", v)
 			}
 			return nil
 		}}
-	serviceKey = &setting{env: "KEYBROKER_SERVICE_KEY", altEnv: "MANA_SERVICE_KEY", flag: "service-key", secret: true, cmds: Serve,
+	serviceKey = &setting{env: "KEYBROKER_SERVICE_KEY", altEnv: "MANA_SERVICE_KEY", flag: "service-key", value: "KEY", secret: true, cmds: Serve,
 		usage: "key the auth service sends as X-Service-Key; enables the service routes. Prefer the variable: flags show in ps",
 		apply: text(func(c *Config) *string { return &c.Ops.ServiceKey })}
-	tlsCert = &setting{env: "KEYBROKER_TLS_CERT", flag: "tls-cert", cmds: Serve,
+	tlsCert = &setting{env: "KEYBROKER_TLS_CERT", flag: "tls-cert", value: "PATH", cmds: Serve | Healthcheck, flagCmds: Serve,
 		usage: "PEM certificate chain; with --tls-key serves HTTPS, reloaded on SIGHUP",
 		apply: text(func(c *Config) *string { return &c.Ops.TLSCert })}
-	tlsKey = &setting{env: "KEYBROKER_TLS_KEY", flag: "tls-key", cmds: Serve,
+	tlsKey = &setting{env: "KEYBROKER_TLS_KEY", flag: "tls-key", value: "PATH", cmds: Serve,
 		usage: "PEM private key of --tls-cert",
 		apply: text(func(c *Config) *string { return &c.Ops.TLSKey })}
-	readyInterval = &setting{env: "KEYBROKER_READY_INTERVAL", flag: "ready-interval", def: DefaultReadyInterval.String(), cmds: Serve,
+	readyInterval = &setting{env: "KEYBROKER_READY_INTERVAL", flag: "ready-interval", value: "DURATION", def: DefaultReadyInterval.String(), cmds: Serve,
 		usage: "how often /readyz's checks poll the store, the KEKs and the JWKS",
 		apply: duration(func(c *Config) *time.Duration { return &c.Ops.ReadyInterval }, MinReadyInterval, 0)}
 
@@ -282,13 +340,13 @@ var (
 	toolDryRun = &setting{flag: "dry-run", def: "false", isBool: true, cmds: Rewrap,
 		usage: "unwrap every row that would move, write nothing, report what would move and fail",
 		apply: boolean(func(c *Config) *bool { return &c.Tool.DryRun })}
-	toolBatch = &setting{flag: "batch", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Rewrap,
+	toolBatch = &setting{flag: "batch", value: "ROWS", def: strconv.Itoa(broker.DefaultRewrapBatchSize), cmds: Rewrap,
 		usage: "rows per transaction",
 		apply: func(c *Config, v string) (err error) { c.Tool.Batch, err = parseBatch(v); return err }}
-	toolRate = &setting{flag: "rate", def: "0", cmds: Rewrap,
+	toolRate = &setting{flag: "rate", value: "ROWS_PER_S", def: "0", cmds: Rewrap,
 		usage: "rows per second at most; 0 for no limit",
 		apply: func(c *Config, v string) (err error) { c.Tool.Rate, err = parseRate(v, "rows per second"); return err }}
-	toolConcurrency = &setting{flag: "concurrency", def: "8", cmds: Rewrap,
+	toolConcurrency = &setting{flag: "concurrency", value: "N", def: "8", cmds: Rewrap,
 		usage: "rows whose KEK calls run at once (helps remote KEKs)",
 		apply: func(c *Config, v string) (err error) {
 			c.Tool.Concurrency, err = strconv.Atoi(v)
@@ -297,59 +355,90 @@ var (
 			}
 			return nil
 		}}
-	toolProgressEvery = &setting{flag: "progress-every", def: "5s", cmds: Rewrap,
+	toolProgressEvery = &setting{flag: "progress-every", value: "DURATION", def: "5s", cmds: Rewrap,
 		usage: "when stderr is not a terminal: a progress line at most this often (0: every batch)",
 		apply: duration(func(c *Config) *time.Duration { return &c.Tool.ProgressEvery }, 0, 0)}
-	toolCheckTimeout = &setting{flag: "timeout", def: "30s", cmds: KEKCheck,
-		usage: "bound on each KEK's check",
-		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, 0, 0)}
-	toolUser = &setting{flag: "user", cmds: VaultRestoreRecovery | DevToken,
+	toolCheckTimeout = &setting{flag: "timeout", value: "DURATION", def: "30s", cmds: KEKCheck | ConfigCheck,
+		usage: "bound on each check (a KEK, the database, the JWKS)",
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, time.Second, 0)}
+	toolAlgorithm = &setting{flag: "algorithm", value: "ALG", def: "hpke-mlkem768-x25519", cmds: GrantKeygen,
+		usage: "the worker key's algorithm: rsa-oaep-256, hpke-x25519 or hpke-mlkem768-x25519",
+		apply: text(func(c *Config) *string { return &c.Tool.Algorithm })}
+	toolPrivateKey = &setting{flag: "private-key", value: "PATH", cmds: GrantKeygen,
+		usage: "file to write the private key to (0600; must not exist); required",
+		apply: text(func(c *Config) *string { return &c.Tool.PrivateKey })}
+	toolPublicKey = &setting{flag: "public-key", value: "PATH", cmds: GrantKeygen,
+		usage: "file to write the public key to (default: stdout)",
+		apply: text(func(c *Config) *string { return &c.Tool.PublicKey })}
+	toolUser = &setting{flag: "user", value: "ID", cmds: VaultRestoreRecovery | DevToken,
 		usage: "the user id (a token's subject)",
 		apply: text(func(c *Config) *string { return &c.Tool.User })}
 	toolDiscard = &setting{flag: "discard", def: "false", isBool: true, cmds: VaultRestoreRecovery,
 		usage: "forget the kept recovery wrap instead of restoring it",
 		apply: boolean(func(c *Config) *bool { return &c.Tool.Discard })}
-	toolTTL = &setting{flag: "ttl", def: "1h", cmds: DevToken,
+	toolTTL = &setting{flag: "ttl", value: "DURATION", def: "1h", cmds: DevToken,
 		usage: "token lifetime",
-		apply: duration(func(c *Config) *time.Duration { return &c.Tool.TTL }, 0, 0)}
-	toolURL = &setting{flag: "url", cmds: Healthcheck,
-		usage: "URL to GET (default http://<serve address>/healthz)",
-		apply: text(func(c *Config) *string { return &c.Tool.URL })}
-	toolHealthTimeout = &setting{flag: "timeout", def: "3s", cmds: Healthcheck,
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.TTL }, time.Second, 0)}
+	toolURL = &setting{flag: "url", value: "URL", cmds: Healthcheck,
+		usage: "URL to GET (default /healthz on the address serve listens on: https when $KEYBROKER_TLS_CERT is set)",
+		apply: func(c *Config, v string) error {
+			if u, err := url.Parse(v); v != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+				return fmt.Errorf("%q: want http://host:port/path or https://host:port/path", v)
+			}
+			c.Tool.URL = v
+			return nil
+		}}
+	toolCAFile = &setting{flag: "ca-file", value: "PATH", cmds: Healthcheck,
+		usage: "PEM certificates to trust for https (default: the certificate serve presents, $KEYBROKER_TLS_CERT, else the system's roots)",
+		apply: text(func(c *Config) *string { return &c.Tool.CAFile })}
+	toolHealthTimeout = &setting{flag: "timeout", value: "DURATION", def: "3s", cmds: Healthcheck,
 		usage: "give up after this long",
-		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, 0, 0)}
+		apply: duration(func(c *Config) *time.Duration { return &c.Tool.Timeout }, 10*time.Millisecond, 0)}
 )
 
 // settings is the table. Order matters where a setting reads another's
 // result: the address after the port, --dev before nothing it depends on.
 var settings = []*setting{
-	port, addr, databaseURL, dataDir, schema, migrate, allowPrivileged, logLevel, logFormat,
+	port, addr, databaseURL, dbPoolSize, dataDir, schema, migrate, allowPrivileged, logLevel, logFormat,
 	kekURI, kekID, kekRetired, dev,
 	jwksURL, jwtIssuer, jwtAudience, jwtUnpinned, jwtMaxLifetime, jwtLeeway,
 	shutdownTimeout, recoveryProof, grantDefaultKey, grantRecipients, dataKeyMaxAge,
 	rewrap, rewrapInterval, rewrapBatch, rewrapRate,
 	metricsAddr, corsOrigins, trustedProxies, rateLimit, rateBurst, serviceKey, tlsCert, tlsKey, readyInterval,
-	toolDryRun, toolBatch, toolRate, toolConcurrency, toolProgressEvery, toolCheckTimeout, toolUser, toolDiscard, toolTTL,
-	toolURL, toolHealthTimeout,
+	toolDryRun, toolBatch, toolRate, toolConcurrency, toolProgressEvery, toolCheckTimeout, toolUser, toolDiscard, toolTTL, toolAlgorithm, toolPrivateKey, toolPublicKey,
+	toolURL, toolCAFile, toolHealthTimeout,
 }
 
 // Setting describes one setting for documentation and its tests.
 type Setting struct {
 	Env, AltEnv, Flag, Default string
+	// Usage is what the flag's help says; IsBool a flag that stands
+	// alone (--dev).
+	Usage  string
+	IsBool bool
 	// Commands are the commands that read it; FlagCommands those that
 	// take its flag.
 	Commands, FlagCommands Command
 }
 
+// lastCommand is the highest bit of Command.
+const lastCommand = ConfigShow
+
 // Settings lists the table.
 func Settings() []Setting {
 	out := make([]Setting, len(settings))
 	for i, s := range settings {
-		flagCmds := s.flagCmds
-		if flagCmds == 0 && s.flag != "" {
-			flagCmds = s.cmds
+		var cmds, flagCmds Command
+		for cmd := Serve; cmd <= lastCommand; cmd <<= 1 {
+			if s.in(cmd) {
+				cmds |= cmd
+				if s.flag != "" && s.flagIn(cmd) {
+					flagCmds |= cmd
+				}
+			}
 		}
-		out[i] = Setting{Env: s.env, AltEnv: s.altEnv, Flag: s.flag, Default: s.def, Commands: s.cmds, FlagCommands: flagCmds}
+		out[i] = Setting{Env: s.env, AltEnv: s.altEnv, Flag: s.flag, Default: s.def, Usage: s.usage, IsBool: s.isBool,
+			Commands: cmds, FlagCommands: flagCmds}
 	}
 	return out
 }
@@ -420,6 +509,15 @@ func parseBatch(v string) (int, error) {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > broker.MaxRewrapBatchSize {
 		return 0, fmt.Errorf("%q: want a whole number of rows between 1 and %d", v, broker.MaxRewrapBatchSize)
+	}
+	return n, nil
+}
+
+// parseCount reads a whole number between least and most.
+func parseCount(v string, least, most int, unit string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < least || n > most {
+		return 0, fmt.Errorf("%q: want a whole number of %s between %d and %d", v, unit, least, most)
 	}
 	return n, nil
 }

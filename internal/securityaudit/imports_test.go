@@ -22,6 +22,7 @@ var testKits = []string{
 	"internal/apitest",
 	"internal/bench",
 	"internal/browsertest",
+	"internal/docstest",
 	"internal/faults",
 	"internal/kmstest",
 	"internal/pgtest",

@@ -34,6 +34,7 @@ var Needs = map[string]string{
 	"docker":            "a Docker engine (the tests load the compose file with compose-go and build no image)",
 	"systemd host":      "root on a host booted with systemd (the tests verify the units with systemd-analyze and run keybroker as the unit would)",
 	"tpm2":              "a TPM 2.0 chip for systemd-creds (none on the build machine)",
+	"hsm":               "an HSM token made with OpenSC's pkcs11-tool and a cgo build (make build-pkcs11); the tests drive SoftHSM2 through the PKCS#11 API",
 	"kubernetes":        "a Kubernetes cluster (the tests render and decode the manifests and the chart)",
 	"helm":              "the helm CLI (the tests render the chart with the Helm SDK and run helm lint's rules)",
 	"aws account":       "an AWS account (the tests use local-kms and check the IAM policies against what keybroker calls)",
@@ -195,6 +196,30 @@ func (b Block) Commands() []string {
 }
 
 var heredocStart = regexp.MustCompile(`<<-?\s*['"]?([A-Za-z_]+)['"]?\s*$`)
+
+// IndentedLines returns the lines (from 1) that open an indented code
+// block — four spaces or more after a blank line, outside fenced blocks —
+// with their text: commands there would escape the markers.
+func IndentedLines(text string) map[int]string {
+	out := map[int]string{}
+	inFence := ""
+	lines := strings.Split(text, "\n")
+	for i, line := range lines {
+		if m := fence.FindStringSubmatch(line); m != nil {
+			switch {
+			case inFence == "":
+				inFence = m[2][:3]
+			case strings.HasPrefix(strings.TrimSpace(line), inFence):
+				inFence = ""
+			}
+			continue
+		}
+		if inFence == "" && i > 0 && strings.TrimSpace(lines[i-1]) == "" && strings.HasPrefix(line, "    ") && strings.TrimSpace(line) != "" {
+			out[i+1] = strings.TrimSpace(line)
+		}
+	}
+	return out
+}
 
 // Documents returns the documents whose commands are kept honest, as
 // paths from root: README.md, deploy/README.md, deploy/*/README.md and

@@ -1,8 +1,10 @@
 package docstest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -17,6 +19,19 @@ func root(t *testing.T) string {
 	_, err = os.Stat(filepath.Join(dir, "go.mod"))
 	require.NoError(t, err, "the repository root has no go.mod")
 	return dir
+}
+
+// indentedProblems lists the indented code blocks of a document that
+// hold commands: they would escape the markers.
+func indentedProblems(doc, text string) []string {
+	var out []string
+	for line, first := range IndentedLines(text) {
+		if looksLikeCommands(first) {
+			out = append(out, fmt.Sprintf("%s:%d (%s): a command in an indented block: fence it as ```sh and say where it runs", doc, line, first))
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // allBlocks parses every document Documents names.
@@ -66,21 +81,14 @@ func problems(repo string, blocks []Block) []string {
 }
 
 // commandWords start a line of commands.
-var commandWords = []string{"keybroker", "bin/keybroker", "make", "curl", "sudo", "docker", "kubectl", "helm", "go", "export", "systemctl"}
+var commandWords = []string{"keybroker", "bin/keybroker", "/usr/local/bin/keybroker", "make", "curl", "sudo", "docker", "kubectl", "helm",
+	"go", "export", "systemctl", "systemd-run", "systemd-creds", "vault", "bao", "aws", "gcloud", "softhsm2-util", "pkcs11-tool",
+	"openssl", "psql", "pg_dump", "wrk", "cd", "cp", "mkdir", "install"}
 
 func looksLikeCommands(body string) bool {
 	for _, line := range strings.Split(body, "\n") {
 		fields := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "$ "))
-		if len(fields) > 0 && (strings.HasPrefix(strings.TrimSpace(line), "$ ") || slicesContains(commandWords, fields[0])) {
-			return true
-		}
-	}
-	return false
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
+		if len(fields) > 0 && (strings.HasPrefix(strings.TrimSpace(line), "$ ") || slices.Contains(commandWords, fields[0])) {
 			return true
 		}
 	}
@@ -100,7 +108,15 @@ func TestEveryDocCommandRunsOrIsMarked(t *testing.T) {
 		}
 	}
 	require.Greater(t, shell, 30, "the documents' shell blocks were not found")
-	if p := problems(root(t), blocks); len(p) > 0 {
+	p := problems(root(t), blocks)
+	docs, err := Documents(root(t))
+	require.NoError(t, err)
+	for _, doc := range docs {
+		raw, err := os.ReadFile(filepath.Join(root(t), doc))
+		require.NoError(t, err)
+		p = append(p, indentedProblems(doc, string(raw))...)
+	}
+	if len(p) > 0 {
 		t.Fatalf("%d shell blocks are not kept honest:\n%s", len(p), strings.Join(p, "\n"))
 	}
 
@@ -123,6 +139,9 @@ func TestEveryDocCommandRunsOrIsMarked(t *testing.T) {
 		require.Contains(t, got[4], "does not parse: <!-- runs in: cmd/keybroker.TestVersionAndUsage -->")
 		require.Contains(t, got[5], "x.md:13 (keybroker version): runs in no test")
 		require.Contains(t, got[6], "x.md:16 ($ keybroker kek status): commands in a block without a language")
+
+		indented := indentedProblems("y.md", "Create the key:\n\n    vault write -f transit/keys/k derived=true\n\nThe policy:\n\n    path \"transit/keys/k\" {}\n")
+		require.Equal(t, []string{"y.md:3 (vault write -f transit/keys/k derived=true): a command in an indented block: fence it as ```sh and say where it runs"}, indented)
 	})
 }
 

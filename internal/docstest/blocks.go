@@ -31,17 +31,16 @@ var ShellLanguages = []string{"sh", "bash", "shell", "console"}
 // lacks. A block that needs something else adds it here, with the reason
 // no test can give it.
 var Needs = map[string]string{
-	"docker":            "a Docker engine (the tests load the compose file with compose-go and build no image)",
-	"systemd host":      "root on a host booted with systemd (the tests verify the units with systemd-analyze and run keybroker as the unit would)",
-	"tpm2":              "a TPM 2.0 chip for systemd-creds (none on the build machine)",
-	"hsm":               "an HSM token made with OpenSC's pkcs11-tool and a cgo build (make build-pkcs11); the tests drive SoftHSM2 through the PKCS#11 API",
-	"kubernetes":        "a Kubernetes cluster (the tests render and decode the manifests and the chart)",
-	"helm":              "the helm CLI (the tests render the chart with the Helm SDK and run helm lint's rules)",
-	"aws account":       "an AWS account (the tests use local-kms and check the IAM policies against what keybroker calls)",
-	"gcp project":       "a Google Cloud project (the tests use an in-process Cloud KMS speaking its protocol)",
-	"openbao":           "a Vault or OpenBao binary (none can be installed on the build machine)",
-	"production config": "the operator's own hosts, database and issuer (the block shows settings, with example names)",
-	"a quiet machine":   "minutes of otherwise idle cores (the suite never runs the load benchmark)",
+	"docker":          "a Docker engine (the tests load the compose file with compose-go and build no image)",
+	"systemd host":    "root on a host booted with systemd (the tests verify the units with systemd-analyze and run keybroker as the unit would)",
+	"tpm2":            "a TPM 2.0 chip for systemd-creds (none on the build machine)",
+	"hsm":             "an HSM token made with OpenSC's pkcs11-tool and a cgo build (make build-pkcs11); the tests drive SoftHSM2 through the PKCS#11 API",
+	"kubernetes":      "a Kubernetes cluster (the tests render and decode the manifests and the chart)",
+	"helm":            "the helm CLI (the tests render the chart with the Helm SDK and run helm lint's rules)",
+	"aws account":     "an AWS account (the tests use local-kms and check the IAM policies against what keybroker calls)",
+	"gcp project":     "a Google Cloud project (the tests use an in-process Cloud KMS speaking its protocol)",
+	"openbao":         "a Vault or OpenBao binary (none can be installed on the build machine)",
+	"a quiet machine": "minutes of otherwise idle cores (the suite never runs the load benchmark)",
 }
 
 // Block is one fenced code block of a document.

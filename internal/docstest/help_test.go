@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -113,4 +114,56 @@ func TestREADMECommandTableMatchesHelp(t *testing.T) {
 		require.Equal(t, []string{"healthcheck"}, commandPaths("keybroker healthcheck [--url URL]"))
 		require.Nil(t, commandPaths("Usage:"))
 	})
+}
+
+// TestREADMEConfigurationDefaultsMatchConfigShow: each default the
+// README's configuration table gives as a plain value is the value
+// `keybroker config show` reports, from "default", with nothing set; a
+// setting the table says has none ("—") shows none.
+func TestREADMEConfigurationDefaultsMatchConfigShow(t *testing.T) {
+	t.Parallel()
+	bin := faults.Keybroker(t)
+	cmd := exec.Command(bin, "config", "show")
+	cmd.Dir = t.TempDir()
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	out, _ := cmd.Output() // exit 1: nothing configured, serve would not start
+	shown := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^\s+(\$[A-Z0-9_]+|--[a-z0-9-]+)(?: \(--[a-z0-9-]+\))?\s+(\S+)\s+default$`).FindAllStringSubmatch(string(out), -1) {
+		shown[m[1]] = m[2]
+	}
+	require.Contains(t, shown, "$KEYBROKER_REWRAP_BATCH", "config show printed no settings:\n%s", out)
+
+	raw, err := os.ReadFile(filepath.Join(root(t), "README.md"))
+	require.NoError(t, err)
+	row := regexp.MustCompile("(?m)^\\| (?:`([A-Z0-9_]+)`|—) \\| (?:`(--[a-z0-9-]+)`|—) \\| ([^|]*) \\|")
+	plain := regexp.MustCompile("^`([^`$ ]+)`$")
+	checked := 0
+	for _, m := range row.FindAllStringSubmatch(string(raw), -1) {
+		name := "$" + m[1]
+		if m[1] == "" {
+			name = m[2]
+		}
+		got, ok := shown[name]
+		if !ok {
+			continue // not a setting of serve's, or shown with a value from elsewhere
+		}
+		def := strings.TrimSpace(m[3])
+		switch {
+		case def == "—" || strings.HasPrefix(def, "— ("):
+			require.Equal(t, "-", got, "the README says %s has no default; config show says %s", name, got)
+		case plain.MatchString(def):
+			want := plain.FindStringSubmatch(def)[1]
+			if dw, errW := time.ParseDuration(want); errW == nil {
+				dg, errG := time.ParseDuration(got)
+				require.NoError(t, errG, "%s: config show says %s, the README %s", name, got, want)
+				require.Equal(t, dw, dg, "%s: the README's default %s, config show's %s", name, want, got)
+			} else {
+				require.Equal(t, want, got, "%s: the README's default, config show's", name)
+			}
+		default:
+			continue // a rule, not a value: max(8, 4 × CPUs), :$PORT, …
+		}
+		checked++
+	}
+	require.Greater(t, checked, 20)
 }

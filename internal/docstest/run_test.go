@@ -1,12 +1,14 @@
 package docstest
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,6 +40,7 @@ var runners = []runner{
 	{"deploy/README.md", "keybroker kek generate", runKEKGenerate},
 	{"deploy/README.md", "rm -f secrets/pgpass", runNewPgpass},
 	{"docs/grants.md", "MANA_AI_PUBLIC_KEY_PEM=", runGrantRecipients},
+	{"docs/rotation.md", "keybroker serve\n", runServeRefusesRowsOfARemovedKEK},
 	{"docs/rotation.md", "keybroker kek status\nkeybroker rewrap", runStatusAndRewrap},
 	{"docs/rotation.md", "export KEYBROKER_KEK_2027=", runEnvRotation},
 	{"docs/rotation.md", "keybroker kek generate > /etc/keybroker/kek-2027", runFileRotation},
@@ -287,4 +290,39 @@ func runFormat1Closed(t *testing.T, s *sandbox, b Block) {
 	out := s.run(t, "", strings.Join(b.Commands(), "\n"), env...)
 	requireSameWords(t, b.Body, out, "format 1: closed since ", ": a format-1 wrap no longer opens")
 	require.Regexp(t, `format 1: closed since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d by `, out)
+}
+
+// consoleOutput is the output lines a console block shows after the
+// prompt of command.
+func consoleOutput(t *testing.T, b Block, command string) []string {
+	t.Helper()
+	_, after, ok := strings.Cut(b.Body, "$ "+command+"\n")
+	require.True(t, ok, "%s shows no %q", b, command)
+	out, _, _ := strings.Cut(after, "\n$ ")
+	return strings.Split(strings.TrimRight(out, "\n"), "\n")
+}
+
+// digits stand for the counts, times and ids that differ from run to run.
+var digits = regexp.MustCompile(`[0-9][0-9,.]*`)
+
+// runServeRefusesRowsOfARemovedKEK: serve, with the original service's
+// KEK removed from the configuration while rows still need it, refuses
+// to start with the runbook's message, line for line (counts aside).
+func runServeRefusesRowsOfARemovedKEK(t *testing.T, s *sandbox, b Block) {
+	env := rotationEnv(t, s)
+	iss := newIssuer(t, "https://auth.example.com")
+	env = append(append(env[:1:1], iss.serverEnv()...), "KEYBROKER_KEK=env://KEYBROKER_KEK_2027?id=kek-2027", "KEYBROKER_KEK_2027="+s.writeKEK(t, "new"))
+	ctx, cancel := context.WithTimeout(t.Context(), scriptTimeout)
+	defer cancel()
+	out, err := s.shell(ctx, "", strings.Join(b.Commands(), "\n"), env...).CombinedOutput()
+	require.Error(t, err, "serve started without the KEK its rows need:\n%s", out)
+	want := consoleOutput(t, b, "keybroker serve")
+	_, tail, ok := strings.Cut(string(out), want[0][:30])
+	require.True(t, ok, "serve did not say %q:\n%s", want[0][:30], out)
+	got := strings.Split(strings.TrimRight(want[0][:30]+tail, "\n"), "\n")
+	require.Len(t, got, len(want), "%s", out)
+	for i := range want {
+		require.Equal(t, digits.ReplaceAllString(want[i], "N"), digits.ReplaceAllString(got[i], "N"))
+	}
+	require.Contains(t, got[0], `"env-v1" (3 rows)`)
 }

@@ -110,3 +110,56 @@ func TestDocLinksResolve(t *testing.T) {
 			"docs/x.md: link to ../nowhere.md: nowhere.md does not exist"}, got)
 	})
 }
+
+var (
+	codeSpan   = regexp.MustCompile("`([^`\n]+)`")
+	makeTarget = regexp.MustCompile(`(?:^|[\s;&|(])make((?:\s+-[a-zA-Z]+|\s+[A-Z_]+=\S*)*)\s+([a-z][a-z0-9-]*)`)
+	ruleRe     = regexp.MustCompile(`(?m)^([a-z][a-z0-9-]*):`)
+)
+
+// makeTargets returns the make targets the commands of a document name:
+// in code spans and in shell blocks.
+func makeTargets(doc, text string) []string {
+	var code []string
+	for _, m := range codeSpan.FindAllStringSubmatch(text, -1) {
+		code = append(code, m[1])
+	}
+	for _, b := range Parse(doc, text) {
+		if b.Shell() {
+			code = append(code, b.Commands()...)
+		}
+	}
+	var targets []string
+	for _, c := range code {
+		for _, m := range makeTarget.FindAllStringSubmatch(c, -1) {
+			targets = append(targets, m[2])
+		}
+	}
+	return targets
+}
+
+// TestDocMakeTargetsExist: every `make X` the documents give is a target
+// of the Makefile.
+func TestDocMakeTargetsExist(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile(filepath.Join(root(t), "Makefile"))
+	require.NoError(t, err)
+	rules := map[string]bool{}
+	for _, m := range ruleRe.FindAllStringSubmatch(string(raw), -1) {
+		rules[m[1]] = true
+	}
+	docs, err := Documents(root(t))
+	require.NoError(t, err)
+	seen := 0
+	for _, doc := range docs {
+		text, err := os.ReadFile(filepath.Join(root(t), filepath.FromSlash(doc)))
+		require.NoError(t, err)
+		for _, target := range makeTargets(doc, string(text)) {
+			require.True(t, rules[target], "%s gives make %s, which the Makefile does not have", doc, target)
+			seen++
+		}
+	}
+	require.Greater(t, seen, 10)
+	require.Equal(t, []string{"bench", "version", "run"},
+		makeTargets("x.md", "`make bench`, `KEYBROKER_X=1 make -s version`, to make a point\n```sh\nmake VERSION=x run\n```\n"))
+}

@@ -1,8 +1,9 @@
 // Package docstest keeps the documentation's commands honest: it finds
-// every shell block of README.md, deploy/README.md, deploy/*/README.md and
-// docs/*.md, and its tests check that each one either runs in a named
-// test or says what it needs that a test machine lacks — and run the
-// ones they can, against the real binary and PostgreSQL.
+// every shell block of README.md, deploy/README.md, deploy/*/README.md,
+// docs/*.md and sdk/js/README.md, and its tests check that each one
+// either runs in a named test or says what it needs that a test machine
+// lacks — and run the ones they can, against the real binary and
+// PostgreSQL.
 //
 // A block says which by one or more HTML comments on the lines right
 // above its fence (invisible once rendered):
@@ -41,6 +42,7 @@ var Needs = map[string]string{
 	"gcp project":     "a Google Cloud project (the tests use an in-process Cloud KMS speaking its protocol)",
 	"openbao":         "a Vault or OpenBao binary (none can be installed on the build machine)",
 	"a quiet machine": "minutes of otherwise idle cores (the suite never runs the load benchmark)",
+	"npm registry":    "the npm registry (npm ci and npm pack; .ci/run installs the SDK's packages, and the tests that need them skip loudly without)",
 }
 
 // Block is one fenced code block of a document.
@@ -221,10 +223,10 @@ func IndentedLines(text string) map[int]string {
 }
 
 // Documents returns the documents whose commands are kept honest, as
-// paths from root: README.md, deploy/README.md, deploy/*/README.md and
-// docs/*.md.
+// paths from root: README.md, deploy/README.md, sdk/js/README.md,
+// deploy/*/README.md and docs/*.md.
 func Documents(root string) ([]string, error) {
-	docs := []string{"README.md", "deploy/README.md"}
+	docs := []string{"README.md", "deploy/README.md", "sdk/js/README.md"}
 	for _, pattern := range []string{"deploy/*/README.md", "docs/*.md"} {
 		matches, err := filepath.Glob(filepath.Join(root, filepath.FromSlash(pattern)))
 		if err != nil {

@@ -108,7 +108,7 @@ func runMakeTargets(t *testing.T, s *sandbox, b Block) {
 	script := rewrite(t, b.Body, "make run ", "make -n VERSION=docs COMMIT=docs run ", "make test ", "make -n test ")
 	out := s.run(t, root(t), script)
 	require.Regexp(t, `(?m)^bin/keybroker serve --dev$`, out, "make run: the dev server")
-	require.Regexp(t, `go test -count=1 -race .*\./\.\.\.`, out, "make test: every test, with the race detector")
+	require.Regexp(t, `go test .*-race.*\./\.\.\.`, out, "make test: every test, with the race detector")
 	require.Contains(t, out, "go vet ./...", "make test: go vet")
 }
 

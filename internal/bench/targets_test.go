@@ -113,6 +113,7 @@ func (b *bench) targets() string {
 	if sweep := b.paceSweep(rowTitles[rowPGEnv]); sweep != "" {
 		out.WriteString(sweep)
 	}
+	out.WriteString(b.peerTargets())
 
 	parts = parts[:0]
 	for _, title := range allTitles() {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
@@ -16,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/faults"
+	"github.com/keybroker/keybroker/internal/kmstest/localkms"
 	"github.com/keybroker/keybroker/internal/pgtest"
 )
 
@@ -41,6 +43,8 @@ var runners = []runner{
 	{"deploy/README.md", "rm -f secrets/pgpass", runNewPgpass},
 	{"docs/grants.md", "MANA_AI_PUBLIC_KEY_PEM=", runGrantRecipients},
 	{"docs/rotation.md", "keybroker serve\n", runServeRefusesRowsOfARemovedKEK},
+	{"docs/rotation.md", "KEYBROKER_KEK='awskms:///alias/keybroker-2027", runNewKMSKey},
+	{"docs/rotation.md", "KEYBROKER_KEK='awskms:///alias/keybroker?", runEnvIntoKMS},
 	{"docs/rotation.md", "keybroker kek status\nkeybroker rewrap", runStatusAndRewrap},
 	{"docs/rotation.md", "export KEYBROKER_KEK_2027=", runEnvRotation},
 	{"docs/rotation.md", "keybroker kek generate > /etc/keybroker/kek-2027", runFileRotation},
@@ -325,4 +329,39 @@ func runServeRefusesRowsOfARemovedKEK(t *testing.T, s *sandbox, b Block) {
 		require.Equal(t, digits.ReplaceAllString(want[i], "N"), digits.ReplaceAllString(got[i], "N"))
 	}
 	require.Contains(t, got[0], `"env-v1" (3 rows)`)
+}
+
+// awsEnv is a local-kms on loopback with keys under aliases, the
+// environment that reaches it (the SDK's static credentials), and the
+// rewrite that points a documented awskms:// URI at it (endpoint=; the
+// region is local-kms's, eu-central-1, as in the documents).
+func awsEnv(t *testing.T, aliases ...string) (env []string, pointAt []string) {
+	t.Helper()
+	kms := localkms.Start(t)
+	for _, a := range aliases {
+		kms.CreateKey(t, a)
+	}
+	return []string{"AWS_ACCESS_KEY_ID=AKIDLOCALKMS", "AWS_SECRET_ACCESS_KEY=local-kms-secret", "AWS_EC2_METADATA_DISABLED=true"},
+		[]string{"&region=" + localkms.Region, "&region=" + localkms.Region + "&endpoint=" + url.QueryEscape(kms.URL)}
+}
+
+// runNewKMSKey: the runbook's move to a different KMS key, against
+// local-kms: both keys check, the new one active, the old decrypt-only.
+func runNewKMSKey(t *testing.T, s *sandbox, b Block) {
+	env, point := awsEnv(t, "keybroker-2027", "keybroker-2026")
+	out := kekCheck(t, s, rewrite(t, b.Body, point...), env...)
+	require.Regexp(t, `aws-2027\s+active\s+ok`, out)
+	require.Regexp(t, `aws-2026\s+decrypt-only\s+ok`, out)
+}
+
+// runEnvIntoKMS: the runbook's move from the original service's KEK into
+// a KMS key, against local-kms and a store of the original's rows: both
+// check, and the re-wrap job moves every row under the KMS key.
+func runEnvIntoKMS(t *testing.T, s *sandbox, b Block) {
+	env, point := awsEnv(t, "keybroker")
+	env = append(env, rotationEnv(t, s)...)
+	out := s.run(t, "", "set -a\n"+rewrite(t, b.Body, point...)+"\nset +a\nkeybroker kek check\nkeybroker rewrap\nkeybroker kek status", env...)
+	require.Regexp(t, `aws-2027\s+active\s+ok`, out)
+	require.Regexp(t, `env-v1\s+decrypt-only\s+ok`, out)
+	require.Regexp(t, `env-v1\s+-\s+0\s+.*no rows left, it can be removed`, out, "the job moved every row off the env KEK")
 }

@@ -74,7 +74,9 @@ func (b Block) String() string {
 }
 
 var (
-	fence     = regexp.MustCompile("^(\\s*)(```+|~~~+)\\s*([A-Za-z0-9_+-]*)")
+	// fence opens or closes a fenced block: three or more backticks (whose
+	// info string holds no backtick, as CommonMark has it) or tildes.
+	fence     = regexp.MustCompile("^(\\s*)(```+|~~~+)\\s*([A-Za-z0-9_+-]*)(?:\\s[^`]*)?$")
 	markerRe  = regexp.MustCompile(`^\s*<!--\s*(runs-in|needs):\s*(.*?)\s*-->\s*$`)
 	anyMarker = regexp.MustCompile(`^\s*<!--\s*(runs?[- ]?in|needs?)\b`)
 	testRef   = regexp.MustCompile(`^[a-z0-9_]+(?:/[a-z0-9_]+)*\.(?:Test|Fuzz|Benchmark)[A-Za-z0-9_]+$`)

@@ -162,4 +162,8 @@ func TestParseBlocks(t *testing.T) {
 	require.Equal(t, []string{"docker compose up -d   # start", "sudo systemd-run --pipe   /usr/local/bin/keybroker kek check"}, blocks[0].Commands())
 	require.Equal(t, []string{"keybroker kek status", "keybroker rewrap   # now"}, blocks[1].Commands())
 	require.Equal(t, []string{"cat > a.lua <<LUA\nwrk.method = \"POST\"\nLUA", "wrk -s a.lua"}, blocks[2].Commands())
+
+	inline := Parse("z.md", "```` ```sh ```` in prose opens no block\n```sh\nkeybroker version\n```\n")
+	require.Len(t, inline, 1, "a backtick fence's info string holds no backtick (CommonMark)")
+	require.Equal(t, 2, inline[0].Line)
 }

@@ -47,8 +47,6 @@ var longFiles = map[string]string{
 	"internal/browsertest/harness_test.go":                splitIssue16,
 	"internal/testkit/kmstest/faketransit/faketransit.go": splitIssue16,
 	"kekproviders/kektest/kektest.go":                     splitIssue16,
-	"kekproviders/pkcs11/pkcs11.go":                       splitIssue16,
-	"kekproviders/pkcs11/pkcs11_test.go":                  splitIssue16,
 	"kekproviders/vaulttransit/vaulttransit.go":           splitIssue16,
 }
 

@@ -47,7 +47,6 @@ var longFiles = map[string]string{
 	"internal/browsertest/harness_test.go":                splitIssue16,
 	"internal/testkit/kmstest/faketransit/faketransit.go": splitIssue16,
 	"kekproviders/kektest/kektest.go":                     splitIssue16,
-	"kekproviders/vaulttransit/vaulttransit.go":           splitIssue16,
 }
 
 // generatedHeader is Go's marker of a generated file

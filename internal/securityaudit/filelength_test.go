@@ -46,7 +46,6 @@ var longFiles = map[string]string{
 	"deploy/monitoring_test.go":                           splitIssue16,
 	"internal/browsertest/harness_test.go":                splitIssue16,
 	"internal/testkit/kmstest/faketransit/faketransit.go": splitIssue16,
-	"kekproviders/kektest/kektest.go":                     splitIssue16,
 }
 
 // generatedHeader is Go's marker of a generated file

@@ -40,7 +40,6 @@ var longFiles = map[string]string{
 	"vaultapi/ops_test.go":                 splitIssue16,
 	"vaultapi/jwtauth/jwtauth.go":          splitIssue16,
 	"vaultapi/jwtauth/jwtauth_test.go":     splitIssue16,
-	"broker/storetest/storetest.go":        splitIssue16,
 	"deploy/compose_db_test.go":            splitIssue16,
 	"deploy/helm_test.go":                  splitIssue16,
 	"deploy/monitoring_test.go":            splitIssue16,

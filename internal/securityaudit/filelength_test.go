@@ -40,9 +40,6 @@ var longFiles = map[string]string{
 	"vaultapi/ops_test.go":                 splitIssue16,
 	"vaultapi/jwtauth/jwtauth.go":          splitIssue16,
 	"vaultapi/jwtauth/jwtauth_test.go":     splitIssue16,
-	"deploy/compose_db_test.go":            splitIssue16,
-	"deploy/helm_test.go":                  splitIssue16,
-	"deploy/monitoring_test.go":            splitIssue16,
 	"internal/browsertest/harness_test.go": splitIssue16,
 }
 

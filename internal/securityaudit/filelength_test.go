@@ -19,7 +19,8 @@ import (
 const maxFileLines = 500
 
 // splitIssue16 is the reason of a file that issue 16 ("one seam, one
-// runtime") splits once the parallel work on its package has landed.
+// runtime") splits once the parallel work on its package has landed
+// (the settings table's parsers, for one, can leave the table's file).
 const splitIssue16 = "to be split in issue 16"
 
 // longFiles are the Go files allowed past maxFileLines, each with the
@@ -27,19 +28,18 @@ const splitIssue16 = "to be split in issue 16"
 // fails the test, so the list only shrinks: remove the line when you
 // split the file.
 var longFiles = map[string]string{
-	"broker/datakeys.go":    splitIssue16,
-	"broker/rewrap.go":      splitIssue16,
-	"broker/rewrap_test.go": splitIssue16,
-	"broker/runtime.go":     splitIssue16,
-	"broker/vault.go":       splitIssue16,
-	"cmd/keybroker/internal/config/settings.go": "the one settings table: every setting in one place, " +
-		"one row each, is the point of the file (" + splitIssue16 + " if its helpers grow)",
-	"internal/bench/bench_test.go":     splitIssue16,
-	"vaultapi/api.go":                  splitIssue16,
-	"vaultapi/api_test.go":             splitIssue16,
-	"vaultapi/ops_test.go":             splitIssue16,
-	"vaultapi/jwtauth/jwtauth.go":      splitIssue16,
-	"vaultapi/jwtauth/jwtauth_test.go": splitIssue16,
+	"broker/datakeys.go":                        splitIssue16,
+	"broker/rewrap.go":                          splitIssue16,
+	"broker/rewrap_test.go":                     splitIssue16,
+	"broker/runtime.go":                         splitIssue16,
+	"broker/vault.go":                           splitIssue16,
+	"cmd/keybroker/internal/config/settings.go": splitIssue16,
+	"internal/bench/bench_test.go":              splitIssue16,
+	"vaultapi/api.go":                           splitIssue16,
+	"vaultapi/api_test.go":                      splitIssue16,
+	"vaultapi/jwtauth/jwtauth.go":               splitIssue16,
+	"vaultapi/jwtauth/jwtauth_test.go":          splitIssue16,
+	"vaultapi/ops_test.go":                      splitIssue16,
 }
 
 // generatedHeader is Go's marker of a generated file

@@ -24,6 +24,7 @@ var testKits = []string{
 	"internal/faults",
 	"internal/securityaudit",
 	"internal/testkit",
+	"kekproviders/pkcs11/softhsmtest",
 }
 
 // importRule says which of this module's packages a package below dir

@@ -19,6 +19,11 @@ type dependencyOwner struct {
 	why    string
 }
 
+// covers reports whether imp is the dependency o rules or below it.
+func (o dependencyOwner) covers(imp string) bool {
+	return imp == strings.TrimSuffix(o.dep, "/") || strings.HasPrefix(imp, o.dep)
+}
+
 // dependencyOwners are the adapters of ../shared/design/STYLE.md, "Shape"
 // and "Which way imports point": a KMS SDK is its provider's, the SQL
 // drivers are the stores' (and the migration runner's; cmd/keybroker
@@ -48,7 +53,7 @@ func dependencyViolation(pkg, imp string) string {
 		return "production code never imports test support: a package that does is a test kit (list it in testKits)"
 	}
 	for _, o := range dependencyOwners {
-		if imp != strings.TrimSuffix(o.dep, "/") && !strings.HasPrefix(imp, o.dep) {
+		if !o.covers(imp) {
 			continue
 		}
 		for _, owner := range o.owners {
@@ -81,9 +86,7 @@ func TestDependenciesStayBehindTheirAdapters(t *testing.T) {
 				bad = append(bad, fmt.Sprintf("%s imports %s: %s", f.rel, imp, why))
 			}
 			for _, o := range dependencyOwners {
-				if strings.HasPrefix(imp, o.dep) || imp == strings.TrimSuffix(o.dep, "/") {
-					owned[o.dep] = true
-				}
+				owned[o.dep] = owned[o.dep] || o.covers(imp)
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,7 @@ var ErrClosed = errors.New("the PKCS#11 KEK is closed")
 var (
 	_ kek.KEK           = (*KEK)(nil)
 	_ kek.StatusChecker = (*KEK)(nil)
+	_ io.Closer         = (*KEK)(nil)
 )
 
 // KEK is an AES-256 key inside a PKCS#11 token. It is safe for

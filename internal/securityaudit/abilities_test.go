@@ -161,7 +161,7 @@ func assertion(spec ast.Spec) (iface, typ string) {
 // kek.KEK and its optional abilities, read from the contract itself.
 func TestProvidersAssertEveryAbilityTheyHave(t *testing.T) {
 	t.Parallel()
-	files := parseRepo(t, token.NewFileSet())
+	_, files := sharedRepo(t)
 	ifaces := kekInterfaces(files)
 	require.Contains(t, ifaces, "KEK", "kek/ declares the KEK interface")
 	require.Greater(t, len(ifaces), 2, "kek/ declares optional abilities")

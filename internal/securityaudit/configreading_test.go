@@ -75,9 +75,9 @@ func configReadViolations(fset *token.FileSet, rel string, f *ast.File) []string
 // its own would be a setting the one settings table does not know.
 func TestOnlyCommandsReadFlagsAndEnvironment(t *testing.T) {
 	t.Parallel()
-	fset := token.NewFileSet()
+	fset, files := sharedRepo(t)
 	var bad []string
-	for _, f := range parseRepo(t, fset) {
+	for _, f := range files {
 		if !f.test {
 			bad = append(bad, configReadViolations(fset, f.rel, f.ast)...)
 		}

@@ -28,7 +28,8 @@ func initFuncs(f *ast.File) int {
 func TestNoInitRegistries(t *testing.T) {
 	t.Parallel()
 	var bad []string
-	for _, f := range parseRepo(t, token.NewFileSet()) {
+	_, files := sharedRepo(t)
+	for _, f := range files {
 		pkg := path.Dir(f.rel)
 		if f.test || isTestKit(pkg) || under(pkg, "cmd") || under(pkg, "internal/cmd") {
 			continue

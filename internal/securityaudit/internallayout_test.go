@@ -1,7 +1,6 @@
 package securityaudit
 
 import (
-	"go/token"
 	"path"
 	"sort"
 	"strings"
@@ -42,7 +41,8 @@ func TestInternalIsEitherProductionOrTestKit(t *testing.T) {
 	t.Parallel()
 	unplaced := map[string]bool{}
 	seen := map[string]bool{}
-	for _, f := range parseRepo(t, token.NewFileSet()) {
+	_, files := sharedRepo(t)
+	for _, f := range files {
 		pkg := path.Dir(f.rel)
 		if !strings.HasPrefix(pkg, "internal/") {
 			continue

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
 )
 
 // TestHelmChartRefuses: what would start an unsafe or broken keybroker
@@ -198,32 +197,4 @@ func TestHelmChartFilesArePackaged(t *testing.T) {
 	require.NoError(t, err)
 	_, err = os.Stat(chartDir + "/Chart.lock")
 	require.True(t, errors.Is(err, fs.ErrNotExist), "the chart has no dependencies")
-}
-
-// TestKubernetesManifestsDecodeStrictly decodes the kustomize manifests
-// with the chart's strict decoder: the invariants TestKubernetesManifests
-// checks are read from fields that exist, spelled as the API spells them.
-func TestKubernetesManifestsDecodeStrictly(t *testing.T) {
-	t.Parallel()
-	files, err := filepath.Glob("kubernetes/*.yaml")
-	require.NoError(t, err)
-	kinds := map[string]int{}
-	for _, f := range files {
-		if filepath.Base(f) == "kustomization.yaml" {
-			continue // kustomize's own configuration, not an API object
-		}
-		raw, err := os.ReadFile(f)
-		require.NoError(t, err)
-		for _, doc := range releaseutil.SplitManifests(string(raw)) {
-			if strings.TrimSpace(stripComments(doc)) == "" {
-				continue
-			}
-			_, gvk, err := chartDecoder.Decode([]byte(doc), nil, nil)
-			require.NoError(t, err, "%s does not decode strictly", f)
-			kinds[gvk.Kind]++
-		}
-	}
-	for _, kind := range []string{"Namespace", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"} {
-		require.Equal(t, 1, kinds[kind], kind)
-	}
 }

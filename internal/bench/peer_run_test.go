@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/faketransit"
 )
 
 // TestPeerStepDecryptsOnTransit: the peer's step drives real Transit

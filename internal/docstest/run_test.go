@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/faults"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 )
 
 // thisTest is how a document names this test in a runs-in marker.

@@ -20,7 +20,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/faults"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 )
 
 func TestMain(m *testing.M) {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"time"
 
 	hcvault "github.com/hashicorp/vault/api"
@@ -182,4 +185,29 @@ func (k *KEK) relogin(ctx context.Context) (*hcvault.Secret, bool) {
 		}
 		backoff = min(2*backoff, time.Minute)
 	}
+}
+
+// maxSecretFile bounds what is read from a token, secret id or JWT file.
+const maxSecretFile = 64 << 10
+
+// readSecretFile reads a token, role id, secret id or JWT file, trimmed.
+func readSecretFile(what, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", &localError{fmt.Errorf("%s file: %w", what, err)}
+	}
+	defer f.Close()
+	buf, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return "", &localError{fmt.Errorf("%s file %s: %w", what, path, err)}
+	}
+	if len(buf) > maxSecretFile {
+		return "", &localError{fmt.Errorf("%s file %s is larger than %d bytes", what, path, maxSecretFile)}
+	}
+	value := strings.TrimSpace(string(buf))
+	clear(buf)
+	if value == "" {
+		return "", &localError{fmt.Errorf("%s file %s is empty", what, path)}
+	}
+	return value, nil
 }

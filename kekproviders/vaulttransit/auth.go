@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"time"
 
 	hcvault "github.com/hashicorp/vault/api"
+
+	"github.com/keybroker/keybroker/kekproviders/internal/secretfile"
 )
 
 // login authenticates with the configured method, sets the client's
@@ -191,18 +191,12 @@ func (k *KEK) relogin(ctx context.Context) (*hcvault.Secret, bool) {
 const maxSecretFile = 64 << 10
 
 // readSecretFile reads a token, role id, secret id or JWT file, trimmed.
+// Its mode is not judged: a Kubernetes service account token, for one, is
+// mounted readable by all (0644) by default.
 func readSecretFile(what, path string) (string, error) {
-	f, err := os.Open(path)
+	buf, err := secretfile.ReadManaged(path, maxSecretFile, what)
 	if err != nil {
 		return "", &localError{fmt.Errorf("%s file: %w", what, err)}
-	}
-	defer f.Close()
-	buf, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	if err != nil {
-		return "", &localError{fmt.Errorf("%s file %s: %w", what, path, err)}
-	}
-	if len(buf) > maxSecretFile {
-		return "", &localError{fmt.Errorf("%s file %s is larger than %d bytes", what, path, maxSecretFile)}
 	}
 	value := strings.TrimSpace(string(buf))
 	clear(buf)

@@ -20,6 +20,7 @@ var testKits = []string{
 	"kekproviders/kektest",
 	"internal/bench",
 	"internal/browsertest",
+	"internal/docstest",
 	"internal/faults",
 	"internal/securityaudit",
 	"internal/testkit",

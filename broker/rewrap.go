@@ -194,6 +194,9 @@ type RewrapConfig struct {
 	// not, say because its reload failed, has its write refused by the
 	// store and retried under the newest: see DataKeyDeleter.)
 	DataKeyGrace time.Duration
+	// AuditSeal, when it holds a key, MACs the job's audit rows
+	// (docs/audit.md).
+	AuditSeal *AuditSeal
 }
 
 // DefaultDataKeyGrace is three times KeyringRefreshInterval: replicas
@@ -889,14 +892,16 @@ func (j *RewrapJob) prepareServerRewrap(ctx context.Context, v *Vault, latest in
 }
 
 func (j *RewrapJob) swap(old, next *Vault, note string) *RewrapSwap {
-	return &RewrapSwap{Old: old, New: next, Audit: &AuditEntry{
+	e := &AuditEntry{
 		ID:        newAuditID(),
 		UserID:    old.UserID,
 		Action:    ActionKEKRewrap,
 		Context:   note,
 		Status:    OutcomeOK.AuditStatus(),
 		CreatedAt: j.cfg.Now(),
-	}}
+	}
+	j.cfg.AuditSeal.stamp(e)
+	return &RewrapSwap{Old: old, New: next, Audit: e}
 }
 
 // read returns the rows of ids.

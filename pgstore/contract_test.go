@@ -5,6 +5,10 @@ import (
 	"encoding/hex"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
 	"github.com/keybroker/keybroker/broker/storetest"
 	"github.com/keybroker/keybroker/internal/pgtest"
 )
@@ -28,7 +32,10 @@ func TestDataKeyContract(t *testing.T) {
 // runtime role what keybroker's runtime needs (the erasure's DELETE on
 // the audit table included), and opens the store on it as that role.
 func (e *env) harness(t *testing.T, _ bool) storetest.Harness {
-	schema := `kb "contract" ` + randomHex(6)
+	return e.harnessIn(t, `kb "contract" `+randomHex(6))
+}
+
+func (e *env) harnessIn(t *testing.T, schema string) storetest.Harness {
 	e.migrate(t, schema)
 	grantErase(t, e, schema)
 	return storetest.Harness{Store: e.store(t, schema), AuditRows: auditRows(e.admin, schema),
@@ -39,4 +46,35 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// TestAuditSealContract runs the tamper-evidence part of the contract as
+// the runtime role, the attacker being a superuser with triggers
+// disabled (session_replication_role = replica), each subtest in a
+// schema of its own.
+func TestAuditSealContract(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	storetest.RunAuditSeal(t, func(t *testing.T) (storetest.Harness, func(*testing.T, string)) {
+		schema := `kb "seal" ` + randomHex(6)
+		return e.harnessIn(t, schema), func(t *testing.T, sql string) { tamperAsSuperuser(t, e.admin, schema, sql) }
+	})
+}
+
+// tamperAsSuperuser runs sql on schema as a superuser with triggers and
+// row-level security out of the way, as an attacker with the database's
+// keys (not keybroker's) could.
+func tamperAsSuperuser(t *testing.T, admin *pgxpool.Pool, schema, sql string) {
+	t.Helper()
+	tx, err := admin.Begin(t.Context())
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(t.Context()) }()
+	_, err = tx.Exec(t.Context(), "SET LOCAL session_replication_role = replica")
+	require.NoError(t, err)
+	_, err = tx.Exec(t.Context(), "SELECT set_config('search_path', $1, true)", pgx.Identifier{schema}.Sanitize())
+	require.NoError(t, err)
+	tag, err := tx.Exec(t.Context(), sql)
+	require.NoError(t, err, sql)
+	require.NotZero(t, tag.RowsAffected(), "the tampering changed nothing: %s", sql)
+	require.NoError(t, tx.Commit(t.Context()))
 }

@@ -431,7 +431,7 @@ type Setting struct {
 }
 
 // lastCommand is the highest bit of Command.
-const lastCommand = ConfigShow
+const lastCommand = AuditExport
 
 // Settings lists the table.
 func Settings() []Setting {

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/hex"
 	"log/slog"
 	"time"
 )
@@ -82,6 +83,13 @@ func (r *Runtime) sealOnce(ctx context.Context, store AuditSealStore, seen *int6
 		*seen = max(*seen, int64(n))
 	}
 	if n > 0 {
-		log.Debug("audit rows sealed", slog.Int("checkpoints", n))
+		// The log is outside the database: the newest checkpoint's
+		// number and MAC tag there make a rollback of the checkpoints
+		// visible (docs/audit.md).
+		if newest, err := latestCheckpoint(ctx, store); err == nil && newest != nil {
+			log.Info("audit rows sealed", slog.Int("checkpoints", n), slog.Int64("newest", newest.N),
+				slog.String("sealed_until", newest.To.UTC().Format(time.RFC3339Nano)),
+				slog.String("mac_tag", hex.EncodeToString(newest.MAC[:min(len(newest.MAC), auditTagSize)])))
+		}
 	}
 }

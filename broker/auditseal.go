@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -140,37 +141,55 @@ type (
 type AuditKey struct {
 	id  string
 	key []byte
+	// macs are keyed HMAC states with a scratch buffer, reused: the fetch
+	// path computes three MACs per request.
+	macs sync.Pool
+}
+
+// macState is one pooled HMAC and the buffer its message is built in.
+type macState struct {
+	h   hash.Hash
+	buf []byte
+}
+
+func newAuditKey(id string, key []byte) *AuditKey {
+	k := &AuditKey{id: id, key: key}
+	k.macs.New = func() any { return &macState{h: hmac.New(sha256.New, key), buf: make([]byte, 0, 512)} }
+	return k
 }
 
 // ID names the key in checkpoints and marks.
 func (k *AuditKey) ID() string { return k.id }
 
-func (k *AuditKey) mac(label string) hash.Hash {
-	m := hmac.New(sha256.New, k.key)
-	writeField(m, []byte(label))
-	return m
+// sum returns the MAC of the message build appends after label, each
+// field length-prefixed (appendField), so that no two field lists
+// encode alike.
+func (k *AuditKey) sum(label string, build func(b []byte) []byte) []byte {
+	st := k.macs.Get().(*macState)
+	st.buf = build(appendField(st.buf[:0], label))
+	st.h.Reset()
+	st.h.Write(st.buf)
+	mac := st.h.Sum(nil)
+	k.macs.Put(st)
+	return mac
 }
 
-// writeField writes b length-prefixed, so that no two field lists encode
-// alike.
-func writeField(h hash.Hash, b []byte) {
-	var n [binary.MaxVarintLen64]byte
-	h.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
-	h.Write(b)
+// appendField appends f length-prefixed.
+func appendField[T string | []byte](b []byte, f T) []byte {
+	b = binary.AppendUvarint(b, uint64(len(f)))
+	return append(b, f...)
 }
 
 // rowMAC is the MAC of e's fields under label. CreatedAt counts in
 // microseconds, the precision both stores keep.
 func (k *AuditKey) rowMAC(label string, e *AuditEntry) []byte {
-	m := k.mac(label)
-	for _, f := range [...]string{e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context} {
-		writeField(m, []byte(f))
-	}
-	var b [16]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(int64(e.Status)))
-	binary.BigEndian.PutUint64(b[8:], uint64(e.CreatedAt.UnixMicro()))
-	m.Write(b[:])
-	return m.Sum(nil)
+	return k.sum(label, func(b []byte) []byte {
+		for _, f := range [...]string{e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context} {
+			b = appendField(b, f)
+		}
+		b = binary.BigEndian.AppendUint64(b, uint64(int64(e.Status)))
+		return binary.BigEndian.AppendUint64(b, uint64(e.CreatedAt.UnixMicro()))
+	})
 }
 
 // RowMAC is the MAC keybroker writes with e.
@@ -186,28 +205,21 @@ func (k *AuditKey) sealMAC(e *AuditEntry) (mac []byte, late bool) {
 }
 
 func (k *AuditKey) checkpointMAC(cp *AuditCheckpoint) []byte {
-	m := k.mac(labelAuditCheckpoint)
-	var b [32]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(cp.N))
-	binary.BigEndian.PutUint64(b[8:16], uint64(cp.From.UnixMicro()))
-	binary.BigEndian.PutUint64(b[16:24], uint64(cp.To.UnixMicro()))
-	binary.BigEndian.PutUint64(b[24:], uint64(cp.Rows))
-	m.Write(b[:])
-	writeField(m, cp.Entries)
-	writeField(m, cp.PrevMAC)
-	return m.Sum(nil)
+	return k.sum(labelAuditCheckpoint, func(b []byte) []byte {
+		for _, v := range [...]int64{cp.N, cp.From.UnixMicro(), cp.To.UnixMicro(), cp.Rows} {
+			b = binary.BigEndian.AppendUint64(b, uint64(v))
+		}
+		return appendField(appendField(b, cp.Entries), cp.PrevMAC)
+	})
 }
 
 func (k *AuditKey) markMAC(mk *AuditMark) []byte {
-	m := k.mac(labelAuditMark)
-	writeField(m, []byte(mk.ID))
-	writeField(m, []byte(mk.Kind))
-	var b [16]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(mk.CreatedAt.UnixMicro()))
-	binary.BigEndian.PutUint64(b[8:], uint64(mk.Before.UnixMicro()))
-	m.Write(b[:])
-	writeField(m, mk.Entries)
-	return m.Sum(nil)
+	return k.sum(labelAuditMark, func(b []byte) []byte {
+		b = appendField(appendField(b, mk.ID), string(mk.Kind))
+		b = binary.BigEndian.AppendUint64(b, uint64(mk.CreatedAt.UnixMicro()))
+		b = binary.BigEndian.AppendUint64(b, uint64(mk.Before.UnixMicro()))
+		return appendField(b, mk.Entries)
+	})
 }
 
 // auditKeyBinding binds a wrap of the audit key to its purpose, so that
@@ -275,7 +287,7 @@ func LoadAuditKey(ctx context.Context, store AuditKeyStore, keyring *Keyring) (*
 			return nil, err
 		}
 	}
-	return &AuditKey{id: auditKeyID, key: key}, nil
+	return newAuditKey(auditKeyID, key), nil
 }
 
 // AuditSeal holds a server's audit key once it is loaded: rows written

@@ -100,6 +100,9 @@ type VerifyOptions struct {
 	StaleAfter time.Duration
 }
 
+// auditEndOfTime is later than any row: the end of the unsealed range.
+var auditEndOfTime = time.Date(9999, time.December, 31, 0, 0, 0, 0, time.UTC)
+
 // verifyPage is how many checkpoints VerifyAudit reads at a time.
 const verifyPage = 100
 
@@ -297,7 +300,7 @@ func (v *verifier) checkUnsealed(ctx context.Context, store AuditRowReader, from
 	if from.IsZero() {
 		from = time.Unix(0, 0)
 	}
-	return eachAuditRow(ctx, store, AuditRange{From: from, To: time.Unix(1<<40, 0)}, func(e *AuditEntry) {
+	return eachAuditRow(ctx, store, AuditRange{From: from, To: auditEndOfTime}, func(e *AuditEntry) {
 		v.r.Unsealed++
 		switch {
 		case e.MAC == nil:

@@ -152,7 +152,8 @@ func (s *Store) AuditByAction(ctx context.Context, userID string, q broker.Audit
 }
 
 // VaultErase deletes the user's vault and audit rows in one transaction
-// and writes nothing else. Deleting a vault that another transaction is
+// and writes nothing else but the erasure mark that mark returns for the
+// deleted rows (no user id in it). Deleting a vault that another transaction is
 // changing waits for that transaction, so an erasure never leaves a row
 // a concurrent rotate re-wrote behind it.
 func (s *Store) VaultErase(ctx context.Context, userID string, mark broker.EraseMarker) (broker.EraseResult, error) {

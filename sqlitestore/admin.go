@@ -142,7 +142,8 @@ func scanAuditRowsMAC(ctx context.Context, rows *sql.Rows, what string, withMAC 
 }
 
 // VaultErase deletes the user's vault and audit rows in one transaction
-// and writes nothing else. secure_delete is on, so SQLite overwrites the
+// and writes nothing else but the erasure mark that mark returns for the
+// deleted rows (no user id in it). secure_delete is on, so SQLite overwrites the
 // deleted rows with zeros; until the next checkpoint their bytes remain in
 // keybroker.db-wal, and in any backup taken before.
 func (s *Store) VaultErase(ctx context.Context, userID string, mark broker.EraseMarker) (broker.EraseResult, error) {

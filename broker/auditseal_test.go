@@ -2,12 +2,17 @@ package broker_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/pgtest"
 	"github.com/keybroker/keybroker/sqlitestore"
 )
 
@@ -87,4 +92,64 @@ func TestEveryAuditPathWritesAVerifiedMAC(t *testing.T) {
 			require.Zero(t, r.SealedLate+r.Unsealed+r.CommittedLate)
 		})
 	}
+}
+
+// TestSealerNoticesDeletedCheckpoints is the rollback attack: a database
+// writer deletes the newest checkpoint (and could delete the rows it
+// sealed). The server that wrote it says so at its next seal, in its log
+// — outside the database.
+func TestSealerNoticesDeletedCheckpoints(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newFetchEnv(t) // e.pool is a superuser's
+	ring, err := broker.NewKeyring(e.kek)
+	require.NoError(t, err)
+	var logged strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, nil))
+	seal := &broker.AuditSeal{}
+	const sealEvery = 7 * time.Minute
+	step := make(chan bool)
+	paused := make(chan struct{})
+	rt, err := broker.NewRuntime(ctx, broker.RuntimeConfig{Store: e.store, Keyring: ring, AuditSeal: seal, AuditSealEvery: sealEvery,
+		Logger: log, Now: func() time.Time { return time.Now().Add(time.Hour) },
+		Wait: func(_ context.Context, d time.Duration) bool {
+			if d != sealEvery {
+				return false
+			}
+			paused <- struct{}{}
+			return <-step
+		}})
+	require.NoError(t, err)
+	svc, err := broker.New(ctx, broker.Config{Store: e.store, Keyring: ring, AuditSeal: seal, Logger: log})
+	require.NoError(t, err)
+	_, err = svc.Init(ctx, "dave", broker.RequestMeta{})
+	require.NoError(t, err)
+
+	rt.Start(ctx)
+	defer rt.Close()
+	<-paused // sealed checkpoint 1
+	var n int
+	require.NoError(t, e.pool.QueryRow(ctx, `SELECT count(*) FROM keybroker.encryption_vault_audit_checkpoints`).Scan(&n))
+	require.Equal(t, 1, n)
+	pgtest.Exec(t, e.pool, `DELETE FROM keybroker.encryption_vault_audit_checkpoints`)
+	pgtest.Exec(t, e.pool, `DELETE FROM keybroker.encryption_vault_audit`)
+	step <- true
+	<-paused // the next seal
+	step <- false
+	mu.Lock()
+	defer mu.Unlock()
+	require.Contains(t, logged.String(), "AUDIT CHECKPOINTS DELETED")
+}
+
+// lockedWriter serialises the log's writes for the test to read.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

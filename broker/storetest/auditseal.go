@@ -236,12 +236,14 @@ func testAuditVerifyNamesTampering(t *testing.T, h Harness, tamper func(string))
 }
 
 // testAuditRetentionAndErasure: rows that retention drops (after its
-// mark) or an erasure deletes (with its mark, which names no user)
-// verify as legitimately gone; the same deletion without a mark does not.
+// mark), with the checkpoints of the windows it emptied, or an erasure
+// deletes (with its mark, which names no user) verify as legitimately
+// gone; the same deletion without a mark does not.
 func testAuditRetentionAndErasure(t *testing.T, h Harness, tamper func(string)) {
 	key := auditKey(t, h, newGCMKEK(t, "kek-a"))
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
 	rows := writeRows(t, h, key, base, 9)
+	seal(t, h, key, rows[2].CreatedAt) // checkpoint 1: rows 0 and 1
 	seal(t, h, key, base.Add(time.Hour))
 
 	tamper("DELETE FROM encryption_vault_audit WHERE created_at < " + sqlTime(rows[2].CreatedAt))
@@ -252,6 +254,11 @@ func testAuditRetentionAndErasure(t *testing.T, h Harness, tamper func(string)) 
 	r = verify(t, h, key)
 	require.Empty(t, r.Findings)
 	require.EqualValues(t, 2, r.Retained)
+	// Retention may take the checkpoints of the windows it emptied.
+	tamper("DELETE FROM encryption_vault_audit_checkpoints WHERE n = 1")
+	r = verify(t, h, key)
+	require.Empty(t, r.Findings)
+	require.EqualValues(t, 1, r.Checkpoints)
 
 	res, err := h.Store.VaultErase(t.Context(), "user-2", func(erased []broker.AuditEntry) *broker.AuditMark {
 		return key.ErasureMark(erased, time.Now())

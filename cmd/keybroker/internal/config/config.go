@@ -45,8 +45,7 @@ const (
 	// ConfigCheck and ConfigShow read what serve reads.
 	ConfigCheck
 	ConfigShow
-	// AuditVerify and AuditExport are the audit trail's tools
-	// (docs/audit.md).
+	// AuditVerify and AuditExport: the audit trail's (docs/audit.md).
 	AuditVerify
 	AuditExport
 )
@@ -93,8 +92,7 @@ type Config struct {
 	Grants Grants
 	// Tool holds the operator commands' own flags.
 	Tool Tool
-	// AuditSealInterval is how often serve seals the audit rows into a
-	// checkpoint (docs/audit.md).
+	// AuditSealInterval is how often serve seals audit rows (docs/audit.md).
 	AuditSealInterval time.Duration
 
 	values []Value

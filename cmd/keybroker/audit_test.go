@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -121,4 +122,24 @@ func TestAuditExportResumesFromItsCursor(t *testing.T) {
 	out, err = db.run(t, "audit", "export", "--cursor-file", cursor)
 	require.NoError(t, err)
 	require.Empty(t, out, "nothing new")
+}
+
+// TestAuditExportFollows: with --follow the export keeps running and
+// writes a row added after it started, then stops with its context.
+func TestAuditExportFollows(t *testing.T) {
+	t.Parallel()
+	db := newAuditDB(t)
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	first := db.write(t, base)
+	ctx, cancel := context.WithCancel(t.Context())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"audit", "export", "--follow"}, envFunc(db.env), &out, io.Discard, nil) }()
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), first[0].ID) }, 30*time.Second, 50*time.Millisecond)
+	added := db.write(t, base.Add(time.Minute))
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), added[0].ID) }, 30*time.Second, 50*time.Millisecond,
+		"the row added while it ran")
+	cancel()
+	require.NoError(t, <-done)
+	require.Len(t, strings.Split(strings.TrimSpace(out.String()), "\n"), 2, "each row once")
 }

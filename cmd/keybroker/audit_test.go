@@ -134,7 +134,9 @@ func TestAuditExportFollows(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"audit", "export", "--follow"}, envFunc(db.env), &out, io.Discard, nil) }()
+	go func() {
+		done <- run(ctx, []string{"audit", "export", "--follow"}, envFunc(db.env), &out, io.Discard, nil)
+	}()
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), first[0].ID) }, 30*time.Second, 50*time.Millisecond)
 	added := db.write(t, base.Add(time.Minute))
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), added[0].ID) }, 30*time.Second, 50*time.Millisecond,

@@ -83,6 +83,9 @@ func cmdAuditExport(ctx context.Context, args []string, getenv func(string) stri
 		}
 		rows, err := reader.AuditRows(ctx, r)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped (SIGTERM): what was written stands
+			}
 			return err
 		}
 		for _, e := range rows {

@@ -312,6 +312,7 @@ func (a *AuditSeal) SetKey(k *AuditKey) { a.key.Store(k) }
 // what they keep.
 func (a *AuditSeal) stamp(e *AuditEntry) {
 	e.CreatedAt = e.CreatedAt.Truncate(time.Microsecond)
+	e.MAC = nil
 	if k := a.Key(); k != nil {
 		e.MAC = k.RowMAC(e)
 	}

@@ -916,6 +916,14 @@ func (j *RewrapJob) apply(ctx context.Context, swaps []RewrapSwap) ([]bool, erro
 	if len(swaps) == 0 {
 		return nil, nil
 	}
+	// The rows are stamped as they are written, not when their KEK calls
+	// ended: a batch of slow KMS calls must not commit its audit rows
+	// later than AuditSettle after their time (docs/audit.md).
+	now := j.cfg.Now()
+	for i := range swaps {
+		swaps[i].Audit.CreatedAt = now
+		j.cfg.AuditSeal.stamp(swaps[i].Audit)
+	}
 	applied, err := j.store.RewrapApply(ctx, swaps)
 	if err == nil || IsUnavailable(err) || ctx.Err() != nil || len(swaps) == 1 {
 		return applied, err

@@ -258,10 +258,16 @@ func (v *verifier) checkWindow(ctx context.Context, store AuditRowReader, cp *Au
 			return
 		}
 		valid := hmac.Equal(e.MAC, v.key.RowMAC(e))
-		inCheckpoint := take(tagOf(e.CreatedAt, e.MAC), false)
+		tag := tagOf(e.CreatedAt, e.MAC)
+		inCheckpoint := take(tag, false)
 		switch {
 		case valid && inCheckpoint:
 			v.r.Verified++
+		case valid && len(sealed[tag]) > 0:
+			// Its entry went to an identical row: a copy, which only a
+			// writer who dropped the primary key can insert.
+			finding.Kind, finding.Detail = AuditForged, "a second copy of a sealed row"
+			v.find(finding)
 		case valid:
 			v.r.CommittedLate++
 		case inCheckpoint:

@@ -4,13 +4,17 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/storetest"
 	"github.com/keybroker/keybroker/internal/testkit/pgtest"
+	"github.com/keybroker/keybroker/kekproviders/localkek"
+	"github.com/keybroker/keybroker/pgstore"
 )
 
 // TestStoreContract runs the store contract suite as the non-superuser
@@ -77,4 +81,38 @@ func tamperAsSuperuser(t *testing.T, admin *pgxpool.Pool, schema, sql string) {
 	require.NoError(t, err, sql)
 	require.NotZero(t, tag.RowsAffected(), "the tampering changed nothing: %s", sql)
 	require.NoError(t, tx.Commit(t.Context()))
+}
+
+// TestAuditVerifyNamesACopiedRow: a writer who drops the primary key can
+// insert an exact copy of a row, MAC included; verify names the copy.
+func TestAuditVerifyNamesACopiedRow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const schema = "keybroker"
+	store := e.harnessIn(t, schema).Store.(*pgstore.Store)
+	ctx := t.Context()
+	kek, err := localkek.New("k1", make([]byte, 32), true)
+	require.NoError(t, err)
+	ring, err := broker.NewKeyring(kek)
+	require.NoError(t, err)
+	key, err := broker.LoadAuditKey(ctx, store, ring)
+	require.NoError(t, err)
+	row := &broker.AuditEntry{ID: "copied", UserID: "u", Action: broker.ActionFetch, Status: 200, CreatedAt: time.Now().Add(-time.Hour).Truncate(time.Microsecond)}
+	row.MAC = key.RowMAC(row)
+	require.NoError(t, store.AuditAppend(ctx, []*broker.AuditEntry{row}))
+	_, err = broker.SealAudit(ctx, store, key, time.Now().Add(-broker.AuditSettle))
+	require.NoError(t, err)
+
+	// Whatever the primary key's name (a partitioned table's holds the time).
+	pgtest.Exec(t, e.admin, `DO $$ DECLARE pk text; BEGIN
+    SELECT conname INTO pk FROM pg_constraint WHERE conrelid = 'keybroker.encryption_vault_audit'::regclass AND contype = 'p';
+    EXECUTE format('ALTER TABLE keybroker.encryption_vault_audit DROP CONSTRAINT %I', pk);
+END $$`)
+	tamperAsSuperuser(t, e.admin, schema, "INSERT INTO encryption_vault_audit SELECT * FROM encryption_vault_audit WHERE id = 'copied'")
+	r, err := broker.VerifyAudit(ctx, store, key, broker.VerifyOptions{})
+	require.NoError(t, err)
+	require.Len(t, r.Findings, 1)
+	require.Equal(t, broker.AuditForged, r.Findings[0].Kind)
+	require.Equal(t, "copied", r.Findings[0].RowID)
+	require.EqualValues(t, 1, r.Verified, "the first copy")
 }

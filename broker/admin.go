@@ -184,11 +184,20 @@ func (s *Service) AuditPage(ctx context.Context, userID, cursor string, limit in
 // Erase is the right to be forgotten: it deletes the user's vault — the
 // only place any wrap of the master key is kept, so the key is shredded —
 // and every audit row of the user, in one transaction. It is idempotent
-// and writes no audit row (one would name the erased user). It returns
-// ErrInvalidArgument for an empty user id, or an *UnavailableError.
+// and writes no audit row (one would name the erased user); with the
+// audit key loaded it writes the erasure mark of the deleted rows (their
+// times and MAC tags, no user id), so that `keybroker audit verify`
+// accepts their absence. It returns ErrInvalidArgument for an empty user
+// id, or an *UnavailableError.
 func (s *Service) Erase(ctx context.Context, userID string) (EraseResult, error) {
 	if err := checkUserID(userID); err != nil {
 		return EraseResult{}, err
 	}
-	return s.store.VaultErase(ctx, userID)
+	var mark EraseMarker
+	if key := s.auditSeal.Key(); key != nil {
+		mark = func(erased []AuditEntry) *AuditMark { return key.ErasureMark(erased, s.now()) }
+	} else if s.auditSeal != nil {
+		s.log.WarnContext(ctx, "erasing without an erasure mark: the audit key is not loaded; audit verify will report the erased rows as deleted")
+	}
+	return s.store.VaultErase(ctx, userID, mark)
 }

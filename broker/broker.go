@@ -112,6 +112,9 @@ type AuditEntry struct {
 	Context   string
 	Status    int // the AuditStatus of the operation's Outcome
 	CreatedAt time.Time
+	// MAC is the row's MAC under the audit key (AuditKey.RowMAC), nil
+	// for a row written without the key (docs/audit.md).
+	MAC []byte
 }
 
 // RequestMeta is what the HTTP layer knows about a request that the audit

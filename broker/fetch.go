@@ -64,6 +64,10 @@ type Fetch struct {
 	Audit *AuditEntry
 	// Vault is set by VaultFetch: the user's vault, nil when there is none.
 	Vault *Vault
+	// MACs are the audit row's MACs by FetchCase, each over Audit with
+	// that case's outcome: the store writes the one of the case it
+	// finds. nil when the audit key is not loaded.
+	MACs [FetchDeferred][]byte
 
 	kase FetchCase
 }
@@ -316,6 +320,8 @@ func (s *Service) fetchGroup(ctx context.Context, fetches []*Fetch) error {
 // concurrent fetches, reads the vault and records the fetch.
 func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
 	f := &Fetch{Audit: s.auditEntry(userID, meta, "", 0, "")}
+	f.Audit.MAC = nil // its action is not known yet: MACs has one per case
+	s.auditSeal.stampFetch(f, &fetchOutcomes)
 	if err := s.fetches.do(ctx, f); err != nil {
 		return nil, err
 	}

@@ -194,6 +194,9 @@ type RewrapConfig struct {
 	// not, say because its reload failed, has its write refused by the
 	// store and retried under the newest: see DataKeyDeleter.)
 	DataKeyGrace time.Duration
+	// AuditSeal, when it holds a key, MACs the job's audit rows
+	// (docs/audit.md).
+	AuditSeal *AuditSeal
 }
 
 // DefaultDataKeyGrace is three times KeyringRefreshInterval: replicas
@@ -889,14 +892,16 @@ func (j *RewrapJob) prepareServerRewrap(ctx context.Context, v *Vault, latest in
 }
 
 func (j *RewrapJob) swap(old, next *Vault, note string) *RewrapSwap {
-	return &RewrapSwap{Old: old, New: next, Audit: &AuditEntry{
+	e := &AuditEntry{
 		ID:        newAuditID(),
 		UserID:    old.UserID,
 		Action:    ActionKEKRewrap,
 		Context:   note,
 		Status:    OutcomeOK.AuditStatus(),
 		CreatedAt: j.cfg.Now(),
-	}}
+	}
+	j.cfg.AuditSeal.stamp(e)
+	return &RewrapSwap{Old: old, New: next, Audit: e}
 }
 
 // read returns the rows of ids.
@@ -910,6 +915,14 @@ func (j *RewrapJob) read(ctx context.Context, ids []string) ([]*Vault, error) {
 func (j *RewrapJob) apply(ctx context.Context, swaps []RewrapSwap) ([]bool, error) {
 	if len(swaps) == 0 {
 		return nil, nil
+	}
+	// The rows are stamped as they are written, not when their KEK calls
+	// ended: a batch of slow KMS calls must not commit its audit rows
+	// later than AuditSettle after their time (docs/audit.md).
+	now := j.cfg.Now()
+	for i := range swaps {
+		swaps[i].Audit.CreatedAt = now
+		j.cfg.AuditSeal.stamp(swaps[i].Audit)
 	}
 	applied, err := j.store.RewrapApply(ctx, swaps)
 	if err == nil || IsUnavailable(err) || ctx.Err() != nil || len(swaps) == 1 {

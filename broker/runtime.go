@@ -65,6 +65,11 @@ type RuntimeConfig struct {
 	// (RowCounts): counting groups the whole KEK index, so it runs on
 	// this clock, not on every scrape of every replica.
 	CountRowsEvery time.Duration
+	// AuditSeal, when set, gets the audit key loaded into it at Start
+	// (retried while a KEK is unavailable), and the settled audit rows
+	// are then sealed every AuditSealEvery (docs/audit.md).
+	AuditSeal      *AuditSeal
+	AuditSealEvery time.Duration
 	// KEKCheckTimeout bounds one start-up KEK check; default
 	// DefaultKEKCheckTimeout.
 	KEKCheckTimeout time.Duration
@@ -103,6 +108,9 @@ func (c *RuntimeConfig) validate() error {
 	}
 	if c.Rewrap.Enabled && c.Rewrap.Interval < MinRewrapInterval {
 		return fmt.Errorf("broker: RuntimeConfig.Rewrap.Interval must be at least %s", MinRewrapInterval)
+	}
+	if c.AuditSeal != nil && c.AuditSealEvery <= 0 {
+		return errors.New("broker: RuntimeConfig.AuditSealEvery must be positive with an AuditSeal")
 	}
 	if c.CountRowsEvery < 0 {
 		return errors.New("broker: RuntimeConfig.CountRowsEvery must not be negative")
@@ -174,7 +182,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
 	}
 	if cfg.Rewrap.Enabled {
 		job, err := NewRewrapJob(RewrapConfig{Store: cfg.Store, Keyring: cfg.Keyring, BatchSize: cfg.Rewrap.BatchSize,
-			RowsPerSecond: cfg.Rewrap.RowsPerSecond, Runner: cfg.Rewrap.Runner, Logger: cfg.Logger, Now: cfg.Now})
+			RowsPerSecond: cfg.Rewrap.RowsPerSecond, Runner: cfg.Rewrap.Runner, Logger: cfg.Logger, Now: cfg.Now, AuditSeal: cfg.AuditSeal})
 		if err != nil {
 			return nil, fmt.Errorf("the re-wrap job cannot run: %w", err)
 		}
@@ -187,6 +195,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
 	switch err := r.checkKEK(ctx); {
 	case err == nil:
 		close(r.kekOK)
+		r.loadAuditKey(ctx)
 	case errors.Is(err, errKEKUnavailable):
 		cfg.Logger.Error("KEK unavailable at start: serving not-ready, READY=1 withheld until the KEK check passes",
 			slog.String("error", err.Error()))
@@ -241,6 +250,9 @@ func (r *Runtime) Start(ctx context.Context) {
 			r.goLoop(func() { r.retryKEKCheck(ctx) })
 		}
 		r.goLoop(func() { r.refreshKeyring(ctx) })
+		if r.cfg.AuditSeal != nil {
+			r.goLoop(func() { r.runAuditSeal(ctx) })
+		}
 		if r.job != nil {
 			r.goLoop(func() { r.runRewrap(ctx) })
 		} else {

@@ -217,6 +217,12 @@ type AdminStore interface {
 	AuditByAction(ctx context.Context, userID string, q AuditQuery) ([]AuditEntry, error)
 	// VaultErase deletes the user's vault and every audit row of the user
 	// in one transaction and reports what it deleted. It writes nothing
-	// else: an erasure must not leave a row that names the user.
-	VaultErase(ctx context.Context, userID string) (EraseResult, error)
+	// else but, when mark is set and returns a mark for the deleted audit
+	// rows, that mark (AuditMarkStore), which names no user: an erasure
+	// must not leave a row that names the user.
+	VaultErase(ctx context.Context, userID string, mark EraseMarker) (EraseResult, error)
 }
+
+// EraseMarker returns the mark of the audit rows an erasure deletes
+// (AuditKey.ErasureMark), nil for none.
+type EraseMarker func(erased []AuditEntry) *AuditMark

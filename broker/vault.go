@@ -40,6 +40,10 @@ type Config struct {
 	// OnGrant, when set, is told the outcome of every Grant (for
 	// metrics). It must not block.
 	OnGrant func(GrantEvent)
+	// AuditSeal, when set, holds the audit key that MACs every audit row
+	// (docs/audit.md); rows are written without a MAC while it holds
+	// none.
+	AuditSeal *AuditSeal
 }
 
 // RecoveryProofPolicy is whether a zero-knowledge recovery wrap may be
@@ -106,6 +110,7 @@ type Service struct {
 	recoveryProof RecoveryProofPolicy
 	grants        *grant.Recipients
 	onGrant       func(GrantEvent)
+	auditSeal     *AuditSeal
 
 	// The fetch hot path: with fetches when the store is a VaultFetcher
 	// (one round trip per fetch), else a VaultRead and then the audit
@@ -124,7 +129,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{store: cfg.Store, keyring: cfg.Keyring, log: cfg.Logger, now: cfg.Now, recoveryProof: cfg.RecoveryProof, format1: newFormat1Gate(cfg.Store),
-		grants: cfg.GrantRecipients, onGrant: cfg.OnGrant}
+		grants: cfg.GrantRecipients, onGrant: cfg.OnGrant, auditSeal: cfg.AuditSeal}
 	s.audits = newGroupCommit(GroupCommitAudit, cfg.AuditCommitters, cfg.OnGroupCommit, cfg.Store.AuditAppend)
 	if fetcher, ok := cfg.Store.(VaultFetcher); ok {
 		s.fetcher = fetcher
@@ -175,7 +180,7 @@ func (o *op) audit(ctx context.Context, action Action, outcome Outcome, note str
 // cleaned (AuditText): they come from request headers, or name what a
 // row holds.
 func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
-	return &AuditEntry{
+	e := &AuditEntry{
 		ID:        newAuditID(),
 		UserID:    userID,
 		Action:    action,
@@ -185,6 +190,8 @@ func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, sta
 		Status:    status,
 		CreatedAt: s.now(),
 	}
+	s.auditSeal.stamp(e)
+	return e
 }
 
 // refuse records the refusal err, under the outcome it reports, and ends

@@ -33,7 +33,8 @@ func (s *Store) adminSQL() *adminStatements {
 		auditAfter:    `SELECT ` + auditColumns + ` FROM ` + audit + ` WHERE user_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4`,
 		auditByAction: `SELECT ` + auditColumns + ` FROM ` + audit + ` WHERE user_id = $1 AND action = $2 AND status = $3 ORDER BY created_at DESC, id DESC LIMIT $4`,
 		vaultDelete:   `DELETE FROM ` + vaults + ` WHERE user_id = $1`,
-		auditDelete:   `DELETE FROM ` + audit + ` WHERE user_id = $1`,
+		auditDelete: `DELETE FROM ` + audit + ` WHERE user_id = $1
+RETURNING id, user_id, action, COALESCE(ip_address, ''), COALESCE(user_agent, ''), COALESCE(context, ''), status, created_at, mac`,
 	}
 }
 
@@ -151,10 +152,11 @@ func (s *Store) AuditByAction(ctx context.Context, userID string, q broker.Audit
 }
 
 // VaultErase deletes the user's vault and audit rows in one transaction
-// and writes nothing else. Deleting a vault that another transaction is
+// and writes nothing else but the erasure mark that mark returns for the
+// deleted rows (no user id in it). Deleting a vault that another transaction is
 // changing waits for that transaction, so an erasure never leaves a row
 // a concurrent rotate re-wrote behind it.
-func (s *Store) VaultErase(ctx context.Context, userID string) (broker.EraseResult, error) {
+func (s *Store) VaultErase(ctx context.Context, userID string, mark broker.EraseMarker) (broker.EraseResult, error) {
 	var res broker.EraseResult
 	err := s.inScope(ctx, userID, pgx.TxOptions{}, func(tx pgx.Tx, sql *adminStatements) error {
 		tag, err := tx.Exec(ctx, sql.vaultDelete, userID)
@@ -162,11 +164,21 @@ func (s *Store) VaultErase(ctx context.Context, userID string) (broker.EraseResu
 			return interpretError(fmt.Errorf("vault erase: %w", err))
 		}
 		res.VaultDeleted = tag.RowsAffected() > 0
-		tag, err = tx.Exec(ctx, sql.auditDelete, userID)
+		rows, err := tx.Query(ctx, sql.auditDelete, userID)
 		if err != nil {
 			return interpretError(fmt.Errorf("audit erase: %w", err))
 		}
-		res.AuditRowsDeleted = tag.RowsAffected()
+		erased, err := pgx.CollectRows(rows, scanAuditRow)
+		if err != nil {
+			return interpretError(fmt.Errorf("audit erase: %w", err))
+		}
+		res.AuditRowsDeleted = int64(len(erased))
+		if mark == nil {
+			return nil
+		}
+		if m := mark(erased); m != nil {
+			return auditMarkInsert(ctx, tx, s.table("encryption_vault_audit_marks"), *m)
+		}
 		return nil
 	})
 	if err != nil {

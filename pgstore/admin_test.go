@@ -26,7 +26,7 @@ func TestAdminEraseIsAtomic(t *testing.T) {
 	e.migrate(t, schema)
 	seedTwoUsers(t, e.admin, schema)
 	store := e.store(t, schema)
-	_, err := store.VaultErase(t.Context(), userA)
+	_, err := store.VaultErase(t.Context(), userA, nil)
 	requirePolicyViolation(t, err)
 	v, n, err := store.VaultMeta(t.Context(), userA)
 	require.NoError(t, err)
@@ -34,7 +34,7 @@ func TestAdminEraseIsAtomic(t *testing.T) {
 	require.EqualValues(t, 1, n)
 
 	grantErase(t, e, schema)
-	res, err := store.VaultErase(t.Context(), userA)
+	res, err := store.VaultErase(t.Context(), userA, nil)
 	require.NoError(t, err)
 	require.True(t, res.VaultDeleted)
 }
@@ -49,7 +49,7 @@ func TestAdminEraseSeenBySuperuser(t *testing.T) {
 	grantErase(t, e, schema)
 	seedTwoUsers(t, e.admin, schema)
 	store := e.store(t, schema)
-	res, err := store.VaultErase(t.Context(), userA)
+	res, err := store.VaultErase(t.Context(), userA, nil)
 	require.NoError(t, err)
 	require.True(t, res.VaultDeleted)
 	require.EqualValues(t, 1, res.AuditRowsDeleted)

@@ -257,6 +257,8 @@ WHERE n.nspname = $1 ORDER BY c.relname, p.polname`, schema)
 	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[rls])
 	require.NoError(t, err)
 	require.Equal(t, []rls{
+		// Reading only, for sealing, verify and export (0010_audit_seal.sql).
+		{"encryption_vault_audit", true, true, "encryption_vault_audit_all_rows_read"},
 		{"encryption_vault_audit", true, true, "encryption_vault_audit_batch_isolation"},
 		{"encryption_vault_audit", true, true, "encryption_vault_audit_user_isolation"},
 		{"encryption_vaults", true, true, "encryption_vaults_batch_isolation"},

@@ -64,6 +64,11 @@ func grantRuntime(t *testing.T, owner *pgxpool.Pool, schema, role string) {
 	// Cached envelope mode's data keys, and the ids of deleted ones.
 	pgtest.Exec(t, owner, "GRANT SELECT, INSERT, UPDATE, DELETE ON "+pgx.Identifier{schema, "kek_data_keys"}.Sanitize()+" TO "+ident(role))
 	pgtest.Exec(t, owner, "GRANT SELECT, INSERT ON "+pgx.Identifier{schema, "kek_data_keys_deleted"}.Sanitize()+" TO "+ident(role))
+	// Tamper evidence (docs/audit.md): the audit key's wraps, the
+	// checkpoints and the marks are only ever added to.
+	for _, table := range []string{"encryption_vault_audit_keys", "encryption_vault_audit_checkpoints", "encryption_vault_audit_marks"} {
+		pgtest.Exec(t, owner, "GRANT SELECT, INSERT ON "+pgx.Identifier{schema, table}.Sanitize()+" TO "+ident(role))
+	}
 }
 
 // store returns a Store on the runtime role's pool.

@@ -45,7 +45,7 @@ func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 		}
 		batch.Queue(setScope, a.UserID)
 		batch.Queue(s.sql.vaultFetch, a.UserID, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, b.Openable,
-			actions[:], contexts[:], statuses[:])
+			actions[:], contexts[:], statuses[:], macsArg(&f.MACs))
 	}
 	results := s.pool.SendBatch(ctx, batch)
 	vaults := make([]*broker.Vault, len(b.Fetches))
@@ -135,15 +135,15 @@ func (s *Store) AuditAppend(ctx context.Context, entries []*broker.AuditEntry) e
 	}
 	n := len(entries)
 	ids, users, actions, ips, agents, notes := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	statuses, created := make([]int32, n), make([]time.Time, n)
+	statuses, created, macs := make([]int32, n), make([]time.Time, n), make([][]byte, n)
 	for i, e := range entries {
 		if e.UserID == "" {
 			return fmt.Errorf("pgstore: audit append: %w: empty user id", broker.ErrInvalidArgument)
 		}
 		ids[i], users[i], actions[i], ips[i], agents[i], notes[i] = e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context
-		statuses[i], created[i] = int32(e.Status), e.CreatedAt
+		statuses[i], created[i], macs[i] = int32(e.Status), e.CreatedAt, e.MAC
 	}
-	tag, err := s.pool.Exec(ctx, s.sql.auditAppend, ids, users, actions, ips, agents, notes, statuses, created)
+	tag, err := s.pool.Exec(ctx, s.sql.auditAppend, ids, users, actions, ips, agents, notes, statuses, created, macs)
 	if err != nil {
 		return interpretError(fmt.Errorf("audit append: %w", err))
 	}
@@ -153,4 +153,13 @@ func (s *Store) AuditAppend(ctx context.Context, entries []*broker.AuditEntry) e
 		return fmt.Errorf("pgstore: audit append: %d of %d rows inserted", tag.RowsAffected(), n)
 	}
 	return nil
+}
+
+// macsArg is a fetch's MACs as the statement's bytea[]: NULL when the
+// audit key was not loaded (rows are then written without a MAC).
+func macsArg(macs *[broker.FetchDeferred][]byte) [][]byte {
+	if macs[0] == nil {
+		return nil
+	}
+	return macs[:]
 }

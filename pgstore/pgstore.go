@@ -94,29 +94,29 @@ ON CONFLICT (user_id) DO NOTHING`,
 WHERE user_id = $1`,
 		// Empty strings are stored as NULL, as the original service left
 		// unknown request metadata.
-		auditInsert: `INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at)
-VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''), NULLIF($6, ''), $7, $8)`,
+		auditInsert: `INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at, mac)
+VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''), NULLIF($6, ''), $7, $8, $9)`,
 		// The rows of AuditAppend, as arrays: set_config scopes each row
 		// to its own user as the row is produced (see AuditAppend).
-		auditAppend: `INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at)
+		auditAppend: `INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at, mac)
 SELECT r.id, set_config('app.current_user_id', r.user_id, true), r.action,
-    NULLIF(r.ip_address, ''), NULLIF(r.user_agent, ''), NULLIF(r.context, ''), r.status, r.created_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
-    AS r(id, user_id, action, ip_address, user_agent, context, status, created_at)`,
+    NULLIF(r.ip_address, ''), NULLIF(r.user_agent, ''), NULLIF(r.context, ''), r.status, r.created_at, r.mac
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $9::bytea[])
+    AS r(id, user_id, action, ip_address, user_agent, context, status, created_at, mac)`,
 		// One fetch: the read and, by what it found, the audit row
 		// (broker.FetchBatch.Case): $6 lists the KEK ids that open
 		// locally, $7–$9 the outcomes' actions, contexts and statuses in
 		// broker.FetchCase order. A data-modifying WITH runs whether or
-		// not the outer select reads it.
+		// not the outer select reads it. $10 are the rows' MACs by case.
 		vaultFetch: `WITH v AS (` + get + `),
 c AS (
     SELECT CASE WHEN v.user_id IS NULL THEN 1 WHEN v.zero_knowledge THEN 2 WHEN v.kek_id = ANY($6::text[]) THEN 3 END AS i
     FROM (VALUES (1)) AS one (x) LEFT JOIN v ON true
 ),
 a AS (
-    INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at)
+    INSERT INTO ` + audit + ` (id, user_id, action, ip_address, user_agent, context, status, created_at, mac)
     SELECT $2::text, $1, ($7::text[])[c.i], NULLIF($3::text, ''), NULLIF($4::text, ''), NULLIF(($8::text[])[c.i], ''),
-        ($9::int4[])[c.i], $5::timestamptz
+        ($9::int4[])[c.i], $5::timestamptz, ($10::bytea[])[c.i]
     FROM c WHERE c.i IS NOT NULL
 )
 SELECT ` + vaultColumns + ` FROM v`,
@@ -235,7 +235,7 @@ func (t *tx) AuditInsert(ctx context.Context, e *broker.AuditEntry) error {
 		return err
 	}
 	_, err := t.tx.Exec(ctx, t.sql.auditInsert,
-		e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context, e.Status, e.CreatedAt)
+		e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context, e.Status, e.CreatedAt, e.MAC)
 	if err != nil {
 		return interpretError(fmt.Errorf("audit insert: %w", err))
 	}

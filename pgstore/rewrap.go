@@ -130,6 +130,7 @@ func (s *Store) RewrapApply(ctx context.Context, swaps []broker.RewrapSwap) ([]b
 	newWrapped, newIV, newKEK, newCheck := make([]*string, n), make([]*string, n), make([]string, n), make([]*string, n)
 	oldFormat, newFormat, status := make([]int32, n), make([]int32, n), make([]int32, n)
 	auditID, action, note, at := make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
+	macs := make([][]byte, n)
 	index := make(map[string]int, n)
 	for i := range swaps {
 		sw := &swaps[i]
@@ -142,6 +143,7 @@ func (s *Store) RewrapApply(ctx context.Context, swaps []broker.RewrapSwap) ([]b
 		newWrapped[i], newIV[i], newFormat[i], newKEK[i] = sw.New.WrappedMK, sw.New.WrapIV, int32(sw.New.FormatVersion), sw.New.KEKID
 		newCheck[i] = sw.New.KeyCheck
 		auditID[i], action[i], note[i], status[i], at[i] = sw.Audit.ID, string(sw.Audit.Action), sw.Audit.Context, int32(sw.Audit.Status), sw.Audit.CreatedAt
+		macs[i] = sw.Audit.MAC
 	}
 	if err := checkBatch(users); err != nil {
 		return nil, err
@@ -151,7 +153,7 @@ func (s *Store) RewrapApply(ctx context.Context, swaps []broker.RewrapSwap) ([]b
 		b := &pgx.Batch{}
 		b.Queue(setBatchScope, users)
 		b.Queue(s.rewrapApplySQL(), users, oldWrapped, oldIV, oldFormat, oldKEK,
-			newWrapped, newIV, newFormat, newKEK, newCheck, auditID, action, note, status, at).
+			newWrapped, newIV, newFormat, newKEK, newCheck, auditID, action, note, status, at, macs).
 			Query(func(rows pgx.Rows) error {
 				for rows.Next() {
 					var user string
@@ -177,9 +179,9 @@ func (s *Store) rewrapApplySQL() string {
 	return `WITH swap AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
                          $6::text[], $7::text[], $8::int[], $9::text[], $10::text[],
-                         $11::text[], $12::text[], $13::text[], $14::int[], $15::timestamptz[])
+                         $11::text[], $12::text[], $13::text[], $14::int[], $15::timestamptz[], $16::bytea[])
         AS t(user_id, old_wrapped, old_iv, old_format, old_kek, new_wrapped, new_iv, new_format, new_kek, new_check,
-             audit_id, action, note, status, at)
+             audit_id, action, note, status, at, mac)
 ), moved AS (
     UPDATE ` + s.table("encryption_vaults") + ` v SET
         wrapped_mk = swap.new_wrapped, wrap_iv = swap.new_iv, format_version = swap.new_format,
@@ -191,8 +193,8 @@ func (s *Store) rewrapApplySQL() string {
       AND v.wrap_iv IS NOT DISTINCT FROM swap.old_iv AND v.format_version = swap.old_format AND v.kek_id = swap.old_kek
     RETURNING v.user_id
 )
-INSERT INTO ` + s.table("encryption_vault_audit") + ` (id, user_id, action, context, status, created_at)
-SELECT swap.audit_id, swap.user_id, swap.action, nullif(swap.note, ''), swap.status, swap.at
+INSERT INTO ` + s.table("encryption_vault_audit") + ` (id, user_id, action, context, status, created_at, mac)
+SELECT swap.audit_id, swap.user_id, swap.action, nullif(swap.note, ''), swap.status, swap.at, swap.mac
 FROM swap JOIN moved USING (user_id)
 RETURNING user_id`
 }

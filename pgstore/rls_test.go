@@ -170,3 +170,37 @@ func TestCheckConstraints(t *testing.T) {
 	e.migrate(t, "keybroker")
 	requireConstraintsEnforced(t, e.admin, "keybroker", "user-constraints")
 }
+
+// TestAuditAllRowsReadsOnly: the scope of the sealer, verify and export
+// (app.audit_all_rows) reads every user's audit rows and nothing else:
+// no vault, and no insert, edit or deletion of an audit row for any user.
+func TestAuditAllRowsReadsOnly(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const schema = "keybroker"
+	e.migrate(t, schema)
+	grantErase(t, e, schema)
+	seedTwoUsers(t, e.admin, schema)
+	ctx := t.Context()
+	audit := pgx.Identifier{schema, "encryption_vault_audit"}.Sanitize()
+	allRows := func(fn func(tx pgx.Tx)) {
+		scoped(t, e.runtimePool, "", func(tx pgx.Tx) {
+			_, err := tx.Exec(ctx, "SELECT set_config('app.audit_all_rows', 'on', true)")
+			require.NoError(t, err)
+			fn(tx)
+		})
+	}
+	allRows(func(tx pgx.Tx) {
+		require.ElementsMatch(t, []string{userA, userB}, userIDs(t, tx, "SELECT user_id FROM "+audit))
+		require.Empty(t, userIDs(t, tx, "SELECT user_id FROM "+pgx.Identifier{schema, "encryption_vaults"}.Sanitize()))
+	})
+	allRows(func(tx pgx.Tx) {
+		_, err := tx.Exec(ctx, "INSERT INTO "+audit+" (id, user_id, action, status) VALUES ('x', $1, 'init', 201)", userA)
+		requirePolicyViolation(t, err)
+	})
+	allRows(func(tx pgx.Tx) {
+		tag, err := tx.Exec(ctx, "DELETE FROM "+audit)
+		require.NoError(t, err)
+		require.Zero(t, tag.RowsAffected(), "the read policy deletes nothing")
+	})
+}

@@ -9,6 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
+	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
 // The previous release's vault statements, verbatim: they name the 13
@@ -113,4 +115,82 @@ func TestPreviousReleaseServesOnMigratedSchema(t *testing.T) {
 		require.Nil(t, v.Restorable)
 		return nil
 	}))
+}
+
+// The previous release's audit statements, verbatim: they name the eight
+// columns it knows and nothing of migration 0010 (the mac).
+const (
+	previousAuditAppend = `INSERT INTO %s (id, user_id, action, ip_address, user_agent, context, status, created_at)
+SELECT r.id, set_config('app.current_user_id', r.user_id, true), r.action,
+    NULLIF(r.ip_address, ''), NULLIF(r.user_agent, ''), NULLIF(r.context, ''), r.status, r.created_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
+    AS r(id, user_id, action, ip_address, user_agent, context, status, created_at)`
+	previousAuditDelete = `DELETE FROM %s WHERE user_id = $1`
+)
+
+// TestPreviousReleaseAuditOnSealedSchema is a rolling upgrade of the
+// audit trail: on the schema of migration 0010 a replica of the previous
+// release keeps appending audit rows (without a MAC) beside the new
+// release's. The sealer seals them late and verify lists them by id as
+// written without a MAC — never as forged; an edit of one after sealing
+// is still named. An erasure by the previous release writes no mark, so
+// verify reports its rows as deleted: the documented cost of erasing
+// during the upgrade.
+func TestPreviousReleaseAuditOnSealedSchema(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const schema = "keybroker"
+	e.migrate(t, schema)
+	grantErase(t, e, schema)
+	store := e.store(t, schema)
+	ctx := t.Context()
+	audit := pgx.Identifier{schema, "encryption_vault_audit"}.Sanitize()
+	kek, err := localkek.New("k1", make([]byte, 32), true)
+	require.NoError(t, err)
+	ring, err := broker.NewKeyring(kek)
+	require.NoError(t, err)
+	key, err := broker.LoadAuditKey(ctx, store, ring)
+	require.NoError(t, err)
+
+	base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	fresh := &broker.AuditEntry{ID: "new-1", UserID: "u-new", Action: broker.ActionFetch, Status: 200, CreatedAt: base}
+	fresh.MAC = key.RowMAC(fresh)
+	require.NoError(t, store.AuditAppend(ctx, []*broker.AuditEntry{fresh}))
+	// The previous release, as the runtime role.
+	_, err = e.runtimePool.Exec(ctx, fmt.Sprintf(previousAuditAppend, audit),
+		[]string{"old-1", "old-2", "old-3"}, []string{"u-old", "u-old", "u-gone"}, []string{"fetch", "rotate", "fetch"},
+		[]string{"192.0.2.1", "", ""}, []string{"", "", ""}, []string{"", "", ""}, []int32{200, 200, 200},
+		[]time.Time{base.Add(time.Second), base.Add(2 * time.Second), base.Add(3 * time.Second)})
+	require.NoError(t, err)
+
+	_, err = broker.SealAudit(ctx, store, key, time.Now().Add(-broker.AuditSettle))
+	require.NoError(t, err)
+	r, err := broker.VerifyAudit(ctx, store, key, broker.VerifyOptions{})
+	require.NoError(t, err)
+	require.Empty(t, r.Findings)
+	require.EqualValues(t, 1, r.Verified)
+	require.EqualValues(t, 3, r.SealedLate)
+	require.Equal(t, []string{"old-1", "old-2", "old-3"}, r.LateRowIDs)
+
+	pgtest.Exec(t, e.admin, "UPDATE "+audit+" SET action = 'fetch' WHERE id = 'old-2'")
+	// The previous release's erasure, in its user's scope.
+	err = pgx.BeginFunc(ctx, e.runtimePool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT set_config('app.current_user_id', $1, true)", "u-gone"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, fmt.Sprintf(previousAuditDelete, audit), "u-gone")
+		return err
+	})
+	require.NoError(t, err)
+	r, err = broker.VerifyAudit(ctx, store, key, broker.VerifyOptions{})
+	require.NoError(t, err)
+	var named []string
+	for _, f := range r.Findings {
+		named = append(named, string(f.Kind)+" "+f.RowID+" "+f.CreatedAt.UTC().Format(time.RFC3339))
+	}
+	utc := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	require.ElementsMatch(t, []string{
+		"forged old-2 " + utc(base.Add(2*time.Second)), "deleted  " + utc(base.Add(2*time.Second)),
+		"deleted  " + utc(base.Add(3*time.Second)),
+	}, named)
 }

@@ -21,7 +21,7 @@ WHERE user_id = ?1 AND (created_at > ?2 OR (created_at = ?2 AND id > ?3)) ORDER 
 	sqlAuditByAction = `SELECT ` + sqlAuditColumns + ` FROM encryption_vault_audit
 WHERE user_id = ?1 AND action = ?2 AND status = ?3 ORDER BY created_at DESC, id DESC LIMIT ?4`
 	sqlVaultDelete = `DELETE FROM encryption_vaults WHERE user_id = ?1`
-	sqlAuditDelete = `DELETE FROM encryption_vault_audit WHERE user_id = ?1`
+	sqlAuditDelete = `DELETE FROM encryption_vault_audit WHERE user_id = ?1 RETURNING ` + sqlAuditColumns + `, mac`
 )
 
 // inAdminTx runs fn in one transaction, queued behind the store's other
@@ -110,12 +110,22 @@ func (s *Store) AuditByAction(ctx context.Context, userID string, q broker.Audit
 // scanAuditRows reads rows of sqlAuditColumns and closes them; what
 // names the query in errors.
 func scanAuditRows(ctx context.Context, rows *sql.Rows, what string) ([]broker.AuditEntry, error) {
+	return scanAuditRowsMAC(ctx, rows, what, false)
+}
+
+// scanAuditRowsMAC is scanAuditRows of rows that end with the mac
+// column when withMAC is set.
+func scanAuditRowsMAC(ctx context.Context, rows *sql.Rows, what string, withMAC bool) ([]broker.AuditEntry, error) {
 	defer rows.Close()
 	var out []broker.AuditEntry
 	for rows.Next() {
 		var e broker.AuditEntry
 		var action, createdAt string
-		if err := rows.Scan(&e.ID, &e.UserID, &action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &createdAt); err != nil {
+		dest := []any{&e.ID, &e.UserID, &action, &e.IPAddress, &e.UserAgent, &e.Context, &e.Status, &createdAt}
+		if withMAC {
+			dest = append(dest, &e.MAC)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return nil, interpretError(ctx, fmt.Errorf("%s: %w", what, err))
 		}
 		e.Action = broker.Action(action)
@@ -132,10 +142,11 @@ func scanAuditRows(ctx context.Context, rows *sql.Rows, what string) ([]broker.A
 }
 
 // VaultErase deletes the user's vault and audit rows in one transaction
-// and writes nothing else. secure_delete is on, so SQLite overwrites the
+// and writes nothing else but the erasure mark that mark returns for the
+// deleted rows (no user id in it). secure_delete is on, so SQLite overwrites the
 // deleted rows with zeros; until the next checkpoint their bytes remain in
 // keybroker.db-wal, and in any backup taken before.
-func (s *Store) VaultErase(ctx context.Context, userID string) (broker.EraseResult, error) {
+func (s *Store) VaultErase(ctx context.Context, userID string, mark broker.EraseMarker) (broker.EraseResult, error) {
 	var res broker.EraseResult
 	err := s.inAdminTx(ctx, userID, func(tx *sql.Tx) error {
 		r, err := tx.ExecContext(ctx, sqlVaultDelete, userID)
@@ -147,12 +158,20 @@ func (s *Store) VaultErase(ctx context.Context, userID string) (broker.EraseResu
 			return interpretError(ctx, fmt.Errorf("vault erase: %w", err))
 		}
 		res.VaultDeleted = n > 0
-		r, err = tx.ExecContext(ctx, sqlAuditDelete, userID)
+		rows, err := tx.QueryContext(ctx, sqlAuditDelete, userID)
 		if err != nil {
 			return interpretError(ctx, fmt.Errorf("audit erase: %w", err))
 		}
-		if res.AuditRowsDeleted, err = r.RowsAffected(); err != nil {
-			return interpretError(ctx, fmt.Errorf("audit erase: %w", err))
+		erased, err := scanAuditRowsMAC(ctx, rows, "audit erase", true)
+		if err != nil {
+			return err
+		}
+		res.AuditRowsDeleted = int64(len(erased))
+		if mark == nil {
+			return nil
+		}
+		if m := mark(erased); m != nil {
+			return auditMarkInsert(ctx, tx, *m)
 		}
 		return nil
 	})

@@ -84,3 +84,21 @@ FROM encryption_vault_audit WHERE user_id = ?1 ORDER BY created_at, rowid`, user
 		return out, rows.Err()
 	}
 }
+
+// TestAuditSealContract runs the tamper-evidence part of the contract,
+// the attacker writing the database file's tables directly.
+func TestAuditSealContract(t *testing.T) {
+	t.Parallel()
+	storetest.RunAuditSeal(t, func(t *testing.T) (storetest.Harness, func(*testing.T, string)) {
+		store := openStore(t, t.TempDir())
+		raw := rawDB(t, store.Path())
+		return harness(t, store), func(t *testing.T, sql string) {
+			t.Helper()
+			res, err := raw.ExecContext(t.Context(), sql)
+			require.NoError(t, err, sql)
+			n, err := res.RowsAffected()
+			require.NoError(t, err)
+			require.NotZero(t, n, "the tampering changed nothing: %s", sql)
+		}
+	})
+}

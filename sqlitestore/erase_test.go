@@ -31,7 +31,7 @@ func TestErasedAndReplacedWrapsLeaveTheFile(t *testing.T) {
 			return err
 		}))
 	}
-	res, err := s.VaultErase(t.Context(), "erased")
+	res, err := s.VaultErase(t.Context(), "erased", nil)
 	require.NoError(t, err)
 	require.True(t, res.VaultDeleted)
 	require.NoError(t, s.InUserTx(t.Context(), "rotated", func(tx broker.Tx) error {

@@ -56,7 +56,7 @@ func (s *Store) AuditAppend(ctx context.Context, entries []*broker.AuditEntry) e
 		}
 		defer stmt.Close()
 		for i, e := range entries {
-			if _, err := stmt.ExecContext(ctx, e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context, e.Status, formatTime(e.CreatedAt)); err != nil {
+			if _, err := stmt.ExecContext(ctx, e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context, e.Status, formatTime(e.CreatedAt), e.MAC); err != nil {
 				interpreted := interpretError(ctx, fmt.Errorf("audit append: %w", err))
 				if broker.IsUnavailable(interpreted) || sqliteCode(err) == 0 {
 					return interpreted

@@ -147,7 +147,7 @@ func (s *Store) RewrapApply(ctx context.Context, swaps []broker.RewrapSwap) ([]b
 				continue
 			}
 			if _, err := audit.ExecContext(ctx, a.ID, a.UserID, string(a.Action), a.IPAddress, a.UserAgent,
-				a.Context, a.Status, formatTime(a.CreatedAt)); err != nil {
+				a.Context, a.Status, formatTime(a.CreatedAt), a.MAC); err != nil {
 				return interpretError(ctx, fmt.Errorf("rewrap apply: audit: %w", err))
 			}
 			applied[i] = true

@@ -306,8 +306,8 @@ ON CONFLICT (user_id) DO NOTHING`
 WHERE user_id = ?1`
 	// Empty strings are stored as NULL, as pgstore and the original
 	// service leave unknown request metadata.
-	sqlAuditInsert = `INSERT INTO encryption_vault_audit (id, user_id, action, ip_address, user_agent, context, status, created_at)
-VALUES (?1, ?2, ?3, NULLIF(?4, ''), NULLIF(?5, ''), NULLIF(?6, ''), ?7, ?8)`
+	sqlAuditInsert = `INSERT INTO encryption_vault_audit (id, user_id, action, ip_address, user_agent, context, status, created_at, mac)
+VALUES (?1, ?2, ?3, NULLIF(?4, ''), NULLIF(?5, ''), NULLIF(?6, ''), ?7, ?8, ?9)`
 )
 
 // VaultGet returns the scoped user's vault. forUpdate needs no lock of its
@@ -371,7 +371,7 @@ func (t *tx) AuditInsert(ctx context.Context, e *broker.AuditEntry) error {
 		return err
 	}
 	_, err := t.tx.ExecContext(ctx, sqlAuditInsert,
-		e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context, e.Status, formatTime(e.CreatedAt))
+		e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context, e.Status, formatTime(e.CreatedAt), e.MAC)
 	if err != nil {
 		return interpretError(ctx, fmt.Errorf("audit insert: %w", err))
 	}

@@ -165,7 +165,7 @@ func testEraseDeletesOnlyThatUser(t *testing.T, h Harness) {
 	seedVault(t, h, other)
 	seedAudit(t, h, other, 2)
 
-	res, err := h.Store.VaultErase(t.Context(), user)
+	res, err := h.Store.VaultErase(t.Context(), user, nil)
 	require.NoError(t, err)
 	require.Equal(t, broker.EraseResult{VaultDeleted: true, AuditRowsDeleted: 4}, res)
 
@@ -188,12 +188,12 @@ func testEraseDeletesOnlyThatUser(t *testing.T, h Harness) {
 func testEraseIsIdempotent(t *testing.T, h Harness) {
 	user := newUserID(t)
 	seedVault(t, h, user)
-	_, err := h.Store.VaultErase(t.Context(), user)
+	_, err := h.Store.VaultErase(t.Context(), user, nil)
 	require.NoError(t, err)
-	res, err := h.Store.VaultErase(t.Context(), user)
+	res, err := h.Store.VaultErase(t.Context(), user, nil)
 	require.NoError(t, err)
 	require.Equal(t, broker.EraseResult{}, res)
-	res, err = h.Store.VaultErase(t.Context(), newUserID(t))
+	res, err = h.Store.VaultErase(t.Context(), newUserID(t), nil)
 	require.NoError(t, err)
 	require.Equal(t, broker.EraseResult{}, res)
 }
@@ -206,6 +206,6 @@ func testAdminEmptyUserID(t *testing.T, h Harness) {
 	require.ErrorIs(t, err, broker.ErrInvalidArgument)
 	_, err = h.Store.AuditByAction(ctx, "", broker.AuditQuery{Action: broker.ActionMissionGrant, Status: 200, Limit: 1})
 	require.ErrorIs(t, err, broker.ErrInvalidArgument)
-	_, err = h.Store.VaultErase(ctx, "")
+	_, err = h.Store.VaultErase(ctx, "", nil)
 	require.ErrorIs(t, err, broker.ErrInvalidArgument)
 }

@@ -36,7 +36,12 @@
 //     audit rows and nothing of any other user, idempotently;
 //   - data keys (RunDataKeys): the list's order is the order of the
 //     inserts, one of several minters wins, a re-wrap is compare-and-swap,
-//     and a deleted data key is never named by a server wrap again.
+//     and a deleted data key is never named by a server wrap again;
+//   - tamper evidence (RunAuditSeal, docs/audit.md): the audit key is one
+//     key whatever the replicas and KEK rotations, every row keybroker
+//     wrote verifies, and an edit, a deletion, an insertion or a move in
+//     time made with SQL is named, while retention and erasure with their
+//     marks are not.
 package storetest
 
 import (

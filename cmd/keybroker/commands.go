@@ -84,6 +84,16 @@ func commandTree() *command {
 			run: func(ctx context.Context, args []string, c *cli) error {
 				return cmdRewrap(ctx, args, c.getenv, c.stdout, c.stderr)
 			}},
+		{name: "audit", summary: "the audit trail: verify its tamper evidence, export it as NDJSON", help: auditUsage, subs: []*command{
+			{name: "verify", args: "[flags]", summary: "name every audit row edited, inserted or deleted outside keybroker; exit 1 if any", settings: config.AuditVerify,
+				run: func(ctx context.Context, args []string, c *cli) error {
+					return cmdAuditVerify(ctx, args, c.getenv, c.stdout, c.stderr)
+				}},
+			{name: "export", args: "[--cursor-file PATH] [--follow]", summary: "every user's audit rows as NDJSON, resumable from a cursor", settings: config.AuditExport,
+				run: func(ctx context.Context, args []string, c *cli) error {
+					return cmdAuditExport(ctx, args, c.getenv, c.stdout, c.stderr)
+				}},
+		}},
 		{name: "grant", summary: "mission grant recipients: check their keys, make a worker's key pair", subs: []*command{
 			{name: "check", args: "[flags]", summary: "each recipient's key parses and can be wrapped to; exit 1 on a failure", settings: config.GrantCheck,
 				run: func(ctx context.Context, args []string, c *cli) error {

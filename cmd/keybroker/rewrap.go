@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -52,12 +53,22 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 	if err := keyring.Ready(); err != nil {
 		return fmt.Errorf("the keyring is not ready: %w", err)
 	}
+	// Its audit rows carry a MAC like a server's (docs/audit.md); without
+	// the key they are written without one and sealed late.
+	auditSeal := &broker.AuditSeal{}
+	if sealStore, ok := store.(broker.AuditSealStore); ok && !cfg.Tool.DryRun {
+		if key, err := broker.LoadAuditKey(ctx, sealStore, keyring); err != nil {
+			log.Warn("audit key not loaded: the re-wrap's audit rows carry no MAC", slog.String("error", err.Error()))
+		} else {
+			auditSeal.SetKey(key)
+		}
+	}
 	opts := cfg.Tool
 	bar := newProgressPrinter(stderr, isTerminal(stderr), opts.ProgressEvery, opts.DryRun)
 	host, _ := os.Hostname()
 	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: opts.Batch, RowsPerSecond: opts.Rate,
 		Concurrency: opts.Concurrency, DryRun: opts.DryRun, Runner: fmt.Sprintf("%s pid %d (keybroker rewrap)", host, os.Getpid()),
-		Progress: bar.update, Logger: log})
+		Progress: bar.update, Logger: log, AuditSeal: auditSeal})
 	if err != nil {
 		return err
 	}

@@ -152,6 +152,9 @@ func TestRewrapCommand(t *testing.T) {
 	require.Regexp(t, `^rewrap: 100\.0%  40/40 rows re-wrapped  [0-9,]+ rows/s  ETA --$`, lines[len(lines)-1])
 	require.NotContains(t, errOut.String(), "\r", "no bar redraws off a terminal")
 	db.requireAllMoved(t)
+	var macd int
+	require.NoError(t, db.admin.QueryRow(t.Context(), `SELECT count(*) FROM keybroker.encryption_vault_audit WHERE action = 'kek_rewrap' AND mac IS NOT NULL`).Scan(&macd))
+	require.Equal(t, 40, macd, "its audit rows carry a MAC (docs/audit.md)")
 
 	status := db.kekStatus(t)
 	require.Regexp(t, `env-v2\s+2\s+40\s+100\.0%\s+active`, status)

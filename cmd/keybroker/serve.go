@@ -62,13 +62,16 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	rt, err := broker.NewRuntime(ctx, runtimeConfig(cfg, store, keyring, log, h))
+	auditSeal := &broker.AuditSeal{}
+	rc := runtimeConfig(cfg, store, keyring, log, h)
+	rc.AuditSeal, rc.AuditSealEvery = auditSeal, cfg.AuditSealInterval
+	rt, err := broker.NewRuntime(ctx, rc)
 	if err != nil {
 		return explainRetiredKEKs(err)
 	}
 	defer rt.Close() // before the store closes: a re-wrap run stops first
 	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: keyring, Logger: log, OnGroupCommit: ops.commits.observe,
-		RecoveryProof: cfg.RecoveryProof, GrantRecipients: grants.recipients, OnGrant: grants.observe})
+		RecoveryProof: cfg.RecoveryProof, GrantRecipients: grants.recipients, OnGrant: grants.observe, AuditSeal: auditSeal})
 	if err != nil {
 		return err
 	}

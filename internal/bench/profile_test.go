@@ -100,7 +100,12 @@ func newStack(tb testing.TB, users int) *stack {
 	require.NoError(tb, err)
 	tb.Cleanup(func() { logFile.Close() })
 	log := slog.New(slog.NewJSONHandler(logFile, nil))
-	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: log})
+	// The audit key, as serve loads it: every audit row carries a MAC.
+	auditKey, err := broker.LoadAuditKey(ctx, store, ring)
+	require.NoError(tb, err)
+	auditSeal := &broker.AuditSeal{}
+	auditSeal.SetKey(auditKey)
+	svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, Logger: log, AuditSeal: auditSeal})
 	require.NoError(tb, err)
 
 	issuer, err := jwtissuer.New("https://auth.bench.test")

@@ -45,14 +45,17 @@ const (
 	// ConfigCheck and ConfigShow read what serve reads.
 	ConfigCheck
 	ConfigShow
+	// AuditVerify and AuditExport: the audit trail's (docs/audit.md).
+	AuditVerify
+	AuditExport
 )
 
 // Sets of commands that share settings.
 const (
 	// Tools are the operator commands that reach the store and the KEKs.
-	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery
+	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery | AuditVerify | AuditExport
 	// needKEK are the commands that cannot run without a KEK.
-	needKEK = Serve | Rewrap | KEKCheck | KEKRotateDataKey
+	needKEK = Serve | Rewrap | KEKCheck | KEKRotateDataKey | AuditVerify
 	// configCmds resolve serve's configuration.
 	configCmds = ConfigCheck | ConfigShow
 )
@@ -61,6 +64,7 @@ var commandNames = map[Command]string{
 	Serve: "serve", Migrate: "migrate", Rewrap: "rewrap", KEKStatus: "kek status", KEKCheck: "kek check",
 	KEKRotateDataKey: "kek rotate-data-key", VaultRestoreRecovery: "vault restore-recovery", DevToken: "dev token",
 	Healthcheck: "healthcheck", GrantCheck: "grant check", GrantKeygen: "grant keygen", ConfigCheck: "config check", ConfigShow: "config show",
+	AuditVerify: "audit verify", AuditExport: "audit export",
 }
 
 // String is the command line that runs the command: "keybroker kek check".
@@ -88,6 +92,8 @@ type Config struct {
 	Grants Grants
 	// Tool holds the operator commands' own flags.
 	Tool Tool
+	// AuditSealInterval is how often serve seals audit rows (docs/audit.md).
+	AuditSealInterval time.Duration
 
 	values []Value
 	raw    map[*setting]string
@@ -193,6 +199,9 @@ type Tool struct {
 	Algorithm  string
 	PrivateKey string
 	PublicKey  string
+	// audit export: the cursor's file, and whether to keep following
+	CursorFile string
+	Follow     bool
 }
 
 // ErrUsage is a command line that did not parse: the flag package has

@@ -296,6 +296,9 @@ var (
 			c.Rewrap.Rate, err = parseRate(v, "rows per second")
 			return err
 		}}
+	auditSealInterval = &setting{env: "KEYBROKER_AUDIT_SEAL_INTERVAL", flag: "audit-seal-interval", value: "DURATION", def: "1m", cmds: Serve | AuditVerify,
+		usage: "how often serve seals the audit rows older than 15s into a checkpoint (docs/audit.md); audit verify reports sealing stalled past three intervals",
+		apply: duration(func(c *Config) *time.Duration { return &c.AuditSealInterval }, time.Second, 24*time.Hour)}
 	metricsAddr = &setting{env: "KEYBROKER_METRICS_ADDR", flag: "metrics-addr", value: "HOST:PORT", cmds: Serve,
 		usage: "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on --addr",
 		apply: text(func(c *Config) *string { return &c.Ops.MetricsAddr })}
@@ -379,6 +382,12 @@ var (
 	toolTTL = &setting{flag: "ttl", value: "DURATION", def: "1h", cmds: DevToken,
 		usage: "token lifetime",
 		apply: duration(func(c *Config) *time.Duration { return &c.Tool.TTL }, time.Second, 0)}
+	toolCursorFile = &setting{flag: "cursor-file", value: "PATH", cmds: AuditExport,
+		usage: "file of the export's cursor: read at start (absent: from the oldest row), replaced after every batch written",
+		apply: text(func(c *Config) *string { return &c.Tool.CursorFile })}
+	toolFollow = &setting{flag: "follow", def: "false", isBool: true, cmds: AuditExport,
+		usage: "keep running: write new rows as they settle, polling every second",
+		apply: boolean(func(c *Config) *bool { return &c.Tool.Follow })}
 	toolURL = &setting{flag: "url", value: "URL", cmds: Healthcheck,
 		usage: "URL to GET (default /healthz on the address serve listens on: https when $KEYBROKER_TLS_CERT is set)",
 		apply: func(c *Config, v string) error {
@@ -403,10 +412,10 @@ var settings = []*setting{
 	kekURI, kekID, kekRetired, dev,
 	jwksURL, jwtIssuer, jwtAudience, jwtUnpinned, jwtMaxLifetime, jwtLeeway,
 	shutdownTimeout, recoveryProof, grantDefaultKey, grantRecipients, dataKeyMaxAge,
-	rewrap, rewrapInterval, rewrapBatch, rewrapRate,
+	rewrap, rewrapInterval, rewrapBatch, rewrapRate, auditSealInterval,
 	metricsAddr, corsOrigins, trustedProxies, rateLimit, rateBurst, serviceKey, tlsCert, tlsKey, readyInterval,
 	toolDryRun, toolBatch, toolRate, toolConcurrency, toolProgressEvery, toolCheckTimeout, toolUser, toolDiscard, toolTTL, toolAlgorithm, toolPrivateKey, toolPublicKey,
-	toolURL, toolCAFile, toolHealthTimeout,
+	toolURL, toolCAFile, toolHealthTimeout, toolCursorFile, toolFollow,
 }
 
 // Setting describes one setting for documentation and its tests.
@@ -422,7 +431,7 @@ type Setting struct {
 }
 
 // lastCommand is the highest bit of Command.
-const lastCommand = ConfigShow
+const lastCommand = AuditExport
 
 // Settings lists the table.
 func Settings() []Setting {

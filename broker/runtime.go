@@ -58,6 +58,10 @@ type RuntimeConfig struct {
 	Keyring *Keyring
 	// Rewrap is the schedule of the background re-wrap job.
 	Rewrap RewrapSchedule
+	// Rollout announces this replica's KEKs and waits for the others
+	// before a newly configured KEK is used (rollout.go), when the store
+	// is a ReplicaStore and Rollout.Heartbeat is positive.
+	Rollout RolloutConfig
 	// OnRewrapRun, when set, is called after each background re-wrap run.
 	OnRewrapRun func(*RewrapResult, error)
 	// CountRowsEvery, when positive, makes the runtime count the rows
@@ -104,6 +108,9 @@ func (c *RuntimeConfig) validate() error {
 	if c.Rewrap.Enabled && c.Rewrap.Interval < MinRewrapInterval {
 		return fmt.Errorf("broker: RuntimeConfig.Rewrap.Interval must be at least %s", MinRewrapInterval)
 	}
+	if c.Rollout.Heartbeat < 0 || c.Rollout.ExpectedReplicas < 0 {
+		return errors.New("broker: RuntimeConfig.Rollout must not be negative")
+	}
 	if c.CountRowsEvery < 0 {
 		return errors.New("broker: RuntimeConfig.CountRowsEvery must not be negative")
 	}
@@ -122,6 +129,9 @@ func (c *RuntimeConfig) validate() error {
 	if c.Rewrap.Runner == "" {
 		host, _ := os.Hostname()
 		c.Rewrap.Runner = fmt.Sprintf("%s pid %d", host, os.Getpid())
+	}
+	if c.Rollout.Name == "" {
+		c.Rollout.Name = c.Rewrap.Runner
 	}
 	return nil
 }
@@ -149,6 +159,8 @@ type Runtime struct {
 	kekOK  chan struct{}
 	retry  bool // the start-up KEK check failed with an outage: Start retries it
 	counts *rowCounter
+	// rollout is nil when this replica announces nothing.
+	rollout *rollout
 
 	startOnce, closeOnce sync.Once
 	cancel               context.CancelFunc
@@ -194,6 +206,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
 	default:
 		return nil, err
 	}
+	r.startRollout(ctx)
 	return r, nil
 }
 
@@ -241,6 +254,9 @@ func (r *Runtime) Start(ctx context.Context) {
 			r.goLoop(func() { r.retryKEKCheck(ctx) })
 		}
 		r.goLoop(func() { r.refreshKeyring(ctx) })
+		if r.rollout != nil {
+			r.goLoop(func() { r.rollout.run(ctx, r.cfg.Wait) })
+		}
 		if r.job != nil {
 			r.goLoop(func() { r.runRewrap(ctx) })
 		} else {
@@ -266,6 +282,9 @@ func (r *Runtime) Close() {
 			r.cancel()
 		}
 		r.wg.Wait()
+		if r.rollout != nil {
+			r.rollout.leave(context.Background())
+		}
 	})
 }
 
@@ -290,6 +309,15 @@ func (r *Runtime) refreshKeyring(ctx context.Context) {
 // ends.
 func (r *Runtime) runRewrap(ctx context.Context) {
 	for {
+		if r.rolloutWaits() {
+			if r.cfg.OnRewrapRun != nil {
+				r.cfg.OnRewrapRun(nil, ErrRolloutWaiting)
+			}
+			if !r.cfg.Wait(ctx, r.cfg.Rewrap.Interval) {
+				return
+			}
+			continue
+		}
 		res, err := r.job.Run(ctx)
 		r.logRewrapRun(ctx, res, err)
 		if r.cfg.OnRewrapRun != nil {

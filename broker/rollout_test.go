@@ -1,0 +1,172 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/broker"
+)
+
+// rolloutRuntime starts a server runtime of one replica on e's store:
+// the re-wrap job every second, announcements every heartbeat. The
+// runtime stops (and leaves) at the end of the test; cancelling ctx stops
+// its loops without leaving, as a killed process would.
+func (e *rewrapEnv) rolloutRuntime(t *testing.T, ctx context.Context, ring *broker.Keyring, name string, heartbeat time.Duration,
+	onRun func(*broker.RewrapResult, error)) *broker.Runtime {
+	t.Helper()
+	rt, err := broker.NewRuntime(ctx, broker.RuntimeConfig{Store: e.store, Keyring: ring, Logger: slog.New(slog.DiscardHandler),
+		Rewrap:      broker.RewrapSchedule{Enabled: true, Interval: broker.MinRewrapInterval, BatchSize: 25, Runner: name},
+		Rollout:     broker.RolloutConfig{Heartbeat: heartbeat, Name: name, Version: "test"},
+		OnRewrapRun: onRun})
+	require.NoError(t, err)
+	t.Cleanup(rt.Close)
+	rt.Start(ctx)
+	return rt
+}
+
+// kekOf returns the KEK id of the user's row.
+func (e *rewrapEnv) kekOf(t *testing.T, user string) string {
+	t.Helper()
+	r, ok := e.rows(t)[user]
+	require.True(t, ok, user)
+	return r.KEKID
+}
+
+// TestOneStepRollingRotation is the rolling update of issue 21: the
+// active KEK changes from A to B (A kept decrypt-only) in one step, and a
+// replica of the old configuration, which knows only A, serves beside the
+// first replica of the new one on the same database. While the old one
+// lives, every fetch through it succeeds, the new replica makes new wraps
+// under A, and its re-wrap job moves nothing; once the old replica is gone
+// — killed, so that its announcement expires, or restarted with the new
+// configuration — the rows move to B and new wraps use B.
+func TestOneStepRollingRotation(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"OldReplicaKilled", "OldReplicaRestartedWithNewConfiguration"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			e := newRewrapEnv(t)
+			ctx := t.Context()
+			kekA, kekB := localKEK(t, "kek-a"), localKEK(t, "kek-b")
+			keys := e.seed(t, kekA, "user", 20, broker.FormatBound)
+
+			// The old replica: its heartbeat is slow enough that a loaded
+			// machine never lets its announcement lapse while it lives.
+			oldRing := keyring(t, kekA)
+			oldCtx, kill := context.WithCancel(ctx)
+			defer kill()
+			old := e.rolloutRuntime(t, oldCtx, oldRing, "old", 2*time.Second, nil)
+			oldSvc := e.service(t, oldRing)
+			require.Equal(t, "kek-a", old.Rollout().Writes)
+			require.False(t, old.Rollout().Waiting)
+
+			// Fetches through the old replica, all the time it lives.
+			seeded := maps.Clone(keys)
+			var fetched, failed atomic.Int64
+			var firstFailure atomic.Value
+			stopFetching := make(chan struct{})
+			var fetching sync.WaitGroup
+			fetching.Add(1)
+			go func() {
+				defer fetching.Done()
+				for {
+					for user, want := range seeded {
+						select {
+						case <-stopFetching:
+							return
+						default:
+						}
+						res, err := oldSvc.Key(ctx, user, broker.RequestMeta{})
+						fetched.Add(1)
+						if err != nil || string(res.MasterKey) != string(want) {
+							failed.Add(1)
+							firstFailure.CompareAndSwap(nil, errors.Join(errors.New(user), err))
+						}
+					}
+				}
+			}()
+
+			// The first replica of the new configuration.
+			runs := make(chan error, 1000)
+			newRing := keyring(t, kekB, kekA)
+			fresh := e.rolloutRuntime(t, ctx, newRing, "new", 100*time.Millisecond, func(_ *broker.RewrapResult, err error) {
+				select {
+				case runs <- err:
+				default:
+				}
+			})
+			newSvc := e.service(t, newRing)
+			st := fresh.Rollout()
+			require.NotNil(t, st)
+			require.True(t, st.Waiting, st.Reason)
+			require.Equal(t, "kek-b", st.Configured)
+			require.Equal(t, "kek-a", st.Writes)
+			require.Equal(t, 1, st.Blocking)
+			require.Contains(t, st.Reason, "old")
+
+			// New wraps through the new replica go under A, and the old
+			// replica opens them.
+			_, err := newSvc.Init(ctx, "fresh-1", broker.RequestMeta{})
+			require.NoError(t, err)
+			require.Equal(t, "kek-a", e.kekOf(t, "fresh-1"))
+			rotated, err := newSvc.Rotate(ctx, "fresh-1", broker.RequestMeta{})
+			require.NoError(t, err)
+			require.Equal(t, "kek-a", rotated.KEKID)
+			res, err := oldSvc.Key(ctx, "fresh-1", broker.RequestMeta{})
+			require.NoError(t, err)
+			require.Equal(t, rotated.MasterKey, res.MasterKey)
+			keys["fresh-1"] = res.MasterKey
+
+			// The re-wrap job of the new replica waits, run after run.
+			for waited := 0; waited < 2; {
+				select {
+				case err := <-runs:
+					require.ErrorIs(t, err, broker.ErrRolloutWaiting)
+					waited++
+				case <-time.After(time.Minute):
+					t.Fatal("the re-wrap job of the new replica never ran")
+				}
+			}
+			for user, r := range e.rows(t) {
+				require.Equal(t, "kek-a", r.KEKID, "no row moves to B while the old replica lives: %s", user)
+			}
+			close(stopFetching)
+			fetching.Wait()
+			require.Zero(t, failed.Load(), "fetches through the old replica failed: %v", firstFailure.Load())
+			require.Positive(t, fetched.Load())
+
+			// The old replica goes.
+			switch how {
+			case "OldReplicaKilled":
+				kill() // no leave: its announcement expires
+			default:
+				old.Close()
+				e.rolloutRuntime(t, ctx, keyring(t, kekB, kekA), "old restarted", 2*time.Second, nil)
+			}
+			require.Eventually(t, func() bool {
+				for _, r := range e.rows(t) {
+					if r.KEKID != "kek-b" {
+						return false
+					}
+				}
+				return true
+			}, time.Minute, 50*time.Millisecond, "every row moves to B")
+			require.Eventually(t, func() bool { return !fresh.Rollout().Waiting }, time.Minute, 20*time.Millisecond,
+				"the new replica sees the old one gone")
+			st = fresh.Rollout()
+			require.Equal(t, "kek-b", st.Writes)
+			_, err = newSvc.Init(ctx, "fresh-2", broker.RequestMeta{})
+			require.NoError(t, err)
+			require.Equal(t, "kek-b", e.kekOf(t, "fresh-2"))
+			requireKeysOpen(t, newSvc, keys)
+		})
+	}
+}

@@ -108,6 +108,10 @@ type RolloutStatus struct {
 	Replicas         int `json:"replicas"`
 	Blocking         int `json:"blocking"`
 	ExpectedReplicas int `json:"expectedReplicas,omitempty"`
+	// BlockedBy names the replicas that cannot open Configured (host
+	// names and process ids): for the log, not for the unauthenticated
+	// /readyz.
+	BlockedBy []string `json:"-"`
 	// CheckedAt is the store's time of the last successful heartbeat;
 	// nil before the first.
 	CheckedAt *time.Time `json:"checkedAt,omitempty"`
@@ -137,11 +141,10 @@ func RolloutDecision(configured string, held []string, self string, live []Repli
 	var why string
 	switch {
 	case len(blockers) > 0:
-		names := make([]string, len(blockers))
-		for i, b := range blockers {
-			names[i] = b.Name
+		for _, b := range blockers {
+			st.BlockedBy = append(st.BlockedBy, b.Name)
 		}
-		why = fmt.Sprintf("%d live replica(s) cannot open %s (%s)", len(blockers), configured, strings.Join(names, ", "))
+		why = fmt.Sprintf("%d live replica(s) cannot open %s", len(blockers), configured)
 	case expected > 0 && len(live) < expected && !done:
 		why = fmt.Sprintf("%d of %d expected replicas announce %s (KEYBROKER_ROLLOUT_REPLICAS)", len(live), expected, configured)
 	default:
@@ -272,7 +275,8 @@ func (ro *rollout) beat(ctx context.Context) error {
 	ro.status = st
 	ro.mu.Unlock()
 	if prev.Writes != st.Writes || prev.Waiting != st.Waiting || prev.CheckedAt == nil {
-		attrs := []any{slog.String("configured_kek", st.Configured), slog.String("writes_kek", st.Writes), slog.Int("replicas", st.Replicas)}
+		attrs := []any{slog.String("configured_kek", st.Configured), slog.String("writes_kek", st.Writes), slog.Int("replicas", st.Replicas),
+			slog.String("blocked_by", strings.Join(st.BlockedBy, ", "))}
 		if st.Waiting {
 			ro.log.Warn("rollout: waiting before using the configured KEK: "+st.Reason, attrs...)
 		} else {

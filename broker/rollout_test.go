@@ -110,7 +110,7 @@ func TestOneStepRollingRotation(t *testing.T) {
 			require.Equal(t, "kek-b", st.Configured)
 			require.Equal(t, "kek-a", st.Writes)
 			require.Equal(t, 1, st.Blocking)
-			require.Contains(t, st.Reason, "old")
+			require.Equal(t, []string{"old"}, st.BlockedBy)
 
 			// New wraps through the new replica go under A, and the old
 			// replica opens them.
@@ -167,6 +167,54 @@ func TestOneStepRollingRotation(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, "kek-b", e.kekOf(t, "fresh-2"))
 			requireKeysOpen(t, newSvc, keys)
+		})
+	}
+}
+
+// TestRolloutDecision: a replica configured with kek-b (kek-a and kek-old
+// decrypt-only) writes under kek-b only when every other live replica
+// opens it and, with an expected replica count, enough of them announce
+// or one already writes under kek-b; otherwise under a KEK every live
+// replica opens, the one they write under first.
+func TestRolloutDecision(t *testing.T) {
+	t.Parallel()
+	held := []string{"kek-b", "kek-a", "kek-old"}
+	me := broker.Replica{ID: "me", KEKIDs: held}
+	replica := func(id, writes string, opens ...string) broker.Replica {
+		return broker.Replica{ID: id, Name: id + "-host", WritesKEK: writes, KEKIDs: opens}
+	}
+	for _, c := range []struct {
+		name     string
+		live     []broker.Replica
+		expected int
+		writes   string
+		waiting  bool
+		blocking int
+	}{
+		{"alone", []broker.Replica{me}, 0, "kek-b", false, 0},
+		{"every replica opens kek-b", []broker.Replica{me, replica("r2", "kek-a", "kek-a", "kek-b")}, 0, "kek-b", false, 0},
+		{"an old replica", []broker.Replica{me, replica("old", "kek-a", "kek-a")}, 0, "kek-a", true, 1},
+		{"the KEK the others write under comes first",
+			[]broker.Replica{me, replica("old", "kek-old", "kek-a", "kek-old")}, 0, "kek-old", true, 1},
+		{"a rollback: kek-b no longer everywhere", []broker.Replica{me, replica("new", "kek-b", "kek-a", "kek-b"),
+			replica("back", "kek-a", "kek-a")}, 0, "kek-a", true, 1},
+		{"no KEK all of them open", []broker.Replica{me, replica("other", "kek-x", "kek-x")}, 0, "kek-b", false, 1},
+		{"fewer than expected announce", []broker.Replica{me, replica("r2", "kek-a", "kek-a", "kek-b")}, 3, "kek-a", true, 0},
+		{"as many as expected", []broker.Replica{me, replica("r2", "kek-a", "kek-a", "kek-b"), replica("r3", "kek-a", "kek-b", "kek-a")},
+			3, "kek-b", false, 0},
+		{"fewer than expected, but the rollout is done", []broker.Replica{me, replica("r2", "kek-b", "kek-a", "kek-b")}, 3, "kek-b", false, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := broker.RolloutDecision("kek-b", held, "me", c.live, c.expected)
+			require.Equal(t, "kek-b", st.Configured)
+			require.Equal(t, c.writes, st.Writes, st.Reason)
+			require.Equal(t, c.waiting, st.Waiting, st.Reason)
+			require.Equal(t, c.blocking, st.Blocking)
+			require.Len(t, st.BlockedBy, c.blocking)
+			require.Equal(t, len(c.live), st.Replicas)
+			if c.waiting || c.blocking > 0 {
+				require.NotEmpty(t, st.Reason)
+			}
 		})
 	}
 }

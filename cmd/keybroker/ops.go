@@ -149,6 +149,7 @@ func (o *ops) apiConfig(base vaultapi.Config, store broker.Store, rt *broker.Run
 		return cfg, err
 	}
 	cfg.Readiness = o.readiness
+	cfg.Rollout = rt.Rollout
 	if err := o.registry.Register(readinessCollector{o.readiness}); err != nil {
 		return cfg, err
 	}

@@ -80,6 +80,8 @@ type Config struct {
 	Tokens Tokens
 	Ops    Ops
 	Rewrap RewrapSchedule
+	// Rollout is serve's part in the one-step rollout of a new KEK.
+	Rollout Rollout
 	// DataKeyMaxAge is how old the newest data key of cached envelope
 	// mode gets before serve mints the next; 0: only on demand.
 	DataKeyMaxAge time.Duration
@@ -170,6 +172,17 @@ type RewrapSchedule struct {
 	Interval time.Duration
 	Batch    int
 	Rate     float64
+}
+
+// Rollout is how serve announces its KEKs to the other replicas and
+// waits for them (broker.RolloutConfig).
+type Rollout struct {
+	// Heartbeat is how often a replica renews its announcement; 0: it
+	// announces nothing and waits for nobody.
+	Heartbeat time.Duration
+	// Replicas is how many replicas must announce before a newly
+	// configured KEK is used; 0: only those that announce count.
+	Replicas int
 }
 
 // Tool is the operator commands' own flags.

@@ -20,11 +20,15 @@ import (
 // runtime stops (and leaves) at the end of the test; cancelling ctx stops
 // its loops without leaving, as a killed process would.
 func (e *rewrapEnv) rolloutRuntime(t *testing.T, ctx context.Context, ring *broker.Keyring, name string, heartbeat time.Duration,
-	onRun func(*broker.RewrapResult, error)) *broker.Runtime {
+	onRun func(*broker.RewrapResult, error), expectedReplicas ...int) *broker.Runtime {
 	t.Helper()
+	ro := broker.RolloutConfig{Heartbeat: heartbeat, Name: name, Version: "test"}
+	if len(expectedReplicas) > 0 {
+		ro.ExpectedReplicas = expectedReplicas[0]
+	}
 	rt, err := broker.NewRuntime(ctx, broker.RuntimeConfig{Store: e.store, Keyring: ring, Logger: slog.New(slog.DiscardHandler),
 		Rewrap:      broker.RewrapSchedule{Enabled: true, Interval: broker.MinRewrapInterval, BatchSize: 25, Runner: name},
-		Rollout:     broker.RolloutConfig{Heartbeat: heartbeat, Name: name, Version: "test"},
+		Rollout:     ro,
 		OnRewrapRun: onRun})
 	require.NoError(t, err)
 	t.Cleanup(rt.Close)
@@ -217,4 +221,60 @@ func TestRolloutDecision(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRolloutFromThePreviousReleaseWaitsForTheExpectedCount: a replica of
+// the previous release announces nothing, so only the expected replica
+// count (KEYBROKER_ROLLOUT_REPLICAS) keeps the first replica of the new
+// configuration from moving rows its KEK-A-only neighbour cannot open.
+// With 2 expected and 1 announcing, it writes under A and its re-wrap
+// job waits while every fetch through the previous release succeeds; once
+// the previous release's replica is replaced by a second new one, the rows
+// move to B.
+func TestRolloutFromThePreviousReleaseWaitsForTheExpectedCount(t *testing.T) {
+	t.Parallel()
+	e := newRewrapEnv(t)
+	ctx := t.Context()
+	kekA, kekB := localKEK(t, "kek-a"), localKEK(t, "kek-b")
+	keys := e.seed(t, kekA, "user", 10, broker.FormatBound)
+	previous := e.service(t, keyring(t, kekA)) // no runtime: it announces nothing
+
+	runs := make(chan error, 1000)
+	first := e.rolloutRuntime(t, ctx, keyring(t, kekB, kekA), "new-1", 100*time.Millisecond, func(_ *broker.RewrapResult, err error) {
+		select {
+		case runs <- err:
+		default:
+		}
+	}, 2)
+	st := first.Rollout()
+	require.True(t, st.Waiting, st.Reason)
+	require.Equal(t, "kek-a", st.Writes)
+	require.Zero(t, st.Blocking, "the previous release is invisible")
+	require.Contains(t, st.Reason, "1 of 2 expected replicas announce kek-b")
+	for waited := 0; waited < 2; {
+		select {
+		case err := <-runs:
+			require.ErrorIs(t, err, broker.ErrRolloutWaiting)
+			waited++
+		case <-time.After(time.Minute):
+			t.Fatal("the re-wrap job never ran")
+		}
+	}
+	requireKeysOpen(t, previous, keys)
+	for user, r := range e.rows(t) {
+		require.Equal(t, "kek-a", r.KEKID, user)
+	}
+
+	// The previous release's replica is replaced by a second new one.
+	e.rolloutRuntime(t, ctx, keyring(t, kekB, kekA), "new-2", 100*time.Millisecond, nil, 2)
+	require.Eventually(t, func() bool {
+		for _, r := range e.rows(t) {
+			if r.KEKID != "kek-b" {
+				return false
+			}
+		}
+		return true
+	}, time.Minute, 50*time.Millisecond, "every row moves to B")
+	require.Eventually(t, func() bool { return !first.Rollout().Waiting }, time.Minute, 20*time.Millisecond)
+	require.Equal(t, "kek-b", first.Rollout().Writes)
 }

@@ -36,7 +36,10 @@
 //     audit rows and nothing of any other user, idempotently;
 //   - data keys (RunDataKeys): the list's order is the order of the
 //     inserts, one of several minters wins, a re-wrap is compare-and-swap,
-//     and a deleted data key is never named by a server wrap again.
+//     and a deleted data key is never named by a server wrap again;
+//   - announcements (RunReplicas, stores that are broker.ReplicaStore):
+//     every field lists back, a renewal replaces and a leave removes one,
+//     and one not renewed lapses by the store's clock.
 package storetest
 
 import (

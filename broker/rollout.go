@@ -182,17 +182,19 @@ func RolloutDecision(configured string, held []string, self string, live []Repli
 	return st
 }
 
-// writeUnder makes the KEK id, which the keyring holds, the one new wraps
-// use; the configured active KEK when id is it. It reports false, and
-// changes nothing, in cached envelope mode (the data keys decide there)
-// or when the keyring does not hold id.
+// writeUnder makes the configured KEK id the one new wraps use; the
+// configured active KEK when id is it. In cached envelope mode it is the
+// remote KEK under which new data keys are made and to which the newest
+// data key moves, and the data keys must be reloaded (Refresh) for it to
+// take effect. It reports whether anything changed; nothing does when
+// the keyring does not hold id.
 func (k *Keyring) writeUnder(id string) bool {
 	if k.dataKeys != nil {
-		return false
+		return k.dataKeys.holdAt(id)
 	}
 	st := k.state.Load()
 	if st.active.ID() == id {
-		return true
+		return false
 	}
 	target, ok := st.byID[id]
 	if !ok {
@@ -209,6 +211,42 @@ func (k *Keyring) writeUnder(id string) bool {
 		return false // cannot happen: the ids were unique already
 	}
 	k.state.Store(next)
+	return true
+}
+
+// writesUnder is the configured KEK new wraps use now: in cached envelope
+// mode the remote KEK of the data keys, not the data key.
+func (k *Keyring) writesUnder() string {
+	if k.dataKeys != nil {
+		return k.dataKeys.remote().ID()
+	}
+	return k.ActiveID()
+}
+
+// remote is the remote KEK new data keys are made and moved under: the
+// configured active one, unless the rollout holds another.
+func (d *dataKeySource) remote() KEK {
+	if h := d.hold.Load(); h != nil {
+		return *h
+	}
+	return d.cfg.Active
+}
+
+// holdAt makes the configured KEK id the remote of new data keys (the
+// configured active one for "" or its id), and reports whether that
+// changed. An id that is not configured changes nothing.
+func (d *dataKeySource) holdAt(id string) bool {
+	if id == "" || id == d.cfg.Active.ID() {
+		return d.hold.Swap(nil) != nil
+	}
+	next := d.remotes[id]
+	if next == nil {
+		return false
+	}
+	if prev := d.hold.Load(); prev != nil && (*prev).ID() == id {
+		return false
+	}
+	d.hold.Store(&next)
 	return true
 }
 
@@ -230,6 +268,9 @@ type rollout struct {
 	id      string
 	log     *slog.Logger
 
+	// reload: a reload of the data keys for a changed decision failed.
+	reload bool
+
 	mu     sync.Mutex
 	status RolloutStatus
 }
@@ -239,7 +280,7 @@ func newRollout(store ReplicaStore, keyring *Keyring, cfg RolloutConfig, log *sl
 	rand.Read(raw[:])
 	configured := keyring.configuredIDs()[0]
 	ro := &rollout{store: store, keyring: keyring, cfg: cfg, id: base64.RawURLEncoding.EncodeToString(raw[:]), log: log}
-	ro.status = RolloutStatus{Configured: configured, Writes: keyring.ActiveID(), ExpectedReplicas: cfg.ExpectedReplicas,
+	ro.status = RolloutStatus{Configured: configured, Writes: keyring.writesUnder(), ExpectedReplicas: cfg.ExpectedReplicas,
 		Reason: "no heartbeat yet"}
 	return ro
 }
@@ -255,7 +296,7 @@ func (ro *rollout) current() RolloutStatus {
 // decision to the keyring. On a store error the last decision stands.
 func (ro *rollout) beat(ctx context.Context) error {
 	ids := ro.keyring.configuredIDs()
-	me := Replica{ID: ro.id, Name: ro.cfg.Name, Version: ro.cfg.Version, ActiveKEK: ids[0], WritesKEK: ro.keyring.ActiveID(), KEKIDs: ids}
+	me := Replica{ID: ro.id, Name: ro.cfg.Name, Version: ro.cfg.Version, ActiveKEK: ids[0], WritesKEK: ro.keyring.writesUnder(), KEKIDs: ids}
 	if err := ro.store.ReplicaAnnounce(ctx, me, RolloutTTLBeats*ro.cfg.Heartbeat); err != nil {
 		return fmt.Errorf("rollout: announce: %w", err)
 	}
@@ -264,11 +305,11 @@ func (ro *rollout) beat(ctx context.Context) error {
 		return fmt.Errorf("rollout: list replicas: %w", err)
 	}
 	st := RolloutDecision(ids[0], ids, ro.id, live, ro.cfg.ExpectedReplicas)
-	if ro.keyring.dataKeys != nil && st.Writes != st.Configured {
-		// Cached envelope mode: the data keys decide what new wraps use.
-		st.Reason += " (cached envelope mode: only the re-wrap job waits)"
+	if ro.keyring.writeUnder(st.Writes) || ro.reload {
+		// Cached envelope mode: the data keys move (or mint) under the
+		// remote KEK at a reload. Until one succeeds, try at every beat.
+		ro.reload = ro.keyring.dataKeys != nil && ro.keyring.Refresh(ctx) != nil
 	}
-	ro.keyring.writeUnder(st.Writes)
 	st.CheckedAt = &now
 	ro.mu.Lock()
 	prev := ro.status
@@ -312,9 +353,8 @@ var ErrRolloutWaiting = errors.New("the re-wrap job waits: a live replica cannot
 
 // startRollout announces this replica and takes the first decision, when
 // the store takes announcements and the heartbeat is on. When the first
-// heartbeat fails (the store is down), new wraps go under the first
-// decrypt-only KEK, which the previous configuration most likely made
-// them with, until a heartbeat passes.
+// heartbeat fails, the keyring keeps what it was loaded with
+// (KeyringConfig.Hold: RolloutHold) until a heartbeat passes.
 func (r *Runtime) startRollout(ctx context.Context) {
 	store, ok := r.cfg.Store.(ReplicaStore)
 	if !ok || r.cfg.Rollout.Heartbeat <= 0 {
@@ -323,13 +363,28 @@ func (r *Runtime) startRollout(ctx context.Context) {
 	r.rollout = newRollout(store, r.cfg.Keyring, r.cfg.Rollout, r.cfg.Logger)
 	if err := r.rollout.beat(ctx); err != nil {
 		r.cfg.Logger.Warn("rollout: first heartbeat failed; retrying", slog.String("error", err.Error()))
-		if ids := r.cfg.Keyring.configuredIDs(); len(ids) > 1 && r.cfg.Keyring.writeUnder(ids[1]) {
-			r.rollout.mu.Lock()
-			r.rollout.status.Writes, r.rollout.status.Waiting = ids[1], true
-			r.rollout.status.Reason = "no heartbeat yet: the live replicas are not known"
-			r.rollout.mu.Unlock()
-		}
 	}
+}
+
+// RolloutHold is KeyringConfig.Hold for a replica configured with the KEK
+// ids (the active one first) that has not announced itself yet: the KEK
+// the live announcements let it write under when that is not the
+// configured active one, else "". A store that takes no announcements
+// holds nothing; one whose announcements cannot be read holds nothing
+// and returns the error (the runtime's first heartbeat decides).
+func RolloutHold(ctx context.Context, store Store, ids []string, expectedReplicas int) (string, error) {
+	rs, ok := store.(ReplicaStore)
+	if !ok || len(ids) == 0 {
+		return "", nil
+	}
+	live, _, err := rs.ReplicaList(ctx)
+	if err != nil {
+		return "", err
+	}
+	if st := RolloutDecision(ids[0], ids, "", live, expectedReplicas); st.Waiting {
+		return st.Writes, nil
+	}
+	return "", nil
 }
 
 // rolloutWaits reports whether the re-wrap job must wait for the rollout.

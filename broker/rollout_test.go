@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,12 +37,76 @@ func (e *rewrapEnv) rolloutRuntime(t *testing.T, ctx context.Context, ring *brok
 	return rt
 }
 
-// kekOf returns the KEK id of the user's row.
+// kekOf returns the configured KEK that wraps the user's row: the row's
+// KEK id, or in cached envelope mode the KEK that wraps its data key.
 func (e *rewrapEnv) kekOf(t *testing.T, user string) string {
 	t.Helper()
 	r, ok := e.rows(t)[user]
 	require.True(t, ok, user)
-	return r.KEKID
+	return e.wrapperOf(t, r.KEKID)
+}
+
+// wrapperOf is the configured KEK that opens rows under kekID.
+func (e *rewrapEnv) wrapperOf(t *testing.T, kekID string) string {
+	t.Helper()
+	if !strings.HasPrefix(kekID, "dk-") {
+		return kekID
+	}
+	var by string
+	require.NoError(t, e.admin.QueryRow(t.Context(), `SELECT wrapped_by FROM keybroker.kek_data_keys WHERE id = $1`, kekID).Scan(&by))
+	return by
+}
+
+// requireAllUnder checks that every row opens with kekID alone.
+func (e *rewrapEnv) requireAllUnder(t *testing.T, kekID string) {
+	t.Helper()
+	for user, r := range e.rows(t) {
+		require.Equal(t, kekID, e.wrapperOf(t, r.KEKID), "%s (kek_id %s)", user, r.KEKID)
+	}
+}
+
+// allUnder reports whether every row opens with kekID alone.
+func (e *rewrapEnv) allUnder(t *testing.T, kekID string) bool {
+	t.Helper()
+	for _, r := range e.rows(t) {
+		if e.wrapperOf(t, r.KEKID) != kekID {
+			return false
+		}
+	}
+	return true
+}
+
+// The keyrings of the rollout tests: NewKeyring, as in the tests above;
+// LoadKeyring with the data-key store, as serve loads a keyring of direct
+// KEKs; and LoadKeyring in cached envelope mode. The loaded ones hold
+// what the announcements say before their first load, as serve does.
+const (
+	ringNew    = "NewKeyring"
+	ringLoaded = "Loaded"
+	ringCached = "Cached"
+)
+
+func (e *rewrapEnv) rolloutRing(t *testing.T, kind string, active broker.KEK, decryptOnly ...broker.KEK) *broker.Keyring {
+	t.Helper()
+	if kind == ringNew {
+		return keyring(t, active, decryptOnly...)
+	}
+	all := append([]broker.KEK{active}, decryptOnly...)
+	ids := make([]string, len(all))
+	for i, k := range all {
+		ids[i] = k.ID()
+	}
+	hold, err := broker.RolloutHold(t.Context(), e.store, ids, 0)
+	require.NoError(t, err)
+	cfg := broker.KeyringConfig{Active: active, DecryptOnly: decryptOnly, DataKeys: e.store, NewLocalKEK: newLocal, Hold: hold,
+		Logger: slog.New(slog.DiscardHandler)}
+	if kind == ringCached {
+		cfg.Cached = ids
+	}
+	ring, err := broker.LoadKeyring(t.Context(), cfg)
+	require.NoError(t, err)
+	require.NoError(t, ring.Ready())
+	return ring
 }
 
 // TestOneStepRollingRotation is the rolling update of issue 21: the
@@ -54,8 +119,13 @@ func (e *rewrapEnv) kekOf(t *testing.T, user string) string {
 // configuration — the rows move to B and new wraps use B.
 func TestOneStepRollingRotation(t *testing.T) {
 	t.Parallel()
-	for _, how := range []string{"OldReplicaKilled", "OldReplicaRestartedWithNewConfiguration"} {
-		t.Run(how, func(t *testing.T) {
+	for _, c := range []struct{ ring, how string }{
+		{ringNew, "OldReplicaKilled"}, {ringNew, "OldReplicaRestartedWithNewConfiguration"},
+		{ringLoaded, "OldReplicaKilled"}, {ringLoaded, "OldReplicaRestartedWithNewConfiguration"},
+		{ringCached, "OldReplicaKilled"}, {ringCached, "OldReplicaRestartedWithNewConfiguration"},
+	} {
+		how := c.how
+		t.Run(c.ring+"/"+how, func(t *testing.T) {
 			t.Parallel()
 			e := newRewrapEnv(t)
 			ctx := t.Context()
@@ -64,7 +134,7 @@ func TestOneStepRollingRotation(t *testing.T) {
 
 			// The old replica: its heartbeat is slow enough that a loaded
 			// machine never lets its announcement lapse while it lives.
-			oldRing := keyring(t, kekA)
+			oldRing := e.rolloutRing(t, c.ring, kekA)
 			oldCtx, kill := context.WithCancel(ctx)
 			defer kill()
 			old := e.rolloutRuntime(t, oldCtx, oldRing, "old", 2*time.Second, nil)
@@ -100,7 +170,7 @@ func TestOneStepRollingRotation(t *testing.T) {
 
 			// The first replica of the new configuration.
 			runs := make(chan error, 1000)
-			newRing := keyring(t, kekB, kekA)
+			newRing := e.rolloutRing(t, c.ring, kekB, kekA)
 			fresh := e.rolloutRuntime(t, ctx, newRing, "new", 100*time.Millisecond, func(_ *broker.RewrapResult, err error) {
 				select {
 				case runs <- err:
@@ -123,7 +193,7 @@ func TestOneStepRollingRotation(t *testing.T) {
 			require.Equal(t, "kek-a", e.kekOf(t, "fresh-1"))
 			rotated, err := newSvc.Rotate(ctx, "fresh-1", broker.RequestMeta{})
 			require.NoError(t, err)
-			require.Equal(t, "kek-a", rotated.KEKID)
+			require.Equal(t, "kek-a", e.wrapperOf(t, rotated.KEKID))
 			res, err := oldSvc.Key(ctx, "fresh-1", broker.RequestMeta{})
 			require.NoError(t, err)
 			require.Equal(t, rotated.MasterKey, res.MasterKey)
@@ -139,9 +209,10 @@ func TestOneStepRollingRotation(t *testing.T) {
 					t.Fatal("the re-wrap job of the new replica never ran")
 				}
 			}
-			for user, r := range e.rows(t) {
-				require.Equal(t, "kek-a", r.KEKID, "no row moves to B while the old replica lives: %s", user)
-			}
+			e.requireAllUnder(t, "kek-a") // no row moves to B while the old replica lives
+			var dataKeysMoved int
+			require.NoError(t, e.admin.QueryRow(ctx, `SELECT count(*) FROM keybroker.kek_data_keys WHERE updated_at <> created_at`).Scan(&dataKeysMoved))
+			require.Zero(t, dataKeysMoved, "no data key ever moved to B, not even for a moment")
 			close(stopFetching)
 			fetching.Wait()
 			require.Zero(t, failed.Load(), "fetches through the old replica failed: %v", firstFailure.Load())
@@ -153,16 +224,9 @@ func TestOneStepRollingRotation(t *testing.T) {
 				kill() // no leave: its announcement expires
 			default:
 				old.Close()
-				e.rolloutRuntime(t, ctx, keyring(t, kekB, kekA), "old restarted", 2*time.Second, nil)
+				e.rolloutRuntime(t, ctx, e.rolloutRing(t, c.ring, kekB, kekA), "old restarted", 2*time.Second, nil)
 			}
-			require.Eventually(t, func() bool {
-				for _, r := range e.rows(t) {
-					if r.KEKID != "kek-b" {
-						return false
-					}
-				}
-				return true
-			}, time.Minute, 50*time.Millisecond, "every row moves to B")
+			require.Eventually(t, func() bool { return e.allUnder(t, "kek-b") }, time.Minute, 50*time.Millisecond, "every row moves to B")
 			require.Eventually(t, func() bool { return !fresh.Rollout().Waiting }, time.Minute, 20*time.Millisecond,
 				"the new replica sees the old one gone")
 			st = fresh.Rollout()

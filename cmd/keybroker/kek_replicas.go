@@ -97,3 +97,32 @@ func checkNoReplicaStranded(ctx context.Context, store broker.Store, active stri
 	}
 	return nil
 }
+
+// rolloutHold is KeyringConfig.Hold: the KEK a replica makes new wraps
+// under, and moves data keys to, before it has announced itself, so that
+// not even its first load moves a data key under a KEK a live replica
+// cannot open. The operator commands hold too (they load the same data
+// keys), on the announcements alone; serve with the heartbeat off does
+// not.
+func (o *openedKEKs) rolloutHold(ctx context.Context, store broker.Store, log *slog.Logger) string {
+	expected := 0
+	if o.rollout != nil {
+		if o.rollout.Heartbeat <= 0 {
+			return ""
+		}
+		expected = o.rollout.Replicas
+	}
+	ids := make([]string, len(o.specs))
+	for i, spec := range o.specs {
+		ids[i] = spec.ID
+	}
+	hold, err := broker.RolloutHold(ctx, store, ids, expected)
+	if err != nil {
+		log.Warn("cannot read the replicas' announcements before loading the keyring", slog.String("error", err.Error()))
+	}
+	if hold != "" {
+		log.Warn("rollout: a live replica cannot open the configured KEK yet: new wraps go under another until it can",
+			slog.String("configured_kek", ids[0]), slog.String("writes_kek", hold))
+	}
+	return hold
+}

@@ -45,6 +45,11 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer closeStore()
+	if !cfg.Tool.DryRun {
+		if err := checkNoReplicaStranded(ctx, store, cfg.KEKs.Active.ID, log); err != nil {
+			return err
+		}
+	}
 	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
 	if err != nil {
 		return err
@@ -53,11 +58,6 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return fmt.Errorf("the keyring is not ready: %w", err)
 	}
 	opts := cfg.Tool
-	if !opts.DryRun {
-		if err := checkNoReplicaStranded(ctx, store, cfg.KEKs.Active.ID, log); err != nil {
-			return err
-		}
-	}
 	bar := newProgressPrinter(stderr, isTerminal(stderr), opts.ProgressEvery, opts.DryRun)
 	host, _ := os.Hostname()
 	job, err := broker.NewRewrapJob(broker.RewrapConfig{Store: store, Keyring: keyring, BatchSize: opts.Batch, RowsPerSecond: opts.Rate,

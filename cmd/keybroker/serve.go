@@ -49,6 +49,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	keks.metrics = ops.kek                                   // the keyring reports its KEK calls to it
+	keks.rollout = &cfg.Rollout                              // the keyring waits for the other replicas
 	grants, err := openGrants(cfg.Grants, ops.registry, log) // a bad recipient key refuses the start: grants.go
 	if err != nil {
 		return err

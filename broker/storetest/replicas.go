@@ -38,8 +38,8 @@ func testReplicaAnnounceRenewLeave(t *testing.T, h Harness) {
 
 	old := broker.Replica{ID: "r-old", Name: "host-a pid 1", Version: "v1", ActiveKEK: "kek-a", WritesKEK: "kek-a", KEKIDs: []string{"kek-a"}}
 	fresh := broker.Replica{ID: "r-new", Name: "host-b pid 1", Version: "v2", ActiveKEK: "kek-b", WritesKEK: "kek-a", KEKIDs: []string{"kek-b", "kek-a"}}
-	require.NoError(t, rs.ReplicaAnnounce(ctx, old, time.Hour))
-	require.NoError(t, rs.ReplicaAnnounce(ctx, fresh, time.Hour))
+	require.NoError(t, rs.ReplicaAnnounce(ctx, old, 30*time.Minute))
+	require.NoError(t, rs.ReplicaAnnounce(ctx, fresh, 30*time.Minute))
 	live, now, err = rs.ReplicaList(ctx)
 	require.NoError(t, err)
 	require.Len(t, live, 2)
@@ -50,17 +50,17 @@ func testReplicaAnnounceRenewLeave(t *testing.T, h Harness) {
 	require.Equal(t, fresh.ActiveKEK, got.ActiveKEK)
 	require.Equal(t, fresh.WritesKEK, got.WritesKEK)
 	require.Equal(t, fresh.KEKIDs, got.KEKIDs)
-	require.True(t, got.ExpiresAt.After(now.Add(59*time.Minute)), "live for the ttl: expires %s, now %s", got.ExpiresAt, now)
+	require.True(t, got.ExpiresAt.After(now.Add(29*time.Minute)), "live for the ttl: expires %s, now %s", got.ExpiresAt, now)
 	require.False(t, got.SeenAt.After(now))
 
 	// A renewal replaces what the replica announces and keeps its start.
 	fresh.WritesKEK = "kek-b"
-	require.NoError(t, rs.ReplicaAnnounce(ctx, fresh, 2*time.Hour))
+	require.NoError(t, rs.ReplicaAnnounce(ctx, fresh, 50*time.Minute))
 	live, _, err = rs.ReplicaList(ctx)
 	require.NoError(t, err)
 	require.Len(t, live, 2)
 	require.Equal(t, "kek-b", live[1].WritesKEK)
-	require.True(t, live[1].ExpiresAt.After(got.ExpiresAt))
+	require.True(t, live[1].ExpiresAt.After(got.ExpiresAt.Add(19*time.Minute)))
 	require.True(t, live[1].StartedAt.Equal(got.StartedAt), "a renewal is not a new start")
 
 	require.NoError(t, rs.ReplicaLeave(ctx, old.ID))
@@ -90,4 +90,18 @@ func testReplicaAnnouncementExpires(t *testing.T, h Harness) {
 	}, 30*time.Second, 20*time.Millisecond)
 	require.Error(t, rs.ReplicaAnnounce(ctx, broker.Replica{ID: "x", Name: "n", Version: "v", ActiveKEK: "k", WritesKEK: "k", KEKIDs: []string{"k"}}, 0),
 		"an announcement that is dead on arrival is refused")
+
+	// An announcement lives an hour at most, however long it asks for:
+	// one that nobody renews holds a rollout back for no longer.
+	require.NoError(t, rs.ReplicaAnnounce(ctx, broker.Replica{ID: "greedy", Name: "n", Version: "v", ActiveKEK: "k", WritesKEK: "k", KEKIDs: []string{"k"}}, 1000*time.Hour))
+	live, now, err := rs.ReplicaList(ctx)
+	require.NoError(t, err)
+	found := false
+	for _, r := range live {
+		if r.ID == "greedy" {
+			found = true
+			require.False(t, r.ExpiresAt.After(now.Add(time.Hour)), "expires %s, now %s", r.ExpiresAt, now)
+		}
+	}
+	require.True(t, found)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
 // printReplicas is the part of `kek status` about the one-step rollout:
@@ -92,8 +93,9 @@ func checkNoReplicaStranded(ctx context.Context, store broker.Store, active stri
 	}
 	if st := broker.RolloutDecision(active, nil, "", live, 0); st.Blocking > 0 {
 		return fmt.Errorf("%d live replica(s) cannot open the KEK %s, and every row moved to it would answer 503 there: %s.\n"+
-			"  Replace them with replicas that hold %s, or stop them, then run this again (\"keybroker kek status\" shows the rollout)",
-			st.Blocking, active, strings.Join(st.BlockedBy, ", "), active)
+			"  Replace them with replicas that hold %s, or stop them, then run this again (\"keybroker kek status\" shows the rollout);\n"+
+			"  %s=0 moves the rows whatever the announcements say",
+			st.Blocking, active, strings.Join(st.BlockedBy, ", "), active, config.Name("rollout-heartbeat"))
 	}
 	return nil
 }

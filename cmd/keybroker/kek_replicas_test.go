@@ -46,4 +46,11 @@ func TestKEKStatusAndRewrapSeeAReplicaOfTheOldConfiguration(t *testing.T) {
 	require.Contains(t, db.kekStatus(t), "replicas: none announces")
 	require.NoError(t, run(ctx, []string{"rewrap"}, envFunc(db.env), &out, io.Discard, nil))
 	db.requireAllMoved(t)
+
+	// An announcement the operator does not trust (after a KEK
+	// compromise, say) is overridden by turning the heartbeat off.
+	require.NoError(t, store.ReplicaAnnounce(ctx, old, time.Hour))
+	require.Error(t, run(ctx, []string{"rewrap"}, envFunc(db.env), io.Discard, io.Discard, nil))
+	db.env["KEYBROKER_ROLLOUT_HEARTBEAT"] = "0"
+	require.NoError(t, run(ctx, []string{"rewrap"}, envFunc(db.env), io.Discard, io.Discard, nil))
 }

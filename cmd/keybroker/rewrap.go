@@ -45,11 +45,12 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer closeStore()
-	if !cfg.Tool.DryRun {
+	if !cfg.Tool.DryRun && cfg.Rollout.Heartbeat > 0 {
 		if err := checkNoReplicaStranded(ctx, store, cfg.KEKs.Active.ID, log); err != nil {
 			return err
 		}
 	}
+	keks.rollout = &cfg.Rollout // with the heartbeat off, the keyring holds nothing either
 	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
 	if err != nil {
 		return err

@@ -29,14 +29,16 @@ CREATE TABLE IF NOT EXISTS keybroker_replicas (
     expires_at  TIMESTAMPTZ NOT NULL,
     CONSTRAINT keybroker_replicas_bounded CHECK (
         length(id) <= 200 AND length(name) <= 200 AND length(version) <= 200
-        AND cardinality(kek_ids) <= 1000 AND expires_at > seen_at)
+        AND cardinality(kek_ids) <= 1000 AND expires_at > seen_at AND expires_at <= seen_at + interval '1 hour')
 );
 
 DO $migration$
 BEGIN
     -- Announce (insert or renew) one replica's row, valid for ttl_ms from
-    -- now on the database's clock, and drop the rows that expired long
-    -- ago (a day), so crashed replicas do not pile up.
+    -- now on the database's clock — an hour at most, so that a row
+    -- nobody renews holds a rollout back for no longer — and drop the
+    -- rows that expired long ago (a day), so crashed replicas do not pile
+    -- up.
     EXECUTE format($fn$
 CREATE OR REPLACE FUNCTION %1$I.keybroker_replica_announce(
     replica_id TEXT, replica_name TEXT, replica_version TEXT, replica_active TEXT, replica_writes TEXT,
@@ -44,7 +46,7 @@ CREATE OR REPLACE FUNCTION %1$I.keybroker_replica_announce(
 RETURNS VOID
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
     INSERT INTO %1$I.keybroker_replicas AS r (id, name, version, active_kek, writes_kek, kek_ids, started_at, seen_at, expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, now(), now(), now() + make_interval(secs => $7 / 1000.0))
+    VALUES ($1, $2, $3, $4, $5, $6, now(), now(), now() + make_interval(secs => LEAST($7, 3600000) / 1000.0))
     ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version, active_kek = excluded.active_kek,
         writes_kek = excluded.writes_kek, kek_ids = excluded.kek_ids, seen_at = excluded.seen_at, expires_at = excluded.expires_at;
     DELETE FROM %1$I.keybroker_replicas WHERE expires_at < now() - interval '1 day';

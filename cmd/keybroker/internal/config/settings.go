@@ -296,8 +296,8 @@ var (
 			c.Rewrap.Rate, err = parseRate(v, "rows per second")
 			return err
 		}}
-	rolloutHeartbeat = &setting{env: "KEYBROKER_ROLLOUT_HEARTBEAT", flag: "rollout-heartbeat", value: "DURATION", def: "10s", cmds: Serve,
-		usage: "PostgreSQL: how often a replica announces which KEKs it holds; it counts until 3 heartbeats pass without one. 0 announces nothing",
+	rolloutHeartbeat = &setting{env: "KEYBROKER_ROLLOUT_HEARTBEAT", flag: "rollout-heartbeat", value: "DURATION", def: "10s", cmds: Serve | Rewrap,
+		usage: "PostgreSQL: how often a replica announces which KEKs it holds; it counts until 3 heartbeats pass without one. 0 announces nothing and waits for no one (keybroker rewrap then moves rows whatever the announcements say)",
 		apply: func(c *Config, v string) (err error) {
 			if d, perr := time.ParseDuration(v); perr == nil && d == 0 {
 				c.Rollout.Heartbeat = 0

@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
+	"maps"
+	"net/http"
 	"testing"
 	"time"
 
@@ -53,4 +56,65 @@ func TestKEKStatusAndRewrapSeeAReplicaOfTheOldConfiguration(t *testing.T) {
 	require.Error(t, run(ctx, []string{"rewrap"}, envFunc(db.env), io.Discard, io.Discard, nil))
 	db.env["KEYBROKER_ROLLOUT_HEARTBEAT"] = "0"
 	require.NoError(t, run(ctx, []string{"rewrap"}, envFunc(db.env), io.Discard, io.Discard, nil))
+}
+
+// TestServeHoldsANewKEKForAnOldReplica: two real servers on one database,
+// one of the old configuration (env-v1 only) and one of the new (env-v2
+// active, env-v1 decrypt-only). The new one's /readyz is ready and says
+// the rollout waits (new wraps under env-v1), and its re-wrap job moves
+// nothing; once the old server stops (and withdraws its announcement),
+// the rows move to env-v2 and /readyz says so.
+func TestServeHoldsANewKEKForAnOldReplica(t *testing.T) {
+	t.Parallel()
+	db := newRotationDB(t, 10, 0)
+	env := withServe(t, db.env)
+	env["KEYBROKER_ROLLOUT_HEARTBEAT"] = "1s"
+	env["KEYBROKER_REWRAP_INTERVAL"] = "1s"
+	oldEnv := maps.Clone(env)
+	oldEnv["KEYBROKER_KEK"] = "env://OLD_KEK?id=env-v1"
+	delete(oldEnv, "KEYBROKER_KEK_RETIRED")
+	old := startServe(t, oldEnv, "serve")
+
+	runs := make(chan error, 100)
+	fresh := startServeWithHooks(t, env, &hooks{rewrapRun: func(_ *broker.RewrapResult, err error) {
+		select {
+		case runs <- err:
+		default:
+		}
+	}})
+	readyz := func() (int, map[string]any) {
+		res, err := http.Get("http://" + fresh.addr + "/readyz")
+		require.NoError(t, err)
+		defer res.Body.Close()
+		var body map[string]any
+		require.NoError(t, json.NewDecoder(res.Body).Decode(&body))
+		return res.StatusCode, body
+	}
+	status, body := readyz()
+	require.Equal(t, http.StatusOK, status, "%v", body)
+	rollout := body["rollout"].(map[string]any)
+	require.Equal(t, "env-v2", rollout["configured"])
+	require.Equal(t, "env-v1", rollout["writes"])
+	require.Equal(t, true, rollout["waiting"])
+	select {
+	case err := <-runs:
+		require.ErrorIs(t, err, broker.ErrRolloutWaiting)
+	case <-time.After(time.Minute):
+		t.Fatal("the re-wrap job never ran")
+	}
+	var onNew int
+	require.NoError(t, db.admin.QueryRow(t.Context(), `SELECT count(*) FROM keybroker.encryption_vaults WHERE kek_id <> 'env-v1'`).Scan(&onNew))
+	require.Zero(t, onNew)
+
+	require.NoError(t, old.stop())
+	require.Eventually(t, func() bool {
+		_, body := readyz()
+		return body["rollout"].(map[string]any)["waiting"] == false
+	}, time.Minute, 50*time.Millisecond)
+	require.Eventually(t, func() bool {
+		require.NoError(t, db.admin.QueryRow(t.Context(), `SELECT count(*) FROM keybroker.encryption_vaults WHERE kek_id <> 'env-v2'`).Scan(&onNew))
+		return onNew == 0
+	}, time.Minute, 50*time.Millisecond, "the rows move once the old server is gone")
+	_, body = readyz()
+	require.Equal(t, "env-v2", body["rollout"].(map[string]any)["writes"])
 }

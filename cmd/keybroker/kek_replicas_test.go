@@ -96,6 +96,18 @@ func TestServeHoldsANewKEKForAnOldReplica(t *testing.T) {
 	require.Equal(t, "env-v2", rollout["configured"])
 	require.Equal(t, "env-v1", rollout["writes"])
 	require.Equal(t, true, rollout["waiting"])
+	metrics := func() string {
+		res, err := http.Get("http://" + fresh.addr + "/metrics")
+		require.NoError(t, err)
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		return string(b)
+	}
+	m := metrics()
+	require.Contains(t, m, `keybroker_rollout_waiting{configured_kek_id="env-v2",writes_kek_id="env-v1"} 1`)
+	require.Contains(t, m, `keybroker_rollout_replicas{state="blocking"} 1`)
+	require.Contains(t, m, `keybroker_rollout_replicas{state="live"} 2`)
 	select {
 	case err := <-runs:
 		require.ErrorIs(t, err, broker.ErrRolloutWaiting)
@@ -117,4 +129,5 @@ func TestServeHoldsANewKEKForAnOldReplica(t *testing.T) {
 	}, time.Minute, 50*time.Millisecond, "the rows move once the old server is gone")
 	_, body = readyz()
 	require.Equal(t, "env-v2", body["rollout"].(map[string]any)["writes"])
+	require.Contains(t, metrics(), `keybroker_rollout_waiting{configured_kek_id="env-v2",writes_kek_id="env-v2"} 0`)
 }

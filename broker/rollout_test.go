@@ -137,7 +137,7 @@ func TestOneStepRollingRotation(t *testing.T) {
 			oldRing := e.rolloutRing(t, c.ring, kekA)
 			oldCtx, kill := context.WithCancel(ctx)
 			defer kill()
-			old := e.rolloutRuntime(t, oldCtx, oldRing, "old", 2*time.Second, nil)
+			old := e.rolloutRuntime(t, oldCtx, oldRing, "old", 3*time.Second, nil)
 			oldSvc := e.service(t, oldRing)
 			require.Equal(t, "kek-a", old.Rollout().Writes)
 			require.False(t, old.Rollout().Waiting)

@@ -72,6 +72,7 @@ func TestServeHoldsANewKEKForAnOldReplica(t *testing.T) {
 	env["KEYBROKER_REWRAP_INTERVAL"] = "1s"
 	oldEnv := maps.Clone(env)
 	oldEnv["KEYBROKER_KEK"] = "env://OLD_KEK?id=env-v1"
+	oldEnv["KEYBROKER_ROLLOUT_HEARTBEAT"] = "10s" // it stops cleanly: no need to wait for it to lapse
 	delete(oldEnv, "KEYBROKER_KEK_RETIRED")
 	old := startServe(t, oldEnv, "serve")
 

@@ -70,7 +70,7 @@ func rolloutWaitsFor(id string, live []broker.Replica, expected int) string {
 	case expected > 0 && len(live) < expected && !done:
 		return fmt.Sprintf("WAITING: %d of %d expected replicas announce (KEYBROKER_ROLLOUT_REPLICAS)", len(live), expected)
 	case done:
-		return "done: new wraps use it, the re-wrap job moves rows to it"
+		return "done: the replicas configured with it wrap under it"
 	default:
 		return "every live replica opens it"
 	}

@@ -34,7 +34,7 @@ func TestKEKStatusAndRewrapSeeAReplicaOfTheOldConfiguration(t *testing.T) {
 	require.Contains(t, status, "replicas: 1 live")
 	require.Regexp(t, `old-host pid 7\s+v-old\s+env-v1\s+env-v1\s+env-v1\s+`, status)
 	require.Contains(t, status, "rollout of env-v2: WAITING for 1 live replica(s) that cannot open it: old-host pid 7")
-	require.Contains(t, status, "rollout of env-v1: done: new wraps use it")
+	require.Contains(t, status, "rollout of env-v1: done: the replicas configured with it wrap under it")
 
 	var out bytes.Buffer
 	err = run(ctx, []string{"rewrap"}, envFunc(db.env), &out, io.Discard, nil)

@@ -396,8 +396,8 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 	// newest one that opened, which is newest unless a KMS failed on it.
 	var newest, chosen *DataKey
 	var firstErr error
-	remote := d.remote() // the active remote KEK, unless the rollout holds another
-	activeID := remote.ID()
+	target := d.remote() // the active remote KEK, unless the rollout holds another
+	activeID := target.ID()
 	for i := range list {
 		dk := &list[i]
 		remote := d.remotes[dk.WrappedBy]
@@ -433,7 +433,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 		d.cfg.Logger.Warn("some data keys did not load", slog.String("error", firstErr.Error()))
 	}
 
-	active := remote
+	active := target
 	if d.isCached(activeID) {
 		switch {
 		case chosen != nil:

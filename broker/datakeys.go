@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keybroker/keybroker/kek"
@@ -92,6 +93,11 @@ type KeyringConfig struct {
 	// data key this old or older mint a new one: the data key rotates by
 	// itself. Zero rotates it only on demand (RotateDataKey).
 	DataKeyMaxAge time.Duration
+	// Hold, when set, is the id of a configured KEK that new wraps, new
+	// data keys and data-key moves use instead of Active, until the
+	// runtime's rollout releases it (rollout.go): the first decision of
+	// the one-step rollout, taken before the first load.
+	Hold string
 	// Now is the clock DataKeyMaxAge is measured with; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -141,6 +147,7 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 			return nil, err
 		}
 		k.onCall = cfg.OnKEKCall
+		k.writeUnder(cfg.Hold)
 		return k, nil
 	}
 	src := &dataKeySource{cfg: cfg, remotes: map[string]KEK{}, cached: map[string]bool{}, loaded: map[string]KEK{}}
@@ -155,6 +162,7 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 	}
 	k := &Keyring{dataKeys: src, onCall: cfg.OnKEKCall, configured: append([]KEK{cfg.Active}, cfg.DecryptOnly...)}
 	src.keyring = k
+	src.holdAt(cfg.Hold)
 	// Until the data keys load, the configured KEKs still open the rows
 	// they wrapped directly; new wraps fail as unavailable.
 	pending := &unloadedKEK{id: cfg.Active.ID()}
@@ -273,6 +281,9 @@ type dataKeySource struct {
 	// so no copy of a key schedule is left behind per reload, and
 	// destroys the others.
 	loaded map[string]KEK
+	// hold is the remote KEK the rollout holds new wraps at (rollout.go);
+	// nil: the configured active one.
+	hold atomic.Pointer[KEK]
 
 	errMu   sync.Mutex
 	lastErr error
@@ -385,7 +396,8 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 	// newest one that opened, which is newest unless a KMS failed on it.
 	var newest, chosen *DataKey
 	var firstErr error
-	activeID := d.cfg.Active.ID()
+	target := d.remote() // the active remote KEK, unless the rollout holds another
+	activeID := target.ID()
 	for i := range list {
 		dk := &list[i]
 		remote := d.remotes[dk.WrappedBy]
@@ -421,7 +433,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 		d.cfg.Logger.Warn("some data keys did not load", slog.String("error", firstErr.Error()))
 	}
 
-	active := d.cfg.Active
+	active := target
 	if d.isCached(activeID) {
 		switch {
 		case chosen != nil:
@@ -477,9 +489,10 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 			decryptOnly = append(decryptOnly, kek)
 		}
 	}
-	decryptOnly = append(decryptOnly, d.cfg.DecryptOnly...)
-	if active.ID() != activeID {
-		decryptOnly = append(decryptOnly, d.cfg.Active) // rows it wrapped directly (cache off)
+	for _, kek := range d.keyring.configured { // rows they wrapped directly (cache off)
+		if kek.ID() != active.ID() {
+			decryptOnly = append(decryptOnly, kek)
+		}
 	}
 	st, err := newKeyringState(active, decryptOnly)
 	if err != nil {
@@ -542,7 +555,7 @@ func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, erro
 	id := "dk-" + base64.RawURLEncoding.EncodeToString(raw[:])
 	key := newMasterKey()
 	defer wipe(key)
-	remote := d.cfg.Active
+	remote := d.remote()
 	wrapped, err := d.keyring.wrap(ctx, remote, key, DataKeyBinding(id, remote.ID()))
 	if err != nil {
 		return nil, false, fmt.Errorf("data keys: wrap a new data key: %w", classifyKEKError(errors.New("wrap failed"), err))
@@ -567,7 +580,7 @@ func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, erro
 // moveDataKey re-wraps dk (whose plaintext is key) under the active remote
 // KEK.
 func (d *dataKeySource) moveDataKey(ctx context.Context, dk *DataKey, key []byte) (bool, error) {
-	remote := d.cfg.Active
+	remote := d.remote()
 	wrapped, err := d.keyring.wrap(ctx, remote, key, DataKeyBinding(dk.ID, remote.ID()))
 	if err != nil {
 		return false, fmt.Errorf("data keys: re-wrap %s: %w", dk.ID, classifyKEKError(errors.New("wrap failed"), err))

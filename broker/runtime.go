@@ -58,6 +58,10 @@ type RuntimeConfig struct {
 	Keyring *Keyring
 	// Rewrap is the schedule of the background re-wrap job.
 	Rewrap RewrapSchedule
+	// Rollout announces this replica's KEKs and waits for the others
+	// before a newly configured KEK is used (rollout.go), when the store
+	// is a ReplicaStore and Rollout.Heartbeat is positive.
+	Rollout RolloutConfig
 	// OnRewrapRun, when set, is called after each background re-wrap run.
 	OnRewrapRun func(*RewrapResult, error)
 	// CountRowsEvery, when positive, makes the runtime count the rows
@@ -112,6 +116,9 @@ func (c *RuntimeConfig) validate() error {
 	if c.AuditSeal != nil && c.AuditSealEvery <= 0 {
 		return errors.New("broker: RuntimeConfig.AuditSealEvery must be positive with an AuditSeal")
 	}
+	if c.Rollout.Heartbeat < 0 || c.Rollout.ExpectedReplicas < 0 {
+		return errors.New("broker: RuntimeConfig.Rollout must not be negative")
+	}
 	if c.CountRowsEvery < 0 {
 		return errors.New("broker: RuntimeConfig.CountRowsEvery must not be negative")
 	}
@@ -130,6 +137,9 @@ func (c *RuntimeConfig) validate() error {
 	if c.Rewrap.Runner == "" {
 		host, _ := os.Hostname()
 		c.Rewrap.Runner = fmt.Sprintf("%s pid %d", host, os.Getpid())
+	}
+	if c.Rollout.Name == "" {
+		c.Rollout.Name = c.Rewrap.Runner
 	}
 	return nil
 }
@@ -157,6 +167,8 @@ type Runtime struct {
 	kekOK  chan struct{}
 	retry  bool // the start-up KEK check failed with an outage: Start retries it
 	counts *rowCounter
+	// rollout is nil when this replica announces nothing.
+	rollout *rollout
 
 	startOnce, closeOnce sync.Once
 	cancel               context.CancelFunc
@@ -203,6 +215,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
 	default:
 		return nil, err
 	}
+	r.startRollout(ctx)
 	return r, nil
 }
 
@@ -253,6 +266,9 @@ func (r *Runtime) Start(ctx context.Context) {
 		if r.cfg.AuditSeal != nil {
 			r.goLoop(func() { r.runAuditSeal(ctx) })
 		}
+		if r.rollout != nil {
+			r.goLoop(func() { r.rollout.run(ctx, r.cfg.Wait) })
+		}
 		if r.job != nil {
 			r.goLoop(func() { r.runRewrap(ctx) })
 		} else {
@@ -278,6 +294,9 @@ func (r *Runtime) Close() {
 			r.cancel()
 		}
 		r.wg.Wait()
+		if r.rollout != nil {
+			r.rollout.leave(context.Background())
+		}
 	})
 }
 
@@ -302,6 +321,15 @@ func (r *Runtime) refreshKeyring(ctx context.Context) {
 // ends.
 func (r *Runtime) runRewrap(ctx context.Context) {
 	for {
+		if r.rolloutWaits() {
+			if r.cfg.OnRewrapRun != nil {
+				r.cfg.OnRewrapRun(nil, ErrRolloutWaiting)
+			}
+			if !r.cfg.Wait(ctx, r.cfg.Rewrap.Interval) {
+				return
+			}
+			continue
+		}
 		res, err := r.job.Run(ctx)
 		r.logRewrapRun(ctx, res, err)
 		if r.cfg.OnRewrapRun != nil {

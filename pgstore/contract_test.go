@@ -32,6 +32,15 @@ func TestDataKeyContract(t *testing.T) {
 	storetest.RunDataKeys(t, newEnv(t).harness)
 }
 
+// TestReplicaContract runs the announcement part of the contract as the
+// runtime role, which holds no grant on the announcements' table: it goes
+// through the migration's functions, as an install with split roles that
+// predates the table does.
+func TestReplicaContract(t *testing.T) {
+	t.Parallel()
+	storetest.RunReplicas(t, newEnv(t).harness)
+}
+
 // harness migrates a new schema, whose name needs quoting, grants the
 // runtime role what keybroker's runtime needs (the erasure's DELETE on
 // the audit table included), and opens the store on it as that role.

@@ -30,7 +30,10 @@ WHERE user_id = $1`
 )
 
 // TestPreviousReleaseServesOnMigratedSchema is a rolling upgrade: the
-// schema has migration 0006 and a replica of the previous release still
+// schema has every migration (0006 changed encryption_vaults; 0009 adds
+// only the replicas' announcements, which the previous release never
+// reads, as the runtime role that has no grant on them: TestReplicaContract
+// announces through that role) and a replica of the previous release still
 // inserts, reads and updates rows — a zero-knowledge row with a kept
 // recovery wrap among them — as the runtime role. Its statements satisfy
 // every constraint, and what they do not name (the proof verifier, the

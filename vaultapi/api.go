@@ -59,6 +59,10 @@ type Config struct {
 	// Readiness answers /readyz. Default: a Readiness without checks,
 	// which is always ready.
 	Readiness *Readiness
+	// Rollout, when set, reports what the rollout of a newly configured
+	// KEK waits for; /readyz shows it (it does not make the server
+	// unready). It may return nil: nothing to report.
+	Rollout func() *broker.RolloutStatus
 	// Metrics records request counts and latencies; nil records none.
 	Metrics *Metrics
 	// MetricsHandler, when set, is served at /metrics on this router.
@@ -127,6 +131,7 @@ type API struct {
 
 	version    string
 	readiness  *Readiness
+	rollout    func() *broker.RolloutStatus
 	metrics    *Metrics
 	cors       *corsPolicy
 	limiter    *userLimiter
@@ -141,7 +146,7 @@ func New(cfg Config) (*API, error) {
 	a := &API{
 		svc: cfg.Service, verifier: cfg.Verifier, log: cfg.Logger,
 		maxBody: cfg.MaxBodyBytes, maxGrant: cfg.GrantMaxBodyBytes, timeout: cfg.RequestTimeout, clientIP: cfg.ClientIP,
-		version: cfg.Version, readiness: cfg.Readiness, metrics: cfg.Metrics,
+		version: cfg.Version, readiness: cfg.Readiness, rollout: cfg.Rollout, metrics: cfg.Metrics,
 	}
 	var err error
 	if a.cors, err = newCORSPolicy(cfg.CORSOrigins); err != nil {

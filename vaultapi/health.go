@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/kek"
 )
 
@@ -227,6 +228,9 @@ type readyBody struct {
 	Code   string        `json:"code,omitempty"`
 	Status string        `json:"status"`
 	Checks []CheckResult `json:"checks"`
+	// Rollout is what the rollout of a newly configured KEK waits for;
+	// absent when the replica announces nothing.
+	Rollout *broker.RolloutStatus `json:"rollout,omitempty"`
 }
 
 // healthz says the process serves HTTP; it checks no dependency, so a
@@ -242,6 +246,9 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	results := a.readiness.Results()
 	body := readyBody{Status: "ready", Checks: results}
+	if a.rollout != nil {
+		body.Rollout = a.rollout()
+	}
 	var bad []string
 	for _, c := range results {
 		if c.Status != CheckOK {

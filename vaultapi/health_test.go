@@ -146,3 +146,30 @@ func TestReadinessWithoutChecksIsReady(t *testing.T) {
 	_, err := vaultapi.NewReadiness(vaultapi.ReadinessConfig{Checks: []vaultapi.Check{{Name: "store"}}})
 	require.Error(t, err, "a check without a probe is refused")
 }
+
+// TestReadinessShowsWhatTheRolloutWaitsFor: /readyz carries the rollout of
+// a newly configured KEK — which KEK new wraps use and why — without
+// becoming not-ready for it (the replica serves every row), and without
+// the names of the replicas it waits for (the body is unauthenticated).
+func TestReadinessShowsWhatTheRolloutWaitsFor(t *testing.T) {
+	t.Parallel()
+	st := broker.RolloutDecision("kek-b", []string{"kek-b", "kek-a"}, "me",
+		[]broker.Replica{{ID: "me", KEKIDs: []string{"kek-b", "kek-a"}}, {ID: "old", Name: "old-host pid 7", KEKIDs: []string{"kek-a"}, WritesKEK: "kek-a"}}, 0)
+	srv := newLiteAPI(t, vaultapi.Config{Rollout: func() *broker.RolloutStatus { return &st }})
+	status, body := getJSON(t, srv.URL+"/readyz")
+	require.Equal(t, http.StatusOK, status, "waiting for a rollout is not unready")
+	rollout, ok := body["rollout"].(map[string]any)
+	require.True(t, ok, "the body has the rollout: %v", body)
+	require.Equal(t, "kek-b", rollout["configured"])
+	require.Equal(t, "kek-a", rollout["writes"])
+	require.Equal(t, true, rollout["waiting"])
+	require.EqualValues(t, 1, rollout["blocking"])
+	require.Contains(t, rollout["reason"], "1 live replica(s) cannot open kek-b")
+	raw, err := json.Marshal(body)
+	require.NoError(t, err)
+	require.NotContains(t, string(raw), "old-host", "no replica's host name on the unauthenticated route")
+
+	srv = newLiteAPI(t, vaultapi.Config{Rollout: func() *broker.RolloutStatus { return nil }})
+	_, body = getJSON(t, srv.URL+"/readyz")
+	require.NotContains(t, body, "rollout", "a replica that announces nothing shows no rollout")
+}

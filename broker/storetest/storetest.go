@@ -42,6 +42,9 @@
 //     wrote verifies, and an edit, a deletion, an insertion or a move in
 //     time made with SQL is named, while retention and erasure with their
 //     marks are not.
+//   - announcements (RunReplicas, stores that are broker.ReplicaStore):
+//     every field lists back, a renewal replaces and a leave removes one,
+//     and one not renewed lapses by the store's clock.
 package storetest
 
 import (

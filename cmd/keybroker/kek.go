@@ -49,7 +49,10 @@ ids are read: no KEK is opened); how many rows are left in format 1 (the
 original service's unbound wraps) and whether format 1 is closed, since
 when and by whom; in cached envelope mode the data keys, each with the KEK
 that wraps it, when it was made and the rows under it, the newest marked;
-and the re-wrap job: whether a runner works now, its progress and rate. A
+and the re-wrap job: whether a runner works now, its progress and rate;
+on PostgreSQL the live replicas' announcements (which KEKs each holds, wraps
+with and is configured to wrap with) and whom the rollout of a newly
+configured KEK waits for. A
 KEK can be removed from the configuration once it has 0 rows. The re-wrap
 job upgrades format-1 rows first and closes format 1 for good once none is
 left.
@@ -108,6 +111,11 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 	now := time.Now()
 	printKEKStatus(stdout, rows, roles, state, format1, now)
 	printDataKeys(stdout, dataKeys, rows, now)
+	active := ""
+	if cfg.KEKs.Active != nil {
+		active = cfg.KEKs.Active.ID
+	}
+	printReplicas(ctx, stdout, store, active, cfg.Rollout.Replicas)
 	return nil
 }
 

@@ -25,6 +25,9 @@ type openedKEKs struct {
 	keks    []broker.KEK      // specs', opened
 	schemes map[string]string // each id's URI scheme: its provider in the metrics
 	metrics *kekMetrics       // set by serve: the keyring measures every KEK call
+	// rollout is serve's rollout settings (kek_replicas.go); nil for the
+	// operator commands.
+	rollout *config.Rollout
 }
 
 // active is the KEK that makes new wraps.
@@ -128,7 +131,7 @@ func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.
 		}
 	}
 	kcfg := broker.KeyringConfig{Active: o.active(), DecryptOnly: o.keks[1:], Cached: cached, Logger: log, NewLocalKEK: newLocal,
-		DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now}
+		DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now, Hold: o.rolloutHold(ctx, store, log)}
 	if o.metrics != nil {
 		kcfg.OnKEKCall = o.observeKEKCall
 	}

@@ -149,6 +149,7 @@ func (o *ops) apiConfig(base vaultapi.Config, store broker.Store, rt *broker.Run
 		return cfg, err
 	}
 	cfg.Readiness = o.readiness
+	cfg.Rollout = rt.Rollout
 	if err := o.registry.Register(readinessCollector{o.readiness}); err != nil {
 		return cfg, err
 	}
@@ -158,6 +159,9 @@ func (o *ops) apiConfig(base vaultapi.Config, store broker.Store, rt *broker.Run
 		}
 	}
 	if err := o.registry.Register(rowsCollector{rt}); err != nil {
+		return cfg, err
+	}
+	if err := o.registry.Register(rolloutCollector{rt}); err != nil {
 		return cfg, err
 	}
 	return cfg, nil

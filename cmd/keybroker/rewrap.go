@@ -25,6 +25,9 @@ to the active KEK, the way serve's background job does, and exits; once
 no format-1 row is left it closes format 1 for good. Safe while
 servers run: it takes the same lock, so it waits for no one and refuses
 to run next to another runner. Kill it at any time and run it again.
+On PostgreSQL it refuses (but --dry-run) while a live server announces
+that it cannot open the active KEK: rows moved to it would answer 503
+there ("keybroker kek status" names it).
 
 Flags (those that serve's environment variables also set name them):
 `
@@ -46,6 +49,12 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer closeStore()
+	if !cfg.Tool.DryRun && cfg.Rollout.Heartbeat > 0 {
+		if err := checkNoReplicaStranded(ctx, store, cfg.KEKs.Active.ID, log); err != nil {
+			return err
+		}
+	}
+	keks.rollout = &cfg.Rollout // with the heartbeat off, the keyring holds nothing either
 	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
 	if err != nil {
 		return err

@@ -49,6 +49,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	keks.metrics = ops.kek                                   // the keyring reports its KEK calls to it
+	keks.rollout = &cfg.Rollout                              // the keyring waits for the other replicas
 	grants, err := openGrants(cfg.Grants, ops.registry, log) // a bad recipient key refuses the start: grants.go
 	if err != nil {
 		return err
@@ -134,7 +135,8 @@ const rowsInterval = time.Minute
 func runtimeConfig(cfg *config.Config, store broker.Store, keyring *broker.Keyring, log *slog.Logger, h *hooks) broker.RuntimeConfig {
 	rc := broker.RuntimeConfig{Store: store, Keyring: keyring, Logger: log, Now: h.clock(), CountRowsEvery: rowsInterval,
 		Rewrap: broker.RewrapSchedule{Enabled: cfg.Rewrap.Enabled, Interval: cfg.Rewrap.Interval,
-			BatchSize: cfg.Rewrap.Batch, RowsPerSecond: cfg.Rewrap.Rate}}
+			BatchSize: cfg.Rewrap.Batch, RowsPerSecond: cfg.Rewrap.Rate},
+		Rollout: broker.RolloutConfig{Heartbeat: cfg.Rollout.Heartbeat, ExpectedReplicas: cfg.Rollout.Replicas, Version: version}}
 	if h != nil {
 		rc.OnRewrapRun = h.rewrapRun
 	}

@@ -100,6 +100,9 @@ var samples = map[*setting]struct{ good, other, bad, says string }{
 	tlsKey:            {"/k.pem", "/l.pem", "", ""},
 	readyInterval:     {"1s", "30s", "1ms", "must be at least 100ms"},
 
+	rolloutHeartbeat: {"5s", "0", "500ms", "must be between 1s and 10m0s"},
+	rolloutReplicas:  {"3", "0", "-1", "want a whole number of replicas between 0 and 10000"},
+
 	toolDryRun:        {"true", "false", "never", "want true or false"},
 	toolBatch:         {"50", "10000", "0", "between 1 and 10000"},
 	toolRate:          {"100", "0", "-5", "must not be negative"},

@@ -299,6 +299,22 @@ var (
 	auditSealInterval = &setting{env: "KEYBROKER_AUDIT_SEAL_INTERVAL", flag: "audit-seal-interval", value: "DURATION", def: "1m", cmds: Serve | AuditVerify,
 		usage: "how often serve seals the audit rows older than 15s into a checkpoint (docs/audit.md); audit verify reports sealing stalled past three intervals",
 		apply: duration(func(c *Config) *time.Duration { return &c.AuditSealInterval }, time.Second, 24*time.Hour)}
+	rolloutHeartbeat = &setting{env: "KEYBROKER_ROLLOUT_HEARTBEAT", flag: "rollout-heartbeat", value: "DURATION", def: "10s", cmds: Serve | Rewrap,
+		usage: "PostgreSQL: how often a replica announces which KEKs it holds; it counts until 3 heartbeats pass without one. 0 announces nothing and waits for no one (keybroker rewrap then moves rows whatever the announcements say)",
+		apply: func(c *Config, v string) (err error) {
+			if d, perr := time.ParseDuration(v); perr == nil && d == 0 {
+				c.Rollout.Heartbeat = 0
+				return nil
+			}
+			c.Rollout.Heartbeat, err = parseDuration(v, time.Second, 10*time.Minute)
+			return err
+		}}
+	rolloutReplicas = &setting{env: "KEYBROKER_ROLLOUT_REPLICAS", flag: "rollout-replicas", value: "N", def: "0", cmds: Serve | KEKStatus,
+		usage: "PostgreSQL: replicas that must announce a newly configured KEK before it is used (covers replicas of releases that do not announce); 0: only those that announce count",
+		apply: func(c *Config, v string) (err error) {
+			c.Rollout.Replicas, err = parseCount(v, 0, 10000, "replicas")
+			return err
+		}}
 	metricsAddr = &setting{env: "KEYBROKER_METRICS_ADDR", flag: "metrics-addr", value: "HOST:PORT", cmds: Serve,
 		usage: "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on --addr",
 		apply: text(func(c *Config) *string { return &c.Ops.MetricsAddr })}
@@ -412,7 +428,7 @@ var settings = []*setting{
 	kekURI, kekID, kekRetired, dev,
 	jwksURL, jwtIssuer, jwtAudience, jwtUnpinned, jwtMaxLifetime, jwtLeeway,
 	shutdownTimeout, recoveryProof, grantDefaultKey, grantRecipients, dataKeyMaxAge,
-	rewrap, rewrapInterval, rewrapBatch, rewrapRate, auditSealInterval,
+	rewrap, rewrapInterval, rewrapBatch, rewrapRate, auditSealInterval, rolloutHeartbeat, rolloutReplicas,
 	metricsAddr, corsOrigins, trustedProxies, rateLimit, rateBurst, serviceKey, tlsCert, tlsKey, readyInterval,
 	toolDryRun, toolBatch, toolRate, toolConcurrency, toolProgressEvery, toolCheckTimeout, toolUser, toolDiscard, toolTTL, toolAlgorithm, toolPrivateKey, toolPublicKey,
 	toolURL, toolCAFile, toolHealthTimeout, toolCursorFile, toolFollow,

@@ -29,8 +29,15 @@ func TestParse(t *testing.T) {
 		require.Equal(t, "17db4fd369edb9244b9f91d9aeed145c3d04ad8ba6e95d06247f07a63527d11a", got[0].Checksum)
 	})
 
+	t.Run("AllowsAGap", func(t *testing.T) {
+		t.Parallel()
+		// Parallel work reserves versions ahead: 0002 arrives later.
+		got, err := Parse(fstest.MapFS{"0001_a.sql": file("x"), "0003_c.sql": file("y")})
+		require.NoError(t, err)
+		require.Equal(t, []int{1, 3}, []int{got[0].Version, got[1].Version})
+	})
+
 	refused := map[string]fstest.MapFS{
-		"Gap":              {"0001_a.sql": file("x"), "0003_c.sql": file("x")},
 		"Duplicate":        {"0001_a.sql": file("x"), "0001_b.sql": file("x")},
 		"StartsAtTwo":      {"0002_a.sql": file("x")},
 		"VersionZero":      {"0000_a.sql": file("x"), "0001_b.sql": file("x")},
@@ -62,5 +69,5 @@ func TestEmbeddedMigrationsParse(t *testing.T) {
 	for i, m := range all {
 		names[i] = m.Name
 	}
-	require.Equal(t, []string{"0001_encryption_vaults.sql", "0002_recovery_wrap.sql", "0003_key_check.sql", "0004_kek_index.sql", "0005_data_keys.sql", "0006_recovery_proof.sql", "0007_format1_closure.sql", "0008_data_key_rotation.sql"}, names)
+	require.Equal(t, []string{"0001_encryption_vaults.sql", "0002_recovery_wrap.sql", "0003_key_check.sql", "0004_kek_index.sql", "0005_data_keys.sql", "0006_recovery_proof.sql", "0007_format1_closure.sql", "0008_data_key_rotation.sql", "0011_data_key_wraps.sql"}, names)
 }

@@ -64,6 +64,8 @@ func grantRuntime(t *testing.T, owner *pgxpool.Pool, schema, role string) {
 	// Cached envelope mode's data keys, and the ids of deleted ones.
 	pgtest.Exec(t, owner, "GRANT SELECT, INSERT, UPDATE, DELETE ON "+pgx.Identifier{schema, "kek_data_keys"}.Sanitize()+" TO "+ident(role))
 	pgtest.Exec(t, owner, "GRANT SELECT, INSERT ON "+pgx.Identifier{schema, "kek_data_keys_deleted"}.Sanitize()+" TO "+ident(role))
+	// The wraps of the data keys by more KEKs than one.
+	pgtest.Exec(t, owner, "GRANT SELECT, INSERT, DELETE ON "+pgx.Identifier{schema, "kek_data_key_wraps"}.Sanitize()+" TO "+ident(role))
 }
 
 // store returns a Store on the runtime role's pool.

@@ -288,6 +288,10 @@ func (r *checkReport) checkStore(ctx context.Context, cfg *config.Config, keks *
 		r.fail("keyring", err)
 		return
 	}
+	if err := broker.CheckDataKeyWraps(ctx, store, keyring); err != nil {
+		r.fail("data keys", err)
+		return
+	}
 	if err := broker.CheckKeyringCoversRows(ctx, store, keyring); err != nil {
 		r.fail("rows", explainRetiredKEKs(err))
 		return

@@ -98,16 +98,13 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 		// Rows of cached envelope mode name a data key: say which KEK
 		// wraps it, so the operator sees what still needs an old KEK.
 		for _, dk := range dataKeys {
-			role := "data key wrapped by " + dk.WrappedBy
-			if roles[dk.WrappedBy] == "" {
-				role += " (NOT CONFIGURED: these rows do not open)"
-			}
-			roles[dk.ID] = role
+			roles[dk.ID] = dataKeyRole(dk, roles)
 		}
 	}
 	now := time.Now()
 	printKEKStatus(stdout, rows, roles, state, format1, now)
 	printDataKeys(stdout, dataKeys, rows, now)
+	printKEKDataKeys(ctx, stdout, cfg.KEKs, dataKeys, getenv, log)
 	return nil
 }
 
@@ -137,7 +134,7 @@ func printDataKeys(w io.Writer, dataKeys []broker.DataKey, rows []broker.KEKCoun
 		default:
 			note = fmt.Sprintf("older, no row needs it: the re-wrap job deletes it once %s is %s old", newest.ID, formatAge(broker.DefaultDataKeyGrace))
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", dk.ID, dk.WrappedBy, dk.CreatedAt.Local().Format(time.DateTime),
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", dk.ID, wrapList(dk), dk.CreatedAt.Local().Format(time.DateTime),
 			formatAge(now.Sub(dk.CreatedAt)), formatCount(under[dk.ID]), note)
 	}
 	tw.Flush()

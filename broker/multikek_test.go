@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -284,4 +286,51 @@ func TestSeveralKEKsReadiness(t *testing.T) {
 		}
 	}
 	require.Len(t, seen, 2)
+}
+
+// blackholeEndpoint accepts connections and never answers, as a KMS
+// region in trouble can: every call on it waits for its timeout.
+func blackholeEndpoint(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	var conns sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Go(func() {
+				<-done
+				c.Close()
+			})
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); close(done); conns.Wait() })
+	return "http://" + ln.Addr().String()
+}
+
+// TestSeveralKEKsARegionHangingBeforeAStart: the first region accepts
+// connections and never answers, with a 30s timeout. A replica is ready
+// as soon as the second region answers, not after the first's timeout:
+// the KEKs are asked at once.
+func TestSeveralKEKsARegionHangingBeforeAStart(t *testing.T) {
+	e := newEnvelopeEnv(t)
+	eu, us := newRegion(t, "kb-eu"), newRegion(t, "kb-us")
+	svc, ring := e.service(t, several(eu.kek(t, "aws-eu"), us.kek(t, "aws-us")))
+	require.NoError(t, ring.Ready())
+	keys := initVaults(t, svc, 3)
+
+	hanging, err := awskms.New(context.Background(), awskms.Config{ID: "aws-eu", KeyID: eu.arn, Endpoint: blackholeEndpoint(t),
+		Region: localkms.Region, Credentials: localkms.Credentials(), Timeout: 30 * time.Second, MaxAttempts: 1})
+	require.NoError(t, err)
+	start := time.Now()
+	svc2, ring2 := e.service(t, several(hanging, us.kek(t, "aws-us")))
+	require.NoError(t, ring2.Ready())
+	require.Less(t, time.Since(start), 15*time.Second, "ready without waiting for the hanging region's 30s timeout")
+	requireFetches(t, svc2, keys)
+	row, _ := ring2.DataKeyKEK("aws-us")
+	require.Equal(t, 1, row.Opened)
 }

@@ -214,7 +214,7 @@ func cmdKEKRotateDataKey(ctx context.Context, args []string, getenv func(string)
 	}
 	fmt.Fprintf(stderr, "new wraps use data key %s (wrapped by %s) instead of %s: in every server within %s.\n"+
 		"The re-wrap job then moves the rows to it and deletes %s once no row needs it; \"keybroker kek status\" shows the rows under each.\n",
-		id, keks.active().ID(), previous, formatAge(broker.KeyringRefreshInterval), previous)
+		id, wrappingIDs(cfg.KEKs), previous, formatAge(broker.KeyringRefreshInterval), previous)
 	return nil
 }
 

@@ -115,3 +115,13 @@ func printKEKDataKeys(ctx context.Context, w io.Writer, keks config.KEKs, dataKe
 	}
 	tw.Flush()
 }
+
+// wrappingIDs names the KEKs that wrap every new data key: the active one
+// and the others of its list.
+func wrappingIDs(keks config.KEKs) string {
+	ids := []string{keks.Active.ID}
+	for _, spec := range keks.Also {
+		ids = append(ids, spec.ID)
+	}
+	return strings.Join(ids, ", ")
+}

@@ -334,3 +334,65 @@ func TestSeveralKEKsARegionHangingBeforeAStart(t *testing.T) {
 	row, _ := ring2.DataKeyKEK("aws-us")
 	require.Equal(t, 1, row.Opened)
 }
+
+// TestSeveralKEKsWrapsAreBoundToTheirDataKeyAndKEK is the attack of a
+// database writer on the other wraps: swapping two data keys' wraps by
+// one KEK, or relabelling a wrap as another KEK's, opens nothing — each
+// wrap is bound to its data key id and KEK id (the KMS refuses the
+// encryption context), so the replica that depends on those wraps is not
+// ready, and no fetch answers with a key.
+func TestSeveralKEKsWrapsAreBoundToTheirDataKeyAndKEK(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvelopeEnv(t)
+	eu, us := newRegion(t, "kb-eu"), newRegion(t, "kb-us")
+	svc, ring := e.service(t, several(eu.kek(t, "aws-eu"), us.kek(t, "aws-us")))
+	require.NoError(t, ring.Ready())
+	first := ring.ActiveID()
+	keys := initVaults(t, svc, 2)
+	second, _, err := ring.RotateDataKey(ctx)
+	require.NoError(t, err)
+	res, err := svc.Init(ctx, "later", broker.RequestMeta{})
+	require.NoError(t, err)
+	require.Equal(t, second, res.KEKID)
+	keys["later"] = res.MasterKey
+	eu.kms.Close() // from now on only aws-us's wraps can open anything
+
+	for name, attack := range map[string]string{
+		"SwapBetweenDataKeys": `UPDATE keybroker.kek_data_key_wraps w SET wrapped = o.wrapped FROM keybroker.kek_data_key_wraps o
+			WHERE w.kek_id = 'aws-us' AND o.kek_id = 'aws-us' AND w.data_key_id <> o.data_key_id`,
+		"RelabelAsAnotherKEK": `UPDATE keybroker.kek_data_key_wraps SET kek_id = 'aws-us-2'`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := e.admin.Exec(ctx, `CREATE TABLE public.saved_wraps AS SELECT * FROM keybroker.kek_data_key_wraps`)
+			require.NoError(t, err)
+			defer func() {
+				_, err := e.admin.Exec(ctx, `DELETE FROM keybroker.kek_data_key_wraps; INSERT INTO keybroker.kek_data_key_wraps SELECT * FROM public.saved_wraps; DROP TABLE public.saved_wraps`)
+				require.NoError(t, err)
+			}()
+			tag, err := e.admin.Exec(ctx, attack)
+			require.NoError(t, err)
+			require.EqualValues(t, 2, tag.RowsAffected())
+
+			cfg := several(eu.kek(t, "aws-eu"), us.kek(t, "aws-us"))
+			if name == "RelabelAsAnotherKEK" {
+				// The writer also configures nothing: a KEK "aws-us-2" on
+				// the same KMS key as aws-us.
+				cfg = several(eu.kek(t, "aws-eu"), us.kek(t, "aws-us-2"))
+			}
+			svc2, ring2 := e.service(t, cfg)
+			require.Error(t, ring2.Ready(), "nothing opened through a moved wrap")
+			for user := range keys {
+				got, err := svc2.Key(ctx, user, broker.RequestMeta{})
+				require.Error(t, err, "no key for %s", user)
+				require.Nil(t, got)
+			}
+			for _, id := range []string{first, second} {
+				require.NotContains(t, ring2.IDs(), id)
+			}
+		})
+	}
+	// Untouched, the same wraps open every row through aws-us alone.
+	svc3, ring3 := e.service(t, several(eu.kek(t, "aws-eu"), us.kek(t, "aws-us")))
+	require.NoError(t, ring3.Ready())
+	requireFetches(t, svc3, keys)
+}

@@ -89,6 +89,9 @@ func printValues(w io.Writer, cfg *config.Config) {
 	if active := cfg.KEKs.Active; active != nil {
 		fmt.Fprintf(w, "active KEK: %s, from %s\n", active.ID, active.Setting)
 	}
+	for _, also := range cfg.KEKs.Also {
+		fmt.Fprintf(w, "also wraps every data key: %s, from %s\n", also.ID, also.Setting)
+	}
 }
 
 // settingName names a setting as messages do: "$VAR (--flag)".

@@ -508,11 +508,6 @@ func (e *DegradedError) Unwrap() error { return e.Err }
 // Degraded is always true.
 func (e *DegradedError) Degraded() bool { return true }
 
-// severalKEKsStatusBound bounds the status read of one of several KEKs:
-// a metadata read a healthy KMS answers in milliseconds, even across
-// regions. One slower shows as degraded, which leaves the server ready.
-const severalKEKsStatusBound = time.Second
-
 // severalKEKsProbe is the readiness probe of a KEK when several wrap
 // every data key. While the data keys are loaded, the KEK failing — down,
 // or refusing (a revoked key: any other KEK still opens the data keys) —
@@ -520,16 +515,6 @@ const severalKEKsStatusBound = time.Second
 // it opens; until they load it fails as for any KEK.
 func severalKEKsProbe(status func(context.Context) error, keyring *Keyring) func(context.Context) error {
 	return func(ctx context.Context) error {
-		// A KMS that hangs must not outlast the readiness poll's own
-		// timeout, which would count it unreachable (and hold the first
-		// poll, so the start, that long): its status read gets at most
-		// severalKEKsStatusBound, and less than the poll's timeout.
-		bound := severalKEKsStatusBound
-		if deadline, ok := ctx.Deadline(); ok {
-			bound = min(bound, time.Until(deadline)*9/10)
-		}
-		ctx, cancel := context.WithTimeout(ctx, bound)
-		defer cancel()
 		err := status(ctx)
 		if err == nil || keyring.Ready() != nil {
 			return err

@@ -445,7 +445,7 @@ func (r *Runtime) Checks() []ReadinessCheck {
 		probe := observedStatus(sc, k.ID(), keyring.CallObserver(k))
 		check := ReadinessCheck{Name: "kek", ID: k.ID()}
 		if keyring.IsCached(k.ID()) {
-			probe = throttleProbe(probe, cachedKEKStatusEvery, time.Now)
+			probe = throttleProbe(boundedStatus(probe, cachedKEKStatusBound), cachedKEKStatusEvery, time.Now)
 			if keyring.wrapsWithSeveral() {
 				probe = severalKEKsProbe(probe, keyring)
 			} else {
@@ -471,6 +471,31 @@ func observedStatus(sc kek.StatusChecker, id string, onCall func(kek.Call)) func
 		err := sc.Status(ctx)
 		onCall(kek.Call{KEKID: id, Op: kek.OpStatus, Took: time.Since(start), Err: err})
 		return err
+	}
+}
+
+// cachedKEKStatusBound bounds the status read of a KEK in cached envelope
+// mode: a metadata read a healthy KMS answers in milliseconds, even across
+// regions.
+const cachedKEKStatusBound = time.Second
+
+// boundedStatus gives each call of status at most bound, and less than
+// the readiness poll's own timeout (ctx's deadline). A KMS that hangs
+// then fails the call as an outage — which a replica with its data keys
+// loaded serves through (cachedKEKProbe, severalKEKsProbe) — instead of
+// outlasting the poll, which would count the check unreachable and take
+// the replica out for as long as the call hangs: every replica at once,
+// at each status read, during a KMS outage that hangs rather than
+// refuses. It also keeps a start's first poll from waiting for it.
+func boundedStatus(status func(context.Context) error, bound time.Duration) func(context.Context) error {
+	return func(ctx context.Context) error {
+		limit := bound
+		if deadline, ok := ctx.Deadline(); ok {
+			limit = min(limit, time.Until(deadline)*9/10)
+		}
+		ctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		return status(ctx)
 	}
 }
 

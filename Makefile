@@ -63,7 +63,8 @@ fmt:
 ## PostgreSQL database, local-kms and the embedded store, GET /key at several
 ## concurrencies beside the pgbench floor of the same SQL, then the Go
 ## micro-benchmarks. Takes about 10 minutes; reports, never fails on a time.
-## KEYBROKER_BENCH_{USERS,WARMUP,DURATION,CONNS,ROWS,OUT,MICRO} tune it.
+## KEYBROKER_BENCH_{USERS,WARMUP,DURATION,CONNS,ROWS,OUT,MICRO} tune it;
+## KEYBROKER_BENCH_PEER_{URL,TOKEN,KEY} add a Vault/OpenBao Transit peer.
 bench:
 	KEYBROKER_BENCH=1 $(GO) test -count=1 -run '^TestBenchTable$$' -timeout 30m -v ./internal/bench
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/grant"
-	"github.com/keybroker/keybroker/internal/testvectors"
+	"github.com/keybroker/keybroker/internal/testkit/testvectors"
 )
 
 // grantKeys are the recipients of the grant tests: the upstream's test

@@ -13,8 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/fakegcpkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
 	"github.com/keybroker/keybroker/kekproviders/awskms"
 	"github.com/keybroker/keybroker/kekproviders/gcpkms"
 )

@@ -17,12 +17,12 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/client"
-	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 
-// server is a real keybroker (internal/apitest): the SQLite store in a
+// server is a real keybroker (internal/testkit/apitest): the SQLite store in a
 // temp dir, a local KEK, an EdDSA issuer whose JWKS the verifier fetches
 // over HTTP, the vault API behind httptest.
 type server struct {

@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/client"
-	"github.com/keybroker/keybroker/internal/apitest"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 

@@ -15,7 +15,7 @@ import (
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/grant"
 	"github.com/keybroker/keybroker/grant/worker"
-	"github.com/keybroker/keybroker/internal/apitest"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
 )
 
 // TestMissionGrantReachesTheWorker: the client asks for a grant to a

@@ -11,7 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/internal/testvectors"
+	"github.com/keybroker/keybroker/internal/testkit/testvectors"
 )
 
 func b64(t *testing.T, s string) []byte {

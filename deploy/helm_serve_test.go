@@ -13,9 +13,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/faketransit"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 )
 
 // TestHelmChartServes runs the binary with the environment each ci values

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
+	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
 
 	"github.com/keybroker/keybroker/kekproviders"
 )
@@ -290,5 +291,33 @@ func requireSubset(t *testing.T, selector, labels map[string]string, what string
 	require.NotEmpty(t, selector, what)
 	for k, v := range selector {
 		require.Equal(t, v, labels[k], "%s: %s", what, k)
+	}
+}
+
+// TestKubernetesManifestsDecodeStrictly decodes the kustomize manifests
+// with the chart's strict decoder: the invariants TestKubernetesManifests
+// checks are read from fields that exist, spelled as the API spells them.
+func TestKubernetesManifestsDecodeStrictly(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("kubernetes/*.yaml")
+	require.NoError(t, err)
+	kinds := map[string]int{}
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue // kustomize's own configuration, not an API object
+		}
+		raw, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, doc := range releaseutil.SplitManifests(string(raw)) {
+			if strings.TrimSpace(stripComments(doc)) == "" {
+				continue
+			}
+			_, gvk, err := chartDecoder.Decode([]byte(doc), nil, nil)
+			require.NoError(t, err, "%s does not decode strictly", f)
+			kinds[gvk.Kind]++
+		}
+	}
+	for _, kind := range []string{"Namespace", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"} {
+		require.Equal(t, 1, kinds[kind], kind)
 	}
 }

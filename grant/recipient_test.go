@@ -25,7 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/grant"
-	"github.com/keybroker/keybroker/internal/testvectors"
+	"github.com/keybroker/keybroker/internal/testkit/testvectors"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/grant-wrap-vectors.json")

@@ -12,9 +12,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
-	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/fakegcpkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/faketransit"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
 	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 )

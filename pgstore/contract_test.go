@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/keybroker/keybroker/broker/storetest"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 )
 
 // TestStoreContract runs the store contract suite as the non-superuser

@@ -19,8 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/internal/apitest"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 	"github.com/keybroker/keybroker/pgstore"
 	"github.com/keybroker/keybroker/vaultapi"
 )

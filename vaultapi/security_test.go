@@ -24,7 +24,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 	"github.com/keybroker/keybroker/pgstore"
 	"github.com/keybroker/keybroker/vaultapi"

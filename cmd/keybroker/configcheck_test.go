@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 )
 
 // checkEnv is a configuration serve starts with: a plain database role,

@@ -21,7 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/grant"
-	"github.com/keybroker/keybroker/internal/testvectors"
+	"github.com/keybroker/keybroker/internal/testkit/testvectors"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 

@@ -276,7 +276,10 @@ func printKEKStatus(w io.Writer, rows []broker.KEKCount, roles map[string]string
 
 	switch {
 	case state == nil:
-		fmt.Fprintln(w, "re-wrap job: not available on this store")
+		// The embedded store (one node) runs the job — in serve's
+		// background and as `keybroker rewrap` — without a runner lock,
+		// and so without a progress record to show here.
+		fmt.Fprintln(w, "re-wrap job: runs in serve's background and with \"keybroker rewrap\"; the embedded store records no progress: the rows above are what is left")
 	case state.Runner == "":
 		fmt.Fprintln(w, "re-wrap job: never ran")
 	case state.Running:

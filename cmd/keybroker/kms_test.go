@@ -10,8 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 )
 
 // TestServeWithCachedAWSKMS: an awskms:// KEK is in cached envelope mode

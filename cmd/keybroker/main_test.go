@@ -17,9 +17,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 

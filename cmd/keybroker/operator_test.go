@@ -22,7 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 	"github.com/keybroker/keybroker/sqlitestore"
 )
 
@@ -116,6 +116,9 @@ func TestOperatorCommandsUseTheDevKEKOfMakeRun(t *testing.T) {
 	stdout.Reset()
 	require.NoError(t, run(t.Context(), []string{"kek", "status", "--dev"}, envFunc(nil), &stdout, &stderr, nil))
 	require.Regexp(t, config.DevKEKID+`\s+2\s+1\s+100.0%\s+active`, stdout.String())
+	require.Contains(t, stdout.String(), "re-wrap job: runs in serve's background and with \"keybroker rewrap\"",
+		"the job runs on the embedded store: status does not call it unavailable")
+	require.NotContains(t, stdout.String(), "not available")
 	require.Contains(t, stderr.String(), store)
 	stdout.Reset()
 	require.NoError(t, run(t.Context(), []string{"rewrap", "--dev"}, envFunc(nil), &stdout, io.Discard, nil))

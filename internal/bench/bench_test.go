@@ -24,8 +24,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 	"github.com/keybroker/keybroker/pgstore"
 )
 
@@ -135,6 +135,9 @@ type bench struct {
 	// halfPeak is the pace of each configuration's step at half of its
 	// peak, by title: the step the p99 target is read from.
 	halfPeak map[string]float64
+	// peer, when configured, is measured beside the env-KEK row at each
+	// concurrency and pace (peer_test.go).
+	peer *peer
 }
 
 // TestBenchTable is `make bench`: the load table of docs/benchmarks.md.
@@ -170,6 +173,12 @@ func TestBenchTable(t *testing.T) {
 	machine.LoadBefore = LoadAverage()
 	machine.Pgbench = PgbenchVersion()
 	machine.PostgreSQL, b.maxConns = serverInfo(t)
+	var why string
+	b.peer, why, err = peerFromEnv(t.Context())
+	require.NoError(t, err)
+	if why != "" {
+		b.skipped = append(b.skipped, why)
+	}
 
 	b.runAll()
 	for _, r := range b.rows {
@@ -459,6 +468,9 @@ func (b *bench) runAll() {
 				b.mergeRow(row)
 				if srv.key == rowPGEnv {
 					b.floorStep(srv.dbURL, script, dir, c)
+					if b.peer != nil {
+						b.peerStep(c, 0)
+					}
 				}
 			}
 		}
@@ -484,6 +496,9 @@ func (b *bench) runAll() {
 			b.rows = append(b.rows, b.step(srv.title, srv.p, pacedConcurrency, rate))
 			if srv.key == rowPGEnv {
 				b.pacedFloorStep(srv.dbURL, script, dir, rate)
+				if b.peer != nil {
+					b.peerStep(pacedConcurrency, rate)
+				}
 			}
 		}
 	}
@@ -642,10 +657,11 @@ func (b *bench) freshTokenStep(p *Process) {
 }
 
 // sortRows orders the table for reading: each configuration's rows
-// together, the floor beside the env-KEK row of the same concurrency or
-// pace, closed-loop steps by concurrency, then the paced steps by pace.
+// together, the floor and the peer beside the env-KEK row of the same
+// concurrency or pace, closed-loop steps by concurrency, then the paced
+// steps by pace.
 func (b *bench) sortRows() {
-	group := map[string]int{rowTitles[rowPGEnv]: 0, floorTitle: 0, freshTitle: 1,
+	group := map[string]int{rowTitles[rowPGEnv]: 0, floorTitle: 0, peerTitle: 0, freshTitle: 1,
 		rowTitles[rowAWSDirect]: 2, rowTitles[rowAWSCached]: 3, rowTitles[rowSQLite]: 4}
 	slices.SortStableFunc(b.rows, func(x, y *Row) int {
 		if d := group[x.Config] - group[y.Config]; d != 0 {
@@ -663,13 +679,17 @@ func (b *bench) sortRows() {
 		if d := x.Concurrency - y.Concurrency; x.Rate == 0 && d != 0 {
 			return d
 		}
-		if fx, fy := x.Config == floorTitle, y.Config == floorTitle; fx != fy {
-			if fx {
+		// keybroker, then the floor, then the peer.
+		rank := func(r *Row) int {
+			switch r.Config {
+			case floorTitle:
 				return 1
+			case peerTitle:
+				return 2
 			}
-			return -1
+			return 0
 		}
-		return 0
+		return rank(x) - rank(y)
 	})
 }
 

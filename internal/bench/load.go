@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,14 @@ type Load struct {
 	// OnMeasure, when set, runs as the measured window opens (reset the
 	// server's peak RSS, snapshot counters).
 	OnMeasure func()
+	// Method, TokenHeader and Body, when set, make each request Method
+	// with the token in the header TokenHeader and Body as its JSON body:
+	// a peer's API, such as a Vault Transit decrypt (POST, X-Vault-Token,
+	// {"ciphertext": …}). Unset: keybroker's fetch, GET with
+	// "Authorization: Bearer <token>" and no body.
+	Method      string
+	TokenHeader string
+	Body        []byte
 }
 
 // Result is what one step measured in its window.
@@ -111,7 +120,10 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 	var wg sync.WaitGroup
 	for i := range l.Concurrency {
 		wg.Go(func() {
-			c := &conn{addr: target.Host, host: target.Host, path: target.RequestURI()}
+			c := &conn{addr: target.Host, host: target.Host, path: target.RequestURI(), method: "GET", header: "Authorization: Bearer "}
+			if l.Method != "" {
+				c.method, c.header, c.body = l.Method, l.TokenHeader+": ", l.Body
+			}
 			defer c.close()
 			results[i] = worker(ctx, l, c, i, &next, dues, measureFrom, end)
 		})
@@ -215,12 +227,15 @@ func worker(ctx context.Context, l Load, c *conn, id int, next *atomic.Int64, du
 // that cost the 2-core machine CPU the server and PostgreSQL need.
 type conn struct {
 	addr, host, path string
+	method, header   string // "GET", "Authorization: Bearer "
+	body             []byte
 	nc               net.Conn
 	br               *bufio.Reader
 	req              []byte
 }
 
-// get sends GET path with token as its bearer and returns the status,
+// get sends the request — GET path with token as its bearer, or the
+// peer's method, token header and body — and returns the status,
 // having read the whole body; it dials when there is no connection, and
 // drops one that failed or that the server closes.
 func (c *conn) get(ctx context.Context, token string) (int, error) {
@@ -236,13 +251,20 @@ func (c *conn) get(ctx context.Context, token string) (int, error) {
 		c.close()
 		return 0, err
 	}
-	c.req = append(c.req[:0], "GET "...)
+	c.req = append(c.req[:0], c.method...)
+	c.req = append(c.req, ' ')
 	c.req = append(c.req, c.path...)
 	c.req = append(c.req, " HTTP/1.1\r\nHost: "...)
 	c.req = append(c.req, c.host...)
-	c.req = append(c.req, "\r\nAuthorization: Bearer "...)
+	c.req = append(c.req, "\r\n"...)
+	c.req = append(c.req, c.header...)
 	c.req = append(c.req, token...)
+	if c.body != nil {
+		c.req = append(c.req, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+		c.req = strconv.AppendInt(c.req, int64(len(c.body)), 10)
+	}
 	c.req = append(c.req, "\r\n\r\n"...)
+	c.req = append(c.req, c.body...)
 	if _, err := c.nc.Write(c.req); err != nil {
 		c.close()
 		return 0, err

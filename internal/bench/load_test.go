@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -38,4 +40,30 @@ func TestPacedLoadKeepsToItsSchedule(t *testing.T) {
 	require.GreaterOrEqual(t, res.OK, rate/2)
 	require.Len(t, res.Latencies, res.OK)
 	require.Positive(t, res.Latencies[0], "latencies count from the due time, which is never after the send")
+}
+
+// TestPeerRequestsCarryMethodHeaderAndBody: with Method, TokenHeader and
+// Body the generator sends a peer's request — here a Transit decrypt —
+// whole, on its keep-alive connections, and no bearer token.
+func TestPeerRequestsCarryMethodHeaderAndBody(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"ciphertext":"vault:v1:abc"}`)
+	var served, wrong atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		got, _ := io.ReadAll(r.Body)
+		if r.Method != http.MethodPost || r.Header.Get("X-Vault-Token") != "tok" || r.Header.Get("Authorization") != "" ||
+			r.Header.Get("Content-Type") != "application/json" || !bytes.Equal(got, body) || r.URL.Path != "/v1/transit/decrypt/k" {
+			wrong.Add(1)
+		}
+		_, _ = w.Write([]byte(`{"data":{}}`))
+	}))
+	t.Cleanup(srv.Close)
+	res, err := Run(context.Background(), Load{URL: srv.URL + "/v1/transit/decrypt/k", Tokens: []string{"tok"}, Concurrency: 2,
+		Duration: 200 * time.Millisecond, Method: http.MethodPost, TokenHeader: "X-Vault-Token", Body: body})
+	require.NoError(t, err)
+	require.Positive(t, res.OK)
+	require.Zero(t, res.Errors)
+	require.Positive(t, served.Load())
+	require.Zero(t, wrong.Load(), "every request is the peer's, whole")
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
 )
 
 // TestBenchOutage is `make bench-outage` (docs/benchmarks.md, "A replica

@@ -129,7 +129,8 @@ func TestPacedRowsSortAndReadAgainstTheirFloor(t *testing.T) {
 	res := func(p99 time.Duration) *Result {
 		return &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{p99}}
 	}
-	b := &bench{halfPeak: map[string]float64{env: 500}, rows: []*Row{
+	sqlite := rowTitles[rowSQLite]
+	b := &bench{halfPeak: map[string]float64{env: 500, sqlite: 300}, rows: []*Row{
 		{Config: floorTitle, Concurrency: 8, Rate: 500, Result: res(40 * time.Millisecond)},
 		{Config: env, Concurrency: 64, Rate: 500, Result: res(6 * time.Millisecond)},
 		{Config: env, Concurrency: 64, Rate: 100, Result: res(2 * time.Millisecond)},
@@ -138,14 +139,16 @@ func TestPacedRowsSortAndReadAgainstTheirFloor(t *testing.T) {
 		{Config: floorTitle, Concurrency: 16, Result: res(time.Millisecond)},
 	}}
 	b.sortRows()
+	b.rows = append(b.rows, &Row{Config: sqlite, Concurrency: 64, Rate: 300, Result: res(50 * time.Millisecond)})
 	var order []string
 	for _, r := range b.rows {
 		order = append(order, fmt.Sprintf("%s/%d/%.0f", r.Config, r.Concurrency, r.Rate))
 	}
 	require.Equal(t, []string{env + "/16/0", floorTitle + "/16/0", env + "/64/100", floorTitle + "/8/100",
-		env + "/64/500", floorTitle + "/8/500"}, order)
+		env + "/64/500", floorTitle + "/8/500", sqlite + "/64/300"}, order)
 	targets := b.targets()
-	require.Contains(t, targets, env+" 6.00 ms at 500 req/s (**missed**) — pgbench, the same SQL at the same pace with 8 connections: 40.00 ms")
+	require.Contains(t, targets, env+" 6.00 ms at 500 req/s against pgbench's 40.00 ms with 8 connections: 0.15× (met)")
+	require.Contains(t, targets, sqlite+" 50.00 ms at 300 req/s (no pgbench step at this pace: reported only)", "no floor at that pace: no verdict")
 	require.NotContains(t, targets, "25 % of peak", "no step at 25 %: not listed")
 	require.Contains(t, targets, "10 % of peak (100 req/s) 2.00 ms against pgbench's 9.00 ms; 50 % of peak (500 req/s) 6.00 ms against pgbench's 40.00 ms")
 }

@@ -13,16 +13,21 @@ import (
 	"time"
 )
 
-// The targets of issue 8, item 3. They are read off the table and
-// reported as met or missed; they never fail a test.
+// The targets, read off the table and reported as met or missed; they
+// never fail a test. Speed is judged against what ran beside keybroker in
+// the same run at the same pace (the pgbench floor, another row), never
+// against an absolute time: absolute times on a shared machine move from
+// run to run (docs/benchmarks.md).
 const (
-	targetFloorRatio   = 1.0
-	targetCachedRatio  = 0.9
-	targetKMSPer10k    = 1.0
-	targetP99          = 5 * time.Millisecond
-	targetRSS          = 64 << 20
-	targetRSSConns     = 256
-	targetStartToReady = 200 * time.Millisecond
+	targetFloorRatio  = 1.0
+	targetCachedRatio = 0.9
+	targetKMSPer10k   = 1.0
+	// targetP99FloorRatio bounds keybroker's p99 over pgbench's p99 running
+	// the same SQL at the same pace.
+	targetP99FloorRatio = 1.0
+	targetRSS           = 64 << 20
+	targetRSSConns      = 256
+	targetStartToReady  = 200 * time.Millisecond
 )
 
 func verdict(ok bool) string {
@@ -91,19 +96,24 @@ func (b *bench) targets() string {
 			continue
 		}
 		p99 := r.Result.Percentile(99)
-		part := fmt.Sprintf("%s %s at %.0f req/s (%s)", title, ms(p99), r.Rate, verdict(p99 < targetP99 && r.Result.Errors == 0))
-		if f := b.pacedRow(floorTitle, r.Rate); f != nil {
-			part += fmt.Sprintf(" — pgbench, the same SQL at the same pace with %d connections: %s", f.Concurrency, ms(f.Result.Percentile(99)))
+		part := fmt.Sprintf("%s %s at %.0f req/s", title, ms(p99), r.Rate)
+		if f := b.pacedRow(floorTitle, r.Rate); f != nil && f.Result.Percentile(99) > 0 {
+			ratio := float64(p99) / float64(f.Result.Percentile(99))
+			part += fmt.Sprintf(" against pgbench's %s with %d connections: %.2f× (%s)", ms(f.Result.Percentile(99)), f.Concurrency,
+				ratio, verdict(ratio <= targetP99FloorRatio && r.Result.Errors == 0))
+		} else {
+			part += " (no pgbench step at this pace: reported only)"
 		}
 		parts = append(parts, part)
 	}
 	if len(parts) > 0 {
-		fmt.Fprintf(&out, "- p99 under %s at half of peak throughput (paced, %d workers, latency from when each request was due): %s\n",
-			ms(targetP99), pacedConcurrency, strings.Join(parts, "; "))
+		fmt.Fprintf(&out, "- p99 at half of peak throughput at most %.1f× the p99 of pgbench running the same SQL at the same pace (paced, %d workers, latency from when each request was due): %s\n",
+			targetP99FloorRatio, pacedConcurrency, strings.Join(parts, "; "))
 	}
 	if sweep := b.paceSweep(rowTitles[rowPGEnv]); sweep != "" {
 		out.WriteString(sweep)
 	}
+	out.WriteString(b.peerTargets())
 
 	parts = parts[:0]
 	for _, title := range allTitles() {

@@ -11,8 +11,8 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/grant"
 	"github.com/keybroker/keybroker/grant/worker"
-	"github.com/keybroker/keybroker/internal/apitest"
-	"github.com/keybroker/keybroker/internal/testvectors"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
+	"github.com/keybroker/keybroker/internal/testkit/testvectors"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,7 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/internal/apitest"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 
@@ -119,80 +117,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// sdkSource is the SDK's package directory in the repository.
-func sdkSource() string { return filepath.Join(repoRoot, "sdk", "js") }
-
-// builtSDK returns a directory holding a copy of the SDK's sources and
-// its build (dist/), made once per test run with the package's own
-// TypeScript (npm ci in sdk/js installs it). The repository's tree is
-// left untouched.
-func builtSDK(t testing.TB) string {
-	t.Helper()
-	shared.sdkOnce.Do(func() { shared.sdkDir, shared.sdkMissing, shared.sdkErr = buildSDK() })
-	if shared.sdkMissing != "" {
-		unavailable(t, shared.sdkMissing)
-	}
-	require.NoError(t, shared.sdkErr, "building the SDK")
-	return shared.sdkDir
-}
-
-func buildSDK() (dir, missing string, err error) {
-	src := sdkSource()
-	if _, err := exec.LookPath("node"); err != nil {
-		return "", "node is not installed (Debian: apt-get install nodejs)", nil
-	}
-	if _, err := os.Stat(filepath.Join(src, "node_modules", "typescript", "bin", "tsc")); err != nil {
-		return "", "the SDK's npm packages are not installed: run `npm ci` in sdk/js", nil
-	}
-	dir, err = os.MkdirTemp("", "keybroker-sdk-")
-	if err != nil {
-		return "", "", err
-	}
-	for _, name := range []string{"package.json", "package-lock.json", "tsconfig.json", "tsconfig.test.json", "src", "test"} {
-		if err := copyTree(filepath.Join(src, name), filepath.Join(dir, name)); err != nil {
-			return dir, "", err
-		}
-	}
-	if err := os.Symlink(filepath.Join(src, "node_modules"), filepath.Join(dir, "node_modules")); err != nil {
-		return dir, "", err
-	}
-	if out, err := runNode(dir, nil, filepath.Join("node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"); err != nil {
-		return dir, "", fmt.Errorf("tsc -p tsconfig.json: %w\n%s", err, out)
-	}
-	return dir, "", nil
-}
-
-// runNode runs node with args in dir, bounded in time.
-func runNode(dir string, env []string, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	return cmd.CombinedOutput()
-}
-
-func copyTree(from, to string) error {
-	return filepath.WalkDir(from, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(from, path)
-		if err != nil {
-			return err
-		}
-		target := filepath.Join(to, rel)
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, data, 0o644)
-	})
 }
 
 // chromiumPath finds the browser: KEYBROKER_CHROMIUM, else Debian's
@@ -396,71 +320,6 @@ func startKeybroker(t *testing.T, pageOrigin string, opts apitest.Options) *keyb
 	front := httptest.NewServer(rec.wrap(srv.API.Handler()))
 	t.Cleanup(front.Close)
 	return &keybroker{URL: front.URL, Server: srv, rec: rec}
-}
-
-// seen is one request as keybroker received it.
-type seen struct {
-	Method, Path       string
-	Origin             string
-	Authorization      string
-	Cookie             string
-	RequestMethod      string // Access-Control-Request-Method
-	RequestHeaders     string // Access-Control-Request-Headers
-	Body               string
-	Status             int
-	AllowOrigin        string // Access-Control-Allow-Origin of the answer
-	AllowCredentials   string
-	AllowMethods       string
-	ExposeHeaders      string
-	RetryAfter         string
-	Received, Answered time.Time
-}
-
-func (s seen) preflight() bool { return s.Method == http.MethodOptions && s.RequestMethod != "" }
-
-type recorder struct {
-	mu   sync.Mutex
-	reqs []seen
-}
-
-func (rec *recorder) wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		s := seen{
-			Method: r.Method, Path: strings.TrimPrefix(r.URL.Path, vaultapi.BasePath),
-			Origin: r.Header.Get("Origin"), Authorization: r.Header.Get("Authorization"), Cookie: r.Header.Get("Cookie"),
-			RequestMethod: r.Header.Get("Access-Control-Request-Method"), RequestHeaders: r.Header.Get("Access-Control-Request-Headers"),
-			Body: string(body), Received: time.Now(),
-		}
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(sw, r)
-		s.Status, s.Answered = sw.status, time.Now()
-		s.AllowOrigin = w.Header().Get("Access-Control-Allow-Origin")
-		s.AllowCredentials = w.Header().Get("Access-Control-Allow-Credentials")
-		s.AllowMethods = w.Header().Get("Access-Control-Allow-Methods")
-		s.ExposeHeaders = w.Header().Get("Access-Control-Expose-Headers")
-		s.RetryAfter = w.Header().Get("Retry-After")
-		rec.mu.Lock()
-		rec.reqs = append(rec.reqs, s)
-		rec.mu.Unlock()
-	})
-}
-
-func (rec *recorder) all() []seen {
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	return append([]seen(nil), rec.reqs...)
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(status int) {
-	w.status = status
-	w.ResponseWriter.WriteHeader(status)
 }
 
 // pageError is what the page's describe() reports of a thrown error.

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/internal/apitest"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
 )
 
 // answer is one response the original client got: status and JSON body.

@@ -15,8 +15,8 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/client"
-	"github.com/keybroker/keybroker/internal/apitest"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
+	"github.com/keybroker/keybroker/internal/testkit/apitest"
 	"github.com/keybroker/keybroker/vaultapi"
 )
 

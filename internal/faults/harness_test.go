@@ -20,7 +20,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/faults"
 	"github.com/keybroker/keybroker/internal/jwtissuer"
-	"github.com/keybroker/keybroker/internal/pgtest"
+	"github.com/keybroker/keybroker/internal/testkit/pgtest"
 )
 
 // TestMain checks that no test leaves a goroutine behind and removes the

@@ -95,6 +95,15 @@ func StartServer(t testing.TB, bin string, env []string) *Server {
 	t.Helper()
 	cmd := exec.Command(bin, "serve")
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	return StartCommand(t, cmd)
+}
+
+// StartCommand starts cmd — `keybroker serve` with its own arguments,
+// directory and environment, or a shell that ends by exec'ing it — and
+// waits until it logs, as JSON, that it serves. Its stdout and stderr
+// are the log; the process is killed when the test ends if it still runs.
+func StartCommand(t testing.TB, cmd *exec.Cmd) *Server {
+	t.Helper()
 	logr, logw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 	"github.com/nsmithuk/local-kms/src/config"
 	"github.com/nsmithuk/local-kms/src/data"
 
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
 )
 
 // KMS is an AWS KMS (local-kms) that the test can stop and start again on

@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/internal/faults"
-	"github.com/keybroker/keybroker/internal/kmstest/localkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/localkms"
 )
 
 // TestKMSOutageCachedServesDirectRefuses stops the KMS (local-kms, AWS's

@@ -3,10 +3,12 @@
 // Better Auth's JWT plugin, which puts its base URL in both iss and aud,
 // it uses its issuer name for both claims unless told otherwise.
 //
-// Tests use it to get real signed tokens and a real JWKS endpoint; dev mode
-// uses it, with a key persisted by Save/Load, so a developer can run the
-// broker without a Better Auth instance. It is not meant to face the
-// internet: there is no revocation, and rotation keeps every old key.
+// It is production code: dev mode (`serve --dev`) uses it, with a key
+// persisted by Save/Load, so a developer can run the broker without a
+// Better Auth instance. Tests use it too, for real signed tokens and a
+// real JWKS endpoint, which is why it lives in internal/ and not below
+// internal/testkit. It is not meant to face the internet: there is no
+// revocation, and rotation keeps every old key.
 package jwtissuer
 
 import (

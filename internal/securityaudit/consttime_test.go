@@ -31,12 +31,12 @@ var secretIdent = regexp.MustCompile(`(?i)^(mk|masterkeys?|kcv|keycheck(value)?|
 // comparisonExempt lists non-test files that may compare such values
 // directly, with the reason.
 var comparisonExempt = map[string]string{
-	"cmd/keybroker-demo/main.go":                  "a client checking the keys it holds itself: no attacker-controlled input, no oracle",
-	"kekproviders/kektest/kektest.go":             "the provider conformance suite (test helper) compares its own probe plaintexts",
-	"internal/kmstest/faketransit/faketransit.go": "an in-process Vault fake for tests",
-	"internal/kmstest/fakegcpkms/fakegcpkms.go":   "an in-process Cloud KMS fake for tests",
-	"internal/kmstest/localkms/localkms.go":       "test plumbing",
-	"internal/jwtissuer/jwtissuer.go":             "the test and dev token issuer",
+	"cmd/keybroker-demo/main.go":                        "a client checking the keys it holds itself: no attacker-controlled input, no oracle",
+	"kekproviders/kektest/outages.go":                   "the provider conformance suite (test helper) compares its own probe plaintexts",
+	"internal/testkit/kmstest/faketransit/auth.go":      "an in-process Vault fake for tests",
+	"internal/testkit/kmstest/fakegcpkms/fakegcpkms.go": "an in-process Cloud KMS fake for tests",
+	"internal/testkit/kmstest/localkms/localkms.go":     "test plumbing",
+	"internal/jwtissuer/jwtissuer.go":                   "the test and dev token issuer",
 }
 
 // TestSecretComparisonsAreConstantTime checks the source, not the clock:

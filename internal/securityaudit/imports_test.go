@@ -2,7 +2,6 @@ package securityaudit
 
 import (
 	"fmt"
-	"go/token"
 	"path"
 	"strconv"
 	"strings"
@@ -19,14 +18,13 @@ const module = "github.com/keybroker/keybroker/"
 var testKits = []string{
 	"broker/storetest",
 	"kekproviders/kektest",
-	"internal/apitest",
 	"internal/bench",
 	"internal/browsertest",
+	"internal/docstest",
 	"internal/faults",
-	"internal/kmstest",
-	"internal/pgtest",
 	"internal/securityaudit",
-	"internal/testvectors",
+	"internal/testkit",
+	"kekproviders/pkcs11/softhsmtest",
 }
 
 // importRule says which of this module's packages a package below dir
@@ -112,7 +110,8 @@ func TestImportsPointTheWayTheDesignSays(t *testing.T) {
 	t.Parallel()
 	var bad []string
 	checked := 0
-	for _, f := range parseRepo(t, token.NewFileSet()) {
+	_, files := sharedRepo(t)
+	for _, f := range files {
 		pkg := path.Dir(f.rel)
 		for _, spec := range f.ast.Imports {
 			imp, err := strconv.Unquote(spec.Path.Value)
@@ -139,8 +138,8 @@ func TestImportRulesCatchWhatTheyMust(t *testing.T) {
 		{"broker", module + "pgstore", false, true},
 		{"broker", module + "kek", false, false},
 		{"broker", module + "kekproviders/awskms", false, true},
-		{"broker", module + "internal/pgtest", false, true},
-		{"broker", module + "internal/pgtest", true, false},
+		{"broker", module + "internal/testkit/pgtest", false, true},
+		{"broker", module + "internal/testkit/pgtest", true, false},
 		{"broker/storetest", module + "broker", false, false},
 		{"kek", module + "broker", false, true},
 		{"kek", "errors", false, false},
@@ -161,7 +160,7 @@ func TestImportRulesCatchWhatTheyMust(t *testing.T) {
 		{"grant/worker", module + "broker", false, true},
 		{"vaultapi", module + "cmd/keybroker", true, true},
 		{"cmd/keybroker", module + "pgstore", false, false},
-		{"internal/apitest", module + "internal/pgtest", false, false},
+		{"internal/testkit/apitest", module + "internal/testkit/pgtest", false, false},
 	} {
 		got := importViolation(c.pkg, c.imp, c.test) != ""
 		require.Equal(t, c.refused, got, "%s importing %s (test file: %v)", c.pkg, c.imp, c.test)

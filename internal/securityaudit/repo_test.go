@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -39,7 +40,38 @@ type goFile struct {
 // hidden directories.
 func parseRepo(t *testing.T, fset *token.FileSet) []goFile {
 	t.Helper()
+	files, err := parseTree(repoRoot(t), fset)
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	return files
+}
+
+// shared is the module parsed once for the tests that only read it.
+var shared struct {
+	once  sync.Once
+	fset  *token.FileSet
+	files []goFile
+	err   error
+}
+
+// sharedRepo is parseRepo done once per test binary: the checks that run
+// in parallel read one copy of the ASTs instead of parsing the module
+// each.
+func sharedRepo(t *testing.T) (*token.FileSet, []goFile) {
+	t.Helper()
 	root := repoRoot(t)
+	shared.once.Do(func() {
+		shared.fset = token.NewFileSet()
+		shared.files, shared.err = parseTree(root, shared.fset)
+	})
+	require.NoError(t, shared.err)
+	require.NotEmpty(t, shared.files)
+	return shared.fset, shared.files
+}
+
+// parseTree parses every Go file below root, skipping testdata and
+// hidden directories.
+func parseTree(root string, fset *token.FileSet) ([]goFile, error) {
 	var files []goFile
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -62,7 +94,5 @@ func parseRepo(t *testing.T, fset *token.FileSet) []goFile {
 		files = append(files, goFile{rel: filepath.ToSlash(rel), test: strings.HasSuffix(path, "_test.go"), ast: f})
 		return nil
 	})
-	require.NoError(t, err)
-	require.NotEmpty(t, files)
-	return files
+	return files, err
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/keybroker/keybroker/internal/docstest"
 )
 
 // testRef is a test named in the threat model: `package/path.TestName`.
@@ -74,15 +76,7 @@ func TestSecurityDocNamesExistingTests(t *testing.T) {
 // testExists reports whether a _test.go file in dir declares func name(.
 func testExists(t *testing.T, dir, name string) bool {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*_test.go"))
+	ok, err := docstest.TestExists(dir, name)
 	require.NoError(t, err)
-	decl := regexp.MustCompile(`(?m)^func ` + regexp.QuoteMeta(name) + `\(`)
-	for _, f := range files {
-		src, err := os.ReadFile(f)
-		require.NoError(t, err)
-		if decl.Match(src) {
-			return true
-		}
-	}
-	return false
+	return ok
 }

@@ -7,39 +7,19 @@ package file
 
 import (
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"runtime"
-	"strings"
 
+	"github.com/keybroker/keybroker/kekproviders/internal/secretfile"
 	"github.com/keybroker/keybroker/kekproviders/localkek"
 )
 
 // maxFileSize bounds what is read: a KEK file is 32 bytes or ~45 of text.
 const maxFileSize = 4096
 
-// looseBits are the permission bits a KEK file must not have: any access
-// by group or others.
-const looseBits fs.FileMode = 0o077
-
 // ModeError is the error for a KEK file that group or others may read or
-// write. Its message carries the chmod that fixes it.
-type ModeError struct {
-	Path   string      // the path as configured
-	Target string      // the file Path resolves to, when that is another path
-	Mode   fs.FileMode // the file's permission bits
-}
-
-func (e *ModeError) Error() string {
-	where := e.Path
-	if e.Target != "" {
-		where += " (a link to " + e.Target + ")"
-	}
-	return fmt.Sprintf("file: %s has mode %04o: a KEK file must be readable by its owner only, not by group or others: chmod 600 %s",
-		where, uint32(e.Mode), shellQuote(e.Path))
-}
+// write. Its message carries the chmod that fixes it. It is the type
+// every provider's secret file fails with (pkcs11.PINModeError too), its
+// What saying what the file holds ("KEK" here).
+type ModeError = secretfile.ModeError
 
 // Open reads the KEK at path. The file it resolves to (symbolic links are
 // followed) must give group and others no access at all: a KEK that any
@@ -58,22 +38,13 @@ func OpenManaged(id, path string, allowDevKey bool) (*localkek.KEK, error) {
 }
 
 func open(id, path string, allowDevKey, checkMode bool) (*localkek.KEK, error) {
-	f, err := os.Open(path)
+	read := secretfile.ReadManaged
+	if checkMode {
+		read = secretfile.Read
+	}
+	buf, err := read(path, maxFileSize, "KEK")
 	if err != nil {
 		return nil, fmt.Errorf("file: %w", err)
-	}
-	defer f.Close()
-	if checkMode {
-		if err := checkPermissions(f, path); err != nil {
-			return nil, err
-		}
-	}
-	buf, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("file: read %s: %w", path, err)
-	}
-	if len(buf) > maxFileSize {
-		return nil, fmt.Errorf("file: %s is larger than %d bytes; is it really a KEK?", path, maxFileSize)
 	}
 	key, err := localkek.ParseKey(buf)
 	clear(buf)
@@ -86,32 +57,4 @@ func open(id, path string, allowDevKey, checkMode bool) (*localkek.KEK, error) {
 		return nil, fmt.Errorf("file: %s: %w", path, err)
 	}
 	return kek, nil
-}
-
-// checkPermissions checks the open file itself (fstat), so the mode judged
-// is that of the very file read, wherever the path's links led.
-func checkPermissions(f *os.File, path string) error {
-	if runtime.GOOS == "windows" {
-		return nil // no POSIX permission bits to judge
-	}
-	info, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("file: %w", err)
-	}
-	if info.Mode().Perm()&looseBits == 0 {
-		return nil
-	}
-	e := &ModeError{Path: path, Mode: info.Mode().Perm()}
-	if target, err := filepath.EvalSymlinks(path); err == nil && target != filepath.Clean(path) {
-		e.Target = target
-	}
-	return e
-}
-
-// shellQuote quotes path for a shell command line when it needs it.
-func shellQuote(path string) string {
-	if path != "" && strings.Trim(path, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,") == "" {
-		return path
-	}
-	return "'" + strings.ReplaceAll(path, "'", `'\''`) + "'"
 }

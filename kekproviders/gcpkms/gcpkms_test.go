@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/keybroker/keybroker/internal/kmstest/fakegcpkms"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/fakegcpkms"
 	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders/gcpkms"
 	"github.com/keybroker/keybroker/kekproviders/kektest"

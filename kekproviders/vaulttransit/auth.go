@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	hcvault "github.com/hashicorp/vault/api"
+
+	"github.com/keybroker/keybroker/kekproviders/internal/secretfile"
 )
 
 // login authenticates with the configured method, sets the client's
@@ -182,4 +185,23 @@ func (k *KEK) relogin(ctx context.Context) (*hcvault.Secret, bool) {
 		}
 		backoff = min(2*backoff, time.Minute)
 	}
+}
+
+// maxSecretFile bounds what is read from a token, secret id or JWT file.
+const maxSecretFile = 64 << 10
+
+// readSecretFile reads a token, role id, secret id or JWT file, trimmed.
+// Its mode is not judged: a Kubernetes service account token, for one, is
+// mounted readable by all (0644) by default.
+func readSecretFile(what, path string) (string, error) {
+	buf, err := secretfile.ReadManaged(path, maxSecretFile, what)
+	if err != nil {
+		return "", &localError{fmt.Errorf("%s file: %w", what, err)}
+	}
+	value := strings.TrimSpace(string(buf))
+	clear(buf)
+	if value == "" {
+		return "", &localError{fmt.Errorf("%s file %s is empty", what, path)}
+	}
+	return value, nil
 }

@@ -11,7 +11,7 @@ import (
 	hcvault "github.com/hashicorp/vault/api"
 	"github.com/stretchr/testify/require"
 
-	"github.com/keybroker/keybroker/internal/kmstest/faketransit"
+	"github.com/keybroker/keybroker/internal/testkit/kmstest/faketransit"
 	"github.com/keybroker/keybroker/kek"
 	"github.com/keybroker/keybroker/kekproviders"
 	"github.com/keybroker/keybroker/kekproviders/kektest"

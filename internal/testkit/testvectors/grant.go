@@ -46,7 +46,7 @@ type GrantVectors struct {
 // shared/testdata/grant-vectors.json).
 func GrantPath() string {
 	_, here, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(here), "..", "..", "testdata", "grant-vectors.json")
+	return filepath.Join(filepath.Dir(here), "..", "..", "..", "testdata", "grant-vectors.json")
 }
 
 // LoadGrant reads the grant vectors or fails the test.

@@ -42,7 +42,7 @@ type Vectors struct {
 // Path is the vectors file inside the repository.
 func Path() string {
 	_, here, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(here), "..", "..", "testdata", "legacy-vectors.json")
+	return filepath.Join(filepath.Dir(here), "..", "..", "..", "testdata", "legacy-vectors.json")
 }
 
 // Load reads the vectors or fails the test.

@@ -11,7 +11,7 @@ COMMIT  ?= $(eval COMMIT := $(shell git rev-parse HEAD 2>/dev/null))$(COMMIT)
 # The release binaries' linker flags (internal/cmd/release checks that they agree).
 LDFLAGS  = -s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build build-pkcs11 version release test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
+.PHONY: all build build-pkcs11 version release test test-stress vet fmt run demo clean bench bench-micro bench-rewrap bench-outage fuzz
 
 all: build
 
@@ -73,6 +73,12 @@ bench:
 ## KEYBROKER_BENCH_REWRAP_{ROWS,BATCH} tune it.
 bench-rewrap:
 	KEYBROKER_BENCH_REWRAP=1 $(GO) test -count=1 -run '^$$' -bench '^BenchmarkRewrap$$' -benchtime 1x -timeout 20m ./broker
+
+## bench-outage: a replica started while one of the two KMSes its KEK list
+## names is down (refusing, or hanging): time to ready and failed fetches
+## (docs/benchmarks.md, last section). About a minute.
+bench-outage:
+	KEYBROKER_BENCH_OUTAGE=1 $(GO) test -count=1 -run '^TestBenchOutage$$' -timeout 10m -v ./internal/bench
 
 ## bench-micro: the Go micro-benchmarks of the hot pieces, with allocations
 ## (the pgstore and internal/bench ones use the test PostgreSQL).

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +46,9 @@ type DataKey struct {
 	ID        string // recorded as kek_id on the rows it wraps
 	WrappedBy string // id of the remote KEK that wraps it
 	Wrapped   []byte
+	// Wraps are its other wraps, by other remote KEKs (KeyringConfig.Also):
+	// any one of them opens it too.
+	Wraps []DataKeyWrap
 	// CreatedAt is the minter's clock, which the store moves later when
 	// it is not after every other data key's.
 	CreatedAt time.Time
@@ -64,6 +69,11 @@ var ErrNotCachedMode = errors.New("the active KEK is not in cached envelope mode
 type KeyringConfig struct {
 	// Active makes new wraps (through a data key when it is cached).
 	Active KEK
+	// Also are more remote KEKs in cached envelope mode that wrap every
+	// data key beside Active, in order of preference: any one of them
+	// opens a data key (datakeywraps.go). DataKeys must then be a
+	// DataKeyWrapStore.
+	Also []KEK
 	// DecryptOnly KEKs open rows they wrapped.
 	DecryptOnly []KEK
 	// Cached names the KEKs (among Active and DecryptOnly) in cached
@@ -116,6 +126,16 @@ func (c *KeyringConfig) validate() error {
 	if c.NewLocalKEK == nil {
 		return errors.New("broker: KeyringConfig.NewLocalKEK is required in cached envelope mode")
 	}
+	if len(c.Also) > 0 {
+		if _, ok := c.DataKeys.(DataKeyWrapStore); !ok {
+			return errors.New("broker: KeyringConfig.Also needs a DataKeys store that keeps several wraps (DataKeyWrapStore)")
+		}
+		for _, k := range append([]KEK{c.Active}, c.Also...) {
+			if !slices.Contains(c.Cached, k.ID()) {
+				return fmt.Errorf("broker: KEK %q wraps data keys beside others but is not in cached envelope mode", k.ID())
+			}
+		}
+	}
 	if c.RefreshMinInterval == 0 {
 		c.RefreshMinInterval = 10 * time.Second
 	}
@@ -142,7 +162,7 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 		return nil, err
 	}
 	if len(cfg.Cached) == 0 && cfg.DataKeys == nil {
-		k, err := NewKeyring(cfg.Active, cfg.DecryptOnly...)
+		k, err := NewKeyring(cfg.Active, append(slices.Clone(cfg.Also), cfg.DecryptOnly...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -151,7 +171,8 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 		return k, nil
 	}
 	src := &dataKeySource{cfg: cfg, remotes: map[string]KEK{}, cached: map[string]bool{}, loaded: map[string]KEK{}}
-	for _, kek := range append([]KEK{cfg.Active}, cfg.DecryptOnly...) {
+	configured := append(append([]KEK{cfg.Active}, cfg.Also...), cfg.DecryptOnly...)
+	for _, kek := range configured {
 		src.remotes[kek.ID()] = kek
 	}
 	for _, id := range cfg.Cached {
@@ -160,18 +181,18 @@ func LoadKeyring(ctx context.Context, cfg KeyringConfig) (*Keyring, error) {
 		}
 		src.cached[id] = true
 	}
-	k := &Keyring{dataKeys: src, onCall: cfg.OnKEKCall, configured: append([]KEK{cfg.Active}, cfg.DecryptOnly...)}
+	k := &Keyring{dataKeys: src, onCall: cfg.OnKEKCall, configured: configured}
 	src.keyring = k
 	src.holdAt(cfg.Hold)
 	// Until the data keys load, the configured KEKs still open the rows
 	// they wrapped directly; new wraps fail as unavailable.
 	pending := &unloadedKEK{id: cfg.Active.ID()}
-	st, err := newKeyringState(pending, cfg.DecryptOnly)
+	st, err := newKeyringState(pending, src.openers())
 	if err != nil {
 		return nil, err
 	}
 	if !src.isCached(cfg.Active.ID()) {
-		if st, err = newKeyringState(cfg.Active, cfg.DecryptOnly); err != nil {
+		if st, err = newKeyringState(cfg.Active, src.openers()); err != nil {
 			return nil, err
 		}
 	}
@@ -287,9 +308,22 @@ type dataKeySource struct {
 
 	errMu   sync.Mutex
 	lastErr error
+
+	statsMu sync.Mutex
+	stats   map[string]*kekOutcome // per KEK id (datakeywraps.go)
+	list    []DataKey              // the data keys as last listed
+
+	adding atomic.Bool    // an addWraps runs
+	addWG  sync.WaitGroup // addWraps in the background
 }
 
 func (d *dataKeySource) isCached(id string) bool { return d.cached[id] }
+
+// openers are the configured KEKs besides the active one: they open rows
+// they wrapped directly (with cache=off).
+func (d *dataKeySource) openers() []KEK {
+	return append(slices.Clone(d.cfg.Also), d.cfg.DecryptOnly...)
+}
 
 func (d *dataKeySource) setErr(err error) {
 	d.errMu.Lock()
@@ -379,6 +413,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("data keys: %w", err)
 	}
+	d.noteList(list)
 	locals := map[string]KEK{}
 	installed := false
 	defer func() {
@@ -400,14 +435,12 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 	activeID := target.ID()
 	for i := range list {
 		dk := &list[i]
-		remote := d.remotes[dk.WrappedBy]
-		if remote == nil {
-			continue // wrapped by a KEK that is not configured (any more)
+		key, configured, err := d.openDataKey(ctx, dk)
+		if !configured {
+			continue // wrapped by KEKs that are not configured (any more)
 		}
 		newest = dk
-		key, err := d.keyring.unwrap(ctx, remote, dk.Wrapped, DataKeyBinding(dk.ID, dk.WrappedBy))
 		if err != nil {
-			err = classifyKEKError(ErrUnwrapFailed, err)
 			if prev, ok := d.loaded[dk.ID]; ok && IsUnavailable(err) {
 				// A KMS outage keeps what is loaded: fetches go on.
 				locals[dk.ID] = prev
@@ -415,7 +448,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 				continue
 			}
 			if firstErr == nil {
-				firstErr = fmt.Errorf("data key %s (wrapped by %s): %w", dk.ID, dk.WrappedBy, err)
+				firstErr = fmt.Errorf("data key %s (wrapped by %s): %w", dk.ID, wrapIDs(dk), err)
 			}
 			continue
 		}
@@ -437,10 +470,15 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 	if d.isCached(activeID) {
 		switch {
 		case chosen != nil:
-			if key := fresh[chosen.ID]; key != nil && chosen.WrappedBy != activeID {
+			if key := fresh[chosen.ID]; key != nil && d.preference(chosen.WrappedBy) > len(d.cfg.Also) {
 				// The remote KEK changed: re-wrap the data key under the
 				// new one, so user rows keep their kek_id.
 				moved, err := d.moveDataKey(ctx, chosen, key)
+				if err != nil && len(d.cfg.Also) > 0 && IsUnavailable(err) {
+					// Another KEK of the list opened it: move it later.
+					d.cfg.Logger.Warn("data key not moved to the active KEK yet", slog.String("data_key_id", chosen.ID), slog.String("error", err.Error()))
+					err, moved = nil, true
+				}
 				if err != nil {
 					return err
 				}
@@ -509,7 +547,19 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 		}
 	}
 	d.loaded = locals
+	if d.cfg.Also != nil {
+		d.addWraps(ctx, list, fresh)
+	}
 	return firstErr
+}
+
+// wrapIDs names the KEKs that wrap dk.
+func wrapIDs(dk *DataKey) string {
+	var ids []string
+	for _, w := range dk.AllWraps() {
+		ids = append(ids, w.KEKID)
+	}
+	return strings.Join(ids, ", ")
 }
 
 // tooOld reports whether dk is past the maximum age.
@@ -555,12 +605,11 @@ func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, erro
 	id := "dk-" + base64.RawURLEncoding.EncodeToString(raw[:])
 	key := newMasterKey()
 	defer wipe(key)
-	remote := d.remote()
-	wrapped, err := d.keyring.wrap(ctx, remote, key, DataKeyBinding(id, remote.ID()))
+	first, more, err := d.mintWraps(ctx, id, key)
 	if err != nil {
 		return nil, false, fmt.Errorf("data keys: wrap a new data key: %w", classifyKEKError(errors.New("wrap failed"), err))
 	}
-	inserted, err := d.cfg.DataKeys.DataKeyInsert(ctx, DataKey{ID: id, WrappedBy: remote.ID(), Wrapped: wrapped, CreatedAt: d.cfg.Now()}, after)
+	inserted, err := d.cfg.DataKeys.DataKeyInsert(ctx, DataKey{ID: id, WrappedBy: first.KEKID, Wrapped: first.Wrapped, Wraps: more, CreatedAt: d.cfg.Now()}, after)
 	if err != nil {
 		return nil, false, fmt.Errorf("data keys: store: %w", err)
 	}
@@ -568,7 +617,7 @@ func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, erro
 		d.cfg.Logger.Info("another replica minted a data key first", slog.String("after", after))
 		return nil, false, nil
 	}
-	d.cfg.Logger.Info("data key created", slog.String("data_key_id", id), slog.String("kek_id", remote.ID()),
+	d.cfg.Logger.Info("data key created", slog.String("data_key_id", id), slog.String("kek_id", first.KEKID),
 		slog.String("previous_data_key_id", after))
 	local, err := d.cfg.NewLocalKEK(id, key)
 	if err != nil {

@@ -10,5 +10,6 @@ func (s *Service) PendingFetches() int {
 // The readiness rules of a KEK in cached envelope mode, for their tests.
 var (
 	CachedKEKProbe = cachedKEKProbe
+	BoundedStatus  = boundedStatus
 	ThrottleProbe  = throttleProbe
 )

@@ -219,11 +219,24 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
 	return r, nil
 }
 
-// checkRetiredKEKs returns a *RetiredKEKError when rows are still wrapped
-// by a KEK that is no longer configured. A keyring whose data keys are
+// checkRetiredKEKs returns a *DataKeyWrapError when rows need a data key
+// that only KEKs no longer configured wrap (checked from the store alone),
+// and a *RetiredKEKError when rows are still wrapped by a KEK that is no
+// longer configured. A keyring whose data keys are
 // not loaded yet (a KMS outage at start) cannot tell a data key from a
 // retired KEK, so the check waits for the next start then.
 func (r *Runtime) checkRetiredKEKs(ctx context.Context) error {
+	if err := CheckDataKeyWraps(ctx, r.cfg.Store, r.cfg.Keyring); err != nil {
+		var wraps *DataKeyWrapError
+		switch {
+		case errors.As(err, &wraps):
+			return err
+		case IsUnavailable(err):
+			r.cfg.Logger.Warn("not checking the wraps of the data keys: the store is unavailable", slog.String("error", err.Error()))
+		default:
+			return fmt.Errorf("checking the wraps of the data keys: %w", err)
+		}
+	}
 	if err := r.cfg.Keyring.Ready(); err != nil {
 		r.cfg.Logger.Warn("not checking for rows of retired KEKs: the keyring is not ready", slog.String("error", err.Error()))
 		return nil
@@ -448,6 +461,9 @@ type ReadinessCheck struct {
 	Name  string
 	ID    string
 	Probe func(context.Context) error
+	// DataKeys, for a KEK in cached envelope mode, reports what it does
+	// for the data keys (Keyring.DataKeyKEK).
+	DataKeys func() (KEKDataKeys, bool)
 }
 
 // Checks are the readiness rules: the store when it is a Pinger, the
@@ -467,10 +483,19 @@ func (r *Runtime) Checks() []ReadinessCheck {
 			continue
 		}
 		probe := observedStatus(sc, k.ID(), keyring.CallObserver(k))
+		check := ReadinessCheck{Name: "kek", ID: k.ID()}
 		if keyring.IsCached(k.ID()) {
-			probe = cachedKEKProbe(throttleProbe(probe, cachedKEKStatusEvery, time.Now), keyring)
+			probe = throttleProbe(boundedStatus(probe, cachedKEKStatusBound), cachedKEKStatusEvery, time.Now)
+			if keyring.wrapsWithSeveral() {
+				probe = severalKEKsProbe(probe, keyring)
+			} else {
+				probe = cachedKEKProbe(probe, keyring)
+			}
+			id := k.ID()
+			check.DataKeys = func() (KEKDataKeys, bool) { return keyring.DataKeyKEK(id) }
 		}
-		checks = append(checks, ReadinessCheck{Name: "kek", ID: k.ID(), Probe: probe})
+		check.Probe = probe
+		checks = append(checks, check)
 	}
 	return append(checks, ReadinessCheck{Name: "keyring", Probe: func(context.Context) error { return keyring.Ready() }})
 }
@@ -486,6 +511,31 @@ func observedStatus(sc kek.StatusChecker, id string, onCall func(kek.Call)) func
 		err := sc.Status(ctx)
 		onCall(kek.Call{KEKID: id, Op: kek.OpStatus, Took: time.Since(start), Err: err})
 		return err
+	}
+}
+
+// cachedKEKStatusBound bounds the status read of a KEK in cached envelope
+// mode: a metadata read a healthy KMS answers in milliseconds, even across
+// regions.
+const cachedKEKStatusBound = time.Second
+
+// boundedStatus gives each call of status at most bound, and less than
+// the readiness poll's own timeout (ctx's deadline). A KMS that hangs
+// then fails the call as an outage — which a replica with its data keys
+// loaded serves through (cachedKEKProbe, severalKEKsProbe) — instead of
+// outlasting the poll, which would count the check unreachable and take
+// the replica out for as long as the call hangs: every replica at once,
+// at each status read, during a KMS outage that hangs rather than
+// refuses. It also keeps a start's first poll from waiting for it.
+func boundedStatus(status func(context.Context) error, bound time.Duration) func(context.Context) error {
+	return func(ctx context.Context) error {
+		limit := bound
+		if deadline, ok := ctx.Deadline(); ok {
+			limit = min(limit, time.Until(deadline)*9/10)
+		}
+		ctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		return status(ctx)
 	}
 }
 

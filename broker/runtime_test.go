@@ -419,6 +419,26 @@ func TestCachedKEKProbe(t *testing.T) {
 	})
 }
 
+// TestHangingKMSKeepsALoadedReplicaReady: a KMS that accepts the status
+// read and never answers (a region in trouble, not a refused connection)
+// is cut short before the readiness poll's own timeout, so a replica with
+// its data keys loaded stays ready instead of being counted unreachable
+// for as long as the call hangs.
+func TestHangingKMSKeepsALoadedReplicaReady(t *testing.T) {
+	t.Parallel()
+	loaded, err := broker.NewKeyring(randomLocal(t, "k"))
+	require.NoError(t, err)
+	hang := func(ctx context.Context) error {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	probe := broker.CachedKEKProbe(broker.BoundedStatus(hang, time.Second), loaded)
+	poll, cancel := context.WithTimeout(context.Background(), 3*time.Second) // the readiness poll's timeout
+	defer cancel()
+	require.NoError(t, probe(poll))
+	require.NoError(t, poll.Err(), "answered before the poll gave up on it")
+}
+
 // TestThrottleProbeSpacesCalls: a cached KEK's status is asked of the KMS
 // at most once per interval; in between the last answer stands.
 func TestThrottleProbeSpacesCalls(t *testing.T) {

@@ -186,6 +186,17 @@ type DataKeyStore interface {
 	DataKeyRewrap(ctx context.Context, id, fromKEK string, wrapped []byte, toKEK string) (bool, error)
 }
 
+// DataKeyWrapStore keeps the wraps of a data key beyond its first, when
+// several KEKs wrap every data key (KeyringConfig.Also). DataKeyList then
+// returns them in DataKey.Wraps, and DataKeyInsert stores those of the
+// new data key in the same transaction.
+type DataKeyWrapStore interface {
+	// DataKeyAddWrap stores wrapped as data key id's wrap by kekID,
+	// provided the data key exists and kekID does not wrap it yet; it
+	// reports whether it did.
+	DataKeyAddWrap(ctx context.Context, id, kekID string, wrapped []byte) (bool, error)
+}
+
 // DataKeyDeleter deletes a data key that no row needs any more.
 type DataKeyDeleter interface {
 	// DataKeyDelete deletes data key id, provided it is not the newest and

@@ -50,6 +50,9 @@ func (s *Store) DataKeyList(ctx context.Context) ([]broker.DataKey, error) {
 	if err := rows.Err(); err != nil {
 		return nil, interpretError(fmt.Errorf("data key list: %w", err))
 	}
+	if err := s.dataKeyWraps(ctx, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -87,8 +90,14 @@ SELECT $1, $2, $3, t, t FROM (
     SELECT greatest(coalesce($4, clock_timestamp()), (SELECT max(created_at) + interval '1 microsecond' FROM `+s.dataKeysTable()+`)) AS t
 ) AS now`,
 			dk.ID, dk.WrappedBy, base64.StdEncoding.EncodeToString(dk.Wrapped), createdAt)
-		inserted = err == nil
-		return err
+		if err != nil {
+			return err
+		}
+		if err := s.insertDataKeyWraps(ctx, tx, dk); err != nil {
+			return err
+		}
+		inserted = true
+		return nil
 	})
 	if err != nil {
 		return false, interpretError(fmt.Errorf("data key insert: %w", err))

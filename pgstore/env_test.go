@@ -69,6 +69,8 @@ func grantRuntime(t *testing.T, owner *pgxpool.Pool, schema, role string) {
 	for _, table := range []string{"encryption_vault_audit_keys", "encryption_vault_audit_checkpoints", "encryption_vault_audit_marks"} {
 		pgtest.Exec(t, owner, "GRANT SELECT, INSERT ON "+pgx.Identifier{schema, table}.Sanitize()+" TO "+ident(role))
 	}
+	// The wraps of the data keys by more KEKs than one.
+	pgtest.Exec(t, owner, "GRANT SELECT, INSERT, DELETE ON "+pgx.Identifier{schema, "kek_data_key_wraps"}.Sanitize()+" TO "+ident(role))
 }
 
 // store returns a Store on the runtime role's pool.

@@ -42,6 +42,10 @@ func (s *Store) DataKeyList(ctx context.Context) ([]broker.DataKey, error) {
 	if err := rows.Err(); err != nil {
 		return nil, interpretError(ctx, fmt.Errorf("data key list: %w", err))
 	}
+	rows.Close()
+	if err := s.dataKeyWraps(ctx, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -69,6 +73,9 @@ func (s *Store) DataKeyInsert(ctx context.Context, dk broker.DataKey, after stri
 			dk.ID, dk.WrappedBy, base64.StdEncoding.EncodeToString(dk.Wrapped), formatTime(created))
 		if err != nil {
 			return interpretError(ctx, fmt.Errorf("data key insert: %w", err))
+		}
+		if err := insertDataKeyWraps(ctx, tx, dk); err != nil {
+			return err
 		}
 		inserted = true
 		return nil
@@ -119,6 +126,9 @@ func (s *Store) DataKeyDelete(ctx context.Context, id string) (bool, error) {
 		}
 		if n, err := res.RowsAffected(); err != nil || n == 0 {
 			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM kek_data_key_wraps WHERE data_key_id = ?1`, id); err != nil {
+			return interpretError(ctx, fmt.Errorf("data key delete: %w", err))
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO kek_data_keys_deleted (id, deleted_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING`,
 			id, formatTime(time.Now())); err != nil {

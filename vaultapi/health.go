@@ -29,7 +29,19 @@ const (
 	// CheckFailing: the dependency answered and refused (a disabled key,
 	// a missing permission, an unmigrated schema). An operator has to act.
 	CheckFailing = "failing"
+	// CheckDegraded: the dependency is unreachable or refuses, and the
+	// server serves without it (one of several KEKs that each open the
+	// data keys). It does not make the server unready.
+	CheckDegraded = "degraded"
 )
+
+// DataKeys is what a KEK of cached envelope mode does for the data keys,
+// as /readyz shows it.
+type DataKeys struct {
+	Opens int `json:"opens"` // data keys it opened when last asked
+	Wraps int `json:"wraps"` // data keys it wraps
+	Total int `json:"total"` // data keys stored
+}
 
 // ErrPending is what a probe returns while its dependency has not been
 // loaded for the first time; /readyz reports the check as pending.
@@ -49,6 +61,9 @@ type Check struct {
 	// *broker.UnavailableError has, a timeout or a network error) and as
 	// failing otherwise.
 	Probe func(ctx context.Context) error
+	// DataKeys, when set, reports the data keys of a KEK in cached
+	// envelope mode; read at each /readyz, so it must be cheap.
+	DataKeys func() *DataKeys
 }
 
 // ReadinessConfig configures NewReadiness.
@@ -87,6 +102,7 @@ type CheckResult struct {
 	Status    string     `json:"status"`
 	Since     *time.Time `json:"since,omitempty"`     // when Status last changed
 	CheckedAt *time.Time `json:"checkedAt,omitempty"` // when the last probe ended
+	DataKeys  *DataKeys  `json:"dataKeys,omitempty"`
 	err       error
 }
 
@@ -187,6 +203,8 @@ func classifyProbe(err error) string {
 		return CheckOK
 	case errors.Is(err, ErrPending):
 		return CheckPending
+	case isDegraded(err):
+		return CheckDegraded
 	case kek.Classify(err).Outage():
 		return CheckUnreachable
 	default:
@@ -194,19 +212,32 @@ func classifyProbe(err error) string {
 	}
 }
 
+// isDegraded reports an error that says the server serves without the
+// dependency (a Degraded() bool method returning true).
+func isDegraded(err error) bool {
+	var d interface{ Degraded() bool }
+	return errors.As(err, &d) && d.Degraded()
+}
+
 // Results returns the last result of every check, in configuration order.
 func (r *Readiness) Results() []CheckResult {
 	out := make([]CheckResult, len(r.state))
 	for i := range r.state {
 		out[i] = *r.state[i].result.Load()
+		if dk := r.checks[i].DataKeys; dk != nil {
+			out[i].DataKeys = dk()
+		}
 	}
 	return out
 }
 
-// Ready reports whether every check's last result is ok.
+// servable: a check in this status leaves the server ready.
+func servable(status string) bool { return status == CheckOK || status == CheckDegraded }
+
+// Ready reports whether every check's last result is ok (or degraded).
 func (r *Readiness) Ready() bool {
 	for i := range r.state {
-		if r.state[i].result.Load().Status != CheckOK {
+		if !servable(r.state[i].result.Load().Status) {
 			return false
 		}
 	}
@@ -251,7 +282,7 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	var bad []string
 	for _, c := range results {
-		if c.Status != CheckOK {
+		if !servable(c.Status) {
 			name := c.Name
 			if c.ID != "" {
 				name += " " + c.ID

@@ -173,3 +173,35 @@ func TestReadinessShowsWhatTheRolloutWaitsFor(t *testing.T) {
 	_, body = getJSON(t, srv.URL+"/readyz")
 	require.NotContains(t, body, "rollout", "a replica that announces nothing shows no rollout")
 }
+
+// TestReadinessDegradedStaysReady: a check whose probe says the server
+// serves without the dependency (one KEK of several down) is reported
+// degraded, with the data keys it opens, and leaves /readyz at 200; any
+// other failure still makes it 503.
+func TestReadinessDegradedStaysReady(t *testing.T) {
+	t.Parallel()
+	var kekErr error = &broker.DegradedError{Err: kek.Unavailable(errors.New("dial tcp 10.0.0.7:443: connection refused"))}
+	readiness, err := vaultapi.NewReadiness(vaultapi.ReadinessConfig{Checks: []vaultapi.Check{
+		{Name: "kek", ID: "aws-eu", Probe: func(context.Context) error { return kekErr },
+			DataKeys: func() *vaultapi.DataKeys { return &vaultapi.DataKeys{Opens: 0, Wraps: 2, Total: 2} }},
+		{Name: "kek", ID: "aws-us", Probe: func(context.Context) error { return nil },
+			DataKeys: func() *vaultapi.DataKeys { return &vaultapi.DataKeys{Opens: 2, Wraps: 2, Total: 2} }},
+	}})
+	require.NoError(t, err)
+	srv := newLiteAPI(t, vaultapi.Config{Readiness: readiness})
+	readiness.Poll(context.Background())
+	status, body := getJSON(t, srv.URL+"/readyz")
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, map[string]string{"kek:aws-eu": "degraded", "kek:aws-us": "ok"}, checkStatuses(body))
+	checks := body["checks"].([]any)
+	require.Equal(t, map[string]any{"opens": 0.0, "wraps": 2.0, "total": 2.0}, checks[0].(map[string]any)["dataKeys"])
+	require.Equal(t, map[string]any{"opens": 2.0, "wraps": 2.0, "total": 2.0}, checks[1].(map[string]any)["dataKeys"])
+	raw, _ := json.Marshal(body)
+	require.NotContains(t, string(raw), "10.0.0.7", "error texts stay in the log")
+	require.True(t, readiness.Ready())
+
+	kekErr = kek.Unavailable(errors.New("down"))
+	readiness.Poll(context.Background())
+	status, _ = getJSON(t, srv.URL+"/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, status, "not degraded: unready")
+}

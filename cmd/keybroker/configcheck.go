@@ -89,6 +89,9 @@ func printValues(w io.Writer, cfg *config.Config) {
 	if active := cfg.KEKs.Active; active != nil {
 		fmt.Fprintf(w, "active KEK: %s, from %s\n", active.ID, active.Setting)
 	}
+	for _, also := range cfg.KEKs.Also {
+		fmt.Fprintf(w, "also wraps every data key: %s, from %s\n", also.ID, also.Setting)
+	}
 }
 
 // settingName names a setting as messages do: "$VAR (--flag)".
@@ -286,6 +289,10 @@ func (r *checkReport) checkStore(ctx context.Context, cfg *config.Config, keks *
 	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
 	if err != nil {
 		r.fail("keyring", err)
+		return
+	}
+	if err := broker.CheckDataKeyWraps(ctx, store, keyring); err != nil {
+		r.fail("data keys", err)
 		return
 	}
 	if err := broker.CheckKeyringCoversRows(ctx, store, keyring); err != nil {

@@ -101,11 +101,7 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 		// Rows of cached envelope mode name a data key: say which KEK
 		// wraps it, so the operator sees what still needs an old KEK.
 		for _, dk := range dataKeys {
-			role := "data key wrapped by " + dk.WrappedBy
-			if roles[dk.WrappedBy] == "" {
-				role += " (NOT CONFIGURED: these rows do not open)"
-			}
-			roles[dk.ID] = role
+			roles[dk.ID] = dataKeyRole(dk, roles)
 		}
 	}
 	now := time.Now()
@@ -116,6 +112,7 @@ func cmdKEKStatus(ctx context.Context, args []string, getenv func(string) string
 		active = cfg.KEKs.Active.ID
 	}
 	printReplicas(ctx, stdout, store, active, cfg.Rollout.Replicas)
+	printKEKDataKeys(ctx, stdout, cfg.KEKs, dataKeys, getenv, log)
 	return nil
 }
 
@@ -145,7 +142,7 @@ func printDataKeys(w io.Writer, dataKeys []broker.DataKey, rows []broker.KEKCoun
 		default:
 			note = fmt.Sprintf("older, no row needs it: the re-wrap job deletes it once %s is %s old", newest.ID, formatAge(broker.DefaultDataKeyGrace))
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", dk.ID, dk.WrappedBy, dk.CreatedAt.Local().Format(time.DateTime),
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", dk.ID, wrapList(dk), dk.CreatedAt.Local().Format(time.DateTime),
 			formatAge(now.Sub(dk.CreatedAt)), formatCount(under[dk.ID]), note)
 	}
 	tw.Flush()
@@ -225,7 +222,7 @@ func cmdKEKRotateDataKey(ctx context.Context, args []string, getenv func(string)
 	}
 	fmt.Fprintf(stderr, "new wraps use data key %s (wrapped by %s) instead of %s: in every server within %s.\n"+
 		"The re-wrap job then moves the rows to it and deletes %s once no row needs it; \"keybroker kek status\" shows the rows under each.\n",
-		id, keks.active().ID(), previous, formatAge(broker.KeyringRefreshInterval), previous)
+		id, wrappingIDs(cfg.KEKs), previous, formatAge(broker.KeyringRefreshInterval), previous)
 	return nil
 }
 

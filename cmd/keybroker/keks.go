@@ -21,7 +21,8 @@ import (
 
 // openedKEKs are the configured KEKs, opened.
 type openedKEKs struct {
-	specs   []config.KEKSpec  // the active one first
+	specs   []config.KEKSpec  // the active one first, then the others of its list
+	also    int               // how many others its list has (config.KEKs.Also)
 	keks    []broker.KEK      // specs', opened
 	schemes map[string]string // each id's URI scheme: its provider in the metrics
 	metrics *kekMetrics       // set by serve: the keyring measures every KEK call
@@ -49,7 +50,7 @@ func openKEKs(ctx context.Context, cfg config.KEKs, getenv func(string) string, 
 		return nil, config.ErrNoKEK
 	}
 	opener := kekproviders.Opener{AllowDevKeys: cfg.AllowDevKeys, Getenv: getenv}
-	o := &openedKEKs{schemes: map[string]string{}}
+	o := &openedKEKs{schemes: map[string]string{}, also: len(cfg.Also)}
 	for _, spec := range cfg.All() {
 		kek, err := openKEK(ctx, opener, spec)
 		if err != nil {
@@ -130,7 +131,7 @@ func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.
 			cached = append(cached, spec.ID)
 		}
 	}
-	kcfg := broker.KeyringConfig{Active: o.active(), DecryptOnly: o.keks[1:], Cached: cached, Logger: log, NewLocalKEK: newLocal,
+	kcfg := broker.KeyringConfig{Active: o.active(), Also: o.keks[1 : 1+o.also], DecryptOnly: o.keks[1+o.also:], Cached: cached, Logger: log, NewLocalKEK: newLocal,
 		DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now, Hold: o.rolloutHold(ctx, store, log)}
 	if o.metrics != nil {
 		kcfg.OnKEKCall = o.observeKEKCall

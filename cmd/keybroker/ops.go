@@ -142,7 +142,17 @@ func (o *ops) apiConfig(base vaultapi.Config, store broker.Store, rt *broker.Run
 
 	var checks []vaultapi.Check
 	for _, c := range rt.Checks() {
-		checks = append(checks, vaultapi.Check{Name: c.Name, ID: c.ID, Probe: c.Probe})
+		check := vaultapi.Check{Name: c.Name, ID: c.ID, Probe: c.Probe}
+		if c.DataKeys != nil {
+			check.DataKeys = func() *vaultapi.DataKeys {
+				row, ok := c.DataKeys()
+				if !ok {
+					return nil
+				}
+				return &vaultapi.DataKeys{Opens: row.Opened, Wraps: row.Wraps, Total: row.Total}
+			}
+		}
+		checks = append(checks, check)
 	}
 	checks = append(checks, vaultapi.Check{Name: "jwks", Probe: jwksProbe(verifier)})
 	if o.readiness, err = vaultapi.NewReadiness(vaultapi.ReadinessConfig{Checks: checks, Logger: o.log}); err != nil {

@@ -451,3 +451,38 @@ func TestConfigCommandsReadServe(t *testing.T) {
 	_, err = resolve(ConfigShow, nil, "--timeout", "5s")
 	require.ErrorIs(t, err, ErrUsage, "show probes nothing: no timeout")
 }
+
+// TestKEKList: $KEYBROKER_KEK may list several KMS KEKs; the first is the
+// active one, the others wrap every data key beside it. What cannot share
+// the data keys' wrapping is refused, naming why.
+func TestKEKList(t *testing.T) {
+	t.Parallel()
+	c, err := resolve(Serve, map[string]string{"KEYBROKER_KEK": "awskms:///alias/kb?id=aws-eu&region=eu-central-1, " +
+		"gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k?id=gcp-1  vault-transit://kb?id=vt-1"})
+	require.NoError(t, err)
+	require.Equal(t, "aws-eu", c.KEKs.Active.ID)
+	require.Len(t, c.KEKs.Also, 2)
+	require.Equal(t, []string{"gcp-1", "vt-1"}, []string{c.KEKs.Also[0].ID, c.KEKs.Also[1].ID})
+	for _, spec := range c.KEKs.Also {
+		require.Equal(t, RoleActive, spec.Role)
+		require.True(t, spec.Cached)
+		require.Equal(t, "$KEYBROKER_KEK (--kek)", spec.Setting)
+	}
+	var ids []string
+	for _, spec := range c.KEKs.All() {
+		ids = append(ids, spec.ID)
+	}
+	require.Equal(t, []string{"aws-eu", "gcp-1", "vt-1"}, ids)
+
+	refused := map[string]struct{ env map[string]string }{
+		"is not a remote KEK in cached envelope mode": {map[string]string{"KEYBROKER_KEK": "awskms:///alias/kb?id=a&region=r awskms:///alias/kb2?id=b&region=r&cache=off"}},
+		`"env-v1" is not a remote KEK`:                {map[string]string{"KEYBROKER_KEK": "env://MANA_AUTH_KEK awskms:///alias/kb?id=a&region=r"}},
+		"put id= in each URI":                         {map[string]string{"KEYBROKER_KEK": "awskms:///alias/kb?region=r awskms:///alias/kb2?id=b&region=r", "KEYBROKER_KEK_ID": "a"}},
+		"at most 4":                                   {map[string]string{"KEYBROKER_KEK": "awskms:///k1?id=a awskms:///k2?id=b awskms:///k3?id=c awskms:///k4?id=d awskms:///k5?id=e"}},
+		`the KEK id "a" is configured twice`:          {map[string]string{"KEYBROKER_KEK": "awskms:///k1?id=a awskms:///k2?id=a"}},
+	}
+	for want, tc := range refused {
+		_, err := resolve(Serve, tc.env)
+		require.ErrorContains(t, err, want)
+	}
+}

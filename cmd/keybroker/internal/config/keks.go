@@ -13,6 +13,10 @@ type KEKs struct {
 	// Active makes new wraps; nil when no KEK is configured (only the
 	// commands that need none run without one).
 	Active *KEKSpec
+	// Also are the further KEKs listed in $KEYBROKER_KEK after the first:
+	// remote KEKs in cached envelope mode that wrap every data key beside
+	// Active, any one of them opening it. Their role is active too.
+	Also []KEKSpec
 	// Retired are the decrypt-only KEKs.
 	Retired []KEKSpec
 	// AllowDevKeys accepts the all-zero KEK (--dev).
@@ -46,13 +50,18 @@ type KEKSpec struct {
 	Setting string
 }
 
-// All lists the active KEK, then the decrypt-only ones.
+// All lists the active KEK, the others of its list, then the
+// decrypt-only ones.
 func (k KEKs) All() []KEKSpec {
 	if k.Active == nil {
 		return k.Retired
 	}
-	return append([]KEKSpec{*k.Active}, k.Retired...)
+	return append(append([]KEKSpec{*k.Active}, k.Also...), k.Retired...)
 }
+
+// MaxKEKs bounds the KEKs listed in $KEYBROKER_KEK: each data key is
+// opened by asking all of them at once.
+const MaxKEKs = 4
 
 // Roles maps each configured KEK id to its role; empty without a KEK.
 func (k KEKs) Roles() map[string]Role {
@@ -86,9 +95,16 @@ func (c *Config) resolveKEKs(getenv func(string) string) Problems {
 	case active == "":
 		problems = append(problems, ErrNoKEK)
 	}
+	list := SplitList(active)
+	if len(list) > 1 {
+		active = list[0]
+		problems = append(problems, c.resolveAlso(list[1:], setting)...)
+	}
 	if active != "" {
 		var err error
-		if id := c.raw[kekID]; id != "" {
+		if id := c.raw[kekID]; id != "" && len(list) > 1 {
+			err = fmt.Errorf("%s names the id of one KEK, and %d are listed: put id= in each URI", kekID.name(), len(list))
+		} else if id != "" {
 			active, err = withID(active, id)
 		}
 		if err == nil {
@@ -99,6 +115,18 @@ func (c *Config) resolveKEKs(getenv func(string) string) Problems {
 		} else {
 			c.KEKs.Active.Dev = setting == "the dev KEK"
 			c.KEKs.Active.Setting = setting
+			if len(list) > 1 && !c.KEKs.Active.Cached {
+				problems = append(problems, notCachedInList(setting, *c.KEKs.Active))
+			}
+		}
+	}
+	if c.KEKs.Active != nil {
+		seen := map[string]bool{}
+		for _, spec := range c.KEKs.All() {
+			if seen[spec.ID] {
+				problems = append(problems, fmt.Errorf("%s: the KEK id %q is configured twice", setting, spec.ID))
+			}
+			seen[spec.ID] = true
 		}
 	}
 	for _, uri := range SplitList(c.raw[kekRetired]) {
@@ -111,6 +139,35 @@ func (c *Config) resolveKEKs(getenv func(string) string) Problems {
 		c.KEKs.Retired = append(c.KEKs.Retired, *spec)
 	}
 	return problems
+}
+
+// resolveAlso parses the KEKs listed in $KEYBROKER_KEK after the first.
+func (c *Config) resolveAlso(uris []string, setting string) Problems {
+	var problems Problems
+	if len(uris)+1 > MaxKEKs {
+		problems = append(problems, fmt.Errorf("%s lists %d KEKs: at most %d", setting, len(uris)+1, MaxKEKs))
+	}
+	for _, uri := range uris {
+		spec, err := parseSpec(uri, RoleActive)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("%s: %w", setting, err))
+			continue
+		}
+		spec.Setting = setting
+		if !spec.Cached {
+			problems = append(problems, notCachedInList(setting, *spec))
+			continue
+		}
+		c.KEKs.Also = append(c.KEKs.Also, *spec)
+	}
+	return problems
+}
+
+// notCachedInList refuses a KEK that cannot share the wrapping of the
+// data keys.
+func notCachedInList(setting string, spec KEKSpec) error {
+	return fmt.Errorf("%s lists several KEKs, and %q is not a remote KEK in cached envelope mode: "+
+		"only KMS KEKs (awskms, gcpkms, vault-transit) without cache=off can wrap the data keys together", setting, spec.ID)
 }
 
 func parseSpec(uri string, role Role) (*KEKSpec, error) {

@@ -226,7 +226,7 @@ var (
 			return nil
 		}}
 	kekURI = &setting{env: "KEYBROKER_KEK", flag: "kek", value: "URI", cmds: Serve | Tools,
-		usage: "active KEK URI, e.g. env://MANA_AUTH_KEK or file:///etc/keybroker/kek?id=file-2026"}
+		usage: "active KEK URI, e.g. env://MANA_AUTH_KEK or file:///etc/keybroker/kek?id=file-2026; or up to 4 KMS KEK URIs, separated by spaces or commas, each wrapping every data key"}
 	kekID = &setting{env: "KEYBROKER_KEK_ID", flag: "kek-id", value: "ID", cmds: Serve | Tools,
 		usage: "id of the active KEK, if not in its URI"}
 	kekRetired = &setting{env: "KEYBROKER_KEK_RETIRED", flag: "kek-retired", value: "URIS", cmds: Serve | Tools,

@@ -2,8 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,116 +38,6 @@ import (
 // (ErrDataKeyDeleted) and the service reloads and retries it, so no row is
 // ever stored under a key that no longer exists. A reload zeroes the local
 // KEK of every data key it no longer finds (kek.Destroyer).
-
-// DataKey is a data key as stored: wrapped by the remote KEK WrappedBy.
-type DataKey struct {
-	ID        string // recorded as kek_id on the rows it wraps
-	WrappedBy string // id of the remote KEK that wraps it
-	Wrapped   []byte
-	// Wraps are its other wraps, by other remote KEKs (KeyringConfig.Also):
-	// any one of them opens it too.
-	Wraps []DataKeyWrap
-	// CreatedAt is the minter's clock, which the store moves later when
-	// it is not after every other data key's.
-	CreatedAt time.Time
-}
-
-// DataKeyBinding is what the remote KEK's wrap of data key id is bound
-// to: a data key's wrap does not open as another data key, nor as a user
-// key.
-func DataKeyBinding(id, wrappedBy string) map[string]string {
-	return map[string]string{kek.BindingPurpose: "keybroker-data-key", kek.BindingDataKeyID: id, kek.BindingKEKID: wrappedBy}
-}
-
-// ErrNotCachedMode means the active KEK is not in cached envelope mode:
-// there is no data key to rotate.
-var ErrNotCachedMode = errors.New("the active KEK is not in cached envelope mode")
-
-// KeyringConfig configures LoadKeyring.
-type KeyringConfig struct {
-	// Active makes new wraps (through a data key when it is cached).
-	Active KEK
-	// Also are more remote KEKs in cached envelope mode that wrap every
-	// data key beside Active, in order of preference: any one of them
-	// opens a data key (datakeywraps.go). DataKeys must then be a
-	// DataKeyWrapStore.
-	Also []KEK
-	// DecryptOnly KEKs open rows they wrapped.
-	DecryptOnly []KEK
-	// Cached names the KEKs (among Active and DecryptOnly) in cached
-	// envelope mode: when the active KEK is one, new wraps go through a
-	// data key.
-	Cached []string
-	// DataKeys stores the data keys; required with Cached. When set, data
-	// keys wrapped by any configured KEK are loaded, so rows written in
-	// cached mode keep opening after a KEK's URI says cache=off.
-	DataKeys DataKeyStore
-	// NewLocalKEK makes the local KEK of a data key (AES-256-GCM); required
-	// with Cached. Injected because broker imports no provider. When the
-	// KEK it returns is a kek.Destroyer, the keyring destroys it once the
-	// data key is no longer loaded.
-	NewLocalKEK func(id string, key []byte) (KEK, error)
-	// OnKEKCall, when set, is told of every call the keyring makes to a
-	// KEK — the data keys' local KEKs and the remote KEKs that wrap them
-	// included — and of those the re-wrap job makes through it (Rewrap,
-	// LatestVersion), with its duration and error: the KEK metrics. It
-	// must be quick and safe for concurrent use. Others that call a KEK
-	// of the keyring report through Keyring.CallObserver.
-	OnKEKCall func(kek.Call)
-	// RefreshMinInterval rate-limits reloads triggered by an unknown id;
-	// default 10s.
-	RefreshMinInterval time.Duration
-	// DataKeyMaxAge, when positive, makes a load that finds the newest
-	// data key this old or older mint a new one: the data key rotates by
-	// itself. Zero rotates it only on demand (RotateDataKey).
-	DataKeyMaxAge time.Duration
-	// Hold, when set, is the id of a configured KEK that new wraps, new
-	// data keys and data-key moves use instead of Active, until the
-	// runtime's rollout releases it (rollout.go): the first decision of
-	// the one-step rollout, taken before the first load.
-	Hold string
-	// Now is the clock DataKeyMaxAge is measured with; default time.Now.
-	Now    func() time.Time
-	Logger *slog.Logger
-}
-
-func (c *KeyringConfig) validate() error {
-	if c.Active == nil {
-		return errors.New("broker: KeyringConfig.Active is required")
-	}
-	if len(c.Cached) == 0 && c.DataKeys == nil {
-		return nil
-	}
-	if c.DataKeys == nil {
-		return errors.New("broker: KeyringConfig.DataKeys is required in cached envelope mode")
-	}
-	if c.NewLocalKEK == nil {
-		return errors.New("broker: KeyringConfig.NewLocalKEK is required in cached envelope mode")
-	}
-	if len(c.Also) > 0 {
-		if _, ok := c.DataKeys.(DataKeyWrapStore); !ok {
-			return errors.New("broker: KeyringConfig.Also needs a DataKeys store that keeps several wraps (DataKeyWrapStore)")
-		}
-		for _, k := range append([]KEK{c.Active}, c.Also...) {
-			if !slices.Contains(c.Cached, k.ID()) {
-				return fmt.Errorf("broker: KEK %q wraps data keys beside others but is not in cached envelope mode", k.ID())
-			}
-		}
-	}
-	if c.RefreshMinInterval == 0 {
-		c.RefreshMinInterval = 10 * time.Second
-	}
-	if c.DataKeyMaxAge < 0 {
-		return errors.New("broker: KeyringConfig.DataKeyMaxAge must not be negative")
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	return nil
-}
 
 // LoadKeyring builds the keyring. With cached KEKs it loads the data keys,
 // creating the first one for the active KEK (or re-wrapping the newest one
@@ -562,24 +450,6 @@ func wrapIDs(dk *DataKey) string {
 	return strings.Join(ids, ", ")
 }
 
-// tooOld reports whether dk is past the maximum age.
-func (d *dataKeySource) tooOld(dk *DataKey) bool {
-	return d.cfg.DataKeyMaxAge > 0 && d.cfg.Now().Sub(dk.CreatedAt) >= d.cfg.DataKeyMaxAge
-}
-
-// mintAfter mints a data key after the newest, after; errRaced when
-// another replica minted first.
-func (d *dataKeySource) mintAfter(ctx context.Context, after string) (KEK, error) {
-	local, minted, err := d.mint(ctx, after)
-	if err != nil {
-		return nil, err
-	}
-	if !minted {
-		return nil, errRaced
-	}
-	return local, nil
-}
-
 // discard destroys the local KEKs of locals that are not loaded.
 func (d *dataKeySource) discard(locals map[string]KEK) {
 	for id, kek := range locals {
@@ -593,56 +463,6 @@ func destroyKEK(k KEK) {
 	if d, ok := k.(kek.Destroyer); ok {
 		d.Destroy()
 	}
-}
-
-// mint makes and wraps a new data key under the active remote KEK and
-// stores it as the newest, provided the newest is still after. It reports
-// false, and destroys what it made, when another data key was stored
-// first.
-func (d *dataKeySource) mint(ctx context.Context, after string) (KEK, bool, error) {
-	var raw [9]byte
-	rand.Read(raw[:])
-	id := "dk-" + base64.RawURLEncoding.EncodeToString(raw[:])
-	key := newMasterKey()
-	defer wipe(key)
-	first, more, err := d.mintWraps(ctx, id, key)
-	if err != nil {
-		return nil, false, fmt.Errorf("data keys: wrap a new data key: %w", classifyKEKError(errors.New("wrap failed"), err))
-	}
-	inserted, err := d.cfg.DataKeys.DataKeyInsert(ctx, DataKey{ID: id, WrappedBy: first.KEKID, Wrapped: first.Wrapped, Wraps: more, CreatedAt: d.cfg.Now()}, after)
-	if err != nil {
-		return nil, false, fmt.Errorf("data keys: store: %w", err)
-	}
-	if !inserted {
-		d.cfg.Logger.Info("another replica minted a data key first", slog.String("after", after))
-		return nil, false, nil
-	}
-	d.cfg.Logger.Info("data key created", slog.String("data_key_id", id), slog.String("kek_id", first.KEKID),
-		slog.String("previous_data_key_id", after))
-	local, err := d.cfg.NewLocalKEK(id, key)
-	if err != nil {
-		return nil, false, err
-	}
-	return local, true, nil
-}
-
-// moveDataKey re-wraps dk (whose plaintext is key) under the active remote
-// KEK.
-func (d *dataKeySource) moveDataKey(ctx context.Context, dk *DataKey, key []byte) (bool, error) {
-	remote := d.remote()
-	wrapped, err := d.keyring.wrap(ctx, remote, key, DataKeyBinding(dk.ID, remote.ID()))
-	if err != nil {
-		return false, fmt.Errorf("data keys: re-wrap %s: %w", dk.ID, classifyKEKError(errors.New("wrap failed"), err))
-	}
-	moved, err := d.cfg.DataKeys.DataKeyRewrap(ctx, dk.ID, dk.WrappedBy, wrapped, remote.ID())
-	if err != nil {
-		return false, fmt.Errorf("data keys: store: %w", err)
-	}
-	if moved {
-		d.cfg.Logger.Info("data key moved to a new remote KEK", slog.String("data_key_id", dk.ID),
-			slog.String("from_kek_id", dk.WrappedBy), slog.String("kek_id", remote.ID()))
-	}
-	return moved, nil
 }
 
 // unloadedKEK stands in for the active data key until it loads.

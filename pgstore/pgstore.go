@@ -268,6 +268,9 @@ func vaultArgs(v *broker.Vault) []any {
 	}
 }
 
+// vaultPlans are the scan plans of scanVault's columns.
+var vaultPlans planCache
+
 func scanVault(row pgx.Row) (*broker.Vault, error) {
 	var (
 		v       broker.Vault
@@ -277,11 +280,11 @@ func scanVault(row pgx.Row) (*broker.Vault, error) {
 		format  *int
 		takenAt *time.Time
 	)
-	err := row.Scan(
+	err := row.Scan(vaultPlans.scanner(
 		&v.UserID, &v.WrappedMK, &v.WrapIV, &v.FormatVersion, &v.KEKID, &v.KeyCheck, &v.CreatedAt, &v.RotatedAt,
 		&v.RecoveryWrappedMK, &v.RecoveryIV, &v.RecoveryFormatVersion, &v.RecoverySetAt, &v.ZeroKnowledge,
 		&v.KeyProof, &wrapped, &iv, &format, &r.SetAt, &r.KeyCheck, &r.KeyProof, &takenAt,
-	)
+	))
 	if err != nil {
 		return nil, err
 	}

@@ -144,7 +144,7 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header()["Content-Type"] = jsonTypeValue
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)
 }

@@ -60,9 +60,24 @@ func TestProfileFetch(t *testing.T) {
 	cpu, err := os.Create(prefix + ".cpu")
 	require.NoError(t, err)
 	defer cpu.Close()
-	require.NoError(t, pprof.StartCPUProfile(cpu))
-	res, err := Run(context.Background(), Load{URL: srv.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Concurrency: conns,
-		Duration: 10 * time.Second, Rate: rate})
+	duration := 10 * time.Second
+	if v := os.Getenv("KEYBROKER_BENCH_DURATION"); v != "" {
+		duration, err = time.ParseDuration(v)
+		require.NoError(t, err)
+	}
+	// wrk, when installed, drives closed-loop runs from its own process,
+	// so that the profile holds the server's work alone.
+	load := Load{URL: srv.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Concurrency: conns,
+		Duration: duration, Rate: rate}
+	var res *Result
+	if wrk := WrkPath(); wrk != "" && rate == 0 {
+		load.OnMeasure = func() { require.NoError(t, pprof.StartCPUProfile(cpu)) }
+		load.Warmup = time.Second
+		res, err = RunWrk(context.Background(), wrk, load, t.TempDir())
+	} else {
+		require.NoError(t, pprof.StartCPUProfile(cpu))
+		res, err = Run(context.Background(), load)
+	}
 	pprof.StopCPUProfile()
 	require.NoError(t, err)
 	allocs, err := os.Create(prefix + ".allocs")

@@ -93,8 +93,13 @@ type groupCommit[T any] struct {
 	observe func(GroupCommit) // may be nil
 	slots   chan struct{}     // bounds concurrent commits
 
+	// shed refuses items that could not be committed before their
+	// request's deadline, or past maxPending (overload.go).
+	shed bool
+
 	mu      sync.Mutex
 	pending []pendingItem[T]
+	took    time.Duration // moving average of a store call's time
 }
 
 type pendingItem[T any] struct {
@@ -139,8 +144,14 @@ func newGroupCommit[T any](kind GroupCommitKind, concurrency int, observe func(G
 // request as failed either way, which errs on the side of more audit,
 // never less.
 func (b *groupCommit[T]) do(ctx context.Context, item T) error {
-	p := pendingItem[T]{item: item, done: make(chan error, 1)}
 	b.mu.Lock()
+	if b.shed {
+		if err := b.admit(ctx, len(b.pending)); err != nil {
+			b.mu.Unlock()
+			return err
+		}
+	}
+	p := pendingItem[T]{item: item, done: make(chan error, 1)}
 	b.pending = append(b.pending, p)
 	b.mu.Unlock()
 	b.flush(ctx)
@@ -233,8 +244,10 @@ func (b *groupCommit[T]) runSplitting(ctx context.Context, items []T, idx []int,
 		}
 		start := time.Now()
 		err := b.run(ctx, part)
+		took := time.Since(start)
+		b.observeTook(took)
 		if b.observe != nil {
-			b.observe(GroupCommit{Kind: b.kind, Items: len(part), Took: time.Since(start), Err: err, Retry: retry})
+			b.observe(GroupCommit{Kind: b.kind, Items: len(part), Took: took, Err: err, Retry: retry})
 		}
 		if err == nil {
 			return

@@ -196,7 +196,7 @@ func TestBenchTable(t *testing.T) {
 	machine.LoadAfter = LoadAverage()
 	b.sortRows()
 	table := Table(b.rows)
-	targets := b.targets()
+	targets := b.targets() + b.targets22()
 	fmt.Printf("\n%s\n%s\n%s", machine.Markdown(), table, targets)
 	for _, why := range b.skipped {
 		fmt.Println("not measured:", why)
@@ -522,6 +522,7 @@ func (b *bench) runAll() {
 			}
 		}
 	}
+	b.overloadSteps(servers)
 	for _, srv := range servers {
 		if srv.key == rowPGEnv {
 			b.freshTokenStep(srv.p)

@@ -37,6 +37,9 @@ func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 	for i, o := range b.Outcomes {
 		actions[i], contexts[i], statuses[i] = string(o.Action), o.Context, int32(o.Status)
 	}
+	// The same for every fetch of the batch: encoded (and boxed) once.
+	var openable, actionsArg, contextsArg, statusesArg any = textArray(b.Openable), textArray(actions[:]),
+		textArray(contexts[:]), int4Array(statuses[:])
 	batch := &pgx.Batch{}
 	for i, f := range b.Fetches {
 		a := f.Audit
@@ -44,8 +47,8 @@ func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 			return &broker.BatchItemError{Index: i, Err: fmt.Errorf("pgstore: vault fetch: %w: empty user id", broker.ErrInvalidArgument)}
 		}
 		batch.Queue(setScope, a.UserID)
-		batch.Queue(s.sql.vaultFetch, a.UserID, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, b.Openable,
-			actions[:], contexts[:], statuses[:])
+		batch.Queue(s.sql.vaultFetch, a.UserID, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, openable,
+			actionsArg, contextsArg, statusesArg)
 	}
 	results := s.pool.SendBatch(ctx, batch)
 	vaults := make([]*broker.Vault, len(b.Fetches))

@@ -292,8 +292,8 @@ type zkToggleResponse struct {
 // what the original service sent.
 func isoTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
-// keyBody turns a domain result into the original's JSON shape and wipes
-// the raw key once it is encoded.
+// keyBody turns a domain result into the original's JSON shape; the raw
+// key is wiped once writeJSON has written it.
 func keyBody(res *broker.KeyResult) any {
 	if res.RequiresRecoveryCode {
 		return zkKeyResponse{
@@ -303,13 +303,8 @@ func keyBody(res *broker.KeyResult) any {
 			FormatVersion:        res.FormatVersion,
 		}
 	}
-	body := keyResponse{
-		MasterKey:     base64.StdEncoding.EncodeToString(res.MasterKey),
-		FormatVersion: res.FormatVersion,
-		KEKID:         res.KEKID,
-	}
-	clear(res.MasterKey)
-	return body
+	// writeJSON encodes it and wipes the key.
+	return &keyAnswer{key: res.MasterKey, formatVersion: res.FormatVersion, kekID: res.KEKID}
 }
 
 // ─── handlers ───────────────────────────────────────────────────────────

@@ -144,6 +144,10 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
+	if k, ok := body.(*keyAnswer); ok {
+		writeKeyAnswer(w, status, k)
+		return
+	}
 	w.Header()["Content-Type"] = jsonTypeValue
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)

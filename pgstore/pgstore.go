@@ -48,6 +48,8 @@ type Store struct {
 	pool   *pgxpool.Pool
 	schema string // unsanitized; build identifiers with pgx.Identifier
 	sql    statements
+	// fetchArgs caches VaultFetch's per-batch parameters.
+	fetchArgs fetchArgs
 }
 
 var _ broker.Store = (*Store)(nil)

@@ -218,7 +218,7 @@ func (b *groupCommit[T]) commit(caller context.Context, batch []pendingItem[T]) 
 	}
 	ctx, cancel := commitContext(caller)
 	errs := make([]error, len(items))
-	b.runSplitting(ctx, items, indexes(len(items)), errs, false)
+	b.runSplitting(ctx, items, nil, errs, false)
 	cancel()
 	for i, p := range batch {
 		p.done <- errs[i]
@@ -235,12 +235,16 @@ func (b *groupCommit[T]) commit(caller context.Context, batch []pendingItem[T]) 
 // When the call fails and the store cannot say which item is to blame
 // (and it is no outage, which fails them all), the items are halved and
 // each half runs on the same rule, so the one at fault still fails
-// alone. retry marks calls that re-run part of the batch.
+// alone. retry marks calls that re-run part of the batch. A nil idx is
+// every item (the first call of a commit: nothing to copy).
 func (b *groupCommit[T]) runSplitting(ctx context.Context, items []T, idx []int, errs []error, retry bool) {
-	for len(idx) > 0 {
-		part := make([]T, len(idx))
-		for j, i := range idx {
-			part[j] = items[i]
+	for idx == nil || len(idx) > 0 {
+		part := items
+		if idx != nil {
+			part = make([]T, len(idx))
+			for j, i := range idx {
+				part[j] = items[i]
+			}
 		}
 		start := time.Now()
 		err := b.run(ctx, part)
@@ -251,6 +255,9 @@ func (b *groupCommit[T]) runSplitting(ctx context.Context, items []T, idx []int,
 		}
 		if err == nil {
 			return
+		}
+		if idx == nil {
+			idx = indexes(len(items))
 		}
 		retry = true
 		var one *BatchItemError

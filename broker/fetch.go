@@ -107,6 +107,10 @@ type pendingItem[T any] struct {
 	done chan error
 }
 
+// doneChans recycles the channels a commit answers its items on: one
+// goes back only once its one answer has been received.
+var doneChans = sync.Pool{New: func() any { return make(chan error, 1) }}
+
 // GroupCommitKind names what a group commit carries.
 type GroupCommitKind string
 
@@ -151,12 +155,13 @@ func (b *groupCommit[T]) do(ctx context.Context, item T) error {
 			return err
 		}
 	}
-	p := pendingItem[T]{item: item, done: make(chan error, 1)}
+	p := pendingItem[T]{item: item, done: doneChans.Get().(chan error)}
 	b.pending = append(b.pending, p)
 	b.mu.Unlock()
 	b.flush(ctx)
 	select {
 	case err := <-p.done:
+		doneChans.Put(p.done) // drained, and its commit sends nothing more
 		if err != nil && (ctx.Err() != nil || pastDeadline(ctx)) {
 			// A commit that failed as this request ended, or that its
 			// deadline cut short (see commitContext; that timer may go

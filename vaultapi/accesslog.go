@@ -45,7 +45,11 @@ func (a *API) accessLog(next http.Handler) http.Handler {
 		start := time.Now()
 		id := newRequestID()
 		entry := &accessEntry{id: id}
-		ctx := context.WithValue(r.Context(), accessKey{}, entry)
+		// The request's deadline, RequestTimeout from its start, is set
+		// here with its one value, so that no handler copies the request
+		// again for it.
+		ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), accessKey{}, entry), a.timeout)
+		defer cancel()
 		w.Header().Set("X-Request-Id", id)
 		rec := &statusRecorder{ResponseWriter: w}
 		r = r.WithContext(ctx)

@@ -243,10 +243,8 @@ type handlerFunc func(r *http.Request, userID string, meta broker.RequestMeta) (
 
 func (a *API) handle(h handlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
-		defer cancel()
-		r = r.WithContext(ctx)
-		userID := userFrom(ctx)
+		// accessLog set the request's deadline (RequestTimeout).
+		userID := userFrom(r.Context())
 		meta := broker.RequestMeta{IPAddress: truncate(a.clientIP(r), broker.MaxAuditText), UserAgent: truncate(r.UserAgent(), broker.MaxAuditText)}
 		body, err := h(r, userID, meta)
 		if err != nil {
@@ -611,7 +609,9 @@ func (a *API) limitBody(limit int64) func(http.Handler) http.Handler {
 				a.writeError(w, r, newAPIError(CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", limit)))
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, limit)
+			if r.Body != http.NoBody { // net/http's body of a request without one
+				r.Body = http.MaxBytesReader(w, r.Body, limit)
+			}
 			next.ServeHTTP(w, r)
 		})
 	}

@@ -84,8 +84,8 @@ func TestProfileFetch(t *testing.T) {
 	require.NoError(t, err)
 	defer allocs.Close()
 	require.NoError(t, pprof.Lookup("allocs").WriteTo(allocs, 0))
-	t.Logf("%d conns: %.0f req/s, p50 %s, p99 %s, %d errors (%s); profiles in %s.{cpu,allocs}",
-		conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), res.Errors, res.FirstError, prefix)
+	t.Logf("%d conns: %d requests, %.0f req/s, p50 %s, p99 %s, %d errors (%s); profiles in %s.{cpu,allocs}",
+		conns, res.OK, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), res.Errors, res.FirstError, prefix)
 }
 
 // stack is keybroker's request path wired as `keybroker serve` wires it,

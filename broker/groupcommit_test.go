@@ -229,6 +229,7 @@ func TestOverloadedFetchIsRefusedAtOnce(t *testing.T) {
 	})
 	b.shed = true
 	b.took = time.Hour // the store's recent commits took an hour each
+	b.pending = []pendingItem[int]{{item: 0}} // and one fetch is queued ahead
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -236,12 +237,20 @@ func TestOverloadedFetchIsRefusedAtOnce(t *testing.T) {
 	require.ErrorIs(t, err, ErrOverloaded)
 	require.True(t, IsUnavailable(err), "an outage: the API answers 503 with Retry-After")
 	require.Zero(t, calls.Load(), "a refused fetch never reaches the store")
-	require.Empty(t, b.pending, "nor stays queued")
+	require.Len(t, b.pending, 1, "nor stays queued")
+	b.pending = nil
 
-	// Without a deadline there is nothing to miss: it queues and commits.
-	require.NoError(t, b.do(context.Background(), 2))
+	// With nothing queued ahead a fetch goes in the next commit whatever
+	// the estimate, so that one slow commit cannot lock fetches out.
+	require.NoError(t, b.do(ctx, 2))
 	require.EqualValues(t, 1, calls.Load())
 	require.Less(t, b.took, time.Hour, "each commit's time moves the estimate")
+
+	// Without a deadline there is nothing to miss.
+	b.took = time.Hour
+	b.pending = []pendingItem[int]{{item: 0, done: make(chan error, 1)}}
+	require.NoError(t, b.do(context.Background(), 3))
+	require.EqualValues(t, 2, calls.Load())
 
 	// Commits that keep their time admit a request with time to wait.
 	b.took = time.Millisecond

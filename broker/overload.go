@@ -26,7 +26,11 @@ func (b *groupCommit[T]) admit(ctx context.Context, queued int) error {
 		return &UnavailableError{Dependency: DependencyStore, Err: ErrOverloaded}
 	}
 	deadline, ok := ctx.Deadline()
-	if !ok || b.took == 0 {
+	if !ok || b.took == 0 || queued == 0 {
+		// With nothing queued the item goes in the next commit: it is
+		// admitted whatever the estimate, so that commits keep running
+		// and keep the estimate current (refusing everything after one
+		// slow commit would leave it stale for good).
 		return nil
 	}
 	commits := 2 + queued/(maxGroupCommit*cap(b.slots))

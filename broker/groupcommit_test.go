@@ -228,7 +228,7 @@ func TestOverloadedFetchIsRefusedAtOnce(t *testing.T) {
 		return nil
 	})
 	b.shed = true
-	b.took = time.Hour // the store's recent commits took an hour each
+	b.took = time.Hour                        // the store's recent commits took an hour each
 	b.pending = []pendingItem[int]{{item: 0}} // and one fetch is queued ahead
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

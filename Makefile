@@ -65,7 +65,12 @@ fmt:
 ## micro-benchmarks. Takes about 10 minutes; reports, never fails on a time.
 ## KEYBROKER_BENCH_{USERS,WARMUP,DURATION,CONNS,ROWS,OUT,MICRO} tune it;
 ## KEYBROKER_BENCH_PEER_{URL,TOKEN,KEY} add a Vault/OpenBao Transit peer.
+## Closed-loop steps are driven by wrk (Debian's C generator), installed here
+## when apt-get can; without it the Go generator drives them and the table
+## says so (KEYBROKER_BENCH_GENERATOR=go asks for it).
 bench:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q wrk >/dev/null; } || \
+		echo "bench: wrk is not installed (apt-get install wrk); the Go generator drives every step, and the table says so"
 	KEYBROKER_BENCH=1 $(GO) test -count=1 -run '^TestBenchTable$$' -timeout 30m -v ./internal/bench
 
 ## bench-rewrap: the re-wrap job on 100 000 rows next to a plain UPDATE of

@@ -97,14 +97,23 @@ type groupCommit[T any] struct {
 	observe func(GroupCommit) // may be nil
 	slots   chan struct{}     // bounds concurrent commits
 
+	// shed refuses items that could not be committed before their
+	// request's deadline, or past maxPending (overload.go).
+	shed bool
+
 	mu      sync.Mutex
 	pending []pendingItem[T]
+	took    time.Duration // moving average of a store call's time
 }
 
 type pendingItem[T any] struct {
 	item T
 	done chan error
 }
+
+// doneChans recycles the channels a commit answers its items on: one
+// goes back only once its one answer has been received.
+var doneChans = sync.Pool{New: func() any { return make(chan error, 1) }}
 
 // GroupCommitKind names what a group commit carries.
 type GroupCommitKind string
@@ -143,13 +152,20 @@ func newGroupCommit[T any](kind GroupCommitKind, concurrency int, observe func(G
 // request as failed either way, which errs on the side of more audit,
 // never less.
 func (b *groupCommit[T]) do(ctx context.Context, item T) error {
-	p := pendingItem[T]{item: item, done: make(chan error, 1)}
 	b.mu.Lock()
+	if b.shed {
+		if err := b.admit(ctx, len(b.pending)); err != nil {
+			b.mu.Unlock()
+			return err
+		}
+	}
+	p := pendingItem[T]{item: item, done: doneChans.Get().(chan error)}
 	b.pending = append(b.pending, p)
 	b.mu.Unlock()
 	b.flush(ctx)
 	select {
 	case err := <-p.done:
+		doneChans.Put(p.done) // drained, and its commit sends nothing more
 		if err != nil && (ctx.Err() != nil || pastDeadline(ctx)) {
 			// A commit that failed as this request ended, or that its
 			// deadline cut short (see commitContext; that timer may go
@@ -211,7 +227,7 @@ func (b *groupCommit[T]) commit(caller context.Context, batch []pendingItem[T]) 
 	}
 	ctx, cancel := commitContext(caller)
 	errs := make([]error, len(items))
-	b.runSplitting(ctx, items, indexes(len(items)), errs, false)
+	b.runSplitting(ctx, items, nil, errs, false)
 	cancel()
 	for i, p := range batch {
 		p.done <- errs[i]
@@ -228,20 +244,29 @@ func (b *groupCommit[T]) commit(caller context.Context, batch []pendingItem[T]) 
 // When the call fails and the store cannot say which item is to blame
 // (and it is no outage, which fails them all), the items are halved and
 // each half runs on the same rule, so the one at fault still fails
-// alone. retry marks calls that re-run part of the batch.
+// alone. retry marks calls that re-run part of the batch. A nil idx is
+// every item (the first call of a commit: nothing to copy).
 func (b *groupCommit[T]) runSplitting(ctx context.Context, items []T, idx []int, errs []error, retry bool) {
-	for len(idx) > 0 {
-		part := make([]T, len(idx))
-		for j, i := range idx {
-			part[j] = items[i]
+	for idx == nil || len(idx) > 0 {
+		part := items
+		if idx != nil {
+			part = make([]T, len(idx))
+			for j, i := range idx {
+				part[j] = items[i]
+			}
 		}
 		start := time.Now()
 		err := b.run(ctx, part)
+		took := time.Since(start)
+		b.observeTook(took)
 		if b.observe != nil {
-			b.observe(GroupCommit{Kind: b.kind, Items: len(part), Took: time.Since(start), Err: err, Retry: retry})
+			b.observe(GroupCommit{Kind: b.kind, Items: len(part), Took: took, Err: err, Retry: retry})
 		}
 		if err == nil {
 			return
+		}
+		if idx == nil {
+			idx = indexes(len(items))
 		}
 		retry = true
 		var one *BatchItemError

@@ -215,3 +215,58 @@ func TestGroupCommitOutageFailsEveryItem(t *testing.T) {
 		require.True(t, IsUnavailable(err))
 	}
 }
+
+// TestOverloadedFetchIsRefusedAtOnce: past saturation a fetch that could
+// not be committed before its deadline, or that finds the queue full, is
+// answered at once with an outage (503 with Retry-After) and never
+// reaches the store, instead of waiting out its deadline; one that has
+// the time queues as before.
+func TestOverloadedFetchIsRefusedAtOnce(t *testing.T) {
+	var calls atomic.Int64
+	b := newGroupCommit(GroupCommitFetch, 1, nil, func(context.Context, []int) error {
+		calls.Add(1)
+		return nil
+	})
+	b.shed = true
+	b.took = time.Hour                        // the store's recent commits took an hour each
+	b.pending = []pendingItem[int]{{item: 0}} // and one fetch is queued ahead
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := b.do(ctx, 1)
+	require.ErrorIs(t, err, ErrOverloaded)
+	require.True(t, IsUnavailable(err), "an outage: the API answers 503 with Retry-After")
+	require.Zero(t, calls.Load(), "a refused fetch never reaches the store")
+	require.Len(t, b.pending, 1, "nor stays queued")
+	b.pending = nil
+
+	// With nothing queued ahead a fetch goes in the next commit whatever
+	// the estimate, so that one slow commit cannot lock fetches out.
+	require.NoError(t, b.do(ctx, 2))
+	require.EqualValues(t, 1, calls.Load())
+	require.Less(t, b.took, time.Hour, "each commit's time moves the estimate")
+
+	// Without a deadline there is nothing to miss.
+	b.took = time.Hour
+	b.pending = []pendingItem[int]{{item: 0, done: make(chan error, 1)}}
+	require.NoError(t, b.do(context.Background(), 3))
+	require.EqualValues(t, 2, calls.Load())
+
+	// Commits that keep their time admit a request with time to wait.
+	b.took = time.Millisecond
+	require.NoError(t, b.do(ctx, 3))
+
+	// A full queue refuses even a request with all the time in the world.
+	b.mu.Lock()
+	b.pending = make([]pendingItem[int], maxPending)
+	b.mu.Unlock()
+	require.ErrorIs(t, b.admit(context.Background(), maxPending), ErrOverloaded)
+	b.mu.Lock()
+	b.pending = nil
+	b.mu.Unlock()
+
+	// The audit commit does not shed: its items follow an unwrap.
+	audits := newGroupCommit(GroupCommitAudit, 1, nil, func(context.Context, []int) error { return nil })
+	audits.took = time.Hour
+	require.NoError(t, audits.do(ctx, 1))
+}

@@ -133,6 +133,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if fetcher, ok := cfg.Store.(VaultFetcher); ok {
 		s.fetcher = fetcher
 		s.fetches = newGroupCommit(GroupCommitFetch, cfg.AuditCommitters, cfg.OnGroupCommit, s.fetchGroup)
+		// A fetch refused before it is queued has done nothing yet; the
+		// audit commit's items follow an unwrap, and always queue.
+		s.fetches.shed = true
 	}
 	return s, nil
 }

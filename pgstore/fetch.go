@@ -32,20 +32,18 @@ const setScope = "SELECT set_config('app.current_user_id', $1, true)"
 // again without it. Outages and failures the server did not report
 // against a statement fail the whole batch.
 func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
-	var actions, contexts [len(b.Outcomes)]string
-	var statuses [len(b.Outcomes)]int32
-	for i, o := range b.Outcomes {
-		actions[i], contexts[i], statuses[i] = string(o.Action), o.Context, int32(o.Status)
-	}
-	batch := &pgx.Batch{}
+	// The same for every fetch of the batch: encoded (and boxed) once.
+	args := s.fetchArgs.get(b)
+	batch := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, 2*len(b.Fetches))}
 	for i, f := range b.Fetches {
 		a := f.Audit
 		if a.UserID == "" {
 			return &broker.BatchItemError{Index: i, Err: fmt.Errorf("pgstore: vault fetch: %w: empty user id", broker.ErrInvalidArgument)}
 		}
-		batch.Queue(setScope, a.UserID)
-		batch.Queue(s.sql.vaultFetch, a.UserID, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, b.Openable,
-			actions[:], contexts[:], statuses[:], macsArg(&f.MACs))
+		var user any = a.UserID // boxed once for both statements
+		batch.Queue(setScope, user)
+		batch.Queue(s.sql.vaultFetch, user, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, args[0],
+			args[1], args[2], args[3], macsArg(&f.MACs))
 	}
 	results := s.pool.SendBatch(ctx, batch)
 	vaults := make([]*broker.Vault, len(b.Fetches))

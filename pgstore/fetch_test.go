@@ -20,9 +20,10 @@ func TestVaultReadIsScopedByRLS(t *testing.T) {
 	e.migrate(t, "kb")
 	store := e.store(t, "kb")
 	ctx := context.Background()
+	wrapOf := map[string]string{"alice": "YWxpY2U=", "bob": "Ym9i"}
 	for _, user := range []string{"alice", "bob"} {
 		require.NoError(t, store.InUserTx(ctx, user, func(tx broker.Tx) error {
-			w, iv := "d3JhcA==", ""
+			w, iv := wrapOf[user], ""
 			_, err := tx.VaultInsert(ctx, &broker.Vault{UserID: user, WrappedMK: &w, WrapIV: &iv, FormatVersion: 2,
 				KEKID: "k", CreatedAt: time.Now(), RecoveryFormatVersion: 1})
 			return err
@@ -30,11 +31,18 @@ func TestVaultReadIsScopedByRLS(t *testing.T) {
 	}
 	// Many reads on a small pool: every connection is reused, and a scope
 	// left behind would show up as a wrong row.
+	var reads []*broker.Vault
 	for i := range 20 {
 		user := []string{"alice", "bob"}[i%2]
 		v, err := store.VaultRead(ctx, user)
 		require.NoError(t, err)
 		require.Equal(t, user, v.UserID)
+		reads = append(reads, v)
+	}
+	// Rows are scanned into reused buffers: no vault read earlier shares
+	// (or was overwritten through) a value of a later one.
+	for _, v := range reads {
+		require.Equal(t, wrapOf[v.UserID], *v.WrappedMK, v.UserID)
 	}
 	_, err := store.VaultRead(ctx, "carol")
 	require.ErrorIs(t, err, broker.ErrNotFound)

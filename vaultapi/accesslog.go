@@ -7,16 +7,16 @@ import (
 	"time"
 )
 
-// accessEntry collects what the access line reports; handlers deeper in
-// the chain fill in the user id.
-type accessEntry struct{ userID string }
+// accessEntry is the request's one context value: its id, and the user
+// authenticate admitted ("" until then), which the access line reports
+// and the handlers act for.
+type accessEntry struct{ id, userID string }
 
 type accessKey struct{}
 
-func setAccessUser(ctx context.Context, userID string) {
-	if e, ok := ctx.Value(accessKey{}).(*accessEntry); ok {
-		e.userID = userID
-	}
+func entryFrom(ctx context.Context) *accessEntry {
+	e, _ := ctx.Value(accessKey{}).(*accessEntry)
+	return e
 }
 
 type statusRecorder struct {
@@ -44,8 +44,12 @@ func (a *API) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := newRequestID()
-		entry := &accessEntry{}
-		ctx := context.WithValue(context.WithValue(r.Context(), requestIDKey, id), accessKey{}, entry)
+		entry := &accessEntry{id: id}
+		// The request's deadline, RequestTimeout from its start, is set
+		// here with its one value, so that no handler copies the request
+		// again for it.
+		ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), accessKey{}, entry), a.timeout)
+		defer cancel()
 		w.Header().Set("X-Request-Id", id)
 		rec := &statusRecorder{ResponseWriter: w}
 		r = r.WithContext(ctx)

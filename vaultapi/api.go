@@ -248,10 +248,8 @@ type handlerFunc func(r *http.Request, userID string, meta broker.RequestMeta) (
 
 func (a *API) handle(h handlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
-		defer cancel()
-		r = r.WithContext(ctx)
-		userID := userFrom(ctx)
+		// accessLog set the request's deadline (RequestTimeout).
+		userID := userFrom(r.Context())
 		meta := broker.RequestMeta{IPAddress: truncate(a.clientIP(r), broker.MaxAuditText), UserAgent: truncate(r.UserAgent(), broker.MaxAuditText)}
 		body, err := h(r, userID, meta)
 		if err != nil {
@@ -297,8 +295,8 @@ type zkToggleResponse struct {
 // what the original service sent.
 func isoTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
-// keyBody turns a domain result into the original's JSON shape and wipes
-// the raw key once it is encoded.
+// keyBody turns a domain result into the original's JSON shape; the raw
+// key is wiped once writeJSON has written it.
 func keyBody(res *broker.KeyResult) any {
 	if res.RequiresRecoveryCode {
 		return zkKeyResponse{
@@ -308,13 +306,8 @@ func keyBody(res *broker.KeyResult) any {
 			FormatVersion:        res.FormatVersion,
 		}
 	}
-	body := keyResponse{
-		MasterKey:     base64.StdEncoding.EncodeToString(res.MasterKey),
-		FormatVersion: res.FormatVersion,
-		KEKID:         res.KEKID,
-	}
-	clear(res.MasterKey)
-	return body
+	// writeJSON encodes it and wipes the key.
+	return &keyAnswer{key: res.MasterKey, formatVersion: res.FormatVersion, kekID: res.KEKID}
 }
 
 // ─── handlers ───────────────────────────────────────────────────────────
@@ -528,21 +521,19 @@ func decodeKeyProof(value *string) ([]byte, error) {
 
 // ─── middleware ─────────────────────────────────────────────────────────
 
-type ctxKey int
-
-const (
-	userKey ctxKey = iota
-	requestIDKey
-)
-
+// userFrom is the user authenticate admitted, "" before it ran.
 func userFrom(ctx context.Context) string {
-	s, _ := ctx.Value(userKey).(string)
-	return s
+	if e := entryFrom(ctx); e != nil {
+		return e.userID
+	}
+	return ""
 }
 
 func requestID(ctx context.Context) string {
-	s, _ := ctx.Value(requestIDKey).(string)
-	return s
+	if e := entryFrom(ctx); e != nil {
+		return e.id
+	}
+	return ""
 }
 
 func routePattern(r *http.Request) string {
@@ -573,8 +564,15 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 			a.writeError(w, r, newAPIError(CodeUnauthorized, "missing or invalid bearer token"))
 			return
 		}
-		setAccessUser(r.Context(), sub)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey, sub)))
+		// The request's one context value carries the user on: no
+		// second context and copy of the request per request.
+		if e := entryFrom(r.Context()); e != nil {
+			e.userID = sub
+			next.ServeHTTP(w, r)
+			return
+		}
+		// Not below accessLog (a handler mounted on its own, in tests).
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), accessKey{}, &accessEntry{userID: sub})))
 	})
 }
 
@@ -587,13 +585,23 @@ func bearerToken(header string) (string, bool) {
 	return token, token != ""
 }
 
+// Header values shared by every response, set without an allocation
+// each: net/http only reads them, and an Add to one of these keys appends
+// past the one element (a new array), never into it.
+var (
+	noStoreValue  = []string{"no-store"}
+	noCacheValue  = []string{"no-cache"}
+	nosniffValue  = []string{"nosniff"}
+	jsonTypeValue = []string{"application/json; charset=utf-8"}
+)
+
 // noStore marks every vault response uncacheable: they carry key material.
 func noStore(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("Cache-Control", "no-store")
-		h.Set("Pragma", "no-cache")
-		h.Set("X-Content-Type-Options", "nosniff")
+		h["Cache-Control"] = noStoreValue
+		h["Pragma"] = noCacheValue
+		h["X-Content-Type-Options"] = nosniffValue
 		next.ServeHTTP(w, r)
 	})
 }
@@ -606,7 +614,9 @@ func (a *API) limitBody(limit int64) func(http.Handler) http.Handler {
 				a.writeError(w, r, newAPIError(CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", limit)))
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, limit)
+			if r.Body != http.NoBody { // net/http's body of a request without one
+				r.Body = http.MaxBytesReader(w, r.Body, limit)
+			}
 			next.ServeHTTP(w, r)
 		})
 	}

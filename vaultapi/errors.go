@@ -144,7 +144,11 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	if k, ok := body.(*keyAnswer); ok {
+		writeKeyAnswer(w, status, k)
+		return
+	}
+	w.Header()["Content-Type"] = jsonTypeValue
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)
 }

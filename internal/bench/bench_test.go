@@ -39,6 +39,10 @@ type settings struct {
 	out      string        // KEYBROKER_BENCH_OUT, the Markdown file; "-" writes none
 	micro    bool          // KEYBROKER_BENCH_MICRO=0 skips the Go micro-benchmarks
 	passes   int           // KEYBROKER_BENCH_PASSES, closed-loop passes merged into each row
+	// oldBin, KEYBROKER_BENCH_OLD_BIN, is another keybroker binary (an
+	// earlier commit's) run as a second PostgreSQL + env KEK row beside
+	// the first, step by step: a change is read as a ratio in one run.
+	oldBin string
 }
 
 const (
@@ -58,6 +62,9 @@ var rowTitles = map[string]string{
 }
 
 const floorTitle = "floor: pgbench, same SQL"
+
+// oldTitle is the env-KEK row of KEYBROKER_BENCH_OLD_BIN.
+const oldTitle = "PostgreSQL + env KEK, KEYBROKER_BENCH_OLD_BIN"
 
 // freshTitle is the env-KEK row where no token is presented twice, so
 // every request pays the full JWT check: a storm of new logins.
@@ -113,6 +120,7 @@ func loadSettings(t *testing.T) settings {
 		s.out = v
 	}
 	s.micro = os.Getenv("KEYBROKER_BENCH_MICRO") != "0"
+	s.oldBin = os.Getenv("KEYBROKER_BENCH_OLD_BIN")
 	return s
 }
 
@@ -132,6 +140,9 @@ type bench struct {
 	skipped      []string        // rows that could not run, and why
 	startToReady map[string]time.Duration
 	maxConns     int // the PostgreSQL server's max_connections
+	// wrk drives the closed-loop steps when installed ("" otherwise: the
+	// Go generator), with its files in wrkDir.
+	wrk, wrkDir string
 	// halfPeak is the pace of each configuration's step at half of its
 	// peak, by title: the step the p99 target is read from.
 	halfPeak map[string]float64
@@ -151,6 +162,10 @@ func TestBenchTable(t *testing.T) {
 	s := loadSettings(t)
 	b := &bench{t: t, s: s, floor: map[int]float64{}, startToReady: map[string]time.Duration{}, halfPeak: map[string]float64{}}
 	b.bin = buildKeybroker(t)
+	b.wrk, b.wrkDir = WrkPath(), t.TempDir()
+	if b.wrk == "" {
+		t.Log("wrk is not installed (apt-get install wrk): the Go generator drives every step, and its CPU is taken from the server's cores")
+	}
 
 	// The token issuer: tokens minted here, its JWKS served on loopback
 	// to the server, which verifies every request as in production.
@@ -190,7 +205,7 @@ func TestBenchTable(t *testing.T) {
 	machine.LoadAfter = LoadAverage()
 	b.sortRows()
 	table := Table(b.rows)
-	targets := b.targets()
+	targets := b.targets() + b.targets22()
 	fmt.Printf("\n%s\n%s\n%s", machine.Markdown(), table, targets)
 	for _, why := range b.skipped {
 		fmt.Println("not measured:", why)
@@ -300,10 +315,12 @@ func newKEKEnv() string {
 	return "MANA_AUTH_KEK=" + base64.StdEncoding.EncodeToString(key)
 }
 
-func (b *bench) start(env []string) (*Process, error) {
+func (b *bench) start(env []string) (*Process, error) { return b.startBin(b.bin, env) }
+
+func (b *bench) startBin(bin string, env []string) (*Process, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := StartProcess(ctx, b.bin, env, time.Minute)
+	p, err := StartProcess(ctx, bin, env, time.Minute)
 	if err != nil {
 		return nil, err
 	}
@@ -371,7 +388,7 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	probesBefore.Store(b.kms.DescribeKeys())
 	var commitsBefore GroupCommits
 	var commitsMu sync.Mutex
-	res, err := Run(context.Background(), Load{
+	load := Load{
 		URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Sequential: sequential, Concurrency: conns,
 		Warmup: b.s.warmup, Duration: b.s.duration, Rate: rate,
 		OnMeasure: func() {
@@ -390,13 +407,22 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 				cpuBefore.Store(int64(cpu))
 			}
 		},
-	})
+	}
+	generator := GeneratorGo
+	var res *Result
+	var err error
+	if b.wrk != "" && rate == 0 && !sequential {
+		generator = GeneratorWrk
+		res, err = RunWrk(context.Background(), b.wrk, load, b.wrkDir)
+	} else {
+		res, err = Run(context.Background(), load)
+	}
 	require.NoError(t, err)
 	cpu, err := p.CPUTime()
 	require.NoError(t, err)
 	rss, err := p.PeakRSS()
 	require.NoError(t, err)
-	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1,
+	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1, Generator: generator,
 		CPU: cpu - time.Duration(cpuBefore.Load()), ServerLatencies: p.ServerLatencies()}
 	if strings.Contains(title, "AWS") {
 		row.KMSProbes = b.kms.DescribeKeys() - probesBefore.Load()
@@ -410,10 +436,11 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 		row.GroupCommits = g.Sub(commitsBefore)
 		commitsMu.Unlock()
 	}
-	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req  %s",
+	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req  %s %.0f µs/req  %s",
 		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)),
 		ms(percentile(row.ServerLatencies, 50)), ms(percentile(row.ServerLatencies, 99)), float64(rss)/(1<<20),
-		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)), row.GroupCommits)
+		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)), generator,
+		float64(res.GeneratorCPU/time.Microsecond)/float64(max(res.OK, 1)), row.GroupCommits)
 	return row
 }
 
@@ -448,6 +475,14 @@ func (b *bench) runAll() {
 		if srv != nil {
 			b.initUsers(srv.p)
 			servers = append(servers, srv)
+		}
+		if key == rowPGEnv && b.s.oldBin != "" {
+			dbURL := b.database()
+			env := b.serverEnv("DATABASE_URL="+dbURL, newKEKEnv())
+			p, err := b.startBin(b.s.oldBin, env)
+			require.NoError(t, err)
+			b.initUsers(p)
+			servers = append(servers, &server{key: "pg-env-old", title: oldTitle, p: p, env: env, dbURL: dbURL})
 		}
 	}
 	script := FloorScript(pgstore.DefaultSchema, b.s.users)
@@ -502,6 +537,7 @@ func (b *bench) runAll() {
 			}
 		}
 	}
+	b.overloadSteps(servers)
 	for _, srv := range servers {
 		if srv.key == rowPGEnv {
 			b.freshTokenStep(srv.p)
@@ -548,7 +584,7 @@ func (b *bench) floorStep(dbURL, script, dir string, c int) {
 		clients /= 2
 	}
 	require.NoError(t, err)
-	row := &Row{Config: floorTitle, Concurrency: c, Result: res, KMSCalls: -1}
+	row := &Row{Config: floorTitle, Concurrency: c, Result: res, KMSCalls: -1, Generator: GeneratorPgbench}
 	if clients != c {
 		row.Note = fmt.Sprintf("%d clients: the rest of max_connections (%d) was in use", clients, b.maxConns)
 	}
@@ -567,7 +603,7 @@ func (b *bench) pacedFloorStep(dbURL, script, dir string, rate float64) {
 	clients := pgstore.DefaultPoolSize()
 	res, err := Pgbench(context.Background(), dbURL, script, clients, rate, b.s.duration+b.s.warmup, dir)
 	require.NoError(t, err)
-	b.rows = append(b.rows, &Row{Config: floorTitle, Concurrency: clients, Rate: rate, Result: res, KMSCalls: -1,
+	b.rows = append(b.rows, &Row{Config: floorTitle, Concurrency: clients, Rate: rate, Result: res, KMSCalls: -1, Generator: GeneratorPgbench,
 		Note: "paced, as many connections as keybroker's pool"})
 	t.Logf("%-45s %4d conns @ %.0f/s: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
 		floorTitle, clients, rate, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
@@ -661,7 +697,7 @@ func (b *bench) freshTokenStep(p *Process) {
 // concurrency or pace, closed-loop steps by concurrency, then the paced
 // steps by pace.
 func (b *bench) sortRows() {
-	group := map[string]int{rowTitles[rowPGEnv]: 0, floorTitle: 0, peerTitle: 0, freshTitle: 1,
+	group := map[string]int{rowTitles[rowPGEnv]: 0, floorTitle: 0, peerTitle: 0, oldTitle: 0, freshTitle: 1,
 		rowTitles[rowAWSDirect]: 2, rowTitles[rowAWSCached]: 3, rowTitles[rowSQLite]: 4}
 	slices.SortStableFunc(b.rows, func(x, y *Row) int {
 		if d := group[x.Config] - group[y.Config]; d != 0 {
@@ -712,6 +748,7 @@ func (b *bench) mergeRow(row *Row) *Row {
 		}
 		r.PeakRSS = max(r.PeakRSS, row.PeakRSS)
 		r.CPU += row.CPU
+		r.Result.GeneratorCPU += row.Result.GeneratorCPU
 		r.ServerLatencies = append(r.ServerLatencies, row.ServerLatencies...)
 		r.GroupCommits = GroupCommits{Commits: r.GroupCommits.Commits + row.GroupCommits.Commits,
 			Requests: r.GroupCommits.Requests + row.GroupCommits.Requests, Took: r.GroupCommits.Took + row.GroupCommits.Took}

@@ -62,6 +62,11 @@ type Result struct {
 	Latencies []time.Duration
 	// FirstError describes one failure, for the report.
 	FirstError string
+	// GeneratorCPU is the load generator's own CPU time (user + system)
+	// for the requests counted: what it took from the cores the server
+	// shares. For the Go generator it is this whole process's (the log
+	// reader, the JWKS server and local-kms included), an upper bound.
+	GeneratorCPU time.Duration
 }
 
 // RPS is the throughput of successful requests.
@@ -106,10 +111,15 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 	start := time.Now()
 	measureFrom := start.Add(l.Warmup)
 	end := measureFrom.Add(l.Duration)
-	if l.OnMeasure != nil {
-		timer := time.AfterFunc(l.Warmup, l.OnMeasure)
-		defer timer.Stop()
-	}
+	var cpuFrom atomic.Int64
+	cpuFrom.Store(int64(processCPU()))
+	timer := time.AfterFunc(l.Warmup, func() {
+		if l.OnMeasure != nil {
+			l.OnMeasure()
+		}
+		cpuFrom.Store(int64(processCPU()))
+	})
+	defer timer.Stop()
 	results := make([]workerResult, l.Concurrency)
 	var next atomic.Int64
 	var dues chan time.Time
@@ -132,7 +142,7 @@ func Run(ctx context.Context, l Load) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	total := &Result{Elapsed: l.Duration}
+	total := &Result{Elapsed: l.Duration, GeneratorCPU: processCPU() - time.Duration(cpuFrom.Load())}
 	for _, w := range results {
 		total.OK += w.ok
 		total.Errors += w.errs

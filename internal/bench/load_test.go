@@ -67,3 +67,47 @@ func TestPeerRequestsCarryMethodHeaderAndBody(t *testing.T) {
 	require.Positive(t, served.Load())
 	require.Zero(t, wrong.Load(), "every request is the peer's, whole")
 }
+
+// TestWrkStepCountsItsRequestsAndCPU: a closed-loop step driven by wrk
+// sends every token as a bearer, counts 200s as OK and other answers as
+// errors, and reports wrk's own CPU.
+func TestWrkStepCountsItsRequestsAndCPU(t *testing.T) {
+	wrk := WrkPath()
+	if wrk == "" {
+		t.Skip("wrk is not installed (apt-get install wrk)")
+	}
+	t.Parallel()
+	var served, refused atomic.Int64
+	seen := [3]atomic.Int64{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		switch r.Header.Get("Authorization") {
+		case "Bearer t0":
+			seen[0].Add(1)
+		case "Bearer t1":
+			seen[1].Add(1)
+		default:
+			seen[2].Add(1)
+			refused.Add(1)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(srv.Close)
+	measured := false
+	res, err := RunWrk(context.Background(), wrk, Load{URL: srv.URL, Tokens: []string{"t0", "t1", "bad"}, Concurrency: 4,
+		Warmup: time.Second, Duration: time.Second, OnMeasure: func() { measured = true }}, t.TempDir())
+	require.NoError(t, err)
+	require.True(t, measured)
+	require.Positive(t, res.OK)
+	require.Positive(t, res.Errors, "401s are errors")
+	for i := range seen {
+		require.Positive(t, seen[i].Load(), "token %d was sent", i)
+	}
+	// Both runs' requests reached the server; the measured one's are counted.
+	require.LessOrEqual(t, int64(res.OK+res.Errors), served.Load())
+	require.Len(t, res.Latencies, res.OK)
+	require.Positive(t, res.GeneratorCPU)
+	_, err = RunWrk(context.Background(), wrk, Load{URL: srv.URL, Tokens: []string{"t"}, Concurrency: 1, Duration: time.Second, Rate: 10}, t.TempDir())
+	require.Error(t, err, "wrk does not pace")
+}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -70,6 +71,9 @@ func Pgbench(ctx context.Context, databaseURL, script string, clients int, rate 
 		return nil, fmt.Errorf("bench: pgbench: %w\n%s", err, out)
 	}
 	res := &Result{Elapsed: time.Duration(secs) * time.Second}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		res.GeneratorCPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
 	failed := regexp.MustCompile(`number of failed transactions: (\d+)`).FindSubmatch(out)
 	if failed != nil {
 		res.Errors, _ = strconv.Atoi(string(failed[1]))

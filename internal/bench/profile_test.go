@@ -60,17 +60,32 @@ func TestProfileFetch(t *testing.T) {
 	cpu, err := os.Create(prefix + ".cpu")
 	require.NoError(t, err)
 	defer cpu.Close()
-	require.NoError(t, pprof.StartCPUProfile(cpu))
-	res, err := Run(context.Background(), Load{URL: srv.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Concurrency: conns,
-		Duration: 10 * time.Second, Rate: rate})
+	duration := 10 * time.Second
+	if v := os.Getenv("KEYBROKER_BENCH_DURATION"); v != "" {
+		duration, err = time.ParseDuration(v)
+		require.NoError(t, err)
+	}
+	// wrk, when installed, drives closed-loop runs from its own process,
+	// so that the profile holds the server's work alone.
+	load := Load{URL: srv.URL + "/api/v1/me/encryption-vault/key", Tokens: tokens, Concurrency: conns,
+		Duration: duration, Rate: rate}
+	var res *Result
+	if wrk := WrkPath(); wrk != "" && rate == 0 {
+		load.OnMeasure = func() { require.NoError(t, pprof.StartCPUProfile(cpu)) }
+		load.Warmup = time.Second
+		res, err = RunWrk(context.Background(), wrk, load, t.TempDir())
+	} else {
+		require.NoError(t, pprof.StartCPUProfile(cpu))
+		res, err = Run(context.Background(), load)
+	}
 	pprof.StopCPUProfile()
 	require.NoError(t, err)
 	allocs, err := os.Create(prefix + ".allocs")
 	require.NoError(t, err)
 	defer allocs.Close()
 	require.NoError(t, pprof.Lookup("allocs").WriteTo(allocs, 0))
-	t.Logf("%d conns: %.0f req/s, p50 %s, p99 %s, %d errors (%s); profiles in %s.{cpu,allocs}",
-		conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), res.Errors, res.FirstError, prefix)
+	t.Logf("%d conns: %d requests, %.0f req/s, p50 %s, p99 %s, %d errors (%s); profiles in %s.{cpu,allocs}",
+		conns, res.OK, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), res.Errors, res.FirstError, prefix)
 }
 
 // stack is keybroker's request path wired as `keybroker serve` wires it,

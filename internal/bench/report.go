@@ -40,7 +40,10 @@ type Row struct {
 	// FloorRPS is the pgbench floor at the same concurrency; zero when
 	// none was measured.
 	FloorRPS float64
-	Note     string
+	// Generator names what drove the step: GeneratorWrk, GeneratorGo or
+	// GeneratorPgbench; "" when not said.
+	Generator string
+	Note      string
 }
 
 // KMSPer10k is KMS key operations per 10 000 successful requests.
@@ -62,8 +65,8 @@ func (r *Row) FloorRatio() float64 {
 // Table renders rows as a Markdown table.
 func Table(rows []*Row) string {
 	var b strings.Builder
-	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | server p99 | peak RSS | server CPU / req | × floor | KMS calls / 10k req (calls; status probes) | errors |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | server p99 | peak RSS | server CPU / req | generator | generator CPU / req | × floor | KMS calls / 10k req (calls; status probes) | errors |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		conns := strconv.Itoa(r.Concurrency)
 		if r.Rate > 0 {
@@ -85,6 +88,13 @@ func Table(rows []*Row) string {
 		if r.CPU > 0 && r.Result.OK > 0 {
 			cpu = fmt.Sprintf("%.0f µs", float64(r.CPU/time.Microsecond)/float64(r.Result.OK))
 		}
+		gen, genCPU := "—", "—"
+		if r.Generator != "" {
+			gen = r.Generator
+		}
+		if r.Result.GeneratorCPU > 0 && r.Result.OK > 0 {
+			genCPU = fmt.Sprintf("%.0f µs", float64(r.Result.GeneratorCPU/time.Microsecond)/float64(r.Result.OK))
+		}
 		server := "—"
 		if len(r.ServerLatencies) > 0 {
 			server = ms(percentile(r.ServerLatencies, 99))
@@ -93,10 +103,10 @@ func Table(rows []*Row) string {
 		if r.Note != "" {
 			config += " (" + r.Note + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
 			config, conns, r.Result.RPS(),
 			ms(r.Result.Percentile(50)), ms(r.Result.Percentile(99)), ms(r.Result.Percentile(99.9)),
-			server, rss, cpu, ratio, kms, r.Result.Errors)
+			server, rss, cpu, gen, genCPU, ratio, kms, r.Result.Errors)
 	}
 	return b.String()
 }

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,13 +38,13 @@ func TestReplaceSectionKeepsProse(t *testing.T) {
 
 func TestTableColumns(t *testing.T) {
 	rows := []*Row{
-		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}}, ServerLatencies: []time.Duration{time.Millisecond / 2}, PeakRSS: 32 << 20, KMSCalls: 1, KMSProbes: 2, FloorRPS: 50, CPU: 5 * time.Millisecond},
+		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}, GeneratorCPU: 2 * time.Millisecond}, ServerLatencies: []time.Duration{time.Millisecond / 2}, PeakRSS: 32 << 20, KMSCalls: 1, KMSProbes: 2, FloorRPS: 50, CPU: 5 * time.Millisecond, Generator: GeneratorWrk},
 		{Config: "floor", Concurrency: 16, Result: &Result{OK: 50, Elapsed: time.Second}, KMSCalls: -1},
 	}
 	table := Table(rows)
-	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 0.50 ms | 32.0 MiB | 50 µs | 2.00× | 100.0 (1; 2) | 0 |")
+	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 0.50 ms | 32.0 MiB | 50 µs | wrk | 20 µs | 2.00× | 100.0 (1; 2) | 0 |")
 	require.Contains(t, table, "| floor | 16 | 50 |")
-	require.Contains(t, table, "| — | — | — | — | — | 0 |", "the floor has no server-side figures")
+	require.Contains(t, table, "| — | — | — | — | — | — | — | 0 |", "the floor has no server-side figures")
 	require.Equal(t, 4, strings.Count(table, "\n"))
 }
 
@@ -151,4 +152,41 @@ func TestPacedRowsSortAndReadAgainstTheirFloor(t *testing.T) {
 	require.Contains(t, targets, sqlite+" 50.00 ms at 300 req/s (no pgbench step at this pace: reported only)", "no floor at that pace: no verdict")
 	require.NotContains(t, targets, "25 % of peak", "no step at 25 %: not listed")
 	require.Contains(t, targets, "10 % of peak (100 req/s) 2.00 ms against pgbench's 9.00 ms; 50 % of peak (500 req/s) 6.00 ms against pgbench's 40.00 ms")
+}
+
+func TestSpreadQuantiles(t *testing.T) {
+	q := make([]time.Duration, 1000)
+	for k := range q {
+		q[k] = time.Duration(k+1) * time.Microsecond
+	}
+	for _, n := range []int{1, 999, 1000, 4321} {
+		got := spreadQuantiles(q, n)
+		require.Len(t, got, n)
+		require.True(t, slices.IsSorted(got))
+		if n >= 1000 {
+			require.Equal(t, 500*time.Microsecond, percentile(got, 50), "n=%d", n)
+			require.Equal(t, 990*time.Microsecond, percentile(got, 99), "n=%d", n)
+			require.Equal(t, 999*time.Microsecond, percentile(got, 99.9), "n=%d", n)
+		}
+	}
+}
+
+func TestReadWrkOut(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("requests 2010\nconnect 0\nread 1\nwrite 0\nstatus 10\ntimeout 0\nduration 2000000\n")
+	for k := 1; k <= 1000; k++ {
+		fmt.Fprintf(&b, "q %d %d\n", k, k*10)
+	}
+	name := filepath.Join(t.TempDir(), "out")
+	require.NoError(t, os.WriteFile(name, []byte(b.String()), 0o600))
+	res, err := readWrkOut(name)
+	require.NoError(t, err)
+	require.Equal(t, 2000, res.OK)
+	require.Equal(t, 11, res.Errors)
+	require.Equal(t, 2*time.Second, res.Elapsed)
+	require.InDelta(t, 1000, res.RPS(), 0.001)
+	require.Equal(t, 9900*time.Microsecond, res.Percentile(99))
+	require.NoError(t, os.WriteFile(name, []byte("requests 1\n"), 0o600))
+	_, err = readWrkOut(name)
+	require.Error(t, err, "a summary without its quantiles")
 }

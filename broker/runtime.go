@@ -60,6 +60,9 @@ type RuntimeConfig struct {
 	Rewrap RewrapSchedule
 	// OnRewrapRun, when set, is called after each background re-wrap run.
 	OnRewrapRun func(*RewrapResult, error)
+	// Audit is the audit table's upkeep, run when the store is an
+	// AuditKeeper.
+	Audit AuditSchedule
 	// CountRowsEvery, when positive, makes the runtime count the rows
 	// per KEK and read the re-wrap state at Start and then this often
 	// (RowCounts): counting groups the whole KEK index, so it runs on
@@ -103,6 +106,9 @@ func (c *RuntimeConfig) validate() error {
 	}
 	if c.Rewrap.Enabled && c.Rewrap.Interval < MinRewrapInterval {
 		return fmt.Errorf("broker: RuntimeConfig.Rewrap.Interval must be at least %s", MinRewrapInterval)
+	}
+	if c.Audit.Retention != 0 && c.Audit.Retention < MinAuditRetention {
+		return fmt.Errorf("broker: RuntimeConfig.Audit.Retention must be 0 or at least %s", MinAuditRetention)
 	}
 	if c.CountRowsEvery < 0 {
 		return errors.New("broker: RuntimeConfig.CountRowsEvery must not be negative")
@@ -149,6 +155,7 @@ type Runtime struct {
 	kekOK  chan struct{}
 	retry  bool // the start-up KEK check failed with an outage: Start retries it
 	counts *rowCounter
+	audit  *auditUpkeeper // nil when the store is no AuditKeeper
 
 	startOnce, closeOnce sync.Once
 	cancel               context.CancelFunc
@@ -179,6 +186,9 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
 			return nil, fmt.Errorf("the re-wrap job cannot run: %w", err)
 		}
 		r.job = job
+	}
+	if keeper, ok := cfg.Store.(AuditKeeper); ok {
+		r.audit = &auditUpkeeper{keeper: keeper, cfg: cfg.Audit, runner: cfg.Rewrap.Runner, now: cfg.Now, log: cfg.Logger}
 	}
 	if cfg.CountRowsEvery > 0 {
 		r.counts = &rowCounter{store: cfg.Store, log: cfg.Logger}
@@ -241,6 +251,9 @@ func (r *Runtime) Start(ctx context.Context) {
 			r.goLoop(func() { r.retryKEKCheck(ctx) })
 		}
 		r.goLoop(func() { r.refreshKeyring(ctx) })
+		if r.audit != nil {
+			r.goLoop(func() { r.audit.loop(ctx, r.cfg.Wait) })
+		}
 		if r.job != nil {
 			r.goLoop(func() { r.runRewrap(ctx) })
 		} else {

@@ -84,3 +84,10 @@ FROM encryption_vault_audit WHERE user_id = ?1 ORDER BY created_at, rowid`, user
 		return out, rows.Err()
 	}
 }
+
+// TestAuditRetentionContract runs the audit retention contract, each
+// subtest on a database of its own.
+func TestAuditRetentionContract(t *testing.T) {
+	t.Parallel()
+	storetest.RunAuditRetention(t, func(t *testing.T, _ bool) storetest.Harness { return harness(t, openStore(t, t.TempDir())) })
+}

@@ -16,6 +16,9 @@ import (
 // the partition of every row created before a cutover, and retention drops
 // it whole once the cutover is past the retention.
 //
+// An empty table (a new install) is moved at once instead, in one
+// transaction, with today as the cutover (moveEmpty).
+//
 //  1. Choose the cutover, midnight UTC auditMoveDays days ahead, and
 //     record it (a pass that crashed is resumed with the same one).
 //  2. ADD CONSTRAINT … CHECK (created_at < cutover) NOT VALID (a moment's
@@ -45,8 +48,72 @@ const (
 	auditPrimaryKey = "encryption_vault_audit_pkey"
 )
 
+// errNotEmpty stops moveEmpty.
+var errNotEmpty = errors.New("the audit table has rows")
+
+// moveEmpty moves an empty table (a new install) in one transaction
+// under its lock, with the cutover at today's midnight UTC: checking and
+// indexing no rows takes no time, and the day partitions start today. It
+// reports false, having changed nothing, when the table has a row.
+func (u *upkeep) moveEmpty(ctx context.Context) (bool, error) {
+	table := u.ident(auditTable)
+	cutover := u.p.Now.UTC().Truncate(partitionDay)
+	err := pgx.BeginFunc(ctx, u.conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `LOCK TABLE `+table+` IN ACCESS EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		// The forced policies hide every row from the owner too; lifted
+		// under the lock to look, as migration 0004 does, and put back.
+		var force bool
+		if err := tx.QueryRow(ctx, `SELECT relforcerowsecurity FROM pg_class WHERE oid = $1::regclass`, table).Scan(&force); err != nil {
+			return err
+		}
+		var rows bool
+		if _, err := tx.Exec(ctx, `ALTER TABLE `+table+` NO FORCE ROW LEVEL SECURITY`); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+table+`)`).Scan(&rows); err != nil {
+			return err
+		}
+		if rows {
+			return errNotEmpty
+		}
+		stmts := []string{
+			`ALTER TABLE ` + table + ` DROP CONSTRAINT IF EXISTS ` + pgx.Identifier{auditMoveCheck}.Sanitize(),
+			`ALTER TABLE ` + table + ` ADD CONSTRAINT ` + pgx.Identifier{auditMoveCheck}.Sanitize() +
+				` CHECK (created_at < '` + cutover.Format(time.RFC3339) + `')`,
+			`DROP INDEX IF EXISTS ` + u.ident(auditMoveIndex),
+			`CREATE UNIQUE INDEX ` + pgx.Identifier{auditMoveIndex}.Sanitize() + ` ON ` + table + ` (id, created_at)`,
+			`CREATE INDEX IF NOT EXISTS encryption_vault_audit_user_id_idx ON ` + table + ` (user_id)`,
+			`CREATE INDEX IF NOT EXISTS encryption_vault_audit_created_at_idx ON ` + table + ` (created_at)`,
+		}
+		if force {
+			stmts = append(stmts, `ALTER TABLE `+table+` FORCE ROW LEVEL SECURITY`)
+		}
+		for _, stmt := range stmts {
+			if _, err := tx.Exec(ctx, stmt); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE `+u.ident(auditUpkeep)+` SET cutover = $1`, cutover); err != nil {
+			return err
+		}
+		return u.swap(ctx, tx, cutover)
+	})
+	if errors.Is(err, errNotEmpty) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("moving the empty table: %w", err)
+	}
+	return true, nil
+}
+
 // move runs the steps above on an unpartitioned table.
 func (u *upkeep) move(ctx context.Context) error {
+	if moved, err := u.moveEmpty(ctx); moved || err != nil {
+		return err
+	}
 	table := u.ident(auditTable)
 	var cutover *time.Time
 	if err := u.conn.QueryRow(ctx, `SELECT cutover FROM `+u.ident(auditUpkeep)).Scan(&cutover); err != nil {
@@ -106,7 +173,7 @@ JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname
 			return fmt.Errorf("building an index: %w", err)
 		}
 	}
-	return u.swap(ctx, *cutover)
+	return pgx.BeginFunc(ctx, u.conn, func(tx pgx.Tx) error { return u.swap(ctx, tx, *cutover) })
 }
 
 func (u *upkeep) hasConstraint(ctx context.Context, table, name string) (bool, error) {
@@ -119,61 +186,59 @@ func (u *upkeep) hasConstraint(ctx context.Context, table, name string) (bool, e
 	return n > 0, nil
 }
 
-// swap is step 4, in one transaction.
-func (u *upkeep) swap(ctx context.Context, cutover time.Time) error {
+// swap is step 4, in tx.
+func (u *upkeep) swap(ctx context.Context, tx pgx.Tx, cutover time.Time) error {
 	legacy := "encryption_vault_audit_before_" + cutover.UTC().Format("20060102")
 	table, old := u.ident(auditTable), u.ident(legacy)
-	return pgx.BeginFunc(ctx, u.conn, func(tx pgx.Tx) error {
-		exec := func(sql string) error {
-			if _, err := tx.Exec(ctx, sql); err != nil {
-				return fmt.Errorf("%s: %w", strings.SplitN(sql, " (", 2)[0], err)
-			}
-			return nil
+	exec := func(sql string) error {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w", strings.SplitN(sql, " (", 2)[0], err)
 		}
-		if err := exec(`LOCK TABLE ` + table + ` IN ACCESS EXCLUSIVE MODE`); err != nil {
-			return err
-		}
-		if err := exec(`ALTER TABLE ` + table + ` RENAME TO ` + pgx.Identifier{legacy}.Sanitize()); err != nil {
-			return err
-		}
-		var pkey string
-		err := tx.QueryRow(ctx, `SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'`, old).Scan(&pkey)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("reading the primary key: %w", err)
-		}
-		stmts := []string{}
-		if pkey != "" {
-			stmts = append(stmts, `ALTER TABLE `+old+` DROP CONSTRAINT `+pgx.Identifier{pkey}.Sanitize())
-		}
-		stmts = append(stmts,
-			`ALTER TABLE `+old+` ADD CONSTRAINT `+pgx.Identifier{legacy + "_pkey"}.Sanitize()+` PRIMARY KEY USING INDEX `+pgx.Identifier{auditMoveIndex}.Sanitize(),
-			`ALTER INDEX `+u.ident("encryption_vault_audit_user_id_idx")+` RENAME TO `+pgx.Identifier{legacy + "_user_id_idx"}.Sanitize(),
-			`ALTER INDEX `+u.ident("encryption_vault_audit_created_at_idx")+` RENAME TO `+pgx.Identifier{legacy + "_created_at_idx"}.Sanitize(),
-			`CREATE TABLE `+table+` (LIKE `+old+` INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING COMMENTS,
+		return nil
+	}
+	if err := exec(`LOCK TABLE ` + table + ` IN ACCESS EXCLUSIVE MODE`); err != nil {
+		return err
+	}
+	if err := exec(`ALTER TABLE ` + table + ` RENAME TO ` + pgx.Identifier{legacy}.Sanitize()); err != nil {
+		return err
+	}
+	var pkey string
+	err := tx.QueryRow(ctx, `SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'`, old).Scan(&pkey)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("reading the primary key: %w", err)
+	}
+	stmts := []string{}
+	if pkey != "" {
+		stmts = append(stmts, `ALTER TABLE `+old+` DROP CONSTRAINT `+pgx.Identifier{pkey}.Sanitize())
+	}
+	stmts = append(stmts,
+		`ALTER TABLE `+old+` ADD CONSTRAINT `+pgx.Identifier{legacy + "_pkey"}.Sanitize()+` PRIMARY KEY USING INDEX `+pgx.Identifier{auditMoveIndex}.Sanitize(),
+		`ALTER INDEX `+u.ident("encryption_vault_audit_user_id_idx")+` RENAME TO `+pgx.Identifier{legacy + "_user_id_idx"}.Sanitize(),
+		`ALTER INDEX `+u.ident("encryption_vault_audit_created_at_idx")+` RENAME TO `+pgx.Identifier{legacy + "_created_at_idx"}.Sanitize(),
+		`CREATE TABLE `+table+` (LIKE `+old+` INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING COMMENTS,
     CONSTRAINT `+auditPrimaryKey+` PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)`,
-			`ALTER TABLE `+table+` DROP CONSTRAINT `+pgx.Identifier{auditMoveCheck}.Sanitize(),
-			`CREATE INDEX encryption_vault_audit_user_id_idx ON `+table+` (user_id)`,
-			`CREATE INDEX encryption_vault_audit_created_at_idx ON `+table+` (created_at)`,
-		)
-		for _, s := range stmts {
-			if err := exec(s); err != nil {
-				return err
-			}
-		}
-		copied, err := copyTableRules(ctx, tx, old, table)
-		if err != nil {
+		`ALTER TABLE `+table+` DROP CONSTRAINT `+pgx.Identifier{auditMoveCheck}.Sanitize(),
+		`CREATE INDEX encryption_vault_audit_user_id_idx ON `+table+` (user_id)`,
+		`CREATE INDEX encryption_vault_audit_created_at_idx ON `+table+` (created_at)`,
+	)
+	for _, s := range stmts {
+		if err := exec(s); err != nil {
 			return err
 		}
-		for _, s := range copied {
-			if err := exec(s); err != nil {
-				return err
-			}
-		}
-		if err := exec(`ALTER TABLE ` + table + ` ATTACH PARTITION ` + old + ` FOR VALUES FROM (MINVALUE) TO ('` + cutover.UTC().Format(time.RFC3339) + `')`); err != nil {
+	}
+	copied, err := copyTableRules(ctx, tx, old, table)
+	if err != nil {
+		return err
+	}
+	for _, s := range copied {
+		if err := exec(s); err != nil {
 			return err
 		}
-		return exec(`UPDATE ` + u.ident(auditUpkeep) + ` SET moved_at = now()`)
-	})
+	}
+	if err := exec(`ALTER TABLE ` + table + ` ATTACH PARTITION ` + old + ` FOR VALUES FROM (MINVALUE) TO ('` + cutover.UTC().Format(time.RFC3339) + `')`); err != nil {
+		return err
+	}
+	return exec(`UPDATE ` + u.ident(auditUpkeep) + ` SET moved_at = now()`)
 }
 
 // copyTableRules returns the statements that give table what old has

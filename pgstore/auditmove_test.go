@@ -197,6 +197,7 @@ func TestAuditMoveRestartsStaleCutover(t *testing.T) {
 	e.migrate(t, schema)
 	ctx := t.Context()
 	audit := pgx.Identifier{schema, "encryption_vault_audit"}.Sanitize()
+	pgtest.Exec(t, e.admin, `INSERT INTO `+audit+` (id, user_id, action, status) VALUES ('one', 'u', 'fetch', 200)`)
 	stale := time.Now().UTC().Add(2 * time.Hour)
 	pgtest.Exec(t, e.migratorPool, `UPDATE `+pgx.Identifier{schema, "encryption_vault_audit_upkeep"}.Sanitize()+` SET cutover = $1`, stale)
 	pgtest.Exec(t, e.migratorPool, `ALTER TABLE `+audit+` ADD CONSTRAINT encryption_vault_audit_before_partitions CHECK (created_at < '`+
@@ -214,4 +215,26 @@ func TestAuditMoveRestartsStaleCutover(t *testing.T) {
 	require.NoError(t, e.store(t, schema).InUserTx(ctx, "u", func(tx broker.Tx) error {
 		return tx.AuditInsert(ctx, &broker.AuditEntry{ID: "after-stale", UserID: "u", Action: broker.ActionFetch, Status: 200, CreatedAt: stale.Add(time.Minute)})
 	}))
+}
+
+// TestAuditMoveEmptyTable: a new install's empty table is moved at once,
+// in one transaction, with the day partitions starting today; the moved
+// table holds only what is older.
+func TestAuditMoveEmptyTable(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.migrate(t, "keybroker")
+	now := time.Now()
+	res, err := e.ownerStore(t, "keybroker").AuditUpkeep(t.Context(), broker.AuditUpkeepParams{Now: now, Runner: "test"})
+	require.NoError(t, err)
+	require.True(t, res.Moved)
+	today := now.UTC().Truncate(24 * time.Hour)
+	require.Equal(t, today.Format("encryption_vault_audit_p20060102"), res.Created[0])
+	require.Len(t, res.Created, pgstore.AuditPartitionsAhead)
+	st, err := e.ownerStore(t, "keybroker").AuditStatus(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, today.Format("encryption_vault_audit_before_20060102"), st.Partitions[0].Name)
+	require.True(t, today.Equal(*st.Partitions[0].To))
+	require.Nil(t, st.Oldest)
+	requireRowLevelSecurity(t, e, "keybroker")
 }

@@ -80,6 +80,16 @@ func commandTree() *command {
 					return cmdKEKRotateDataKey(ctx, args, c.getenv, c.stdout, c.stderr)
 				}},
 		}},
+		{name: "audit", summary: "the audit table: its rows, partitions and retention", help: auditUsage, subs: []*command{
+			{name: "status", args: "[flags]", summary: "rows, oldest and newest row, partitions, the last upkeep run", settings: config.AuditStatus,
+				run: func(ctx context.Context, args []string, c *cli) error {
+					return cmdAuditStatus(ctx, args, c.getenv, c.stdout, c.stderr)
+				}},
+			{name: "upkeep", args: "[flags]", summary: "run the audit upkeep once now: partition the table, create partitions ahead, apply the retention",
+				settings: config.AuditUpkeep, run: func(ctx context.Context, args []string, c *cli) error {
+					return cmdAuditUpkeep(ctx, args, c.getenv, c.stdout, c.stderr)
+				}},
+		}},
 		{name: "rewrap", args: "[flags]", summary: "move rows to the active KEK now (--dry-run, --rate)", settings: config.Rewrap,
 			run: func(ctx context.Context, args []string, c *cli) error {
 				return cmdRewrap(ctx, args, c.getenv, c.stdout, c.stderr)

@@ -131,7 +131,8 @@ const rowsInterval = time.Minute
 func runtimeConfig(cfg *config.Config, store broker.Store, keyring *broker.Keyring, log *slog.Logger, h *hooks) broker.RuntimeConfig {
 	rc := broker.RuntimeConfig{Store: store, Keyring: keyring, Logger: log, Now: h.clock(), CountRowsEvery: rowsInterval,
 		Rewrap: broker.RewrapSchedule{Enabled: cfg.Rewrap.Enabled, Interval: cfg.Rewrap.Interval,
-			BatchSize: cfg.Rewrap.Batch, RowsPerSecond: cfg.Rewrap.Rate}}
+			BatchSize: cfg.Rewrap.Batch, RowsPerSecond: cfg.Rewrap.Rate},
+		Audit: broker.AuditSchedule{Retention: cfg.AuditRetention}}
 	if h != nil {
 		rc.OnRewrapRun = h.rewrapRun
 	}

@@ -45,12 +45,14 @@ const (
 	// ConfigCheck and ConfigShow read what serve reads.
 	ConfigCheck
 	ConfigShow
+	AuditStatus
+	AuditUpkeep
 )
 
 // Sets of commands that share settings.
 const (
 	// Tools are the operator commands that reach the store and the KEKs.
-	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery
+	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery | AuditStatus | AuditUpkeep
 	// needKEK are the commands that cannot run without a KEK.
 	needKEK = Serve | Rewrap | KEKCheck | KEKRotateDataKey
 	// configCmds resolve serve's configuration.
@@ -61,6 +63,7 @@ var commandNames = map[Command]string{
 	Serve: "serve", Migrate: "migrate", Rewrap: "rewrap", KEKStatus: "kek status", KEKCheck: "kek check",
 	KEKRotateDataKey: "kek rotate-data-key", VaultRestoreRecovery: "vault restore-recovery", DevToken: "dev token",
 	Healthcheck: "healthcheck", GrantCheck: "grant check", GrantKeygen: "grant keygen", ConfigCheck: "config check", ConfigShow: "config show",
+	AuditStatus: "audit status", AuditUpkeep: "audit upkeep",
 }
 
 // String is the command line that runs the command: "keybroker kek check".
@@ -83,7 +86,10 @@ type Config struct {
 	// DataKeyMaxAge is how old the newest data key of cached envelope
 	// mode gets before serve mints the next; 0: only on demand.
 	DataKeyMaxAge time.Duration
-	RecoveryProof broker.RecoveryProofPolicy
+	// AuditRetention is how long audit rows are kept; 0 keeps every row
+	// (broker.AuditSchedule.Retention).
+	AuditRetention time.Duration
+	RecoveryProof  broker.RecoveryProofPolicy
 	// Grants are the mission grants' recipients.
 	Grants Grants
 	// Tool holds the operator commands' own flags.

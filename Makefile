@@ -11,7 +11,7 @@ COMMIT  ?= $(eval COMMIT := $(shell git rev-parse HEAD 2>/dev/null))$(COMMIT)
 # The release binaries' linker flags (internal/cmd/release checks that they agree).
 LDFLAGS  = -s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build build-pkcs11 version release test test-stress vet fmt run demo clean bench bench-micro bench-rewrap fuzz
+.PHONY: all build build-pkcs11 version release test test-stress vet fmt run demo clean bench bench-micro bench-rewrap bench-scale fuzz
 
 all: build
 
@@ -72,6 +72,15 @@ bench:
 ## KEYBROKER_BENCH_REWRAP_{ROWS,BATCH} tune it.
 bench-rewrap:
 	KEYBROKER_BENCH_REWRAP=1 $(GO) test -count=1 -run '^$$' -bench '^BenchmarkRewrap$$' -benchtime 1x -timeout 20m ./broker
+
+## bench-scale: GET /key on an empty database, then after filling 1 000 000
+## vaults and 100 000 000 audit rows over 20 days by SQL (about 40 GB and
+## hours here); also audit/kek status, a readiness poll, and dropping the
+## partitions past a retention while fetches run. Appends its section to
+## docs/benchmarks.md. KEYBROKER_BENCH_SCALE_{VAULTS,ROWS,DAYS,USERS,CONNS,
+## DURATION,OUT} size it; `make test` runs it small.
+bench-scale:
+	KEYBROKER_BENCH_SCALE=1 $(GO) test -count=1 -run '^TestBenchScale$$' -timeout 12h -v ./internal/bench
 
 ## bench-micro: the Go micro-benchmarks of the hot pieces, with allocations
 ## (the pgstore and internal/bench ones use the test PostgreSQL).

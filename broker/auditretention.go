@@ -80,10 +80,13 @@ type AuditStatus struct {
 }
 
 // AuditPartition is one partition of the audit table: rows created in
-// [From, To). From is nil for the first (it holds everything older).
+// [From, To). From is nil for the first (it holds everything older);
+// both are nil for the default partition, which takes the rows no other
+// one does (a clock far off).
 type AuditPartition struct {
 	Name     string
 	From, To *time.Time
+	Default  bool
 	Rows     int64 // estimate
 	Bytes    int64
 }

@@ -98,7 +98,13 @@ func (u *upkeep) moveEmpty(ctx context.Context) (bool, error) {
 		if _, err := tx.Exec(ctx, `UPDATE `+u.ident(auditUpkeep)+` SET cutover = $1`, cutover); err != nil {
 			return err
 		}
-		return u.swap(ctx, tx, cutover)
+		if err := u.swap(ctx, tx, cutover); err != nil {
+			return err
+		}
+		// Today's partition and the next ones in the same commit: a row
+		// routed to the default partition while a later ATTACH narrows
+		// it fails its partition check.
+		return u.createAhead(ctx, tx, nil)
 	})
 	if errors.Is(err, errNotEmpty) {
 		return false, nil
@@ -237,6 +243,16 @@ func (u *upkeep) swap(ctx context.Context, tx pgx.Tx, cutover time.Time) error {
 	}
 	if err := exec(`ALTER TABLE ` + table + ` ATTACH PARTITION ` + old + ` FOR VALUES FROM (MINVALUE) TO ('` + cutover.UTC().Format(time.RFC3339) + `')`); err != nil {
 		return err
+	}
+	// The default partition in the same commit: until the upkeep creates
+	// today's partition, a row of today has no other one to go to.
+	for _, stmt := range []string{
+		`CREATE TABLE ` + u.ident(auditDefault) + ` (LIKE ` + table + ` INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`,
+		`ALTER TABLE ` + table + ` ATTACH PARTITION ` + u.ident(auditDefault) + ` DEFAULT`,
+	} {
+		if err := exec(stmt); err != nil {
+			return err
+		}
 	}
 	return exec(`UPDATE ` + u.ident(auditUpkeep) + ` SET moved_at = now()`)
 }

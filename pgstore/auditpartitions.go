@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +47,7 @@ const AuditLockTimeout = 2 * time.Second
 const (
 	auditTable     = "encryption_vault_audit"
 	auditUpkeep    = "encryption_vault_audit_upkeep"
+	auditDefault   = "encryption_vault_audit_default"
 	partitionDay   = 24 * time.Hour
 	partitionNames = "encryption_vault_audit_p20060102"
 )
@@ -55,7 +57,7 @@ var _ broker.AuditKeeper = (*Store)(nil)
 // isAuditPartition reports whether name is one of the audit table's
 // partitions: a day's or the moved table.
 func isAuditPartition(name string) bool {
-	return strings.HasPrefix(name, "encryption_vault_audit_p2") || strings.HasPrefix(name, "encryption_vault_audit_before_")
+	return name == auditDefault || strings.HasPrefix(name, "encryption_vault_audit_p2") || strings.HasPrefix(name, "encryption_vault_audit_before_")
 }
 
 // auditUpkeepLockKey is the advisory lock of the upkeep on schema.
@@ -125,6 +127,9 @@ func (u *upkeep) run(ctx context.Context) error {
 		}
 		u.res.Moved = true
 	}
+	if err := u.ensureDefault(ctx); err != nil {
+		return err
+	}
 	parts, err := listPartitions(ctx, u.conn, u.schema)
 	if err != nil {
 		return err
@@ -132,10 +137,16 @@ func (u *upkeep) run(ctx context.Context) error {
 	if err := u.finishDetaches(ctx, parts); err != nil {
 		return err
 	}
-	if err := u.createAhead(ctx, parts); err != nil {
+	if err := u.createAhead(ctx, u.conn, parts); err != nil {
 		return err
 	}
-	return u.dropExpired(ctx, parts)
+	dropErr := u.dropExpired(ctx, parts)
+	// Last, whatever happened before: the default partition may have been
+	// detached for the drops.
+	if err := u.ensureDefault(ctx); err != nil {
+		return errors.Join(dropErr, err)
+	}
+	return dropErr
 }
 
 // record writes the pass into the upkeep table.
@@ -168,6 +179,12 @@ WHERE n.nspname = $1 AND c.relname = $2`, schema, name).Scan(&kind)
 	return kind[0], nil
 }
 
+// dbtx is a connection or a transaction (whose Begin is a savepoint).
+type dbtx interface {
+	querier
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
 // querier is what the upkeep and the status read with.
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
@@ -183,26 +200,29 @@ type partition struct {
 	rows          int64      // pg_class.reltuples; -1 when never analysed
 	bytes         int64
 	detachPending bool
+	isDefault     bool // the DEFAULT partition (from and to nil)
 }
 
-// listPartitions reads the audit table's partitions in bound order. The
+// listPartitions reads the audit table's partitions in bound order, the
+// default partition last. The
 // bounds are read back as timestamptz in SQL, whatever the session's
 // TimeZone and DateStyle made pg_get_expr print.
 func listPartitions(ctx context.Context, q querier, schema string) ([]partition, error) {
 	rows, err := q.Query(ctx, `SELECT c.relname,
     (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
     (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz,
-    c.reltuples::bigint, pg_total_relation_size(c.oid), i.inhdetachpending
+    c.reltuples::bigint, pg_total_relation_size(c.oid), i.inhdetachpending,
+    pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = (SELECT p.oid FROM pg_class p JOIN pg_namespace n ON n.oid = p.relnamespace
                      WHERE n.nspname = $1 AND p.relname = $2)
-ORDER BY 2 NULLS FIRST`, schema, auditTable)
+ORDER BY 7, 2 NULLS FIRST`, schema, auditTable)
 	if err != nil {
 		return nil, fmt.Errorf("listing the partitions: %w", err)
 	}
 	parts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (partition, error) {
 		var p partition
-		err := row.Scan(&p.name, &p.from, &p.to, &p.rows, &p.bytes, &p.detachPending)
+		err := row.Scan(&p.name, &p.from, &p.to, &p.rows, &p.bytes, &p.detachPending, &p.isDefault)
 		return p, err
 	})
 	if err != nil {
@@ -221,6 +241,9 @@ func (u *upkeep) finishDetaches(ctx context.Context, parts []partition) error {
 		if _, err := u.conn.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` DETACH PARTITION `+u.ident(p.name)+` FINALIZE`); err != nil {
 			return fmt.Errorf("finishing the detach of %s: %w", p.name, err)
 		}
+		if p.isDefault {
+			continue // attached again by ensureDefault
+		}
 		if err := u.drop(ctx, p); err != nil {
 			return err
 		}
@@ -232,29 +255,90 @@ func (u *upkeep) finishDetaches(ctx context.Context, parts []partition) error {
 // up to AuditPartitionsAhead days after now. After a long pause (no
 // partition reaches yesterday) it starts at today rather than fill the
 // past.
-func (u *upkeep) createAhead(ctx context.Context, parts []partition) error {
+func (u *upkeep) createAhead(ctx context.Context, db dbtx, parts []partition) error {
 	today := u.p.Now.UTC().Truncate(partitionDay)
 	end := today.AddDate(0, 0, AuditPartitionsAhead)
 	start := today
-	if n := len(parts); n > 0 && parts[n-1].to != nil && !parts[n-1].to.Before(today.AddDate(0, 0, -1)) {
-		start = parts[n-1].to.UTC()
+	for _, p := range parts {
+		if !p.isDefault && p.to != nil && !p.to.Before(today.AddDate(0, 0, -1)) && p.to.After(start) {
+			start = p.to.UTC()
+		}
 	}
+	cols, err := u.columns(ctx, db)
+	if err != nil {
+		return err
+	}
+	hasDefault := slices.ContainsFunc(parts, func(p partition) bool { return p.isDefault && !p.detachPending })
 	for day := start; day.Before(end); day = day.Add(partitionDay) {
 		name := day.Format(partitionNames)
-		next := day.Add(partitionDay)
-		// LIKE copies the columns, defaults, NOT NULL and CHECK
-		// constraints; ATTACH adds the parent's indexes and foreign keys,
-		// on an empty table in no time.
-		if _, err := u.conn.Exec(ctx, `CREATE TABLE `+u.ident(name)+` (LIKE `+u.ident(auditTable)+` INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`); err != nil {
+		from, to := `'`+day.Format(time.RFC3339)+`'`, `'`+day.Add(partitionDay).Format(time.RFC3339)+`'`
+		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			// LIKE copies the columns, defaults, NOT NULL and CHECK
+			// constraints; ATTACH adds the parent's indexes and foreign
+			// keys, on an empty table in no time.
+			stmts := []string{`CREATE TABLE ` + u.ident(name) + ` (LIKE ` + u.ident(auditTable) + ` INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`}
+			if hasDefault {
+				// Rows the default partition caught for this day (a
+				// clock far ahead) move into it first: ATTACH checks
+				// that the default holds none. Copied by the parent's
+				// column list, so columns added later come along.
+				where := ` WHERE created_at >= ` + from + ` AND created_at < ` + to
+				stmts = append(stmts,
+					`INSERT INTO `+u.ident(name)+` (`+cols+`) SELECT `+cols+` FROM ONLY `+u.ident(auditDefault)+where,
+					`DELETE FROM ONLY `+u.ident(auditDefault)+where)
+			}
+			stmts = append(stmts, `ALTER TABLE `+u.ident(auditTable)+` ATTACH PARTITION `+u.ident(name)+` FOR VALUES FROM (`+from+`) TO (`+to+`)`)
+			for _, stmt := range stmts {
+				if _, err := tx.Exec(ctx, stmt); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
 			return fmt.Errorf("creating partition %s: %w", name, err)
 		}
-		_, err := u.conn.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` ATTACH PARTITION `+u.ident(name)+
-			` FOR VALUES FROM ('`+day.Format(time.RFC3339)+`') TO ('`+next.Format(time.RFC3339)+`')`)
-		if err != nil {
-			_, _ = u.conn.Exec(context.WithoutCancel(ctx), `DROP TABLE IF EXISTS `+u.ident(name))
-			return fmt.Errorf("attaching partition %s: %w", name, err)
-		}
 		u.res.Created = append(u.res.Created, name)
+	}
+	return nil
+}
+
+// columns is the parent's column list, quoted, in order.
+func (u *upkeep) columns(ctx context.Context, db dbtx) (string, error) {
+	var cols string
+	err := db.QueryRow(ctx, `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, u.ident(auditTable)).Scan(&cols)
+	if err != nil {
+		return "", fmt.Errorf("reading the columns: %w", err)
+	}
+	return cols, nil
+}
+
+// ensureDefault creates the default partition when it is missing and
+// attaches it when it is detached: the partition of every row no day
+// partition takes (a clock far ahead, or behind the oldest partition),
+// so that no write ever fails for want of a partition. Attaching it scans
+// it under its own lock and a SHARE UPDATE EXCLUSIVE one on the parent.
+func (u *upkeep) ensureDefault(ctx context.Context) error {
+	kind, err := relKind(ctx, u.conn, u.schema, auditDefault)
+	if err != nil {
+		return err
+	}
+	if kind == 0 {
+		if _, err := u.conn.Exec(ctx, `CREATE TABLE `+u.ident(auditDefault)+` (LIKE `+u.ident(auditTable)+` INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`); err != nil {
+			return fmt.Errorf("creating the default partition: %w", err)
+		}
+	}
+	var attached bool
+	err = u.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = $1::regclass)`, u.ident(auditDefault)).Scan(&attached)
+	if err != nil {
+		return fmt.Errorf("reading the default partition: %w", err)
+	}
+	if attached {
+		return nil
+	}
+	if _, err := u.conn.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` ATTACH PARTITION `+u.ident(auditDefault)+` DEFAULT`); err != nil {
+		return fmt.Errorf("attaching the default partition: %w", err)
 	}
 	return nil
 }
@@ -266,10 +350,32 @@ func (u *upkeep) dropExpired(ctx context.Context, parts []partition) error {
 		return nil
 	}
 	cutoff := u.p.Now.Add(-u.p.Retention)
+	var expired []partition
 	for _, p := range parts {
-		if p.detachPending || p.to == nil || p.to.After(cutoff) {
-			continue
+		if !p.detachPending && !p.isDefault && p.to != nil && !p.to.After(cutoff) {
+			expired = append(expired, p)
 		}
+	}
+	// The default partition's own expired rows (rare: a clock behind).
+	if _, err := u.conn.Exec(ctx, `DELETE FROM ONLY `+u.ident(auditDefault)+` WHERE created_at < $1`, cutoff); err != nil {
+		return fmt.Errorf("deleting expired rows of the default partition: %w", err)
+	}
+	if len(expired) == 0 {
+		return nil
+	}
+	// PostgreSQL refuses DETACH … CONCURRENTLY while a default partition
+	// is attached, and of the default partition itself: it is detached
+	// plainly, which takes an ACCESS EXCLUSIVE lock on the parent for a
+	// moment, and attached again by ensureDefault at the end of the pass
+	// (a row only it would take fails meanwhile). Its lock is waited for
+	// AuditDetachLockTimeout at most, the time fetches may queue behind
+	// it, and tried again a few times.
+	if slices.ContainsFunc(parts, func(p partition) bool { return p.isDefault && !p.detachPending }) {
+		if err := u.detachDefault(ctx); err != nil {
+			return err
+		}
+	}
+	for _, p := range expired {
 		// CONCURRENTLY: no ACCESS EXCLUSIVE lock on the parent, so
 		// inserts and reads go on; it cannot run in a transaction.
 		if _, err := u.conn.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` DETACH PARTITION `+u.ident(p.name)+` CONCURRENTLY`); err != nil {
@@ -280,6 +386,43 @@ func (u *upkeep) dropExpired(ctx context.Context, parts []partition) error {
 		}
 	}
 	return nil
+}
+
+// AuditDetachLockTimeout bounds the wait for the lock of the default
+// partition's detach, the one statement of the upkeep whose lock fetches
+// wait for.
+const AuditDetachLockTimeout = 200 * time.Millisecond
+
+func (u *upkeep) detachDefault(ctx context.Context) error {
+	var err error
+	for attempt := range 5 {
+		if attempt > 0 && !sleepCtx(ctx, time.Duration(attempt)*time.Second) {
+			return ctx.Err()
+		}
+		err = pgx.BeginFunc(ctx, u.conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = %d`, AuditDetachLockTimeout.Milliseconds())); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` DETACH PARTITION `+u.ident(auditDefault))
+			return err
+		})
+		if err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("detaching the default partition: %w", err)
+}
+
+// sleepCtx pauses for d, reporting false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // drop drops a detached partition, which nothing reads any more.

@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,7 +52,7 @@ FROM `+pgx.Identifier{s.schema, auditUpkeep}.Sanitize()).Scan(&st.LastRun, &st.L
 		return nil, err
 	}
 	for _, p := range parts {
-		st.Partitions = append(st.Partitions, broker.AuditPartition{Name: p.name, From: p.from, To: p.to, Rows: max(p.rows, 0), Bytes: p.bytes})
+		st.Partitions = append(st.Partitions, broker.AuditPartition{Name: p.name, From: p.from, To: p.to, Default: p.isDefault, Rows: max(p.rows, 0), Bytes: p.bytes})
 		st.Rows += max(p.rows, 0)
 		st.Bytes += p.bytes
 	}
@@ -69,15 +70,36 @@ FROM `+pgx.Identifier{s.schema, auditUpkeep}.Sanitize()).Scan(&st.LastRun, &st.L
 		}
 		return nil, nil
 	}
-	if st.Oldest, err = edge("min", parts); err != nil {
-		return nil, err
+	// The default partition holds rows of any time (a clock far off):
+	// probed on its own and compared.
+	var days, dflt []partition
+	for _, p := range parts {
+		if p.isDefault {
+			dflt = append(dflt, p)
+		} else {
+			days = append(days, p)
+		}
 	}
-	reversed := make([]partition, len(parts))
-	for i, p := range parts {
-		reversed[len(parts)-1-i] = p
-	}
-	if st.Newest, err = edge("max", reversed); err != nil {
-		return nil, err
+	reversed := slices.Clone(days)
+	slices.Reverse(reversed)
+	for _, e := range []struct {
+		fn    string
+		order []partition
+		out   **time.Time
+		wins  func(a, b time.Time) bool
+	}{{"min", days, &st.Oldest, time.Time.Before}, {"max", reversed, &st.Newest, time.Time.After}} {
+		t, err := edge(e.fn, e.order)
+		if err != nil {
+			return nil, err
+		}
+		d, err := edge(e.fn, dflt)
+		if err != nil {
+			return nil, err
+		}
+		if t == nil || (d != nil && e.wins(*d, *t)) {
+			t = d
+		}
+		*e.out = t
 	}
 	return st, nil
 }

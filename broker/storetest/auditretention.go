@@ -20,6 +20,7 @@ func RunAuditRetention(t *testing.T, newHarness NewHarness) {
 	run(t, newHarness, []subtest{
 		{"RetentionRemovesOnlyExpiredRows", true, testAuditRetention},
 		{"NoRetentionKeepsEverything", true, testAuditNoRetention},
+		{"RowsOfAnyTimeAreKept", true, testAuditAnyTime},
 	})
 }
 
@@ -102,4 +103,22 @@ func testAuditNoRetention(t *testing.T, h Harness) {
 	require.Empty(t, res.Dropped)
 	require.Zero(t, res.Deleted)
 	require.Equal(t, []string{"a", "b"}, auditIDs(t, h, user))
+}
+
+// testAuditAnyTime: rows far ahead of or behind the upkeep's days (a
+// clock off by months) are written and read like any other, and stay
+// when a later pass creates their day.
+func testAuditAnyTime(t *testing.T, h Harness) {
+	base := time.Now().UTC().Round(time.Microsecond)
+	upkeep(t, h, base, 0)
+	const user = "clock-user"
+	auditAt(t, h, user, "past", base.AddDate(-2, 0, 0))
+	auditAt(t, h, user, "ahead", base.AddDate(0, 0, 60))
+	auditAt(t, h, user, "far", base.AddDate(3, 0, 0))
+	upkeep(t, h, base.AddDate(0, 0, 59), 0)
+	require.Equal(t, []string{"past", "ahead", "far"}, auditIDs(t, h, user))
+	st, err := h.Store.(broker.AuditKeeper).AuditStatus(t.Context())
+	require.NoError(t, err)
+	require.True(t, base.AddDate(-2, 0, 0).Equal(*st.Oldest), "oldest %v", st.Oldest)
+	require.True(t, base.AddDate(3, 0, 0).Equal(*st.Newest), "newest %v", st.Newest)
 }

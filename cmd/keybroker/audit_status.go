@@ -125,7 +125,7 @@ func printAuditStatus(w io.Writer, st *broker.AuditStatus, now time.Time) {
 	}
 	switch {
 	case st.Partitioned:
-		fmt.Fprintf(w, "partitions: %d, by day of created_at\n", len(st.Partitions))
+		fmt.Fprintf(w, "partitions: %d, by day of created_at, and a default one\n", len(st.Partitions)-1)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  partition\tfrom\tto\trows (estimate)\tsize\t")
 		bound := func(t *time.Time, open string) string {
@@ -135,7 +135,11 @@ func printAuditStatus(w io.Writer, st *broker.AuditStatus, now time.Time) {
 			return t.UTC().Format(time.DateOnly)
 		}
 		for _, p := range st.Partitions {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t\n", p.Name, bound(p.From, "(all older)"), bound(p.To, "-"), formatCount(p.Rows), formatBytes(p.Bytes))
+			from, to := bound(p.From, "(all older)"), bound(p.To, "-")
+			if p.Default {
+				from, to = "(default: any", "other time)"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t\n", p.Name, from, to, formatCount(p.Rows), formatBytes(p.Bytes))
 		}
 		tw.Flush()
 	case st.Bytes > 0:

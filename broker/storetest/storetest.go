@@ -37,6 +37,10 @@
 //   - data keys (RunDataKeys): the list's order is the order of the
 //     inserts, one of several minters wins, a re-wrap is compare-and-swap,
 //     and a deleted data key is never named by a server wrap again.
+//   - audit retention (RunAuditRetention, broker.AuditKeeper): rows of
+//     any time are written and kept without a retention; with one, rows
+//     older than it go (PostgreSQL: by whole days) and newer ones stay;
+//     the status names the oldest and newest row and the last run.
 package storetest
 
 import (

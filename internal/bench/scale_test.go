@@ -201,17 +201,24 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 // fillScale adds s.vaults vaults (copies of a real row under new user
 // ids: they fill the indexes; nobody fetches them) and s.rows audit rows
 // spread evenly over the last s.days days, by SQL as the superuser, in
-// statements of a million rows; then VACUUM ANALYZE, as autovacuum would
+// statements of half a million rows; then VACUUM ANALYZE, as autovacuum would
 // have done by then.
 func fillScale(t *testing.T, admin *pgxpool.Pool, s scaleSettings) {
 	ctx := context.Background()
 	var cols string
 	require.NoError(t, admin.QueryRow(ctx, `SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position)
 FROM information_schema.columns WHERE table_schema = 'keybroker' AND table_name = 'encryption_vaults' AND column_name <> 'user_id'`).Scan(&cols))
-	const chunk = 1_000_000
+	// No deadline: a statement of a million rows takes a minute or more
+	// on a small machine.
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		_, err := admin.Exec(ctx, sql, args...)
+		require.NoError(t, err, sql)
+	}
+	const chunk = 500_000
 	for from := int64(1); from <= s.vaults; from += chunk {
 		to := min(from+chunk-1, s.vaults)
-		pgtest.Exec(t, admin, `INSERT INTO keybroker.encryption_vaults (user_id, `+cols+`)
+		exec(`INSERT INTO keybroker.encryption_vaults (user_id, `+cols+`)
 SELECT 'fill-' || md5(g::text), `+cols+` FROM keybroker.encryption_vaults v, generate_series($1::bigint, $2::bigint) g
 WHERE v.user_id = $3`, from, to, UserID(1))
 	}
@@ -221,7 +228,7 @@ WHERE v.user_id = $3`, from, to, UserID(1))
 		start := time.Now()
 		// Rows as a fetch writes them: a random id, a user, its IP address
 		// and user agent; times spread over the span, newest now.
-		pgtest.Exec(t, admin, `INSERT INTO keybroker.encryption_vault_audit (id, user_id, action, ip_address, user_agent, context, status, created_at)
+		exec(`INSERT INTO keybroker.encryption_vault_audit (id, user_id, action, ip_address, user_agent, context, status, created_at)
 SELECT gen_random_uuid()::text, 'fill-' || md5((g % $3)::text), 'fetch', '203.0.113.' || (g % 250),
     'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36', NULL, 200,
     now() - make_interval(secs => (g * 7919) % $4)
@@ -230,8 +237,8 @@ FROM generate_series($1::bigint, $2::bigint) g`, from, to, max(s.vaults, 1), spa
 			t.Logf("audit rows %d of %d (%s)", to, s.rows, time.Since(start).Round(time.Millisecond))
 		}
 	}
-	pgtest.Exec(t, admin, `VACUUM ANALYZE keybroker.encryption_vaults`)
-	pgtest.Exec(t, admin, `VACUUM ANALYZE keybroker.encryption_vault_audit`)
+	exec(`VACUUM ANALYZE keybroker.encryption_vaults`)
+	exec(`VACUUM ANALYZE keybroker.encryption_vault_audit`)
 }
 
 // scaleReport is the Markdown of one run.

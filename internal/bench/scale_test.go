@@ -31,15 +31,16 @@ type scaleSettings struct {
 	days             int   // KEYBROKER_BENCH_SCALE_DAYS: the audit rows' spread
 	users            int   // KEYBROKER_BENCH_SCALE_USERS: vaults made by POST /init, whose tokens fetch
 	conns            int   // KEYBROKER_BENCH_SCALE_CONNS
+	rounds           int   // KEYBROKER_BENCH_SCALE_ROUNDS: windows on each server, alternating
 	warmup, duration time.Duration
 	out              string // KEYBROKER_BENCH_SCALE_OUT; "-" writes nothing
 }
 
 func loadScaleSettings(t *testing.T) scaleSettings {
-	s := scaleSettings{vaults: 2000, rows: 20000, days: 20, users: 100, conns: 16,
+	s := scaleSettings{vaults: 2000, rows: 20000, days: 20, users: 100, conns: 16, rounds: 1,
 		warmup: 200 * time.Millisecond, duration: time.Second, out: "-"}
 	if os.Getenv("KEYBROKER_BENCH_SCALE") == "1" {
-		s = scaleSettings{full: true, vaults: 1_000_000, rows: 100_000_000, days: 20, users: 2000, conns: 16,
+		s = scaleSettings{full: true, vaults: 1_000_000, rows: 100_000_000, days: 20, users: 2000, conns: 16, rounds: 3,
 			warmup: 3 * time.Second, duration: 15 * time.Second, out: "../../docs/benchmarks.md"}
 	}
 	for name, p := range map[string]*int64{"VAULTS": &s.vaults, "ROWS": &s.rows} {
@@ -49,7 +50,7 @@ func loadScaleSettings(t *testing.T) scaleSettings {
 			*p = n
 		}
 	}
-	for name, p := range map[string]*int{"DAYS": &s.days, "USERS": &s.users, "CONNS": &s.conns} {
+	for name, p := range map[string]*int{"DAYS": &s.days, "USERS": &s.users, "CONNS": &s.conns, "ROUNDS": &s.rounds} {
 		if v := os.Getenv("KEYBROKER_BENCH_SCALE_" + name); v != "" {
 			n, err := strconv.Atoi(v)
 			require.NoError(t, err, name)
@@ -92,9 +93,6 @@ func TestBenchScale(t *testing.T) {
 	}
 	s := loadScaleSettings(t)
 	ctx := context.Background()
-	role, adminURL := pgtest.NewPlainDatabase(t)
-	admin := pgtest.NewPool(t, adminURL)
-
 	issuer, err := jwtissuer.New("https://auth.bench.test")
 	require.NoError(t, err)
 	jwks := httptest.NewServer(issuer.JWKSHandler())
@@ -107,63 +105,41 @@ func TestBenchScale(t *testing.T) {
 		b.tokens = append(b.tokens, tok)
 	}
 	b.bin = buildKeybroker(t)
-	env := b.serverEnv("DATABASE_URL="+role.URL, newKEKEnv())
-	cli := func(args ...string) time.Duration {
-		t.Helper()
-		cmd := exec.Command(b.bin, args...)
-		cmd.Env = env
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
-		took := time.Since(start)
-		require.NoError(t, err, "keybroker %s:\n%s", strings.Join(args, " "), out)
-		return took
-	}
-	// Migrated and moved to partitions before the server starts, so that
-	// the day partitions start today (an empty table moves at once).
-	cli("migrate")
-	cli("audit", "upkeep")
-	p, err := b.start(env)
-	require.NoError(t, err)
-	b.initUsers(p)
-
-	measure := func(onMeasure func()) scaleStep {
-		res, err := Run(ctx, Load{URL: p.URL + "/api/v1/me/encryption-vault/key", Tokens: b.tokens, Concurrency: s.conns,
-			Warmup: s.warmup, Duration: s.duration, OnMeasure: onMeasure})
-		require.NoError(t, err)
-		require.Positive(t, res.OK, "no fetch succeeded: %s\n%s", res.FirstError, p.Tail())
-		if res.Errors > 0 {
-			t.Logf("%d errors, first: %s\n%s", res.Errors, res.FirstError, p.Tail())
-		}
-		return scaleStep{rps: res.RPS(), p50: res.Percentile(50), p99: res.Percentile(99), max: res.Latencies[len(res.Latencies)-1], errors: res.Errors}
-	}
-	probes := func() (auditStatus, kekStatus, ready time.Duration) {
-		auditStatus, kekStatus = cli("audit", "status"), cli("kek", "status")
-		start := time.Now()
-		resp, err := http.Get(p.URL + "/readyz")
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, http.StatusOK, resp.StatusCode)
-		return auditStatus, kekStatus, time.Since(start)
-	}
-	empty := measure(nil)
-	t.Logf("empty: %s", empty)
-	emptyAudit, emptyKEK, emptyReady := probes()
+	// Two servers on two databases, one left empty and one filled, whose
+	// windows alternate: a change in the machine's other load lands on
+	// both.
+	empty, filled := newScaleServer(t, b, s), newScaleServer(t, b, s)
+	emptyProbes := empty.probes()
 
 	fillStart := time.Now()
-	fillScale(t, admin, s)
+	fillScale(t, filled.admin, s)
 	fillTook := time.Since(fillStart)
 	var auditBytes, auditRows, vaultBytes int64
-	require.NoError(t, admin.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0),
+	require.NoError(t, filled.admin.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0),
     (SELECT count(*) FROM keybroker.encryption_vault_audit), pg_total_relation_size('keybroker.encryption_vaults')
 FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regclass`).Scan(&auditBytes, &auditRows, &vaultBytes))
-	filled := measure(nil)
-	t.Logf("filled: %s", filled)
-	filledAudit, filledKEK, filledReady := probes()
+	filledProbes := filled.probes()
+	var emptySteps, filledSteps []scaleStep
+	for round := range s.rounds {
+		order := []*scaleServer{empty, filled}
+		if round%2 == 1 {
+			order = []*scaleServer{filled, empty}
+		}
+		for _, srv := range order {
+			step := srv.measure(nil)
+			if srv == empty {
+				emptySteps = append(emptySteps, step)
+			} else {
+				filledSteps = append(filledSteps, step)
+			}
+			t.Logf("round %d, %s: %s", round+1, map[bool]string{true: "empty", false: "filled"}[srv == empty], step)
+		}
+	}
 
 	// Drop everything before today (the moved table, with every filled
 	// day but today's) while fetches run, as the upkeep does past a
 	// retention of one day, seen from tomorrow.
-	store, err := pgstore.New(ctx, pgstore.Config{Pool: pgtest.NewPool(t, role.URL), Schema: "keybroker"})
+	store, err := pgstore.New(ctx, pgstore.Config{Pool: pgtest.NewPool(t, filled.url), Schema: "keybroker"})
 	require.NoError(t, err)
 	tomorrow := time.Now().UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
 	type dropped struct {
@@ -174,7 +150,7 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 	done := make(chan dropped, 1)
 	// The drop starts as the measured window opens, and the window is
 	// long enough to hold it.
-	during := measure(func() {
+	during := filled.measure(func() {
 		go func() {
 			start := time.Now()
 			res, err := store.AuditUpkeep(ctx, broker.AuditUpkeepParams{Now: tomorrow, Retention: 24 * time.Hour, Runner: "bench-scale"})
@@ -187,8 +163,7 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 	require.NotEmpty(t, d.res.Dropped, "the moved table is past the retention")
 	t.Logf("drop %v in %s; fetches meanwhile: %s", d.res.Dropped, d.took, during)
 
-	report := scaleReport(s, empty, filled, during, [3]time.Duration{emptyAudit, emptyKEK, emptyReady},
-		[3]time.Duration{filledAudit, filledKEK, filledReady}, d.took, d.res, fillTook, auditBytes, auditRows, vaultBytes)
+	report := scaleReport(s, emptySteps, filledSteps, during, emptyProbes, filledProbes, d.took, d.res, fillTook, auditBytes, auditRows, vaultBytes)
 	fmt.Println(report)
 	if s.out == "-" {
 		return
@@ -196,6 +171,71 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 	doc, err := os.ReadFile(s.out)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(s.out, []byte(ReplaceSection(string(doc), "scale", report)), 0o644))
+}
+
+// scaleServer is one server of TestBenchScale on a database of its own.
+type scaleServer struct {
+	t     *testing.T
+	s     scaleSettings
+	b     *bench
+	url   string // the owner role's
+	admin *pgxpool.Pool
+	env   []string
+	p     *Process
+}
+
+// newScaleServer migrates a new database, partitions its audit table
+// before the server starts (an empty table moves at once, with the day
+// partitions from today), starts the server and makes the users' vaults.
+func newScaleServer(t *testing.T, b *bench, s scaleSettings) *scaleServer {
+	role, adminURL := pgtest.NewPlainDatabase(t)
+	srv := &scaleServer{t: t, s: s, b: b, url: role.URL, admin: pgtest.NewPool(t, adminURL),
+		// The per-user rate limit off: a few users make all the load.
+		env: b.serverEnv("DATABASE_URL="+role.URL, newKEKEnv(), "KEYBROKER_RATE_LIMIT=0")}
+	srv.cli("migrate")
+	srv.cli("audit", "upkeep")
+	p, err := b.start(srv.env)
+	require.NoError(t, err)
+	srv.p = p
+	b.initUsers(p)
+	return srv
+}
+
+// cli runs a keybroker command on the server's database and returns how
+// long it took, process start included.
+func (srv *scaleServer) cli(args ...string) time.Duration {
+	srv.t.Helper()
+	cmd := exec.Command(srv.b.bin, args...)
+	cmd.Env = srv.env
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	require.NoError(srv.t, err, "keybroker %s:\n%s", strings.Join(args, " "), out)
+	return took
+}
+
+// measure runs one GET /key window.
+func (srv *scaleServer) measure(onMeasure func()) scaleStep {
+	t := srv.t
+	res, err := Run(context.Background(), Load{URL: srv.p.URL + "/api/v1/me/encryption-vault/key", Tokens: srv.b.tokens,
+		Concurrency: srv.s.conns, Warmup: srv.s.warmup, Duration: srv.s.duration, OnMeasure: onMeasure})
+	require.NoError(t, err)
+	require.Positive(t, res.OK, "no fetch succeeded: %s\n%s", res.FirstError, srv.p.Tail())
+	if res.Errors > 0 {
+		t.Logf("%d errors, first: %s\n%s", res.Errors, res.FirstError, srv.p.Tail())
+	}
+	return scaleStep{rps: res.RPS(), p50: res.Percentile(50), p99: res.Percentile(99), max: res.Latencies[len(res.Latencies)-1], errors: res.Errors}
+}
+
+// probes times `audit status`, `kek status` and a readiness poll.
+func (srv *scaleServer) probes() [3]time.Duration {
+	auditStatus, kekStatus := srv.cli("audit", "status"), srv.cli("kek", "status")
+	start := time.Now()
+	resp, err := http.Get(srv.p.URL + "/readyz")
+	require.NoError(srv.t, err)
+	resp.Body.Close()
+	require.Equal(srv.t, http.StatusOK, resp.StatusCode)
+	return [3]time.Duration{auditStatus, kekStatus, time.Since(start)}
 }
 
 // fillScale adds s.vaults vaults (copies of a real row under new user
@@ -242,18 +282,39 @@ FROM generate_series($1::bigint, $2::bigint) g`, from, to, max(s.vaults, 1), spa
 }
 
 // scaleReport is the Markdown of one run.
-func scaleReport(s scaleSettings, empty, filled, during scaleStep, emptyProbes, filledProbes [3]time.Duration,
+func scaleReport(s scaleSettings, emptySteps, filledSteps []scaleStep, during scaleStep, emptyProbes, filledProbes [3]time.Duration,
 	dropTook time.Duration, drop *broker.AuditUpkeepResult, fillTook time.Duration, auditBytes, auditRows, vaultBytes int64) string {
 	m := ThisMachine()
 	m.LoadAfter = LoadAverage()
 	var b strings.Builder
 	fmt.Fprintf(&b, "Run %s on %s (%d cores, %.0f GiB), %s, Go %s; load average after: %s.\n\n",
 		m.Date.Format(time.DateOnly), m.CPU, m.Cores, float64(m.MemoryBytes)/(1<<30), m.Kernel, m.Go, m.LoadAfter)
-	fmt.Fprintf(&b, "Size: %s vaults and %s audit rows over %d days, filled by SQL in %s; %d users fetch (POST /init), %d connections, %s windows.\n\n",
-		formatInt(s.vaults), formatInt(auditRows), s.days, fillTook.Round(time.Second), s.users, s.conns, s.duration)
+	fmt.Fprintf(&b, "Size: %s vaults and %s audit rows over %d days, filled by SQL in %s; %d users fetch (POST /init), %d connections; "+
+		"%d rounds of one %s window on each server, alternating (empty, filled, then filled, empty, ...).\n\n",
+		formatInt(s.vaults), formatInt(auditRows), s.days, fillTook.Round(time.Second), s.users, s.conns, s.rounds, s.duration)
+	mean := func(steps []scaleStep) (m scaleStep) {
+		for _, st := range steps {
+			m.rps += st.rps / float64(len(steps))
+			m.p50 += st.p50 / time.Duration(len(steps))
+			m.p99 = max(m.p99, st.p99)
+			m.max = max(m.max, st.max)
+			m.errors += st.errors
+		}
+		return m
+	}
+	empty, filled := mean(emptySteps), mean(filledSteps)
+	rounds := func(steps []scaleStep) string {
+		var out []string
+		for _, st := range steps {
+			out = append(out, fmt.Sprintf("%.0f", st.rps))
+		}
+		return strings.Join(out, ", ")
+	}
 	b.WriteString("| measure | empty database | filled | ratio | target |\n|---|--:|--:|--:|---|\n")
-	fmt.Fprintf(&b, "| `GET /key` throughput | %.0f req/s | %.0f req/s | %.2f× | ≥ 0.90× |\n", empty.rps, filled.rps, filled.rps/empty.rps)
-	fmt.Fprintf(&b, "| `GET /key` p50 / p99 | %s / %s | %s / %s | | |\n", ms(empty.p50), ms(empty.p99), ms(filled.p50), ms(filled.p99))
+	fmt.Fprintf(&b, "| `GET /key` throughput, mean of the rounds | %.0f req/s | %.0f req/s | %.2f× | ≥ 0.90× |\n", empty.rps, filled.rps, filled.rps/empty.rps)
+	fmt.Fprintf(&b, "| each round (req/s) | %s | %s | | |\n", rounds(emptySteps), rounds(filledSteps))
+	fmt.Fprintf(&b, "| `GET /key` p50 (mean) / worst p99 | %s / %s | %s / %s | | |\n", ms(empty.p50), ms(empty.p99), ms(filled.p50), ms(filled.p99))
+	fmt.Fprintf(&b, "| errors | %d | %d | | 0 |\n", empty.errors, filled.errors)
 	for i, name := range []string{"`keybroker audit status` (whole command)", "`keybroker kek status` (whole command)", "readiness poll (`GET /readyz`)"} {
 		fmt.Fprintf(&b, "| %s | %s | %s | | < 1 s |\n", name, ms(emptyProbes[i]), ms(filledProbes[i]))
 	}
@@ -292,4 +353,3 @@ func bytesText(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 }
-

@@ -146,7 +146,8 @@ func wait(ctx context.Context, d time.Duration) bool {
 
 // Runtime owns a server's background work: the keyring's data-key
 // refresh (and with it the data keys' rotation by age), the re-wrap
-// schedule, the start-up KEK check and its retries, and the row counts;
+// schedule, the start-up KEK check and its retries, the row counts and
+// the audit table's upkeep (AuditKeeper stores);
 // and it holds the readiness rules (Checks). New refuses what must stop
 // a start; Start runs the rest until Close.
 type Runtime struct {
@@ -231,9 +232,9 @@ func (r *Runtime) KEKChecked() <-chan struct{} { return r.kekOK }
 
 // Start runs the background work until ctx ends or Close is called: the
 // retries of a start-up KEK check that found the KEK unavailable, the
-// keyring's refresh, the re-wrap schedule and the row counts (the first
-// count before it returns, so that metrics have numbers from the start).
-// Only the first call starts anything.
+// keyring's refresh, the re-wrap schedule, the audit upkeep and the row
+// counts (the first count before it returns, so that metrics have numbers
+// from the start). Only the first call starts anything.
 func (r *Runtime) Start(ctx context.Context) {
 	r.startOnce.Do(func() {
 		ctx, r.cancel = context.WithCancel(ctx)

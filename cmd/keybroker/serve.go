@@ -112,7 +112,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		ln.Close()
 		return err
 	}
-	rt.Start(ctx)  // keyring refresh, re-wrap job, row counts
+	rt.Start(ctx)  // keyring refresh, re-wrap job, audit upkeep, row counts
 	ops.start(ctx) // readiness polls, the metrics listener
 	log.Info("keybroker serving", slog.String("addr", ln.Addr().String()),
 		slog.String("schema", cfg.Store.Schema), slog.String("active_kek", keyring.ActiveID()),

@@ -89,7 +89,11 @@ func (s *Store) AuditUpkeep(ctx context.Context, p broker.AuditUpkeepParams) (*b
 		// The session's lock and settings must not outlive the pass on a
 		// pooled connection: one that cannot reset them is closed.
 		ctx := context.WithoutCancel(ctx)
-		if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1); RESET lock_timeout`, key); err != nil {
+		_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, key)
+		if err == nil {
+			_, err = conn.Exec(ctx, `RESET lock_timeout`)
+		}
+		if err != nil {
 			_ = conn.Conn().Close(ctx)
 		}
 	}()

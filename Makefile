@@ -75,12 +75,13 @@ bench-rewrap:
 
 ## bench-scale: GET /key on an empty database, then after filling 1 000 000
 ## vaults and 100 000 000 audit rows over 20 days by SQL (about 40 GB and
-## hours here); also audit/kek status, a readiness poll, and dropping the
-## partitions past a retention while fetches run. Appends its section to
-## docs/benchmarks.md. KEYBROKER_BENCH_SCALE_{VAULTS,ROWS,DAYS,USERS,CONNS,
+## hours here); also audit/kek status, a readiness poll, dropping the
+## partitions past a retention while fetches run, and the online move of an
+## unpartitioned table that size (TestBenchScaleMove). Writes its sections
+## of docs/benchmarks.md. KEYBROKER_BENCH_SCALE_{VAULTS,ROWS,DAYS,USERS,CONNS,
 ## DURATION,OUT} size it; `make test` runs it small.
 bench-scale:
-	KEYBROKER_BENCH_SCALE=1 $(GO) test -count=1 -run '^TestBenchScale$$' -timeout 12h -v ./internal/bench
+	KEYBROKER_BENCH_SCALE=1 $(GO) test -count=1 -run '^TestBenchScale(Move)?$$' -timeout 24h -v ./internal/bench
 
 ## bench-micro: the Go micro-benchmarks of the hot pieces, with allocations
 ## (the pgstore and internal/bench ones use the test PostgreSQL).

@@ -93,18 +93,7 @@ func TestBenchScale(t *testing.T) {
 	}
 	s := loadScaleSettings(t)
 	ctx := context.Background()
-	issuer, err := jwtissuer.New("https://auth.bench.test")
-	require.NoError(t, err)
-	jwks := httptest.NewServer(issuer.JWKSHandler())
-	t.Cleanup(jwks.Close)
-	b := &bench{t: t, s: settings{warmup: s.warmup, duration: s.duration}, jwksURL: jwks.URL, issuer: issuer}
-	now := time.Now()
-	for i := 1; i <= s.users; i++ {
-		tok, err := issuer.Mint(jwtissuer.Claims{Subject: UserID(i), IssuedAt: now, Expiry: now.Add(3 * time.Hour)})
-		require.NoError(t, err)
-		b.tokens = append(b.tokens, tok)
-	}
-	b.bin = buildKeybroker(t)
+	b := newScaleBench(t, s)
 	// Two servers on two databases, one left empty and one filled, whose
 	// windows alternate: a change in the machine's other load lands on
 	// both.
@@ -171,6 +160,24 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 	doc, err := os.ReadFile(s.out)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(s.out, []byte(ReplaceSection(string(doc), "scale", report)), 0o644))
+}
+
+// newScaleBench mints the users' tokens, serves their JWKS and builds the
+// binary.
+func newScaleBench(t *testing.T, s scaleSettings) *bench {
+	issuer, err := jwtissuer.New("https://auth.bench.test")
+	require.NoError(t, err)
+	jwks := httptest.NewServer(issuer.JWKSHandler())
+	t.Cleanup(jwks.Close)
+	b := &bench{t: t, s: settings{warmup: s.warmup, duration: s.duration}, jwksURL: jwks.URL, issuer: issuer}
+	now := time.Now()
+	for i := 1; i <= s.users; i++ {
+		tok, err := issuer.Mint(jwtissuer.Claims{Subject: UserID(i), IssuedAt: now, Expiry: now.Add(3 * time.Hour)})
+		require.NoError(t, err)
+		b.tokens = append(b.tokens, tok)
+	}
+	b.bin = buildKeybroker(t)
+	return b
 }
 
 // scaleServer is one server of TestBenchScale on a database of its own.

@@ -64,6 +64,9 @@ type RuntimeConfig struct {
 	Rollout RolloutConfig
 	// OnRewrapRun, when set, is called after each background re-wrap run.
 	OnRewrapRun func(*RewrapResult, error)
+	// Audit is the audit table's upkeep, run when the store is an
+	// AuditKeeper.
+	Audit AuditSchedule
 	// CountRowsEvery, when positive, makes the runtime count the rows
 	// per KEK and read the re-wrap state at Start and then this often
 	// (RowCounts): counting groups the whole KEK index, so it runs on
@@ -119,6 +122,9 @@ func (c *RuntimeConfig) validate() error {
 	if c.Rollout.Heartbeat < 0 || c.Rollout.ExpectedReplicas < 0 {
 		return errors.New("broker: RuntimeConfig.Rollout must not be negative")
 	}
+	if c.Audit.Retention != 0 && c.Audit.Retention < MinAuditRetention {
+		return fmt.Errorf("broker: RuntimeConfig.Audit.Retention must be 0 or at least %s", MinAuditRetention)
+	}
 	if c.CountRowsEvery < 0 {
 		return errors.New("broker: RuntimeConfig.CountRowsEvery must not be negative")
 	}
@@ -158,7 +164,8 @@ func wait(ctx context.Context, d time.Duration) bool {
 
 // Runtime owns a server's background work: the keyring's data-key
 // refresh (and with it the data keys' rotation by age), the re-wrap
-// schedule, the start-up KEK check and its retries, and the row counts;
+// schedule, the start-up KEK check and its retries, the row counts and
+// the audit table's upkeep (AuditKeeper stores);
 // and it holds the readiness rules (Checks). New refuses what must stop
 // a start; Start runs the rest until Close.
 type Runtime struct {
@@ -169,6 +176,7 @@ type Runtime struct {
 	counts *rowCounter
 	// rollout is nil when this replica announces nothing.
 	rollout *rollout
+	audit   *auditUpkeeper // nil when the store is no AuditKeeper
 
 	startOnce, closeOnce sync.Once
 	cancel               context.CancelFunc
@@ -199,6 +207,10 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, error) {
 			return nil, fmt.Errorf("the re-wrap job cannot run: %w", err)
 		}
 		r.job = job
+	}
+	if keeper, ok := cfg.Store.(AuditKeeper); ok {
+		r.audit = &auditUpkeeper{keeper: keeper, cfg: cfg.Audit, runner: cfg.Rewrap.Runner, now: cfg.Now, log: cfg.Logger,
+			mark: retentionMarker(cfg.AuditSeal, cfg.Store)}
 	}
 	if cfg.CountRowsEvery > 0 {
 		r.counts = &rowCounter{store: cfg.Store, log: cfg.Logger}
@@ -256,9 +268,9 @@ func (r *Runtime) KEKChecked() <-chan struct{} { return r.kekOK }
 
 // Start runs the background work until ctx ends or Close is called: the
 // retries of a start-up KEK check that found the KEK unavailable, the
-// keyring's refresh, the re-wrap schedule and the row counts (the first
-// count before it returns, so that metrics have numbers from the start).
-// Only the first call starts anything.
+// keyring's refresh, the re-wrap schedule, the audit upkeep and the row
+// counts (the first count before it returns, so that metrics have numbers
+// from the start). Only the first call starts anything.
 func (r *Runtime) Start(ctx context.Context) {
 	r.startOnce.Do(func() {
 		ctx, r.cancel = context.WithCancel(ctx)
@@ -281,6 +293,9 @@ func (r *Runtime) Start(ctx context.Context) {
 		}
 		if r.rollout != nil {
 			r.goLoop(func() { r.rollout.run(ctx, r.cfg.Wait) })
+		}
+		if r.audit != nil {
+			r.goLoop(func() { r.audit.loop(ctx, r.cfg.Wait) })
 		}
 		if r.job != nil {
 			r.goLoop(func() { r.runRewrap(ctx) })

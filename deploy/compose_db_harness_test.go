@@ -341,7 +341,7 @@ func (c *composeDB) requireOwnedByPlainRole(t *testing.T, role, database string)
 	require.False(t, bypass, "%s has BYPASSRLS", role)
 	rows, err := pool.Query(t.Context(), `SELECT n.nspowner::regrole::text, c.relname, c.relowner::regrole::text, c.relforcerowsecurity
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = 'keybroker' AND c.relkind = 'r'`)
+		WHERE n.nspname = 'keybroker' AND c.relkind IN ('r', 'p')`) // 'p': the partitioned audit table
 	require.NoError(t, err)
 	forced := 0
 	tables := 0

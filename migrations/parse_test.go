@@ -62,5 +62,5 @@ func TestEmbeddedMigrationsParse(t *testing.T) {
 	for i, m := range all {
 		names[i] = m.Name
 	}
-	require.Equal(t, []string{"0001_encryption_vaults.sql", "0002_recovery_wrap.sql", "0003_key_check.sql", "0004_kek_index.sql", "0005_data_keys.sql", "0006_recovery_proof.sql", "0007_format1_closure.sql", "0008_data_key_rotation.sql", "0009_reserved_for_auditret.sql", "0010_audit_seal.sql", "0011_replicas.sql", "0012_data_key_wraps.sql"}, names)
+	require.Equal(t, []string{"0001_encryption_vaults.sql", "0002_recovery_wrap.sql", "0003_key_check.sql", "0004_kek_index.sql", "0005_data_keys.sql", "0006_recovery_proof.sql", "0007_format1_closure.sql", "0008_data_key_rotation.sql", "0009_audit_upkeep.sql", "0010_audit_seal.sql", "0011_replicas.sql", "0012_data_key_wraps.sql"}, names)
 }

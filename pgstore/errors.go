@@ -52,7 +52,8 @@ func isUnknownUser(err error) bool {
 	case "encryption_vaults", "encryption_vault_audit":
 		return true
 	}
-	return false
+	// A partitioned audit table reports the partition (auditpartitions.go).
+	return isAuditPartition(pgErr.TableName)
 }
 
 // dataKeyExistsConstraint names the refusal of a row under a deleted data

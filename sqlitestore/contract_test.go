@@ -102,3 +102,10 @@ func TestAuditSealContract(t *testing.T) {
 		}
 	})
 }
+
+// TestAuditRetentionContract runs the audit retention contract, each
+// subtest on a database of its own.
+func TestAuditRetentionContract(t *testing.T) {
+	t.Parallel()
+	storetest.RunAuditRetention(t, func(t *testing.T, _ bool) storetest.Harness { return harness(t, openStore(t, t.TempDir())) })
+}

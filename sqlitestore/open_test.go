@@ -59,7 +59,7 @@ func TestOpenCreatesPrivateDirAndFile(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "nested", "data")
 	s, err := open(t, dir)
 	require.NoError(t, err)
-	require.Equal(t, []string{"0001_encryption_vaults.sql", "0002_data_keys.sql", "0003_recovery_proof.sql", "0004_format1_closure.sql", "0005_data_key_rotation.sql", "0006_reserved_for_auditret.sql", "0007_audit_seal.sql", "0008_data_key_wraps.sql"}, s.Migrated())
+	require.Equal(t, []string{"0001_encryption_vaults.sql", "0002_data_keys.sql", "0003_recovery_proof.sql", "0004_format1_closure.sql", "0005_data_key_rotation.sql", "0006_audit_upkeep.sql", "0007_audit_seal.sql", "0008_data_key_wraps.sql"}, s.Migrated())
 	require.Equal(t, filepath.Join(dir, sqlitestore.FileName), s.Path())
 	require.NoError(t, s.Ping(t.Context()))
 

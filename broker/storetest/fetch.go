@@ -80,11 +80,16 @@ func testAuditAppendManyUsers(t *testing.T, h Harness) {
 func testAuditAppendAllOrNothing(t *testing.T, h Harness) {
 	ctx := t.Context()
 	user, taken := newUserID(t), newUserID(t)
-	require.NoError(t, h.Store.AuditAppend(ctx, []*broker.AuditEntry{fetchEntry(taken, user)}))
+	first := fetchEntry(taken, user)
+	require.NoError(t, h.Store.AuditAppend(ctx, []*broker.AuditEntry{first}))
 
-	// An id already taken fails the batch: none of its rows is kept.
+	// A key already taken fails the batch: none of its rows is kept. The
+	// key is the id and the time (a partitioned PostgreSQL table's
+	// primary key must hold its partition key).
 	other := newUserID(t)
-	bad := []*broker.AuditEntry{fetchEntry(newUserID(t), other), fetchEntry(taken, other)}
+	again := fetchEntry(taken, other)
+	again.CreatedAt = first.CreatedAt
+	bad := []*broker.AuditEntry{fetchEntry(newUserID(t), other), again}
 	err := h.Store.AuditAppend(ctx, bad)
 	require.Error(t, err)
 	require.False(t, broker.IsUnavailable(err), "a bad row is not an outage: %v", err)
@@ -176,14 +181,14 @@ func testVaultFetchAllOrNothing(t *testing.T, h Harness) {
 	zk, local := newUserID(t), newUserID(t)
 	insert(t, h, zkVault(zk))
 	insert(t, h, vaultWithKEK(local, "k-local"))
-	taken := newUserID(t)
-	require.NoError(t, h.Store.AuditAppend(ctx, []*broker.AuditEntry{fetchEntry(taken, local)}))
+	taken := fetchEntry(newUserID(t), local)
+	require.NoError(t, h.Store.AuditAppend(ctx, []*broker.AuditEntry{taken}))
 
-	// An audit id already taken fails the batch, and neither fetch is
-	// recorded.
+	// An audit key (id and time) already taken fails the batch, and
+	// neither fetch is recorded.
 	bad := &broker.FetchBatch{Openable: []string{"k-local"}, Outcomes: fetchOutcomes, Fetches: []*broker.Fetch{
 		{Audit: &broker.AuditEntry{ID: newUserID(t), UserID: zk, CreatedAt: time.Now()}},
-		{Audit: &broker.AuditEntry{ID: taken, UserID: local, CreatedAt: time.Now()}},
+		{Audit: &broker.AuditEntry{ID: taken.ID, UserID: local, CreatedAt: taken.CreatedAt}},
 	}}
 	err := fetcher.VaultFetch(ctx, bad)
 	var item *broker.BatchItemError

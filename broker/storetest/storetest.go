@@ -45,6 +45,11 @@
 //   - announcements (RunReplicas, stores that are broker.ReplicaStore):
 //     every field lists back, a renewal replaces and a leave removes one,
 //     and one not renewed lapses by the store's clock.
+//     and a deleted data key is never named by a server wrap again.
+//   - audit retention (RunAuditRetention, broker.AuditKeeper): rows of
+//     any time are written and kept without a retention; with one, rows
+//     older than it go (PostgreSQL: by whole days) and newer ones stay;
+//     the status names the oldest and newest row and the last run.
 package storetest
 
 import (

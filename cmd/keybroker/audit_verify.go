@@ -12,10 +12,6 @@ import (
 	"github.com/keybroker/keybroker/cmd/keybroker/internal/config"
 )
 
-const auditUsage = `Tools for the audit trail: verify its tamper evidence, export it as NDJSON
-(docs/audit.md).
-`
-
 const auditVerifyUsage = `Usage: keybroker audit verify [flags]
 
 Checks every audit row against its MAC and the checkpoint that sealed it,

@@ -84,7 +84,15 @@ func commandTree() *command {
 			run: func(ctx context.Context, args []string, c *cli) error {
 				return cmdRewrap(ctx, args, c.getenv, c.stdout, c.stderr)
 			}},
-		{name: "audit", summary: "the audit trail: verify its tamper evidence, export it as NDJSON", help: auditUsage, subs: []*command{
+		{name: "audit", summary: "the audit trail: its rows and partitions, retention, tamper evidence, export", help: auditUsage, subs: []*command{
+			{name: "status", args: "[flags]", summary: "rows, oldest and newest row, partitions, the last upkeep run", settings: config.AuditStatus,
+				run: func(ctx context.Context, args []string, c *cli) error {
+					return cmdAuditStatus(ctx, args, c.getenv, c.stdout, c.stderr)
+				}},
+			{name: "upkeep", args: "[flags]", summary: "run the audit upkeep once now: partition the table, create partitions ahead, apply the retention",
+				settings: config.AuditUpkeep, run: func(ctx context.Context, args []string, c *cli) error {
+					return cmdAuditUpkeep(ctx, args, c.getenv, c.stdout, c.stderr)
+				}},
 			{name: "verify", args: "[flags]", summary: "name every audit row edited, inserted or deleted outside keybroker; exit 1 if any", settings: config.AuditVerify,
 				run: func(ctx context.Context, args []string, c *cli) error {
 					return cmdAuditVerify(ctx, args, c.getenv, c.stdout, c.stderr)

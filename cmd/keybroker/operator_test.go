@@ -35,7 +35,8 @@ func TestOperatorCommandsNeverCreateAStore(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "not-here")
 	env := map[string]string{"KEYBROKER_DATA_DIR": dataDir, "KEYBROKER_KEK": "env://K?id=k",
 		"K": "fF2aN6o7Q2x1k9P0s3V4d5E6f7G8h9I0j1K2l3M4n5o="}
-	for _, args := range [][]string{{"kek", "status"}, {"rewrap"}, {"rewrap", "--dry-run"}, {"vault", "restore-recovery", "--user", "a"}} {
+	for _, args := range [][]string{{"kek", "status"}, {"rewrap"}, {"rewrap", "--dry-run"}, {"vault", "restore-recovery", "--user", "a"},
+		{"audit", "status"}, {"audit", "upkeep"}} {
 		var stdout, stderr bytes.Buffer
 		err := run(t.Context(), args, envFunc(env), &stdout, &stderr, nil)
 		require.ErrorContains(t, err, "no store to read: $DATABASE_URL (--database-url) is not set, and there is no embedded store at "+

@@ -174,6 +174,9 @@ func (o *ops) apiConfig(base vaultapi.Config, store broker.Store, rt *broker.Run
 	if err := o.registry.Register(rolloutCollector{rt}); err != nil {
 		return cfg, err
 	}
+	if err := o.registry.Register(auditCollector{rt}); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 

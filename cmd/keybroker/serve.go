@@ -116,7 +116,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		ln.Close()
 		return err
 	}
-	rt.Start(ctx)  // keyring refresh, re-wrap job, row counts
+	rt.Start(ctx)  // keyring refresh, re-wrap job, audit upkeep, row counts
 	ops.start(ctx) // readiness polls, the metrics listener
 	log.Info("keybroker serving", slog.String("addr", ln.Addr().String()),
 		slog.String("schema", cfg.Store.Schema), slog.String("active_kek", keyring.ActiveID()),
@@ -136,7 +136,8 @@ func runtimeConfig(cfg *config.Config, store broker.Store, keyring *broker.Keyri
 	rc := broker.RuntimeConfig{Store: store, Keyring: keyring, Logger: log, Now: h.clock(), CountRowsEvery: rowsInterval,
 		Rewrap: broker.RewrapSchedule{Enabled: cfg.Rewrap.Enabled, Interval: cfg.Rewrap.Interval,
 			BatchSize: cfg.Rewrap.Batch, RowsPerSecond: cfg.Rewrap.Rate},
-		Rollout: broker.RolloutConfig{Heartbeat: cfg.Rollout.Heartbeat, ExpectedReplicas: cfg.Rollout.Replicas, Version: version}}
+		Rollout: broker.RolloutConfig{Heartbeat: cfg.Rollout.Heartbeat, ExpectedReplicas: cfg.Rollout.Replicas, Version: version},
+		Audit:   broker.AuditSchedule{Retention: cfg.AuditRetention}}
 	if h != nil {
 		rc.OnRewrapRun = h.rewrapRun
 	}

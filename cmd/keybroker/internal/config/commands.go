@@ -22,12 +22,16 @@ const (
 	// AuditVerify and AuditExport: the audit trail's (docs/audit.md).
 	AuditVerify
 	AuditExport
+	// AuditStatus and AuditUpkeep: the audit table's partitions and
+	// retention.
+	AuditStatus
+	AuditUpkeep
 )
 
 // Sets of commands that share settings.
 const (
 	// Tools are the operator commands that reach the store and the KEKs.
-	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery | AuditVerify | AuditExport
+	Tools = Rewrap | KEKStatus | KEKCheck | KEKRotateDataKey | VaultRestoreRecovery | AuditVerify | AuditExport | AuditStatus | AuditUpkeep
 	// needKEK are the commands that cannot run without a KEK.
 	needKEK = Serve | Rewrap | KEKCheck | KEKRotateDataKey | AuditVerify
 	// configCmds resolve serve's configuration.
@@ -38,7 +42,7 @@ var commandNames = map[Command]string{
 	Serve: "serve", Migrate: "migrate", Rewrap: "rewrap", KEKStatus: "kek status", KEKCheck: "kek check",
 	KEKRotateDataKey: "kek rotate-data-key", VaultRestoreRecovery: "vault restore-recovery", DevToken: "dev token",
 	Healthcheck: "healthcheck", GrantCheck: "grant check", GrantKeygen: "grant keygen", ConfigCheck: "config check", ConfigShow: "config show",
-	AuditVerify: "audit verify", AuditExport: "audit export",
+	AuditVerify: "audit verify", AuditExport: "audit export", AuditStatus: "audit status", AuditUpkeep: "audit upkeep",
 }
 
 // String is the command line that runs the command: "keybroker kek check".

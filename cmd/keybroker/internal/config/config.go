@@ -45,7 +45,10 @@ type Config struct {
 	// DataKeyMaxAge is how old the newest data key of cached envelope
 	// mode gets before serve mints the next; 0: only on demand.
 	DataKeyMaxAge time.Duration
-	RecoveryProof broker.RecoveryProofPolicy
+	// AuditRetention is how long audit rows are kept; 0 keeps every row
+	// (broker.AuditSchedule.Retention).
+	AuditRetention time.Duration
+	RecoveryProof  broker.RecoveryProofPolicy
 	// Grants are the mission grants' recipients.
 	Grants Grants
 	// Tool holds the operator commands' own flags.

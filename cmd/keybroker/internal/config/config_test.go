@@ -90,6 +90,7 @@ var samples = map[*setting]struct{ good, other, bad, says string }{
 	rewrapBatch:       {"10", "10000", "20000", "between 1 and 10000"},
 	rewrapRate:        {"0", "50.5", "-1", "must not be negative"},
 	auditSealInterval: {"10s", "5m", "500ms", "must be between 1s and 24h0m0s"},
+	auditRetention:    {"400d", "9600h", "12h", "at least 1d"},
 	metricsAddr:       {"127.0.0.1:9090", "127.0.0.1:9091", "", ""},
 	corsOrigins:       {"https://a.test", "https://b.test", "", ""},
 	trustedProxies:    {"10.0.0.0/8", "192.168.0.1", "proxy.internal", "proxy.internal"},

@@ -315,6 +315,16 @@ var (
 			c.Rollout.Replicas, err = parseCount(v, 0, 10000, "replicas")
 			return err
 		}}
+	auditRetention = &setting{env: "KEYBROKER_AUDIT_RETENTION", flag: "audit-retention", value: "AGE", def: "0", cmds: Serve | AuditUpkeep,
+		usage: "drop audit rows older than this, e.g. 400d or 9600h (at least 1d; PostgreSQL drops whole days); 0 keeps every row",
+		apply: func(c *Config, v string) error {
+			d, err := parseAge(v)
+			if err == nil && d != 0 && d < broker.MinAuditRetention {
+				err = fmt.Errorf("%q: use 0 (keep every row) or at least 1d", v)
+			}
+			c.AuditRetention = d
+			return err
+		}}
 	metricsAddr = &setting{env: "KEYBROKER_METRICS_ADDR", flag: "metrics-addr", value: "HOST:PORT", cmds: Serve,
 		usage: "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on --addr",
 		apply: text(func(c *Config) *string { return &c.Ops.MetricsAddr })}
@@ -428,7 +438,7 @@ var settings = []*setting{
 	kekURI, kekID, kekRetired, dev,
 	jwksURL, jwtIssuer, jwtAudience, jwtUnpinned, jwtMaxLifetime, jwtLeeway,
 	shutdownTimeout, recoveryProof, grantDefaultKey, grantRecipients, dataKeyMaxAge,
-	rewrap, rewrapInterval, rewrapBatch, rewrapRate, auditSealInterval, rolloutHeartbeat, rolloutReplicas,
+	rewrap, rewrapInterval, rewrapBatch, rewrapRate, auditSealInterval, auditRetention, rolloutHeartbeat, rolloutReplicas,
 	metricsAddr, corsOrigins, trustedProxies, rateLimit, rateBurst, serviceKey, tlsCert, tlsKey, readyInterval,
 	toolDryRun, toolBatch, toolRate, toolConcurrency, toolProgressEvery, toolCheckTimeout, toolUser, toolDiscard, toolTTL, toolAlgorithm, toolPrivateKey, toolPublicKey,
 	toolURL, toolCAFile, toolHealthTimeout, toolCursorFile, toolFollow,
@@ -447,7 +457,7 @@ type Setting struct {
 }
 
 // lastCommand is the highest bit of Command.
-const lastCommand = AuditExport
+const lastCommand = AuditUpkeep
 
 // Settings lists the table.
 func Settings() []Setting {

@@ -33,16 +33,11 @@ func cmdAuditVerify(ctx context.Context, args []string, getenv func(string) stri
 		return err
 	}
 	log := newLogger(cfg.Log, stderr)
-	keks, err := openKEKs(ctx, cfg.KEKs, getenv, log)
+	keks, store, closeAll, err := openKEKsAndStore(ctx, cfg, getenv, log, stderr)
 	if err != nil {
 		return err
 	}
-	defer keks.close()
-	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
+	defer closeAll()
 	sealStore, ok := store.(broker.AuditSealStore)
 	if !ok {
 		return errors.New("this store keeps no tamper evidence")

@@ -194,16 +194,11 @@ func cmdKEKRotateDataKey(ctx context.Context, args []string, getenv func(string)
 	if active := cfg.KEKs.Active; !active.Cached {
 		return fmt.Errorf("the active KEK %s is not in cached envelope mode (a local KEK, or a URI with cache=off): it has no data key; rotate the KEK itself (docs/rotation.md)", active.ID)
 	}
-	keks, err := openKEKs(ctx, cfg.KEKs, getenv, log)
+	keks, store, closeAll, err := openKEKsAndStore(ctx, cfg, getenv, log, stderr)
 	if err != nil {
 		return err
 	}
-	defer keks.close()
-	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
+	defer closeAll()
 	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
 	if err != nil {
 		return err

@@ -39,16 +39,11 @@ func cmdRewrap(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	log := newLogger(cfg.Log, stderr)
-	keks, err := openKEKs(ctx, cfg.KEKs, getenv, log)
+	keks, store, closeAll, err := openKEKsAndStore(ctx, cfg, getenv, log, stderr)
 	if err != nil {
 		return err
 	}
-	defer keks.close()
-	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
+	defer closeAll()
 	if !cfg.Tool.DryRun && cfg.Rollout.Heartbeat > 0 {
 		if err := checkNoReplicaStranded(ctx, store, cfg.KEKs.Active.ID, log); err != nil {
 			return err

@@ -101,3 +101,18 @@ func openToolStore(ctx context.Context, cfg *config.Config, log *slog.Logger, st
 	fmt.Fprintln(stderr, "store:", storeName(cfg))
 	return store, closeStore, nil
 }
+
+// openKEKsAndStore opens the configured KEKs and then the store, as the
+// operator commands that need both do; close releases both.
+func openKEKsAndStore(ctx context.Context, cfg *config.Config, getenv func(string) string, log *slog.Logger, stderr io.Writer) (*openedKEKs, readyStore, func(), error) {
+	keks, err := openKEKs(ctx, cfg.KEKs, getenv, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	store, closeStore, err := openToolStore(ctx, cfg, log, stderr)
+	if err != nil {
+		keks.close()
+		return nil, nil, nil, err
+	}
+	return keks, store, func() { closeStore(); keks.close() }, nil
+}

@@ -80,7 +80,14 @@ func NewRole(t testing.TB, databaseURL string) Role {
 	}
 	t.Cleanup(func() {
 		// Roles are server-wide: DROP OWNED in the test database first, or
-		// DROP ROLE refuses while the role owns objects there.
+		// DROP ROLE refuses while the role owns objects there. The role's
+		// schemas go first, one transaction each: a schema with a
+		// partitioned audit table holds dozens of relations, and one
+		// DROP OWNED of them all can exhaust the server's shared lock
+		// table while other tests run ("out of shared memory").
+		if err := dropOwnedSchemas(databaseURL, name); err != nil {
+			t.Error(err)
+		}
 		if err := adminExec(databaseURL, "DROP OWNED BY "+ident+" CASCADE; DROP ROLE IF EXISTS "+ident); err != nil {
 			t.Error(err)
 		}
@@ -148,6 +155,32 @@ func adminExec(databaseURL, sql string) error {
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		return fmt.Errorf("pgtest: %s: %w", sql, err)
+	}
+	return nil
+}
+
+// dropOwnedSchemas drops each schema role owns in the database, one
+// transaction each.
+func dropOwnedSchemas(databaseURL, role string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, databaseURL)
+	if err != nil {
+		return fmt.Errorf("pgtest: connect to %s: %w", redact(databaseURL), err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT nspname FROM pg_namespace WHERE nspowner = (SELECT oid FROM pg_roles WHERE rolname = $1)", role)
+	if err != nil {
+		return fmt.Errorf("pgtest: list the schemas of %s: %w", role, err)
+	}
+	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("pgtest: list the schemas of %s: %w", role, err)
+	}
+	for _, schema := range schemas {
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			return fmt.Errorf("pgtest: drop schema %s: %w", schema, err)
+		}
 	}
 	return nil
 }

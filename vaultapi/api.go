@@ -128,6 +128,7 @@ type API struct {
 	cors       *corsPolicy
 	limiter    *userLimiter
 	serviceKey *serviceKey
+	overloaded overloadLog
 }
 
 // New returns the API; its Handler serves every route.

@@ -1,11 +1,14 @@
 package vaultapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"maps"
 	"net/http"
+	"sync/atomic"
+	"time"
 
 	"github.com/keybroker/keybroker/broker"
 )
@@ -131,7 +134,11 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// an operator may fix at any moment.
 		w.Header().Set("Retry-After", "5")
 	}
-	if answer.status >= http.StatusInternalServerError {
+	if errors.Is(err, broker.ErrOverloaded) {
+		// Refused at once past saturation: one line a second at most
+		// (the access log has every request), not one per refusal.
+		a.overloaded.note(r.Context(), a.log)
+	} else if answer.status >= http.StatusInternalServerError {
 		// Errors of the store, the KEK or the code never carry key
 		// material: wraps are ciphertext and keys are never formatted.
 		a.log.LogAttrs(r.Context(), slog.LevelError, "request failed",
@@ -151,4 +158,23 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 	w.Header()["Content-Type"] = jsonTypeValue
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)
+}
+
+// overloadLog logs the fetches refused past saturation at most once a
+// second, with how many were refused since the last line: a storm of
+// refusals must not become a storm of log lines. Its zero value is ready.
+type overloadLog struct {
+	refused atomic.Int64
+	last    atomic.Int64 // unix nanoseconds of the last line
+}
+
+func (o *overloadLog) note(ctx context.Context, log *slog.Logger) {
+	o.refused.Add(1)
+	now := time.Now().UnixNano()
+	last := o.last.Load()
+	if now-last < int64(time.Second) || !o.last.CompareAndSwap(last, now) {
+		return
+	}
+	log.LogAttrs(ctx, slog.LevelWarn, "requests refused: overloaded",
+		slog.Int64("refused", o.refused.Swap(0)), slog.String("code", CodeStoreUnavailable))
 }

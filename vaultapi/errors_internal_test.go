@@ -1,12 +1,15 @@
 package vaultapi
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -83,4 +86,44 @@ func TestEveryOutcomeAnsweredWithItsAuditStatus(t *testing.T) {
 		require.Equal(t, o.AuditStatus(), answer.status, "%s: audited as answered", answer.code)
 	}
 	require.Len(t, outcomeAnswers, len(broker.Outcomes())-2, "an answer for no outcome")
+}
+
+// TestOverloadRefusalsAreLoggedOncePerSecond: a storm of fetches refused
+// past saturation writes at most one log line a second, with the count,
+// and no ERROR line per refusal; another 503 is still logged each time.
+func TestOverloadRefusalsAreLoggedOncePerSecond(t *testing.T) {
+	t.Parallel()
+	var logs strings.Builder
+	a := &API{log: slog.New(slog.NewJSONHandler(&logs, nil))}
+	overloaded := &broker.UnavailableError{Dependency: broker.DependencyStore, Err: broker.ErrOverloaded}
+	const refusals = 1000
+	start := time.Now()
+	for range refusals {
+		w := httptest.NewRecorder()
+		a.writeError(w, httptest.NewRequest(http.MethodGet, "/key", nil), overloaded)
+		require.Equal(t, http.StatusServiceUnavailable, w.Code)
+		require.Equal(t, "5", w.Header().Get("Retry-After"))
+	}
+	elapsed := time.Since(start)
+	var lines, counted int
+	for line := range strings.Lines(logs.String()) {
+		var rec struct {
+			Level, Msg string
+			Refused    int
+		}
+		require.NoError(t, json.Unmarshal([]byte(line), &rec))
+		require.Equal(t, "WARN", rec.Level, line)
+		require.Equal(t, "requests refused: overloaded", rec.Msg)
+		lines++
+		counted += rec.Refused
+	}
+	require.GreaterOrEqual(t, lines, 1)
+	require.LessOrEqual(t, lines, 1+int(elapsed/time.Second), "at most one line a second")
+	require.LessOrEqual(t, counted, refusals)
+
+	logs.Reset()
+	for range 3 {
+		a.writeError(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/key", nil), &broker.UnavailableError{Dependency: broker.DependencyStore, Err: errors.New("connection refused")})
+	}
+	require.Equal(t, 3, strings.Count(logs.String(), `"msg":"request failed"`), "an outage is logged each time")
 }

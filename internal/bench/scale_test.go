@@ -107,6 +107,9 @@ func TestBenchScale(t *testing.T) {
 	require.NoError(t, filled.admin.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0),
     (SELECT count(*) FROM keybroker.encryption_vault_audit), pg_total_relation_size('keybroker.encryption_vaults')
 FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regclass`).Scan(&auditBytes, &auditRows, &vaultBytes))
+	verify := filled.sealAndVerify(auditRows)
+	t.Logf("sealed %d rows in %d checkpoints in %s; audit verify in %s (%.0f rows/s)",
+		auditRows, verify.checkpoints, verify.sealTook, verify.verifyTook, verify.rowsPerSecond())
 	filledProbes := filled.probes()
 	var emptySteps, filledSteps []scaleStep
 	for round := range s.rounds {
@@ -152,7 +155,7 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 	require.NotEmpty(t, d.res.Dropped, "the moved table is past the retention")
 	t.Logf("drop %v in %s; fetches meanwhile: %s", d.res.Dropped, d.took, during)
 
-	report := scaleReport(s, emptySteps, filledSteps, during, emptyProbes, filledProbes, d.took, d.res, fillTook, auditBytes, auditRows, vaultBytes)
+	report := scaleReport(s, emptySteps, filledSteps, during, emptyProbes, filledProbes, d.took, d.res, verify, fillTook, auditBytes, auditRows, vaultBytes)
 	fmt.Println(report)
 	if s.out == "-" {
 		return
@@ -198,7 +201,8 @@ func newScaleServer(t *testing.T, b *bench, s scaleSettings) *scaleServer {
 	role, adminURL := pgtest.NewPlainDatabase(t)
 	srv := &scaleServer{t: t, s: s, b: b, url: role.URL, admin: pgtest.NewPool(t, adminURL),
 		// The per-user rate limit off: a few users make all the load.
-		env: b.serverEnv("DATABASE_URL="+role.URL, newKEKEnv(), "KEYBROKER_RATE_LIMIT=0")}
+		env: b.serverEnv("DATABASE_URL="+role.URL, newKEKEnv(), "KEYBROKER_RATE_LIMIT=0",
+			"KEYBROKER_AUDIT_SEAL_INTERVAL="+scaleSealInterval)}
 	srv.cli("migrate")
 	srv.cli("audit", "upkeep")
 	p, err := b.start(srv.env)
@@ -290,7 +294,7 @@ FROM generate_series($1::bigint, $2::bigint) g`, from, to, max(s.vaults, 1), spa
 
 // scaleReport is the Markdown of one run.
 func scaleReport(s scaleSettings, emptySteps, filledSteps []scaleStep, during scaleStep, emptyProbes, filledProbes [3]time.Duration,
-	dropTook time.Duration, drop *broker.AuditUpkeepResult, fillTook time.Duration, auditBytes, auditRows, vaultBytes int64) string {
+	dropTook time.Duration, drop *broker.AuditUpkeepResult, verify scaleVerify, fillTook time.Duration, auditBytes, auditRows, vaultBytes int64) string {
 	m := ThisMachine()
 	m.LoadAfter = LoadAverage()
 	var b strings.Builder
@@ -330,6 +334,11 @@ func scaleReport(s scaleSettings, emptySteps, filledSteps []scaleStep, during sc
 		len(drop.Dropped), formatInt(drop.Deleted), ms(dropTook))
 	fmt.Fprintf(&b, "| `GET /key` in the same window | %s |\n", during)
 	fmt.Fprintf(&b, "| ratio to the filled run | %.2f× |\n", during.rps/filled.rps)
+	b.WriteString("\n| tamper evidence on the filled database | |\n|---|--:|\n")
+	fmt.Fprintf(&b, "| sealing every row, as a server's sealer does (`broker.SealAudit`, %d checkpoints; the filled rows carry no MAC: sealed late) | %s (%.0f rows/s) |\n",
+		verify.checkpoints, verify.sealTook.Round(time.Millisecond), float64(auditRows)/verify.sealTook.Seconds())
+	fmt.Fprintf(&b, "| `keybroker audit verify` (whole command): %s rows checked (%s verified by their MAC, %s sealed late), no finding | %s (%.0f rows/s) |\n",
+		formatInt(verify.verified+verify.late), formatInt(verify.verified), formatInt(verify.late), verify.verifyTook.Round(time.Millisecond), verify.rowsPerSecond())
 	b.WriteString("\n| database size | |\n|---|--:|\n")
 	if auditRows > 0 {
 		fmt.Fprintf(&b, "| audit table with its indexes | %s (%s per million fetches) |\n", bytesText(auditBytes), bytesText(auditBytes*1_000_000/auditRows))

@@ -68,6 +68,27 @@ for tests only).
 {{- end }}
 
 {{/*
+The plain settings the chart sets from audit.* and rollout.*, as a JSON object: only those set, so
+an install leaving them empty renders no new variable.
+*/}}
+{{- define "keybroker.optionalSettings" -}}
+{{- $v := .Values }}
+{{- $out := dict }}
+{{- with $v.audit.retention }}{{ $_ := set $out "KEYBROKER_AUDIT_RETENTION" (toString .) }}{{ end }}
+{{- with $v.audit.sealInterval }}{{ $_ := set $out "KEYBROKER_AUDIT_SEAL_INTERVAL" (toString .) }}{{ end }}
+{{- with $v.rollout.heartbeat }}{{ $_ := set $out "KEYBROKER_ROLLOUT_HEARTBEAT" (toString .) }}{{ end }}
+{{- $replicas := $v.rollout.replicas }}
+{{- if eq (toString $replicas) "replicaCount" }}
+{{- $_ := set $out "KEYBROKER_ROLLOUT_REPLICAS" (toString $v.replicaCount) }}
+{{- else if not (kindIs "invalid" $replicas) }}
+{{- $_ := set $out "KEYBROKER_ROLLOUT_REPLICAS" (toString $replicas) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{- define "keybroker.grantRecipientsDir" -}}/etc/keybroker/grant-recipients{{- end }}
+
+{{/*
 The checks values.schema.json makes, again with the same messages, for an install run with
 --skip-schema-validation.
 */}}
@@ -119,6 +140,35 @@ The checks values.schema.json makes, again with the same messages, for an instal
 {{- range $name, $_ := $v.settings }}
 {{- if or (has $name $managed) (has $name $secretVars) (not (regexMatch "^KEYBROKER_[A-Z0-9_]+$" $name)) }}
 {{- fail (printf "settings.%s: settings takes plain KEYBROKER_* variables the chart does not set itself; secrets come from a Secret (extraEnv with valueFrom)" $name) }}
+{{- end }}
+{{- end }}
+{{- $optional := include "keybroker.optionalSettings" . | fromJson }}
+{{- if $v.grants.defaultKey.secretName }}{{ $_ := set $optional "MANA_AI_PUBLIC_KEY_PEM" "" }}{{ end }}
+{{- if $v.grants.defaultKey.configMapName }}{{ $_ := set $optional "MANA_AI_PUBLIC_KEY_PEM" "" }}{{ end }}
+{{- if $v.grants.recipients }}{{ $_ := set $optional "KEYBROKER_GRANT_RECIPIENTS" "" }}{{ end }}
+{{- range $name, $_ := $optional }}
+{{- if hasKey $v.settings $name }}
+{{- fail (printf "settings.%s: the chart sets it from its audit, rollout or grants values; set one of them, not both" $name) }}
+{{- end }}
+{{- range $v.extraEnv }}
+{{- if eq .name $name }}
+{{- fail (printf "extraEnv %s: the chart sets it from its audit, rollout or grants values; set one of them, not both" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $replicas := $v.rollout.replicas }}
+{{- if and (kindIs "string" $replicas) (ne $replicas "replicaCount") }}
+{{- fail (printf "rollout.replicas %q: a number, or replicaCount for the chart's replicaCount" $replicas) }}
+{{- end }}
+{{- if and $v.grants.defaultKey.secretName $v.grants.defaultKey.configMapName }}
+{{- fail "grants.defaultKey: set secretName or configMapName, not both" }}
+{{- end }}
+{{- range $v.grants.recipients }}
+{{- if not (regexMatch "^[a-z0-9._-]{1,63}$" (toString .name)) }}
+{{- fail (printf "grants.recipients: name %q: 1-63 of a-z 0-9 . _ -" (toString .name)) }}
+{{- end }}
+{{- if eq (empty .secretName) (empty .configMapName) }}
+{{- fail (printf "grants.recipients %s: set exactly one of secretName and configMapName" .name) }}
 {{- end }}
 {{- end }}
 {{- range $v.extraEnv }}

@@ -22,6 +22,14 @@ type cli struct {
 }
 
 // command is one command: a leaf runs, a group holds subcommands.
+// tool runs an operator command that reads only its arguments, the
+// environment and its two outputs, as most commands do.
+func tool(run func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error) func(context.Context, []string, *cli) error {
+	return func(ctx context.Context, args []string, c *cli) error {
+		return run(ctx, args, c.getenv, c.stdout, c.stderr)
+	}
+}
+
 type command struct {
 	name string
 	// args follows the name in the overview: "[flags]", "--user ID".
@@ -50,57 +58,35 @@ func commandTree() *command {
 				return cmdServe(ctx, args, c.getenv, c.stderr, c.hooks)
 			}},
 		{name: "migrate", args: "[flags]", summary: "apply database migrations and exit", settings: config.Migrate,
-			run: func(ctx context.Context, args []string, c *cli) error {
-				return cmdMigrate(ctx, args, c.getenv, c.stdout, c.stderr)
-			}},
+			run: tool(cmdMigrate)},
 		{name: "config", summary: "check the configuration as serve would read it, or show it", help: configUsage, subs: []*command{
 			{name: "check", args: "[flags]", summary: "open and probe what serve would (KEKs, database, JWKS, TLS); exit 0 if serve would start",
-				settings: config.ConfigCheck, run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdConfigCheck(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				settings: config.ConfigCheck, run: tool(cmdConfigCheck)},
 			{name: "show", args: "[flags]", summary: "print the effective settings, secrets redacted, with where each came from",
-				settings: config.ConfigShow, run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdConfigShow(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				settings: config.ConfigShow, run: tool(cmdConfigShow)},
 		}},
 		{name: "kek", summary: "KEK and data-key tools", help: kekUsage, subs: []*command{
 			{name: "generate", summary: "print a fresh base64 KEK (32 random bytes)",
 				help: "Usage: keybroker kek generate\n\nPrints a fresh base64 KEK (32 random bytes from the system's CSPRNG) on stdout,\nthe replacement for \"openssl rand -base64 32\". It takes no flags.\n",
 				run:  func(ctx context.Context, args []string, c *cli) error { return cmdKEKGenerate(c.stdout) }},
 			{name: "status", args: "[flags]", summary: "rows per KEK id and format, format 1, the data keys, the re-wrap job", settings: config.KEKStatus,
-				run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdKEKStatus(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				run: tool(cmdKEKStatus)},
 			{name: "check", args: "[flags]", summary: "status and a wrap/unwrap round trip of each KEK", settings: config.KEKCheck,
-				run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdKEKCheck(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				run: tool(cmdKEKCheck)},
 			{name: "rotate-data-key", args: "[flags]", summary: "mint a new data key (cached envelope mode)", settings: config.KEKRotateDataKey,
-				run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdKEKRotateDataKey(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				run: tool(cmdKEKRotateDataKey)},
 		}},
 		{name: "rewrap", args: "[flags]", summary: "move rows to the active KEK now (--dry-run, --rate)", settings: config.Rewrap,
-			run: func(ctx context.Context, args []string, c *cli) error {
-				return cmdRewrap(ctx, args, c.getenv, c.stdout, c.stderr)
-			}},
+			run: tool(cmdRewrap)},
 		{name: "audit", summary: "the audit trail: its rows and partitions, retention, tamper evidence, export", help: auditUsage, subs: []*command{
 			{name: "status", args: "[flags]", summary: "rows, oldest and newest row, partitions, the last upkeep run", settings: config.AuditStatus,
-				run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdAuditStatus(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				run: tool(cmdAuditStatus)},
 			{name: "upkeep", args: "[flags]", summary: "run the audit upkeep once now: partition the table, create partitions ahead, apply the retention",
-				settings: config.AuditUpkeep, run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdAuditUpkeep(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				settings: config.AuditUpkeep, run: tool(cmdAuditUpkeep)},
 			{name: "verify", args: "[flags]", summary: "name every audit row edited, inserted or deleted outside keybroker; exit 1 if any", settings: config.AuditVerify,
-				run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdAuditVerify(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				run: tool(cmdAuditVerify)},
 			{name: "export", args: "[--cursor-file PATH] [--follow]", summary: "every user's audit rows as NDJSON, resumable from a cursor", settings: config.AuditExport,
-				run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdAuditExport(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				run: tool(cmdAuditExport)},
 		}},
 		{name: "grant", summary: "mission grant recipients: check their keys, make a worker's key pair", subs: []*command{
 			{name: "check", args: "[flags]", summary: "each recipient's key parses and can be wrapped to; exit 1 on a failure", settings: config.GrantCheck,
@@ -114,20 +100,14 @@ func commandTree() *command {
 		}},
 		{name: "vault", summary: "operator tools for one user's vault", help: vaultUsage, subs: []*command{
 			{name: "restore-recovery", args: "--user ID [--discard]", summary: "put back (or forget) the recovery wrap kept before an unverifiable zero-knowledge change",
-				settings: config.VaultRestoreRecovery, run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdVaultRestoreRecovery(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				settings: config.VaultRestoreRecovery, run: tool(cmdVaultRestoreRecovery)},
 		}},
 		{name: "dev", summary: "dev-mode tools", subs: []*command{
 			{name: "token", args: "--user ID", summary: "print a bearer token from the dev-mode issuer", settings: config.DevToken,
-				run: func(ctx context.Context, args []string, c *cli) error {
-					return cmdDevToken(ctx, args, c.getenv, c.stdout, c.stderr)
-				}},
+				run: tool(cmdDevToken)},
 		}},
 		{name: "healthcheck", args: "[--url URL]", summary: "exit 0 when /healthz answers 200 (container health checks; https when serve's TLS is on)",
-			settings: config.Healthcheck, run: func(ctx context.Context, args []string, c *cli) error {
-				return cmdHealthcheck(ctx, args, c.getenv, c.stdout, c.stderr)
-			}},
+			settings: config.Healthcheck, run: tool(cmdHealthcheck)},
 		{name: "completion", summary: "print a shell completion script", help: completionUsage, subs: []*command{
 			{name: "bash", summary: "for bash: source <(keybroker completion bash)", run: completionRun(completionBash)},
 			{name: "zsh", summary: "for zsh: keybroker completion zsh > \"${fpath[1]}/_keybroker\"", run: completionRun(completionZsh)},

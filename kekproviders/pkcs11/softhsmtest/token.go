@@ -138,14 +138,10 @@ func (tok *Token) Admin(t testing.TB, fn func(ctx *cryptoki.Ctx, s cryptoki.Sess
 	fn(tok.ctx, s)
 }
 
-// GenerateKey generates a key labelled label inside the token: by default
-// an AES-256 token key that is sensitive, not extractable and may encrypt
-// and decrypt — what docs/providers.md tells operators to make. Each
-// override replaces the default attribute of its type or is added; with
-// CKA_KEY_TYPE=CKK_GENERIC_SECRET the key is a generic secret.
-func (tok *Token) GenerateKey(t testing.TB, label string, overrides ...*cryptoki.Attribute) {
-	t.Helper()
-	template := []*cryptoki.Attribute{
+// aesKeyTemplate is what every test key is: an AES token key labelled
+// label, sensitive, not extractable, that may encrypt and decrypt.
+func aesKeyTemplate(label string) []*cryptoki.Attribute {
+	return []*cryptoki.Attribute{
 		cryptoki.NewAttribute(cryptoki.CKA_CLASS, cryptoki.CKO_SECRET_KEY),
 		cryptoki.NewAttribute(cryptoki.CKA_KEY_TYPE, cryptoki.CKK_AES),
 		cryptoki.NewAttribute(cryptoki.CKA_TOKEN, true),
@@ -154,11 +150,21 @@ func (tok *Token) GenerateKey(t testing.TB, label string, overrides ...*cryptoki
 		cryptoki.NewAttribute(cryptoki.CKA_EXTRACTABLE, false),
 		cryptoki.NewAttribute(cryptoki.CKA_ENCRYPT, true),
 		cryptoki.NewAttribute(cryptoki.CKA_DECRYPT, true),
-		cryptoki.NewAttribute(cryptoki.CKA_WRAP, false),
-		cryptoki.NewAttribute(cryptoki.CKA_UNWRAP, false),
-		cryptoki.NewAttribute(cryptoki.CKA_VALUE_LEN, 32),
 		cryptoki.NewAttribute(cryptoki.CKA_LABEL, label),
 	}
+}
+
+// GenerateKey generates a key labelled label inside the token: by default
+// an AES-256 token key that is sensitive, not extractable and may encrypt
+// and decrypt — what docs/providers.md tells operators to make. Each
+// override replaces the default attribute of its type or is added; with
+// CKA_KEY_TYPE=CKK_GENERIC_SECRET the key is a generic secret.
+func (tok *Token) GenerateKey(t testing.TB, label string, overrides ...*cryptoki.Attribute) {
+	t.Helper()
+	template := append(aesKeyTemplate(label),
+		cryptoki.NewAttribute(cryptoki.CKA_WRAP, false),
+		cryptoki.NewAttribute(cryptoki.CKA_UNWRAP, false),
+		cryptoki.NewAttribute(cryptoki.CKA_VALUE_LEN, 32))
 	mechanism := uint(cryptoki.CKM_AES_KEY_GEN)
 	for _, o := range overrides {
 		i := slices.IndexFunc(template, func(a *cryptoki.Attribute) bool { return a.Type == o.Type })
@@ -182,18 +188,7 @@ func (tok *Token) GenerateKey(t testing.TB, label string, overrides ...*cryptoki
 // not extractable from now on, though it was known outside the token.
 func (tok *Token) ImportKey(t testing.TB, label string, value []byte) {
 	t.Helper()
-	template := []*cryptoki.Attribute{
-		cryptoki.NewAttribute(cryptoki.CKA_CLASS, cryptoki.CKO_SECRET_KEY),
-		cryptoki.NewAttribute(cryptoki.CKA_KEY_TYPE, cryptoki.CKK_AES),
-		cryptoki.NewAttribute(cryptoki.CKA_TOKEN, true),
-		cryptoki.NewAttribute(cryptoki.CKA_PRIVATE, true),
-		cryptoki.NewAttribute(cryptoki.CKA_SENSITIVE, true),
-		cryptoki.NewAttribute(cryptoki.CKA_EXTRACTABLE, false),
-		cryptoki.NewAttribute(cryptoki.CKA_ENCRYPT, true),
-		cryptoki.NewAttribute(cryptoki.CKA_DECRYPT, true),
-		cryptoki.NewAttribute(cryptoki.CKA_VALUE, value),
-		cryptoki.NewAttribute(cryptoki.CKA_LABEL, label),
-	}
+	template := append(aesKeyTemplate(label), cryptoki.NewAttribute(cryptoki.CKA_VALUE, value))
 	tok.Admin(t, func(ctx *cryptoki.Ctx, s cryptoki.SessionHandle) {
 		_, err := ctx.CreateObject(s, template)
 		require.NoError(t, err, "C_CreateObject %s", label)

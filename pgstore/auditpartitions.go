@@ -27,9 +27,10 @@ import (
 //   - creates the partitions of the next AuditPartitionsAhead days: an
 //     empty table attached with ATTACH PARTITION, which takes a SHARE
 //     UPDATE EXCLUSIVE lock on the parent, one that inserts never wait for;
-//   - with a retention, detaches (DETACH PARTITION … CONCURRENTLY, the
-//     same lock) and drops each partition whose rows all passed it: no
-//     DELETE, so no dead rows and no vacuum.
+//   - with a retention, detaches (plainly, in one transaction whose lock
+//     is waited for AuditDetachLockTimeout at most) and drops each
+//     partition whose rows all passed it: no DELETE, so no dead rows and
+//     no vacuum.
 //
 // Every DDL statement runs with lock_timeout AuditLockTimeout: one that
 // cannot get its lock at once (a long report holding the table) gives up
@@ -144,13 +145,7 @@ func (u *upkeep) run(ctx context.Context) error {
 	if err := u.createAhead(ctx, u.conn, parts); err != nil {
 		return err
 	}
-	dropErr := u.dropExpired(ctx, parts)
-	// Last, whatever happened before: the default partition may have been
-	// detached for the drops.
-	if err := u.ensureDefault(ctx); err != nil {
-		return errors.Join(dropErr, err)
-	}
-	return dropErr
+	return u.dropExpired(ctx, parts)
 }
 
 // record writes the pass into the upkeep table.
@@ -349,6 +344,17 @@ func (u *upkeep) ensureDefault(ctx context.Context) error {
 
 // dropExpired detaches and drops each partition that ends at or before
 // now minus the retention. Without a retention it keeps everything.
+//
+// The expired partitions are detached plainly, all in one transaction:
+// an ACCESS EXCLUSIVE lock on the parent for the moment the catalog
+// changes take, waited for AuditDetachLockTimeout at most (the time
+// fetches may queue behind it) and tried again a few times. DETACH …
+// CONCURRENTLY would spare that moment but waits, twice, for every
+// transaction older than itself, and PostgreSQL refuses it while a default
+// partition is attached, which then had to be detached plainly anyway
+// (the lock the plain detach takes) and attached again. Each detached
+// partition is then dropped in a transaction of its own: the unlinking of
+// its files happens at commit, under no lock but the partition's own.
 func (u *upkeep) dropExpired(ctx context.Context, parts []partition) error {
 	if u.p.Retention <= 0 {
 		return nil
@@ -367,24 +373,10 @@ func (u *upkeep) dropExpired(ctx context.Context, parts []partition) error {
 	if len(expired) == 0 {
 		return nil
 	}
-	// PostgreSQL refuses DETACH … CONCURRENTLY while a default partition
-	// is attached, and of the default partition itself: it is detached
-	// plainly, which takes an ACCESS EXCLUSIVE lock on the parent for a
-	// moment, and attached again by ensureDefault at the end of the pass
-	// (a row only it would take fails meanwhile). Its lock is waited for
-	// AuditDetachLockTimeout at most, the time fetches may queue behind
-	// it, and tried again a few times.
-	if slices.ContainsFunc(parts, func(p partition) bool { return p.isDefault && !p.detachPending }) {
-		if err := u.detachDefault(ctx); err != nil {
-			return err
-		}
+	if err := u.detach(ctx, expired); err != nil {
+		return err
 	}
 	for _, p := range expired {
-		// CONCURRENTLY: no ACCESS EXCLUSIVE lock on the parent, so
-		// inserts and reads go on; it cannot run in a transaction.
-		if _, err := u.conn.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` DETACH PARTITION `+u.ident(p.name)+` CONCURRENTLY`); err != nil {
-			return fmt.Errorf("detaching partition %s: %w", p.name, err)
-		}
 		if err := u.drop(ctx, p); err != nil {
 			return err
 		}
@@ -392,12 +384,13 @@ func (u *upkeep) dropExpired(ctx context.Context, parts []partition) error {
 	return nil
 }
 
-// AuditDetachLockTimeout bounds the wait for the lock of the default
-// partition's detach, the one statement of the upkeep whose lock fetches
+// AuditDetachLockTimeout bounds the wait for the lock of the detach of
+// expired partitions, the one statement of the upkeep whose lock fetches
 // wait for.
 const AuditDetachLockTimeout = 200 * time.Millisecond
 
-func (u *upkeep) detachDefault(ctx context.Context) error {
+// detach detaches parts plainly in one transaction (see dropExpired).
+func (u *upkeep) detach(ctx context.Context, parts []partition) error {
 	var err error
 	for attempt := range 5 {
 		if attempt > 0 && !sleepCtx(ctx, time.Duration(attempt)*time.Second) {
@@ -407,14 +400,18 @@ func (u *upkeep) detachDefault(ctx context.Context) error {
 			if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = %d`, AuditDetachLockTimeout.Milliseconds())); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` DETACH PARTITION `+u.ident(auditDefault))
-			return err
+			for _, p := range parts {
+				if _, err := tx.Exec(ctx, `ALTER TABLE `+u.ident(auditTable)+` DETACH PARTITION `+u.ident(p.name)); err != nil {
+					return fmt.Errorf("%s: %w", p.name, err)
+				}
+			}
+			return nil
 		})
 		if err == nil {
 			return nil
 		}
 	}
-	return fmt.Errorf("detaching the default partition: %w", err)
+	return fmt.Errorf("detaching the expired partitions: %w", err)
 }
 
 // sleepCtx pauses for d, reporting false when ctx ended first.

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
@@ -89,4 +90,74 @@ func TestAuditUpkeepOneReplicaAtATime(t *testing.T) {
 	res, err = other.AuditUpkeep(ctx, broker.AuditUpkeepParams{Now: time.Now(), Runner: "b"})
 	require.NoError(t, err)
 	require.False(t, res.Busy)
+}
+
+// TestAuditRetentionDropKeepsTheDefaultPartition: while a pass detaches
+// and drops partitions past the retention, a row that only the default
+// partition takes (a clock a year ahead) is never refused, and every
+// expired partition goes while the others and the default stay. A pass
+// that detached the default partition for the drops refused such rows for
+// as long as its detaches took.
+func TestAuditRetentionDropKeepsTheDefaultPartition(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.migrate(t, "keybroker")
+	ctx := t.Context()
+	store := e.ownerStore(t, "keybroker")
+	now := time.Now().UTC()
+	// Partitions from twelve days ago: the first pass runs as then, the
+	// second as now.
+	for _, at := range []time.Time{now.AddDate(0, 0, -12), now} {
+		_, err := store.AuditUpkeep(ctx, broker.AuditUpkeepParams{Now: at, Runner: "test"})
+		require.NoError(t, err)
+	}
+	insert := func(at time.Time) error {
+		_, err := e.admin.Exec(ctx, `INSERT INTO keybroker.encryption_vault_audit (id, user_id, action, status, created_at)
+VALUES (gen_random_uuid()::text, 'u', 'fetch', 200, $1)`, at)
+		return err
+	}
+	for day := 1; day <= 12; day++ {
+		require.NoError(t, insert(now.AddDate(0, 0, -day)))
+	}
+	partitions := func() (names []string) {
+		rows, err := e.admin.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regclass ORDER BY 1`)
+		require.NoError(t, err)
+		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		return names
+	}
+	before := partitions()
+
+	done := make(chan error, 1)
+	var res *broker.AuditUpkeepResult
+	go func() {
+		var err error
+		res, err = store.AuditUpkeep(ctx, broker.AuditUpkeepParams{Now: now, Retention: 5 * 24 * time.Hour, Runner: "test"})
+		done <- err
+	}()
+	ahead := now.AddDate(1, 0, 0)
+	inserts := 0
+	for running := true; running; inserts++ {
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+			running = false
+		default:
+		}
+		require.NoError(t, insert(ahead), "a row for the default partition during the drops")
+	}
+	require.Positive(t, inserts)
+	require.Len(t, res.Dropped, 8, "the moved table and the seven days that ended five days ago or earlier: %v", res.Dropped)
+	after := partitions()
+	require.Len(t, after, len(before)-len(res.Dropped))
+	require.Contains(t, after, "encryption_vault_audit_default")
+	for _, name := range res.Dropped {
+		require.NotContains(t, after, name)
+	}
+	var kept, future int
+	require.NoError(t, e.admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE created_at < $1), count(*) FILTER (WHERE created_at > $1)
+FROM keybroker.encryption_vault_audit`, now).Scan(&kept, &future))
+	require.Equal(t, 5, kept, "the rows of the last five days stay")
+	require.Equal(t, inserts, future, "every row for the default partition is there")
 }

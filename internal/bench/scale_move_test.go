@@ -32,9 +32,7 @@ func TestBenchScaleMove(t *testing.T) {
 	srv := &scaleServer{t: t, s: s, b: b, url: role.URL, admin: pgtest.NewPool(t, adminURL),
 		env: b.serverEnv("DATABASE_URL="+role.URL, newKEKEnv(), "KEYBROKER_RATE_LIMIT=0")}
 	srv.cli("migrate")
-	fill := s
-	fill.vaults = 0 // audit rows only: the vaults come from POST /init
-	fillScale(t, srv.admin, fill)
+	fillUnpartitioned(t, srv.admin, s) // audit rows only: the vaults come from POST /init
 	var filled int64
 	require.NoError(t, srv.admin.QueryRow(ctx, `SELECT count(*) FROM keybroker.encryption_vault_audit`).Scan(&filled))
 

@@ -92,6 +92,7 @@ func TestBenchScale(t *testing.T) {
 		t.Skip("builds and runs the server")
 	}
 	s := loadScaleSettings(t)
+	require.GreaterOrEqual(t, s.days, 3, "KEYBROKER_BENCH_SCALE_DAYS: a day to drop, a day kept, today")
 	ctx := context.Background()
 	b := newScaleBench(t, s)
 	// Two servers on two databases, one left empty and one filled, whose
@@ -100,9 +101,7 @@ func TestBenchScale(t *testing.T) {
 	empty, filled := newScaleServer(t, b, s), newScaleServer(t, b, s)
 	emptyProbes := empty.probes()
 
-	fillStart := time.Now()
-	fillScale(t, filled.admin, s)
-	fillTook := time.Since(fillStart)
+	fill := fillScale(t, filled.admin, s)
 	var auditBytes, auditRows, vaultBytes int64
 	require.NoError(t, filled.admin.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0),
     (SELECT count(*) FROM keybroker.encryption_vault_audit), pg_total_relation_size('keybroker.encryption_vaults')
@@ -128,12 +127,12 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 		}
 	}
 
-	// Drop everything before today (the moved table, with every filled
-	// day but today's) while fetches run, as the upkeep does past a
-	// retention of one day, seen from tomorrow.
+	// Drop the oldest day (and the moved table before it, empty) while
+	// fetches run, as the daily upkeep does past a retention of
+	// s.days-2 days: the rows of a day, once a day.
 	store, err := pgstore.New(ctx, pgstore.Config{Pool: pgtest.NewPool(t, filled.url), Schema: "keybroker"})
 	require.NoError(t, err)
-	tomorrow := time.Now().UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+	oldest := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, 1-s.days).Format("encryption_vault_audit_p20060102")
 	type dropped struct {
 		res  *broker.AuditUpkeepResult
 		took time.Duration
@@ -145,17 +144,17 @@ FROM pg_inherits i WHERE i.inhparent = 'keybroker.encryption_vault_audit'::regcl
 	during := filled.measure(func() {
 		go func() {
 			start := time.Now()
-			res, err := store.AuditUpkeep(ctx, broker.AuditUpkeepParams{Now: tomorrow, Retention: 24 * time.Hour, Runner: "bench-scale"})
+			res, err := store.AuditUpkeep(ctx, broker.AuditUpkeepParams{Now: time.Now(), Retention: time.Duration(s.days-2) * 24 * time.Hour, Runner: "bench-scale"})
 			done <- dropped{res, time.Since(start), err}
 		}()
 	})
 	d := <-done
 	require.NoError(t, d.err)
 	require.False(t, d.res.Busy)
-	require.NotEmpty(t, d.res.Dropped, "the moved table is past the retention")
+	require.Contains(t, d.res.Dropped, oldest, "the oldest day is past the retention")
 	t.Logf("drop %v in %s; fetches meanwhile: %s", d.res.Dropped, d.took, during)
 
-	report := scaleReport(s, emptySteps, filledSteps, during, emptyProbes, filledProbes, d.took, d.res, verify, fillTook, auditBytes, auditRows, vaultBytes)
+	report := scaleReport(s, emptySteps, filledSteps, during, emptyProbes, filledProbes, d.took, d.res, verify, fill, auditBytes, auditRows, vaultBytes)
 	fmt.Println(report)
 	if s.out == "-" {
 		return
@@ -204,6 +203,7 @@ func newScaleServer(t *testing.T, b *bench, s scaleSettings) *scaleServer {
 		env: b.serverEnv("DATABASE_URL="+role.URL, newKEKEnv(), "KEYBROKER_RATE_LIMIT=0",
 			"KEYBROKER_AUDIT_SEAL_INTERVAL="+scaleSealInterval)}
 	srv.cli("migrate")
+	auditLayout(t, role.URL, s)
 	srv.cli("audit", "upkeep")
 	p, err := b.start(srv.env)
 	require.NoError(t, err)
@@ -249,52 +249,9 @@ func (srv *scaleServer) probes() [3]time.Duration {
 	return [3]time.Duration{auditStatus, kekStatus, time.Since(start)}
 }
 
-// fillScale adds s.vaults vaults (copies of a real row under new user
-// ids: they fill the indexes; nobody fetches them) and s.rows audit rows
-// spread evenly over the last s.days days, by SQL as the superuser, in
-// statements of half a million rows; then VACUUM ANALYZE, as autovacuum would
-// have done by then.
-func fillScale(t *testing.T, admin *pgxpool.Pool, s scaleSettings) {
-	ctx := context.Background()
-	var cols string
-	require.NoError(t, admin.QueryRow(ctx, `SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position)
-FROM information_schema.columns WHERE table_schema = 'keybroker' AND table_name = 'encryption_vaults' AND column_name <> 'user_id'`).Scan(&cols))
-	// No deadline: a statement of a million rows takes a minute or more
-	// on a small machine.
-	exec := func(sql string, args ...any) {
-		t.Helper()
-		_, err := admin.Exec(ctx, sql, args...)
-		require.NoError(t, err, sql)
-	}
-	const chunk = 500_000
-	for from := int64(1); from <= s.vaults; from += chunk {
-		to := min(from+chunk-1, s.vaults)
-		exec(`INSERT INTO keybroker.encryption_vaults (user_id, `+cols+`)
-SELECT 'fill-' || md5(g::text), `+cols+` FROM keybroker.encryption_vaults v, generate_series($1::bigint, $2::bigint) g
-WHERE v.user_id = $3`, from, to, UserID(1))
-	}
-	span := int64(s.days) * 86400
-	for from := int64(1); from <= s.rows; from += chunk {
-		to := min(from+chunk-1, s.rows)
-		start := time.Now()
-		// Rows as a fetch writes them: a random id, a user, its IP address
-		// and user agent; times spread over the span, newest now.
-		exec(`INSERT INTO keybroker.encryption_vault_audit (id, user_id, action, ip_address, user_agent, context, status, created_at)
-SELECT gen_random_uuid()::text, 'fill-' || md5((g % $3)::text), 'fetch', '203.0.113.' || (g % 250),
-    'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36', NULL, 200,
-    now() - make_interval(secs => (g * 7919) % $4)
-FROM generate_series($1::bigint, $2::bigint) g`, from, to, max(s.vaults, 1), span)
-		if s.full || to == s.rows {
-			t.Logf("audit rows %d of %d (%s)", to, s.rows, time.Since(start).Round(time.Millisecond))
-		}
-	}
-	exec(`VACUUM ANALYZE keybroker.encryption_vaults`)
-	exec(`VACUUM ANALYZE keybroker.encryption_vault_audit`)
-}
-
 // scaleReport is the Markdown of one run.
 func scaleReport(s scaleSettings, emptySteps, filledSteps []scaleStep, during scaleStep, emptyProbes, filledProbes [3]time.Duration,
-	dropTook time.Duration, drop *broker.AuditUpkeepResult, verify scaleVerify, fillTook time.Duration, auditBytes, auditRows, vaultBytes int64) string {
+	dropTook time.Duration, drop *broker.AuditUpkeepResult, verify scaleVerify, fill scaleFill, auditBytes, auditRows, vaultBytes int64) string {
 	m := ThisMachine()
 	m.LoadAfter = LoadAverage()
 	var b strings.Builder
@@ -302,7 +259,7 @@ func scaleReport(s scaleSettings, emptySteps, filledSteps []scaleStep, during sc
 		m.Date.Format(time.DateOnly), m.CPU, m.Cores, float64(m.MemoryBytes)/(1<<30), m.Kernel, m.Go, m.LoadAfter)
 	fmt.Fprintf(&b, "Size: %s vaults and %s audit rows over %d days, filled by SQL in %s; %d users fetch (POST /init), %d connections; "+
 		"%d rounds of one %s window on each server, alternating (empty, filled, then filled, empty, ...).\n\n",
-		formatInt(s.vaults), formatInt(auditRows), s.days, fillTook.Round(time.Second), s.users, s.conns, s.rounds, s.duration)
+		formatInt(s.vaults), formatInt(auditRows), s.days, fill.took.Round(time.Second), s.users, s.conns, s.rounds, s.duration)
 	mean := func(steps []scaleStep) (m scaleStep) {
 		for _, st := range steps {
 			m.rps += st.rps / float64(len(steps))
@@ -330,7 +287,7 @@ func scaleReport(s scaleSettings, emptySteps, filledSteps []scaleStep, during sc
 		fmt.Fprintf(&b, "| %s | %s | %s | | < 1 s |\n", name, ms(emptyProbes[i]), ms(filledProbes[i]))
 	}
 	b.WriteString("\n| while dropping the partitions past the retention | |\n|---|--:|\n")
-	fmt.Fprintf(&b, "| upkeep pass (detach concurrently + drop %d partition(s), %s rows by estimate; target < 1 s) | %s |\n",
+	fmt.Fprintf(&b, "| upkeep pass (detach + drop %d partition(s), %s rows by estimate; target < 1 s) | %s |\n",
 		len(drop.Dropped), formatInt(drop.Deleted), ms(dropTook))
 	fmt.Fprintf(&b, "| `GET /key` in the same window | %s |\n", during)
 	fmt.Fprintf(&b, "| ratio to the filled run | %.2f× |\n", during.rps/filled.rps)
@@ -341,7 +298,11 @@ func scaleReport(s scaleSettings, emptySteps, filledSteps []scaleStep, during sc
 		formatInt(verify.verified+verify.late), formatInt(verify.verified), formatInt(verify.late), verify.verifyTook.Round(time.Millisecond), verify.rowsPerSecond())
 	b.WriteString("\n| database size | |\n|---|--:|\n")
 	if auditRows > 0 {
-		fmt.Fprintf(&b, "| audit table with its indexes | %s (%s per million fetches) |\n", bytesText(auditBytes), bytesText(auditBytes*1_000_000/auditRows))
+		fmt.Fprintf(&b, "| audit table with its indexes | %s (%s per million rows) |\n", bytesText(auditBytes), bytesText(auditBytes*1_000_000/auditRows))
+	}
+	if fill.todayRows > 0 {
+		fmt.Fprintf(&b, "| today's partition, written as fetches write it: %s rows with its indexes | %s (%s per million fetches) |\n",
+			formatInt(fill.todayRows), bytesText(fill.todaySize), bytesText(fill.todaySize*1_000_000/fill.todayRows))
 	}
 	fmt.Fprintf(&b, "| vaults with their indexes | %s |\n", bytesText(vaultBytes))
 	return b.String()

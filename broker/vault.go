@@ -182,7 +182,15 @@ func (o *op) audit(ctx context.Context, action Action, outcome Outcome, note str
 // cleaned (AuditText): they come from request headers, or name what a
 // row holds.
 func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
-	e := &AuditEntry{
+	e := new(AuditEntry)
+	*e = s.newAuditEntry(userID, meta, action, status, note)
+	s.auditSeal.stamp(e)
+	return e
+}
+
+// newAuditEntry is auditEntry's entry without its MAC.
+func (s *Service) newAuditEntry(userID string, meta RequestMeta, action Action, status int, note string) AuditEntry {
+	return AuditEntry{
 		ID:        newAuditID(),
 		UserID:    userID,
 		Action:    action,
@@ -192,8 +200,6 @@ func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, sta
 		Status:    status,
 		CreatedAt: s.now(),
 	}
-	s.auditSeal.stamp(e)
-	return e
 }
 
 // refuse records the refusal err, under the outcome it reports, and ends

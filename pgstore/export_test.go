@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"reflect"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/keybroker/keybroker/broker"
 )
 
@@ -36,4 +38,20 @@ func FetchCallReset(s *Store, b *broker.FetchBatch) string {
 		return "the batch"
 	}
 	return ""
+}
+
+// VaultColumns are the columns scanVault reads, in its order.
+const VaultColumns = vaultColumns
+
+// VaultRowReset scans row into a vaultRow as scanVault does, resets it as
+// scanVault does before recycling it, and reports whether it still holds
+// anything but its scanner.
+func VaultRowReset(row pgx.Row) (bool, error) {
+	t := vaultRows.New().(*vaultRow)
+	if err := row.Scan(t.scan); err != nil {
+		return false, err
+	}
+	t.reset()
+	t.scan = nil
+	return !reflect.ValueOf(*t).IsZero(), nil
 }

@@ -48,6 +48,12 @@ func TestVaultReadIsScopedByRLS(t *testing.T) {
 	}
 	_, err := store.VaultRead(ctx, "carol")
 	require.ErrorIs(t, err, broker.ErrNotFound)
+	// And the reused buffer holds nothing of a row once it is recycled.
+	scoped(t, e.runtimePool, "alice", func(tx pgx.Tx) {
+		held, err := pgstore.VaultRowReset(tx.QueryRow(ctx, "SELECT "+pgstore.VaultColumns+" FROM kb.encryption_vaults WHERE user_id = 'alice'"))
+		require.NoError(t, err)
+		require.False(t, held, "a recycled row buffer holds nothing")
+	})
 
 	// The scope does not outlive the read on the runtime role's connections.
 	var visible int

@@ -23,14 +23,7 @@ func TestVaultReadIsScopedByRLS(t *testing.T) {
 	store := e.store(t, "kb")
 	ctx := context.Background()
 	wrapOf := map[string]string{"alice": "YWxpY2U=", "bob": "Ym9i"}
-	for _, user := range []string{"alice", "bob"} {
-		require.NoError(t, store.InUserTx(ctx, user, func(tx broker.Tx) error {
-			w, iv := wrapOf[user], ""
-			_, err := tx.VaultInsert(ctx, &broker.Vault{UserID: user, WrappedMK: &w, WrapIV: &iv, FormatVersion: 2,
-				KEKID: "k", CreatedAt: time.Now(), RecoveryFormatVersion: 1})
-			return err
-		}))
-	}
+	insertVaults(t, store, wrapOf)
 	// Many reads on a small pool: every connection is reused, and a scope
 	// left behind would show up as a wrong row.
 	var reads []*broker.Vault
@@ -150,14 +143,7 @@ func TestVaultFetchRecyclesNothing(t *testing.T) {
 	store := e.store(t, "kb")
 	ctx := context.Background()
 	wrapOf := map[string]string{"alice": "YWxpY2U=", "bob": "Ym9i"}
-	for user, w := range wrapOf {
-		require.NoError(t, store.InUserTx(ctx, user, func(tx broker.Tx) error {
-			iv := ""
-			_, err := tx.VaultInsert(ctx, &broker.Vault{UserID: user, WrappedMK: &w, WrapIV: &iv, FormatVersion: 2,
-				KEKID: "k", CreatedAt: time.Now(), RecoveryFormatVersion: 1})
-			return err
-		}))
-	}
+	insertVaults(t, store, wrapOf)
 	batch := func(fetches ...*broker.Fetch) *broker.FetchBatch {
 		return &broker.FetchBatch{Openable: []string{"k"}, Fetches: fetches, Outcomes: [broker.FetchDeferred]broker.FetchOutcome{
 			broker.FetchMissing:       {Action: broker.ActionFailedFetch, Status: 404, Context: "missing"},
@@ -197,4 +183,18 @@ func TestVaultFetchRecyclesNothing(t *testing.T) {
 	require.True(t, created.Add(time.Second).Equal(at))
 
 	require.Empty(t, pgstore.FetchCallReset(store, batch(alice, bob)), "a recycled call holds nothing")
+}
+
+// insertVaults gives each user of wrapOf a vault under KEK "k" whose
+// wrap is the user's value.
+func insertVaults(t *testing.T, store *pgstore.Store, wrapOf map[string]string) {
+	t.Helper()
+	for user, w := range wrapOf {
+		require.NoError(t, store.InUserTx(t.Context(), user, func(tx broker.Tx) error {
+			iv := ""
+			_, err := tx.VaultInsert(t.Context(), &broker.Vault{UserID: user, WrappedMK: &w, WrapIV: &iv, FormatVersion: 2,
+				KEKID: "k", CreatedAt: time.Now(), RecoveryFormatVersion: 1})
+			return err
+		}))
+	}
 }

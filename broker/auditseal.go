@@ -165,11 +165,16 @@ func (k *AuditKey) ID() string { return k.id }
 // field length-prefixed (appendField), so that no two field lists
 // encode alike.
 func (k *AuditKey) sum(label string, build func(b []byte) []byte) []byte {
+	return k.appendSum(nil, label, build)
+}
+
+// appendSum appends the MAC sum returns to dst.
+func (k *AuditKey) appendSum(dst []byte, label string, build func(b []byte) []byte) []byte {
 	st := k.macs.Get().(*macState)
 	st.buf = build(appendField(st.buf[:0], label))
 	st.h.Reset()
 	st.h.Write(st.buf)
-	mac := st.h.Sum(nil)
+	mac := st.h.Sum(dst)
 	k.macs.Put(st)
 	return mac
 }
@@ -183,7 +188,12 @@ func appendField[T string | []byte](b []byte, f T) []byte {
 // rowMAC is the MAC of e's fields under label. CreatedAt counts in
 // microseconds, the precision both stores keep.
 func (k *AuditKey) rowMAC(label string, e *AuditEntry) []byte {
-	return k.sum(label, func(b []byte) []byte {
+	return k.appendRowMAC(nil, label, e)
+}
+
+// appendRowMAC appends rowMAC's MAC to dst.
+func (k *AuditKey) appendRowMAC(dst []byte, label string, e *AuditEntry) []byte {
+	return k.appendSum(dst, label, func(b []byte) []byte {
 		for _, f := range [...]string{e.ID, e.UserID, string(e.Action), e.IPAddress, e.UserAgent, e.Context} {
 			b = appendField(b, f)
 		}
@@ -319,7 +329,8 @@ func (a *AuditSeal) stamp(e *AuditEntry) {
 }
 
 // stampFetch sets f's MACs, one per recorded case: the store writes the
-// one of the case it finds.
+// one of the case it finds. They are written into f's own macBytes, not
+// allocated one by one.
 func (a *AuditSeal) stampFetch(f *Fetch, outcomes *[FetchDeferred]FetchOutcome) {
 	f.Audit.CreatedAt = f.Audit.CreatedAt.Truncate(time.Microsecond)
 	k := a.Key()
@@ -329,6 +340,6 @@ func (a *AuditSeal) stampFetch(f *Fetch, outcomes *[FetchDeferred]FetchOutcome) 
 	for c, o := range outcomes {
 		e := *f.Audit
 		e.Action, e.Status, e.Context = o.Action, o.Status, o.Context
-		f.MACs[c] = k.RowMAC(&e)
+		f.MACs[c] = k.appendRowMAC(f.macBytes[c][:0], labelAuditRow, &e)
 	}
 }

@@ -52,3 +52,27 @@ func isPlainASCII(s string) bool {
 	}
 	return true
 }
+
+// auditEntry is the audit row of one request's outcome. Its texts are
+// cleaned (AuditText): they come from request headers, or name what a
+// row holds.
+func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
+	e := new(AuditEntry)
+	*e = s.newAuditEntry(userID, meta, action, status, note)
+	s.auditSeal.stamp(e)
+	return e
+}
+
+// newAuditEntry is auditEntry's entry without its MAC.
+func (s *Service) newAuditEntry(userID string, meta RequestMeta, action Action, status int, note string) AuditEntry {
+	return AuditEntry{
+		ID:        newAuditID(),
+		UserID:    userID,
+		Action:    action,
+		IPAddress: AuditText(meta.IPAddress),
+		UserAgent: AuditText(meta.UserAgent),
+		Context:   AuditText(note),
+		Status:    status,
+		CreatedAt: s.now(),
+	}
+}

@@ -3,6 +3,7 @@ package broker
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"slices"
 	"sync"
@@ -69,7 +70,9 @@ type Fetch struct {
 	// finds. nil when the audit key is not loaded.
 	MACs [FetchDeferred][]byte
 
-	kase FetchCase
+	kase     FetchCase
+	macBytes [FetchDeferred][sha256.Size]byte // what MACs hold (stampFetch)
+	audit    AuditEntry                       // what Audit points to (fetchKey)
 }
 
 // fetchOutcomes are the rows a fetch records in its read's commit.
@@ -344,8 +347,12 @@ func (s *Service) fetchGroup(ctx context.Context, fetches []*Fetch) error {
 // fetchKey is Key over a VaultFetcher: one round trip, shared with
 // concurrent fetches, reads the vault and records the fetch.
 func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta) (*KeyResult, error) {
-	f := &Fetch{Audit: s.auditEntry(userID, meta, "", 0, "")}
-	f.Audit.MAC = nil // its action is not known yet: MACs has one per case
+	// One allocation for the fetch, its audit entry and its MACs. The
+	// entry has no MAC of its own: its action is not known yet, MACs has
+	// one per case.
+	f := &Fetch{}
+	f.audit = s.newAuditEntry(userID, meta, "", 0, "")
+	f.Audit = &f.audit
 	s.auditSeal.stampFetch(f, &fetchOutcomes)
 	if err := s.fetches.do(ctx, f); err != nil {
 		return nil, err

@@ -178,24 +178,6 @@ func (o *op) audit(ctx context.Context, action Action, outcome Outcome, note str
 	return o.tx.AuditInsert(ctx, o.s.auditEntry(o.userID, o.meta, action, outcome.AuditStatus(), note))
 }
 
-// auditEntry is the audit row of one request's outcome. Its texts are
-// cleaned (AuditText): they come from request headers, or name what a
-// row holds.
-func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
-	e := &AuditEntry{
-		ID:        newAuditID(),
-		UserID:    userID,
-		Action:    action,
-		IPAddress: AuditText(meta.IPAddress),
-		UserAgent: AuditText(meta.UserAgent),
-		Context:   AuditText(note),
-		Status:    status,
-		CreatedAt: s.now(),
-	}
-	s.auditSeal.stamp(e)
-	return e
-}
-
 // refuse records the refusal err, under the outcome it reports, and ends
 // the transaction with nothing changed but its audit row.
 func (o *op) refuse(ctx context.Context, action Action, note string, err error) error {

@@ -32,21 +32,15 @@ const setScope = "SELECT set_config('app.current_user_id', $1, true)"
 // again without it. Outages and failures the server did not report
 // against a statement fail the whole batch.
 func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
-	// The same for every fetch of the batch: encoded (and boxed) once.
-	args := s.fetchArgs.get(b)
-	batch := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, 2*len(b.Fetches))}
 	for i, f := range b.Fetches {
-		a := f.Audit
-		if a.UserID == "" {
+		if f.Audit.UserID == "" {
 			return &broker.BatchItemError{Index: i, Err: fmt.Errorf("pgstore: vault fetch: %w: empty user id", broker.ErrInvalidArgument)}
 		}
-		var user any = a.UserID // boxed once for both statements
-		batch.Queue(setScope, user)
-		batch.Queue(s.sql.vaultFetch, user, a.ID, a.IPAddress, a.UserAgent, a.CreatedAt, args[0],
-			args[1], args[2], args[3], macsArg(&f.MACs))
 	}
-	results := s.pool.SendBatch(ctx, batch)
-	vaults := make([]*broker.Vault, len(b.Fetches))
+	// The same for every fetch of the batch: encoded (and boxed) once.
+	c := s.newFetchCall(b, s.fetchArgs.get(b))
+	defer c.release()
+	results := s.pool.SendBatch(ctx, &c.batch)
 	for i := range b.Fetches {
 		if _, err := results.Exec(); err != nil {
 			results.Close()
@@ -57,13 +51,13 @@ func (s *Store) VaultFetch(ctx context.Context, b *broker.FetchBatch) error {
 			results.Close()
 			return fetchError(i, fmt.Errorf("vault fetch: %w", err))
 		}
-		vaults[i] = v
+		c.vaults[i] = v
 	}
 	if err := results.Close(); err != nil {
 		return interpretError(fmt.Errorf("vault fetch: commit: %w", err))
 	}
 	for i, f := range b.Fetches {
-		f.Vault = vaults[i]
+		f.Vault = c.vaults[i]
 	}
 	return nil
 }
@@ -151,13 +145,4 @@ func (s *Store) AuditAppend(ctx context.Context, entries []*broker.AuditEntry) e
 		return fmt.Errorf("pgstore: audit append: %d of %d rows inserted", tag.RowsAffected(), n)
 	}
 	return nil
-}
-
-// macsArg is a fetch's MACs as the statement's bytea[]: NULL when the
-// audit key was not loaded (rows are then written without a MAC).
-func macsArg(macs *[broker.FetchDeferred][]byte) [][]byte {
-	if macs[0] == nil {
-		return nil
-	}
-	return macs[:]
 }

@@ -1,6 +1,7 @@
 package pgstore_test
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/pgstore"
 )
 
 // TestVaultReadIsScopedByRLS: the pipelined read sets the scope in the
@@ -21,14 +23,7 @@ func TestVaultReadIsScopedByRLS(t *testing.T) {
 	store := e.store(t, "kb")
 	ctx := context.Background()
 	wrapOf := map[string]string{"alice": "YWxpY2U=", "bob": "Ym9i"}
-	for _, user := range []string{"alice", "bob"} {
-		require.NoError(t, store.InUserTx(ctx, user, func(tx broker.Tx) error {
-			w, iv := wrapOf[user], ""
-			_, err := tx.VaultInsert(ctx, &broker.Vault{UserID: user, WrappedMK: &w, WrapIV: &iv, FormatVersion: 2,
-				KEKID: "k", CreatedAt: time.Now(), RecoveryFormatVersion: 1})
-			return err
-		}))
-	}
+	insertVaults(t, store, wrapOf)
 	// Many reads on a small pool: every connection is reused, and a scope
 	// left behind would show up as a wrong row.
 	var reads []*broker.Vault
@@ -46,6 +41,12 @@ func TestVaultReadIsScopedByRLS(t *testing.T) {
 	}
 	_, err := store.VaultRead(ctx, "carol")
 	require.ErrorIs(t, err, broker.ErrNotFound)
+	// And the reused buffer holds nothing of a row once it is recycled.
+	scoped(t, e.runtimePool, "alice", func(tx pgx.Tx) {
+		held, err := pgstore.VaultRowReset(tx.QueryRow(ctx, "SELECT "+pgstore.VaultColumns+" FROM kb.encryption_vaults WHERE user_id = 'alice'"))
+		require.NoError(t, err)
+		require.False(t, held, "a recycled row buffer holds nothing")
+	})
 
 	// The scope does not outlive the read on the runtime role's connections.
 	var visible int
@@ -127,4 +128,73 @@ func TestVaultFetchRecordsEachCase(t *testing.T) {
 	var scope *string
 	require.NoError(t, e.runtimePool.QueryRow(ctx, "SELECT NULLIF(current_setting('app.current_user_id', true), '')").Scan(&scope))
 	require.Nil(t, scope)
+}
+
+// TestVaultFetchRecyclesNothing: VaultFetch recycles its batch and
+// arguments, yet nothing of one batch reaches the next. A fetch of bob
+// with no request metadata and no MACs, right after alice's with both,
+// records NULLs, not alice's values; each row holds its own fetch's MAC
+// of its case, byte for byte; each read is its own user's vault; and a
+// call reset for recycling holds nothing of the batch it carried.
+func TestVaultFetchRecyclesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.migrate(t, "kb")
+	store := e.store(t, "kb")
+	ctx := context.Background()
+	wrapOf := map[string]string{"alice": "YWxpY2U=", "bob": "Ym9i"}
+	insertVaults(t, store, wrapOf)
+	batch := func(fetches ...*broker.Fetch) *broker.FetchBatch {
+		return &broker.FetchBatch{Openable: []string{"k"}, Fetches: fetches, Outcomes: [broker.FetchDeferred]broker.FetchOutcome{
+			broker.FetchMissing:       {Action: broker.ActionFailedFetch, Status: 404, Context: "missing"},
+			broker.FetchZeroKnowledge: {Action: broker.ActionFetch, Status: 200, Context: "zk"},
+			broker.FetchOpenable:      {Action: broker.ActionFetch, Status: 200},
+		}}
+	}
+	created := time.Now().Truncate(time.Microsecond)
+	alice := &broker.Fetch{Audit: &broker.AuditEntry{ID: "alice-1", UserID: "alice", IPAddress: "192.0.2.1", UserAgent: "alice-agent", CreatedAt: created}}
+	for c := range alice.MACs {
+		alice.MACs[c] = bytes.Repeat([]byte{byte(c + 1)}, 32)
+	}
+	require.NoError(t, store.VaultFetch(ctx, batch(alice)))
+	bob := &broker.Fetch{Audit: &broker.AuditEntry{ID: "bob-1", UserID: "bob", CreatedAt: created.Add(time.Second)}}
+	require.NoError(t, store.VaultFetch(ctx, batch(bob)))
+
+	for _, f := range []*broker.Fetch{alice, bob} {
+		require.Equal(t, f.Audit.UserID, f.Vault.UserID)
+		require.Equal(t, wrapOf[f.Audit.UserID], *f.Vault.WrappedMK)
+	}
+	row := func(id string) (user string, ip, agent *string, mac []byte, at time.Time) {
+		require.NoError(t, e.admin.QueryRow(ctx, "SELECT user_id, ip_address, user_agent, mac, created_at FROM "+
+			pgx.Identifier{"kb", "encryption_vault_audit"}.Sanitize()+" WHERE id = $1", id).Scan(&user, &ip, &agent, &mac, &at))
+		return
+	}
+	user, ip, agent, mac, at := row("alice-1")
+	require.Equal(t, "alice", user)
+	require.Equal(t, "192.0.2.1", *ip)
+	require.Equal(t, "alice-agent", *agent)
+	require.Equal(t, alice.MACs[broker.FetchOpenable], mac, "the MAC of the case the read found")
+	require.True(t, created.Equal(at), "created_at %v, want %v", at, created)
+	user, ip, agent, mac, at = row("bob-1")
+	require.Equal(t, "bob", user)
+	require.Nil(t, ip, "no IP address of an earlier fetch")
+	require.Nil(t, agent, "no user agent of an earlier fetch")
+	require.Nil(t, mac, "no MAC of an earlier fetch")
+	require.True(t, created.Add(time.Second).Equal(at))
+
+	require.Empty(t, pgstore.FetchCallReset(store, batch(alice, bob)), "a recycled call holds nothing")
+}
+
+// insertVaults gives each user of wrapOf a vault under KEK "k" whose
+// wrap is the user's value.
+func insertVaults(t *testing.T, store *pgstore.Store, wrapOf map[string]string) {
+	t.Helper()
+	for user, w := range wrapOf {
+		require.NoError(t, store.InUserTx(t.Context(), user, func(tx broker.Tx) error {
+			iv := ""
+			_, err := tx.VaultInsert(t.Context(), &broker.Vault{UserID: user, WrappedMK: &w, WrapIV: &iv, FormatVersion: 2,
+				KEKID: "k", CreatedAt: time.Now(), RecoveryFormatVersion: 1})
+			return err
+		}))
+	}
 }

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -269,50 +268,6 @@ func vaultArgs(v *broker.Vault) []any {
 		v.RecoveryWrappedMK, v.RecoveryIV, v.RecoveryFormatVersion, v.RecoverySetAt, v.ZeroKnowledge,
 		v.KeyProof, wrapped, iv, format, r.SetAt, r.KeyCheck, r.KeyProof, takenAt,
 	}
-}
-
-// vaultPlans are the scan plans of scanVault's columns.
-var vaultPlans planCache
-
-// vaultRow is what scanVault scans a row into, with its destinations
-// made once: rows are scanned into a pooled vaultRow, zeroed first (so
-// that no value of an earlier row is reused or aliased), and copied out.
-type vaultRow struct {
-	v       broker.Vault
-	r       broker.RestorableRecovery
-	wrapped *string
-	iv      *string
-	format  *int
-	takenAt *time.Time
-	scan    pgx.RowScanner
-}
-
-var vaultRows = sync.Pool{New: func() any {
-	t := &vaultRow{}
-	v, r := &t.v, &t.r
-	t.scan = vaultPlans.scanner(
-		&v.UserID, &v.WrappedMK, &v.WrapIV, &v.FormatVersion, &v.KEKID, &v.KeyCheck, &v.CreatedAt, &v.RotatedAt,
-		&v.RecoveryWrappedMK, &v.RecoveryIV, &v.RecoveryFormatVersion, &v.RecoverySetAt, &v.ZeroKnowledge,
-		&v.KeyProof, &t.wrapped, &t.iv, &t.format, &r.SetAt, &r.KeyCheck, &r.KeyProof, &t.takenAt,
-	)
-	return t
-}}
-
-func scanVault(row pgx.Row) (*broker.Vault, error) {
-	t := vaultRows.Get().(*vaultRow)
-	defer vaultRows.Put(t)
-	t.v, t.r, t.wrapped, t.iv, t.format, t.takenAt = broker.Vault{}, broker.RestorableRecovery{}, nil, nil, nil, nil
-	if err := row.Scan(t.scan); err != nil {
-		return nil, err
-	}
-	v := t.v
-	// encryption_vaults_restorable_complete keeps these together.
-	if t.wrapped != nil && t.iv != nil && t.format != nil && t.takenAt != nil {
-		r := t.r
-		r.WrappedMK, r.IV, r.FormatVersion, r.TakenAt = *t.wrapped, *t.iv, *t.format, *t.takenAt
-		v.Restorable = &r
-	}
-	return &v, nil
 }
 
 // Pool defaults of OpenPool.

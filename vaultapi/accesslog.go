@@ -9,8 +9,15 @@ import (
 
 // accessEntry is the request's one context value: its id, and the user
 // authenticate admitted ("" until then), which the access line reports
-// and the handlers act for.
-type accessEntry struct{ id, userID string }
+// and the handlers act for. It also holds what the access log needs for
+// the request's life, so that one allocation serves them all: the
+// response writer that records the status, and the X-Request-Id header's
+// value.
+type accessEntry struct {
+	id, userID string
+	rec        statusRecorder
+	idHeader   [1]string
+}
 
 type accessKey struct{}
 
@@ -44,14 +51,15 @@ func (a *API) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := newRequestID()
-		entry := &accessEntry{id: id}
+		entry := &accessEntry{id: id, idHeader: [1]string{id}}
 		// The request's deadline, RequestTimeout from its start, is set
 		// here with its one value, so that no handler copies the request
 		// again for it.
 		ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), accessKey{}, entry), a.timeout)
 		defer cancel()
-		w.Header().Set("X-Request-Id", id)
-		rec := &statusRecorder{ResponseWriter: w}
+		w.Header()["X-Request-Id"] = entry.idHeader[:] // canonical: Set's map entry, without its slice
+		entry.rec = statusRecorder{ResponseWriter: w}
+		rec := &entry.rec
 		r = r.WithContext(ctx)
 		a.metrics.begin()
 		// Deferred, so that a request whose handler aborted (a panic the

@@ -23,7 +23,10 @@ func AAD(binding map[string]string) []byte {
 	if len(binding) == 0 {
 		return nil
 	}
-	keys := make([]string, 0, len(binding))
+	// On the stack for the contexts keybroker binds (three keys): the
+	// keys are only sorted here.
+	var keysBuf [4]string
+	keys := keysBuf[:0]
 	size := 0
 	for k, v := range binding {
 		keys = append(keys, k)

@@ -148,7 +148,7 @@ func SealAudit(ctx context.Context, store AuditSealStore, key *AuditKey, upto ti
 // them (a partition, or a batch of the oldest rows), so that VerifyAudit
 // accepts their absence. The newest mark's time is what counts.
 func MarkAuditRetention(ctx context.Context, store AuditMarkStore, key *AuditKey, before, now time.Time) error {
-	m := AuditMark{ID: newAuditID(), Kind: AuditMarkRetention, CreatedAt: now.Truncate(time.Microsecond),
+	m := AuditMark{ID: newAuditID(now), Kind: AuditMarkRetention, CreatedAt: now.Truncate(time.Microsecond),
 		Before: before.Truncate(time.Microsecond), KeyID: key.ID()}
 	m.MAC = key.markMAC(&m)
 	return store.AuditMarkInsert(ctx, m)
@@ -161,7 +161,7 @@ func (k *AuditKey) ErasureMark(erased []AuditEntry, now time.Time) *AuditMark {
 	if len(erased) == 0 {
 		return nil
 	}
-	m := AuditMark{ID: newAuditID(), Kind: AuditMarkErasure, CreatedAt: now.Truncate(time.Microsecond), KeyID: k.ID()}
+	m := AuditMark{ID: newAuditID(now), Kind: AuditMarkErasure, CreatedAt: now.Truncate(time.Microsecond), KeyID: k.ID()}
 	for i := range erased {
 		mac, _ := k.sealMAC(&erased[i])
 		m.Entries = appendEntry(m.Entries, 0, tagOf(erased[i].CreatedAt, mac), false)

@@ -65,14 +65,15 @@ func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, sta
 
 // newAuditEntry is auditEntry's entry without its MAC.
 func (s *Service) newAuditEntry(userID string, meta RequestMeta, action Action, status int, note string) AuditEntry {
+	now := s.now()
 	return AuditEntry{
-		ID:        newAuditID(),
+		ID:        newAuditID(now),
 		UserID:    userID,
 		Action:    action,
 		IPAddress: AuditText(meta.IPAddress),
 		UserAgent: AuditText(meta.UserAgent),
 		Context:   AuditText(note),
 		Status:    status,
-		CreatedAt: s.now(),
+		CreatedAt: now,
 	}
 }

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,4 +89,27 @@ func FuzzAuditText(f *testing.F) {
 			t.Fatalf("AuditText(%q) = %q, want %q", in, out, want)
 		}
 	})
+}
+
+// TestAuditIDsSortByTime: an audit id keeps the original service's shape
+// (21 characters of the nanoid alphabet) and sorts by the time it was made,
+// whatever its random part, so that rows inserted one after another land
+// next to each other in the primary key index. Its time digits (0-9a-v)
+// sort the same under every collation.
+func TestAuditIDsSortByTime(t *testing.T) {
+	shape := regexp.MustCompile(`^[A-Za-z0-9_-]{21}$`)
+	start := time.Date(2026, 12, 7, 23, 59, 59, 0, time.UTC)
+	var ids []string
+	for i := range 2000 {
+		id := newAuditID(start.Add(time.Duration(i*i) * time.Millisecond))
+		require.Regexp(t, shape, id)
+		ids = append(ids, id)
+	}
+	require.True(t, slices.IsSorted(ids), "byte order follows time")
+	require.NotEqual(t, newAuditID(start), newAuditID(start), "the same millisecond, different ids")
+	require.Equal(t, newAuditID(start)[:10], newAuditID(start.Add(999 * time.Microsecond))[:10], "the time part is the millisecond")
+	for _, at := range []time.Time{time.Unix(0, 0), time.Unix(1<<40, 0), time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		require.Regexp(t, shape, newAuditID(at))
+	}
+	require.Equal(t, "0000000000", newAuditID(time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC))[:10], "before 1970: zero, not a wrapped value")
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"testing"
+	"time"
 )
 
 func benchKeyring(b *testing.B) *Keyring {
@@ -53,6 +54,6 @@ func BenchmarkKeyringOpen(b *testing.B) {
 func BenchmarkNewAuditID(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = newAuditID()
+		_ = newAuditID(time.Now())
 	}
 }

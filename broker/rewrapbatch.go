@@ -301,13 +301,14 @@ func (j *RewrapJob) prepareServerRewrap(ctx context.Context, v *Vault, latest in
 }
 
 func (j *RewrapJob) swap(old, next *Vault, note string) *RewrapSwap {
+	now := j.cfg.Now()
 	e := &AuditEntry{
-		ID:        newAuditID(),
+		ID:        newAuditID(now),
 		UserID:    old.UserID,
 		Action:    ActionKEKRewrap,
 		Context:   note,
 		Status:    OutcomeOK.AuditStatus(),
-		CreatedAt: j.cfg.Now(),
+		CreatedAt: now,
 	}
 	j.cfg.AuditSeal.stamp(e)
 	return &RewrapSwap{Old: old, New: next, Audit: e}

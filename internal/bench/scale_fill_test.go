@@ -87,7 +87,7 @@ WHERE v.user_id = $3`, from, to, UserID(1))
 		name := "keybroker." + day.Format("encryption_vault_audit_p20060102")
 		jobs = append(jobs, func(c *pgxpool.Conn) error {
 			return fillPartition(t, c, &mu, name, func(ctx context.Context, c *pgxpool.Conn) error {
-				return insertAuditRows(t, c, name, first, perDay, day, 24*time.Hour)
+				return insertAuditRows(t, c, name, first, perDay, day, 24*time.Hour, false)
 			})
 		})
 	}
@@ -98,7 +98,7 @@ WHERE v.user_id = $3`, from, to, UserID(1))
 	sinceMidnight := max(time.Since(today).Truncate(time.Second), time.Second)
 	conn, err := admin.Acquire(t.Context())
 	require.NoError(t, err)
-	require.NoError(t, insertAuditRows(t, conn, "keybroker.encryption_vault_audit", next, s.rows-(next-1), time.Now().Add(-sinceMidnight), sinceMidnight))
+	require.NoError(t, insertAuditRows(t, conn, "keybroker.encryption_vault_audit", next, s.rows-(next-1), time.Now().Add(-sinceMidnight), sinceMidnight, true))
 	conn.Release()
 	todayName := "keybroker." + today.Format("encryption_vault_audit_p20060102")
 	exec(`VACUUM ANALYZE ` + todayName)
@@ -113,16 +113,36 @@ const scaleChunk = 500_000
 
 // insertAuditRows inserts n audit rows numbered from first into table,
 // created at times spread over [from, from+span), in statements of
-// scaleChunk rows.
-func insertAuditRows(t *testing.T, c *pgxpool.Conn, table string, first, n int64, from time.Time, span time.Duration) error {
+// scaleChunk rows. asFetches inserts them as fetches do: in the order of
+// their times, with ids made as keybroker makes them (the milliseconds in
+// base 32, then random characters: broker's newAuditID), which the primary
+// key index takes at its right edge; otherwise the times are shuffled and
+// the ids random UUIDs, for days whose indexes are built by sorting.
+func insertAuditRows(t *testing.T, c *pgxpool.Conn, table string, first, n int64, from time.Time, span time.Duration, asFetches bool) error {
+	ctx := context.Background()
+	id, created := `gen_random_uuid()::text`, `$4::timestamptz + make_interval(secs => (g * 7919) % $5)`
+	if asFetches {
+		_, err := c.Exec(ctx, `CREATE OR REPLACE FUNCTION pg_temp.audit_id(at timestamptz) RETURNS text LANGUAGE sql AS $$
+SELECT string_agg(substr('0123456789abcdefghijklmnopqrstuv', ((floor(extract(epoch FROM at) * 1000)::bigint >> (5 * (9 - i))) & 31)::int + 1, 1), '' ORDER BY i)
+    || substr(md5(random()::text), 1, 11)
+FROM generate_series(0, 9) i $$`)
+		if err != nil {
+			return err
+		}
+		id, created = `pg_temp.audit_id(at)`, `$4::timestamptz + make_interval(secs => (g - $6::bigint)::float8 * $5 / $7::bigint)`
+	}
 	secs := int64(span / time.Second)
 	for lo := first; lo < first+n; lo += scaleChunk {
 		hi := min(lo+scaleChunk-1, first+n-1)
-		_, err := c.Exec(context.Background(), `INSERT INTO `+table+` (id, user_id, action, ip_address, user_agent, context, status, created_at)
-SELECT gen_random_uuid()::text, 'fill-' || md5((g % $3)::text), 'fetch', '203.0.113.' || (g % 250),
-    'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36', NULL, 200,
-    $4::timestamptz + make_interval(secs => (g * 7919) % $5)
-FROM generate_series($1::bigint, $2::bigint) g`, lo, hi, scaleUsers, from, secs)
+		args := []any{lo, hi, scaleUsers, from, secs}
+		if asFetches {
+			args = append(args, first, n)
+		}
+		_, err := c.Exec(ctx, `INSERT INTO `+table+` (id, user_id, action, ip_address, user_agent, context, status, created_at)
+SELECT `+id+`, 'fill-' || md5((g % $3)::text), 'fetch', '203.0.113.' || (g % 250),
+    'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36', NULL, 200, at
+FROM generate_series($1::bigint, $2::bigint) g, LATERAL (SELECT `+created+` AS at) t
+ORDER BY g`, args...)
 		if err != nil {
 			return fmt.Errorf("inserting audit rows %d–%d: %w", lo, hi, err)
 		}
@@ -246,7 +266,7 @@ func fillUnpartitioned(t *testing.T, admin *pgxpool.Pool, s scaleSettings) {
 	var jobs []func(*pgxpool.Conn) error
 	for lo := int64(1); lo <= s.rows; lo += scaleChunk {
 		n := min(scaleChunk, s.rows-lo+1)
-		jobs = append(jobs, func(c *pgxpool.Conn) error { return insertAuditRows(t, c, table, lo, n, from, span) })
+		jobs = append(jobs, func(c *pgxpool.Conn) error { return insertAuditRows(t, c, table, lo, n, from, span, false) })
 	}
 	c, err := admin.Acquire(t.Context())
 	require.NoError(t, err)

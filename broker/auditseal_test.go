@@ -55,7 +55,7 @@ func TestEveryAuditPathWritesAVerifiedMAC(t *testing.T) {
 				}})
 			require.NoError(t, err)
 			require.NotNil(t, seal.Key(), "the key is loaded before the server serves")
-			svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, AuditSeal: seal})
+			svc, err := broker.New(ctx, broker.Config{Store: store, Keyring: ring, AuditSeal: seal, GrantRecipients: newGrantKeys(t).recipients})
 			require.NoError(t, err)
 
 			meta := broker.RequestMeta{IPAddress: "192.0.2.9", UserAgent: "test"}
@@ -69,11 +69,13 @@ func TestEveryAuditPathWritesAVerifiedMAC(t *testing.T) {
 			require.ErrorIs(t, err, broker.ErrNotFound)
 			_, err = svc.Rotate(ctx, "bob", meta)
 			require.NoError(t, err)
+			_, err = svc.Grant(ctx, "bob", grantRequest(), meta)
+			require.NoError(t, err)
 			require.ErrorIs(t, svc.EnableZeroKnowledge(ctx, "bob", nil, meta), broker.ErrRecoveryWrapMissing, "a refusal, audited")
 			sealStore := store.(broker.AuditSealStore)
 			rows, err := sealStore.AuditRows(ctx, broker.AuditRange{From: time.Unix(0, 0), To: time.Now().Add(time.Hour)})
 			require.NoError(t, err)
-			require.Len(t, rows, 7, "init and fetch of each, bob's rotate and refusal, nobody's failed fetch")
+			require.Len(t, rows, 8, "init and fetch of each, bob's rotate, grant and refusal, nobody's failed fetch")
 			for _, e := range rows {
 				require.NotNil(t, e.MAC, "%s %s carries a MAC", e.UserID, e.Action)
 			}
@@ -87,7 +89,7 @@ func TestEveryAuditPathWritesAVerifiedMAC(t *testing.T) {
 			require.NoError(t, err)
 			require.Empty(t, r.Findings)
 			require.EqualValues(t, 1, r.Checkpoints)
-			require.EqualValues(t, 5, r.Verified)
+			require.EqualValues(t, 6, r.Verified)
 			require.EqualValues(t, 2, r.Erased, "alice's rows, by the erasure's mark")
 			require.Zero(t, r.SealedLate+r.Unsealed+r.CommittedLate)
 		})

@@ -126,7 +126,8 @@ func (s *Service) grant(ctx context.Context, userID string, req GrantRequest, me
 			return fmt.Errorf("broker: derive mission key: %w", err)
 		}
 		defer wipe(mdk)
-		terms := grant.NewTerms(d, s.now(), req.TTLMillis)
+		now := s.now()
+		terms := grant.NewTerms(d, now, req.TTLMillis)
 		bound := req.Recipient != ""
 		var wrapped []byte
 		if bound {
@@ -137,9 +138,15 @@ func (s *Service) grant(ctx context.Context, userID string, req GrantRequest, me
 		if err != nil {
 			return fmt.Errorf("broker: wrap mission key to %s: %w", recipient.Name(), err)
 		}
-		entry := s.auditEntry(userID, meta, ActionMissionGrant, OutcomeOK.AuditStatus(), grantNote(recipient, terms))
-		entry.CreatedAt = terms.IssuedAt
-		if err := o.tx.AuditInsert(ctx, entry); err != nil {
+		// The row's time is the grant's own, whose millisecond is the
+		// terms' IssuedAt (parseGrantNote), set before the MAC is: a time
+		// changed after it was the row an audit verify reports as
+		// modified. Not the terms' time itself, cut to the millisecond,
+		// which could sort the row before the one written just before it.
+		entry := s.newAuditEntry(userID, meta, ActionMissionGrant, OutcomeOK.AuditStatus(), grantNote(recipient, terms))
+		entry.CreatedAt = now
+		s.auditSeal.stamp(&entry)
+		if err := o.tx.AuditInsert(ctx, &entry); err != nil {
 			return err
 		}
 		res = &GrantResult{WrappedKey: wrapped, Terms: terms, Recipient: recipient.Name(), Algorithm: recipient.Algorithm(), Bound: bound}
@@ -195,7 +202,9 @@ func parseGrantNote(e AuditEntry) (GrantRecord, bool) {
 	if !found || mission == "" {
 		return GrantRecord{}, false
 	}
-	rec := GrantRecord{MissionID: mission, IssuedAt: e.CreatedAt}
+	// The row's time cut to the millisecond is the terms' IssuedAt (rows
+	// written before it was the row's time itself are cut already).
+	rec := GrantRecord{MissionID: mission, IssuedAt: e.CreatedAt.UTC().Truncate(time.Millisecond)}
 	seen := 0
 	for field := range strings.SplitSeq(fields, ";") {
 		key, value, _ := strings.Cut(field, "=")

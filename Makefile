@@ -85,8 +85,8 @@ bench-rewrap:
 bench-outage:
 	KEYBROKER_BENCH_OUTAGE=1 $(GO) test -count=1 -run '^TestBenchOutage$$' -timeout 10m -v ./internal/bench
 ## bench-scale: GET /key on an empty database, then after filling 1 000 000
-## vaults and 100 000 000 audit rows over 20 days by SQL (about 40 GB and
-## hours here); also audit/kek status, a readiness poll, sealing the filled
+## vaults and 100 000 000 audit rows over 20 days by SQL (about 35 GB of
+## disk and 75 minutes here); also audit/kek status, a readiness poll, sealing the filled
 ## rows and `audit verify` on them, dropping the partitions past a
 ## retention while fetches run, and the online move of an
 ## unpartitioned table that size (TestBenchScaleMove). Writes its sections

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -57,23 +58,28 @@ func isPlainASCII(s string) bool {
 // cleaned (AuditText): they come from request headers, or name what a
 // row holds.
 func (s *Service) auditEntry(userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
+	return s.auditEntryAt(s.now(), userID, meta, action, status, note)
+}
+
+// auditEntryAt is auditEntry's row made at a time its caller chose, its
+// MAC computed over that time.
+func (s *Service) auditEntryAt(at time.Time, userID string, meta RequestMeta, action Action, status int, note string) *AuditEntry {
 	e := new(AuditEntry)
-	*e = s.newAuditEntry(userID, meta, action, status, note)
+	*e = newAuditEntry(at, userID, meta, action, status, note)
 	s.auditSeal.stamp(e)
 	return e
 }
 
-// newAuditEntry is auditEntry's entry without its MAC.
-func (s *Service) newAuditEntry(userID string, meta RequestMeta, action Action, status int, note string) AuditEntry {
-	now := s.now()
+// newAuditEntry is the entry of a row made at at, without its MAC.
+func newAuditEntry(at time.Time, userID string, meta RequestMeta, action Action, status int, note string) AuditEntry {
 	return AuditEntry{
-		ID:        newAuditID(now),
+		ID:        newAuditID(at),
 		UserID:    userID,
 		Action:    action,
 		IPAddress: AuditText(meta.IPAddress),
 		UserAgent: AuditText(meta.UserAgent),
 		Context:   AuditText(note),
 		Status:    status,
-		CreatedAt: now,
+		CreatedAt: at,
 	}
 }

@@ -351,7 +351,7 @@ func (s *Service) fetchKey(ctx context.Context, userID string, meta RequestMeta)
 	// entry has no MAC of its own: its action is not known yet, MACs has
 	// one per case.
 	f := &Fetch{}
-	f.audit = s.newAuditEntry(userID, meta, "", 0, "")
+	f.audit = newAuditEntry(s.now(), userID, meta, "", 0, "")
 	f.Audit = &f.audit
 	s.auditSeal.stampFetch(f, &fetchOutcomes)
 	if err := s.fetches.do(ctx, f); err != nil {

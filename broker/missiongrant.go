@@ -139,14 +139,12 @@ func (s *Service) grant(ctx context.Context, userID string, req GrantRequest, me
 			return fmt.Errorf("broker: wrap mission key to %s: %w", recipient.Name(), err)
 		}
 		// The row's time is the grant's own, whose millisecond is the
-		// terms' IssuedAt (parseGrantNote), set before the MAC is: a time
-		// changed after it was the row an audit verify reports as
+		// terms' IssuedAt (parseGrantNote), and its MAC is over it: a time
+		// changed after the MAC was the row an audit verify reports as
 		// modified. Not the terms' time itself, cut to the millisecond,
 		// which could sort the row before the one written just before it.
-		entry := s.newAuditEntry(userID, meta, ActionMissionGrant, OutcomeOK.AuditStatus(), grantNote(recipient, terms))
-		entry.CreatedAt = now
-		s.auditSeal.stamp(&entry)
-		if err := o.tx.AuditInsert(ctx, &entry); err != nil {
+		entry := s.auditEntryAt(now, userID, meta, ActionMissionGrant, OutcomeOK.AuditStatus(), grantNote(recipient, terms))
+		if err := o.tx.AuditInsert(ctx, entry); err != nil {
 			return err
 		}
 		res = &GrantResult{WrappedKey: wrapped, Terms: terms, Recipient: recipient.Name(), Algorithm: recipient.Algorithm(), Bound: bound}

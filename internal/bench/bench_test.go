@@ -309,7 +309,7 @@ func (b *bench) step(title string, p *Process, conns int, rate float64) *Row {
 
 func (b *bench) stepWith(title string, p *Process, conns int, rate float64, tokens []string, sequential bool) *Row {
 	t := b.t
-	var kmsBefore, probesBefore, cpuBefore atomic.Int64
+	var kmsBefore, probesBefore, cpuBefore, dbBefore atomic.Int64
 	kmsBefore.Store(b.kms.Requests())
 	probesBefore.Store(b.kms.DescribeKeys())
 	var commitsBefore GroupCommits
@@ -332,6 +332,7 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 			if cpu, err := p.CPUTime(); err == nil {
 				cpuBefore.Store(int64(cpu))
 			}
+			dbBefore.Store(int64(PostgresCPU()))
 		},
 	}
 	generator := GeneratorGo
@@ -346,10 +347,14 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	require.NoError(t, err)
 	cpu, err := p.CPUTime()
 	require.NoError(t, err)
+	db := PostgresCPU() - time.Duration(dbBefore.Load())
 	rss, err := p.PeakRSS()
 	require.NoError(t, err)
 	row := &Row{Config: title, Concurrency: conns, Rate: rate, Result: res, PeakRSS: rss, KMSCalls: -1, Generator: generator,
 		CPU: cpu - time.Duration(cpuBefore.Load()), ServerLatencies: p.ServerLatencies()}
+	if !strings.Contains(title, "SQLite") {
+		row.DBCPU = db
+	}
 	if strings.Contains(title, "AWS") {
 		row.KMSProbes = b.kms.DescribeKeys() - probesBefore.Load()
 		row.KMSCalls = b.kms.Requests() - kmsBefore.Load() - row.KMSProbes
@@ -362,10 +367,10 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 		row.GroupCommits = g.Sub(commitsBefore)
 		commitsMu.Unlock()
 	}
-	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req  %s %.0f µs/req  %s",
+	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req  PostgreSQL %.0f µs/req  %s %.0f µs/req  %s",
 		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)),
 		ms(percentile(row.ServerLatencies, 50)), ms(percentile(row.ServerLatencies, 99)), float64(rss)/(1<<20),
-		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)), generator,
+		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)), float64(db/time.Microsecond)/float64(max(res.OK, 1)), generator,
 		float64(res.GeneratorCPU/time.Microsecond)/float64(max(res.OK, 1)), row.GroupCommits)
 	return row
 }
@@ -439,6 +444,9 @@ func (b *bench) runAll() {
 			continue
 		}
 		b.halfPeak[srv.title] = peak[srv.key] / 2
+		if !b.s.paced {
+			continue
+		}
 		fractions := []float64{0.5}
 		if srv.key == rowPGEnv {
 			fractions = pacedFractions

@@ -41,6 +41,7 @@ func (b *bench) floorStep(dbURL, script, dir string, c int) {
 	clients := min(c, b.maxConns-connectionsInUse(t)-10)
 	var res *Result
 	var err error
+	db := PostgresCPU()
 	for range 3 {
 		if res, err = Pgbench(context.Background(), dbURL, script, clients, 0, b.s.duration+b.s.warmup, dir); err == nil ||
 			!strings.Contains(err.Error(), "connection slots") || clients < 2 {
@@ -49,14 +50,16 @@ func (b *bench) floorStep(dbURL, script, dir string, c int) {
 		clients /= 2
 	}
 	require.NoError(t, err)
-	row := &Row{Config: floorTitle, Concurrency: c, Result: res, KMSCalls: -1, Generator: GeneratorPgbench}
+	// pgbench's whole run, warm-up included, is in res: so is its CPU.
+	row := &Row{Config: floorTitle, Concurrency: c, Result: res, KMSCalls: -1, Generator: GeneratorPgbench, DBCPU: PostgresCPU() - db}
 	if clients != c {
 		row.Note = fmt.Sprintf("%d clients: the rest of max_connections (%d) was in use", clients, b.maxConns)
 	}
 	merged := b.mergeRow(row)
 	b.floor[c] = merged.Result.RPS()
-	t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s",
-		floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)))
+	t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s  PostgreSQL %.0f µs/tx",
+		floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)),
+		float64(row.DBCPU/time.Microsecond)/float64(max(res.OK, 1)))
 }
 
 // pacedFloorStep runs pgbench paced at rate, right after the server's
@@ -213,6 +216,7 @@ func (b *bench) mergeRow(row *Row) *Row {
 		}
 		r.PeakRSS = max(r.PeakRSS, row.PeakRSS)
 		r.CPU += row.CPU
+		r.DBCPU += row.DBCPU
 		r.Result.GeneratorCPU += row.Result.GeneratorCPU
 		r.ServerLatencies = append(r.ServerLatencies, row.ServerLatencies...)
 		r.GroupCommits = GroupCommits{Commits: r.GroupCommits.Commits + row.GroupCommits.Commits,

@@ -22,6 +22,7 @@ type settings struct {
 	out      string        // KEYBROKER_BENCH_OUT, the Markdown file; "-" writes none
 	micro    bool          // KEYBROKER_BENCH_MICRO=0 skips the Go micro-benchmarks
 	passes   int           // KEYBROKER_BENCH_PASSES, closed-loop passes merged into each row
+	paced    bool          // KEYBROKER_BENCH_PACED=0 skips the paced steps
 	// oldBin, KEYBROKER_BENCH_OLD_BIN, is another keybroker binary (an
 	// earlier commit's) run as a second PostgreSQL + env KEK row beside
 	// the first, step by step: a change is read as a ratio in one run.
@@ -80,6 +81,7 @@ func loadSettings(t *testing.T) settings {
 		s.out = v
 	}
 	s.micro = os.Getenv("KEYBROKER_BENCH_MICRO") != "0"
+	s.paced = os.Getenv("KEYBROKER_BENCH_PACED") != "0"
 	s.oldBin = os.Getenv("KEYBROKER_BENCH_OLD_BIN")
 	return s
 }

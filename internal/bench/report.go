@@ -37,6 +37,9 @@ type Row struct {
 	// CPU is the server's CPU time (user + system) in the measured
 	// window; zero when not measured.
 	CPU time.Duration
+	// DBCPU is PostgreSQL's CPU time in the measured window (all its
+	// processes: PostgresCPU); zero when not measured.
+	DBCPU time.Duration
 	// FloorRPS is the pgbench floor at the same concurrency; zero when
 	// none was measured.
 	FloorRPS float64
@@ -65,8 +68,8 @@ func (r *Row) FloorRatio() float64 {
 // Table renders rows as a Markdown table.
 func Table(rows []*Row) string {
 	var b strings.Builder
-	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | server p99 | peak RSS | server CPU / req | generator | generator CPU / req | × floor | KMS calls / 10k req (calls; status probes) | errors |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|\n")
+	b.WriteString("| configuration | conns | req/s | p50 | p99 | p99.9 | server p99 | peak RSS | server CPU / req | PostgreSQL CPU / req | generator | generator CPU / req | × floor | KMS calls / 10k req (calls; status probes) | errors |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		conns := strconv.Itoa(r.Concurrency)
 		if r.Rate > 0 {
@@ -88,6 +91,10 @@ func Table(rows []*Row) string {
 		if r.CPU > 0 && r.Result.OK > 0 {
 			cpu = fmt.Sprintf("%.0f µs", float64(r.CPU/time.Microsecond)/float64(r.Result.OK))
 		}
+		dbCPU := "—"
+		if r.DBCPU > 0 && r.Result.OK > 0 {
+			dbCPU = fmt.Sprintf("%.0f µs", float64(r.DBCPU/time.Microsecond)/float64(r.Result.OK))
+		}
 		gen, genCPU := "—", "—"
 		if r.Generator != "" {
 			gen = r.Generator
@@ -103,10 +110,10 @@ func Table(rows []*Row) string {
 		if r.Note != "" {
 			config += " (" + r.Note + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
 			config, conns, r.Result.RPS(),
 			ms(r.Result.Percentile(50)), ms(r.Result.Percentile(99)), ms(r.Result.Percentile(99.9)),
-			server, rss, cpu, gen, genCPU, ratio, kms, r.Result.Errors)
+			server, rss, cpu, dbCPU, gen, genCPU, ratio, kms, r.Result.Errors)
 	}
 	return b.String()
 }

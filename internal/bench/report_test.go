@@ -38,13 +38,13 @@ func TestReplaceSectionKeepsProse(t *testing.T) {
 
 func TestTableColumns(t *testing.T) {
 	rows := []*Row{
-		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}, GeneratorCPU: 2 * time.Millisecond}, ServerLatencies: []time.Duration{time.Millisecond / 2}, PeakRSS: 32 << 20, KMSCalls: 1, KMSProbes: 2, FloorRPS: 50, CPU: 5 * time.Millisecond, Generator: GeneratorWrk},
-		{Config: "floor", Concurrency: 16, Result: &Result{OK: 50, Elapsed: time.Second}, KMSCalls: -1},
+		{Config: "a", Concurrency: 16, Result: &Result{OK: 100, Elapsed: time.Second, Latencies: []time.Duration{time.Millisecond}, GeneratorCPU: 2 * time.Millisecond}, ServerLatencies: []time.Duration{time.Millisecond / 2}, PeakRSS: 32 << 20, KMSCalls: 1, KMSProbes: 2, FloorRPS: 50, CPU: 5 * time.Millisecond, DBCPU: 4 * time.Millisecond, Generator: GeneratorWrk},
+		{Config: "floor", Concurrency: 16, Result: &Result{OK: 50, Elapsed: time.Second}, KMSCalls: -1, DBCPU: 10 * time.Millisecond},
 	}
 	table := Table(rows)
-	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 0.50 ms | 32.0 MiB | 50 µs | wrk | 20 µs | 2.00× | 100.0 (1; 2) | 0 |")
+	require.Contains(t, table, "| a | 16 | 100 | 1.00 ms | 1.00 ms | 1.00 ms | 0.50 ms | 32.0 MiB | 50 µs | 40 µs | wrk | 20 µs | 2.00× | 100.0 (1; 2) | 0 |")
 	require.Contains(t, table, "| floor | 16 | 50 |")
-	require.Contains(t, table, "| — | — | — | — | — | — | — | 0 |", "the floor has no server-side figures")
+	require.Contains(t, table, "| — | — | — | 200 µs | — | — | — | — | 0 |", "the floor has PostgreSQL's CPU and no server-side figures")
 	require.Equal(t, 4, strings.Count(table, "\n"))
 }
 

@@ -1,7 +1,10 @@
 package jwtauth
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,4 +73,17 @@ func TestDisabledTokenCache(t *testing.T) {
 	c.store(tokenDigest("x"), "x", time.Now().Add(time.Hour), jwk.NewSet(), time.Now())
 	_, ok := c.lookup(tokenDigest("x"), jwk.NewSet(), time.Now())
 	require.False(t, ok)
+}
+
+// A token's digest is the SHA-256 of its bytes, whatever its length, and
+// the buffer it was copied into goes back to the pool wiped.
+func TestTokenDigestIsSHA256AndWipesItsCopy(t *testing.T) {
+	for _, n := range []int{0, 1, 300, 1024, 4096, 5000} {
+		token := strings.Repeat("e", n)
+		require.Equal(t, sha256.Sum256([]byte(token)), tokenDigest(token), "length %d", n)
+	}
+	tokenDigest("eyJhbGciOiJFZERTQSJ9.secret-claims.signature")
+	bp := tokenBuffers.Get().(*[]byte)
+	defer tokenBuffers.Put(bp)
+	require.Empty(t, bytes.Trim((*bp)[:cap(*bp)], "\x00"), "a pooled buffer still holds a token")
 }

@@ -112,6 +112,14 @@ func TestHelmChartOptionalSettings(t *testing.T) {
 		require.Equal(t, "public-key.pem", ref.Key)
 	})
 
+	t.Run("RetentionAsTheNumberZero", func(t *testing.T) {
+		t.Parallel()
+		// YAML's retention: 0 is a number: keybroker's default, keep every
+		// row, as "0" is; the chart sets nothing for it.
+		objs := renderFile(t, base, map[string]any{"audit": map[string]any{"retention": 0}})
+		require.NotContains(t, envOf(t, objs.container(t)), "KEYBROKER_AUDIT_RETENTION")
+	})
+
 	t.Run("Refused", func(t *testing.T) {
 		t.Parallel()
 		cases := map[string]struct {
@@ -136,6 +144,11 @@ func TestHelmChartOptionalSettings(t *testing.T) {
 				set:    map[string]any{"grants": map[string]any{"recipients": []any{map[string]any{"name": "Worker/EU", "configMapName": "c", "key": "k"}}}},
 				schema: "/grants/recipients/0/name",
 				want:   `grants.recipients: name "Worker/EU"`,
+			},
+			"RetentionWithoutUnit": {
+				set:    map[string]any{"audit": map[string]any{"retention": 400}},
+				schema: "/audit/retention",
+				want:   `audit.retention 400: a duration with its unit`,
 			},
 			"ReplicasWord": {
 				set:    map[string]any{"rollout": map[string]any{"replicas": "all"}},

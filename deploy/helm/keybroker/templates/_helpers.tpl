@@ -156,6 +156,10 @@ The checks values.schema.json makes, again with the same messages, for an instal
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $retention := $v.audit.retention }}
+{{- if and (not (kindIs "string" $retention)) (not (kindIs "invalid" $retention)) (ne (toString $retention) "0") }}
+{{- fail (printf "audit.retention %v: a duration with its unit, e.g. \"400d\", or 0 to keep every row" $retention) }}
+{{- end }}
 {{- $replicas := $v.rollout.replicas }}
 {{- if and (kindIs "string" $replicas) (ne $replicas "replicaCount") }}
 {{- fail (printf "rollout.replicas %q: a number, or replicaCount for the chart's replicaCount" $replicas) }}

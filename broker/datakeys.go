@@ -119,9 +119,11 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 // RotateDataKey mints a new data key under the active remote KEK and makes
 // it the one this keyring wraps under; other replicas take it up at their
 // next reload, and the re-wrap job's runner before its next run. It
-// returns the id of the newest data key afterwards and whether this call
-// minted it: when another replica minted one at the same moment, that one
-// is the newest and no second one is made. It returns ErrNotCachedMode
+// returns the id of the data key this call minted (minted true), or, when
+// another replica minted one after the same newest key at the same moment,
+// that one (minted false: no second one is made). The keyring then wraps
+// under that key, or under a newer one when another rotation stored its
+// key right after it (its reload finds that one). It returns ErrNotCachedMode
 // when the active KEK is not in cached envelope mode, and the store's or
 // the KMS's errors (*UnavailableError for an outage).
 func (k *Keyring) RotateDataKey(ctx context.Context) (id string, minted bool, err error) {

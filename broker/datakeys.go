@@ -360,7 +360,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 	if d.isCached(activeID) {
 		switch {
 		case chosen != nil:
-			if key := fresh[chosen.ID]; key != nil && d.preference(chosen.WrappedBy) > len(d.cfg.Also) {
+			if key := fresh[chosen.ID]; key != nil && d.preference(chosen.WrappedBy) > len(d.cfg.Also) && !d.cfg.ReadOnly {
 				// The remote KEK changed: re-wrap the data key under the
 				// new one, so user rows keep their kek_id.
 				moved, err := d.moveDataKey(ctx, chosen, key)
@@ -377,7 +377,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 				}
 			}
 			active = locals[chosen.ID]
-			if chosen == newest && newest == &list[len(list)-1] && d.tooOld(newest) {
+			if chosen == newest && newest == &list[len(list)-1] && d.tooOld(newest) && !d.cfg.ReadOnly {
 				local, err := d.mintAfter(ctx, newest.ID)
 				if errors.Is(err, errRaced) {
 					return err // another replica minted it: load that one
@@ -396,6 +396,10 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 			// The keys exist but cannot be opened (a revoked or disabled
 			// KMS key): do not make another; new wraps fail until an
 			// operator acts, and what cannot be opened is dropped.
+			active = &unloadedKEK{id: activeID}
+		case d.cfg.ReadOnly:
+			// No data key yet: serve makes the first one; a look makes
+			// none, and wraps nothing.
 			active = &unloadedKEK{id: activeID}
 		default:
 			after := ""
@@ -437,7 +441,7 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 		}
 	}
 	d.loaded = locals
-	if d.cfg.Also != nil {
+	if d.cfg.Also != nil && !d.cfg.ReadOnly {
 		d.addWraps(ctx, list, fresh)
 	}
 	return firstErr

@@ -82,6 +82,13 @@ type KeyringConfig struct {
 	// Now is the clock DataKeyMaxAge is measured with; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// ReadOnly loads what is stored and writes nothing to the data keys:
+	// no first data key, no move under a new remote KEK, no new one for
+	// age, no wraps added under Also. For the commands that only look
+	// (config check, audit verify, audit upkeep's mark): a keyring of a fresh
+	// install in cached mode then wraps nothing until serve makes the
+	// first data key.
+	ReadOnly bool
 }
 
 func (c *KeyringConfig) validate() error {

@@ -128,7 +128,7 @@ func markAuditRetention(ctx context.Context, cfg *config.Config, store broker.Au
 	if !ok {
 		return errors.New("this store keeps no vaults")
 	}
-	keyring, err := keks.keyring(ctx, vaults, log, 0, time.Now)
+	keyring, err := keks.lookingKeyring(ctx, vaults, log)
 	if err != nil {
 		return err
 	}

@@ -49,7 +49,7 @@ func cmdAuditVerify(ctx context.Context, args []string, getenv func(string) stri
 	if len(wraps) == 0 {
 		return errors.New("no audit key yet: no server of this release has run on this store, so no row carries a MAC")
 	}
-	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
+	keyring, err := keks.lookingKeyring(ctx, store, log)
 	if err != nil {
 		return err
 	}

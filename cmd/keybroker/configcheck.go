@@ -286,7 +286,7 @@ func (r *checkReport) checkStore(ctx context.Context, cfg *config.Config, keks *
 	if !migrated || keks == nil {
 		return
 	}
-	keyring, err := keks.keyring(ctx, store, log, 0, time.Now)
+	keyring, err := keks.lookingKeyring(ctx, store, log)
 	if err != nil {
 		r.fail("keyring", err)
 		return

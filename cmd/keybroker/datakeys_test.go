@@ -311,3 +311,30 @@ func countOpening(t *testing.T, admin *pgxpool.Pool, id string, key []byte) int 
 	require.NotZero(t, seen)
 	return opened
 }
+
+// TestLookingCommandsMakeNoDataKey: config check and audit upkeep only
+// look at the keys; on a fresh install in cached envelope mode they used
+// to mint its first data key (through a KMS call, into the store) as a
+// side effect. Serve still makes it.
+func TestLookingCommandsMakeNoDataKey(t *testing.T) {
+	env, _, _ := cachedKMSEnv(t)
+	require.NoError(t, run(t.Context(), []string{"migrate"}, envFunc(env), io.Discard, io.Discard, nil))
+	pool := pgtest.NewPool(t, env[testAdminURL])
+	store, err := pgstore.New(t.Context(), pgstore.Config{Pool: pool, Schema: "keybroker"})
+	require.NoError(t, err)
+	dataKeys := func() []broker.DataKey {
+		list, err := store.DataKeyList(t.Context())
+		require.NoError(t, err)
+		return list
+	}
+
+	out, err := configCheck(t, env)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "ok    rows: every row with a server wrap opens with the configured KEKs")
+	require.NoError(t, run(t.Context(), []string{"audit", "upkeep"}, envFunc(env), io.Discard, io.Discard, nil))
+	require.Empty(t, dataKeys(), "a command that looks made a data key")
+
+	srv := startServe(t, env, "serve")
+	require.NoError(t, srv.stop())
+	require.Len(t, dataKeys(), 1, "serve makes the first data key")
+}

@@ -118,6 +118,18 @@ func systemdCredentialName(uri string) string {
 // cache=off. serve passes a maximum data-key age; the operator commands
 // pass 0 and never rotate by age.
 func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.Logger, dataKeyMaxAge time.Duration, now func() time.Time) (*broker.Keyring, error) {
+	return o.loadKeyring(ctx, store, log, dataKeyMaxAge, now, false)
+}
+
+// lookingKeyring is the keyring of a command that needs the keys only to
+// look (config check, audit verify, the audit key of audit upkeep's
+// retention mark): it loads the data keys and writes none — no first data
+// key, no move, no wrap added (broker.KeyringConfig.ReadOnly).
+func (o *openedKEKs) lookingKeyring(ctx context.Context, store broker.Store, log *slog.Logger) (*broker.Keyring, error) {
+	return o.loadKeyring(ctx, store, log, 0, time.Now, true)
+}
+
+func (o *openedKEKs) loadKeyring(ctx context.Context, store broker.Store, log *slog.Logger, dataKeyMaxAge time.Duration, now func() time.Time, readOnly bool) (*broker.Keyring, error) {
 	newLocal := func(id string, key []byte) (broker.KEK, error) {
 		local, err := localkek.New(id, key, false)
 		if err != nil {
@@ -132,7 +144,7 @@ func (o *openedKEKs) keyring(ctx context.Context, store broker.Store, log *slog.
 		}
 	}
 	kcfg := broker.KeyringConfig{Active: o.active(), Also: o.keks[1 : 1+o.also], DecryptOnly: o.keks[1+o.also:], Cached: cached, Logger: log, NewLocalKEK: newLocal,
-		DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now, Hold: o.rolloutHold(ctx, store, log)}
+		DataKeys: store, DataKeyMaxAge: dataKeyMaxAge, Now: now, Hold: o.rolloutHold(ctx, store, log), ReadOnly: readOnly}
 	if o.metrics != nil {
 		kcfg.OnKEKCall = o.observeKEKCall
 	}

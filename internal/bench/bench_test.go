@@ -370,8 +370,7 @@ func (b *bench) stepWith(title string, p *Process, conns int, rate float64, toke
 	t.Logf("%-45s %4d conns: %8.0f req/s  p50 %s  p99 %s  p99.9 %s  server p50 %s p99 %s  RSS %.1f MiB  CPU %.0f µs/req  PostgreSQL %.0f µs/req  %s %.0f µs/req  %s",
 		title, conns, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)),
 		ms(percentile(row.ServerLatencies, 50)), ms(percentile(row.ServerLatencies, 99)), float64(rss)/(1<<20),
-		float64(row.CPU/time.Microsecond)/float64(max(res.OK, 1)), float64(db/time.Microsecond)/float64(max(res.OK, 1)), generator,
-		float64(res.GeneratorCPU/time.Microsecond)/float64(max(res.OK, 1)), row.GroupCommits)
+		usPer(row.CPU, res.OK), usPer(db, res.OK), generator, usPer(res.GeneratorCPU, res.OK), row.GroupCommits)
 	return row
 }
 

@@ -59,7 +59,7 @@ func (b *bench) floorStep(dbURL, script, dir string, c int) {
 	b.floor[c] = merged.Result.RPS()
 	t.Logf("%-45s %4d conns: %8.0f tx/s   p50 %s  p99 %s  p99.9 %s  PostgreSQL %.0f µs/tx",
 		floorTitle, clients, res.RPS(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms(res.Percentile(99.9)),
-		float64(row.DBCPU/time.Microsecond)/float64(max(res.OK, 1)))
+		usPer(row.DBCPU, res.OK))
 }
 
 // pacedFloorStep runs pgbench paced at rate, right after the server's

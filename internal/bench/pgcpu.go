@@ -1,10 +1,8 @@
 package bench
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 )
 
@@ -17,29 +15,15 @@ import (
 // returns 0 where /proc is not Linux's.
 func PostgresCPU() time.Duration {
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	var ticks int64
+	var total time.Duration
 	for _, name := range stats {
 		stat, err := os.ReadFile(name)
 		if err != nil {
 			continue // exited since the glob
 		}
-		open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-		if open < 0 || end < open || string(stat[open+1:end]) != "postgres" {
-			continue
-		}
-		// After the name: field 3 (state) first; utime, stime, cutime and
-		// cstime are fields 14 to 17.
-		fields := bytes.Fields(stat[end+1:])
-		if len(fields) < 15 {
-			continue
-		}
-		for _, f := range fields[11:15] {
-			n, err := strconv.ParseInt(string(f), 10, 64)
-			if err == nil {
-				ticks += n
-			}
+		if comm, cpu, err := statCPU(stat, true); err == nil && comm == "postgres" {
+			total += cpu
 		}
 	}
-	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
-	return time.Duration(ticks) * tick
+	return total
 }

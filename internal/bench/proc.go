@@ -216,30 +216,45 @@ func (p *Process) PeakRSS() (int64, error) {
 }
 
 // CPUTime returns the user plus system CPU time the server has used so
-// far (/proc/PID/stat, in clock ticks of 10 ms on Linux).
+// far (/proc/PID/stat).
 func (p *Process) CPUTime() (time.Duration, error) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
 		return 0, err
 	}
-	// The command name, field 2, is in parentheses and may hold spaces:
-	// count fields after its closing parenthesis.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, errors.New("bench: malformed /proc/PID/stat")
+	_, cpu, err := statCPU(stat, false)
+	return cpu, err
+}
+
+// statCPU reads a /proc/PID/stat: the command name (field 2) and the user
+// plus system CPU time, with that of the waited-for children when
+// children is set (fields 14–15, and 16–17; clock ticks of 10 ms).
+func statCPU(stat []byte, children bool) (name string, cpu time.Duration, err error) {
+	// The command name is in parentheses and may hold spaces: count
+	// fields after its closing parenthesis.
+	open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+	if open < 0 || end < open {
+		return "", 0, errors.New("bench: malformed /proc/PID/stat")
 	}
-	fields := strings.Fields(string(stat[i+1:]))
-	if len(fields) < 13 {
-		return 0, errors.New("bench: short /proc/PID/stat")
+	fields := strings.Fields(string(stat[end+1:]))
+	if len(fields) < 15 {
+		return "", 0, errors.New("bench: short /proc/PID/stat")
 	}
-	// fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("bench: /proc/PID/stat: %w", err)
+	// fields[0] is field 3 (state); utime is field 14.
+	last := 13
+	if children {
+		last = 15
+	}
+	var ticks int64
+	for _, f := range fields[11:last] {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return "", 0, fmt.Errorf("bench: /proc/PID/stat: %w", err)
+		}
+		ticks += n
 	}
 	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
-	return time.Duration(utime+stime) * tick, nil
+	return string(stat[open+1 : end]), time.Duration(ticks) * tick, nil
 }
 
 // ResetPeakRSS starts a new peak RSS measurement (Linux ≥ 4.0: writing 5

@@ -87,20 +87,10 @@ func Table(rows []*Row) string {
 		if k := r.KMSPer10k(); k >= 0 {
 			kms = fmt.Sprintf("%.1f (%d; %d)", k, r.KMSCalls, r.KMSProbes)
 		}
-		cpu := "—"
-		if r.CPU > 0 && r.Result.OK > 0 {
-			cpu = fmt.Sprintf("%.0f µs", float64(r.CPU/time.Microsecond)/float64(r.Result.OK))
-		}
-		dbCPU := "—"
-		if r.DBCPU > 0 && r.Result.OK > 0 {
-			dbCPU = fmt.Sprintf("%.0f µs", float64(r.DBCPU/time.Microsecond)/float64(r.Result.OK))
-		}
-		gen, genCPU := "—", "—"
+		cpu, dbCPU, genCPU := cpuPerRequest(r.CPU, r.Result.OK), cpuPerRequest(r.DBCPU, r.Result.OK), cpuPerRequest(r.Result.GeneratorCPU, r.Result.OK)
+		gen := "—"
 		if r.Generator != "" {
 			gen = r.Generator
-		}
-		if r.Result.GeneratorCPU > 0 && r.Result.OK > 0 {
-			genCPU = fmt.Sprintf("%.0f µs", float64(r.Result.GeneratorCPU/time.Microsecond)/float64(r.Result.OK))
 		}
 		server := "—"
 		if len(r.ServerLatencies) > 0 {
@@ -116,6 +106,20 @@ func Table(rows []*Row) string {
 			server, rss, cpu, dbCPU, gen, genCPU, ratio, kms, r.Result.Errors)
 	}
 	return b.String()
+}
+
+// cpuPerRequest is a CPU time spread over ok requests, in µs: "—" when
+// either is not measured.
+func cpuPerRequest(cpu time.Duration, ok int) string {
+	if cpu <= 0 || ok <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f µs", usPer(cpu, ok))
+}
+
+// usPer is d per request of n, in µs (n of 0 counts as 1).
+func usPer(d time.Duration, n int) float64 {
+	return float64(d/time.Microsecond) / float64(max(n, 1))
 }
 
 func ms(d time.Duration) string {

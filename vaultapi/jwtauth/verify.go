@@ -192,37 +192,18 @@ func (v *Verifier) lifetimeAllowed(tok jwt.Token, now time.Time) bool {
 	return true
 }
 
-// The bytes of a compact serialization: the base64url alphabet and the
-// dots between segments. A table, because every request's token is
-// checked byte by byte before the verified-token cache is asked.
-const (
-	compactOther = iota
-	compactBase64URL
-	compactDot
-)
-
-var compactByte = func() (t [256]uint8) {
-	for c := range t {
-		switch {
-		case c == '.':
-			t[c] = compactDot
-		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
-			t[c] = compactBase64URL
-		}
-	}
-	return t
-}()
-
 // wellFormedCompact accepts only the compact serialization: three
 // base64url segments. The JSON serializations and JWE are refused before
 // jwx sees them, which keeps the parser surface small.
 func wellFormedCompact(token string) bool {
 	dots := 0
 	for i := 0; i < len(token); i++ {
-		switch compactByte[token[i]] {
-		case compactDot:
+		c := token[i]
+		switch {
+		case c == '.':
 			dots++
-		case compactOther:
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
 			return false
 		}
 	}

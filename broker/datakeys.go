@@ -392,14 +392,12 @@ func (d *dataKeySource) load(ctx context.Context) (err error) {
 				locals[local.ID()] = local
 				active = local
 			}
-		case firstErr != nil:
+		case firstErr != nil, d.cfg.ReadOnly:
 			// The keys exist but cannot be opened (a revoked or disabled
 			// KMS key): do not make another; new wraps fail until an
-			// operator acts, and what cannot be opened is dropped.
-			active = &unloadedKEK{id: activeID}
-		case d.cfg.ReadOnly:
-			// No data key yet: serve makes the first one; a look makes
-			// none, and wraps nothing.
+			// operator acts, and what cannot be opened is dropped. Or
+			// there is none yet and this keyring only looks: serve makes
+			// the first.
 			active = &unloadedKEK{id: activeID}
 		default:
 			after := ""
